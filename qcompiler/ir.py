@@ -1,0 +1,124 @@
+"""Thin helpers over onnx and onnx-graphsurgeon shared by every pass.
+
+Passes take and return an ``onnx.ModelProto``; edits go through
+onnx-graphsurgeon (``to_gs``/``from_gs``) so that no pass rewires protobuf
+lists by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+OPSET = 21
+DOMAIN = "qcompiler"  # domain of fused integer ops (model-local functions)
+
+QUANTIZABLE = ("Conv", "Gemm", "MatMul")
+
+
+def to_gs(model: onnx.ModelProto) -> gs.Graph:
+    """Import for editing."""
+    return gs.import_onnx(model)
+
+
+def from_gs(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export after editing, keeping the original's opsets, functions and metadata."""
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph, do_type_check=False)
+    del out.opset_import[:]
+    out.opset_import.extend(like.opset_import)
+    existing = {f.name for f in out.functions}
+    out.functions.extend(f for f in like.functions if f.name not in existing)
+    out.ir_version = like.ir_version
+    out.producer_name = like.producer_name or "qcompiler"
+    out.producer_version = like.producer_version
+    out.graph.name = like.graph.name
+    del out.metadata_props[:]
+    out.metadata_props.extend(like.metadata_props)
+    return out
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
+    """Shapes of every tensor known to shape inference (graph io, value_info, initializers)."""
+    out: dict[str, tuple[int | str, ...]] = {}
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                                 for d in t.shape.dim)
+    for init in model.graph.initializer:
+        out[init.name] = tuple(init.dims)
+    return out
+
+
+def value_dtypes(model: onnx.ModelProto) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        out[vi.name] = vi.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        out[init.name] = init.data_type
+    return out
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Real inputs: graph inputs that are not initializers (old exporters list both)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            if i:
+                out.setdefault(i, []).append(n)
+    return out
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output if o}
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
+    """Shape inference that also sees inside model-local functions."""
+    return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict, data_prop=True)
+
+
+def node_names_unique(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a stable, unique name (diff, plan and errors refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, n in enumerate(model.graph.node):
+        name = n.name or f"{n.op_type}_{i}"
+        base, k = name, 1
+        while name in seen:
+            name = f"{base}_{k}"
+            k += 1
+        n.name = name
+        seen.add(name)
+    return model
+
+
+def op_types(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def tensor_size_bytes(dims: Iterable[int], elem_type: int) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n * onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize
