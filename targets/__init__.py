@@ -1,0 +1,1 @@
+"""Target backends (importable as qcompiler.targets)."""
