@@ -1,0 +1,85 @@
+"""Record the range of every float activation on the calibration data."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+from qcompiler.calibration import OBSERVERS, RangeObserver
+from qcompiler.conditions import ALL_SHAPES_KNOWN, NO_QDQ, RANGES_KNOWN
+from qcompiler.errors import CalibrationError, NumericsError
+from qcompiler.ir import graph_inputs, value_dtypes
+from qcompiler.ort_session import session, with_outputs
+from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
+from qcompiler.plan import TensorQuant
+
+log = logging.getLogger(__name__)
+
+
+def _has_calib(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    return None if ctx.calib is not None else "no calibration data in the context"
+
+
+HAS_CALIB = Condition("calibration data given", _has_calib)
+
+
+class CalibrateRanges(Pass):
+    """Two streaming passes over the data: min/max, then histograms for percentile/MSE ranges.
+
+    Graph outputs always keep their min/max range: clipping the largest logit
+    changes the argmax, which is the one thing a classifier must keep.
+    """
+
+    name = "calibrate_ranges"
+    requires = (ALL_SHAPES_KNOWN, NO_QDQ, HAS_CALIB)
+    ensures = (RANGES_KNOWN,)
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        method = ctx.settings.get("observer", "mse")
+        if method not in OBSERVERS:
+            raise CalibrationError(f"unknown observer '{method}'", hint=f"use one of {', '.join(OBSERVERS)}")
+        dtypes = value_dtypes(model)
+        names = [vi.name for vi in graph_inputs(model)]
+        for n in model.graph.node:
+            names.extend(o for o in n.output if o and dtypes.get(o) == onnx.TensorProto.FLOAT)
+        names = list(dict.fromkeys(names))
+        sess = session(with_outputs(model, names))
+        outs = [o.name for o in sess.get_outputs()]
+        obs = {n: RangeObserver() for n in names}
+        total = len(ctx.calib)
+        passes = 1 if method == "minmax" else 2
+        advance = ctx.progress("calibrating", total * passes) if ctx.progress else None
+        for stage in range(passes):
+            if stage == 1:
+                for o in obs.values():
+                    o.start_histogram()
+            for feed in ctx.calib.batches():
+                for name, arr in zip(outs, sess.run(outs, feed)):
+                    if name in obs:
+                        (obs[name].update_minmax if stage == 0 else obs[name].update_histogram)(arr)
+                if advance:
+                    advance(1)
+        graph_outputs = {o.name for o in model.graph.output}
+        producer = {o: nd for nd in model.graph.node for o in nd.output}
+        for name, o in obs.items():
+            if o.nonfinite:
+                node = producer.get(name)
+                raise NumericsError(f"tensor '{name}' is NaN or Inf on the calibration data",
+                                    node=node.name if node else None,
+                                    hint="check the model's weights and the calibration data's preprocessing")
+            if not np.isfinite(o.lo):
+                raise CalibrationError(f"tensor '{name}' saw no values", hint="check the calibration data")
+            lo, hi = o.range("minmax" if name in graph_outputs else method)
+            ctx.plan.tensors[name] = TensorQuant(bits=8, signed=False, scale=[], zero_point=[],
+                                                 range=[float(np.float32(lo)), float(np.float32(hi))])
+        inputs = graph_inputs(model)
+        for vi in inputs:
+            o = obs[vi.name]
+            if o.hi - o.lo <= 0:
+                raise CalibrationError(f"calibration data for input '{vi.name}' is constant ({o.lo:g})",
+                                       hint="give real, varied samples with --calib")
+        ctx.plan.stats["calibration"] = {"samples": total, "observer": method, "tensors": len(names)}
+        log.info("calibrated %d tensors on %d samples (%s)", len(names), total, method)
+        return PassResult(model, False)

@@ -1,0 +1,174 @@
+"""Insert QuantizeLinear/DequantizeLinear pairs as the plan says: the standard QDQ model.
+
+Layout (the lowering pass relies on it, see docs/INTEGER_GRAPH.md):
+- weights: int8 (or INT4 for 4 bits) initializers -> DequantizeLinear(per-channel scale, zp 0);
+- bias: int32 initializer at scale s_x*s_w -> DequantizeLinear;
+- activations: tensor -> QuantizeLinear -> DequantizeLinear -> every consumer;
+- a Relu/Clip right after Conv/Gemm/MatMul/Add is kept, and only its output is
+  quantized, so the activation's clamp becomes the integer clamp;
+- MaxPool, Reshape, Flatten, Transpose, Squeeze, Unsqueeze outputs reuse their
+  input's scale and zero point (they move values, they do not change them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto, helper
+
+from qcompiler.conditions import ALL_SHAPES_KNOWN, IS_QDQ, NO_QDQ, RANGES_KNOWN
+from qcompiler.errors import NumericsError
+from qcompiler.ir import from_gs, initializers, to_gs, value_dtypes
+from qcompiler.passmanager import Pass, PassContext, PassResult
+from qcompiler.plan import TensorQuant
+from qcompiler.quantize import (
+    activation_qparams,
+    quantize_bias,
+    quantize_weight,
+    weight_axis,
+    weight_scales,
+)
+
+log = logging.getLogger(__name__)
+
+SAME_SCALE_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"}
+ACTIVATION_OPS = {"Relu", "Clip"}
+FUSES_ACTIVATION = {"Conv", "Gemm", "MatMul", "Add"}
+
+
+def _act_type(bits: int, signed: bool) -> int:
+    if bits == 8:
+        return TensorProto.INT8 if signed else TensorProto.UINT8
+    if bits == 4:
+        return TensorProto.INT4 if signed else TensorProto.UINT4
+    raise NumericsError(f"{bits}-bit activations are not supported", hint="use --bits with 4 and/or 8")
+
+
+class InsertQDQ(Pass):
+    """Quantize weights and activations per the plan (bits from ``plan.layers``, ranges from calibration)."""
+
+    name = "insert_qdq"
+    requires = (ALL_SHAPES_KNOWN, RANGES_KNOWN, NO_QDQ)
+    ensures = (IS_QDQ,)
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        plan = ctx.plan
+        inits = initializers(model)
+        dtypes = value_dtypes(model)
+        graph = to_gs(model)
+        new_inits: list[onnx.TensorProto] = []
+        tensors = graph.tensors()
+
+        def const(name: str, arr: np.ndarray | None = None, proto: onnx.TensorProto | None = None) -> gs.Variable:
+            if proto is None:
+                proto = onnx.numpy_helper.from_array(arr, name)
+            proto.name = name
+            new_inits.append(proto)
+            return gs.Variable(name)
+
+        # activation bits per tensor: the consuming layer's choice (max over consumers)
+        act_bits: dict[str, int] = {}
+        for lp in plan.layers.values():
+            act_bits[lp.input] = max(act_bits.get(lp.input, 0), lp.act_bits)
+        by_node = {n.name: n for n in graph.nodes}
+
+        # which float tensors carry a Q/DQ pair
+        producer = {t.name: t.inputs[0] for t in tensors.values() if isinstance(t, gs.Variable) and t.inputs}
+        quantize: list[str] = [t.name for t in graph.inputs]
+        for node in graph.nodes:
+            for out in node.outputs:
+                if dtypes.get(out.name) != TensorProto.FLOAT:
+                    continue
+                users = list(out.outputs)
+                if (node.op in FUSES_ACTIVATION and len(users) == 1 and users[0].op in ACTIVATION_OPS
+                        and out not in graph.outputs):
+                    continue  # quantize after the Relu/Clip instead
+                quantize.append(out.name)
+
+        # scales and zero points (propagate same-scale ops from their input)
+        for name in quantize:
+            node = producer.get(name)
+            if node is not None and node.op in SAME_SCALE_OPS and node.inputs[0].name in plan.tensors \
+                    and plan.tensors[node.inputs[0].name].scale:
+                src = plan.tensors[node.inputs[0].name]
+                plan.tensors[name] = TensorQuant(src.bits, src.signed, list(src.scale), list(src.zero_point),
+                                                 range=plan.tensors[name].range if name in plan.tensors else None)
+                continue
+            tq = plan.tensors[name]
+            bits = act_bits.get(name, 8)
+            lo, hi = tq.range
+            scale, zp = activation_qparams(lo, hi, bits, signed=False)
+            plan.tensors[name] = TensorQuant(bits=bits, signed=False, scale=[scale], zero_point=[zp], range=tq.range)
+
+        # weights and bias of the quantizable layers
+        for lname, lp in plan.layers.items():
+            node = by_node[lname]
+            w = inits[lp.weight]
+            axis = weight_axis(node.op, attr_trans_b(node))
+            s_w = weight_scales(w, lp.weight_bits, axis)
+            q = quantize_weight(w, s_w, lp.weight_bits, axis)
+            wq_name = f"{lname}.w_q"
+            if lp.weight_bits == 4:
+                proto = helper.make_tensor(wq_name, TensorProto.INT4, q.shape, q.ravel().tolist())
+                zp_proto = helper.make_tensor(f"{lname}.w_zp", TensorProto.INT4, [len(s_w)], [0] * len(s_w))
+            else:
+                proto = onnx.numpy_helper.from_array(q, wq_name)
+                zp_proto = onnx.numpy_helper.from_array(np.zeros(len(s_w), np.int8), f"{lname}.w_zp")
+            w_dq = gs.Variable(f"{lname}.w_dq", dtype=np.float32, shape=list(w.shape))
+            graph.nodes.append(gs.Node("DequantizeLinear", name=f"{lname}.w_DQ", attrs={"axis": axis},
+                                       inputs=[const(wq_name, proto=proto),
+                                               const(f"{lname}.w_scale", s_w.astype(np.float32)),
+                                               const(f"{lname}.w_zp", proto=zp_proto)],
+                                       outputs=[w_dq]))
+            node.inputs[1] = w_dq
+            plan.tensors[lp.weight] = TensorQuant(bits=lp.weight_bits, signed=True,
+                                                  scale=[float(x) for x in s_w],
+                                                  zero_point=[0] * len(s_w), axis=axis)
+            if len(node.inputs) > 2 and node.inputs[2].name in inits:
+                bname = node.inputs[2].name
+                s_x = plan.tensors[lp.input].scale[0]
+                qb = quantize_bias(inits[bname], s_x, s_w)
+                b_dq = gs.Variable(f"{lname}.b_dq", dtype=np.float32, shape=list(qb.shape))
+                bs = (np.float32(s_x) * s_w).astype(np.float32)
+                graph.nodes.append(gs.Node("DequantizeLinear", name=f"{lname}.b_DQ", attrs={"axis": 0},
+                                           inputs=[const(f"{lname}.b_q", qb), const(f"{lname}.b_scale", bs),
+                                                   const(f"{lname}.b_zp", np.zeros(len(bs), np.int32))],
+                                           outputs=[b_dq]))
+                node.inputs[2] = b_dq
+                plan.tensors[bname] = TensorQuant(bits=32, signed=True, scale=[float(x) for x in bs],
+                                                  zero_point=[0] * len(bs), axis=0)
+
+        # activation Q/DQ pairs
+        outputs = list(graph.outputs)
+        for name in quantize:
+            t = tensors[name]
+            tq = plan.tensors[name]
+            ttype = _act_type(tq.bits, tq.signed)
+            s = const(f"{name}.scale", np.array(tq.scale[0], np.float32))
+            z = const(f"{name}.zp", proto=helper.make_tensor(f"{name}.zp", ttype, [], [tq.zero_point[0]]))
+            q_out = gs.Variable(f"{name}.q")
+            dq_out = gs.Variable(f"{name}.dq", dtype=np.float32, shape=t.shape)
+            users = list(t.outputs)
+            graph.nodes.append(gs.Node("QuantizeLinear", name=f"{name}.Q", inputs=[t, s, z], outputs=[q_out]))
+            graph.nodes.append(gs.Node("DequantizeLinear", name=f"{name}.DQ", inputs=[q_out, s, z],
+                                       outputs=[dq_out]))
+            for u in users:
+                u.inputs = [dq_out if x is t else x for x in u.inputs]
+            if t in outputs:
+                orig = t.name
+                t.name = f"{orig}.float"
+                dq_out.name = orig
+                graph.outputs = [dq_out if o is t else o for o in graph.outputs]
+                plan.tensors[t.name] = tq
+        out = from_gs(graph, model)
+        out.graph.initializer.extend(new_inits)
+        return PassResult(out, True)
+
+
+def attr_trans_b(node: gs.Node) -> int:
+    return int(node.attrs.get("transB", 0)) if node.op == "Gemm" else 0
+
+

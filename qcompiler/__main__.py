@@ -1,0 +1,7 @@
+"""python -m qcompiler == qcompile."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

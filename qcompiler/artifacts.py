@@ -1,0 +1,99 @@
+"""One output directory per compile, written atomically, with a manifest of everything in it.
+
+Work happens in a hidden sibling folder that is renamed into place only when
+everything succeeded, so a failed or interrupted run never leaves a
+half-written output. Nothing inside depends on the time or on absolute paths,
+so the same inputs and flags give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+
+PACKAGES = ("qcompiler", "onnx", "onnxruntime", "onnx-graphsurgeon", "numpy", "scipy", "apache-tvm")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def check_output_dir(out: Path, *, force: bool) -> None:
+    """Refuse before any work: an existing output without --force, or a parent we cannot write."""
+    if out.exists() and not force:
+        raise OutputError(f"output directory '{out}' already exists", hint="pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path '{out}' is a file", hint="choose a directory name with -o")
+    parent = out.resolve().parent
+    if not parent.exists():
+        raise OutputError(f"the parent of output directory '{out}' does not exist", hint="create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into '{parent}'", hint="choose a writable directory with -o")
+
+
+@contextmanager
+def atomic_output_dir(out: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``out`` only if the block finishes."""
+    check_output_dir(out, force=force)
+    parent = out.resolve().parent
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    except OSError as e:
+        raise OutputError(f"cannot create a folder in '{parent}' ({e.strerror})",
+                          hint="choose a writable directory with -o") from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_manifest(out: Path, *, inputs: dict[str, Any], flags: dict[str, Any], extra: dict[str, Any]) -> None:
+    """manifest.json lists inputs (by name and hash), flags, versions and the sha256 of every other file."""
+    files = {}
+    for p in sorted(out.rglob("*")):
+        if p.is_file() and p.name != "manifest.json":
+            files[p.relative_to(out).as_posix()] = sha256_file(p)
+    write_json(out / "manifest.json", {
+        "inputs": inputs,
+        "flags": flags,
+        "versions": package_versions(),
+        "files": files,
+        **extra,
+    })

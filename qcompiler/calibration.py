@@ -1,0 +1,260 @@
+"""Calibration data sources and range observers.
+
+Data streams in batches from a folder (images, .npy, .npz), one .npy/.npz file,
+or any Python iterable; observers keep a fixed-size summary per tensor (min/max,
+then a fixed-bin histogram), so memory does not grow with the number of
+samples and no activation is ever stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CalibrationError
+
+log = logging.getLogger("qcompiler.calibration")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+HIST_BINS = 2048
+OBSERVERS = ("minmax", "percentile", "mse")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]  # static, batch first
+    dtype: np.dtype
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise CalibrationError(f"'{path.name}' holds pickled objects, which qcompiler never loads",
+                                   hint="save plain numeric arrays with np.save") from None
+        raise CalibrationError(f"'{path.name}' is not a readable .npy file", hint="save it with np.save") from None
+    except (OSError, EOFError):
+        raise CalibrationError(f"'{path.name}' is not a readable .npy file", hint="save it with np.save") from None
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise CalibrationError(f"'{path.name}' holds pickled objects, which qcompiler never loads",
+                                   hint="save plain numeric arrays with np.savez") from None
+        raise CalibrationError(f"'{path.name}' is not a readable .npz file", hint="save it with np.savez") from None
+    except (OSError, EOFError, KeyError):
+        raise CalibrationError(f"'{path.name}' is not a readable .npz file",
+                               hint="save it with np.savez") from None
+
+
+def _load_image(path: Path, spec: InputSpec) -> np.ndarray:
+    """Decode, resize to the model's HxW and scale to [0, 1]; layout NCHW or NHWC from the spec."""
+    from PIL import Image
+
+    nchw = len(spec.shape) == 4 and spec.shape[1] in (1, 3)
+    h, w = (spec.shape[2], spec.shape[3]) if nchw else (spec.shape[1], spec.shape[2])
+    ch = spec.shape[1] if nchw else spec.shape[3]
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if ch == 1 else "RGB").resize((w, h), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except OSError:
+        raise CalibrationError(f"'{path.name}' is not a readable image", hint="remove it from the folder") from None
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if nchw:
+        arr = arr.transpose(2, 0, 1)
+    return arr[None]
+
+
+class CalibrationData:
+    """A re-iterable stream of model-input batches, checked against the model's inputs."""
+
+    def __init__(self, factory: Callable[[], Iterator[Any]], specs: list[InputSpec], origin: str,
+                 limit: int | None = None) -> None:
+        self._factory = factory
+        self.specs = specs
+        self.origin = origin
+        self.limit = limit
+        self.count: int | None = None
+
+    @classmethod
+    def from_source(cls, source: Any, specs: list[InputSpec], *, limit: int | None = None) -> CalibrationData:
+        """Accept a path (folder, .npy, .npz) or an iterable of arrays / dicts of arrays."""
+        if isinstance(source, (str, Path)):
+            p = Path(source)
+            if not p.exists():
+                raise CalibrationError(f"calibration data '{p}' does not exist", hint="check --calib")
+            if p.is_dir():
+                files = sorted(f for f in p.iterdir() if f.is_file()
+                               and f.suffix.lower() in IMAGE_SUFFIXES + (".npy", ".npz"))
+                if not files:
+                    raise CalibrationError(f"calibration folder '{p}' has no images, .npy or .npz files",
+                                           hint="put calibration samples in the folder")
+                return cls(lambda: cls._iter_files(files, specs), specs, str(p.name), limit)
+            if p.suffix.lower() in (".npy", ".npz"):
+                return cls(lambda: cls._iter_files([p], specs), specs, p.name, limit)
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                return cls(lambda: cls._iter_files([p], specs), specs, p.name, limit)
+            raise CalibrationError(f"calibration data '{p.name}' is not a folder, .npy, .npz or image",
+                                   hint="see qcompile --help for --calib")
+        if isinstance(source, np.ndarray) or isinstance(source, Mapping):
+            return cls(lambda: iter([source]), specs, "array", limit)
+        if isinstance(source, Iterable):
+            items = source if isinstance(source, (list, tuple)) else list(source)  # inputs only, bounded by caller
+            return cls(lambda: iter(items), specs, "iterable", limit)
+        raise CalibrationError(f"calibration source of type {type(source).__name__} is not supported",
+                               hint="pass a folder, a .npy/.npz file or an iterable of arrays")
+
+    @staticmethod
+    def _iter_files(files: list[Path], specs: list[InputSpec]) -> Iterator[Any]:
+        for f in files:
+            s = f.suffix.lower()
+            if s == ".npy":
+                yield _load_npy(f)
+            elif s == ".npz":
+                yield _load_npz(f)
+            else:
+                if len(specs) != 1:
+                    raise CalibrationError("image calibration data needs a model with one input",
+                                           hint="use .npz files with one array per input")
+                yield _load_image(f, specs[0])
+
+    def _as_feed(self, item: Any) -> dict[str, np.ndarray]:
+        if isinstance(item, Mapping):
+            feed = dict(item)
+            if len(self.specs) == 1 and self.specs[0].name not in feed and len(feed) == 1:
+                feed = {self.specs[0].name: next(iter(feed.values()))}
+        elif isinstance(item, (list, tuple)) and len(item) == len(self.specs) and len(self.specs) > 1:
+            feed = {s.name: a for s, a in zip(self.specs, item)}
+        else:
+            if len(self.specs) != 1:
+                raise CalibrationError(f"calibration item is a single array but the model has {len(self.specs)} "
+                                       "inputs", hint="give a dict or an .npz with one array per input")
+            feed = {self.specs[0].name: item}
+        out = {}
+        for s in self.specs:
+            if s.name not in feed:
+                names = ", ".join(x.name for x in self.specs)
+                raise CalibrationError(f"calibration data '{self.origin}' has no array for input '{s.name}'",
+                                       hint=f"name the arrays after the inputs: {names}")
+            out[s.name] = np.asarray(feed[s.name])
+        return out
+
+    def _split(self, name: str, arr: np.ndarray, spec: InputSpec) -> Iterator[np.ndarray]:
+        """Yield samples shaped like the model input (batch dim = model's)."""
+        if arr.dtype.kind not in "biuf":
+            raise CalibrationError(f"calibration array for '{name}' has dtype {arr.dtype}",
+                                   hint=f"the model wants {spec.dtype}")
+        if spec.dtype.kind == "f" and arr.dtype.kind != "f":
+            if arr.dtype == np.uint8:
+                raise CalibrationError(f"calibration array for '{name}' is uint8 but the model input is float",
+                                       hint="convert the data with the model's preprocessing (e.g. /255)")
+        per = spec.shape[1:]
+        b = spec.shape[0]
+        if tuple(arr.shape) == tuple(per):
+            arr = arr[None]
+        if tuple(arr.shape[1:]) != tuple(per):
+            raise CalibrationError(f"calibration array for '{name}' has shape {list(arr.shape)}, the model "
+                                   f"wants [N, {', '.join(map(str, per))}]",
+                                   hint="preprocess the data to the model's input shape")
+        arr = arr.astype(spec.dtype, copy=False)
+        if not np.all(np.isfinite(arr)) if arr.dtype.kind == "f" else False:
+            raise CalibrationError(f"calibration array for '{name}' holds NaN or Inf", hint="clean the data")
+        for i in range(0, arr.shape[0] - b + 1, b):
+            yield arr[i:i + b]
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """Stream feeds for the model, one model batch at a time; stops at ``limit`` samples."""
+        n = 0
+        for item in self._factory():
+            feed = self._as_feed(item)
+            streams = [self._split(s.name, feed[s.name], s) for s in self.specs]
+            for parts in zip(*streams):
+                yield {s.name: a for s, a in zip(self.specs, parts)}
+                n += 1
+                if self.limit is not None and n >= self.limit:
+                    self.count = n
+                    return
+        if n == 0:
+            raise CalibrationError(f"calibration data '{self.origin}' has no samples",
+                                   hint="give at least one sample per input")
+        self.count = n
+
+    def __len__(self) -> int:
+        if self.count is None:
+            self.count = sum(1 for _ in self.batches())
+        return self.count
+
+
+class RangeObserver:
+    """Min/max, then a fixed-bin histogram over that range: memory O(bins) per tensor."""
+
+    def __init__(self) -> None:
+        self.lo = np.inf
+        self.hi = -np.inf
+        self.hist: np.ndarray | None = None
+        self.edges: np.ndarray | None = None
+        self.nonfinite = False
+
+    def update_minmax(self, a: np.ndarray) -> None:
+        if a.size == 0:
+            return
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            self.nonfinite = True
+            a = a[np.isfinite(a)]
+            if a.size == 0:
+                return
+        self.lo = min(self.lo, float(a.min()))
+        self.hi = max(self.hi, float(a.max()))
+
+    def start_histogram(self) -> None:
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if hi - lo <= 0:
+            hi = lo + 1e-8
+        self.edges = np.linspace(lo, hi, HIST_BINS + 1)
+        self.hist = np.zeros(HIST_BINS, dtype=np.float64)
+
+    def update_histogram(self, a: np.ndarray) -> None:
+        a = a[np.isfinite(a)] if a.dtype.kind == "f" else a
+        h, _ = np.histogram(a, bins=self.edges)
+        self.hist += h
+
+    def range(self, method: str, *, bits: int = 8, percentile: float = 99.99) -> tuple[float, float]:
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if method == "minmax" or self.hist is None or self.hist.sum() == 0:
+            return lo, hi
+        centers = (self.edges[:-1] + self.edges[1:]) / 2
+        if method == "percentile":
+            cdf = np.cumsum(self.hist) / self.hist.sum()
+            q = (100.0 - percentile) / 100.0
+            plo = float(centers[min(np.searchsorted(cdf, q), len(centers) - 1)]) if lo < 0 else 0.0
+            phi = float(centers[min(np.searchsorted(cdf, 1 - q), len(centers) - 1)]) if hi > 0 else 0.0
+            return min(plo, 0.0), max(phi, 0.0)
+        if method == "mse":
+            return mse_range(centers, self.hist, lo, hi, bits)
+        raise ValueError(method)
+
+
+def mse_range(centers: np.ndarray, counts: np.ndarray, lo: float, hi: float, bits: int) -> tuple[float, float]:
+    """Clip range that minimises the expected squared quantization error of an asymmetric grid."""
+    qmax = (1 << bits) - 1
+    fr = np.linspace(0.3, 1.0, 141)[:, None]  # candidate shrink factors (both ends together)
+    los, his = lo * fr, hi * fr
+    s = np.maximum((his - los) / qmax, 1e-12)
+    zp = np.clip(np.round(-los / s), 0, qmax)
+    q = np.clip(np.round(centers[None, :] / s) + zp, 0, qmax)
+    err = ((centers[None, :] - (q - zp) * s) ** 2 * counts[None, :]).sum(axis=1)
+    k = int(np.argmin(err))
+    return float(los[k, 0]), float(his[k, 0])

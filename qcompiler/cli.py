@@ -1,0 +1,202 @@
+"""The `qcompile` command.
+
+User errors (QCompileError) print one line and exit 2; anything else is a bug:
+exit 1 with a short message and the path of a saved traceback. Long work
+shows a rich progress bar; the library itself only logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import FlagError, QCompileError
+
+SUBCOMMANDS = ("diff", "inspect", "bench")
+BUDGET_FLAGS = ("size", "bops", "latency", "sram", "flash")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so flag errors follow the one-line/exit-2 rule."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise FlagError(message, hint="see qcompile --help")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="qcompile", description="Compile a float ONNX model to mixed-precision integer code.",
+                epilog="Also: qcompile diff A B | qcompile inspect OUT | qcompile bench OUT")
+    p.add_argument("model", help="float ONNX model (.onnx)")
+    p.add_argument("--target", default="ort-cpu",
+                   help="ort-cpu, ort-cuda, cpu (TVM LLVM), cuda (TVM CUDA), mcu (C99 for Cortex-M)")
+    p.add_argument("-o", "--output", default=None, help="output directory (default: <model>.qc next to it)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--calib", default=None, help="calibration data: folder of images/.npy/.npz, or one file")
+    p.add_argument("--calib-samples", type=int, default=None, help="use at most this many calibration samples")
+    p.add_argument("--eval", dest="eval_data", default=None, help=".npz with inputs and labels: report accuracy")
+    p.add_argument("--bits", default=None, help="candidate bit widths, e.g. 8 or 4,8 (default 8; 4,8 with a budget)")
+    p.add_argument("--observer", default="mse", choices=["minmax", "percentile", "mse"],
+                   help="activation range observer")
+    p.add_argument("--input-shape", action="append", default=[], help="NAME:1x3x224x224 for dynamic inputs")
+    for b in BUDGET_FLAGS:
+        p.add_argument(f"--{b}-budget", default=None, help=f"{b} budget for the bit-assignment ILP")
+    p.add_argument("--sensitivity", default="kl", choices=["kl", "hessian"], help="layer sensitivity method")
+    p.add_argument("--weight-only", action="store_true", help="keep activations at 8 bits")
+    p.add_argument("--pareto", type=int, default=0, help="sweep the budget over N points (pareto.json + plot)")
+    p.add_argument("--cuda-arch", default="sm_90", help="sm_80 or sm_90 for --target cuda")
+    p.add_argument("--tune", type=int, default=0, help="TVM meta_schedule trials (slow; records are cached)")
+    p.add_argument("--debug", action="store_true", help="check the model after every pass")
+    p.add_argument("--dump-stages", default=None, help="write the model after every pass into this folder")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress of every pass")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary table")
+    return p
+
+
+def _parse_bits(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        bits = sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        bits = []
+    if not bits:
+        raise FlagError(f"--bits '{text}' is malformed", hint="write e.g. --bits 8 or --bits 4,8")
+    return bits
+
+
+def _progress_factory(console, quiet: bool):
+    """(label, total) -> advance(n): a rich progress bar per long stage."""
+    if quiet or not console.is_terminal and os.environ.get("QCOMPILE_PROGRESS") != "1":
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    state: dict = {}
+
+    def start(label: str, total: int) -> Callable[[int], None]:
+        prog = state.get("progress")
+        if prog is None:
+            prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, transient=True)
+            prog.start()
+            state["progress"] = prog
+        task = prog.add_task(label, total=total)
+
+        def advance(n: int = 1) -> None:
+            prog.advance(task, n)
+            if prog.tasks[task].finished:
+                prog.remove_task(task)
+        return advance
+
+    start.stop = lambda: state.get("progress") and state["progress"].stop()  # type: ignore[attr-defined]
+    return start
+
+
+def compile_main(argv: Sequence[str]) -> int:
+    from rich.console import Console
+
+    from .importer import parse_input_shapes
+    from .pipeline import CompileOptions, compile_model
+
+    args = build_parser().parse_args(list(argv))
+    console = Console(stderr=False)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.output) if args.output else Path(args.model).with_suffix(".qc")
+    opts = CompileOptions(
+        target=args.target, bits=_parse_bits(args.bits), observer=args.observer,
+        input_shapes=parse_input_shapes(args.input_shape),
+        budgets={b: getattr(args, f"{b}_budget") for b in BUDGET_FLAGS if getattr(args, f"{b}_budget")},
+        sensitivity=args.sensitivity, weight_only=args.weight_only, pareto=args.pareto,
+        calib_limit=args.calib_samples, cuda_arch=args.cuda_arch, tune=args.tune, force=args.force,
+        debug=args.debug, dump_dir=Path(args.dump_stages) if args.dump_stages else None)
+    progress = _progress_factory(console, args.quiet)
+    try:
+        result = compile_model(args.model, out, calib=args.calib, eval_data=args.eval_data, options=opts,
+                               progress=progress)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if not args.quiet:
+        print_summary(console, result)
+    return 0
+
+
+def print_summary(console, result) -> None:
+    from rich.table import Table
+
+    s = result.summary
+    t = Table(title=f"qcompile {result.plan.model} -> {result.out_dir}", show_header=True)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("layers", str(s["layers"]))
+    t.add_row("formats", ", ".join(f"{k}: {v}" for k, v in s["formats"].items()))
+    sz = s["size_bytes"]
+    t.add_row("weights fp32 / int8 / plan", f"{sz['fp32']:,} / {sz['int8']:,} / {sz['quantized']:,} B")
+    ev = s.get("eval")
+    if ev:
+        for k in ("fp32", "int8", "integer"):
+            if k in ev:
+                e = ev[k]
+                acc = f"{100 * e['accuracy']:.2f}%" if "accuracy" in e else "-"
+                t.add_row(f"{k} accuracy ({ev['samples']} samples)",
+                          f"{acc}  (agrees with fp32: {100 * e['agreement_with_fp32']:.2f}%)")
+    lat = s.get("target", {}).get("latency_ms")
+    if lat is not None:
+        t.add_row("latency (ms)", f"{lat:.3f}")
+    if s.get("fallback_ops"):
+        t.add_row("float fallback ops", ", ".join(s["fallback_ops"]))
+    t.add_row("artifacts", str(result.out_dir))
+    console.print(t)
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in SUBCOMMANDS:
+        cmd, rest = argv[0], argv[1:]
+        if cmd == "diff":
+            from .diff import main as diff_main
+
+            return diff_main(rest)
+        if cmd == "inspect":
+            from .inspect_cmd import main as inspect_main
+
+            return inspect_main(rest)
+        from .bench_cmd import main as bench_main
+
+        return bench_main(rest)
+    if argv and argv[0] in ("-h", "--help"):
+        build_parser().print_help()
+        return 0
+    if not argv:
+        build_parser().print_usage(sys.stderr)
+        print("qcompile: error: give a model, e.g. qcompile model.onnx --target cpu", file=sys.stderr)
+        return 2
+    return compile_main(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except QCompileError as e:
+        print(f"qcompile: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qcompile: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place that turns bugs into a short message
+        fd, path = tempfile.mkstemp(prefix="qcompile-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            traceback.print_exc(file=f)
+        print(f"qcompile: internal error ({type(e).__name__}); this is a bug in qcompiler. "
+              f"Traceback saved to {path}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Named conditions that passes require and ensure (checked by the PassManager)."""
+
+from __future__ import annotations
+
+import onnx
+
+from .ir import OPSET, graph_inputs, value_shapes
+from .passmanager import Condition, PassContext
+
+
+def _opset21(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    core = {o.domain: o.version for o in model.opset_import}.get("")
+    return None if core == OPSET else f"default opset is {core}, not {OPSET}"
+
+
+def _static_shapes(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    shapes = value_shapes(model)
+    for vi in graph_inputs(model):
+        s = shapes.get(vi.name)
+        if s is None or any(not isinstance(d, int) or d <= 0 for d in s):
+            return f"input '{vi.name}' has shape {s}"
+    return None
+
+
+def _all_shapes_known(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    shapes = value_shapes(model)
+    for n in model.graph.node:
+        for o in n.output:
+            if o and (o not in shapes or any(not isinstance(d, int) or d <= 0 for d in shapes[o])):
+                return f"tensor '{o}' of node '{n.name}' has no static shape"
+    return None
+
+
+def _no_ops(*ops: str):
+    def check(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+        for n in model.graph.node:
+            if n.op_type in ops and n.domain in ("", "ai.onnx"):
+                return f"node '{n.name}' is {n.op_type}"
+        return None
+    return check
+
+
+def _unique_names(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    names = [n.name for n in model.graph.node]
+    if any(not n for n in names):
+        return "a node has no name"
+    if len(set(names)) != len(names):
+        return "node names are not unique"
+    return None
+
+
+def _ranges_known(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    missing = [vi.name for vi in graph_inputs(model) if vi.name not in ctx.plan.tensors]
+    return f"no calibrated range for {missing[0]}" if missing else None
+
+
+def _is_qdq(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    ops = {n.op_type for n in model.graph.node}
+    return None if {"QuantizeLinear", "DequantizeLinear"} <= ops else "no QuantizeLinear/DequantizeLinear nodes"
+
+
+OPSET_21 = Condition("opset 21", _opset21)
+STATIC_INPUT_SHAPES = Condition("static input shapes", _static_shapes)
+ALL_SHAPES_KNOWN = Condition("every tensor has a static shape", _all_shapes_known)
+NO_BATCHNORM = Condition("no BatchNormalization", _no_ops("BatchNormalization"))
+NO_IDENTITY = Condition("no Identity/Dropout", _no_ops("Identity", "Dropout"))
+UNIQUE_NODE_NAMES = Condition("unique node names", _unique_names)
+RANGES_KNOWN = Condition("activation ranges calibrated", _ranges_known)
+IS_QDQ = Condition("a QDQ model", _is_qdq)
+NO_QDQ = Condition("a float model (no QDQ yet)", _no_ops("QuantizeLinear", "DequantizeLinear"))

@@ -1,0 +1,68 @@
+"""Accuracy on real data, reported next to the float model's (never a number without its reference)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .calibration import InputSpec, _load_npz
+from .errors import CalibrationError
+from .ort_session import session
+
+LABEL_KEYS = ("labels", "label", "y")
+
+
+def load_eval(path: str | Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """An .npz with the input array (named after the input, or 'x'/'input') and optional labels."""
+    p = Path(path)
+    if not p.is_file() or p.suffix.lower() != ".npz":
+        raise CalibrationError(f"evaluation data '{p}' is not an .npz file",
+                               hint="save inputs and labels with np.savez")
+    z = _load_npz(p)
+    x = next((z[k] for k in (spec.name, "x", "input", "inputs") if k in z), None)
+    if x is None:
+        raise CalibrationError(f"evaluation data '{p.name}' has no array named '{spec.name}' or 'x'",
+                               hint="name the input array after the model input")
+    y = next((z[k] for k in LABEL_KEYS if k in z), None)
+    per = tuple(spec.shape[1:])
+    if tuple(x.shape[1:]) != per:
+        raise CalibrationError(f"evaluation input has shape {list(x.shape)}, the model wants [N, "
+                               f"{', '.join(map(str, per))}]", hint="preprocess the data to the model input")
+    if spec.dtype.kind == "f" and x.dtype.kind != "f":
+        raise CalibrationError(f"evaluation input is {x.dtype} but the model input is float",
+                               hint="apply the model's preprocessing (e.g. /255) before saving")
+    if y is not None and len(y) != len(x):
+        raise CalibrationError("evaluation labels and inputs differ in length", hint="save one label per input")
+    return x.astype(spec.dtype), (None if y is None else y.astype(np.int64))
+
+
+def runner(model: onnx.ModelProto | bytes, *, optimize: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    sess = session(model, optimize=optimize)
+    iname = sess.get_inputs()[0].name
+    oname = sess.get_outputs()[0].name
+    return lambda x: sess.run([oname], {iname: x})[0]
+
+
+def predictions(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
+    outs = []
+    for i in range(0, len(x) - batch + 1, batch):
+        outs.append(np.asarray(run(x[i:i + batch])).reshape(batch, -1).argmax(axis=1))
+    return np.concatenate(outs)
+
+
+def compare(models: dict[str, Callable[[np.ndarray], np.ndarray]], x: np.ndarray, y: np.ndarray | None,
+            batch: int, reference: str = "fp32") -> dict[str, Any]:
+    """Top-1 accuracy (with labels) and top-1 agreement with the reference model, per model."""
+    preds = {k: predictions(f, x, batch) for k, f in models.items()}
+    n = len(preds[reference])
+    out: dict[str, Any] = {"samples": n}
+    for k, p in preds.items():
+        entry = {"agreement_with_" + reference: float(np.mean(p == preds[reference]))}
+        if y is not None:
+            entry["accuracy"] = float(np.mean(p == y[:n]))
+        out[k] = entry
+    return out

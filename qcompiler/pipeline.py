@@ -1,0 +1,253 @@
+"""The compile driver: import -> canonicalize -> calibrate -> (sensitivity -> bits) -> QDQ -> integer -> target.
+
+The CLI and the Python API both call :func:`compile_model`; it owns the order
+of the stages and the output directory, nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from . import importer
+from .artifacts import atomic_output_dir, check_output_dir, sha256_file, write_json, write_manifest
+from .calibration import CalibrationData, InputSpec
+from .errors import CalibrationError, FlagError, QCompileError
+from .ir import graph_inputs, node_names_unique, value_shapes
+from .passmanager import PassContext, PassManager
+from .plan import QuantPlan
+
+log = logging.getLogger("qcompiler")
+
+TARGETS = ("ort-cpu", "ort-cuda", "cpu", "tvm-llvm", "cuda", "tvm-cuda", "mcu")
+ALIASES = {"tvm-llvm": "cpu", "tvm-cuda": "cuda"}
+
+
+@dataclass
+class CompileOptions:
+    """Everything a compile depends on besides the model; recorded in manifest.json."""
+
+    target: str = "ort-cpu"
+    bits: Sequence[int] | None = None  # candidates; None -> 8, or 4,8 when a budget is given
+    observer: str = "mse"
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    budgets: dict[str, str] = field(default_factory=dict)  # flag name -> text ("70%", "2MiB", ...)
+    sensitivity: str = "kl"
+    weight_only: bool = False
+    pareto: int = 0
+    calib_limit: int | None = None
+    cuda_arch: str = "sm_90"
+    tune: int = 0
+    force: bool = False
+    debug: bool = False
+    dump_dir: Path | None = None
+
+    def flags(self) -> dict[str, Any]:
+        return {
+            "target": self.target, "bits": list(self.bits) if self.bits else None, "observer": self.observer,
+            "input_shapes": self.input_shapes, "budgets": dict(sorted(self.budgets.items())),
+            "sensitivity": self.sensitivity, "weight_only": self.weight_only, "pareto": self.pareto,
+            "calib_limit": self.calib_limit, "cuda_arch": self.cuda_arch, "tune": self.tune,
+        }
+
+
+@dataclass
+class CompileResult:
+    out_dir: Path
+    plan: QuantPlan
+    summary: dict[str, Any]
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    shapes = value_shapes(model)
+    return [InputSpec(vi.name, tuple(int(d) for d in shapes[vi.name]),
+                      np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)))
+            for vi in graph_inputs(model)]
+
+
+def load_model(source: Any, *, name: str | None = None, example_input: Any = None,
+               input_shapes: dict[str, list[int]] | None = None) -> tuple[onnx.ModelProto, str, str]:
+    """Any accepted model source -> (validated opset-21 ONNX model, display name, sha256)."""
+    if isinstance(source, onnx.ModelProto):
+        model, mname = source, name or (source.graph.name or "model")
+        digest = hashlib.sha256(source.SerializeToString()).hexdigest()
+    elif isinstance(source, (str, Path)):
+        model, mname = importer.load_onnx(source), name or Path(source).name
+        digest = sha256_file(Path(source))
+    else:
+        if example_input is None:
+            raise FlagError("a PyTorch module needs an example input", hint="pass example_input=torch.randn(...)")
+        model = importer.load_torch(source, example_input)
+        mname = name or type(source).__name__
+        digest = hashlib.sha256(model.SerializeToString()).hexdigest()
+    importer.check_model(model, mname)
+    model = importer.convert_opset(model, mname)
+    model = importer.set_static_shapes(model, input_shapes or {}, mname)
+    return node_names_unique(model), mname, digest
+
+
+def canonicalize(model: onnx.ModelProto, ctx: PassContext, *, debug: bool = False) -> onnx.ModelProto:
+    from .passes.fold_batchnorm import FoldBatchNorm
+    from .passes.fold_constants import FoldConstants
+    from .passes.infer_static_shapes import InferStaticShapes
+    from .passes.remove_identity_ops import RemoveIdentityOps
+
+    pm = PassManager([InferStaticShapes(), RemoveIdentityOps(), FoldConstants(), FoldBatchNorm(),
+                      InferStaticShapes()], debug=debug)
+    return node_names_unique(pm.run(model, ctx))
+
+
+def _budgets_given(opts: CompileOptions) -> bool:
+    return any(v for v in opts.budgets.values())
+
+
+def plan_and_quantize(model: onnx.ModelProto, ctx: PassContext, opts: CompileOptions) -> onnx.ModelProto:
+    """Layers -> calibration -> (sensitivity + ILP when budgets ask for it) -> QDQ model."""
+    from .passes.calibrate_ranges import CalibrateRanges
+    from .passes.find_quantizable_layers import FindQuantizableLayers
+    from .passes.insert_qdq import InsertQDQ
+
+    passes: list = [FindQuantizableLayers(), CalibrateRanges()]
+    if _budgets_given(opts) or opts.pareto:
+        from .passes.annotate_sensitivity import AnnotateSensitivity
+        from .passes.assign_bits import AssignBits
+
+        passes += [AnnotateSensitivity(), AssignBits()]
+    passes.append(InsertQDQ())
+    return PassManager(passes, debug=opts.debug, dump_dir=opts.dump_dir).run(model, ctx)
+
+
+def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_data: str | Path | None = None,
+                  options: CompileOptions | None = None, example_input: Any = None, name: str | None = None,
+                  progress: Callable[[str, int], Callable[[int], None]] | None = None) -> CompileResult:
+    """Compile one model into ``out_dir`` (atomically); see README for the flags' meaning."""
+    opts = options or CompileOptions()
+    target = ALIASES.get(opts.target, opts.target)
+    if target not in TARGETS:
+        raise FlagError(f"unknown target '{opts.target}'", hint=f"use one of {', '.join(TARGETS)}")
+    out = Path(out_dir)
+    check_output_dir(out, force=opts.force)
+    bits = sorted(set(opts.bits)) if opts.bits else ([4, 8] if _budgets_given(opts) or opts.pareto else [8])
+    for b in bits:
+        if b not in (4, 8):
+            raise FlagError(f"--bits {b} is not supported", hint="use 4 and/or 8, e.g. --bits 4,8")
+    model, mname, digest = load_model(source, name=name, example_input=example_input,
+                                      input_shapes=opts.input_shapes)
+    plan = QuantPlan(model=mname)
+    plan.settings = {"bits": bits, "observer": opts.observer, "target": target}
+    plan.budgets = dict(sorted((k, v) for k, v in opts.budgets.items() if v))
+    ctx = PassContext(model_name=mname, plan=plan, target=target, debug=opts.debug, progress=progress,
+                      settings={"bits": bits, "act_bits": bits, "observer": opts.observer,
+                                "budgets": plan.budgets, "sensitivity": opts.sensitivity,
+                                "weight_only": opts.weight_only, "pareto": opts.pareto,
+                                "float_model_path": str(source) if isinstance(source, (str, Path)) else None,
+                                "model_sha256": digest})
+    try:
+        float_model = canonicalize(model, ctx, debug=opts.debug)
+        specs = input_specs(float_model)
+        if calib is None:
+            from .zeroq import distill_calibration  # ZeroQ: only with BatchNorm statistics (torch extra)
+
+            calib = distill_calibration(model, specs, ctx)
+        ctx.calib = CalibrationData.from_source(calib, specs, limit=opts.calib_limit)
+        ctx.artifacts["float_model"] = float_model
+        with atomic_output_dir(out, force=opts.force) as tmp:
+            ctx.settings["out_dir"] = tmp
+            qdq = plan_and_quantize(float_model, ctx, opts)
+            onnx.save(qdq, str(tmp / "model.qdq.onnx"))
+            stages: dict[str, onnx.ModelProto] = {"fp32": float_model, "int8": qdq}
+            int_model = lower(qdq, ctx, opts)
+            if int_model is not None:
+                onnx.save(int_model, str(tmp / "model.int.onnx"))
+                stages["integer"] = int_model
+            target_info = emit_target(target, qdq, int_model, tmp, ctx, opts)
+            summary = summarize(plan, float_model, stages, specs, eval_data, target_info, ctx)
+            plan.stats["summary"] = summary
+            plan.save(tmp / "plan.json")
+            write_report(tmp, plan, summary, ctx)
+            write_json(tmp / "summary.json", summary)
+            inputs = {"model": {"name": mname, "sha256": digest}}
+            if isinstance(calib, (str, Path)) and Path(calib).is_file():
+                inputs["calib"] = {"name": Path(calib).name, "sha256": sha256_file(Path(calib))}
+            if eval_data is not None:
+                inputs["eval"] = {"name": Path(eval_data).name, "sha256": sha256_file(Path(eval_data))}
+            write_manifest(tmp, inputs=inputs, flags=opts.flags(), extra={"target": target_info})
+    except QCompileError as e:
+        raise e.with_model(mname) from None
+    return CompileResult(out, plan, summary)
+
+
+def lower(qdq: onnx.ModelProto, ctx: PassContext, opts: CompileOptions) -> onnx.ModelProto | None:
+    """QDQ -> integer-only graph (model.int.onnx)."""
+    from .passes.lower_to_integer import lower_and_fuse
+
+    return lower_and_fuse(qdq, ctx.plan)
+
+
+def emit_target(target: str, qdq: onnx.ModelProto, int_model: onnx.ModelProto | None, out: Path,
+                ctx: PassContext, opts: CompileOptions) -> dict[str, Any]:
+    if target in ("ort-cpu", "ort-cuda"):
+        from .targets import ort
+
+        return ort.emit(qdq, out, target=target)
+    if int_model is None:
+        raise QCompileError(f"target {target} needs the integer graph", hint="use --target ort-cpu")
+    if target in ("cpu", "cuda"):
+        from .targets import tvm as tvm_target
+
+        return tvm_target.emit(int_model, out, target=target, cuda_arch=opts.cuda_arch, tune=opts.tune)
+    if target == "mcu":
+        from .targets import mcu
+
+        return mcu.emit(int_model, out, plan=ctx.plan)
+    raise FlagError(f"unknown target '{target}'")
+
+
+def weight_bytes(plan: QuantPlan, float_model: onnx.ModelProto) -> dict[str, int]:
+    """Bytes of weights in float and as quantized by the plan (other initializers stay float)."""
+    from .ir import initializers
+
+    inits = initializers(float_model)
+    fp32 = sum(int(a.size) * 4 for a in inits.values() if a.dtype == np.float32)
+    layer_w = {lp.weight for lp in plan.layers.values()}
+    q = sum(int(a.size) * 4 for k, a in inits.items() if a.dtype == np.float32 and k not in layer_w)
+    q += sum((lp.params * lp.weight_bits + 7) // 8 for lp in plan.layers.values())
+    int8 = sum(int(a.size) * 4 for k, a in inits.items() if a.dtype == np.float32 and k not in layer_w)
+    int8 += sum(lp.params for lp in plan.layers.values())
+    return {"fp32": fp32, "quantized": q, "int8": int8}
+
+
+def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, onnx.ModelProto],
+              specs: list[InputSpec], eval_data: str | Path | None, target_info: dict[str, Any],
+              ctx: PassContext) -> dict[str, Any]:
+    from .evaluate import compare, load_eval, runner
+
+    bits_hist: dict[str, int] = {}
+    for lp in plan.layers.values():
+        k = f"w{lp.weight_bits}a{lp.act_bits}"
+        bits_hist[k] = bits_hist.get(k, 0) + 1
+    summary: dict[str, Any] = {"layers": len(plan.layers), "formats": dict(sorted(bits_hist.items())),
+                               "size_bytes": weight_bytes(plan, float_model),
+                               "fallback_ops": sorted(plan.fallback_ops), "target": target_info}
+    if eval_data is not None:
+        if len(specs) != 1:
+            raise CalibrationError("--eval needs a model with one input", hint="evaluate multi-input models yourself")
+        x, y = load_eval(eval_data, specs[0])
+        batch = specs[0].shape[0]
+        runners = {k: runner(m) for k, m in stages.items()}
+        summary["eval"] = compare(runners, x, y, batch)
+        summary["eval"]["data"] = Path(eval_data).name
+    return summary
+
+
+def write_report(out: Path, plan: QuantPlan, summary: dict[str, Any], ctx: PassContext) -> None:
+    from .report import write_report as _write
+
+    _write(out, plan, summary=summary, pareto=ctx.artifacts.get("pareto"))

@@ -1,0 +1,82 @@
+"""Quantization grids: how a float range or a weight tensor becomes scale and zero point.
+
+One implementation for the QDQ pass, sensitivity and tests, so that a layer is
+quantized the same way whether it is being scored or compiled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+
+def activation_qparams(lo: float, hi: float, bits: int, signed: bool = False) -> tuple[float, int]:
+    """Asymmetric grid covering [lo, hi] and 0 exactly; scale rounded to float32 (what ORT stores)."""
+    qmin, qmax = qrange(bits, signed)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo <= 1e-12:
+        hi = lo + 1.0  # constant tensor: any grid represents it; keep the multiplier sane
+    scale = float(np.float32((hi - lo) / (qmax - qmin)))
+    zp = int(np.clip(np.round(qmin - lo / scale), qmin, qmax))
+    return scale, zp
+
+
+def weight_axis(op_type: str, trans_b: int = 0) -> int:
+    """Output-channel axis of the weight: Conv [M,C,kh,kw] and Gemm(transB) [N,K] -> 0; MatMul [K,N] -> 1."""
+    if op_type == "Conv" or (op_type == "Gemm" and trans_b):
+        return 0
+    return 1
+
+
+def weight_scales(w: np.ndarray, bits: int, axis: int, *, mse: bool = True) -> np.ndarray:
+    """Symmetric per-channel scales; with ``mse`` the clip per channel minimises ||W - Q(W)||^2.
+
+    Clipping matters at 4 bits (a few outliers would otherwise waste the grid);
+    at 8 bits the search almost always keeps the max, and costs little.
+    """
+    qmax = (1 << (bits - 1)) - 1
+    wc = np.moveaxis(w.astype(np.float64), axis, 0).reshape(w.shape[axis], -1)
+    amax = np.abs(wc).max(axis=1)
+    amax = np.where(amax > 0, amax, 1.0)
+    if not mse:
+        return (amax / qmax).astype(np.float32)
+    fr = np.linspace(0.5, 1.0, 51)
+    best = amax / qmax
+    best_err = np.full(len(amax), np.inf)
+    for f in fr:
+        s = (amax * f / qmax)[:, None]
+        q = np.clip(np.round(wc / s), -qmax, qmax)
+        err = ((wc - q * s) ** 2).sum(axis=1)
+        better = err < best_err
+        best = np.where(better, s[:, 0], best)
+        best_err = np.where(better, err, best_err)
+    return np.maximum(best, FLOAT32_TINY).astype(np.float32)
+
+
+def quantize_weight(w: np.ndarray, scales: np.ndarray, bits: int, axis: int) -> np.ndarray:
+    """Round to the symmetric grid [-(2^(b-1)-1), 2^(b-1)-1], held in int8."""
+    qmax = (1 << (bits - 1)) - 1
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.round(w.astype(np.float64) / scales.astype(np.float64).reshape(shape))
+    return np.clip(q, -qmax, qmax).astype(np.int8)
+
+
+def quantize_bias(b: np.ndarray, s_x: float, s_w: np.ndarray) -> np.ndarray:
+    """int32 bias at scale s_x * s_w[c] (zero point 0), saturated."""
+    s = (np.float32(s_x) * s_w.astype(np.float32)).astype(np.float64)
+    q = np.round(b.astype(np.float64) / s)
+    return np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
+
+
+def fake_quant_weight(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
+    """W -> Q(W) in float: what the layer computes with after quantization (sensitivity, tests)."""
+    s = weight_scales(w, bits, axis)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return (quantize_weight(w, s, bits, axis).astype(np.float32) * s.reshape(shape)).astype(np.float32)

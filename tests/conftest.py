@@ -1,0 +1,80 @@
+"""Shared fixtures: small real models built with onnx.helper (no torch needed) and the bundled example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "models" / "fashion_cnn.onnx"
+EXAMPLE_CALIB = ROOT / "models" / "data" / "fashion_calib.npz"
+EXAMPLE_EVAL = ROOT / "models" / "data" / "fashion_eval.npz"
+
+
+def make_tiny_cnn(seed: int = 0, opset: int = 13, batchnorm: bool = True) -> onnx.ModelProto:
+    """Conv-BN-Relu, a residual block, MaxPool, GlobalAveragePool, Flatten, Gemm: the ops of our zoo."""
+    rng = np.random.default_rng(seed)
+    inits = []
+
+    def w(name, *shape, scale=0.3):
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
+        return name
+
+    nodes = [helper.make_node("Conv", ["input", w("c1.w", 8, 1, 3, 3), w("c1.b", 8)], ["c1"], name="conv1",
+                              pads=[1, 1, 1, 1])]
+    if batchnorm:
+        inits += [numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "bn.g"),
+                  numpy_helper.from_array(rng.uniform(-0.2, 0.2, 8).astype(np.float32), "bn.b"),
+                  numpy_helper.from_array(rng.uniform(-0.2, 0.2, 8).astype(np.float32), "bn.m"),
+                  numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "bn.v")]
+        nodes.append(helper.make_node("BatchNormalization", ["c1", "bn.g", "bn.b", "bn.m", "bn.v"], ["bn1"],
+                                      name="bn1"))
+        last = "bn1"
+    else:
+        last = "c1"
+    nodes += [
+        helper.make_node("Relu", [last], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", w("c2.w", 8, 8, 3, 3, scale=0.15), w("c2.b", 8)], ["c2"], name="conv2",
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", w("c3.w", 8, 1, 3, 3), w("c3.b", 8)], ["c3"], name="dwconv3",
+                         pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Add", ["c3", "p1"], ["a1"], name="add1"),
+        helper.make_node("Relu", ["a1"], ["r3"], name="relu3"),
+        helper.make_node("Conv", ["r3", w("c4.w", 16, 8, 1, 1), w("c4.b", 16)], ["c4"], name="conv4",
+                         strides=[2, 2]),
+        helper.make_node("Relu", ["c4"], ["r4"], name="relu4"),
+        helper.make_node("GlobalAveragePool", ["r4"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", w("fc.w", 10, 16), w("fc.b", 10)], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "tiny_cnn",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def tiny_calib(n: int = 32, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 1, (n, 1, 16, 16)).astype(np.float32)
+
+
+@pytest.fixture
+def tiny_cnn_path(tmp_path: Path) -> Path:
+    p = tmp_path / "tiny_cnn.onnx"
+    onnx.save(make_tiny_cnn(), str(p))
+    return p
+
+
+@pytest.fixture
+def tiny_calib_path(tmp_path: Path) -> Path:
+    p = tmp_path / "calib.npz"
+    np.savez(p, input=tiny_calib())
+    return p
