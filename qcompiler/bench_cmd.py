@@ -1,0 +1,86 @@
+"""`qcompile bench OUT`: time the compiled artifacts against the float model in the same run.
+
+Machines here are noisy, so the number that matters is the ratio to a peer
+timed in the same process, not the absolute milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import FlagError, QCompileError
+
+
+def _time(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1e3)
+
+
+def bench_output(out: Path, *, repeat: int = 50) -> dict[str, Any]:
+    """Median latency (ms, batch as compiled) of each artifact in ``out`` that this machine can run."""
+    from .ort_session import session
+
+    manifest_path = out / "manifest.json"
+    if not manifest_path.is_file():
+        raise QCompileError(f"'{out}' is not a qcompile output directory (no manifest.json)",
+                            hint="pass the -o directory of a qcompile run")
+    manifest = json.loads(manifest_path.read_text())
+    target = manifest.get("target", {}).get("target", manifest.get("flags", {}).get("target"))
+    results: dict[str, Any] = {"target": target, "repeat": repeat}
+    qdq = session((out / "model.qdq.onnx").read_bytes())
+    inp = qdq.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
+    results["ort_qdq_ms"] = _time(lambda: qdq.run(None, {inp.name: x}), repeat)
+    if (out / "model.int.onnx").is_file():
+        integer = session((out / "model.int.onnx").read_bytes())
+        results["ort_integer_ms"] = _time(lambda: integer.run(None, {inp.name: x}), repeat)
+    if target in ("cpu", "cuda"):
+        from .runtime import load
+
+        run = load(out)
+        results[f"tvm_{target}_ms"] = _time(lambda: run(x), repeat)
+    base = results["ort_qdq_ms"]
+    results["ratios_to_ort_qdq"] = {k: v / base for k, v in results.items() if k.endswith("_ms")}
+    return results
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="qcompile bench", description="Time a qcompile output directory.")
+    p.add_argument("out")
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--json", default=None, help="also write the numbers here")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        if e.code == 0:
+            return 0
+        raise FlagError("bad arguments to qcompile bench", hint="see qcompile bench --help") from None
+    res = bench_output(Path(args.out), repeat=args.repeat)
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"qcompile bench {args.out} (median of {args.repeat})")
+    t.add_column("artifact")
+    t.add_column("ms", justify="right")
+    t.add_column("x ORT QDQ", justify="right")
+    for k, v in res.items():
+        if k.endswith("_ms"):
+            t.add_row(k[:-3], f"{v:.3f}", f"{res['ratios_to_ort_qdq'][k]:.2f}")
+    Console().print(t)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+    return 0
