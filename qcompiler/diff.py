@@ -100,7 +100,10 @@ _PASSTHROUGH = {"Flatten", "Reshape", "MaxPool", "Transpose", "Squeeze", "Unsque
 # Names tools give a quantized copy of tensor x (ORT, the qcompiler passes, common hand-written).
 _SUFFIXES = ("_QuantizeLinear_Output", "_DequantizeLinear_Output", "_QuantizeLinear_Input",
              "_quantized", "_dequantized", "_quant", "_dequant", "_int8", "_uint8", "_int4", "_uint4",
-             "_i8", "_u8", "_i4", "_u4", "_q", "_dq", "_deq", "_int")
+             "_i8", "_u8", "_i4", "_u4", "_q", "_dq", "_deq", "_int", ".q", ".dq", ".int", ".i8")
+# Weight initializers named after their layer (qcompiler: "<layer>.w_q", "<layer>.w_int8"): the
+# plan maps the layer to its float weight tensor.
+_WEIGHT_SUFFIXES = (".w_q", ".w_dq", ".w_int8", ".w_int4", ".w")
 
 _RUNNABLE = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.INT8,
              TensorProto.UINT8, TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32,
@@ -729,7 +732,12 @@ class _Side:
             for suf in _SUFFIXES:
                 if n.endswith(suf) and len(n) > len(suf):
                     out.append(n[: -len(suf)])
-        return list(dict.fromkeys(out))
+            if self.plan is not None:
+                for suf in _WEIGHT_SUFFIXES:
+                    lp = self.plan.layers.get(n[: -len(suf)]) if n.endswith(suf) else None
+                    if lp is not None and lp.weight:
+                        out.append(lp.weight)
+        return [o for o in dict.fromkeys(out) if o != name]
 
     def _const(self, name: str) -> np.ndarray | None:
         return self.values.get(name) if name else None
@@ -826,7 +834,10 @@ def _dequantize(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) -> 
             return None
         ax = axis % q.ndim
         if q.shape[ax] != s.size:
-            return None  # blocked quantization or an unexpected layout: do not guess
+            fits = [k for k in range(q.ndim) if q.shape[k] == s.size]
+            if len(fits) != 1:
+                return None  # blocked quantization or an ambiguous layout: do not guess
+            ax = fits[0]  # a weight stored transposed ([K, M] for a [M, K] Gemm weight)
         shape = [1] * q.ndim
         shape[ax] = s.size
         s = s.reshape(shape)
@@ -875,7 +886,9 @@ def _compare(sa: _Side, a: str, sb: _Side, b: str, match: str,
             skipped.append({"a": a, "b": b, "reason": f"no scale/zero point known for integer tensor '{which}'"})
             return None
     if va.shape != vb.shape:
-        if va.size == vb.size:
+        if va.ndim == 2 and vb.shape == va.shape[::-1]:
+            vb, match = vb.T, f"{match}, transposed"  # [K, M] integer weight vs [M, K] Gemm weight
+        elif tuple(d for d in va.shape if d != 1) == tuple(d for d in vb.shape if d != 1):
             vb = vb.reshape(va.shape)
         else:
             skipped.append({"a": a, "b": b, "reason": f"shape {list(va.shape)} vs {list(vb.shape)}"})
@@ -906,10 +919,10 @@ def numeric_diff(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Mapping[str, np.
         if match != "name":
             # A quantized tensor may hold act(x) when the Relu/Clip after x was folded into the
             # clamp; compare with that too and keep the closer one (the naming is the tool's choice).
-            alt = sa.folded_act(x) if match == "quantized" else sb.folded_act(y)
-            if alt is not None:
-                ax, ay = (alt, y) if match == "quantized" else (x, alt)
-                d2 = _compare(sa, ax, sb, ay, f"{match} (after {alt})", [])
+            for ax, ay in ((sa.folded_act(x), y), (x, sb.folded_act(y))):
+                if ax is None or ay is None:
+                    continue
+                d2 = _compare(sa, ax, sb, ay, f"{match} (after {ax if ax != x else ay})", [])
                 if d2 is not None and (d is None or d2.sqnr_db > d.sqnr_db):
                     pairs.add((ax, ay))
                     d, skipped[:] = d2, [s for s in skipped if (s["a"], s["b"]) != (x, y)]
@@ -934,9 +947,23 @@ def numeric_diff(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Mapping[str, np.
         other = next((o for o in sa.origins(name) if o in in_b), None)
         if other is not None:
             add(name, other, "dequantized")
-    # Renamed tensors: the outputs of nodes the structural diff paired (conv1 -> conv1_quant).
+    # Two copies of one float tensor under two new names (x.w_q in QDQ, x.w_int8 in the integer graph).
     matched_a = {x for x, _ in pairs}
     matched_b = {y for _, y in pairs}
+    by_origin: dict[str, str] = {}
+    for name in order_a:
+        if name not in matched_a and name not in in_b:
+            for o in sa.origins(name):
+                by_origin.setdefault(o, name)
+    for name in order_b:
+        if name in matched_b or name in in_a:
+            continue
+        ref = next((by_origin[o] for o in sb.origins(name) if o in by_origin), None)
+        if ref is not None and ref not in matched_a:
+            add(ref, name, "same origin")
+            matched_a.add(ref)
+            matched_b.add(name)
+    # Renamed tensors: the outputs of nodes the structural diff paired (conv1 -> conv1_quant).
     na, nb = list(a.graph.node), list(b.graph.node)
     for i, j, _how in _match_nodes(na, nb):
         if i is None or j is None:

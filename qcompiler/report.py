@@ -321,10 +321,25 @@ def budget_usage(plan: QuantPlan) -> list[tuple[str, Any, Any, float | None]]:
 # the page
 
 
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested summary dicts (eval.int8.accuracy) as dotted rows: free-form keys stay readable."""
+    rows: list[tuple[str, Any]] = []
+    for k in sorted(d, key=str):
+        v = d[k]
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            rows.extend(_flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)) and not v:
+            rows.append((key, "none"))
+        else:
+            rows.append((key, v))
+    return rows
+
+
 def _summary_table(summary: Mapping[str, Any]) -> str:
     if not summary:
         return '<p class="muted">No summary recorded.</p>'
-    return table(["metric", "value"], [(k, summary[k]) for k in sorted(summary)], numeric=(False, True))
+    return table(["metric", "value"], _flatten(summary), numeric=(False, True))
 
 
 def _layer_table(plan: QuantPlan) -> str:
