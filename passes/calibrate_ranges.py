@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import onnx
 
 from qcompiler.calibration import OBSERVERS, RangeObserver
 from qcompiler.conditions import ALL_SHAPES_KNOWN, NO_QDQ, RANGES_KNOWN
-from qcompiler.errors import CalibrationError, NumericsError
+from qcompiler.errors import CalibrationError, NumericsError, QCompileError, UnsupportedModelError
 from qcompiler.ir import graph_inputs, value_dtypes
 from qcompiler.ort_session import session, with_outputs
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
@@ -23,6 +24,25 @@ def _has_calib(model: onnx.ModelProto, ctx: PassContext) -> str | None:
 
 
 HAS_CALIB = Condition("calibration data given", _has_calib)
+
+
+def _ort_error(model: onnx.ModelProto, e: Exception, what: str) -> QCompileError:
+    """ONNX Runtime refused the float model: a user error that names the node ORT complained about."""
+    msg = " ".join(str(e).split())
+    # ORT's graph optimizer renames nodes after them or their outputs (c2_nchwc): map back to the model's name
+    names = {n.name: n.name for n in model.graph.node if n.name}
+    names.update({o: n.name for n in model.graph.node for o in n.output if o and n.name and o not in names})
+    node = None
+    m = re.search(r"[Nn]ode[. ]*Name:\s*'([^']*)'", msg)
+    if m:
+        cand = m.group(1)
+        key = cand if cand in names else next((k for k in sorted(names, key=len, reverse=True)
+                                               if cand.startswith(k)), None)
+        node = names[key] if key else None
+    reason = msg.split("Status Message:", 1)[-1].strip() if "Status Message:" in msg else msg
+    reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", reason)[:200]
+    return UnsupportedModelError(f"ONNX Runtime cannot {what} the float model: {reason}", node=node,
+                                 hint="the model must run in ONNX Runtime as it is; check its shapes and types")
 
 
 class CalibrateRanges(Pass):
@@ -45,7 +65,10 @@ class CalibrateRanges(Pass):
         for n in model.graph.node:
             names.extend(o for o in n.output if o and dtypes.get(o) == onnx.TensorProto.FLOAT)
         names = list(dict.fromkeys(names))
-        sess = session(with_outputs(model, names))
+        try:
+            sess = session(with_outputs(model, names))
+        except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors for models it cannot run
+            raise _ort_error(model, e, "load") from None
         outs = [o.name for o in sess.get_outputs()]
         obs = {n: RangeObserver() for n in names}
         total = len(ctx.calib)
@@ -56,7 +79,11 @@ class CalibrateRanges(Pass):
                 for o in obs.values():
                     o.start_histogram()
             for feed in ctx.calib.batches():
-                for name, arr in zip(outs, sess.run(outs, feed)):
+                try:
+                    results = sess.run(outs, feed)
+                except Exception as e:  # noqa: BLE001 - as above
+                    raise _ort_error(model, e, "run") from None
+                for name, arr in zip(outs, results):
                     if name in obs:
                         (obs[name].update_minmax if stage == 0 else obs[name].update_histogram)(arr)
                 if advance:

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 
 from qcompiler.conditions import ALL_SHAPES_KNOWN, UNIQUE_NODE_NAMES
+from qcompiler.errors import UnsupportedModelError
 from qcompiler.ir import QUANTIZABLE, attr, initializers, producers, value_shapes
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
 from qcompiler.plan import LayerPlan
@@ -58,6 +59,11 @@ class FindQuantizableLayers(Pass):
                 candidates=[list(c) for c in cands])
             if n.op_type == "Gemm" and attr(n, "transA", 0):
                 ctx.plan.layers.pop(n.name)  # transposed activations: keep float
+        if not ctx.plan.layers:
+            ops = sorted({n.op_type for n in model.graph.node})
+            raise UnsupportedModelError(f"no Conv, Gemm or MatMul with constant weights, so nothing to quantize "
+                                        f"(the graph has only {', '.join(ops)})",
+                                        hint="qcompiler quantizes models built from Conv/Gemm/MatMul layers")
         self._tie_groups(model, ctx)
         return PassResult(model, False)
 

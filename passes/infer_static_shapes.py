@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import re
+
 import onnx
 
 from qcompiler.conditions import ALL_SHAPES_KNOWN, OPSET_21, STATIC_INPUT_SHAPES
 from qcompiler.errors import ShapeError
-from qcompiler.ir import infer_shapes
+from qcompiler.ir import attr, infer_shapes, value_shapes
 from qcompiler.passmanager import Pass, PassContext, PassResult
+
+_HINT = "check --input-shape and the model's weights and reshape constants"
+
+
+def _explain(msg: str) -> tuple[str, str | None]:
+    """ONNX's inference error -> (one short reason, the node name it mentions, if any)."""
+    node = None
+    m = re.search(r"node name: ([^)]*)\)", msg) or re.search(r"Node \(([^)]*)\)", msg)
+    if m:
+        node = m.group(1).strip() or None
+    reason = msg
+    if "] " in reason:
+        reason = reason.rsplit("] ", 1)[-1]
+    reason = re.sub(r"\s+", " ", reason).strip()[:200] or "shape inference failed"
+    return reason, node
+
+
+def _check_conv_channels(model: onnx.ModelProto) -> None:
+    """ONNX's Conv shape inference does not compare input channels with the kernel's; ORT would fail later."""
+    shapes = value_shapes(model)
+    for n in model.graph.node:
+        if n.op_type != "Conv" or len(n.input) < 2:
+            continue
+        x, w = shapes.get(n.input[0]), shapes.get(n.input[1])
+        if not x or not w or len(x) < 2 or len(w) < 2 or not isinstance(x[1], int) or not isinstance(w[1], int):
+            continue
+        group = int(attr(n, "group", 1) or 1)
+        if x[1] != w[1] * group:
+            raise ShapeError(f"Conv input has {x[1]} channels but its weight '{n.input[1]}' expects "
+                             f"{w[1] * group} ({w[1]} x group {group})", node=n.name or None, hint=_HINT)
 
 
 class InferStaticShapes(Pass):
@@ -21,13 +53,9 @@ class InferStaticShapes(Pass):
         try:
             out = infer_shapes(model, strict=True)
         except onnx.shape_inference.InferenceError as e:
-            msg = str(e)
-            node = None
-            if "Node (" in msg:
-                node = msg.split("Node (", 1)[1].split(")", 1)[0]
-            detail = msg.split("] ", 1)[-1].splitlines()[0][:200] if msg else "shape inference failed"
-            raise ShapeError(f"shapes do not fit: {detail}", node=node,
-                             hint="check --input-shape and the model's reshape constants") from None
+            reason, node = _explain(str(e))
+            raise ShapeError(f"shapes do not fit: {reason}", node=node, hint=_HINT) from None
+        _check_conv_channels(out)
         why = ALL_SHAPES_KNOWN(out, ctx)
         if why:
             raise ShapeError(f"cannot infer static shapes: {why}",

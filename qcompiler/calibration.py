@@ -9,6 +9,7 @@ samples and no activation is ever stored.
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,30 +33,67 @@ class InputSpec:
     dtype: np.dtype
 
 
+# A calibration array whose header declares more than this is refused before numpy allocates it.
+MAX_ARRAY_BYTES = 4 * 1024**3
+
+
+def _check_declared(name: str, f: Any, available: int) -> None:
+    """Refuse pickles and impossible sizes from the header alone."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f, max_header_size=10000)
+    if dtype.hasobject:
+        raise CalibrationError(f"'{name}' holds pickled objects, which qcompiler never loads",
+                               hint="save plain numeric arrays with np.save / np.savez")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > MAX_ARRAY_BYTES or declared > available:
+        raise CalibrationError(f"'{name}' declares {declared} bytes of data but holds {available}",
+                               hint="the file is corrupt or truncated; save it again with numpy")
+
+
+def _unreadable(path: Path, kind: str) -> CalibrationError:
+    return CalibrationError(f"'{path.name}' is not a readable {kind} file",
+                            hint=f"save it with {'np.save' if kind == '.npy' else 'np.savez'}")
+
+
+def _pickled(path: Path) -> CalibrationError:
+    return CalibrationError(f"'{path.name}' holds pickled objects, which qcompiler never loads",
+                            hint="save plain numeric arrays with np.save / np.savez")
+
+
 def _load_npy(path: Path) -> np.ndarray:
     try:
+        with open(path, "rb") as f:
+            _check_declared(path.name, f, path.stat().st_size)
         return np.load(path, allow_pickle=False)
+    except CalibrationError:
+        raise
     except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise CalibrationError(f"'{path.name}' holds pickled objects, which qcompiler never loads",
-                                   hint="save plain numeric arrays with np.save") from None
-        raise CalibrationError(f"'{path.name}' is not a readable .npy file", hint="save it with np.save") from None
-    except (OSError, EOFError):
-        raise CalibrationError(f"'{path.name}' is not a readable .npy file", hint="save it with np.save") from None
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
+            raise _pickled(path) from None
+        raise _unreadable(path, ".npy") from None
+    except (OSError, EOFError, TypeError, SyntaxError):
+        raise _unreadable(path, ".npy") from None
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
+        with zipfile.ZipFile(path) as zf:  # check every member's header before numpy allocates it
+            for info in zf.infolist():
+                if info.filename.endswith(".npy"):
+                    with zf.open(info) as f:
+                        _check_declared(f"{path.name}:{info.filename}", f, info.file_size)
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+    except CalibrationError:
+        raise
     except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise CalibrationError(f"'{path.name}' holds pickled objects, which qcompiler never loads",
-                                   hint="save plain numeric arrays with np.savez") from None
-        raise CalibrationError(f"'{path.name}' is not a readable .npz file", hint="save it with np.savez") from None
-    except (OSError, EOFError, KeyError):
-        raise CalibrationError(f"'{path.name}' is not a readable .npz file",
-                               hint="save it with np.savez") from None
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
+            raise _pickled(path) from None
+        raise _unreadable(path, ".npz") from None
+    except (OSError, EOFError, KeyError, TypeError, SyntaxError, zipfile.BadZipFile, zipfile.LargeZipFile,
+            NotImplementedError, RuntimeError):
+        raise _unreadable(path, ".npz") from None
 
 
 def _load_image(path: Path, spec: InputSpec) -> np.ndarray:

@@ -13,7 +13,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 from google.protobuf.message import DecodeError
 from onnx import version_converter
 
@@ -157,8 +159,16 @@ def check_model(model: onnx.ModelProto, name: str) -> None:
                                     hint="export the model with opset 11 or newer")
     local_funcs = {(f.domain, f.name) for f in model.functions}
     for n in g.node:
-        if n.domain not in KNOWN_DOMAINS and (n.domain, n.op_type) not in local_funcs:
+        if (n.domain, n.op_type) in local_funcs:
+            continue
+        if n.domain not in KNOWN_DOMAINS:
             raise UnsupportedModelError(f"op '{n.op_type}' of unknown domain '{n.domain}'", model=name,
+                                        node=n.name or n.op_type,
+                                        hint="export the model with standard ONNX ops only")
+        # the checker says "No Op registered" without naming the node; say which node it is
+        domain = "" if n.domain == "ai.onnx" else n.domain
+        if domain in ("", "ai.onnx.ml") and not onnx.defs.has(n.op_type, domain):
+            raise UnsupportedModelError(f"op '{n.op_type}' is not an ONNX operator", model=name,
                                         node=n.name or n.op_type,
                                         hint="export the model with standard ONNX ops only")
     # duplicate tensor names (two producers of one tensor) and cycles break every pass
@@ -180,6 +190,28 @@ def check_model(model: onnx.ModelProto, name: str) -> None:
         first = next((ln for ln in str(e).splitlines() if ln.strip()), "invalid model")
         raise ModelLoadError(f"the ONNX checker rejects the model: {first[:200]}", model=name,
                              hint="export the model again or fix the node named above") from None
+    _check_finite_weights(model, name)
+
+
+def _check_finite_weights(model: onnx.ModelProto, name: str) -> None:
+    """NaN/Inf weights would poison calibration far downstream; name the weight and its node here."""
+    users: dict[str, str] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users.setdefault(i, n.name or n.op_type)
+    for t in model.graph.initializer:
+        if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                               onnx.TensorProto.BFLOAT16):
+            continue
+        try:
+            arr = onnx.numpy_helper.to_array(t)
+        except Exception:  # noqa: BLE001 - any decoding failure is a corrupt file, not a bug
+            raise ModelLoadError(f"initializer '{t.name}' cannot be decoded", model=name,
+                                 node=users.get(t.name), hint="the model file is corrupt; export it again") from None
+        if not np.all(np.isfinite(arr.astype(np.float32, copy=False))):
+            raise ModelLoadError(f"initializer '{t.name}' holds NaN or Inf", model=name, node=users.get(t.name),
+                                 hint="the weights diverged in training or the export is broken; "
+                                 "fix them before quantizing")
 
 
 def _check_acyclic(model: onnx.ModelProto, name: str) -> None:
