@@ -73,6 +73,8 @@ def _si(n: float) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, float) and type(v) is not float:  # a resolved budget: "60% = 17,429"
+        return str(v)
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, int) and not isinstance(v, bool):

@@ -86,6 +86,8 @@ def fmt(v: object) -> str:
     """One stable text form per value, so that tables are deterministic and readable."""
     if isinstance(v, bool) or v is None:
         return str(v)
+    if isinstance(v, _Limit):
+        return str(v)
     if isinstance(v, float):
         if math.isnan(v) or math.isinf(v):
             return str(v)
@@ -162,12 +164,15 @@ def bits_plot(plan: QuantPlan) -> str:
     names = sorted(plan.layers)
     w = [plan.layers[n].weight_bits for n in names]
     a = [plan.layers[n].act_bits for n in names]
-    fig = figure(min(11.0, 2.0 + 0.45 * len(names)) if names else 4.0, 3.2)
+    longest = max((len(n) for n in names), default=0)
+    rotate = len(names) * max(longest, 4) > 60  # labels would collide side by side
+    fig = figure(min(11.0, 3.0 + 0.45 * len(names)), 3.0 + (min(longest, 48) * 0.07 if rotate else 0.0))
     ax = fig.add_subplot()
     xs = list(range(len(names)))
     ax.bar([x - 0.2 for x in xs], w, width=0.4, label="weight bits", color="#1f77b4")
     ax.bar([x + 0.2 for x in xs], a, width=0.4, label="activation bits", color="#ff7f0e")
-    ax.set_xticks(xs, names, rotation=60 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+    ax.set_xticks(xs, names, rotation=45 if rotate else 0, ha="right" if rotate else "center",
+                  rotation_mode="anchor")
     top = max([8, *w, *a])
     ax.set_ylim(0, top * 1.4)  # head room so the legend never covers a bar
     ax.set_yticks(sorted({2, 4, 8, top}))
@@ -208,7 +213,9 @@ def sensitivity_plot(plan: QuantPlan) -> str | None:
     if hi <= lo:
         hi = lo * 10.0
     grid = [[(v if v is not None and v > 0 and math.isfinite(v) else math.nan) for v in row] for row in vals]
-    fig = figure(max(4.5, 2.5 + 0.9 * len(keys)), max(2.5, 1.2 + 0.32 * len(names)))
+    longest = max(len(n) for n in names)
+    fig = figure(min(11.0, max(4.5, 3.0 + 0.9 * len(keys) + 0.065 * min(longest, 60))),
+                 max(2.5, 1.4 + 0.32 * len(names)))
     ax = fig.add_subplot()
     im = ax.imshow(grid, aspect="auto", norm=LogNorm(vmin=lo, vmax=hi), cmap="viridis",
                    interpolation="nearest")
@@ -228,7 +235,7 @@ def sensitivity_plot(plan: QuantPlan) -> str | None:
                 ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
                                                           edgecolor="#d62728", linewidth=2.0))
     ax.set_xlabel("candidate (weight bits, activation bits)")
-    ax.set_title("Sensitivity Ω per layer and candidate (red box: chosen)")
+    ax.set_title("Ω per layer and candidate (red box: chosen)")
     fig.colorbar(im, ax=ax, label="Ω (log scale)")
     return svg(fig, alt="sensitivity heatmap")
 
@@ -279,6 +286,26 @@ def chosen_sensitivity(lp: LayerPlan) -> float | None:
     return lp.sensitivity.get(f"w{lp.weight_bits}a{lp.act_bits}")
 
 
+class _Limit(float):
+    """A resolved budget: the number the ILP used, printed with the user's spelling ("60%")."""
+
+    spec: str
+
+    def __new__(cls, spec: object, value: float) -> _Limit:
+        obj = super().__new__(cls, float(value))
+        obj.spec = str(spec)
+        return obj
+
+    @property
+    def value(self) -> float:
+        return float(self)
+
+    def __str__(self) -> str:
+        return f"{self.spec} = {self.value:,.0f}"
+
+    __repr__ = __str__
+
+
 _BUDGET_ALIASES = {
     "size": ("size_bytes", "size", "model_size_bytes", "weight_bytes"),
     "bops": ("bops",),
@@ -300,10 +327,14 @@ def budget_usage(plan: QuantPlan) -> list[tuple[str, Any, Any, float | None]]:
     for key in sorted(plan.budgets):
         limit = plan.budgets[key]
         used: Any = None
+        if isinstance(limit, Mapping):  # resolved by the ILP: {"budget": "60%", "limit": 17428.8, "used": ...}
+            used = limit.get("used")
+            spec, value = limit.get("budget"), limit.get("limit")
+            limit = value if spec is None or value is None else (
+                value if isinstance(spec, (int, float)) else _Limit(spec, value))
         for cand in (f"{key}_used", key, f"used_{key}"):
-            if cand in plan.stats:
+            if used is None and cand in plan.stats and isinstance(plan.stats[cand], (int, float)):
                 used = plan.stats[cand]
-                break
         if used is None:
             kind = next((k for k, names in _BUDGET_ALIASES.items() if key in names or key.startswith(k)), None)
             if kind == "size":
@@ -311,8 +342,9 @@ def budget_usage(plan: QuantPlan) -> list[tuple[str, Any, Any, float | None]]:
             elif kind == "bops":
                 used = int(bops)
         frac = None
-        if isinstance(limit, (int, float)) and isinstance(used, (int, float)) and limit:
-            frac = float(used) / float(limit)
+        lim = limit.value if isinstance(limit, _Limit) else limit
+        if isinstance(lim, (int, float)) and isinstance(used, (int, float)) and lim:
+            frac = float(used) / float(lim)
         out.append((key, limit, used, frac))
     return out
 
