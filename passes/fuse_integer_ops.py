@@ -49,6 +49,15 @@ def fuse_integer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     def const(name: str) -> np.ndarray | None:
         return nh.to_array(inits[name]) if name in inits else None
 
+    taken = set(inits) | {o for n in g.node for o in n.output} | {i.name for i in g.input}
+
+    def unique(base: str) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
     new_inits: list[onnx.TensorProto] = []
     drop: set[int] = set()
     replace: dict[int, onnx.NodeProto] = {}
@@ -70,7 +79,7 @@ def fuse_integer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         names = []
         for suffix, arr in (("bias", bias.astype(np.int32)), ("b", b.astype(np.int64)), ("c", c.astype(np.int64))):
-            t = nh.from_array(arr.reshape(m), f"{n.name}.{suffix}_v")
+            t = nh.from_array(arr.reshape(m), unique(f"{n.name}.{suffix}"))
             new_inits.append(t)
             names.append(t.name)
         attrs = {a.name: h.get_attribute_value(a) for a in rq.attribute}
@@ -96,6 +105,10 @@ def fuse_integer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.initializer[:]
     g.initializer.extend(keep)
     del g.value_info[:]
+    used_ops = {(n.domain, n.op_type) for n in g.node}
+    funcs = [f for f in model.functions if (f.domain, f.name) in used_ops]
+    del model.functions[:]
+    model.functions.extend(funcs)
     fn.add_functions(model)
     log.info("fused %s", counts)
     try:

@@ -1,0 +1,139 @@
+"""Property tests of qcompiler.numerics: dyadic multipliers and requantization are exact and never overflow.
+
+The oracle is Python's unbounded integers and fractions; the ONNX function
+bodies are checked against the same numpy code with stock ONNX Runtime and
+``onnx.reference`` on extreme inputs.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+from qcompiler.passes import integer_functions as fn
+
+from qcompiler import numerics as nm
+from qcompiler.errors import NumericsError
+
+INT32 = st.integers(nm.INT32_MIN, nm.INT32_MAX)
+INT32_EDGES = st.sampled_from([nm.INT32_MIN, nm.INT32_MIN + 1, -1, 0, 1, nm.INT32_MAX - 1, nm.INT32_MAX])
+ACC = st.one_of(INT32, INT32_EDGES)
+# multipliers spread over all binades of the supported range, plus its edges
+MULT = st.one_of(
+    st.builds(lambda e, f: min(f * 2.0**e, np.nextafter(nm.M_MAX, 0)), st.integers(-32, 29), st.floats(1.0, 2.0)),
+    st.floats(nm.M_MIN, nm.M_MAX, exclude_max=True),
+    st.sampled_from([nm.M_MIN, 1.0, 0.5, np.nextafter(nm.M_MAX, 0), 2.0**29, 1 / 3, 2.0**-31 * 1.5]),
+)
+SETTINGS = settings(max_examples=400, deadline=None)
+
+
+@SETTINGS
+@given(MULT)
+def test_dyadic_relative_error_below_2_pow_minus_30(m: float) -> None:
+    b, c = nm.dyadic(m)
+    assert nm.B_MIN <= b < nm.B_MAX
+    assert nm.C_MIN <= c <= nm.C_MAX
+    err = abs(Fraction(b, 1 << c) - Fraction(m)) / Fraction(m)
+    assert err < Fraction(1, 1 << 30)
+
+
+@pytest.mark.parametrize("m", [0.0, -0.5, float("nan"), float("inf"), 2.0**-33, nm.M_MAX, 2.0**31])
+def test_dyadic_refuses_multipliers_outside_the_proven_range(m: float) -> None:
+    with pytest.raises(NumericsError, match="multiplier"):
+        nm.dyadic(m)
+
+
+@SETTINGS
+@given(ACC, MULT, st.integers(-128, 255), st.integers(-300, 300), st.integers(0, 300))
+def test_requantize_is_exact_round_half_up_without_overflow(acc: int, m: float, zp: int, qmin: int,
+                                                            width: int) -> None:
+    b, c = nm.dyadic(m)
+    qmax = qmin + width
+    # the 64-bit intermediate never leaves int64
+    assert -(1 << 63) <= acc * b + (1 << (c - 1)) < (1 << 63)
+    got = nm.requantize(np.array([acc]), b, c, zp, qmin, qmax)
+    assert int(got[0]) == nm.requantize_exact(acc, b, c, zp, qmin, qmax)
+    # and it is the rational rounding of acc * b / 2^c, ties up
+    exact = Fraction(acc * b, 1 << c)
+    r = int(np.floor(exact)) + (1 if exact - np.floor(exact) >= Fraction(1, 2) else 0)
+    assert int(got[0]) == min(max(zp + r, qmin), qmax)
+
+
+def test_requantize_refuses_accumulators_outside_int32() -> None:
+    with pytest.raises(NumericsError, match="int32"):
+        nm.requantize(np.array([1 << 31]), 1 << 30, 30, 0, -128, 127)
+
+
+@SETTINGS
+@given(st.floats(1e-3, 1e3), st.floats(1e-3, 1e3), st.integers(-255, 255), st.integers(-255, 255))
+def test_residual_add_shares_one_shift_and_rounds_exactly(ma: float, mb: float, da: int, db: int) -> None:
+    ba, bb, c = nm.dyadic_pair(ma, mb)
+    assert max(ba, bb) >= nm.B_MIN and max(ba, bb) < nm.B_MAX
+    got = nm.qadd(np.array([da], np.int64), 0, np.array([db], np.int64), 0, ba, bb, c, np.int64(0),
+                  qmin=-(1 << 40), qmax=1 << 40)
+    assert int(got[0]) == nm.requantize_exact(da * ba + db * bb, 1, c, 0, -(1 << 40), 1 << 40)
+
+
+def test_add_with_absurd_scale_ratio_is_refused() -> None:
+    with pytest.raises(NumericsError, match="ratio"):
+        nm.dyadic_pair(1.0, 1e-9)
+
+
+# ----------------------------------------------------------------- the ONNX floor shift, on extremes
+
+def _requant_model() -> onnx.ModelProto:
+    """QRequant with every operand a graph input, so one session checks many (b, c)."""
+    ins = [helper.make_tensor_value_info("x", TensorProto.INT32, ["n"]),
+           helper.make_tensor_value_info("x_zp", TensorProto.INT32, []),
+           helper.make_tensor_value_info("b", TensorProto.INT64, ["n"]),
+           helper.make_tensor_value_info("c", TensorProto.INT64, ["n"]),
+           helper.make_tensor_value_info("y_zp", TensorProto.INT32, [])]
+    node = fn.make_node("QRequant", ["x", "x_zp", "b", "c", "y_zp"], "y", "rq", qmin=nm.INT32_MIN,
+                        qmax=nm.INT32_MAX)
+    g = helper.make_graph([node], "rq", ins, [helper.make_tensor_value_info("y", TensorProto.INT32, ["n"])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    return fn.add_functions(m)
+
+
+@pytest.fixture(scope="module")
+def requant_runners():
+    m = _requant_model()
+    onnx.checker.check_model(m)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = ReferenceEvaluator(m)
+    return (lambda f: sess.run(None, f)[0]), (lambda f: ref.run(None, f)[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(ACC, MULT), min_size=1, max_size=64))
+def test_onnx_floor_shift_matches_python_ints_in_ort_and_reference(requant_runners, pairs) -> None:
+    ort_run, ref_run = requant_runners
+    acc = np.array([a for a, _ in pairs], np.int32)
+    bc = [nm.dyadic(m) for _, m in pairs]
+    b = np.array([x for x, _ in bc], np.int64)
+    c = np.array([y for _, y in bc], np.int64)
+    feeds = {"x": acc, "x_zp": np.array(0, np.int32), "b": b, "c": c, "y_zp": np.array(0, np.int32)}
+    want = [nm.requantize_exact(int(a), int(bb), int(cc), 0, nm.INT32_MIN, nm.INT32_MAX)
+            for a, bb, cc in zip(acc, b, c)]
+    assert ort_run(feeds).tolist() == want
+    assert ref_run(feeds).tolist() == want
+
+
+def test_onnx_floor_shift_at_the_overflow_corner(requant_runners) -> None:
+    """acc near +-2^31, b near 2^31, c = 62: where an int64 offset of 2^62 would overflow."""
+    ort_run, ref_run = requant_runners
+    acc = np.array([nm.INT32_MIN, nm.INT32_MAX, nm.INT32_MIN, nm.INT32_MAX, -1, 1, 0], np.int32)
+    b = np.full(7, nm.B_MAX - 1, np.int64)
+    c = np.array([62, 62, 1, 1, 62, 62, 62], np.int64)
+    feeds = {"x": acc, "x_zp": np.array(0, np.int32), "b": b, "c": c, "y_zp": np.array(0, np.int32)}
+    want = [nm.requantize_exact(int(a), int(bb), int(cc), 0, nm.INT32_MIN, nm.INT32_MAX)
+            for a, bb, cc in zip(acc, b, c)]
+    assert ort_run(feeds).tolist() == want
+    assert ref_run(feeds).tolist() == want
