@@ -161,6 +161,7 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
         with atomic_output_dir(out, force=opts.force) as tmp:
             ctx.settings["out_dir"] = tmp
             qdq = plan_and_quantize(float_model, ctx, opts)
+            onnx.save(float_model, str(tmp / "model.float.onnx"))  # canonical float: what diff compares with
             onnx.save(qdq, str(tmp / "model.qdq.onnx"))
             stages: dict[str, onnx.ModelProto] = {"fp32": float_model, "int8": qdq}
             int_model = lower(qdq, ctx, opts)
