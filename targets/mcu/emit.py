@@ -1,0 +1,298 @@
+"""C source generation: ``model.c``, ``model.h``, the kernels, harness and Makefile.
+
+The generated code is one function, ``qc_run``, that calls the kernels of
+``runtime/qc_kernels.c`` in graph order on offsets of one static arena, with
+every constant (weights, folded biases, requantization multipliers and shifts,
+kernel parameters) in ``const`` arrays so that the linker puts them in flash.
+Output is a pure function of the program: same model, byte-identical C.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .arena import ArenaPlan
+from .graph import Program, Step, dyadic_info
+
+RUNTIME = Path(__file__).resolve().parent / "runtime"
+RUNTIME_FILES = ("qc_kernels.c", "qc_kernels.h")
+HARNESS_FILES = ("startup.c", "semihost.h", "qc_libc.c", "board_main.c", "host_main.c")
+BOARD_FILES = ("common.ld", "mps2-an386.ld", "mps2-an500.ld", "mps3-an547.ld", "microbit.ld")
+
+PARAM_FIELDS = {
+    "conv": ("qc_conv_params", ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride_h",
+                                "stride_w", "pad_t", "pad_l", "dil_h", "dil_w", "groups", "k_pad", "wbits", "in_zp",
+                                "out_zp", "qmin", "qmax"]),
+    "fc": ("qc_fc_params", ["rows", "k", "out_c", "k_pad", "wbits", "in_zp", "out_zp", "qmin", "qmax"]),
+    "dw": ("qc_dw_params", ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "ch_mult", "k_h", "k_w",
+                            "stride_h", "stride_w", "pad_t", "pad_l", "dil_h", "dil_w", "wbits", "in_zp", "out_zp",
+                            "qmin", "qmax"]),
+    "maxpool": ("qc_pool_params", ["in_h", "in_w", "c", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w",
+                                   "pad_t", "pad_l", "dil_h", "dil_w", "in_zp", "out_zp", "qmin", "qmax", "mult",
+                                   "shift"]),
+    "add": ("qc_add_params", ["n", "a_zp", "b_zp", "ma", "mb", "shift", "out_zp", "qmin", "qmax"]),
+    "requant": ("qc_requant_params", ["n", "in_zp", "out_zp", "qmin", "qmax", "mult", "shift"]),
+}
+PARAM_FIELDS["avgpool"] = PARAM_FIELDS["maxpool"]
+CONST_TYPES = {"w": "int8_t", "bias": "int32_t", "mult": "int32_t", "shift": "uint8_t"}
+
+
+def _c_comment(text: str) -> str:
+    """Node names can hold anything; keep them from closing the comment or adding a trigraph."""
+    return text.replace("*/", "* /").replace("??", "?\\?").replace("\n", " ")
+
+
+def _array_body(a: np.ndarray, per_line: int = 24) -> str:
+    vals = [str(int(v)) for v in np.asarray(a).reshape(-1)]
+    if not vals:
+        return "0"
+    lines = [",".join(vals[i:i + per_line]) for i in range(0, len(vals), per_line)]
+    return ",\n    ".join(lines)
+
+
+def _const_decl(name: str, kind: str, a: np.ndarray) -> str:
+    ctype = CONST_TYPES[kind]
+    n = max(int(np.asarray(a).size), 1)
+    if kind == "w":  # word aligned for 32-bit loads: a union with an int32 member (C99, no attributes)
+        return (f"static const union {{ int32_t align; int8_t v[{n}]; }} {name} = {{ .v = {{\n    "
+                f"{_array_body(a)}\n}} }};\n")
+    return f"static const {ctype} {name}[{n}] = {{\n    {_array_body(a)}\n}};\n"
+
+
+def _params_decl(i: int, s: Step) -> str:
+    ctype, fields = PARAM_FIELDS[s.kind]
+    vals = [f".{f} = {int(s.params[f])}" for f in fields]
+    if s.consts:
+        vals.append(f".w = qc_w{i}.v")
+        vals += [f".{k} = qc_{k}{i}" for k in ("bias", "mult", "shift")]
+    body = ",\n    ".join(vals)
+    return f"static const {ctype} qc_p{i} = {{\n    {body}\n}};\n"
+
+
+def _call(i: int, s: Step, prog: Program, plan: ArenaPlan) -> list[str]:
+    def a(t: str) -> str:
+        return f"QC_A({plan.tensor_offset[t]})"
+
+    scratch = f"(int16_t *)(void *)QC_A({plan.scratch_offset[i]})" if i in plan.scratch_offset else ""
+    k = s.kind
+    if k == "input":
+        t = prog.tensors[s.output]
+        xor = "0x00" if t.signed else "0x80"
+        if s.params:
+            p = s.params
+            return [f"qc_transpose3(in, {a(s.output)}, {p['d0']}, {p['d1']}, {p['d2']}, {xor});"]
+        return [f"qc_copy(in, {a(s.output)}, {t.size}, {xor});"]
+    if k == "output":
+        t = prog.tensors[s.inputs[0]]
+        xor = "0x00" if t.signed else "0x80"
+        if s.params:
+            p = s.params
+            return [f"qc_transpose3({a(s.inputs[0])}, out, {p['d0']}, {p['d1']}, {p['d2']}, {xor});"]
+        return [f"qc_copy({a(s.inputs[0])}, out, {t.size}, {xor});"]
+    if k == "view":
+        return []
+    if k == "conv":
+        return [f"qc_conv(&qc_p{i}, {a(s.inputs[0])}, {a(s.output)}, {scratch});"]
+    if k == "fc":
+        return [f"qc_fc(&qc_p{i}, {a(s.inputs[0])}, {a(s.output)}, {scratch});"]
+    if k == "dw":
+        return [f"qc_depthwise(&qc_p{i}, {a(s.inputs[0])}, {a(s.output)});"]
+    if k in ("maxpool", "avgpool"):
+        return [f"qc_{k}(&qc_p{i}, {a(s.inputs[0])}, {a(s.output)});"]
+    if k == "add":
+        return [f"qc_add(&qc_p{i}, {a(s.inputs[0])}, {a(s.inputs[1])}, {a(s.output)});"]
+    if k == "requant":
+        return [f"qc_requant(&qc_p{i}, {a(s.inputs[0])}, {a(s.output)});"]
+    if k == "relayout":
+        p = s.params
+        return [f"qc_transpose3({a(s.inputs[0])}, {a(s.output)}, {p['d0']}, {p['d1']}, {p['d2']}, 0x00);"]
+    if k == "concat":
+        total, off, out = sum(s.params["lens"]), 0, []
+        for t, ln in zip(s.inputs, s.params["lens"]):
+            out.append(f"qc_concat_inner({a(t)}, {a(s.output)}, {s.params['outer']}, {ln}, {total}, {off});")
+            off += ln
+        return out
+    raise AssertionError(f"unknown step kind {k}")
+
+
+def _describe(s: Step, prog: Program) -> str:
+    p = s.params
+    if s.kind == "conv":
+        return (f"conv {p['k_h']}x{p['k_w']}/{p['stride_h']} {p['in_c']}->{p['out_c']} g{p['groups']} "
+                f"w{p['wbits']} {p['out_h']}x{p['out_w']}")
+    if s.kind == "dw":
+        return f"depthwise {p['k_h']}x{p['k_w']}/{p['stride_h']} c{p['out_c']} w{p['wbits']} {p['out_h']}x{p['out_w']}"
+    if s.kind == "fc":
+        return f"fully connected {p['k']}->{p['out_c']} x{p['rows']} w{p['wbits']}"
+    if s.output:
+        return f"{s.kind} -> {list(prog.tensors[s.output].shape)} {prog.tensors[s.output].layout}"
+    return s.kind
+
+
+def model_c(prog: Program, plan: ArenaPlan) -> str:
+    consts: list[str] = []
+    body: list[str] = []
+    for i, s in enumerate(prog.steps):
+        if s.consts:
+            consts.append(f"/* step {i}: {_c_comment(s.name)} */\n")
+            consts.append(_const_decl(f"qc_w{i}", "w", s.consts["w"]))
+            for kind in ("bias", "mult", "shift"):
+                consts.append(_const_decl(f"qc_{kind}{i}", kind, s.consts[kind]))
+        if s.kind in PARAM_FIELDS:
+            consts.append(_params_decl(i, s))
+        lines = _call(i, s, prog, plan)
+        body.append(f"    /* {i}: {_c_comment(s.name)}: {_describe(s, prog)} */")
+        body += [f"    {ln}" for ln in lines]
+    head = (f"/* model.c - generated by qcompiler (target mcu) from {_c_comment(prog.name)}; do not edit.\n"
+            " * Integer-only: no float, no malloc, no libc calls beyond what the compiler inlines.\n"
+            " * Constants are const (flash); activations live in one static arena whose offsets\n"
+            " * were planned from tensor lifetimes. */\n"
+            '#include "model.h"\n#include "qc_kernels.h"\n\n')
+    arena = ("/* int64 member: 8-byte alignment in plain C99. */\n"
+             "static union {\n    int64_t align;\n    int8_t b[QC_ARENA_SIZE];\n} qc_arena;\n\n"
+             "#define QC_A(off) (qc_arena.b + (off))\n\n")
+    run = "int qc_run(const int8_t *in, int8_t *out)\n{\n" + "\n".join(body) + "\n    return 0;\n}\n"
+    return head + "\n".join(consts) + "\n" + arena + run
+
+
+def model_h(prog: Program, plan: ArenaPlan, report: dict[str, Any]) -> str:
+    def scale_lines(tag: str, scale: float, zp: int, signed: bool, shape: tuple[int, ...]) -> list[str]:
+        mult, shift = dyadic_info(scale)
+        size = int(np.prod(shape, dtype=np.int64))
+        return [
+            f"#define QC_{tag}_SIZE {size}",
+            f"#define QC_{tag}_RANK {len(shape)}",
+            f"#define QC_{tag}_DIMS {{{', '.join(str(d) for d in shape)}}}",
+            f"#define QC_{tag}_SIGNED {1 if signed else 0} /* {'int8' if signed else 'uint8'} values */",
+            f"#define QC_{tag}_ZERO_POINT {zp}",
+            f"/* scale = {float(scale)!r} ~= QC_{tag}_SCALE_MULT * 2^-QC_{tag}_SCALE_SHIFT */",
+            f"#define QC_{tag}_SCALE_MULT {mult}",
+            f"#define QC_{tag}_SCALE_SHIFT {shift}",
+        ]
+
+    lines = [
+        f"/* model.h - generated by qcompiler (target mcu) from {_c_comment(prog.name)}; do not edit.",
+        " *",
+        " * int qc_run(const int8_t *in, int8_t *out);",
+        " *   in:  QC_INPUT_SIZE bytes, the input already quantized with the graph's input",
+        " *        QuantizeLinear: q = clamp(round(x / scale) + zero_point), as uint8 or int8",
+        " *        (QC_INPUT_SIGNED) bytes in ONNX (NCHW) element order. Pass uint8 data as is,",
+        " *        cast to const int8_t *.",
+        " *   out: QC_OUTPUT_SIZE bytes, the integer output before the graph's final",
+        " *        DequantizeLinear (x = (q - zero_point) * scale), same conventions.",
+        " *   Returns 0. Not reentrant: all activations share one static arena.",
+        " *",
+        " * Scales are given as integers (no float anywhere): scale ~= MULT * 2^-SHIFT.",
+        " * Requantization rounds half up with a floor shift on a 64-bit intermediate",
+        " * (docs/INTEGER_GRAPH.md); the C does the floor shift portably, without relying",
+        " * on >> of a negative value. */",
+        "#ifndef QC_MODEL_H",
+        "#define QC_MODEL_H",
+        "",
+        "#include <stdint.h>",
+        "",
+        *scale_lines("INPUT", prog.input_scale, prog.input_zp, prog.input_signed, prog.input_shape),
+        "",
+        *scale_lines("OUTPUT", prog.output_scale, prog.output_zp, prog.output_signed, prog.output_shape),
+        "",
+        f"#define QC_ARENA_SIZE {max(plan.size, 4)} /* bytes of static RAM for activations and scratch */",
+        f"#define QC_ARENA_LOWER_BOUND {plan.lower_bound} /* most bytes live at one step */",
+        f"#define QC_CONST_BYTES {report['const_bytes']} /* weights, biases, requantization constants */",
+        f"#define QC_MACS {report['macs']}",
+        "",
+        "#ifdef __cplusplus",
+        'extern "C" {',
+        "#endif",
+        "int qc_run(const int8_t *in, int8_t *out);",
+        "#ifdef __cplusplus",
+        "}",
+        "#endif",
+        "#endif /* QC_MODEL_H */",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+MAKEFILE = r"""# Makefile - generated by qcompiler (target mcu).
+#   make host                  quick check on this machine (build/host/qc_host < in.bin > out.bin)
+#   make BOARD=mps2-an386      Cortex-M4 under QEMU (also mps2-an500 M7, mps3-an547 M55, microbit M0)
+#   make run BOARD=...         run build/BOARD/model.elf on qc_in.bin -> qc_out.bin (QEMU, semihosting)
+# Only model.c, model.h, qc_kernels.c and qc_kernels.h belong in a product; harness/ is for testing.
+BOARD ?= mps2-an386
+BUILD ?= build
+OPT ?= -O2
+ARM_CC ?= arm-none-eabi-gcc
+ARM_SIZE ?= arm-none-eabi-size
+HOST_CC ?= cc
+QEMU ?= qemu-system-arm
+WARN = -std=c99 -Wall -Wextra -Werror
+CFLAGS_COMMON = $(WARN) $(OPT) -fno-strict-aliasing -I. -Iharness
+
+CPU_mps2-an386 = cortex-m4
+CPU_mps2-an500 = cortex-m7
+CPU_mps3-an547 = cortex-m55
+CPU_microbit = cortex-m0
+CPU = $(CPU_$(BOARD))
+OUT = $(BUILD)/$(BOARD)
+ARM_FLAGS = -mcpu=$(CPU) -mthumb -mfloat-abi=soft -ffunction-sections -fdata-sections
+OBJS = $(OUT)/model.o $(OUT)/qc_kernels.o $(OUT)/qc_libc.o $(OUT)/startup.o $(OUT)/board_main.o
+
+.PHONY: all host run size clean
+all: $(OUT)/model.elf
+
+$(OUT)/%.o: %.c model.h qc_kernels.h
+	@mkdir -p $(OUT)
+	$(ARM_CC) $(CFLAGS_COMMON) $(ARM_FLAGS) -c $< -o $@
+
+$(OUT)/%.o: harness/%.c model.h harness/semihost.h
+	@mkdir -p $(OUT)
+	$(ARM_CC) $(CFLAGS_COMMON) $(ARM_FLAGS) -c $< -o $@
+
+$(OUT)/model.elf: $(OBJS) harness/boards/$(BOARD).ld harness/boards/common.ld
+	$(ARM_CC) $(ARM_FLAGS) -nostdlib -nostartfiles -Lharness/boards -T harness/boards/$(BOARD).ld \
+		-Wl,--gc-sections -o $@ $(OBJS) -lgcc
+
+size: $(OUT)/model.elf
+	$(ARM_SIZE) $(OUT)/model.o $(OUT)/qc_kernels.o $(OUT)/model.elf
+
+run: $(OUT)/model.elf
+	$(QEMU) -M $(BOARD) -nographic -semihosting -no-reboot -kernel $(OUT)/model.elf
+
+host: $(BUILD)/host/qc_host
+
+$(BUILD)/host/qc_host: model.c qc_kernels.c harness/host_main.c model.h qc_kernels.h
+	@mkdir -p $(BUILD)/host
+	$(HOST_CC) $(CFLAGS_COMMON) -o $@ model.c qc_kernels.c harness/host_main.c
+
+clean:
+	rm -rf $(BUILD)
+"""
+
+
+def write_sources(out: Path, prog: Program, plan: ArenaPlan, report: dict[str, Any]) -> list[Path]:
+    """Write everything into ``out`` (the mcu/ folder); returns the files written."""
+    (out / "harness" / "boards").mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    for name, text in (("model.c", model_c(prog, plan)), ("model.h", model_h(prog, plan, report)),
+                       ("Makefile", MAKEFILE)):
+        (out / name).write_text(text)
+        files.append(out / name)
+    for f in RUNTIME_FILES:
+        shutil.copyfile(RUNTIME / f, out / f)
+        files.append(out / f)
+    for f in HARNESS_FILES:
+        shutil.copyfile(RUNTIME / "harness" / f, out / "harness" / f)
+        files.append(out / "harness" / f)
+    for f in BOARD_FILES:
+        shutil.copyfile(RUNTIME / "harness" / "boards" / f, out / "harness" / "boards" / f)
+        files.append(out / "harness" / "boards" / f)
+    return files
+
+
+def const_bytes(prog: Program) -> int:
+    """Bytes of constant data the model needs (before the compiler adds parameter structs)."""
+    return int(sum(np.asarray(v).nbytes for s in prog.steps for v in s.consts.values()))

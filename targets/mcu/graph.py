@@ -1,0 +1,588 @@
+"""From ``model.int.onnx`` to a flat program of MCU kernel calls.
+
+The integer graph (docs/INTEGER_GRAPH.md) is read node by node and turned into
+:class:`Step` objects that name a C kernel, its constant data (already in the
+layout the kernel wants) and its activation tensors. Three choices are made
+here, not in the C:
+
+- Activations are int8. A uint8 tensor is held as ``value - 128`` (its zero
+  point and clamp bounds shift with it), so one set of kernels serves both and
+  the C never needs to know which one a tensor was; the bytes are converted at
+  the graph boundary (XOR 0x80).
+- 4-D activations are NHWC (channels contiguous: the im2col rows and the SIMD
+  loads want that). Flattening an NHWC tensor is a free view whose element
+  order is (h, w, c); the fully connected layer that reads it gets its weight
+  rows permuted at compile time instead of paying a transpose at run time.
+- The input zero point of a conv/fully connected layer is folded into its bias
+  (``bias - x_zp * sum(w)``) and padding is filled with ``x_zp``, so the inner
+  loop multiplies raw int8 values.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from qcompiler.errors import TargetError, UnsupportedModelError
+from qcompiler.ir import DOMAIN, attr
+
+log = logging.getLogger("qcompiler.targets.mcu")
+
+INT32_MAX = (1 << 31) - 1
+VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+@dataclass
+class Tensor:
+    """An activation tensor as the C program holds it."""
+
+    name: str
+    shape: tuple[int, ...]  # logical ONNX shape
+    signed: bool  # int8 in the graph (False: uint8, held as value - 128)
+    layout: str = "logical"  # "logical" (row-major ONNX order), "nhwc" (4-D), "hwc-flat" (view of nhwc)
+    src_chw: tuple[int, int, int] | None = None  # for "hwc-flat": the C, H, W it came from
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def offset(self) -> int:
+        """What is subtracted from graph values to get the int8 held in C."""
+        return 0 if self.signed else 128
+
+
+@dataclass
+class Step:
+    """One kernel call (or a view, which emits no code)."""
+
+    kind: str  # input, output, conv, dw, fc, maxpool, avgpool, add, requant, view, concat, relayout
+    name: str  # ONNX node name (comments, errors)
+    inputs: list[str]
+    output: str
+    params: dict[str, Any] = field(default_factory=dict)
+    consts: dict[str, np.ndarray] = field(default_factory=dict)  # name -> array (weights, bias, mult, shift)
+    scratch: int = 0  # bytes of scratch memory the kernel needs during the call
+    inplace: tuple[int, ...] = ()  # input indices whose memory the output may reuse
+    macs: int = 0
+
+
+@dataclass
+class Program:
+    """Everything the emitter needs; no ONNX left in it."""
+
+    name: str
+    tensors: dict[str, Tensor]
+    steps: list[Step]
+    input: str
+    output: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    input_scale: float
+    input_zp: int
+    input_signed: bool
+    output_scale: float
+    output_zp: int
+    output_signed: bool
+
+    @property
+    def macs(self) -> int:
+        return sum(s.macs for s in self.steps)
+
+
+def _fail(model: str, node: onnx.NodeProto | None, msg: str, hint: str | None = None) -> TargetError:
+    return TargetError(msg, model=model, node=node.name if node is not None else None, hint=hint)
+
+
+def _scalar(v: np.ndarray) -> int:
+    a = np.asarray(v)
+    if a.size != 1:
+        raise ValueError("expected one value")
+    return int(a.reshape(-1)[0])
+
+
+def _is_signed(elem_type: int) -> bool:
+    if elem_type in (TensorProto.INT8, TensorProto.INT4):
+        return True
+    if elem_type in (TensorProto.UINT8, TensorProto.UINT4):
+        return False
+    raise ValueError(f"not an 8-bit integer type: {TensorProto.DataType.Name(elem_type)}")
+
+
+def dyadic_info(x: float) -> tuple[int, int]:
+    """A positive scale as ``mult * 2**-shift`` with mult in [2^30, 2^31) (integer-only info for model.h)."""
+    if not x > 0:
+        return 0, 0
+    fr = Fraction(x)
+    shift = 0
+    while fr * (1 << shift) < (1 << 30):
+        shift += 1
+    while fr * (1 << shift) >= (1 << 31):
+        shift -= 1
+    mult = int(fr * (1 << shift) + Fraction(1, 2))
+    if mult == 1 << 31:
+        mult, shift = 1 << 30, shift - 1
+    return mult, shift
+
+
+def _conv_out(n: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool = False) -> int:
+    ek = (k - 1) * d + 1
+    num = n + p0 + p1 - ek
+    out = (-(-num // s) if ceil else num // s) + 1
+    if ceil and (out - 1) * s >= n + p0:  # the last window must start inside the input or the left pad
+        out -= 1
+    return out
+
+
+def _pad_k(k: int, wbits: int) -> int:
+    q = 8 if wbits == 4 else 4
+    return (k + q - 1) // q * q
+
+
+def pack_rows(w2d: np.ndarray, wbits: int) -> tuple[np.ndarray, int]:
+    """Weights [M, K] -> int8 bytes [M, row_bytes] in qc_conv/qc_fc layout (see qc_kernels.h)."""
+    m, k = w2d.shape
+    k_pad = _pad_k(k, wbits)
+    w = np.zeros((m, k_pad), np.int64)
+    w[:, :k] = w2d
+    if wbits == 8:
+        return w.astype(np.int8), k_pad
+    g = w.reshape(m, k_pad // 8, 2, 4)  # [m, group, lo/hi, i]
+    b = (g[:, :, 0, :] & 0xF) | ((g[:, :, 1, :] & 0xF) << 4)
+    return b.reshape(m, k_pad // 2).astype(np.uint8).view(np.int8), k_pad
+
+
+def pack_nibbles(flat: np.ndarray) -> np.ndarray:
+    """4-bit values, element i in byte i/2, low nibble first (depthwise layout)."""
+    v = np.asarray(flat, np.int64).reshape(-1)
+    if v.size % 2:
+        v = np.concatenate([v, [0]])
+    b = (v[0::2] & 0xF) | ((v[1::2] & 0xF) << 4)
+    return b.astype(np.uint8).view(np.int8)
+
+
+def _wbits(w: np.ndarray) -> int:
+    """4 when every weight fits a signed nibble (then it is stored packed, losslessly), else 8."""
+    return 4 if w.size and int(w.min()) >= -8 and int(w.max()) <= 7 else 8
+
+
+class _Reader:
+    """Walks the integer graph once and builds the program."""
+
+    def __init__(self, model: onnx.ModelProto, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.tensors: dict[str, Tensor] = {}
+        self.steps: list[Step] = []
+
+    def const(self, node: onnx.NodeProto, idx: int) -> np.ndarray:
+        nm = node.input[idx] if idx < len(node.input) else ""
+        if nm not in self.inits:
+            raise _fail(self.name, node, f"input {idx} ('{nm}') must be an initializer for the MCU target")
+        return self.inits[nm]
+
+    def zp(self, node: onnx.NodeProto, idx: int) -> tuple[int, bool]:
+        """A zero point and whether its type is signed (the type of the tensor it belongs to)."""
+        t = next(t for t in self.model.graph.initializer if t.name == node.input[idx])
+        try:
+            return _scalar(self.inits[t.name]), _is_signed(t.data_type)
+        except ValueError as e:
+            raise _fail(self.name, node, f"zero point '{t.name}': {e}",
+                        hint="the MCU target supports per-tensor 8-bit (or 4-bit in 8-bit) activations") from None
+
+    def act(self, node: onnx.NodeProto, idx: int) -> Tensor:
+        nm = node.input[idx]
+        if nm not in self.tensors:
+            raise _fail(self.name, node, f"input '{nm}' is not an integer activation the MCU target knows",
+                        hint="float fallback ops cannot run on the MCU target (no float); "
+                             "see plan.json fallback_ops")
+        return self.tensors[nm]
+
+    def new(self, name: str, shape: tuple[int, ...], signed: bool, layout: str = "logical",
+            src_chw: tuple[int, int, int] | None = None) -> Tensor:
+        t = Tensor(name, tuple(int(d) for d in shape), signed, layout, src_chw)
+        self.tensors[name] = t
+        return t
+
+    def as_nhwc(self, t: Tensor, node: onnx.NodeProto) -> Tensor:
+        """The tensor in NHWC; inserts a transpose when it is held in ONNX order."""
+        if len(t.shape) != 4 or t.shape[0] != 1:
+            raise _fail(self.name, node, f"expects a 4-D input of batch 1, got shape {list(t.shape)}",
+                        hint="compile with batch size 1 for the MCU target")
+        if t.layout == "nhwc":
+            return t
+        c, h, w = t.shape[1:]
+        if t.layout == "logical" and (c == 1 or h * w == 1):
+            return self.new_alias(t, "nhwc")
+        src = self.as_logical(t, node)
+        out = self.new(f"{t.name}.nhwc", t.shape, t.signed, "nhwc")
+        self.steps.append(Step("relayout", node.name, [src.name], out.name,
+                               params={"d0": 1, "d1": c, "d2": h * w}))
+        return out
+
+    @staticmethod
+    def _to_logical(t: Tensor) -> dict[str, int]:
+        """Transpose parameters that bring ``t`` into ONNX order while copying it out (empty: plain copy)."""
+        if t.layout == "logical":
+            return {}
+        c, h, w = t.shape[1:] if t.layout == "nhwc" else t.src_chw  # type: ignore[misc]
+        return {} if c == 1 or h * w == 1 else {"d0": 1, "d1": h * w, "d2": c}
+
+    def new_alias(self, t: Tensor, layout: str) -> Tensor:
+        out = self.new(f"{t.name}.{layout}", t.shape, t.signed, layout)
+        self.steps.append(Step("view", "layout", [t.name], out.name))
+        return out
+
+    def as_logical(self, t: Tensor, node: onnx.NodeProto) -> Tensor:
+        """The tensor in ONNX element order; inserts an NHWC -> NCHW transpose when needed."""
+        if t.layout == "logical":
+            return t
+        if t.layout == "nhwc":
+            c, h, w = t.shape[1:]
+        else:
+            assert t.src_chw is not None
+            c, h, w = t.src_chw
+        if c == 1 or h * w == 1:
+            return self.new_alias(t, "logical")
+        out = self.new(f"{t.name}.nchw", t.shape, t.signed, "logical")
+        self.steps.append(Step("relayout", node.name, [t.name], out.name,
+                               params={"d0": 1, "d1": h * w, "d2": c}))
+        return out
+
+    # ----------------------------------------------------------------- ops
+
+    def run(self) -> Program:
+        g = self.model.graph
+        inits = set(self.inits)
+        real_inputs = [i for i in g.input if i.name not in inits]
+        if len(real_inputs) != 1 or len(g.output) != 1:
+            raise _fail(self.name, None, f"the MCU target needs one input and one output, got "
+                        f"{len(real_inputs)} and {len(g.output)}")
+        gin = real_inputs[0]
+        in_shape = tuple(d.dim_value for d in gin.type.tensor_type.shape.dim)
+        if not in_shape or any(d <= 0 for d in in_shape):
+            raise _fail(self.name, None, f"input '{gin.name}' has no static shape",
+                        hint="pass --input-shape NAME=1,C,H,W")
+        q_in = None
+        out_info: tuple[str, float, int, bool] | None = None
+        for node in g.node:
+            if node.op_type == "QuantizeLinear" and node.input[0] == gin.name and q_in is None:
+                scale = float(np.asarray(self.const(node, 1)).reshape(-1)[0])
+                zp, signed = self.zp(node, 2)
+                if self.const(node, 1).size != 1:
+                    raise _fail(self.name, node, "the input must be quantized per tensor")
+                nhwc = len(in_shape) == 4 and in_shape[0] == 1
+                t = self.new(node.output[0], in_shape, signed, "nhwc" if nhwc else "logical")
+                q_in = (t.name, scale, zp, signed)
+                # the copy into the arena also turns NCHW into NHWC
+                perm = {"d0": 1, "d1": in_shape[1], "d2": in_shape[2] * in_shape[3]} if nhwc else {}
+                self.steps.append(Step("input", node.name, [], t.name, params=perm))
+                continue
+            if node.op_type == "DequantizeLinear" and node.output[0] == g.output[0].name:
+                src = self.act(node, 0)
+                scale = float(np.asarray(self.const(node, 1)).reshape(-1)[0])
+                zp, signed = self.zp(node, 2)
+                out_info = (src.name, scale, zp, signed)
+                self.steps.append(Step("output", node.name, [src.name], "", params=self._to_logical(src)))
+                continue
+            handler = getattr(self, f"op_{node.op_type}", None)
+            if handler is None or (node.domain not in ("", "ai.onnx", DOMAIN)):
+                raise _fail(self.name, node, f"op {node.domain + '.' if node.domain else ''}{node.op_type} "
+                            "has no MCU kernel",
+                            hint="the MCU target runs QConv, QMatMul, QAdd, QAvgPool, QRequant, MaxPool, "
+                                 "Concat and views; float fallback ops cannot run without float")
+            handler(node)
+        if q_in is None:
+            raise _fail(self.name, None, "the input is not quantized by a QuantizeLinear",
+                        hint="the MCU target needs the integer graph (model.int.onnx)")
+        if out_info is None:
+            raise _fail(self.name, None, "the output is not produced by a DequantizeLinear of an integer tensor",
+                        hint="the MCU target needs the integer graph (model.int.onnx)")
+        return Program(self.name, self.tensors, self.steps, q_in[0], out_info[0], in_shape,
+                       self.tensors[out_info[0]].shape, q_in[1], q_in[2], q_in[3], out_info[1], out_info[2],
+                       out_info[3])
+
+    def _requant_consts(self, node: onnx.NodeProto, bi: int, ci: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        b = np.asarray(self.const(node, bi), np.int64).reshape(-1)
+        c = np.asarray(self.const(node, ci), np.int64).reshape(-1)
+        if b.size == 1:
+            b = np.repeat(b, m)
+        if c.size == 1:
+            c = np.repeat(c, m)
+        if b.size != m or c.size != m or b.min() < 1 or b.max() > INT32_MAX or c.min() < 1 or c.max() > 62:
+            raise _fail(self.name, node, "requantization constants outside b in [1, 2^31), c in [1, 62]")
+        return b.astype(np.int32), c.astype(np.uint8)
+
+    def _out(self, node: onnx.NodeProto, yzp_idx: int) -> tuple[int, bool, int, int]:
+        """Output zero point, signedness and clamp bounds, shifted into the int8 form."""
+        zp, signed = self.zp(node, yzp_idx)
+        off = 0 if signed else 128
+        qmin = int(attr(node, "qmin", -128 if signed else 0))
+        qmax = int(attr(node, "qmax", 127 if signed else 255))
+        return zp - off, signed, qmin - off, qmax - off
+
+    def op_QConv(self, node: onnx.NodeProto) -> None:
+        x = self.as_nhwc(self.act(node, 0), node)
+        x_zp, x_signed = self.zp(node, 1)
+        w = np.asarray(self.const(node, 2), np.int64)
+        bias = np.asarray(self.const(node, 3), np.int64).reshape(-1)
+        m, cg, kh, kw = w.shape
+        b, c = self._requant_consts(node, 4, 5, m)
+        y_zp, y_signed, qmin, qmax = self._out(node, 6)
+        strides = list(attr(node, "strides", [1, 1]))
+        pads = list(attr(node, "pads", [0, 0, 0, 0]))
+        dil = list(attr(node, "dilations", [1, 1]))
+        group = int(attr(node, "group", 1))
+        _, cin, h, wd = x.shape
+        if cin != cg * group or m % group:
+            raise _fail(self.name, node, f"weights {list(w.shape)} do not match input channels {cin}, group {group}")
+        oh = _conv_out(h, kh, strides[0], pads[0], pads[2], dil[0])
+        ow = _conv_out(wd, kw, strides[1], pads[1], pads[3], dil[1])
+        xzp_i = x_zp - x.offset
+        y = self.new(node.output[0], (1, m, oh, ow), y_signed, "nhwc")
+        wbits = _wbits(w)
+        geo = {"in_h": h, "in_w": wd, "in_c": cin, "out_h": oh, "out_w": ow, "out_c": m, "k_h": kh, "k_w": kw,
+               "stride_h": strides[0], "stride_w": strides[1], "pad_t": pads[0], "pad_l": pads[1],
+               "dil_h": dil[0], "dil_w": dil[1], "wbits": wbits, "in_zp": xzp_i, "out_zp": y_zp,
+               "qmin": qmin, "qmax": qmax}
+        macs = oh * ow * m * cg * kh * kw
+        if group > 1 and group == cin and cg == 1:
+            wl = w.reshape(m, kh, kw).transpose(1, 2, 0).reshape(-1)  # [kh][kw][M]
+            wq = wl.astype(np.int8) if wbits == 8 else pack_nibbles(wl)
+            self._check_acc(node, bias, kh * kw, wbits, 0)
+            self.steps.append(Step("dw", node.name, [x.name], y.name, params={**geo, "ch_mult": m // cin},
+                                   consts={"w": wq, "bias": bias.astype(np.int32), "mult": b, "shift": c},
+                                   macs=macs))
+            return
+        w2d = w.transpose(0, 2, 3, 1).reshape(m, kh * kw * cg)  # OHWI rows
+        bias_f = bias - xzp_i * w2d.sum(axis=1)
+        self._check_acc(node, bias_f, w2d.shape[1], wbits, abs(xzp_i))
+        wq, k_pad = pack_rows(w2d, wbits)
+        self.steps.append(Step("conv", node.name, [x.name], y.name, params={**geo, "groups": group, "k_pad": k_pad},
+                               consts={"w": wq.reshape(-1), "bias": bias_f.astype(np.int32), "mult": b,
+                                       "shift": c},
+                               scratch=2 * 2 * k_pad, macs=macs))
+
+    def _check_acc(self, node: onnx.NodeProto, bias: np.ndarray, k: int, wbits: int, zp_abs: int) -> None:
+        """Every partial sum the kernels form must fit int32 (x16 for packed 4-bit on DSP cores)."""
+        wmax = 8 if wbits == 4 else 128
+        bound = int(np.abs(bias).max(initial=0)) + k * (128 + zp_abs) * wmax
+        if wbits == 4:
+            bound *= 16
+        if bound > INT32_MAX:
+            raise _fail(self.name, node, f"accumulator bound {bound} exceeds int32 for the MCU kernels",
+                        hint="split the layer or keep it at 8 bits")
+
+    def op_QMatMul(self, node: onnx.NodeProto) -> None:
+        x = self.act(node, 0)
+        x_zp, _ = self.zp(node, 1)
+        w = np.asarray(self.const(node, 2), np.int64)  # [K, M]
+        bias = np.asarray(self.const(node, 3), np.int64).reshape(-1)
+        if w.ndim != 2:
+            raise _fail(self.name, node, f"weights of rank {w.ndim}; the MCU target needs [K, M]")
+        k, m = w.shape
+        b, c = self._requant_consts(node, 4, 5, m)
+        y_zp, y_signed, qmin, qmax = self._out(node, 6)
+        if x.shape[-1] != k:
+            raise _fail(self.name, node, f"input shape {list(x.shape)} does not end in K={k}")
+        wt = w.T  # [M, K]
+        if x.layout == "hwc-flat":
+            assert x.src_chw is not None
+            cc, hh, ww = x.src_chw
+            if len(x.shape) != 2 or x.shape[0] != 1:
+                x = self.as_logical(x, node)
+            else:  # physical position p holds logical index perm[p]
+                perm = np.arange(k).reshape(cc, hh, ww).transpose(1, 2, 0).reshape(-1)
+                wt = wt[:, perm]
+        elif x.layout == "nhwc":
+            x = self.as_logical(x, node)
+        rows = int(np.prod(x.shape[:-1], dtype=np.int64)) if len(x.shape) > 1 else 1
+        xzp_i = x_zp - x.offset
+        wbits = _wbits(wt)
+        bias_f = bias - xzp_i * wt.sum(axis=1)
+        self._check_acc(node, bias_f, k, wbits, abs(xzp_i))
+        wq, k_pad = pack_rows(wt, wbits)
+        y = self.new(node.output[0], tuple(x.shape[:-1]) + (m,), y_signed)
+        self.steps.append(Step("fc", node.name, [x.name], y.name,
+                               params={"rows": rows, "k": k, "out_c": m, "k_pad": k_pad, "wbits": wbits,
+                                       "in_zp": xzp_i, "out_zp": y_zp, "qmin": qmin, "qmax": qmax},
+                               consts={"w": wq.reshape(-1), "bias": bias_f.astype(np.int32), "mult": b, "shift": c},
+                               scratch=2 * k_pad, macs=rows * k * m))
+
+    def op_QAdd(self, node: onnx.NodeProto) -> None:
+        a, bt = self.act(node, 0), self.act(node, 2)
+        if a.shape != bt.shape:
+            raise _fail(self.name, node, f"broadcasting add {list(a.shape)} + {list(bt.shape)} has no MCU kernel")
+        if a.layout != bt.layout:
+            a, bt = self.as_logical(a, node), self.as_logical(bt, node)
+        a_zp, _ = self.zp(node, 1)
+        b_zp, _ = self.zp(node, 3)
+        ma, mb, c = (_scalar(self.const(node, i)) for i in (4, 5, 6))
+        if not (0 <= ma <= INT32_MAX and 0 <= mb <= INT32_MAX and 1 <= c <= 62):
+            raise _fail(self.name, node, "QAdd constants outside ma, mb in [0, 2^31), c in [1, 62]")
+        y_zp, y_signed, qmin, qmax = self._out(node, 7)
+        y = self.new(node.output[0], a.shape, y_signed, a.layout, a.src_chw)
+        self.steps.append(Step("add", node.name, [a.name, bt.name], y.name,
+                               params={"n": a.size, "a_zp": a_zp - a.offset, "b_zp": b_zp - bt.offset,
+                                       "ma": ma, "mb": mb, "shift": c, "out_zp": y_zp, "qmin": qmin,
+                                       "qmax": qmax},
+                               inplace=(0, 1)))
+
+    def op_QRequant(self, node: onnx.NodeProto) -> None:
+        x = self.act(node, 0)
+        x_zp, _ = self.zp(node, 1)
+        b, c = _scalar(self.const(node, 2)), _scalar(self.const(node, 3))
+        if not (1 <= b <= INT32_MAX and 1 <= c <= 62):
+            raise _fail(self.name, node, "QRequant constants outside b in [1, 2^31), c in [1, 62]")
+        y_zp, y_signed, qmin, qmax = self._out(node, 4)
+        y = self.new(node.output[0], x.shape, y_signed, x.layout, x.src_chw)
+        self.steps.append(Step("requant", node.name, [x.name], y.name,
+                               params={"n": x.size, "in_zp": x_zp - x.offset, "out_zp": y_zp, "qmin": qmin,
+                                       "qmax": qmax, "mult": b, "shift": c},
+                               inplace=(0,)))
+
+    def _pool_geo(self, node: onnx.NodeProto, x: Tensor, kernel: list[int], strides: list[int],
+                  pads: list[int], dil: list[int], ceil: bool) -> dict[str, int]:
+        _, ch, h, w = x.shape
+        oh = _conv_out(h, kernel[0], strides[0], pads[0], pads[2], dil[0], ceil)
+        ow = _conv_out(w, kernel[1], strides[1], pads[1], pads[3], dil[1], ceil)
+        return {"in_h": h, "in_w": w, "c": ch, "out_h": oh, "out_w": ow, "k_h": kernel[0], "k_w": kernel[1],
+                "stride_h": strides[0], "stride_w": strides[1], "pad_t": pads[0], "pad_l": pads[1],
+                "dil_h": dil[0], "dil_w": dil[1]}
+
+    @staticmethod
+    def _pool_inplace(geo: dict[str, int]) -> tuple[int, ...]:
+        """Pools write each output after reading its window; with no top/left pad, every later
+        window starts at or after the output just written, so the output may overwrite the input."""
+        return (0,) if geo["pad_t"] == 0 and geo["pad_l"] == 0 else ()
+
+    def op_MaxPool(self, node: onnx.NodeProto) -> None:
+        x = self.as_nhwc(self.act(node, 0), node)
+        if len(node.output) > 1 and node.output[1]:
+            raise _fail(self.name, node, "MaxPool indices output has no MCU kernel")
+        if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            raise _fail(self.name, node, "MaxPool auto_pad SAME_* has no MCU kernel", hint="use explicit pads")
+        if attr(node, "storage_order", 0):
+            raise _fail(self.name, node, "MaxPool storage_order=1 has no MCU kernel")
+        kernel = list(attr(node, "kernel_shape"))
+        geo = self._pool_geo(node, x, kernel, list(attr(node, "strides", [1, 1])),
+                             list(attr(node, "pads", [0, 0, 0, 0])), list(attr(node, "dilations", [1, 1])),
+                             bool(attr(node, "ceil_mode", 0)))
+        y = self.new(node.output[0], (1, geo["c"], geo["out_h"], geo["out_w"]), x.signed, "nhwc")
+        self.steps.append(Step("maxpool", node.name, [x.name], y.name,
+                               params={**geo, "in_zp": 0, "out_zp": 0, "qmin": -128, "qmax": 127,
+                                       "mult": 0, "shift": 0}, inplace=self._pool_inplace(geo)))
+
+    def op_QAvgPool(self, node: onnx.NodeProto) -> None:
+        x = self.as_nhwc(self.act(node, 0), node)
+        x_zp, _ = self.zp(node, 1)
+        b, c = _scalar(self.const(node, 2)), _scalar(self.const(node, 3))
+        y_zp, y_signed, qmin, qmax = self._out(node, 4)
+        if attr(node, "global", 0):
+            kernel, strides, pads = list(x.shape[2:]), [1, 1], [0, 0, 0, 0]
+        else:
+            kernel = list(attr(node, "kernel_shape"))
+            strides = list(attr(node, "strides", [1, 1]))
+            pads = list(attr(node, "pads", [0, 0, 0, 0]))
+        geo = self._pool_geo(node, x, kernel, strides, pads, [1, 1], False)
+        y = self.new(node.output[0], (1, geo["c"], geo["out_h"], geo["out_w"]), y_signed, "nhwc")
+        self.steps.append(Step("avgpool", node.name, [x.name], y.name,
+                               params={**geo, "in_zp": x_zp - x.offset, "out_zp": y_zp, "qmin": qmin,
+                                       "qmax": qmax, "mult": b, "shift": c}, inplace=self._pool_inplace(geo)))
+
+    def _view(self, node: onnx.NodeProto, out_shape: tuple[int, ...]) -> None:
+        x = self.act(node, 0)
+        if int(np.prod(out_shape, dtype=np.int64)) != x.size:
+            raise _fail(self.name, node, f"{node.op_type} to {list(out_shape)} changes the element count")
+        if x.layout == "nhwc":
+            c, h, w = x.shape[1:]
+            if c == 1 or h * w == 1:
+                layout, src = "logical", None
+            elif len(out_shape) == 2 and out_shape[0] == 1:
+                layout, src = "hwc-flat", (c, h, w)
+            else:
+                x = self.as_logical(x, node)
+                layout, src = "logical", None
+        elif x.layout == "hwc-flat":
+            if len(out_shape) == 2 and out_shape[0] == 1:
+                layout, src = "hwc-flat", x.src_chw
+            else:
+                x = self.as_logical(x, node)
+                layout, src = "logical", None
+        else:
+            layout, src = "logical", None
+        y = self.new(node.output[0], out_shape, x.signed, layout, src)
+        self.steps.append(Step("view", node.name, [x.name], y.name))
+
+    def op_Flatten(self, node: onnx.NodeProto) -> None:
+        x = self.act(node, 0)
+        ax = int(attr(node, "axis", 1))
+        ax = ax + len(x.shape) if ax < 0 else ax
+        lead = int(np.prod(x.shape[:ax], dtype=np.int64)) if ax else 1
+        self._view(node, (lead, x.size // lead))
+
+    def op_Reshape(self, node: onnx.NodeProto) -> None:
+        x = self.act(node, 0)
+        shape = [int(v) for v in np.asarray(self.const(node, 1)).reshape(-1)]
+        allow0 = int(attr(node, "allowzero", 0))
+        out = [x.shape[i] if (v == 0 and not allow0) else v for i, v in enumerate(shape)]
+        if -1 in out:
+            known = int(np.prod([v for v in out if v != -1], dtype=np.int64))
+            out[out.index(-1)] = x.size // max(known, 1)
+        self._view(node, tuple(out))
+
+    def op_Squeeze(self, node: onnx.NodeProto) -> None:
+        x = self.act(node, 0)
+        axes = [int(v) for v in np.asarray(self.const(node, 1)).reshape(-1)] if len(node.input) > 1 and \
+            node.input[1] else [i for i, d in enumerate(x.shape) if d == 1]
+        axes = [a + len(x.shape) if a < 0 else a for a in axes]
+        self._view(node, tuple(d for i, d in enumerate(x.shape) if i not in axes))
+
+    def op_Unsqueeze(self, node: onnx.NodeProto) -> None:
+        x = self.act(node, 0)
+        axes = sorted(int(v) for v in np.asarray(self.const(node, 1)).reshape(-1))
+        rank = len(x.shape) + len(axes)
+        axes = sorted(a + rank if a < 0 else a for a in axes)
+        shape = list(x.shape)
+        for a in axes:
+            shape.insert(a, 1)
+        self._view(node, tuple(shape))
+
+    def op_Concat(self, node: onnx.NodeProto) -> None:
+        xs = [self.act(node, i) for i in range(len(node.input))]
+        rank = len(xs[0].shape)
+        ax = int(attr(node, "axis"))
+        ax = ax + rank if ax < 0 else ax
+        if len({x.signed for x in xs}) != 1:
+            raise _fail(self.name, node, "Concat of int8 and uint8 tensors")
+        if all(x.layout == "nhwc" for x in xs) and ax == 1 and rank == 4:
+            layout = "nhwc"
+            outer = xs[0].shape[2] * xs[0].shape[3]
+            lens = [x.shape[1] for x in xs]
+        else:
+            xs = [self.as_logical(x, node) for x in xs]
+            layout = "logical"
+            outer = int(np.prod(xs[0].shape[:ax], dtype=np.int64))
+            lens = [int(np.prod(x.shape[ax:], dtype=np.int64)) for x in xs]
+        shape = list(xs[0].shape)
+        shape[ax] = sum(x.shape[ax] for x in xs)
+        y = self.new(node.output[0], tuple(shape), xs[0].signed, layout)
+        self.steps.append(Step("concat", node.name, [x.name for x in xs], y.name,
+                               params={"outer": outer, "lens": lens}))
+
+
+def read_program(model: onnx.ModelProto, name: str | None = None) -> Program:
+    """Parse an integer graph into a :class:`Program` (raises TargetError on what cannot run)."""
+    mname = name or model.graph.name or "model"
+    try:
+        return _Reader(model, mname).run()
+    except (KeyError, TypeError) as e:  # malformed graph: a missing attribute or input
+        raise UnsupportedModelError(f"malformed integer graph: {e!r}", model=mname,
+                                    hint="the MCU target reads model.int.onnx as written by qcompiler") from e

@@ -1,0 +1,135 @@
+/*
+ * qc_kernels.h - integer-only kernels for qcompiler's MCU target.
+ *
+ * Every kernel follows docs/INTEGER_GRAPH.md bit for bit. Conventions:
+ *  - Activations are int8, NHWC. A uint8 tensor of the integer graph is held
+ *    as int8 with 128 subtracted from its values, zero point and clamp bounds
+ *    (qcompiler's emitter does that shift), so one set of kernels serves both.
+ *  - Weights are int8 (or 4-bit packed two per byte), in flash.
+ *  - Requantization: y = clamp(zp + floor((acc * b + 2^(c-1)) / 2^c), qmin, qmax)
+ *    with a 64-bit intermediate. The floor shift is written portably
+ *    (qc_floor_shr64), so no implementation-defined >> of a negative value.
+ *  - No malloc, no float, no libc beyond what the compiler inlines.
+ *  - With __ARM_FEATURE_DSP (Cortex-M4/M7/M33/M55) the dot products use the
+ *    ACLE SIMD intrinsics __sxtb16 and __smlad (arm_acle.h); otherwise plain C.
+ */
+#ifndef QC_KERNELS_H
+#define QC_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Conv2d with groups (im2col into an int16 scratch buffer, then a tiled dot product).
+ * Weights: [out_c][k_pad] with each row in (kh, kw, c) order, zero padded to k_pad.
+ * 8-bit: one int8 per weight, k_pad a multiple of 4.
+ * 4-bit: k_pad a multiple of 8; in each group of 8 weights w0..w7 the 4 bytes hold
+ *        byte i = (w_i & 0xF) | (w_{i+4} << 4). */
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_t, pad_l;
+    int32_t dil_h, dil_w;
+    int32_t groups;
+    int32_t k_pad;      /* weights per row, padded */
+    int32_t wbits;      /* 8 or 4 */
+    int32_t in_zp;      /* pads are filled with in_zp; bias already holds -in_zp*sum(w) */
+    int32_t out_zp, qmin, qmax;
+    const int8_t *w;
+    const int32_t *bias;
+    const int32_t *mult;  /* b, in [2^30, 2^31) */
+    const uint8_t *shift; /* c, in [1, 62] */
+} qc_conv_params;
+
+/* Scratch: 2 * k_pad int16. */
+void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *scratch);
+
+/* Fully connected: rows x K input (row-major) times W^T; W is [out_c][k_pad] like qc_conv. */
+typedef struct {
+    int32_t rows, k, out_c, k_pad, wbits;
+    int32_t in_zp, out_zp, qmin, qmax;
+    const int8_t *w;
+    const int32_t *bias;  /* bias - in_zp*sum(w) */
+    const int32_t *mult;
+    const uint8_t *shift;
+} qc_fc_params;
+
+/* Scratch: k_pad int16. */
+void qc_fc(const qc_fc_params *p, const int8_t *in, int8_t *out, int16_t *scratch);
+
+/* Depthwise conv (group == in_c, out_c = in_c * ch_mult).
+ * Weights [k_h][k_w][out_c]: 8-bit one per byte; 4-bit two per byte, element i in
+ * byte i/2, low nibble first. Bias is NOT folded (pads are skipped). */
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c, ch_mult;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_t, pad_l;
+    int32_t dil_h, dil_w;
+    int32_t wbits;
+    int32_t in_zp, out_zp, qmin, qmax;
+    const int8_t *w;
+    const int32_t *bias;
+    const int32_t *mult;
+    const uint8_t *shift;
+} qc_dw_params;
+
+void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out);
+
+/* Pools over NHWC. Max pool skips pads; average pool sums (x - in_zp) over the
+ * in-bounds part of the window and requantizes with one (mult, shift). */
+typedef struct {
+    int32_t in_h, in_w, c;
+    int32_t out_h, out_w;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_t, pad_l;
+    int32_t dil_h, dil_w;
+    int32_t in_zp, out_zp, qmin, qmax;
+    int32_t mult, shift;
+} qc_pool_params;
+
+void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out);
+void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out);
+
+/* y = clamp(out_zp + floor(((a - a_zp) * ma + (b - b_zp) * mb + 2^(shift-1)) / 2^shift)). */
+typedef struct {
+    int32_t n;
+    int32_t a_zp, b_zp;
+    int32_t ma, mb; /* in [0, 2^31) */
+    int32_t shift;
+    int32_t out_zp, qmin, qmax;
+} qc_add_params;
+
+void qc_add(const qc_add_params *p, const int8_t *a, const int8_t *b, int8_t *out);
+
+/* y = requant(x - in_zp, mult, shift, out_zp): QRequant. Safe in place. */
+typedef struct {
+    int32_t n;
+    int32_t in_zp, out_zp, qmin, qmax;
+    int32_t mult, shift;
+} qc_requant_params;
+
+void qc_requant(const qc_requant_params *p, const int8_t *in, int8_t *out);
+
+/* Plain copies used at the graph boundary and for layout changes.
+ * xor_mask 0x80 converts between uint8 bytes and the int8 internal form. */
+void qc_copy(const int8_t *src, int8_t *dst, int32_t n, uint8_t xor_mask);
+/* [d0][d1][d2] -> [d0][d2][d1] per batch (NCHW <-> NHWC with d1 = C, d2 = H*W or back). */
+void qc_transpose3(const int8_t *src, int8_t *dst, int32_t d0, int32_t d1, int32_t d2, uint8_t xor_mask);
+/* Concat along the innermost axis of [outer][len_i] blocks: copy one input's slice. */
+void qc_concat_inner(const int8_t *src, int8_t *dst, int32_t outer, int32_t len, int32_t out_len,
+                     int32_t offset);
+
+/* Requantize one int32 accumulator (exposed for tests and generated code). */
+int32_t qc_requant1(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t qmin, int32_t qmax);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QC_KERNELS_H */
