@@ -1,1 +1,111 @@
-"""qcompiler.targets.tvm package."""
+"""TVM backend: the integer ONNX graph -> Relax -> a shared library for the CPU (LLVM) or CUDA.
+
+``emit`` writes, into ``out_dir``:
+
+* ``lib.so``: the Relax VM executable (host code + device module). It takes and
+  returns float32 like ``model.int.onnx``: the boundary QuantizeLinear /
+  DequantizeLinear are compiled in, bit-exact with ONNX Runtime.
+* ``tvm_meta.json``: target, input/output names, shapes, dtypes, boundary
+  quantization parameters, and (CUDA) the sha256 of the device source.
+* CUDA only: ``model.cu`` (the generated device code, for inspection),
+  ``model.ptx`` and ``model.cubin`` built with this machine's nvcc. TVM 0.27
+  stores the device code of ``lib.so`` as CUDA *source* when the build machine has
+  no GPU driver, and compiles it when the library is loaded; ``qcompiler.runtime``
+  hands TVM the prebuilt cubin instead (matched by the source's sha256), so a GPU
+  machine needs no CUDA compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from qcompiler.errors import FlagError, OutputError
+
+from .builder import BuildResult, build_module
+from .compile import compile_module, cpu_target, cuda_source, cuda_target, host_mcpu, nvcc_compile
+
+log = logging.getLogger(__name__)
+
+META_FILE = "tvm_meta.json"
+META_VERSION = 1
+TARGETS = ("cpu", "cuda")
+
+__all__ = ["emit", "measure_layer_latency", "TARGETS", "META_FILE"]
+
+
+def _model_hash(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda_arch: str = "sm_90",
+         tune: int = 0, batch: int | None = None, pack4: bool = True) -> dict[str, Any]:
+    """Compile the integer graph with TVM and write the artifacts into ``out_dir``.
+
+    ``batch`` overrides the model's first input dimension (a static batch lets TVM
+    specialise every loop nest). ``tune`` > 0 runs meta_schedule with that many
+    trials, caching the records in ``out_dir/tune`` (opt-in: it takes minutes).
+    Returns a summary for the CLI's table and the manifest.
+    """
+    if target not in TARGETS:
+        raise FlagError(f"unknown TVM target {target!r}", hint=f"use one of {', '.join(TARGETS)}")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {out_dir}: {e}") from e
+    t0 = time.perf_counter()
+    built: BuildResult = build_module(int_model, batch=batch, pack4=pack4)
+    tgt = cuda_target(cuda_arch) if target == "cuda" else cpu_target()
+    mod = built.mod
+    if tune > 0:
+        from .tune import tune_module
+
+        mod = tune_module(mod, tgt, out_dir / "tune", trials=tune)
+    ex = compile_module(mod, tgt)
+    files = ["lib.so", META_FILE]
+    meta: dict[str, Any] = {
+        "version": META_VERSION,
+        "target": target,
+        "tvm_target": str(tgt),
+        "mcpu": host_mcpu() if target == "cpu" else None,
+        "cuda_arch": cuda_arch if target == "cuda" else None,
+        "model_sha256": _model_hash(int_model),
+        "inputs": [io.to_dict() for io in built.inputs],
+        "outputs": [io.to_dict() for io in built.outputs],
+        "packed_int4_layers": built.packed_weights,
+        "packed_bytes_saved": built.packed_bytes_saved,
+        "tuned_trials": tune,
+    }
+    if target == "cuda":
+        src = cuda_source(ex)
+        (out_dir / "model.cu").write_text(src)
+        ptx = nvcc_compile(src, cuda_arch, "ptx")
+        cubin = nvcc_compile(src, cuda_arch, "cubin")
+        (out_dir / "model.ptx").write_bytes(ptx)
+        (out_dir / "model.cubin").write_bytes(cubin)
+        meta["cuda_source_sha256"] = hashlib.sha256(src.encode()).hexdigest()
+        meta["cubin"] = "model.cubin"
+        files += ["model.cu", "model.ptx", "model.cubin"]
+    ex.export_library(str(out_dir / "lib.so"))
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    dt = time.perf_counter() - t0
+    log.info("TVM %s build of %d layers took %.1f s", target, len(built.layers), dt)
+    return {"target": target, "files": files, "compile_s": round(dt, 3), "layers": len(built.layers),
+            "packed_int4_layers": len(built.packed_weights), "packed_bytes_saved": built.packed_bytes_saved,
+            "tvm_target": str(tgt)}
+
+
+def measure_layer_latency(model: onnx.ModelProto, arg2: Any, arg3: Any, **kw: Any) -> Any:
+    """Per-layer latency for the bit-assignment ILP; both call forms are described in latency.py:
+    ``(int_model, layer_node_names, formats) -> {node: {fmt: s}}`` and
+    ``(layer_qdq_model, feeds, target) -> s`` (the ``qcompiler.latency`` measurer interface)."""
+    from .latency import measure_layer_latency as _m
+
+    return _m(model, arg2, arg3, **kw)

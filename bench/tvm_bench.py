@@ -1,0 +1,142 @@
+"""Latency on this CPU: FP32 ORT, ORT INT8 (quantize_static), qcompiler --target cpu INT8 and mixed 4/8.
+
+One run, one table, every number a ratio to ORT INT8 of the same model and batch
+(lower is faster). Models: MobileNetV2 and EfficientNet-Lite0 from models/zoo.py;
+batch 1 and 8. Writes JSON next to the table (``--json``).
+
+    .venv/bin/python bench/tvm_bench.py [--models mobilenet_v2,efficientnet_lite0] [--repeat 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("tvm_bench")
+
+
+def _dynamic_batch(src: Path, dst: Path) -> Path:
+    """The same model with a symbolic batch dimension, so one ORT session serves batch 1 and 8."""
+    m = onnx.load(str(src))
+    for vi in list(m.graph.input) + list(m.graph.output):
+        d = vi.type.tensor_type.shape.dim
+        if len(d):
+            d[0].dim_param = "N"
+    onnx.save(m, str(dst))
+    return dst
+
+
+def _ort_ms(path: Path, x: np.ndarray, repeat: int) -> float:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    for _ in range(5):
+        s.run(None, {name: x})
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        s.run(None, {name: x})
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+
+def _ort_int8(float_path: Path, calib: np.ndarray, out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    name = onnx.load(str(float_path)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{name: calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):  # noqa: ANN201 - ORT's interface
+            return next(self.it, None)
+
+    quantize_static(str(float_path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[dict[str, Any]]:
+    from qcompiler.targets.tvm import emit
+
+    from models import zoo
+    from qcompiler.pipeline import CompileOptions, compile_model
+    from qcompiler.runtime import CompiledModel
+
+    float_path = zoo.get_model(name)
+    calib = zoo.get_calib_data(name, 32).astype(np.float32)
+    fp32 = _dynamic_batch(float_path, work / f"{name}.fp32.onnx")
+    ort8 = _dynamic_batch(_ort_int8(float_path, calib, work / f"{name}.ort8.onnx"), work / f"{name}.ort8d.onnx")
+    builds: dict[str, Path] = {}
+    compile_s: dict[str, float] = {}
+    for tag, opts in (("qc_int8", CompileOptions(target="cpu", bits=[8])),
+                      ("qc_mixed48", CompileOptions(target="cpu", bits=[4, 8], budgets={"size": "70%"}))):
+        t = time.perf_counter()
+        compile_model(str(float_path), work / f"{name}.{tag}", calib=calib, options=opts)
+        compile_s[tag] = time.perf_counter() - t
+        builds[tag] = work / f"{name}.{tag}"
+    rows = []
+    rng = np.random.default_rng(0)
+    for batch in batches:
+        x = rng.standard_normal((batch, *zoo.entry(name).input_shape[1:])).astype(np.float32)
+        row: dict[str, Any] = {"model": name, "batch": batch}
+        row["ort_fp32_ms"] = _ort_ms(fp32, x, repeat)
+        row["ort_int8_ms"] = _ort_ms(ort8, x, repeat)
+        for tag, out in builds.items():
+            lib_dir = out
+            if batch != 1:
+                lib_dir = work / f"{name}.{tag}.b{batch}"
+                emit(onnx.load(str(out / "model.int.onnx")), lib_dir, target="cpu", batch=batch)
+            row[f"{tag}_ms"] = statistics.median(CompiledModel(lib_dir).time(x, repeat=repeat))
+        base = row["ort_int8_ms"]
+        row["ratios_to_ort_int8"] = {k[:-3]: round(v / base, 3) for k, v in row.items() if k.endswith("_ms")}
+        rows.append(row)
+        log.info("%s", row)
+    rows[0]["compile_s"] = {k: round(v, 1) for k, v in compile_s.items()}
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mobilenet_v2,efficientnet_lite0")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--json", default=str(ROOT / "bench" / "tvm_bench.json"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from qcompiler.targets.tvm.compile import host_mcpu
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="tvm-bench-") as tmp:
+        for name in args.models.split(","):
+            rows += bench_model(name, [int(b) for b in args.batches.split(",")], args.repeat, Path(tmp))
+    cols = ["ort_fp32", "ort_int8", "qc_int8", "qc_mixed48"]
+    lines = [f"CPU: {host_mcpu()}  (median ms, and ratio to ORT INT8; lower is faster)",
+             f"{'model':<20}{'batch':>6}" + "".join(f"{c:>22}" for c in cols)]
+    for r in rows:
+        cells = "".join(f"{r[c + '_ms']:>12.2f} ({r['ratios_to_ort_int8'][c]:>5.2f}x)" for c in cols)
+        lines.append(f"{r['model']:<20}{r['batch']:>6}{cells}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    Path(args.json).write_text(json.dumps({"cpu": host_mcpu(), "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""CPU schedules for the fused integer kernels, written without tuning.
+
+Relax's default CPU pipeline leaves every kernel as naive scalar loops (about
+1-3 GMAC/s on one core). These rules give each fused kernel a fixed, reasonable
+shape in a few milliseconds of compile time:
+
+* everything elementwise around a conv/matmul (padding, the int64 requantize
+  chain, the clip and the final cast) is inlined so each fused op is one loop nest
+  whose epilogue runs while the int32 accumulators are still in registers;
+* conv (n, f, y, x, r...) is tiled f by up to 8 and x by up to 16 (vectorised),
+  with the reduction loops between the tile loops and the register tile;
+* matmul (i, j, k) the same with j vectorised;
+* the outer spatial loops are fused and run in parallel; pure elementwise kernels
+  are flattened, parallelised and vectorised.
+
+A kernel the rule does not understand keeps the default (correct, slow) loops:
+scheduling never changes results, only speed. Meta-schedule tuning (``--tune``)
+replaces these with measured ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ApplyDefaultSchedule, ScheduleRule
+from tvm.s_tir.dlight.base.common_schedules import try_inline
+
+log = logging.getLogger(__name__)
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _factor(extent: int | None, options: tuple[int, ...]) -> int:
+    """The largest tile in ``options`` that divides ``extent`` (no tail, no predicate)."""
+    if extent is None:
+        return 1
+    for f in options:
+        if extent % f == 0:
+            return f
+    return 1
+
+
+def _schedule_elementwise(sch: s_tir.Schedule, block) -> None:
+    """Outer loops fused and parallel; the innermost (contiguous) loop vectorised when it tiles evenly."""
+    loops = sch.get_loops(block)
+    inner = loops[-1]
+    ext = _extent(sch, inner)
+    vec = _factor(ext, (16, 8, 4))
+    if vec > 1 and ext is not None and ext > vec:
+        _, vi = sch.split(inner, [None, vec])
+        sch.vectorize(vi)
+    elif vec > 1:
+        sch.vectorize(inner)
+    if len(loops) > 1:
+        outer = sch.fuse(*loops[:-1])
+        sch.parallel(outer)
+
+
+class IntegerKernelCPU(ScheduleRule):
+    """One rule for the kernels our builder produces (see module docstring)."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool):  # noqa: D102
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        try:
+            return self._apply(func)
+        except Exception as e:  # a kernel shape we do not handle: keep the default loops
+            log.warning("no CPU schedule for %s: %s", func.attrs.get("global_symbol") if func.attrs else "", e)
+            return None
+
+    def _apply(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        reds = [b for b in infos if b.is_reduction()]
+        if not reds:
+            for b in infos:
+                _schedule_elementwise(sch, b.block_rv)
+            return sch
+        if len(reds) != 1:
+            return None
+        red = reds[0]
+        rest = [b for b in infos if b is not red]
+        kinds = [it.kind for it in red.iters]
+        loops = sch.get_loops(red.block_rv)
+        sp = [lp for lp, k in zip(loops, kinds) if k == "S"]
+        rd = [lp for lp, k in zip(loops, kinds) if k == "R"]
+        if kinds != ["S"] * len(sp) + ["R"] * len(rd):
+            return None
+        name = sch.get(red.block_rv).name_hint
+        if "conv" in name and len(sp) >= 3:  # conv: (n,) f, y, x -- unit loops are dropped
+            *pre, f, y, x = sp
+            opts: tuple[int, ...] = (16, 14, 8, 7, 4, 2)
+            if len(rd) == 1:  # 1x1 kernel: y and x together are one contiguous row
+                w = _extent(sch, x) or 0
+                # a tile must not straddle rows: the epilogue placed under it covers whole rows
+                # of a compacted accumulator, and a straddling tile would read unwritten values
+                opts = tuple(o for o in opts if w and (w % o == 0 or o % w == 0))
+                x = sch.fuse(y, x)
+                y = None
+            fo, fi = sch.split(f, [None, _factor(_extent(sch, f), (8, 4, 2))])
+            xo, xi = sch.split(x, [None, _factor(_extent(sch, x), opts)])
+            outer_loops = [*pre, fo] + ([y] if y is not None else [])
+            sch.reorder(*outer_loops, xo, *rd, fi, xi)
+            outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+            anchor = xo
+        elif len(sp) >= 2:  # matmul: (b,) i, j ; global sum: n, c
+            *pre, i, j = sp
+            io, fi = sch.split(i, [None, _factor(_extent(sch, i), (4, 2))])
+            jo, xi = sch.split(j, [None, _factor(_extent(sch, j), (16, 8, 4, 2))])
+            sch.reorder(*pre, io, jo, *rd, fi, xi)
+            outer = sch.fuse(*pre, io, jo)
+            anchor = outer
+        elif len(sp) == 1:
+            jo, xi = sch.split(sp[0], [None, _factor(_extent(sch, sp[0]), (16, 8, 4, 2))])
+            fi = None
+            sch.reorder(jo, *rd, xi)
+            outer = anchor = jo
+        else:
+            return None
+        for b in rest:  # the epilogue (requantize + clip + cast) right after each register tile
+            sch.reverse_compute_at(b.block_rv, anchor, preserve_unit_loops=True)
+        sch.parallel(outer)
+        sch.vectorize(xi)
+        if fi is not None:
+            sch.unroll(fi)
+        if rd:  # after vectorize: a decomposed update block is no longer a "reduction block"
+            sch.decompose_reduction(red.block_rv, rd[0])
+        return sch
+
+
+def schedule_cpu(mod: tvm.ir.IRModule, target: tvm.target.Target) -> tvm.ir.IRModule:
+    """Apply :class:`IntegerKernelCPU` to every PrimFunc that is not scheduled yet."""
+    with target:
+        return ApplyDefaultSchedule(IntegerKernelCPU())(mod)

@@ -1,0 +1,313 @@
+"""TVM target: Relax built from the integer graph, bit-exact against the references.
+
+Two references, both real: ``qcompiler.numerics`` (the numpy implementation of each
+fused op) for single-op graphs with awkward shapes, and ONNX Runtime on
+``model.int.onnx`` for whole compiled models. CUDA code is generated and compiled
+with nvcc for sm_80 and sm_90 here; running it needs a GPU (``-m gpu``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from qcompiler.targets.tvm import emit
+from qcompiler.targets.tvm.builder import build_module, pack_int4, unpack_int4_np
+from qcompiler.targets.tvm.compile import compile_module, cpu_target, host_mcpu, nvcc_path
+
+from qcompiler import numerics, runtime
+from qcompiler.errors import QCompileError, TargetError
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RNG = np.random.default_rng(1234)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _model(nodes: list, inputs: list, outputs: list, inits: dict[str, np.ndarray]) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "t", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("qcompiler", 1)])
+
+
+def _run_tvm(model: onnx.ModelProto, *xs: np.ndarray) -> np.ndarray:
+    import tvm
+    from tvm import relax
+
+    built = build_module(model)
+    vm = relax.VirtualMachine(compile_module(built.mod, cpu_target()), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(x) for x in xs]).numpy()
+
+
+def _dyadic(m: int) -> tuple[np.ndarray, np.ndarray]:
+    return RNG.integers(2**30, 2**31, m).astype(np.int64), RNG.integers(12, 24, m).astype(np.int64)
+
+
+def _ort(path: Path, x: np.ndarray) -> np.ndarray:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+# ----------------------------------------------------------------------------- single fused ops
+CONV_CASES = [  # (x dtype, C, M, H, k, stride, pad, group, w range, qmin/qmax, dilation)
+    ("uint8", 5, 7, 9, 3, 1, 1, 1, 127, (0, 255), 1),
+    ("int8", 6, 6, 11, 3, 2, 1, 6, 127, (-128, 127), 1),  # depthwise, stride 2, odd size
+    ("uint8", 8, 12, 7, 1, 1, 0, 1, 7, (3, 200), 1),  # 4-bit weights (packed), ReLU-like clamp
+    ("int8", 4, 8, 10, 3, 1, 2, 2, 8, (-128, 127), 2),  # grouped, dilated, -8..7
+    ("uint8", 3, 16, 13, 5, 2, (1, 2, 2, 1), 1, 127, (0, 255), 1),  # asymmetric pads
+    ("uint8", 16, 16, 12, 1, 1, 0, 1, 127, (0, 255), 1),  # 1x1 on 12x12: a 16-wide tile would straddle rows
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
+def test_qconv_matches_numerics(case) -> None:
+    dt, C, M, H, k, s, pad, g, wr, (qmin, qmax), d = case
+    pads = list(pad) if isinstance(pad, tuple) else [pad] * 4
+    info = np.iinfo(dt)
+    x = RNG.integers(info.min, info.max + 1, (2, C, H, H)).astype(dt)
+    x_zp = np.array(RNG.integers(info.min, info.max + 1), dt)
+    w = RNG.integers(-wr, wr, (M, C // g, k, k)).astype(np.int8)
+    bias = RNG.integers(-5000, 5000, M).astype(np.int32)
+    b, c = _dyadic(M)
+    y_zp = np.array(qmin + 5, np.uint8 if qmin >= 0 else np.int8)
+    node = helper.make_node("QConv", ["x", "x_zp", "w", "bias", "b", "c", "y_zp"], ["y"], domain="qcompiler",
+                            name="qc", strides=[s, s], pads=pads, group=g, dilations=[d, d], qmin=qmin, qmax=qmax)
+    m = _model([node], [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)],
+               [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(y_zp.dtype), None)],
+               {"x_zp": x_zp, "w": w, "bias": bias, "b": b, "c": c, "y_zp": y_zp})
+    ref = numerics.qconv(x, x_zp, w, bias, b, c, y_zp, strides=(s, s), pads=pads, dilations=(d, d), group=g,
+                         qmin=qmin, qmax=qmax)
+    got = _run_tvm(m, x)
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_qmatmul_qadd_qrequant_qavgpool_match_numerics() -> None:
+    """A small chain of the other fused ops, including a non-global average pool and broadcasting add."""
+    x = RNG.integers(0, 256, (3, 4, 6, 6)).astype(np.uint8)
+    inits: dict[str, np.ndarray] = {
+        "x_zp": np.array(117, np.uint8), "p_b": np.array(1431655765, np.int64), "p_c": np.array(33, np.int64),
+        "p_zp": np.array(-3, np.int8), "r_b": np.array(1500000000, np.int64), "r_c": np.array(31, np.int64),
+        "r_zp": np.array(9, np.int8), "ma": np.array(1300000000, np.int64), "mb": np.array(1100000000, np.int64),
+        "a_c": np.array(31, np.int64), "a_zp": np.array(4, np.int8), "shape": np.array([3, -1], np.int64),
+        "w": RNG.integers(-128, 128, (144, 10)).astype(np.int8), "bias": RNG.integers(-900, 900, 10).astype(np.int32),
+        "g_zp": np.array(-7, np.int8), "gp_b": np.array(1717986918, np.int64), "gp_c": np.array(32, np.int64),
+    }
+    inits["m_b"], inits["m_c"] = _dyadic(10)
+    inits["m_c"] = RNG.integers(44, 48, 10).astype(np.int64)
+    inits["m_zp"] = np.array(0, np.int8)
+    nodes = [
+        helper.make_node("QAvgPool", ["x", "x_zp", "p_b", "p_c", "p_zp"], ["p"], domain="qcompiler",
+                         kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], qmin=-128, qmax=127),
+        helper.make_node("QRequant", ["p", "p_zp", "r_b", "r_c", "r_zp"], ["r"], domain="qcompiler",
+                         qmin=-128, qmax=127),
+        helper.make_node("QAvgPool", ["r", "r_zp", "gp_b", "gp_c", "g_zp"], ["gp"], domain="qcompiler",
+                         kernel_shape=[6, 6], **{"global": 1}, qmin=-128, qmax=127),
+        helper.make_node("QAdd", ["r", "r_zp", "gp", "g_zp", "ma", "mb", "a_c", "a_zp"], ["a"],
+                         domain="qcompiler", qmin=0, qmax=127),
+        helper.make_node("MaxPool", ["a"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Reshape", ["a", "shape"], ["f"]),
+        helper.make_node("QMatMul", ["f", "a_zp", "w", "bias", "m_b", "m_c", "m_zp"], ["y"], domain="qcompiler",
+                         qmin=-128, qmax=127),
+    ]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)],
+               [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits)
+    i = inits
+    p = numerics.qavgpool(x, i["x_zp"], i["p_b"], i["p_c"], i["p_zp"], kernel_shape=(3, 3), pads=(1, 1, 1, 1))
+    r = numerics.qrequant(p, i["p_zp"], i["r_b"], i["r_c"], i["r_zp"])
+    gp = numerics.qavgpool(r, i["r_zp"], i["gp_b"], i["gp_c"], i["g_zp"], global_=True)
+    a = numerics.qadd(r, i["r_zp"], gp, i["g_zp"], int(i["ma"]), int(i["mb"]), int(i["a_c"]), i["a_zp"],
+                      qmin=0, qmax=127)
+    ref = numerics.qmatmul(a.reshape(3, -1), i["a_zp"], i["w"], i["bias"], i["m_b"], i["m_c"], i["m_zp"])
+    assert len(np.unique(ref)) > 3  # the chain did not saturate into a constant
+    np.testing.assert_array_equal(_run_tvm(m, x), ref)
+
+
+def test_boundary_quantize_dequantize_match_ort() -> None:
+    """Round-half-to-even and saturation of QuantizeLinear, DequantizeLinear, on exact ties."""
+    s = np.float32(0.05)
+    x = np.concatenate([np.arange(-300, 300, dtype=np.float32) * s * np.float32(0.5),
+                        RNG.standard_normal(400).astype(np.float32) * 9, [1e9, -1e9, 0.0, -0.0]]).astype(np.float32)
+    x = x.reshape(1, -1)
+    for zp in (np.array(128, np.uint8), np.array(-3, np.int8)):
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+                 helper.make_node("DequantizeLinear", ["q", "s2", "zp"], ["y"])]
+        m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                   {"s": np.array(s), "s2": np.array(0.0731, np.float32), "zp": zp})
+        ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(_run_tvm(m, x), ref)
+
+
+def test_int4_packing_round_trip() -> None:
+    w = RNG.integers(-8, 8, 77).astype(np.int8)
+    p = pack_int4(w)
+    assert p.dtype == np.int8 and p.size == 39
+    np.testing.assert_array_equal(unpack_int4_np(p, w.size), w)
+
+
+def test_unsupported_op_is_a_clear_error() -> None:
+    m = _model([helper.make_node("Erf", ["x"], ["y"], name="erf0")],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {})
+    with pytest.raises(QCompileError, match="erf0.*Erf"):
+        build_module(m)
+
+
+def test_host_mcpu_from_cpu_flags() -> None:
+    assert host_mcpu({"avx512f", "avx512_vnni", "amx_int8"}) == "sapphirerapids"
+    assert host_mcpu({"avx512f", "avx512_vnni"}) == "cascadelake"
+    assert host_mcpu({"avx2"}) == "haswell"
+    assert host_mcpu(set()) is None
+
+
+# ----------------------------------------------------------------------------- whole models
+@pytest.fixture(scope="module")
+def fashion_out(tmp_path_factory) -> dict[str, Path]:
+    """The bundled example compiled by the real pipeline for --target cpu, at W8A8 and at 4 bits."""
+    from models import zoo
+    from qcompiler.pipeline import CompileOptions, compile_model
+
+    outs = {}
+    for tag, bits in (("w8", [8]), ("w4", [4])):
+        out = tmp_path_factory.mktemp(f"fashion_{tag}") / "out"
+        compile_model(str(zoo.get_model("fashion_cnn")), out, calib=zoo.get_calib_data("fashion_cnn", 16),
+                      options=CompileOptions(target="cpu", bits=bits))
+        outs[tag] = out
+    return outs
+
+
+def _fashion_inputs(n: int) -> np.ndarray:
+    from models import zoo
+
+    x, _ = zoo.get_eval_data("fashion_cnn")
+    return x[:n].astype(np.float32)
+
+
+@pytest.mark.parametrize("tag", ["w8", "w4"])
+def test_cpu_lib_bit_exact_with_ort_on_integer_graph(fashion_out, tag) -> None:
+    out = fashion_out[tag]
+    meta = json.loads((out / "tvm_meta.json").read_text())
+    assert meta["target"] == "cpu" and (out / "lib.so").is_file()
+    if tag == "w4":
+        assert meta["packed_int4_layers"], "4-bit weights should be stored packed"
+    run = runtime.load(out)
+    xs = _fashion_inputs(8)
+    rand = RNG.standard_normal((8, *xs.shape[1:])).astype(np.float32) * 2
+    for x in list(xs) + list(rand):
+        x = x[None]
+        np.testing.assert_array_equal(run(x), _ort(out / "model.int.onnx", x))
+
+
+def test_runtime_bench_and_shape_errors(fashion_out) -> None:
+    out = fashion_out["w8"]
+    r = runtime.bench(out, repeat=3)
+    assert r["median_ms"] > 0 and r["batch"] == 1
+    r8 = runtime.bench(out, batch=4, repeat=2)  # rebuilt from model.int.onnx for batch 4
+    assert r8["batch"] == 4
+    with pytest.raises(QCompileError, match="shape"):
+        runtime.load(out)(np.zeros((2, 1, 28, 28), np.float32))
+    with pytest.raises(TargetError, match="lib.so"):
+        runtime.load(out.parent)
+
+
+def test_measure_layer_latency(fashion_out) -> None:
+    from qcompiler.targets.tvm import measure_layer_latency
+
+    m = onnx.load(str(fashion_out["w8"] / "model.int.onnx"))
+    names = [n.name for n in m.graph.node if n.op_type in ("QConv", "QMatMul")][:2]
+    t = measure_layer_latency(m, names, ["w8a8", "w4a8"], repeat=3)
+    assert set(t) == set(names)
+    for v in t.values():
+        assert set(v) == {"w8a8", "w4a8"} and all(s > 0 for s in v.values())
+
+
+# ----------------------------------------------------------------------------- CUDA
+needs_nvcc = pytest.mark.skipif(nvcc_path() is None, reason="nvcc not installed")
+
+
+def _has_gpu() -> bool:
+    import tvm
+
+    try:
+        return bool(tvm.cuda(0).exist)
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cuda_outs(fashion_out, tmp_path_factory) -> dict[str, Path]:
+    m = onnx.load(str(fashion_out["w4"] / "model.int.onnx"))
+    outs = {}
+    for arch in ("sm_80", "sm_90"):
+        out = tmp_path_factory.mktemp(f"cuda_{arch}")
+        emit(m, out, target="cuda", cuda_arch=arch)
+        outs[arch] = out
+    return outs
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_cuda_code_compiles_with_nvcc(cuda_outs, arch) -> None:
+    out = cuda_outs[arch]
+    src = (out / "model.cu").read_text()
+    assert "__global__" in src
+    assert f".target {arch}" in (out / "model.ptx").read_text()
+    assert (out / "model.cubin").read_bytes()[:4] == b"\x7fELF"
+    meta = json.loads((out / "tvm_meta.json").read_text())
+    assert meta["cuda_arch"] == arch and (out / "lib.so").is_file()
+
+
+@needs_nvcc
+def test_cuda_load_without_gpu_is_a_clear_error(cuda_outs) -> None:
+    if _has_gpu():
+        pytest.skip("a GPU is present")
+    with pytest.raises(TargetError, match="no usable NVIDIA GPU"):
+        runtime.load(cuda_outs["sm_90"])
+
+
+@pytest.mark.gpu
+@needs_nvcc
+def test_cuda_bit_exact_on_gpu(fashion_out, tmp_path) -> None:
+    if not _has_gpu():
+        pytest.skip("no NVIDIA GPU visible to TVM")
+    import tvm
+
+    major, minor = tvm.cuda(0).compute_version.split(".")
+    for tag in ("w8", "w4"):
+        out = tmp_path / tag
+        emit(onnx.load(str(fashion_out[tag] / "model.int.onnx")), out, target="cuda",
+             cuda_arch=f"sm_{major}{minor}")
+        run = runtime.load(out)
+        for x in _fashion_inputs(16):
+            np.testing.assert_array_equal(run(x[None]), _ort(fashion_out[tag] / "model.int.onnx", x[None]))
+
+
+# ----------------------------------------------------------------------------- zoo (slow)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fashion_cnn", "mobilenet_v2", "efficientnet_lite0"])
+def test_zoo_cpu_bit_exact_100_inputs(name, tmp_path) -> None:
+    from models import zoo
+    from qcompiler.pipeline import CompileOptions, compile_model
+
+    try:
+        path = zoo.get_model(name)
+    except Exception as e:  # the ImageNet models need the torch extra and weight packages
+        pytest.skip(f"{name} unavailable: {e}")
+    out = tmp_path / "out"
+    compile_model(str(path), out, calib=zoo.get_calib_data(name, 32), options=CompileOptions(target="cpu"))
+    run = runtime.load(out)
+    shape = zoo.entry(name).input_shape
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_array_equal(run(x), _ort(out / "model.int.onnx", x))
