@@ -92,7 +92,11 @@ def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_input(images: np.ndarray) -> np.ndarray:
-    """uint8 ``[N,28,28]`` -> the model's float32 ``[N,1,28,28]`` input (pixel / 255)."""
+    """uint8 ``[N,28,28]`` -> the model's float32 ``[N,1,28,28]`` input (pixel / 255).
+
+    (:func:`load_eval` instead applies the file's ``input_scale``, float32(1/255), which can differ
+    from pixel / 255 by one ulp; the committed calibration file was made with this division.)
+    """
     return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
 
 
@@ -103,9 +107,14 @@ def load_eval(n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """
     with np.load(EVAL_NPZ) as z:
         x, y = z["x"], z["y"]
+        # The file declares its preprocessing (x * input_scale) for generic tools such as
+        # qcompiler.evaluate; apply exactly that so every route gives bit-identical inputs.
+        scale = np.float32(z["input_scale"]) if "input_scale" in z else None
     if n is not None:
         x, y = x[:n], y[:n]
-    return to_input(x), y.astype(np.int64)
+    if scale is None:
+        return to_input(x), y.astype(np.int64)
+    return (x.astype(np.float32) * scale)[:, None, :, :], y.astype(np.int64)
 
 
 def load_calib(n: int | None = None) -> np.ndarray:

@@ -12,7 +12,8 @@ same machine and torch version gives the same weights. It writes:
 
 * ``models/fashion_cnn.onnx``        (input "input" [1,1,28,28] float32 pixel/255, output "logits")
 * ``models/data/fashion_calib.npz``  ("input": float32 [256,1,28,28], from the TRAIN set)
-* ``models/data/fashion_eval.npz``   ("x": uint8 [2000,28,28], "y": uint8 [2000], first 2000 TEST)
+* ``models/data/fashion_eval.npz``   ("x": uint8 [2000,28,28], "y": uint8 [2000], first 2000 TEST;
+  "input_scale": float32 1/255, the preprocessing generic tools apply)
 """
 
 from __future__ import annotations
@@ -153,8 +154,28 @@ def write_data() -> None:
     rng = np.random.default_rng(SEED)
     idx = np.sort(rng.choice(len(xtr), N_CALIB, replace=False))
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(CALIB_NPZ, input=to_input(xtr[idx]))
-    np.savez_compressed(EVAL_NPZ, x=xte[:N_EVAL], y=yte[:N_EVAL])
+    savez_deterministic(CALIB_NPZ, input=to_input(xtr[idx]))
+    # input_scale tells generic tools (qcompiler.evaluate, the CLI's --eval) how to turn the stored
+    # uint8 pixels into model inputs: x * input_scale.
+    savez_deterministic(EVAL_NPZ, x=xte[:N_EVAL], y=yte[:N_EVAL], input_scale=np.float32(1.0 / 255.0))
+
+
+def savez_deterministic(path: Path, **arrays: np.ndarray) -> None:
+    """Like np.savez_compressed, but byte-identical run to run (numpy stamps each member with the
+    current time, so a rerun would show committed data as modified). Written atomically."""
+    import io
+    import zipfile
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue(), compresslevel=9)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

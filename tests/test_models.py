@@ -52,6 +52,9 @@ def test_committed_data_shapes() -> None:
     assert x.shape == (2000, 1, 28, 28) and x.dtype == np.float32
     assert y.shape == (2000,) and y.dtype == np.int64 and set(np.unique(y)) == set(range(10))
     assert 0.0 <= x.min() and x.max() <= 1.0
+    with np.load(fashion.EVAL_NPZ) as z:  # generic tools read the raw file: x * input_scale
+        raw = z["x"].astype(np.float32) * np.float32(z["input_scale"])
+    np.testing.assert_array_equal(raw[:, None], x)
     c = fashion.load_calib()
     assert c.shape == (256, 1, 28, 28) and c.dtype == np.float32
     assert 0.0 <= c.min() and c.max() <= 1.0
@@ -84,8 +87,10 @@ def test_full_test_set_reader_when_installed() -> None:
         pytest.skip(str(e))
     assert x.shape == (10000, 1, 28, 28) and y.shape == (10000,)
     xe, ye = fashion.load_eval()
-    np.testing.assert_array_equal(x[:2000], xe)
+    np.testing.assert_allclose(x[:2000], xe, rtol=0, atol=1e-7)  # x/255 vs x*float32(1/255): 1 ulp
     np.testing.assert_array_equal(y[:2000], ye)
+    with np.load(fashion.EVAL_NPZ) as z:  # the committed slice is exactly the first 2000 test images
+        np.testing.assert_array_equal(fashion.load_split("test")[0][:2000], z["x"])
 
 
 def test_missing_dataset_error_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
