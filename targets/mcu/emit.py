@@ -107,6 +107,9 @@ def _call(i: int, s: Step, prog: Program, plan: ArenaPlan) -> list[str]:
         return [f"qc_add(&qc_p{i}, {a(s.inputs[0])}, {a(s.inputs[1])}, {a(s.output)});"]
     if k == "requant":
         return [f"qc_requant(&qc_p{i}, {a(s.inputs[0])}, {a(s.output)});"]
+    if k == "clip":
+        p = s.params
+        return [f"qc_clip({a(s.inputs[0])}, {a(s.output)}, {p['n']}, {p['lo']}, {p['hi']});"]
     if k == "relayout":
         p = s.params
         return [f"qc_transpose3({a(s.inputs[0])}, {a(s.output)}, {p['d0']}, {p['d1']}, {p['d2']}, 0x00);"]

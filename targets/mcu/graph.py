@@ -140,22 +140,33 @@ def _conv_out(n: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool = Fal
     return out
 
 
-def _pad_k(k: int, wbits: int) -> int:
-    q = 8 if wbits == 4 else 4
-    return (k + q - 1) // q * q
+def _pad_k(k: int) -> int:
+    return (k + 7) // 8 * 8
 
 
-def pack_rows(w2d: np.ndarray, wbits: int) -> tuple[np.ndarray, int]:
-    """Weights [M, K] -> int8 bytes [M, row_bytes] in qc_conv/qc_fc layout (see qc_kernels.h)."""
+def pack_rows(w2d: np.ndarray, wbits: int, groups: int = 1) -> tuple[np.ndarray, int]:
+    """Weights [M, K] -> the int8 bytes qc_conv/qc_fc read (see qc_kernels.h).
+
+    Each group's rows are padded to an even count (a zero row) and taken in pairs;
+    K is zero padded to k_pad (a multiple of 8); a pair is stored as alternating
+    4-byte blocks of its two rows, so one 64-bit load (LDRD) fetches the next block
+    of both. A block holds 4 weights (8-bit) or 8 (4-bit: byte i = w_i | w_{i+4} << 4).
+    """
     m, k = w2d.shape
-    k_pad = _pad_k(k, wbits)
-    w = np.zeros((m, k_pad), np.int64)
-    w[:, :k] = w2d
+    k_pad = _pad_k(k)
+    mg = m // groups
+    mg_pad = mg + (mg & 1)
+    w = np.zeros((groups, mg_pad, k_pad), np.int64)
+    w[:, :mg, :k] = w2d.reshape(groups, mg, k)
     if wbits == 8:
-        return w.astype(np.int8), k_pad
-    g = w.reshape(m, k_pad // 8, 2, 4)  # [m, group, lo/hi, i]
-    b = (g[:, :, 0, :] & 0xF) | ((g[:, :, 1, :] & 0xF) << 4)
-    return b.reshape(m, k_pad // 2).astype(np.uint8).view(np.int8), k_pad
+        rows = w  # [g, r, k_pad] bytes
+    else:
+        blk = w.reshape(groups, mg_pad, k_pad // 8, 2, 4)  # [g, r, block, lo/hi, i]
+        rows = (blk[:, :, :, 0, :] & 0xF) | ((blk[:, :, :, 1, :] & 0xF) << 4)
+        rows = rows.reshape(groups, mg_pad, k_pad // 2)
+    nb = rows.shape[2] // 4
+    pairs = rows.reshape(groups, mg_pad // 2, 2, nb, 4).transpose(0, 1, 3, 2, 4)  # [g, pair, block, row, 4]
+    return (pairs.reshape(-1) & 0xFF).astype(np.uint8).view(np.int8), k_pad
 
 
 def pack_nibbles(flat: np.ndarray) -> np.ndarray:
@@ -364,7 +375,7 @@ class _Reader:
         w2d = w.transpose(0, 2, 3, 1).reshape(m, kh * kw * cg)  # OHWI rows
         bias_f = bias - xzp_i * w2d.sum(axis=1)
         self._check_acc(node, bias_f, w2d.shape[1], wbits, abs(xzp_i))
-        wq, k_pad = pack_rows(w2d, wbits)
+        wq, k_pad = pack_rows(w2d, wbits, group)
         self.steps.append(Step("conv", node.name, [x.name], y.name, params={**geo, "groups": group, "k_pad": k_pad},
                                consts={"w": wq.reshape(-1), "bias": bias_f.astype(np.int32), "mult": b,
                                        "shift": c},
@@ -520,6 +531,20 @@ class _Reader:
             layout, src = "logical", None
         y = self.new(node.output[0], out_shape, x.signed, layout, src)
         self.steps.append(Step("view", node.name, [x.name], y.name))
+
+    def op_Identity(self, node: onnx.NodeProto) -> None:
+        x = self.act(node, 0)
+        self._view(node, x.shape)
+
+    def op_Clip(self, node: onnx.NodeProto) -> None:
+        x = self.act(node, 0)
+        off = x.offset
+        lo = _scalar(self.const(node, 1)) if len(node.input) > 1 and node.input[1] else (-128 + off)
+        hi = _scalar(self.const(node, 2)) if len(node.input) > 2 and node.input[2] else (127 + off)
+        y = self.new(node.output[0], x.shape, x.signed, x.layout, x.src_chw)
+        self.steps.append(Step("clip", node.name, [x.name], y.name,
+                               params={"n": x.size, "lo": max(lo - off, -128), "hi": min(hi - off, 127)},
+                               inplace=(0,)))
 
     def op_Flatten(self, node: onnx.NodeProto) -> None:
         x = self.act(node, 0)

@@ -84,6 +84,7 @@ class RunResult:
     stack_bytes: int
     instructions: int | None = None
     log: str = ""
+    per_function: dict[str, int] | None = None
 
 
 def _make(mcu_dir: Path, *args: str, timeout: float = 300) -> str:
@@ -146,23 +147,34 @@ def _symbols(elf: Path) -> dict[str, int]:
     return out
 
 
-def _count_lines(fifo: Path, result: list[int]) -> None:
+def _count_lines(fifo: Path, result: list, by_function: dict[str, int] | None) -> None:
+    """Count log lines (one per executed instruction); optionally per function (the
+    symbol QEMU prints at the end of each line)."""
     n = 0
+    rest = b""
     with open(fifo, "rb", buffering=0) as f:
         while True:
-            chunk = f.read(1 << 20)
+            chunk = f.read(1 << 22)
             if not chunk:
                 break
             n += chunk.count(b"\n")
+            if by_function is not None:
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                for ln in lines:
+                    i = ln.rfind(b"] ")
+                    key = ln[i + 2:].decode(errors="replace") if i >= 0 else "?"
+                    by_function[key] = by_function.get(key, 0) + 1
     result.append(n)
 
 
 def run_qemu(elf: str | Path, board_name: str, inputs: list[bytes], output_size: int, *,
-             count_instructions: bool = False, timeout: float = 300) -> RunResult:
+             count_instructions: bool = False, profile: bool = False, timeout: float = 300) -> RunResult:
     """Run the harness image on ``inputs`` (one record each); outputs in order.
 
     With ``count_instructions``, also the number of instructions executed in the
-    model's code over all inputs (run one input to get a per-inference count).
+    model's code over all inputs (run one input to get a per-inference count);
+    ``profile`` adds the count per function (slower: every line is parsed).
     """
     b = board(board_name)
     elf = Path(elf).resolve()
@@ -173,14 +185,15 @@ def run_qemu(elf: str | Path, board_name: str, inputs: list[bytes], output_size:
                "-serial", "none", "-semihosting-config", "enable=on,target=native", "-no-reboot",
                "-kernel", str(elf)]
         counted: list[int] = []
+        per_fn: dict[str, int] | None = {} if profile else None
         reader = None
-        if count_instructions:
+        if count_instructions or profile:
             syms = _symbols(elf)
             lo, hi = syms["__qc_text_start"], syms["__qc_text_end"]
             fifo = d / "exec.fifo"
             os.mkfifo(fifo)
             cmd += ["-singlestep", "-d", "exec,nochain", "-dfilter", f"0x{lo:x}..0x{hi - 1:x}", "-D", str(fifo)]
-            reader = threading.Thread(target=_count_lines, args=(fifo, counted), daemon=True)
+            reader = threading.Thread(target=_count_lines, args=(fifo, counted, per_fn), daemon=True)
             reader.start()
         try:
             p = subprocess.run(cmd, cwd=d, capture_output=True, timeout=timeout)
@@ -208,4 +221,5 @@ def run_qemu(elf: str | Path, board_name: str, inputs: list[bytes], output_size:
     outs = [data[i * output_size:(i + 1) * output_size] for i in range(n)]
     if int(m.group(1), 16) != n or len(data) != n * output_size:
         raise TargetError(f"QEMU {b.name}: {int(m.group(1), 16)} runs, {len(data)} output bytes for {n} inputs")
-    return RunResult(outs, int(m.group(2), 16), counted[0] if counted else None, text)
+    return RunResult(outs, int(m.group(2), 16), counted[0] if counted else None, text,
+                     dict(sorted(per_fn.items(), key=lambda kv: -kv[1])) if per_fn is not None else None)

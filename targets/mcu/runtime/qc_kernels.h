@@ -23,10 +23,11 @@ extern "C" {
 #endif
 
 /* Conv2d with groups (im2col into an int16 scratch buffer, then a tiled dot product).
- * Weights: [out_c][k_pad] with each row in (kh, kw, c) order, zero padded to k_pad.
- * 8-bit: one int8 per weight, k_pad a multiple of 4.
- * 4-bit: k_pad a multiple of 8; in each group of 8 weights w0..w7 the 4 bytes hold
- *        byte i = (w_i & 0xF) | (w_{i+4} << 4). */
+ * Weights: one row per output channel in (kh, kw, c) order, zero padded to k_pad
+ * (a multiple of 8); each group's rows padded to an even count with a zero row.
+ * Rows are stored in pairs, as alternating 4-byte blocks of the two rows (one LDRD
+ * loads the next block of both). A block is 4 int8 weights, or 8 4-bit weights
+ * w0..w7 with byte i = (w_i & 0xF) | (w_{i+4} << 4). */
 typedef struct {
     int32_t in_h, in_w, in_c;
     int32_t out_h, out_w, out_c;
@@ -45,10 +46,10 @@ typedef struct {
     const uint8_t *shift; /* c, in [1, 62] */
 } qc_conv_params;
 
-/* Scratch: 2 * k_pad int16. */
+/* Scratch: 2 * k_pad int16, 4-byte aligned. */
 void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *scratch);
 
-/* Fully connected: rows x K input (row-major) times W^T; W is [out_c][k_pad] like qc_conv. */
+/* Fully connected: rows x K input (row-major) times W^T; W is laid out like qc_conv's (groups = 1). */
 typedef struct {
     int32_t rows, k, out_c, k_pad, wbits;
     int32_t in_zp, out_zp, qmin, qmax;
@@ -58,7 +59,7 @@ typedef struct {
     const uint8_t *shift;
 } qc_fc_params;
 
-/* Scratch: k_pad int16. */
+/* Scratch: k_pad int16, 4-byte aligned. */
 void qc_fc(const qc_fc_params *p, const int8_t *in, int8_t *out, int16_t *scratch);
 
 /* Depthwise conv (group == in_c, out_c = in_c * ch_mult).
@@ -116,6 +117,10 @@ typedef struct {
 } qc_requant_params;
 
 void qc_requant(const qc_requant_params *p, const int8_t *in, int8_t *out);
+
+/* y = clamp(x, lo, hi): a standalone Clip/Relu on an integer tensor (e.g. the
+ * 4-bit input clamp). Safe in place. */
+void qc_clip(const int8_t *in, int8_t *out, int32_t n, int32_t lo, int32_t hi);
 
 /* Plain copies used at the graph boundary and for layout changes.
  * xor_mask 0x80 converts between uint8 bytes and the int8 internal form. */
