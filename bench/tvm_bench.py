@@ -84,12 +84,20 @@ def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[
     calib = zoo.get_calib_data(name, 32).astype(np.float32)
     fp32 = _dynamic_batch(float_path, work / f"{name}.fp32.onnx")
     ort8 = _dynamic_batch(_ort_int8(float_path, calib, work / f"{name}.ort8.onnx"), work / f"{name}.ort8d.onnx")
+    from qcompiler.errors import QCompileError
+
     builds: dict[str, Path] = {}
+    errors: dict[str, str] = {}
     compile_s: dict[str, float] = {}
     for tag, opts in (("qc_int8", CompileOptions(target="cpu", bits=[8])),
                       ("qc_mixed48", CompileOptions(target="cpu", bits=[4, 8], budgets={"size": "70%"}))):
         t = time.perf_counter()
-        compile_model(str(float_path), work / f"{name}.{tag}", calib=calib, options=opts)
+        try:
+            compile_model(str(float_path), work / f"{name}.{tag}", calib=calib, options=opts)
+        except QCompileError as e:  # reported in the table as n/a, with the reason in the JSON
+            log.warning("%s %s: %s", name, tag, e)
+            errors[tag] = str(e)
+            continue
         compile_s[tag] = time.perf_counter() - t
         builds[tag] = work / f"{name}.{tag}"
     rows = []
@@ -110,6 +118,7 @@ def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[
         rows.append(row)
         log.info("%s", row)
     rows[0]["compile_s"] = {k: round(v, 1) for k, v in compile_s.items()}
+    rows[0]["errors"] = errors
     return rows
 
 
@@ -131,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"CPU: {host_mcpu()}  (median ms, and ratio to ORT INT8; lower is faster)",
              f"{'model':<20}{'batch':>6}" + "".join(f"{c:>22}" for c in cols)]
     for r in rows:
-        cells = "".join(f"{r[c + '_ms']:>12.2f} ({r['ratios_to_ort_int8'][c]:>5.2f}x)" for c in cols)
+        cells = "".join(f"{r[c + '_ms']:>12.2f} ({r['ratios_to_ort_int8'][c]:>5.2f}x)" if c + "_ms" in r
+                        else f"{'n/a':>22}" for c in cols)
         lines.append(f"{r['model']:<20}{r['batch']:>6}{cells}")
     sys.stdout.write("\n".join(lines) + "\n")
     Path(args.json).write_text(json.dumps({"cpu": host_mcpu(), "rows": rows}, indent=1) + "\n")
