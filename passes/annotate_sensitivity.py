@@ -1,0 +1,792 @@
+"""Per-layer, per-format sensitivity scores: the objective of the bit-assignment ILP.
+
+For every quantizable layer (Conv/Gemm/MatMul with a constant weight) and every
+candidate format ``wXaY`` this pass stores a perturbation score in
+``ctx.plan.layers[name].sensitivity["wXaY"]``. Two methods:
+
+``kl`` (default; forward only, ZeroQ-style)
+    The KL divergence between the float model's output softmax and the output
+    softmax when *only that layer* is quantized (weights X bits per-channel
+    symmetric, its input activation Y bits per-tensor asymmetric with the
+    calibrated range), averaged over the calibration samples, run in ONNX
+    Runtime. This is the cost users feel, so it is organised to be cheap:
+
+    * one float run of the whole model with every layer input exposed as an
+      extra output (the "probe") gives the reference outputs and the input of
+      every layer;
+    * for each layer, a *suffix* model that starts at that layer (its inputs
+      are the tensors live at that point) is run once per candidate, so the
+      unchanged prefix is never recomputed (about half the network on average);
+    * the layer's weight and quantized input are graph inputs of its suffix
+      model, so candidates are swapped by feeding arrays, not by rebuilding
+      sessions: one session per layer, reused for every candidate and batch.
+
+``hessian`` (HAWQ-V2, needs torch)
+    Hutchinson estimate of the Hessian trace per parameter of the loss with
+    respect to the layer's weight (and its input activation), times the squared
+    quantization perturbation ``||Q(W)-W||^2`` (and ``||Q(x)-x||^2``); see
+    :mod:`qcompiler.hessian`.
+
+With no calibration data the pass falls back to ZeroQ distilled data when the
+(original) float model has BatchNorm statistics (:mod:`qcompiler.zeroq`), and
+otherwise raises a :class:`~qcompiler.errors.CalibrationError` asking for
+``--calib``.
+
+The module also holds the small numpy fake-quantization helpers and the
+:func:`plan_output_kl` evaluator that bit assignment, the Pareto sweep and the
+tests use to score whole assignments the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from qcompiler.errors import CalibrationError, QCompileError
+from qcompiler.ir import (
+    QUANTIZABLE,
+    attr,
+    infer_shapes,
+    initializers,
+    node_names_unique,
+    value_dtypes,
+    value_shapes,
+)
+from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
+from qcompiler.plan import LayerPlan, QuantPlan
+
+log = logging.getLogger("qcompiler.sensitivity")
+
+FLOAT_BITS = 32  # an activation "bit-width" >= 16 means: leave the activation in float (weight-only)
+DEFAULT_BITS = (4, 8)
+DEFAULT_MAX_SAMPLES = 32  # ZeroQ/HAWQ find a few dozen samples enough to rank layers
+SUB_BATCH = 16
+
+
+# ----------------------------------------------------------------------------- layers and candidates
+
+def fmt(w_bits: int, a_bits: int) -> str:
+    """Key of one candidate format in ``LayerPlan.sensitivity`` ("w4a8"; "w4af" when activations stay float)."""
+    return f"w{w_bits}a{a_bits if a_bits < 16 else 'f'}"
+
+
+def weight_axis(node: onnx.NodeProto, w_rank: int) -> int:
+    """The output-channel axis of a layer's weight (per-channel quantization runs along it)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if attr(node, "transB", 0) else 1
+    return w_rank - 1  # MatMul: [.., K, N]
+
+
+def discover_layers(model: onnx.ModelProto) -> dict[str, LayerPlan]:
+    """Every quantizable layer of the graph, keyed by node name, with params and per-sample MACs.
+
+    A layer is a Conv, Gemm or MatMul whose second input is a constant initializer
+    (a MatMul of two activations has no weight to quantize).
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    shapes = value_shapes(model)
+    if not any(vi.name for vi in model.graph.value_info):
+        shapes = value_shapes(infer_shapes(model))
+    out: dict[str, LayerPlan] = {}
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZABLE or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        w = inits[node.input[1]]
+        params = int(np.prod(w.dims)) if w.dims else 1
+        oshape = shapes.get(node.output[0], ())
+        ishape = shapes.get(node.input[0], ())
+        if node.op_type == "Conv":
+            spatial = [d for d in oshape[2:]] if len(oshape) > 2 else []
+            per_out = int(np.prod([d for d in spatial if isinstance(d, int) and d > 0])) if spatial else 1
+            macs = params * per_out
+        elif node.op_type == "MatMul":
+            rows = [d for d in ishape[1:-1] if isinstance(d, int) and d > 0]
+            macs = params * int(np.prod(rows)) if rows else params
+        else:
+            macs = params
+        out[node.name] = LayerPlan(op_type=node.op_type, weight=node.input[1], input=node.input[0],
+                                   output=node.output[0], params=params, macs=macs)
+    return out
+
+
+def candidates_from_settings(settings: Mapping[str, Any]) -> list[list[int]]:
+    """Candidate formats [w_bits, a_bits] from ``--bits`` (default 4,8) and ``--weight-only``."""
+    bits = settings.get("bits") or DEFAULT_BITS
+    if isinstance(bits, str):
+        try:
+            bits = [int(b) for b in bits.split(",") if b.strip()]
+        except ValueError:
+            raise QCompileError(f"--bits {bits!r} is not a comma-separated list of integers",
+                                hint="e.g. --bits 4,8") from None
+    bits = sorted({int(b) for b in bits})
+    if not bits or any(b < 2 or b > 8 for b in bits):
+        raise QCompileError(f"--bits {bits} must be integers between 2 and 8", hint="e.g. --bits 4,8")
+    if settings.get("weight_only"):
+        return [[w, FLOAT_BITS] for w in bits]
+    return [[w, a] for w, a in itertools.product(bits, bits)]
+
+
+def ensure_layers(model: onnx.ModelProto, plan: QuantPlan, settings: Mapping[str, Any]) -> None:
+    """Fill ``plan.layers`` from the graph where an earlier pass has not, and their candidates."""
+    found = discover_layers(model)
+    for name, lp in found.items():
+        cur = plan.layers.get(name)
+        if cur is None:
+            plan.layers[name] = lp
+        else:
+            cur.params = cur.params or lp.params
+            cur.macs = cur.macs or lp.macs
+    cands = candidates_from_settings(settings)
+    for lp in plan.layers.values():
+        if not lp.candidates:
+            lp.candidates = [list(c) for c in cands]
+
+
+# ----------------------------------------------------------------------------- fake quantization (numpy)
+
+def quantize_weight(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
+    """Quantize-dequantize a weight: symmetric, signed, per output channel, scale = max|w|/(2^(b-1)-1)."""
+    qmax = (1 << (bits - 1)) - 1
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.max(np.abs(w), axis=red, keepdims=True) if red else np.abs(w)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.round(w / scale), -qmax, qmax)
+    return (q * scale).astype(np.float32)
+
+
+def act_qparams(rng: Sequence[float], bits: int) -> tuple[float, float, float]:
+    """(scale, zero_point, qmax) of an asymmetric unsigned per-tensor activation quantizer."""
+    lo, hi = min(float(rng[0]), 0.0), max(float(rng[1]), 0.0)
+    qmax = float((1 << bits) - 1)
+    scale = (hi - lo) / qmax if hi > lo else 1.0
+    zp = float(np.clip(np.round(-lo / scale), 0, qmax))
+    return scale, zp, qmax
+
+
+def quantize_act(x: np.ndarray, rng: Sequence[float], bits: int) -> np.ndarray:
+    """Quantize-dequantize an activation with its calibrated range (identity for float 'bits')."""
+    if bits >= 16:
+        return x
+    scale, zp, qmax = act_qparams(rng, bits)
+    q = np.clip(np.round(x / np.float32(scale)) + zp, 0, qmax)
+    return ((q - zp) * np.float32(scale)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- calibration data
+
+def iter_samples(calib: Any, max_samples: int = DEFAULT_MAX_SAMPLES,
+                 batch: int = SUB_BATCH) -> list[dict[str, np.ndarray]]:
+    """Calibration data as a list of feed dicts of at most ``batch`` samples, ``max_samples`` in all.
+
+    Accepts a CalibrationData (``.batches()``), a list of feed dicts, or one feed dict.
+    """
+    if calib is None:
+        return []
+    if hasattr(calib, "batches"):
+        source: Iterable[Mapping[str, np.ndarray]] = calib.batches()
+    elif isinstance(calib, Mapping):
+        source = [calib]
+    else:
+        source = calib
+    out: list[dict[str, np.ndarray]] = []
+    seen = 0
+    for b in source:
+        n = len(next(iter(b.values())))
+        for s in range(0, n, batch):
+            take = min(batch, n - s, max_samples - seen)
+            if take <= 0:
+                return out
+            out.append({k: np.ascontiguousarray(v[s:s + take]) for k, v in b.items()})
+            seen += take
+        if seen >= max_samples:
+            break
+    return out
+
+
+def make_batchable(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]], *,
+                   batch: int = SUB_BATCH, threads: int = 0) -> tuple[onnx.ModelProto, list[dict[str, np.ndarray]]]:
+    """A copy of ``model`` with a free batch dimension, and ``samples`` merged into batches of ``batch``.
+
+    Canonical models have static shapes (batch 1), which would make sensitivity call ORT once per
+    sample. The copy frees dim 0 of inputs and outputs, drops inner shapes and turns Reshape targets
+    that pin the batch into 0 ("copy that dim"). It is checked on two samples against the original;
+    if it does not reproduce it, the original model and per-batch samples are used instead.
+    """
+    ins = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    static = [d.dim_value for i in ins for d in i.type.tensor_type.shape.dim[:1]]
+    n_total = sum(len(next(iter(s.values()))) for s in samples)
+    if not samples or n_total < 2 or not static or any(b <= 0 for b in static):
+        return model, samples
+    b0 = static[0]
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) and dims[0].dim_value == b0:
+            dims[0].Clear()
+            dims[0].dim_param = "N"
+    del m.graph.value_info[:]
+    inits = {t.name: t for t in m.graph.initializer}
+    users: dict[str, int] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    for k, n in enumerate(m.graph.node):
+        if n.op_type != "Reshape" or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        shape = numpy_helper.to_array(inits[n.input[1]]).copy()
+        if shape.ndim == 1 and len(shape) and shape[0] == b0:
+            shape[0] = 0
+            name = f"{n.input[1]}__batch{k}"
+            m.graph.initializer.append(numpy_helper.from_array(shape, name))
+            n.input[1] = name
+    merged = _merge(samples, batch)
+    try:
+        a = session(model, threads)
+        bm = session(m, threads)
+        probe = {k: v[:2] for k, v in merged[0].items()}
+        got = bm.run(None, probe)
+        want = [np.concatenate(o) for o in zip(*[a.run(None, {k: v[j:j + 1] for k, v in probe.items()})
+                                                 for j in range(2)])] if b0 == 1 else None
+        if want is None or any(g.shape != w.shape or not np.allclose(g, w, rtol=1e-4, atol=1e-5)
+                               for g, w in zip(got, want)):
+            raise ValueError("batched outputs differ")
+    except Exception as e:  # noqa: BLE001 - any failure just means: keep the static batch
+        log.info("sensitivity: running at the model's static batch (%s)", str(e).splitlines()[0][:120])
+        return model, samples
+    return m, merged
+
+
+def _merge(samples: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, np.ndarray]]:
+    keys = list(samples[0])
+    flat = {k: np.concatenate([s[k] for s in samples]) for k in keys}
+    n = len(flat[keys[0]])
+    return [{k: np.ascontiguousarray(v[i:i + batch]) for k, v in flat.items()} for i in range(0, n, batch)]
+
+
+# ----------------------------------------------------------------------------- output distance
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class OutputReference:
+    """The float model's outputs on the calibration samples, prepared for a fast distance.
+
+    Rank-2 outputs are treated as classifier logits: distance = KL(softmax(float) || softmax(quant)),
+    per sample. If the graph already ends in Softmax the outputs are probabilities and are used
+    as they are. Other outputs (feature maps, boxes) use the normalised squared error
+    ||y_q - y||^2 / ||y||^2, which is also a divergence-like, scale-free, zero-at-identity score.
+    """
+
+    def __init__(self, outputs: list[list[np.ndarray]], is_prob: list[bool]) -> None:
+        self.kinds: list[str] = []
+        self.ref: list[list[np.ndarray]] = []
+        for k, per_batch in enumerate(outputs):
+            rank = per_batch[0].ndim
+            if rank == 2:
+                self.kinds.append("prob" if is_prob[k] else "logits")
+                ps = [np.clip(o.astype(np.float64), 1e-12, None) if is_prob[k] else _softmax(o)
+                      for o in per_batch]
+                self.ref.append([(p, np.log(p)) for p in ps])  # type: ignore[misc]
+            else:
+                self.kinds.append("mse")
+                self.ref.append([(o.astype(np.float64), float(np.sum(o.astype(np.float64) ** 2)) + 1e-30)
+                                 for o in per_batch])  # type: ignore[misc]
+        self.n_samples = sum(len(o) for o in outputs[0]) if outputs else 0
+
+    def distance(self, batch_idx: int, outs: Sequence[np.ndarray]) -> float:
+        """Summed (over samples) distance of one batch of quantized outputs to the reference."""
+        total = 0.0
+        for k, o in enumerate(outs):
+            ref = self.ref[k][batch_idx]
+            if self.kinds[k] == "mse":
+                y, norm = ref  # type: ignore[misc]
+                total += float(np.sum((o.astype(np.float64) - y) ** 2)) / norm * len(o)
+                continue
+            p, logp = ref  # type: ignore[misc]
+            if self.kinds[k] == "prob":
+                logq = np.log(np.clip(o.astype(np.float64), 1e-12, None))
+            else:
+                z = o.astype(np.float64)
+                z = z - z.max(axis=-1, keepdims=True)
+                logq = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+            total += float(np.sum(p * (logp - logq)))
+        return total
+
+
+def _outputs_are_prob(model: onnx.ModelProto) -> list[bool]:
+    prod = {o: n for n in model.graph.node for o in n.output}
+    return [prod.get(o.name) is not None and prod[o.name].op_type == "Softmax" for o in model.graph.output]
+
+
+# ----------------------------------------------------------------------------- ORT plumbing
+
+def session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """An ORT CPU session with full graph optimisation (the same kernels users will time)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _vi(name: str, elem: int) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, None)
+
+
+def _with_outputs(model: onnx.ModelProto, extra: Sequence[str]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output} | {i.name for i in m.graph.input}
+    dts = value_dtypes(model)
+    for name in extra:
+        if name not in have:
+            m.graph.output.append(_vi(name, dts.get(name, TensorProto.FLOAT) or TensorProto.FLOAT))
+            have.add(name)
+    return m
+
+
+QIN = "__qc_layer_input"
+QW = "__qc_layer_weight"
+
+
+def suffix_model(model: onnx.ModelProto, node_index: int) -> tuple[onnx.ModelProto, list[str]]:
+    """The graph from node ``node_index`` on, fed by the tensors live at that point.
+
+    The layer's activation input becomes the dedicated input ``QIN`` (consumed by
+    that layer only, so quantizing it does not touch a skip branch that reads the
+    same tensor) and its weight the input ``QW``. Returns the model and the names of
+    the other (float) cut inputs.
+    """
+    g = model.graph
+    layer = g.node[node_index]
+    inits = {t.name: t for t in g.initializer}
+    nodes = [onnx.NodeProto() for _ in g.node[node_index:]]
+    for dst, src in zip(nodes, g.node[node_index:]):
+        dst.CopyFrom(src)
+    first = nodes[0]
+    first.input[0] = QIN
+    first.input[1] = QW
+    produced = {o for n in nodes for o in n.output}
+    cut: list[str] = []
+    used_inits: list[str] = []
+    for n in nodes:
+        for i in n.input:
+            if not i or i in produced or i in (QIN, QW):
+                continue
+            if i in inits:
+                if i not in used_inits:
+                    used_inits.append(i)
+            elif i not in cut:
+                cut.append(i)
+    dts = value_dtypes(model)
+    elem = dts.get(layer.input[0], TensorProto.FLOAT) or TensorProto.FLOAT
+    inputs = [_vi(QIN, elem), _vi(QW, inits[layer.input[1]].data_type)]
+    inputs += [_vi(c, dts.get(c, TensorProto.FLOAT) or TensorProto.FLOAT) for c in cut]
+    graph = helper.make_graph(nodes, f"{g.name}_suffix{node_index}", inputs, list(g.output),
+                              [inits[i] for i in used_inits])
+    m = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    m.functions.extend(model.functions)
+    return m, cut
+
+
+# ----------------------------------------------------------------------------- the KL sensitivity engine
+
+@dataclass
+class SensitivityTiming:
+    """Where the time of a KL sensitivity run went (seconds), for the bench and the logs."""
+
+    probe: float = 0.0
+    sessions: float = 0.0
+    runs: float = 0.0
+    total: float = 0.0
+    layers: int = 0
+    candidates: int = 0
+    samples: int = 0
+
+
+def act_range(plan: QuantPlan, tensor: str, fallback: Callable[[], tuple[float, float]]) -> list[float]:
+    """The calibrated [min, max] of a tensor (the calibration pass's), else the fallback's."""
+    tq = plan.tensors.get(tensor)
+    if tq is not None and tq.range is not None:
+        return [float(tq.range[0]), float(tq.range[1])]
+    lo, hi = fallback()
+    return [lo, hi]
+
+
+def _tensor_bytes(model: onnx.ModelProto, tensors: Sequence[str], feed: Mapping[str, np.ndarray],
+                  threads: int) -> dict[str, int]:
+    """Bytes per sample of each tensor, measured by one single-sample run (shapes may be symbolic)."""
+    sess = session(_with_outputs(model, tensors), threads)
+    ins = {i.name for i in sess.get_inputs()}
+    fetch = [t for t in tensors if t not in ins]
+    d = dict(zip(fetch, sess.run(fetch, dict(feed))))
+    d.update({k: v for k, v in feed.items() if k in tensors})
+    return {t: int(d[t].nbytes) for t in tensors}
+
+
+def _score_layer(model: onnx.ModelProto, plan: QuantPlan, name: str, node_index: int,
+                 suffix: tuple[onnx.ModelProto, list[str]], cache: list[dict[str, np.ndarray]],
+                 reference: OutputReference, inits: Mapping[str, np.ndarray], out_names: list[str],
+                 threads: int, timing: SensitivityTiming) -> None:
+    """Run one layer's suffix model for each of its candidates over the cached samples."""
+    lp = plan.layers[name]
+    node = model.graph.node[node_index]
+    sm, cut = suffix
+    t0 = time.perf_counter()
+    sess = session(sm, threads)
+    timing.sessions += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    w = inits[lp.weight]
+    axis = weight_axis(node, w.ndim)
+
+    def _fallback() -> tuple[float, float]:
+        return (min(float(c[lp.input].min()) for c in cache), max(float(c[lp.input].max()) for c in cache))
+
+    rng = act_range(plan, lp.input, _fallback)
+    wq = {wb: quantize_weight(w, wb, axis) for wb in sorted({c[0] for c in lp.candidates})}
+    scores = {fmt(wb, ab): 0.0 for wb, ab in lp.candidates}
+    for b, c in enumerate(cache):
+        feed = {t: c[t] for t in cut}
+        xq = {ab: quantize_act(c[lp.input], rng, ab) for ab in sorted({c_[1] for c_ in lp.candidates})}
+        for wb, ab in lp.candidates:
+            feed[QIN] = xq[ab]
+            feed[QW] = wq[wb]
+            scores[fmt(wb, ab)] += reference.distance(b, sess.run(out_names, feed))
+    raw = {k: max(v / max(reference.n_samples, 1), 0.0) for k, v in scores.items()}
+    lp.sensitivity = monotone(raw)
+    timing.runs += time.perf_counter() - t0
+    timing.candidates += len(lp.candidates)
+
+
+def monotone(scores: Mapping[str, float]) -> dict[str, float]:
+    """Make scores non-increasing in both bit-widths: s(w,a) >= s(w',a') whenever w<=w' and a<=a'.
+
+    Fewer bits never *truly* reduce the perturbation; a measured inversion (w4a4 a hair below
+    w4a8) is sampling noise, and left in place it would let the ILP take the cheaper format
+    for free.
+    """
+    parsed = {k: _parse_fmt(k) for k in scores}
+    out = {}
+    for k, (w, a) in parsed.items():
+        out[k] = max(v for k2, v in scores.items() if parsed[k2][0] >= w and parsed[k2][1] >= a)
+    return out
+
+
+def _parse_fmt(key: str) -> tuple[int, int]:
+    w, a = key[1:].split("a")
+    return int(w), (FLOAT_BITS if a == "f" else int(a))
+
+
+def kl_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: list[dict[str, np.ndarray]], *,
+                   layers: Sequence[str] | None = None, threads: int = 0,
+                   progress: Callable[[str, int], Callable[[int], None]] | None = None,
+                   cache_mib: float = 256.0) -> SensitivityTiming:
+    """Fill ``plan.layers[*].sensitivity`` with the mean per-sample output KL of each candidate.
+
+    ``model`` must hold the layers of ``plan`` (same node names) and ``samples`` be non-empty.
+    ``cache_mib`` bounds the memory of cached layer inputs (more groups, more probe runs).
+    """
+    t_start = time.perf_counter()
+    timing = SensitivityTiming()
+    names = list(layers) if layers is not None else list(plan.layers)
+    index = {n.name: i for i, n in enumerate(model.graph.node)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise QCompileError(f"plan layers {missing[:3]} are not nodes of the model",
+                            hint="run sensitivity on the model the plan was made for")
+    names.sort(key=lambda n: index[n])
+    inits = initializers(model)
+    out_names = [o.name for o in model.graph.output]
+
+    # Layer inputs of the calibration samples are cached between the probe run and the suffix
+    # runs. To bound memory the layers are split into consecutive groups whose cached tensors fit
+    # in ``cache_mib``; each group gets its own probe run, which ORT prunes to the prefix it needs.
+    suffixes: dict[str, tuple[onnx.ModelProto, list[str]]] = {}
+    need: dict[str, list[str]] = {}
+    for n in names:
+        sm, cut = suffix_model(model, index[n])
+        suffixes[n] = (sm, cut)
+        need[n] = list(dict.fromkeys([plan.layers[n].input, *cut]))
+    all_need = list(dict.fromkeys(t for n in names for t in need[n]))
+    t0 = time.perf_counter()
+    one = {k: v[:1] for k, v in samples[0].items()}
+    per_sample = _tensor_bytes(model, all_need, one, threads)
+    n_samples = sum(len(next(iter(s.values()))) for s in samples)
+    groups: list[list[str]] = [[]]
+    held: set[str] = set()
+    for n in names:
+        extra = sum(per_sample[t] for t in need[n] if t not in held)
+        cur = sum(per_sample[t] for t in held)
+        if groups[-1] and (cur + extra) * n_samples > cache_mib * 2**20:
+            groups.append([])
+            held = set()
+        groups[-1].append(n)
+        held.update(need[n])
+    timing.probe += time.perf_counter() - t0
+
+    reference: OutputReference | None = None
+    total_c = sum(len(plan.layers[n].candidates) for n in names)
+    advance = progress("sensitivity (kl)", total_c) if progress else None
+    for gi, group in enumerate(groups):
+        t0 = time.perf_counter()
+        tensors = list(dict.fromkeys(t for n in group for t in need[n]))
+        probe_model = _with_outputs(model, tensors)
+        if reference is not None:  # outputs already known: let ORT prune the graph to the prefix
+            keep = [o for o in probe_model.graph.output if o.name in tensors]
+            del probe_model.graph.output[:]
+            probe_model.graph.output.extend(keep)
+        probe = session(probe_model, threads)
+        input_names = {i.name for i in probe.get_inputs()}
+        fetch = ([] if reference is not None else out_names) + [t for t in tensors if t not in input_names]
+        cache: list[dict[str, np.ndarray]] = []
+        ref_out: list[list[np.ndarray]] = [[] for _ in out_names]
+        for feed in samples:
+            d = dict(zip(fetch, probe.run(fetch, feed)))
+            d.update({k: v for k, v in feed.items() if k in tensors})
+            if reference is None:
+                for k, o in enumerate(out_names):
+                    ref_out[k].append(d[o])
+            cache.append({t: d[t] for t in tensors})
+        del probe
+        if reference is None:
+            reference = OutputReference(ref_out, _outputs_are_prob(model))
+        timing.probe += time.perf_counter() - t0
+        log.info("sensitivity: group %d/%d (%d layers), probe %.2fs, %.0f MiB of layer inputs cached",
+                 gi + 1, len(groups), len(group), time.perf_counter() - t0,
+                 sum(a.nbytes for c in cache for a in c.values()) / 2**20)
+        for n in group:
+            _score_layer(model, plan, n, index[n], suffixes.pop(n), cache, reference, inits, out_names,
+                         threads, timing)
+            if advance:
+                advance(len(plan.layers[n].candidates))
+        del cache
+    timing.samples = n_samples
+    timing.layers = len(names)
+    timing.total = time.perf_counter() - t_start
+    log.info("sensitivity (kl): %d layers x candidates = %d runs of %d samples in %.2fs "
+             "(probe %.2fs, sessions %.2fs, runs %.2fs)", timing.layers, timing.candidates, timing.samples,
+             timing.total, timing.probe, timing.sessions, timing.runs)
+    return timing
+
+
+# ----------------------------------------------------------------------------- whole-plan evaluation
+
+def fake_quant_model(model: onnx.ModelProto, plan: QuantPlan,
+                     assignment: Mapping[str, Sequence[int]] | None = None,
+                     ranges: Mapping[str, Sequence[float]] | None = None) -> onnx.ModelProto:
+    """A float model that simulates a whole bit assignment: weights quantize-dequantized in place,
+    each layer's input passed through a float quantize-dequantize chain (Div, Round, Add, Clip, Sub, Mul).
+
+    It uses only float ops, so any bit-width (2..8) runs in every ORT build. ``assignment`` maps layer
+    -> (w_bits, a_bits); by default the plan's own ``weight_bits``/``act_bits``.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    nodes = {n.name: n for n in g.node}
+    init_idx = {t.name: i for i, t in enumerate(g.initializer)}
+    new_nodes: dict[str, list[onnx.NodeProto]] = {}
+    new_inits: list[onnx.TensorProto] = []
+    for name, lp in plan.layers.items():
+        node = nodes.get(name)
+        if node is None:
+            continue
+        wb, ab = assignment[name] if assignment is not None else (lp.weight_bits, lp.act_bits)
+        w_t = g.initializer[init_idx[lp.weight]]
+        w = numpy_helper.to_array(w_t)
+        qname = f"{lp.weight}__q{wb}_{name}"
+        new_inits.append(numpy_helper.from_array(quantize_weight(w, wb, weight_axis(node, w.ndim)), qname))
+        node.input[1] = qname
+        if ab >= 16:
+            continue
+        rng = (ranges or {}).get(lp.input)
+        if rng is None:
+            tq = plan.tensors.get(lp.input)
+            if tq is None or tq.range is None:
+                raise QCompileError(f"no calibrated range for the input '{lp.input}' of layer '{name}'",
+                                    hint="run calibration first")
+            rng = tq.range
+        s, z, qmax = act_qparams(rng, ab)
+        p = f"__qc_fq_{name}"
+        consts = {f"{p}_s": s, f"{p}_z": z, f"{p}_lo": 0.0, f"{p}_hi": qmax}
+        new_inits += [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in consts.items()]
+        x = node.input[0]
+        new_nodes[name] = [
+            helper.make_node("Div", [x, f"{p}_s"], [f"{p}_d"], name=f"{p}_div"),
+            helper.make_node("Round", [f"{p}_d"], [f"{p}_r"], name=f"{p}_round"),
+            helper.make_node("Add", [f"{p}_r", f"{p}_z"], [f"{p}_a"], name=f"{p}_add"),
+            helper.make_node("Clip", [f"{p}_a", f"{p}_lo", f"{p}_hi"], [f"{p}_c"], name=f"{p}_clip"),
+            helper.make_node("Sub", [f"{p}_c", f"{p}_z"], [f"{p}_u"], name=f"{p}_sub"),
+            helper.make_node("Mul", [f"{p}_u", f"{p}_s"], [f"{p}_y"], name=f"{p}_mul"),
+        ]
+        node.input[0] = f"{p}_y"
+    ordered: list[onnx.NodeProto] = []
+    for n in g.node:
+        ordered.extend(new_nodes.get(n.name, []))
+        ordered.append(n)
+    del g.node[:]
+    g.node.extend(ordered)
+    g.initializer.extend(new_inits)
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return m
+
+
+def reference_outputs(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]],
+                      threads: int = 0) -> OutputReference:
+    """Float outputs of ``model`` on ``samples`` (to compare quantized variants against)."""
+    sess = session(model, threads)
+    names = [o.name for o in model.graph.output]
+    outs: list[list[np.ndarray]] = [[] for _ in names]
+    for feed in samples:
+        for k, o in enumerate(sess.run(names, feed)):
+            outs[k].append(o)
+    return OutputReference(outs, _outputs_are_prob(model))
+
+
+def plan_output_kl(model: onnx.ModelProto, plan: QuantPlan, samples: list[dict[str, np.ndarray]],
+                   assignment: Mapping[str, Sequence[int]] | None = None, *,
+                   reference: OutputReference | None = None, threads: int = 0) -> float:
+    """Mean per-sample output KL of the whole fake-quantized plan against the float model.
+
+    The accuracy proxy of the Pareto sweep and of the ILP-vs-baselines test: all layers
+    quantized at once (so interactions the additive ILP objective ignores are included).
+    """
+    reference = reference or reference_outputs(model, samples, threads)
+    fq = fake_quant_model(model, plan, assignment)
+    sess = session(fq, threads)
+    names = [o.name for o in model.graph.output]
+    total = 0.0
+    for b, feed in enumerate(samples):
+        total += reference.distance(b, sess.run(names, feed))
+    return total / max(reference.n_samples, 1)
+
+
+def plan_ranges_from_samples(model: onnx.ModelProto, plan: QuantPlan,
+                             samples: list[dict[str, np.ndarray]], threads: int = 0) -> None:
+    """Min/max ranges of every layer input that the calibration pass has not set (standalone use)."""
+    todo = sorted({lp.input for lp in plan.layers.values()
+                   if plan.tensors.get(lp.input) is None or plan.tensors[lp.input].range is None})
+    if not todo:
+        return
+    from qcompiler.plan import TensorQuant
+
+    sess = session(_with_outputs(model, todo), threads)
+    ins = {i.name for i in sess.get_inputs()}
+    lo = dict.fromkeys(todo, np.inf)
+    hi = dict.fromkeys(todo, -np.inf)
+    fetch = [t for t in todo if t not in ins]
+    for feed in samples:
+        d = dict(zip(fetch, sess.run(fetch, feed)))
+        d.update({k: v for k, v in feed.items() if k in todo})
+        for t in todo:
+            lo[t] = min(lo[t], float(d[t].min()))
+            hi[t] = max(hi[t], float(d[t].max()))
+    for t in todo:
+        tq = plan.tensors.get(t)
+        if tq is None:
+            plan.tensors[t] = TensorQuant(bits=8, signed=False, scale=[], zero_point=[], range=[lo[t], hi[t]])
+        else:
+            tq.range = [lo[t], hi[t]]
+
+
+# ----------------------------------------------------------------------------- the pass
+
+def _has_layers(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    return None if discover_layers(model) or ctx.plan.layers else "the model has no Conv/Gemm/MatMul with a weight"
+
+
+def _all_scored(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    for name, lp in ctx.plan.layers.items():
+        missing = [fmt(w, a) for w, a in lp.candidates if fmt(w, a) not in lp.sensitivity]
+        if missing:
+            return f"layer '{name}' has no score for {missing}"
+    return None
+
+
+HAS_LAYERS = Condition("model has quantizable layers", _has_layers)
+ALL_SCORED = Condition("every layer has a sensitivity for every candidate", _all_scored)
+
+
+def resolve_samples(model: onnx.ModelProto, ctx: PassContext) -> list[dict[str, np.ndarray]]:
+    """The samples sensitivity runs on: ``ctx.calib``, else ZeroQ distilled data, else a clear error."""
+    max_samples = int(ctx.settings.get("sensitivity_samples", DEFAULT_MAX_SAMPLES))
+    if ctx.calib is not None:
+        samples = iter_samples(ctx.calib, max_samples)
+        if samples:
+            return samples
+    from qcompiler import zeroq
+
+    src = zeroq.bn_model(model, ctx.settings.get("float_model_path"))
+    if src is None:
+        raise CalibrationError("no calibration data, and the model has no BatchNorm statistics to "
+                               "distill data from", hint="give calibration samples with --calib DIR|NPZ")
+    log.warning("no calibration data: distilling %d ZeroQ samples from BatchNorm statistics "
+                "(give --calib for better ranges)", ctx.settings.get("zeroq_samples", 16))
+    data = zeroq.distill(src, n=int(ctx.settings.get("zeroq_samples", 16)),
+                         iters=int(ctx.settings.get("zeroq_iters", 200)))
+    ctx.artifacts["zeroq_data"] = data
+    return iter_samples(data, max_samples)
+
+
+class AnnotateSensitivity(Pass):
+    """Score each layer's candidate formats so the ILP can trade accuracy for cost."""
+
+    name = "annotate_sensitivity"
+    requires = (HAS_LAYERS,)
+    ensures = (ALL_SCORED,)
+
+    def __init__(self, method: str | None = None) -> None:
+        self.method = method
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        method = self.method or ctx.settings.get("sensitivity", "kl")
+        if method not in ("kl", "hessian"):
+            raise QCompileError(f"unknown sensitivity method {method!r}", hint="use kl or hessian")
+        model = node_names_unique(model)
+        ensure_layers(model, ctx.plan, ctx.settings)
+        threads = int(ctx.settings.get("threads", 0))
+        work, samples = make_batchable(model, resolve_samples(model, ctx), threads=threads)
+        plan_ranges_from_samples(work, ctx.plan, samples, threads)
+        info: dict[str, Any] = {"method": method, "samples": sum(len(next(iter(s.values()))) for s in samples)}
+        if method == "kl":
+            t = kl_sensitivity(work, ctx.plan, samples, threads=threads, progress=ctx.progress,
+                               cache_mib=float(ctx.settings.get("sensitivity_cache_mib", 256)))
+            info.update(seconds=t.total, runs=t.candidates)
+        else:
+            from qcompiler import hessian
+
+            t0 = time.perf_counter()
+            hessian.hessian_sensitivity(work, ctx.plan, samples,
+                                        iters=int(ctx.settings.get("hutchinson_iters", 50)),
+                                        module=ctx.settings.get("torch_module"), progress=ctx.progress)
+            info.update(seconds=time.perf_counter() - t0)
+        ctx.plan.stats["sensitivity"] = info
+        ctx.plan.settings.setdefault("sensitivity", method)
+        return PassResult(model, changed=False, info=info)
+
+
+def iter_layer_formats(plan: QuantPlan) -> Iterator[tuple[str, int, int]]:
+    """(layer, w_bits, a_bits) for every candidate of every layer."""
+    for name, lp in plan.layers.items():
+        for w, a in lp.candidates:
+            yield name, w, a
