@@ -1,0 +1,222 @@
+"""MCU target: the emitted C against ONNX Runtime on model.int.onnx, byte for byte.
+
+Real tools only: host gcc (-std=c99 -Wall -Wextra -Werror through the emitted
+Makefile), arm-none-eabi-gcc for Cortex-M0/M4/M7/M55 and qemu-system-arm. Tests
+that need the Arm toolchain or QEMU skip, saying so, when it is absent.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from qcompiler.targets import mcu
+from qcompiler.targets.mcu import toolchain
+from qcompiler.targets.mcu.reference import IntReference, quantize_input
+from qcompiler.targets.mcu.testmodels import small_mobilenet, small_mobilenet_calib
+
+from qcompiler.errors import TargetError
+from qcompiler.pipeline import CompileOptions, compile_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = ROOT / "models" / "fashion_cnn.onnx"
+FASHION_CALIB = ROOT / "models" / "data" / "fashion_calib.npz"
+FASHION_EVAL = ROOT / "models" / "data" / "fashion_eval.npz"
+
+needs_arm = pytest.mark.skipif(not toolchain.have_arm_gcc(),
+                               reason="arm-none-eabi-gcc (and make) not installed: "
+                                      "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi")
+needs_qemu = pytest.mark.skipif(not (toolchain.have_arm_gcc() and toolchain.have_qemu()),
+                                reason="arm-none-eabi-gcc or qemu-system-arm not installed: "
+                                       "apt-get install gcc-arm-none-eabi qemu-system-arm")
+needs_cc = pytest.mark.skipif(not toolchain.have_host_cc(), reason="no host C compiler (cc) and make")
+
+
+def _compile(src, out: Path, calib, bits: list[int], name: str) -> onnx.ModelProto:
+    compile_model(src, out, calib=calib, options=CompileOptions(target="ort-cpu", bits=bits), name=name)
+    return onnx.load(str(out / "model.int.onnx"))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, onnx.ModelProto]:
+    """Integer graphs from the real pipeline: the bundled example (8-bit and 4-bit) and a second model."""
+    d = tmp_path_factory.mktemp("mcu_models")
+    return {
+        "fashion_w8": _compile(FASHION, d / "f8", str(FASHION_CALIB), [8], "fashion_cnn"),
+        "fashion_w4": _compile(FASHION, d / "f4", str(FASHION_CALIB), [4], "fashion_cnn"),
+        "small_w8": _compile(small_mobilenet(), d / "s8", small_mobilenet_calib(), [8], "small_mobilenet"),
+    }
+
+
+def _inputs(name: str, prog, n: int = 4) -> list[np.ndarray]:
+    if name.startswith("fashion"):
+        data = np.load(FASHION_EVAL)
+        x = data[data.files[0]][:n]
+        return [np.asarray(v, np.float32).reshape(prog.input_shape) for v in x]
+    rng = np.random.default_rng(7)
+    return [rng.standard_normal(prog.input_shape).astype(np.float32) * 1.5 for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def emitted(models, tmp_path_factory) -> dict[str, tuple[Path, list[bytes], list[bytes], int]]:
+    """name -> (mcu dir, input bytes, reference output bytes, MACs)."""
+    out = {}
+    for name, m in models.items():
+        d = tmp_path_factory.mktemp(f"mcu_{name}")
+        mcu.emit(m, d, measure=False)
+        prog, _ = mcu.plan(m)
+        ref = IntReference(m, prog)
+        xs = _inputs(name, prog)
+        out[name] = (d / "mcu", [quantize_input(prog, x) for x in xs], [ref(x) for x in xs], prog.macs)
+    return out
+
+
+# ------------------------------------------------------------------ pure Python
+
+
+def test_emit_is_deterministic(models, tmp_path):
+    m = models["small_w8"]
+    r1 = mcu.emit(m, tmp_path / "a", measure=False)
+    r2 = mcu.emit(m, tmp_path / "b", measure=False)
+    for f in ("model.c", "model.h", "Makefile"):
+        assert (tmp_path / "a" / "mcu" / f).read_bytes() == (tmp_path / "b" / "mcu" / f).read_bytes()
+    assert r1 == r2
+
+
+def test_arena_plan_is_tight_and_sound(models):
+    """Arena at the lifetime lower bound here (goal <= 1.1x); no two live buffers overlap."""
+    for name, m in models.items():
+        prog, ap = mcu.plan(m)
+        assert ap.lower_bound <= ap.size <= 1.1 * ap.lower_bound, name
+        assert mcu.arena_bytes_for(m) == ap.size
+        for i, a in enumerate(ap.buffers):  # independent re-check of the planner's own assertion
+            for b in ap.buffers[i + 1:]:
+                for sa in a.segments:
+                    for sb in b.segments:
+                        if sa.overlaps(sb):
+                            assert a.offset + sa.size <= b.offset or b.offset + sb.size <= a.offset
+    # in place: the pools without top/left pad and the residual add reuse their input's bytes
+    prog, ap = mcu.plan(models["fashion_w8"])
+    steps = {s.kind: s for s in prog.steps}
+    for kind in ("maxpool", "add", "avgpool"):
+        s = steps[kind]
+        assert any(ap.tensor_offset[s.output] == ap.tensor_offset[t] for t in s.inputs), kind
+
+
+def test_arena_beats_no_reuse(models):
+    prog, ap = mcu.plan(models["fashion_w8"])
+    total = sum(t.size for t in prog.tensors.values())
+    assert ap.size < total / 2
+
+
+def test_model_h_documents_io(emitted):
+    h = (emitted["fashion_w8"][0] / "model.h").read_text()
+    for key in ("QC_INPUT_SIZE 784", "QC_OUTPUT_SIZE 10", "QC_INPUT_ZERO_POINT", "QC_INPUT_SCALE_MULT",
+                "QC_OUTPUT_SIGNED", "QC_ARENA_SIZE", "int qc_run(const int8_t *in, int8_t *out);"):
+        assert key in h
+    for f in ("model.c", "qc_kernels.c"):
+        code = re.sub(r"/\*.*?\*/", "", (emitted["fashion_w8"][0] / f).read_text(), flags=re.S)
+        assert not re.search(r"\b(float|double|malloc|free)\b", code), f
+
+
+def test_unsupported_float_op_is_a_target_error(models):
+    m = onnx.ModelProto()
+    m.CopyFrom(models["small_w8"])
+    node = next(n for n in m.graph.node if n.op_type == "Flatten")
+    node.op_type = "Softmax"
+    del node.attribute[:]
+    with pytest.raises(TargetError, match="Softmax"):
+        mcu.plan(m)
+
+
+# ------------------------------------------------------------------ host C
+
+
+@needs_cc
+def test_requant_matches_numerics_exactly(tmp_path):
+    """qc_requant1 (both the c >= 33 high-word path and the 64-bit path) against the Python-int oracle."""
+    from qcompiler.numerics import requantize_exact
+
+    rng = np.random.default_rng(3)
+    cases = [(int(a), int(b), int(c), int(z)) for a, b, c, z in zip(
+        np.concatenate([rng.integers(-(1 << 31), (1 << 31) - 1, 400), rng.integers(-5000, 5000, 400),
+                        [-(1 << 31), (1 << 31) - 1, 0, -1, 1]]),
+        rng.integers(1 << 30, 1 << 31, 805), rng.integers(1, 63, 805), rng.integers(-128, 128, 805))]
+    cases += [(-3, 1 << 30, 31, 0), (3, 1 << 30, 31, 0), (-1, (1 << 31) - 1, 32, 0), (-(1 << 31), 1 << 30, 33, 0)]
+    src = tmp_path / "t.c"
+    body = "\n".join(f"    printf(\"%ld\\n\", (long)qc_requant1({a}, {b}, {c}, {z}, -2147483647 - 1, 2147483647));"
+                     for a, b, c, z in cases)
+    src.write_text(f'#include <stdio.h>\n#include "qc_kernels.h"\nint main(void)\n{{\n{body}\n    return 0;\n}}\n')
+    rt = Path(mcu.__file__).parent / "runtime"
+    exe = tmp_path / "t"
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", f"-I{rt}", str(src),
+                    str(rt / "qc_kernels.c"), "-o", str(exe)], check=True)
+    got = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
+    want = [requantize_exact(a, b, c, z, -(1 << 31), (1 << 31) - 1) for a, b, c, z in cases]
+    assert got == want
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["fashion_w8", "fashion_w4", "small_w8"])
+def test_host_build_is_bit_exact(emitted, name, tmp_path):
+    d, ins, refs, _ = emitted[name]
+    exe = toolchain.build_host(d, build_dir=tmp_path)
+    assert toolchain.run_host(exe, ins, len(refs[0])) == refs
+
+
+# ------------------------------------------------------------------ Arm: build and QEMU
+
+
+@needs_arm
+def test_cross_compiles_cleanly_for_every_board(emitted, tmp_path):
+    d = emitted["small_w8"][0]
+    for b in toolchain.BOARDS:
+        r = toolchain.build(d, b, build_dir=tmp_path)
+        assert r.elf.is_file() and 0 < r.model_flash < r.image_text + r.image_data
+
+
+@needs_qemu
+@pytest.mark.parametrize("board", ["mps2-an386", "microbit"])
+@pytest.mark.parametrize("name", ["fashion_w8", "fashion_w4", "small_w8"])
+def test_qemu_is_bit_exact(emitted, name, board, tmp_path):
+    d, ins, refs, _ = emitted[name]
+    r = toolchain.build(d, board, build_dir=tmp_path)
+    run = toolchain.run_qemu(r.elf, board, ins, len(refs[0]), timeout=120)
+    assert run.outputs == refs
+    assert 0 < run.stack_bytes < 2048
+
+
+@needs_qemu
+@pytest.mark.parametrize("board", ["mps2-an500", "mps3-an547"])
+def test_qemu_m7_m55_bit_exact(emitted, board, tmp_path):
+    d, ins, refs, _ = emitted["fashion_w8"]
+    r = toolchain.build(d, board, build_dir=tmp_path)
+    assert toolchain.run_qemu(r.elf, board, ins, len(refs[0]), timeout=120).outputs == refs
+
+
+@needs_qemu
+def test_instruction_count_on_m4(emitted, tmp_path):
+    """Counted over the model's code only; SMLAD makes 0.5 instructions per MAC the floor."""
+    d, ins, refs, macs = emitted["small_w8"]
+    r = toolchain.build(d, "mps2-an386", build_dir=tmp_path)
+    run = toolchain.run_qemu(r.elf, "mps2-an386", ins[:1], len(refs[0]), count_instructions=True, timeout=300)
+    assert run.outputs == refs[:1]
+    assert 0.5 * macs < run.instructions < 6 * macs
+
+
+@needs_arm
+def test_emit_measures_flash(models, tmp_path):
+    rep = mcu.emit(models["fashion_w8"], tmp_path)
+    assert rep["flash_bytes"] > rep["const_bytes"] > 0
+    assert not (tmp_path / "mcu" / "build").exists()
+
+
+def test_tools_present_or_skipped_reason():
+    """Documents which real tools this machine has (the other tests skip without them)."""
+    have = {t: shutil.which(t) is not None for t in ("cc", "make", "arm-none-eabi-gcc", "qemu-system-arm")}
+    assert isinstance(have, dict)
