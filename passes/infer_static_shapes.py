@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import onnx
 
 from qcompiler.conditions import ALL_SHAPES_KNOWN, OPSET_21, STATIC_INPUT_SHAPES
 from qcompiler.errors import ShapeError
-from qcompiler.ir import attr, infer_shapes, value_shapes
+from qcompiler.ir import attr, infer_shapes, value_dtypes, value_shapes
 from qcompiler.passmanager import Pass, PassContext, PassResult
 
 _HINT = "check --input-shape and the model's weights and reshape constants"
@@ -42,6 +43,27 @@ def _check_conv_channels(model: onnx.ModelProto) -> None:
                              f"{w[1] * group} ({w[1]} x group {group})", node=n.name or None, hint=_HINT)
 
 
+# One activation larger than this would exhaust memory in calibration (ORT) or image decoding: refuse it first.
+MAX_ACTIVATION_BYTES = 2 * 1024**3
+
+
+def _check_sizes(model: onnx.ModelProto) -> None:
+    shapes, dtypes = value_shapes(model), value_dtypes(model)
+    producer = {o: n.name for n in model.graph.node for o in n.output if o}
+    for name, shape in shapes.items():
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            continue
+        try:
+            item = onnx.helper.tensor_dtype_to_np_dtype(dtypes.get(name, onnx.TensorProto.FLOAT)).itemsize
+        except (KeyError, TypeError, ValueError):
+            item = 4
+        size = math.prod(shape) * item
+        if size > MAX_ACTIVATION_BYTES:
+            raise ShapeError(f"tensor '{name}' of shape {'x'.join(map(str, shape))} would take {size / 2**30:.1f} "
+                             f"GiB, more than qcompiler will allocate", node=producer.get(name),
+                             hint="check --input-shape and the model's shape attributes")
+
+
 class InferStaticShapes(Pass):
     """Run ONNX shape inference in strict mode; a shape clash becomes a user error naming the node."""
 
@@ -55,6 +77,7 @@ class InferStaticShapes(Pass):
         except onnx.shape_inference.InferenceError as e:
             reason, node = _explain(str(e))
             raise ShapeError(f"shapes do not fit: {reason}", node=node, hint=_HINT) from None
+        _check_sizes(out)
         _check_conv_channels(out)
         why = ALL_SHAPES_KNOWN(out, ctx)
         if why:

@@ -8,15 +8,18 @@ model and says what to do, because this is where strangers' models enter.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from onnx import version_converter
 
 from .errors import ExternalDataError, ModelLoadError, ShapeError, UnsupportedModelError
@@ -91,6 +94,24 @@ def _check_declared_sizes(model: onnx.ModelProto, name: str) -> None:
                                  "allocate", model=name, hint="the model file is corrupt or hostile")
 
 
+def _invalid_text_field(msg: Message, where: str = "model") -> str | None:
+    """Path of the first string field that is not valid UTF-8, else None.
+
+    protobuf parses such bytes without complaint and only fails when Python reads
+    the field, deep inside some pass; bytes fields (raw_data) are not touched.
+    """
+    for fd, value in msg.ListFields():
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            for i, v in enumerate(value if fd.is_repeated else [value]):
+                bad = _invalid_text_field(v, f"{where}.{fd.name}[{i}]" if fd.is_repeated else f"{where}.{fd.name}")
+                if bad:
+                    return bad
+        elif fd.type == FieldDescriptor.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in (value if fd.is_repeated else [value])):
+                return f"{where}.{fd.name}"
+    return None
+
+
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Read an ONNX file safely: bounded size, external data only from the model folder."""
     p = Path(path)
@@ -110,6 +131,10 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     except (DecodeError, RuntimeError, ValueError, OSError) as e:
         raise ModelLoadError(f"not a readable ONNX model ({type(e).__name__})", model=name,
                              hint="pass a .onnx file exported by torch.onnx.export or similar") from None
+    bad = _invalid_text_field(model)
+    if bad:
+        raise ModelLoadError(f"field '{bad}' holds bytes that are not UTF-8 text", model=name,
+                             hint="the model file is corrupt; export it again")
     if not model.HasField("graph"):
         raise ModelLoadError("not a readable ONNX model (no graph)", model=name,
                              hint="pass a .onnx file exported by torch.onnx.export or similar")
@@ -183,13 +208,22 @@ def check_model(model: onnx.ModelProto, name: str) -> None:
                 raise ModelLoadError(f"tensor '{o}' is produced twice (also by '{produced[o]}')", model=name,
                                      node=n.name or n.op_type, hint="every tensor name must be unique")
             produced[o] = n.name or n.op_type
+    for n in g.node:
+        for i in n.input:
+            if i and i not in produced:
+                raise ModelLoadError(f"input '{i}' is not produced by any node, initializer or graph input",
+                                     model=name, node=n.name or n.op_type,
+                                     hint="the graph is broken; export the model again")
     _check_acyclic(model, name)
     try:
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as e:
-        first = next((ln for ln in str(e).splitlines() if ln.strip()), "invalid model")
-        raise ModelLoadError(f"the ONNX checker rejects the model: {first[:200]}", model=name,
-                             hint="export the model again or fix the node named above") from None
+        text = " ".join(str(e).split())
+        m = re.search(r"[Nn]ame: (\S+) OpType", text) or re.search(r"Node\(([^)]+)\)", text)
+        reason = text.split("==> Context:", 1)[0].strip() or "invalid model"
+        raise ModelLoadError(f"the ONNX checker rejects the model: {reason[:200]}", model=name,
+                             node=m.group(1) if m else None,
+                             hint="export the model again or fix the node named here") from None
     _check_finite_weights(model, name)
 
 
@@ -215,7 +249,11 @@ def _check_finite_weights(model: onnx.ModelProto, name: str) -> None:
 
 
 def _check_acyclic(model: onnx.ModelProto, name: str) -> None:
-    """ONNX graphs must be DAGs; a cycle would make every later pass loop or crash."""
+    """ONNX graphs must be DAGs; a cycle would make every later pass loop or crash.
+
+    An acyclic graph whose nodes are merely out of order is sorted in place
+    (stable: ties keep the file's order), since the fix is mechanical.
+    """
     g = model.graph
     producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
     indeg = [0] * len(g.node)
@@ -226,18 +264,26 @@ def _check_acyclic(model: onnx.ModelProto, name: str) -> None:
         for d in deps:
             users.setdefault(d, []).append(j)
     ready = [j for j, d in enumerate(indeg) if d == 0]
-    seen = 0
+    heapq.heapify(ready)
+    order: list[int] = []
     while ready:
-        j = ready.pop()
-        seen += 1
+        j = heapq.heappop(ready)
+        order.append(j)
         for u in users.get(j, []):
             indeg[u] -= 1
             if indeg[u] == 0:
-                ready.append(u)
-    if seen != len(g.node):
+                heapq.heappush(ready, u)
+    if len(order) != len(g.node):
         stuck = next(g.node[j] for j, d in enumerate(indeg) if d > 0)
         raise ModelLoadError("the graph has a cycle", model=name, node=stuck.name or stuck.op_type,
                              hint="ONNX graphs must be acyclic; export the model again")
+    if order != sorted(order):
+        log.info("%s: nodes were not in topological order; sorted them", name)
+        nodes = [onnx.NodeProto() for _ in order]
+        for k, j in enumerate(order):
+            nodes[k].CopyFrom(g.node[j])
+        del g.node[:]
+        g.node.extend(nodes)
 
 
 def convert_opset(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
