@@ -373,6 +373,51 @@ def _nan_and_name(d: Path) -> list[str]:
     return [_save(d, _gemm_model(np.full((3, 4), np.nan))), "--calib", _calib(d, x=x)]
 
 
+def _undefined_input(d: Path) -> list[str]:
+    m = make_tiny_cnn()
+    next(n for n in m.graph.node if n.name == "relu2").input[0] = "nowhere"
+    return _ok(d, m)
+
+
+def _bogus_attribute(d: Path) -> list[str]:
+    m = make_tiny_cnn()
+    next(n for n in m.graph.node if n.name == "relu1").attribute.append(helper.make_attribute("bogus", 1))
+    return _ok(d, m)
+
+
+def _bad_utf8(d: Path) -> list[str]:
+    b = make_tiny_cnn().SerializeToString()
+    assert b.count(b"relu2") == 1
+    (d / MODEL).write_bytes(b.replace(b"relu2", b"rel\xff2"))
+    return [str(d / MODEL), "--calib", _calib(d)]
+
+
+def _huge_activation(d: Path) -> list[str]:
+    m = make_tiny_cnn()
+    for dim in m.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_param = "S"
+    return _ok(d, m, "--input-shape", "input:1x1x100000x100000")
+
+
+def _npy_header(f: object, shape: tuple[int, ...]) -> None:
+    np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    f.write(b"\0" * 64)  # type: ignore[attr-defined]
+
+
+def _calib_npy_huge_header(d: Path) -> list[str]:
+    with open(d / "calib.npy", "wb") as f:
+        _npy_header(f, (1 << 20, 1, 16, 1 << 20))
+    return [_save(d, make_tiny_cnn()), "--calib", str(d / "calib.npy")]
+
+
+def _calib_npz_huge_member(d: Path) -> list[str]:
+    import zipfile
+
+    with zipfile.ZipFile(d / "calib.npz", "w") as z, z.open("input.npy", "w") as f:
+        _npy_header(f, (1 << 30, 1, 16, 16))
+    return [_save(d, make_tiny_cnn()), "--calib", str(d / "calib.npz")]
+
+
 def _flag(*flags: str) -> Callable[[Path], list[str]]:
     return lambda d: _ok(d, None, *flags)
 
@@ -396,7 +441,12 @@ CORPUS: dict[str, Case] = {
     "duplicate_tensor_name": Case(_duplicate_tensor, r"tensor 'r1' is produced twice", node="relu2"),
     "no_quantizable_layers": Case(_no_quantizable_layers, r"no Conv, Gemm or MatMul"),
     "integer_input": Case(_int_input, r"unsupported type: tensor\(int64\)", node="conv1"),
+    "undefined_input": Case(_undefined_input, r"input 'nowhere' is not produced by any node", node="relu2"),
+    "unrecognized_attribute": Case(_bogus_attribute, r"Unrecognized attribute: bogus for operator Relu",
+                                   node="relu1"),
+    "invalid_utf8_in_a_name": Case(_bad_utf8, r"field 'model.graph.node\[\d+\].name' holds bytes that are not UTF-8"),
     # shapes
+    "huge_activation": Case(_huge_activation, r"tensor 'input' of shape 1x1x100000x100000 would take 37.3 GiB"),
     "dynamic_dims_without_input_shape": Case(_dynamic, r"input 'input' has dynamic shape 1x1xHx16.*"
                                                       r"--input-shape input:1x1x1x16"),
     "gemm_shape_mismatch": Case(_shape_gemm_mismatch, r"shapes do not fit", node="fc"),
@@ -434,6 +484,9 @@ CORPUS: dict[str, Case] = {
     "calib_pickled_npy": Case(_calib_pickled_npy, r"'calib.npy' holds pickled objects"),
     "calib_pickled_npz": Case(_calib_pickled_npz, r"'calib.npz(:input.npy)?' holds pickled objects"),
     "calib_wrong_array_names": Case(_calib_wrong_names, r"has no array for input 'input'"),
+    "calib_npy_declares_huge_array": Case(_calib_npy_huge_header, r"'calib.npy' declares \d+ bytes of data but holds"),
+    "calib_npz_declares_huge_member": Case(_calib_npz_huge_member,
+                                           r"'calib.npz:input.npy' declares \d+ bytes of data but holds"),
     "calib_not_npz": Case(_calib_garbage, r"'calib.npz' is not a readable .npz file"),
     "calib_missing": Case(_calib_missing, r"calibration data '.*nope.npz' does not exist"),
     "calib_dir_without_data": Case(_calib_empty_dir, r"has no images, .npy or .npz files"),
@@ -579,6 +632,31 @@ def test_internal_error_exits_1_with_saved_traceback(tmp_path: Path, capsys: pyt
 def test_no_arguments_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     rc, err = run_cli([], capsys)
     assert rc == 2 and "Traceback" not in err and "give a model" in err
+
+
+def test_unsorted_acyclic_graph_is_sorted_and_compiles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nodes out of topological order are a mechanical problem: sort them rather than refuse the model."""
+    m = make_tiny_cnn()
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(reversed(nodes))
+    out = tmp_path / "out"
+    rc, err = run_cli(_ok(tmp_path, m, "-o", str(out), "-q"), capsys)
+    assert rc == 0, err
+    assert (out / "model.qdq.onnx").is_file()
+
+
+def test_large_logits_with_a_budget_do_not_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Inputs in [0, 1000] make the logits large; the KL sensitivity's softmax must not turn into NaN.
+
+    Found by tests/test_fuzz.py: log(0) in the reference softmax gave NaN
+    scores and the ILP solver raised ValueError (exit 1).
+    """
+    d = tmp_path
+    argv = [_save(d, make_tiny_cnn()), "--calib", _calib(d, tiny_calib(16) * 1000), "-o", str(d / "out"), "-q",
+            "--bits", "4,8", "--size-budget", "60%"]
+    rc, err = run_cli(argv, capsys)
+    assert rc in (0, 2) and "internal error" not in err, err
 
 
 # ---------------------------------------------------------------- float fallback
