@@ -111,6 +111,7 @@ def _budgets_given(opts: CompileOptions) -> bool:
 def plan_and_quantize(model: onnx.ModelProto, ctx: PassContext, opts: CompileOptions) -> onnx.ModelProto:
     """Layers -> calibration -> (sensitivity + ILP when budgets ask for it) -> QDQ model."""
     from .passes.calibrate_ranges import CalibrateRanges
+    from .passes.correct_bias import CorrectBias
     from .passes.find_quantizable_layers import FindQuantizableLayers
     from .passes.insert_qdq import InsertQDQ
 
@@ -120,7 +121,7 @@ def plan_and_quantize(model: onnx.ModelProto, ctx: PassContext, opts: CompileOpt
         from .passes.assign_bits import AssignBits
 
         passes += [AnnotateSensitivity(), AssignBits()]
-    passes.append(InsertQDQ())
+    passes += [InsertQDQ(), CorrectBias()]
     return PassManager(passes, debug=opts.debug, dump_dir=opts.dump_dir).run(model, ctx)
 
 

@@ -1,0 +1,96 @@
+"""Bias correction: remove the mean output shift that weight rounding causes, per channel.
+
+Rounding W to Q(W) shifts each output channel's mean by (Q(W) - W) . E[x]
+(Nagel et al., "Data-Free Quantization", 2019, the analytic form); in deep
+depthwise networks those shifts accumulate into a visible accuracy loss.
+E[x] is the per-channel mean of each layer's float input on the calibration
+data. Only the layer's own weight rounding is corrected: measuring the
+end-to-end error instead (empirical correction) and folding it in all layers
+at once over-corrects, because every upstream fix moves the downstream
+inputs (measured on MobileNetV2: agreement fell from 95% to 25%).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from qcompiler.conditions import IS_QDQ
+from qcompiler.ort_session import session, with_outputs
+from qcompiler.passmanager import Pass, PassContext, PassResult
+
+log = logging.getLogger(__name__)
+
+MAX_SAMPLES = 64
+
+
+def _input_channel_means(model: onnx.ModelProto, names: list[str], ctx: PassContext,
+                         limit: int) -> dict[str, np.ndarray]:
+    """Per-channel mean (axis 1 for NCHW, last axis for [N, K]) of each named tensor; O(channels) memory."""
+    sess = session(with_outputs(model, names))
+    sums: dict[str, np.ndarray] = {}
+    n = 0
+    for feed in ctx.calib.batches():
+        for name, a in zip(names, sess.run(names, feed)):
+            ax = 1 if a.ndim == 4 else a.ndim - 1
+            red = tuple(i for i in range(a.ndim) if i != ax)
+            sums[name] = sums.get(name, 0) + a.astype(np.float64).mean(axis=red)
+        n += 1
+        if n >= limit:
+            break
+    return {k: v / n for k, v in sums.items()}
+
+
+def weight_shift(op_type: str, delta: np.ndarray, mean_x: np.ndarray, group: int = 1,
+                 trans_b: int = 0) -> np.ndarray:
+    """Per-output-channel mean shift (Q(W) - W) . E[x] for Conv (any group), Gemm and MatMul."""
+    if op_type == "Conv":
+        m, cg = delta.shape[0], delta.shape[1]
+        per_in = delta.reshape(m, cg, -1).sum(axis=2)  # [M, C/g]
+        out_per_group = m // group
+        idx = (np.arange(m)[:, None] // out_per_group) * cg + np.arange(cg)[None, :]
+        return (per_in * mean_x[idx]).sum(axis=1)
+    if op_type == "Gemm" and trans_b:
+        return delta @ mean_x  # [N, K] @ [K]
+    return mean_x @ delta  # [K] @ [K, N]
+
+
+class CorrectBias(Pass):
+    """Fold each quantized layer's weight-rounding shift into its int32 bias."""
+
+    name = "correct_bias"
+    requires = (IS_QDQ,)
+    ensures = (IS_QDQ,)
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        float_model = ctx.artifacts.get("float_model")
+        if float_model is None or ctx.calib is None or ctx.settings.get("bias_correction") is False:
+            return PassResult(model, False)
+        inits = {t.name: t for t in model.graph.initializer}
+        layers = {n: lp for n, lp in ctx.plan.layers.items() if f"{n}.b_q" in inits and f"{n}.w_q" in inits}
+        if not layers:
+            return PassResult(model, False)
+        float_inits = {t.name: t for t in float_model.graph.initializer}
+        nodes = {n.name: n for n in float_model.graph.node}
+        means = _input_channel_means(float_model, sorted({lp.input for lp in layers.values()}), ctx,
+                                     min(MAX_SAMPLES, len(ctx.calib)))
+        for lname, lp in layers.items():
+            node = nodes[lname]
+            w = numpy_helper.to_array(float_inits[lp.weight]).astype(np.float64)
+            tq = ctx.plan.tensors[lp.weight]
+            shape = [1] * w.ndim
+            shape[tq.axis or 0] = -1
+            wq = numpy_helper.to_array(inits[f"{lname}.w_q"]).astype(np.float64) * \
+                np.asarray(tq.scale, np.float64).reshape(shape)
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            shift = weight_shift(lp.op_type, wq - w, means[lp.input], group, trans_b)
+            bq = inits[f"{lname}.b_q"]
+            bs = numpy_helper.to_array(inits[f"{lname}.b_scale"]).astype(np.float64)
+            q = numpy_helper.to_array(bq).astype(np.int64) - np.round(shift / bs).astype(np.int64)
+            bq.CopyFrom(numpy_helper.from_array(np.clip(q, -(2**31), 2**31 - 1).astype(np.int32), bq.name))
+        log.info("bias correction on %d layers", len(layers))
+        return PassResult(model, True)
