@@ -144,8 +144,12 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
     plan = QuantPlan(model=mname)
     plan.settings = {"bits": bits, "observer": opts.observer, "target": target}
     plan.budgets = dict(sorted((k, v) for k, v in opts.budgets.items() if v))
+    # ORT 1.32 cannot create a session for uint4 QuantizeLinear after a Relu (clip_quantizelinear.cc:
+    # "Unexpected data type for QuantizeLinear input y_zero_point of 21"), so ORT targets keep 8-bit
+    # activations; 4-bit activations are for the TVM and MCU targets, which run the integer graph.
+    act_bits = [8] if opts.weight_only or target.startswith("ort-") else bits
     ctx = PassContext(model_name=mname, plan=plan, target=target, debug=opts.debug, progress=progress,
-                      settings={"bits": bits, "act_bits": bits, "observer": opts.observer,
+                      settings={"bits": bits, "act_bits": act_bits, "observer": opts.observer,
                                 "budgets": plan.budgets, "sensitivity": opts.sensitivity,
                                 "weight_only": opts.weight_only, "pareto": opts.pareto,
                                 "float_model_path": str(source) if isinstance(source, (str, Path)) else None,
