@@ -418,6 +418,11 @@ def _calib_npz_huge_member(d: Path) -> list[str]:
     return [_save(d, make_tiny_cnn()), "--calib", str(d / "calib.npz")]
 
 
+def _eval(d: Path, **arrays: np.ndarray) -> list[str]:
+    np.savez(d / "eval.npz", **arrays)
+    return _ok(d, None, "--eval", str(d / "eval.npz"))
+
+
 def _flag(*flags: str) -> Callable[[Path], list[str]]:
     return lambda d: _ok(d, None, *flags)
 
@@ -494,6 +499,16 @@ CORPUS: dict[str, Case] = {
     "calib_broken_image": Case(_calib_bad_image, r"'a.png' is not a readable image"),
     "calib_samples_zero": Case(_flag("--calib-samples", "0"), r"--calib-samples 0", names_model=False),
     "calib_samples_not_int": Case(_flag("--calib-samples", "many"), r"--calib-samples", names_model=False),
+    # evaluation data (--eval)
+    "eval_missing": Case(_flag("--eval", "/nonexistent/eval.npz"), r"evaluation data '.*eval.npz'"),
+    "eval_wrong_shape": Case(lambda d: _eval(d, x=tiny_calib(4)[:, :, :8], labels=np.zeros(4, np.int64)),
+                             r"evaluation input has shape \[4, 1, 8, 16\]"),
+    "eval_label_count": Case(lambda d: _eval(d, x=tiny_calib(4), labels=np.zeros(3, np.int64)),
+                             r"labels and inputs differ in length"),
+    "eval_no_input_array": Case(lambda d: _eval(d, pixels=tiny_calib(4)), r"has no array named 'input'"),
+    "eval_text_labels": Case(lambda d: _eval(d, x=tiny_calib(4), labels=np.array(["cat", "dog", "cat", "dog"])),
+                             r"labels"),
+    "eval_no_samples": Case(lambda d: _eval(d, x=np.zeros((0, 1, 16, 16), np.float32)), r"no samples|empty"),
     # budgets
     "size_budget_abc": Case(_flag("--size-budget", "abc"), r"--size-budget 'abc' is malformed", names_model=False),
     "size_budget_negative_percent": Case(_flag("--size-budget=-5%"), r"--size-budget '-5%' is malformed",
@@ -503,6 +518,8 @@ CORPUS: dict[str, Case] = {
     "size_budget_zero": Case(_flag("--size-budget", "0"), r"must be a positive", names_model=False),
     "size_budget_bad_unit": Case(_flag("--size-budget", "3parsecs"), r"unknown unit", names_model=False),
     "latency_budget_no_unit": Case(_flag("--latency-budget", "3"), r"needs a time unit", names_model=False),
+    "sram_budget_1B_impossible": Case(_flag("--sram-budget", "1B"), r"--sram-budget 1B .*cannot be met"),
+    "latency_budget_1ns_impossible": Case(_flag("--latency-budget", "1ns"), r"--latency-budget 1ns .*cannot be met"),
     "bops_budget_nan": Case(_flag("--bops-budget", "nan"), r"--bops-budget 'nan'", names_model=False),
     "size_budget_1B_impossible": Case(_flag("--size-budget", "1B"), r"--size-budget 1B .*cannot be met"),
     # other flags
@@ -627,6 +644,26 @@ def test_internal_error_exits_1_with_saved_traceback(tmp_path: Path, capsys: pyt
     text = saved.read_text()
     assert "Traceback" in text and "simulated bug" in text and "explode" in text
     assert not (tmp_path / "out").exists()
+
+
+SUBCOMMAND_CASES = {
+    "inspect_missing": (["inspect", "{d}/nope"], r"does not exist"),
+    "inspect_not_an_output": (["inspect", "{d}"], r"not a qcompile output|manifest|plan.json"),
+    "bench_missing": (["bench", "{d}/nope"], r"not a qcompile output directory|does not exist"),
+    "diff_missing": (["diff", "{d}/a.onnx", "{d}/b.onnx"], r"does not exist"),
+    "diff_not_onnx": (["diff", "{d}/junk.onnx", "{d}/junk.onnx"], r"not a readable|cannot read|not an ONNX"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMAND_CASES))
+def test_subcommand_bad_input_fails_cleanly(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv, pattern = SUBCOMMAND_CASES[name]
+    (tmp_path / "junk.onnx").write_bytes(b"junk" * 10)
+    rc, err = run_cli([a.format(d=tmp_path) for a in argv], capsys)
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qcompile: error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
 
 
 def test_no_arguments_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
