@@ -85,9 +85,18 @@ def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
     return default
 
 
+def _np_int(a: np.ndarray) -> np.ndarray:
+    """int4/uint4 initializers (ml_dtypes) in int8/uint8 containers: Relax has no 4-bit dtype."""
+    if a.dtype.name in ("int4", "uint4"):
+        return a.astype(np.int8 if a.dtype.name == "int4" else np.uint8)
+    return a
+
+
 def _const(arr: np.ndarray) -> relax.Constant:
     """A Relax constant that keeps its numpy dtype (int64 would silently become int32 otherwise)."""
     arr = np.ascontiguousarray(arr)
+    if arr.dtype not in _NP2TVM:
+        raise UnsupportedModelError(f"constant of dtype {arr.dtype} has no TVM lowering")
     return relax.const(arr, dtype=_NP2TVM[arr.dtype])
 
 
@@ -120,7 +129,7 @@ class _Builder:
     def __init__(self, model: onnx.ModelProto, *, batch: int | None, pack4: bool) -> None:
         self.model = model
         self.name = model.graph.name or "model"
-        self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.inits = {t.name: _np_int(numpy_helper.to_array(t)) for t in model.graph.initializer}
         self.batch = batch
         self.pack4 = pack4
         self.env: dict[str, relax.Expr] = {}
