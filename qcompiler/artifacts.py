@@ -48,6 +48,10 @@ def check_output_dir(out: Path, *, force: bool) -> None:
         raise OutputError(f"output directory '{out}' already exists", hint="pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path '{out}' is a file", hint="choose a directory name with -o")
+    if out.is_dir() and not (out / "manifest.json").is_file() and any(out.iterdir()):
+        # --force replaces a previous qcompile output, never a folder of the user's own files
+        raise OutputError(f"output directory '{out}' is not empty and is not a qcompile output (no manifest.json); "
+                          "refusing to replace it", hint="choose a new directory with -o")
     parent = out.resolve().parent
     if not parent.exists():
         raise OutputError(f"the parent of output directory '{out}' does not exist", hint="create it first")

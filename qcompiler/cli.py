@@ -84,6 +84,18 @@ def _check_flags(args: argparse.Namespace) -> None:
             raise FlagError(f"{flag} {value} must be at least {least}", hint="see qcompile --help")
 
 
+def _check_inputs_outside(out: Path, inputs: dict[str, str | None]) -> None:
+    """The output directory is replaced as a whole: it must not be, or hold, one of the inputs."""
+    o = out.resolve()
+    for what, p in inputs.items():
+        if p is None:
+            continue
+        r = Path(p).resolve()
+        if r == o or o in r.parents:
+            raise FlagError(f"the output directory '{out}' contains the {what} '{p}'; replacing it would delete it",
+                            hint="choose another directory with -o")
+
+
 def _progress_factory(console, quiet: bool):
     """(label, total) -> advance(n): a rich progress bar per long stage."""
     if quiet or not console.is_terminal and os.environ.get("QCOMPILE_PROGRESS") != "1":
@@ -130,6 +142,7 @@ def compile_main(argv: Sequence[str]) -> int:
         sensitivity=args.sensitivity, weight_only=args.weight_only, pareto=args.pareto,
         calib_limit=args.calib_samples, cuda_arch=args.cuda_arch, tune=args.tune, force=args.force,
         debug=args.debug, dump_dir=Path(args.dump_stages) if args.dump_stages else None)
+    _check_inputs_outside(out, {"model": args.model, "--calib": args.calib, "--eval": args.eval_data})
     progress = _progress_factory(console, args.quiet)
     try:
         result = compile_model(args.model, out, calib=args.calib, eval_data=args.eval_data, options=opts,

@@ -345,6 +345,23 @@ def _output_in_proc(d: Path) -> list[str]:
     return _ok(d, None, "-o", "/proc/qcompile-test-out")
 
 
+def _output_is_a_user_folder(d: Path) -> list[str]:
+    (d / "mine").mkdir()
+    (d / "mine" / "thesis.txt").write_text("precious")
+    return _ok(d, None, "-o", str(d / "mine"), "--force")
+
+
+def _output_holds_the_model(d: Path) -> list[str]:
+    """An old output folder (it has a manifest) that now also holds the model: --force would delete the model."""
+    (d / "old").mkdir()
+    (d / "old" / "manifest.json").write_text("{}")
+    return [_save(d / "old", make_tiny_cnn()), "--calib", _calib(d), "-o", str(d / "old"), "--force"]
+
+
+def _output_is_model_folder(d: Path) -> list[str]:
+    return _ok(d, None, "-o", str(d), "--force")
+
+
 def _output_parent_missing(d: Path) -> list[str]:
     return _ok(d, None, "-o", str(d / "no" / "such" / "out"))
 
@@ -536,6 +553,10 @@ CORPUS: dict[str, Case] = {
     "output_is_a_file": Case(_output_is_file, r"output path '.*out' is a file", names_model=False),
     "output_under_a_regular_file": Case(_output_under_file, r"afile", names_model=False),
     "output_in_proc": Case(_output_in_proc, r"/proc", names_model=False),
+    "output_force_on_a_user_folder": Case(_output_is_a_user_folder, r"is not a qcompile output .*refusing to replace",
+                                          names_model=False),
+    "output_force_on_the_model_folder": Case(_output_is_model_folder, r"contains the model", names_model=False),
+    "output_force_holding_the_model": Case(_output_holds_the_model, r"contains the model", names_model=False),
     "output_parent_missing": Case(_output_parent_missing, r"parent of output directory .* does not exist",
                                   names_model=False),
 }
@@ -563,9 +584,9 @@ def test_bad_input_fails_cleanly(name: str, tmp_path: Path, capsys: pytest.Captu
     d = tmp_path / "case"
     d.mkdir()
     argv = case.build(d)
-    out = d / "out"
     if "-o" not in argv:
-        argv += ["-o", str(out)]
+        argv += ["-o", str(d / "out")]
+    out = Path(argv[argv.index("-o") + 1])
     before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
     rc, err = run_cli(argv + ["-q"], capsys)
     lines = err.strip().splitlines()
@@ -595,15 +616,16 @@ def test_existing_output_is_replaced_only_on_success(tmp_path: Path) -> None:
     """--force swaps the old folder out only after the new one is complete; a failure keeps the old one."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old.txt").write_text("old")
+    (out / "manifest.json").write_text("{}")  # a previous qcompile output
     with pytest.raises(RuntimeError, match="boom"), atomic_output_dir(out, force=True) as tmp:
         (tmp / "half.txt").write_text("half")
         raise RuntimeError("boom")
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]
     assert leftovers(tmp_path) == []
     with atomic_output_dir(out, force=True) as tmp:
         (tmp / "new.txt").write_text("new")
-    assert [p.name for p in out.iterdir()] == ["new.txt"]
+        (tmp / "manifest.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "new.txt"]
     assert leftovers(tmp_path) == []
     with pytest.raises(OutputError, match="already exists"), atomic_output_dir(out, force=False):
         pass
