@@ -780,7 +780,9 @@ class AnnotateSensitivity(Pass):
                                         iters=int(ctx.settings.get("hutchinson_iters", 50)),
                                         module=ctx.settings.get("torch_module"), progress=ctx.progress)
             info.update(seconds=time.perf_counter() - t0)
-        ctx.plan.stats["sensitivity"] = info
+        # timings go to the pass result and the log, never into plan.json (artifacts are byte-stable)
+        ctx.plan.stats["sensitivity"] = {k: v for k, v in info.items() if k != "seconds"}
+        log.info("sensitivity (%s): %s", method, info)
         ctx.plan.settings.setdefault("sensitivity", method)
         return PassResult(model, changed=False, info=info)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from qcompiler.passes.annotate_sensitivity import (
     plan_output_kl,
     reference_outputs,
 )
-from qcompiler.passes.assign_bits import AssignBits, BitProblem, assign, build_problem, min_cost, solve
+from qcompiler.passes.assign_bits import AssignBits, assign, build_problem, min_cost, solve, synthetic_problem
 
 from qcompiler.budgets import parse_budget
 from qcompiler.errors import BudgetError
@@ -49,30 +48,14 @@ def test_budget_percent_and_malformed() -> None:
         assert "\n" not in str(e.value) and f"--{kind}-budget" in str(e.value)
 
 
-def synthetic(L: int, seed: int = 0) -> BitProblem:
-    rng = np.random.default_rng(seed)
-    params = rng.integers(1000, 200000, L)
-    macs = params * rng.integers(10, 3000, L)
-    base = rng.lognormal(-6, 2, L)
-    omega = [base[i] * np.array([20 + rng.random(), 16 + rng.random(), 1.5 + rng.random(), 1.0]) for i in range(L)]
-    p = BitProblem([f"l{i}" for i in range(L)], [list(FM) for _ in range(L)], omega)
-    p.per_layer_cost("size", [params[i] * np.array([w / 8 for w, _ in FM]) for i in range(L)], 1000.0)
-    p.per_layer_cost("bops", [macs[i] * np.array([w * a for w, a in FM], float) for i in range(L)])
-    p.per_layer_cost("latency", [macs[i] * 1e-9 * np.array([(w * a) ** 0.5 for w, a in FM]) * (1 + rng.random(4))
-                                 for i in range(L)])
-    return p
-
-
-def test_200_layers_three_budgets_under_a_second() -> None:
-    p = synthetic(200)
+def test_200_layers_three_budgets() -> None:
+    """Correctness on the large synthetic problem; its solve time is measured by bench/ilp_bench.py."""
+    p = synthetic_problem(200)
     p.ties = [[0, 1, 2], [10, 11]]
     p.act_ties = [(20, 21), (30, 31)]
     budgets = {"size": parse_budget("size", "70%"), "bops": parse_budget("bops", "60%"),
                "latency": parse_budget("latency", "80%")}
-    t0 = time.perf_counter()
     sol = assign(p, budgets)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0, elapsed
     for k, b in budgets.items():
         assert sol.values[k] <= b.resolve(p.costs[k].int8) * (1 + 1e-9)
     assert len({sol.choice[i] for i in (0, 1, 2)}) == 1 and sol.choice[10] == sol.choice[11]
@@ -83,7 +66,7 @@ def test_200_layers_three_budgets_under_a_second() -> None:
 
 
 def test_ilp_is_optimal_against_brute_force() -> None:
-    p = synthetic(7, seed=3)
+    p = synthetic_problem(7, seed=3)
     p.ties = [[1, 2]]
     p.act_ties = [(4, 5)]
     limits = {"size": 0.6 * p.costs["size"].int8, "bops": 0.45 * p.costs["bops"].int8}
@@ -99,7 +82,7 @@ def test_ilp_is_optimal_against_brute_force() -> None:
 
 
 def test_infeasible_budget_names_smallest_feasible_value() -> None:
-    p = synthetic(30, seed=1)
+    p = synthetic_problem(30, seed=1)
     with pytest.raises(BudgetError) as e:
         assign(p, {"size": parse_budget("size", "40%")})
     msg = str(e.value)
