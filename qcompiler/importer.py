@@ -52,32 +52,65 @@ def parse_input_shapes(specs: Sequence[str] | None) -> dict[str, list[int]]:
     return out
 
 
+def _all_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every TensorProto in the model, subgraphs (If/Loop/Scan bodies) and local functions included.
+
+    onnx's loader resolves external data in all of them, so the folder check must see all of them.
+    """
+    out: list[onnx.TensorProto] = []
+
+    def nodes(ns: Sequence[onnx.NodeProto]) -> None:
+        for n in ns:
+            for a in n.attribute:
+                if a.HasField("t"):
+                    out.append(a.t)
+                out.extend(a.tensors)
+                if a.HasField("sparse_tensor"):
+                    out.extend((a.sparse_tensor.values, a.sparse_tensor.indices))
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    graph(g)
+
+    def graph(g: onnx.GraphProto) -> None:
+        out.extend(g.initializer)
+        for sp in g.sparse_initializer:
+            out.extend((sp.values, sp.indices))
+        nodes(g.node)
+
+    graph(model.graph)
+    for f in model.functions:
+        nodes(f.node)
+    return out
+
+
 def _check_external_data(model: onnx.ModelProto, base_dir: Path, name: str) -> None:
     """External data may only come from regular files inside the model's own folder."""
     root = base_dir.resolve()
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        for a in node.attribute:
-            if a.HasField("t"):
-                tensors.append(a.t)
-    for t in tensors:
+    for t in _all_tensors(model):
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
-        if not loc or os.path.isabs(loc) or loc.startswith(("/", "\\")) or ".." in Path(loc).parts:
-            raise ExternalDataError(f"external data of tensor '{t.name}' points to '{loc}', outside the model "
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in loc)[:200]
+        if not loc or "\0" in loc or os.path.isabs(loc) or loc.startswith(("/", "\\")) or ".." in Path(loc).parts:
+            raise ExternalDataError(f"external data of tensor '{t.name}' points to '{shown}', outside the model "
                                     "folder", model=name, hint="keep external data files next to the model")
         p = base_dir / loc
         if p.is_symlink() or not p.resolve().is_relative_to(root):
-            raise ExternalDataError(f"external data of tensor '{t.name}' ('{loc}') is a link out of the model "
+            raise ExternalDataError(f"external data of tensor '{t.name}' ('{shown}') is a link out of the model "
                                     "folder", model=name, hint="copy the data file next to the model")
         if not p.is_file():
-            raise ExternalDataError(f"external data file '{loc}' of tensor '{t.name}' is missing", model=name,
+            raise ExternalDataError(f"external data file '{shown}' of tensor '{t.name}' is missing", model=name,
                                     hint="put the data file next to the model")
-        need = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        try:
+            offset, length = int(info.get("offset", 0) or 0), int(info.get("length", 0) or 0)
+        except ValueError:
+            offset = length = -1
+        if offset < 0 or length < 0:
+            raise ExternalDataError(f"external data of tensor '{t.name}' has a malformed offset or length",
+                                    model=name, hint="the model file is corrupt; export it again")
+        need = offset + length
         if need > p.stat().st_size:
-            raise ExternalDataError(f"external data file '{loc}' is shorter than tensor '{t.name}' needs",
+            raise ExternalDataError(f"external data file '{shown}' is shorter than tensor '{t.name}' needs",
                                     model=name, hint="the data file is truncated; export the model again")
 
 
@@ -142,8 +175,8 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     _check_external_data(model, p.parent, name)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(p.parent))
-    except (OSError, ValueError) as e:
-        raise ExternalDataError(f"cannot read external data ({e})", model=name,
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise ExternalDataError(f"cannot read external data ({' '.join(str(e).split())[:200]})", model=name,
                                 hint="put the data files next to the model") from None
     return model
 

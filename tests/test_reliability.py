@@ -241,6 +241,31 @@ def _ext_symlinked_dir(d: Path) -> list[str]:
     return [_external(d, "sub/w.bin"), "--calib", _calib(d)]
 
 
+def _ext_in_subgraph(d: Path) -> list[str]:
+    """A Constant inside an If branch with external data out of the folder: the check must look into subgraphs."""
+    t = numpy_helper.from_array(np.zeros(4, np.float32), "cv")
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "../../etc/passwd"), ("offset", "0"), ("length", "16")):
+        t.external_data.add(key=k, value=v)
+    branch = helper.make_graph([helper.make_node("Constant", [], ["tv"], value=t)], "then", [],
+                               [helper.make_tensor_value_info("tv", TensorProto.FLOAT, [4])])
+    m = make_tiny_cnn()
+    m.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    m.graph.node.append(helper.make_node("If", ["cond"], ["iv"], name="iff", then_branch=branch, else_branch=branch))
+    m.graph.output.append(helper.make_tensor_value_info("iv", TensorProto.FLOAT, [4]))
+    return _ok(d, m)
+
+
+def _ext_bad_offset(d: Path) -> list[str]:
+    p = _external(d, "w.bin")
+    m = onnx.load(p, load_external_data=False)
+    for e in m.graph.initializer[0].external_data:
+        if e.key == "offset":
+            e.value = "-64"
+    return [_save(d, m), "--calib", _calib(d)]
+
+
 def _ext_missing(d: Path) -> list[str]:
     p = _external(d, "w.bin")
     (d / "w.bin").unlink()
@@ -493,6 +518,10 @@ CORPUS: dict[str, Case] = {
     "external_data_absolute": Case(_ext_absolute, r"points to '/etc/passwd', outside the model folder"),
     "external_data_symlink": Case(_ext_symlink, r"is a link out of the model folder"),
     "external_data_symlinked_dir": Case(_ext_symlinked_dir, r"is a link out of the model folder"),
+    "external_data_in_a_subgraph": Case(_ext_in_subgraph, r"tensor 'cv' points to '\.\./\.\./etc/passwd', outside"),
+    "external_data_nul_in_location": Case(lambda d: [_external(d, "w.bin\0x"), "--calib", _calib(d)],
+                                          r"outside the model folder"),
+    "external_data_negative_offset": Case(_ext_bad_offset, r"has a malformed offset or length"),
     "external_data_missing": Case(_ext_missing, r"external data file 'w.bin' of tensor '.*' is missing"),
     "external_data_truncated": Case(_ext_truncated, r"external data file 'w.bin' is shorter than"),
     # calibration data
