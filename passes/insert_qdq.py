@@ -85,6 +85,8 @@ class InsertQDQ(Pass):
                 users = list(out.outputs)
                 if (node.op in FUSES_ACTIVATION and len(users) == 1 and users[0].op in ACTIVATION_OPS
                         and out not in graph.outputs):
+                    if node.name in plan.layers:
+                        plan.layers[node.name].quantized_output = users[0].outputs[0].name
                     continue  # quantize after the Relu/Clip instead
                 quantize.append(out.name)
 

@@ -106,7 +106,7 @@ def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any
         tot_size += size
         tot_bops += bops
         tot_params += lp.params
-        t.add_row(name, lp.op_type, chosen, _scales(plan, lp.weight), _scales(plan, lp.output),
+        t.add_row(name, lp.op_type, chosen, _scales(plan, lp.weight), _scales(plan, lp.result),
                   "-" if s is None else f"{s:.3g}", others or "-", f"{size:,.0f}", _si(bops),
                   "-" if lp.group is None else str(lp.group))
     if plan.layers:

@@ -50,6 +50,12 @@ class LayerPlan:
     candidates: list[list[int]] = field(default_factory=list)  # [[w_bits, a_bits], ...]
     sensitivity: dict[str, float] = field(default_factory=dict)  # "w4a8" -> score
     group: int | None = None  # tie group: layers that must share a format
+    quantized_output: str | None = None  # the tensor that carries the layer's quantized result (after a Relu)
+
+    @property
+    def result(self) -> str:
+        """Name of the quantized result tensor (``output`` unless an activation follows the layer)."""
+        return self.quantized_output or self.output
 
 
 @dataclass

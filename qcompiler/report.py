@@ -379,7 +379,7 @@ def _layer_table(plan: QuantPlan) -> str:
     for name in sorted(plan.layers):
         lp = plan.layers[name]
         wq = plan.tensors.get(lp.weight)
-        aq = plan.tensors.get(lp.output)
+        aq = plan.tensors.get(lp.result)
         wscale = f"{min(wq.scale):.3g}…{max(wq.scale):.3g}" if wq and wq.scale else "–"
         ascale = f"{aq.scale[0]:.3g} zp {aq.zero_point[0]}" if aq and aq.scale else "–"
         s = chosen_sensitivity(lp)
