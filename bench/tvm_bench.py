@@ -35,6 +35,13 @@ def _dynamic_batch(src: Path, dst: Path) -> Path:
         d = vi.type.tensor_type.shape.dim
         if len(d):
             d[0].dim_param = "N"
+    inits = {t.name: t for t in m.graph.initializer}
+    for n in m.graph.node:  # Reshape to a constant [1, ...] (flatten before the classifier) -> [-1, ...]
+        if n.op_type == "Reshape" and n.input[1] in inits:
+            shp = onnx.numpy_helper.to_array(inits[n.input[1]]).copy()
+            if shp.size and shp[0] == 1 and -1 not in shp:
+                shp[0] = -1
+                inits[n.input[1]].CopyFrom(onnx.numpy_helper.from_array(shp, n.input[1]))
     onnx.save(m, str(dst))
     return dst
 
