@@ -19,6 +19,8 @@ LABEL_KEYS = ("labels", "label", "y")
 def load_eval(path: str | Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray | None]:
     """An .npz with the input array (named after the input, or 'x'/'input') and optional labels."""
     p = Path(path)
+    if not p.exists():
+        raise CalibrationError(f"evaluation data '{p}' does not exist", hint="check --eval")
     if not p.is_file() or p.suffix.lower() != ".npz":
         raise CalibrationError(f"evaluation data '{p}' is not an .npz file",
                                hint="save inputs and labels with np.savez")
@@ -39,8 +41,14 @@ def load_eval(path: str | Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray
     if spec.dtype.kind == "f" and x.dtype.kind != "f":
         raise CalibrationError(f"evaluation input is {x.dtype} but the model input is float",
                                hint="apply the model's preprocessing before saving, or store input_scale in the .npz")
-    if y is not None and len(y) != len(x):
-        raise CalibrationError("evaluation labels and inputs differ in length", hint="save one label per input")
+    if len(x) < spec.shape[0]:
+        raise CalibrationError(f"evaluation data '{p.name}' has no samples", hint="save at least one input")
+    if y is not None:
+        if y.dtype.kind not in "iub" or y.ndim != 1:
+            raise CalibrationError(f"evaluation labels in '{p.name}' are {y.dtype} of shape {list(y.shape)}",
+                                   hint="save class indices as a 1-D integer array named 'labels' or 'y'")
+        if len(y) != len(x):
+            raise CalibrationError("evaluation labels and inputs differ in length", hint="save one label per input")
     return x.astype(spec.dtype), (None if y is None else y.astype(np.int64))
 
 

@@ -157,6 +157,13 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
     try:
         float_model = canonicalize(model, ctx, debug=opts.debug)
         specs = input_specs(float_model)
+        if eval_data is not None:  # fail fast: a bad --eval must not cost a whole compile
+            from .evaluate import load_eval
+
+            if len(specs) != 1:
+                raise CalibrationError("--eval needs a model with one input",
+                                       hint="evaluate multi-input models yourself")
+            ctx.artifacts["eval"] = load_eval(eval_data, specs[0])
         if calib is None:
             from .zeroq import distill_calibration  # ZeroQ: only with BatchNorm statistics (torch extra)
 
@@ -233,7 +240,7 @@ def weight_bytes(plan: QuantPlan, float_model: onnx.ModelProto) -> dict[str, int
 def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, onnx.ModelProto],
               specs: list[InputSpec], eval_data: str | Path | None, target_info: dict[str, Any],
               ctx: PassContext) -> dict[str, Any]:
-    from .evaluate import compare, load_eval, runner
+    from .evaluate import compare, runner
 
     bits_hist: dict[str, int] = {}
     for lp in plan.layers.values():
@@ -243,9 +250,7 @@ def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, o
                                "size_bytes": weight_bytes(plan, float_model),
                                "fallback_ops": sorted(plan.fallback_ops), "target": target_info}
     if eval_data is not None:
-        if len(specs) != 1:
-            raise CalibrationError("--eval needs a model with one input", hint="evaluate multi-input models yourself")
-        x, y = load_eval(eval_data, specs[0])
+        x, y = ctx.artifacts["eval"]
         batch = specs[0].shape[0]
         runners = {k: runner(m) for k, m in stages.items()}
         summary["eval"] = compare(runners, x, y, batch)
