@@ -26,8 +26,9 @@ BOARD_FILES = ("common.ld", "mps2-an386.ld", "mps2-an500.ld", "mps3-an547.ld", "
 PARAM_FIELDS = {
     "conv": ("qc_conv_params", ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride_h",
                                 "stride_w", "pad_t", "pad_l", "dil_h", "dil_w", "groups", "k_pad", "wbits", "in_zp",
-                                "out_zp", "qmin", "qmax"]),
-    "fc": ("qc_fc_params", ["rows", "k", "out_c", "k_pad", "wbits", "in_zp", "out_zp", "qmin", "qmax"]),
+                                "out_zp", "qmin", "qmax", "rq_fast"]),
+    "fc": ("qc_fc_params", ["rows", "k", "out_c", "k_pad", "wbits", "in_zp", "out_zp", "qmin", "qmax",
+                            "rq_fast"]),
     "dw": ("qc_dw_params", ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "ch_mult", "k_h", "k_w",
                             "stride_h", "stride_w", "pad_t", "pad_l", "dil_h", "dil_w", "wbits", "in_zp", "out_zp",
                             "qmin", "qmax"]),
@@ -58,7 +59,8 @@ def _const_decl(name: str, kind: str, a: np.ndarray) -> str:
     ctype = CONST_TYPES[kind]
     n = max(int(np.asarray(a).size), 1)
     if kind == "w":  # word aligned for 32-bit loads: a union with an int32 member (C99, no attributes)
-        return (f"static const union {{ int32_t align; int8_t v[{n}]; }} {name} = {{ .v = {{\n    "
+        et = "int16_t" if np.asarray(a).dtype == np.int16 else "int8_t"
+        return (f"static const union {{ int32_t align; {et} v[{n}]; }} {name} = {{ .v = {{\n    "
                 f"{_array_body(a)}\n}} }};\n")
     return f"static const {ctype} {name}[{n}] = {{\n    {_array_body(a)}\n}};\n"
 

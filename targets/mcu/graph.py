@@ -141,16 +141,26 @@ def _conv_out(n: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool = Fal
 
 
 def _pad_k(k: int) -> int:
-    return (k + 7) // 8 * 8
+    return (k + 3) // 4 * 4
+
+
+# Within each block of 4 K indices the kernels hold values in the order k0, k2, k1, k3:
+# SXTB16 of a word of 4 int8 activations yields (x0, x2) and, rotated, (x1, x3).
+BLOCK_ORDER = np.array([0, 2, 1, 3])
 
 
 def pack_rows(w2d: np.ndarray, wbits: int, groups: int = 1) -> tuple[np.ndarray, int]:
-    """Weights [M, K] -> the int8 bytes qc_conv/qc_fc read (see qc_kernels.h).
+    """Weights [M, K] -> the array qc_conv/qc_fc read (see qc_kernels.h).
 
     Each group's rows are padded to an even count (a zero row) and taken in pairs;
-    K is zero padded to k_pad (a multiple of 8); a pair is stored as alternating
-    4-byte blocks of its two rows, so one 64-bit load (LDRD) fetches the next block
-    of both. A block holds 4 weights (8-bit) or 8 (4-bit: byte i = w_i | w_{i+4} << 4).
+    K is zero padded to k_pad (a multiple of 4). For each pair, each block of 4 K
+    indices is stored as:
+
+    - 8-bit weights: int16 ("pre-widened" at compile time so the inner loop needs
+      no sign extension): row 0's (k0, k2, k1, k3) then row 1's, i.e. four words that
+      pair up with the im2col buffer's (x0, x2), (x1, x3) words in SMLAD;
+    - 4-bit weights: one byte per K index, byte i = row0[k_i] & 0xF | row1[k_i] << 4
+      (one word per block and pair).
     """
     m, k = w2d.shape
     k_pad = _pad_k(k)
@@ -158,15 +168,33 @@ def pack_rows(w2d: np.ndarray, wbits: int, groups: int = 1) -> tuple[np.ndarray,
     mg_pad = mg + (mg & 1)
     w = np.zeros((groups, mg_pad, k_pad), np.int64)
     w[:, :mg, :k] = w2d.reshape(groups, mg, k)
+    nb = k_pad // 4
+    blk = w.reshape(groups, mg_pad // 2, 2, nb, 4)  # [g, pair, row, block, i]
     if wbits == 8:
-        rows = w  # [g, r, k_pad] bytes
-    else:
-        blk = w.reshape(groups, mg_pad, k_pad // 8, 2, 4)  # [g, r, block, lo/hi, i]
-        rows = (blk[:, :, :, 0, :] & 0xF) | ((blk[:, :, :, 1, :] & 0xF) << 4)
-        rows = rows.reshape(groups, mg_pad, k_pad // 2)
-    nb = rows.shape[2] // 4
-    pairs = rows.reshape(groups, mg_pad // 2, 2, nb, 4).transpose(0, 1, 3, 2, 4)  # [g, pair, block, row, 4]
-    return (pairs.reshape(-1) & 0xFF).astype(np.uint8).view(np.int8), k_pad
+        out = blk[..., BLOCK_ORDER].transpose(0, 1, 3, 2, 4)  # [g, pair, block, row, 4]
+        return out.reshape(-1).astype(np.int16), k_pad
+    out = (blk[:, :, 0] & 0xF) | ((blk[:, :, 1] & 0xF) << 4)  # [g, pair, block, i]
+    return (out.reshape(-1) & 0xFF).astype(np.uint8).view(np.int8), k_pad
+
+
+def fast_requant(b: np.ndarray, c: np.ndarray, zp: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-channel constants of the kernels' fast requantization, or None when it does not apply.
+
+    For c >= 33, with hi = floor(acc * b / 2^32) (one SMULL/SMMUL),
+    clamp(zp + floor((acc * b + 2^(c-1)) / 2^c)) = clamp(floor((hi + rnd) / 2^(c-32)))
+    with rnd = 2^(c-33) + zp * 2^(c-32): the low word of acc * b adds less than one unit of
+    2^32 (nested floors), and zp * 2^(c-32) is a whole multiple of the divisor. |hi| <= 2^30,
+    so hi + rnd cannot overflow int32 when |rnd| < 2^30. Returns (rq, shift): rq holds
+    (b, rnd) pairs per channel, shift = c - 32.
+    """
+    c64 = np.asarray(c, np.int64)
+    if c64.min() < 33:
+        return None
+    rnd = (np.int64(1) << (c64 - 33)) + np.int64(zp) * (np.int64(1) << (c64 - 32))
+    if np.abs(rnd).max() >= 1 << 30:
+        return None
+    rq = np.stack([np.asarray(b, np.int64), rnd], axis=1).reshape(-1).astype(np.int32)
+    return rq, (c64 - 32).astype(np.uint8)
 
 
 def pack_nibbles(flat: np.ndarray) -> np.ndarray:
@@ -376,10 +404,19 @@ class _Reader:
         bias_f = bias - xzp_i * w2d.sum(axis=1)
         self._check_acc(node, bias_f, w2d.shape[1], wbits, abs(xzp_i))
         wq, k_pad = pack_rows(w2d, wbits, group)
-        self.steps.append(Step("conv", node.name, [x.name], y.name, params={**geo, "groups": group, "k_pad": k_pad},
-                               consts={"w": wq.reshape(-1), "bias": bias_f.astype(np.int32), "mult": b,
-                                       "shift": c},
+        rq_fast, mult, shift = self._rq(b, c, y_zp)
+        self.steps.append(Step("conv", node.name, [x.name], y.name,
+                               params={**geo, "groups": group, "k_pad": k_pad, "rq_fast": rq_fast},
+                               consts={"w": wq.reshape(-1), "bias": bias_f.astype(np.int32), "mult": mult,
+                                       "shift": shift},
                                scratch=2 * 2 * k_pad, macs=macs))
+
+    @staticmethod
+    def _rq(b: np.ndarray, c: np.ndarray, zp: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(rq_fast, mult, shift) for qc_conv/qc_fc: the fast form's (b, rnd) pairs and c - 32
+        when :func:`fast_requant` applies, else b and c as they are."""
+        f = fast_requant(b, c, zp)
+        return (1, f[0], f[1]) if f is not None else (0, b, c)
 
     def _check_acc(self, node: onnx.NodeProto, bias: np.ndarray, k: int, wbits: int, zp_abs: int) -> None:
         """Every partial sum the kernels form must fit int32 (x16 for packed 4-bit on DSP cores)."""
@@ -420,11 +457,14 @@ class _Reader:
         bias_f = bias - xzp_i * wt.sum(axis=1)
         self._check_acc(node, bias_f, k, wbits, abs(xzp_i))
         wq, k_pad = pack_rows(wt, wbits)
+        rq_fast, mult, shift = self._rq(b, c, y_zp)
         y = self.new(node.output[0], tuple(x.shape[:-1]) + (m,), y_signed)
         self.steps.append(Step("fc", node.name, [x.name], y.name,
                                params={"rows": rows, "k": k, "out_c": m, "k_pad": k_pad, "wbits": wbits,
-                                       "in_zp": xzp_i, "out_zp": y_zp, "qmin": qmin, "qmax": qmax},
-                               consts={"w": wq.reshape(-1), "bias": bias_f.astype(np.int32), "mult": b, "shift": c},
+                                       "in_zp": xzp_i, "out_zp": y_zp, "qmin": qmin, "qmax": qmax,
+                                       "rq_fast": rq_fast},
+                               consts={"w": wq.reshape(-1), "bias": bias_f.astype(np.int32), "mult": mult,
+                                       "shift": shift},
                                scratch=2 * k_pad, macs=rows * k * m))
 
     def op_QAdd(self, node: onnx.NodeProto) -> None:

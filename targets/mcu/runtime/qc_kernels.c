@@ -56,6 +56,10 @@ int32_t qc_requant1(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_
     return qc_rq(acc, mult, shift, zp, qmin, qmax);
 }
 
+/* Position of K index k in the im2col buffer: each block of 4 is stored as x0, x2, x1, x3,
+ * what SXTB16 of a word of 4 int8 gives (bytes 0 and 2, then bytes 1 and 3). */
+#define QC_COLPOS(k) (((k) & ~3) | (((k) & 1) << 1) | (((k) >> 1) & 1))
+
 static inline int32_t qc_sext4(int32_t v)
 {
     return ((v & 0xF) ^ 8) - 8;
@@ -76,153 +80,135 @@ static inline uint32_t qc_ld32(const void *p)
     return v;
 }
 
-/* Position of K index k in the DSP im2col buffer: each group of 4 is stored as
- * x0, x2, x1, x3 so that a 32-bit load yields the pair that __sxtb16 of a weight
- * word yields (bytes 0 and 2, then bytes 1 and 3). */
-#define QC_COLPOS(k) (((k) & ~3) | (((k) & 1) << 1) | (((k) >> 1) & 1))
-#else
-#define QC_COLPOS(k) (k)
 #endif
 
 /* ---------------------------------------------------------------- dot products
- * Weight rows come in pairs, interleaved in blocks of 4 bytes (row 2p block j,
- * then row 2p+1 block j): one LDRD fetches both rows' next block. A block is 4
- * weights (8-bit) or 8 weights (4-bit: byte i = w_i | w_{i+4} << 4). k_pad is a
- * multiple of 8, so every loop below runs whole blocks. */
+ * Two weight rows x two im2col columns over k4 blocks of 4 K indices (layouts in
+ * qc_kernels.h); acc[0..3] = (row 0, col 0), (row 0, col 1), (row 1, col 0), (row 1, col 1)
+ * are read and updated. c1 may equal c0. */
 
 #if QC_USE_DSP
-/* 8-bit, two rows x two columns; 8 weights of each row per iteration. */
-static void qc_dot2x2_s8(const int8_t *w, const int16_t *c0, const int16_t *c1, int32_t k_pad, int32_t *acc)
-{
-    int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
-    const int8_t *wend = w + 2 * k_pad;
-    int32_t wa, wb, t0, t1, x0, x1;
-#define QC_STEP2X2                                   \
-    "ldrd %[wa], %[wb], [%[w]], #8\n\t"              \
-    "ldrd %[x0], %[x1], [%[c0]], #8\n\t"             \
-    "sxtb16 %[t0], %[wa]\n\t"                        \
-    "sxtb16 %[wa], %[wa], ror #8\n\t"                \
-    "sxtb16 %[t1], %[wb]\n\t"                        \
-    "sxtb16 %[wb], %[wb], ror #8\n\t"                \
-    "smlad %[a00], %[t0], %[x0], %[a00]\n\t"         \
-    "smlad %[a00], %[wa], %[x1], %[a00]\n\t"         \
-    "smlad %[a10], %[t1], %[x0], %[a10]\n\t"         \
-    "smlad %[a10], %[wb], %[x1], %[a10]\n\t"         \
-    "ldrd %[x0], %[x1], [%[c1]], #8\n\t"             \
-    "smlad %[a01], %[t0], %[x0], %[a01]\n\t"         \
-    "smlad %[a01], %[wa], %[x1], %[a01]\n\t"         \
-    "smlad %[a11], %[t1], %[x0], %[a11]\n\t"         \
-    "smlad %[a11], %[wb], %[x1], %[a11]\n\t"
-    __asm__ volatile("1:\n\t" QC_STEP2X2 QC_STEP2X2
-                     "cmp %[w], %[wend]\n\t"
-                     "bne 1b\n\t"
-                     : [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [w] "+r"(w),
-                       [c0] "+r"(c0), [c1] "+r"(c1), [wa] "=&r"(wa), [wb] "=&r"(wb), [t0] "=&r"(t0),
-                       [t1] "=&r"(t1), [x0] "=&r"(x0), [x1] "=&r"(x1)
-                     : [wend] "r"(wend)
-                     : "cc", "memory");
-#undef QC_STEP2X2
-    acc[0] = a00; acc[1] = a01; acc[2] = a10; acc[3] = a11;
-}
+/* The inner loops are whole functions in assembly: they need 14 registers (4
+ * accumulators, 4 weight words, 2 activation words, 3 pointers and the end), more
+ * than GCC can give an inline asm statement, and LDM only works on a fixed
+ * ascending register list. Per block of 4 K indices, 8-bit weights (pre-widened to
+ * int16 at compile time): 3 LDM + 8 SMLAD for 16 MACs; 4-bit: LDR + 2 AND + LSL +
+ * 4 SXTB16 + 2 LDM + 8 SMLAD. Blocks are done one at a time until the rest is a
+ * multiple of 4, then 4 per loop iteration. */
+void qc_mm2x2_w16(const void *w, const int16_t *c0, const int16_t *c1, int32_t k4, int32_t *acc);
+void qc_mm2x2_w4(const void *w, const int16_t *c0, const int16_t *c1, int32_t k4, int32_t *acc);
 
-/* 8-bit, two rows x one column (fully connected). */
-static void qc_dot2x1_s8(const int8_t *w, const int16_t *c0, int32_t k_pad, int32_t *acc)
-{
-    int32_t a0 = acc[0], a1 = acc[1];
-    const int8_t *wend = w + 2 * k_pad;
-    int32_t wa, wb, t0, x0, x1;
-#define QC_STEP2X1                                   \
-    "ldrd %[wa], %[wb], [%[w]], #8\n\t"              \
-    "ldrd %[x0], %[x1], [%[c0]], #8\n\t"             \
-    "sxtb16 %[t0], %[wa]\n\t"                        \
-    "sxtb16 %[wa], %[wa], ror #8\n\t"                \
-    "smlad %[a0], %[t0], %[x0], %[a0]\n\t"           \
-    "smlad %[a0], %[wa], %[x1], %[a0]\n\t"           \
-    "sxtb16 %[t0], %[wb]\n\t"                        \
-    "sxtb16 %[wb], %[wb], ror #8\n\t"                \
-    "smlad %[a1], %[t0], %[x0], %[a1]\n\t"           \
-    "smlad %[a1], %[wb], %[x1], %[a1]\n\t"
-    __asm__ volatile("1:\n\t" QC_STEP2X1 QC_STEP2X1
-                     "cmp %[w], %[wend]\n\t"
-                     "bne 1b\n\t"
-                     : [a0] "+r"(a0), [a1] "+r"(a1), [w] "+r"(w), [c0] "+r"(c0), [wa] "=&r"(wa),
-                       [wb] "=&r"(wb), [t0] "=&r"(t0), [x0] "=&r"(x0), [x1] "=&r"(x1)
-                     : [wend] "r"(wend)
-                     : "cc", "memory");
-#undef QC_STEP2X1
-    acc[0] = a0; acc[1] = a1;
-}
+#define QC_S(x) #x
+#define QC_XS(x) QC_S(x)
+#define QC_MM_FUNC(name, wshift, STEP)                                   \
+    "\t.pushsection .text." #name ",\"ax\",%progbits\n"                 \
+    "\t.syntax unified\n"                                               \
+    "\t.thumb\n"                                                        \
+    "\t.p2align 2\n"                                                    \
+    "\t.global " #name "\n"                                             \
+    "\t.type " #name ", %function\n"                                    \
+    "\t.thumb_func\n"                                                   \
+    #name ":\n"                                                         \
+    "\tpush {r4-r11, lr}\n"                                             \
+    "\tldr r12, [sp, #36]\n"                                            \
+    "\tldm r12, {r4-r7}\n"                                              \
+    "\tadd lr, r0, r3, lsl #" QC_XS(wshift) "\n"                        \
+    "\tand r3, r3, #3\n"                                                \
+    "\tadd r3, r0, r3, lsl #" QC_XS(wshift) "\n"                        \
+    "\tpush {lr}\n"                                                     \
+    "\tcmp r0, r3\n"                                                    \
+    "\tbeq 2f\n"                                                        \
+    "1:\n" STEP                                                         \
+    "\tcmp r0, r3\n"                                                    \
+    "\tbne 1b\n"                                                        \
+    "2:\n"                                                              \
+    "\tpop {r3}\n"                                                      \
+    "\tcmp r0, r3\n"                                                    \
+    "\tbeq 4f\n"                                                        \
+    "3:\n" STEP STEP STEP STEP                                          \
+    "\tcmp r0, r3\n"                                                    \
+    "\tbne 3b\n"                                                        \
+    "4:\n"                                                              \
+    "\tldr r12, [sp, #36]\n"                                            \
+    "\tstm r12, {r4-r7}\n"                                              \
+    "\tpop {r4-r11, pc}\n"                                              \
+    "\t.size " #name ", .-" #name "\n"                                  \
+    "\t.popsection\n"
 
-/* 4-bit, two rows x two columns. Nibbles moved to the top of each byte are 16x
- * their value, so the sums are 16x too and are divided back exactly (every term
- * is a multiple of 16; the compiler checks the x16 accumulator fits int32). */
-static void qc_dot2x2_s4(const int8_t *w, const int16_t *c0, const int16_t *c1, int32_t k_pad, int32_t *acc)
-{
-    const uint32_t m = 0xF0F0F0F0u;
-    int32_t a00 = acc[0] * 16, a01 = acc[1] * 16, a10 = acc[2] * 16, a11 = acc[3] * 16;
-    int32_t k;
-    for (k = 0; k < k_pad; k += 8, w += 8) {
-        uint32_t wa = qc_ld32(w), wb = qc_ld32(w + 4);
-        uint32_t v[4];
-        int32_t i;
-        v[0] = (wa << 4) & m; v[1] = wa & m; v[2] = (wb << 4) & m; v[3] = wb & m;
-        for (i = 0; i < 2; i++) {
-            int32_t x0a = (int32_t)qc_ld32(c0 + k + 4 * i), x0b = (int32_t)qc_ld32(c0 + k + 4 * i + 2);
-            int32_t x1a = (int32_t)qc_ld32(c1 + k + 4 * i), x1b = (int32_t)qc_ld32(c1 + k + 4 * i + 2);
-            int32_t pa = __sxtb16((int32_t)v[i]), qa = qc_sxtb16_ror8(v[i]);
-            int32_t pb = __sxtb16((int32_t)v[2 + i]), qb = qc_sxtb16_ror8(v[2 + i]);
-            a00 = __smlad(qa, x0b, __smlad(pa, x0a, a00));
-            a01 = __smlad(qa, x1b, __smlad(pa, x1a, a01));
-            a10 = __smlad(qb, x0b, __smlad(pb, x0a, a10));
-            a11 = __smlad(qb, x1b, __smlad(pb, x1a, a11));
-        }
-    }
-    acc[0] = a00 / 16; acc[1] = a01 / 16; acc[2] = a10 / 16; acc[3] = a11 / 16;
-}
+/* r8, r9 = row 0 (w0, w2), (w1, w3); r10, r11 = row 1; r12, lr = a column's (x0, x2), (x1, x3) */
+#define QC_STEP_W16                  \
+    "\tldm r0!, {r8-r11}\n"          \
+    "\tldm r1!, {r12, lr}\n"         \
+    "\tsmlad r4, r8, r12, r4\n"      \
+    "\tsmlad r4, r9, lr, r4\n"       \
+    "\tsmlad r6, r10, r12, r6\n"     \
+    "\tsmlad r6, r11, lr, r6\n"      \
+    "\tldm r2!, {r12, lr}\n"         \
+    "\tsmlad r5, r8, r12, r5\n"      \
+    "\tsmlad r5, r9, lr, r5\n"       \
+    "\tsmlad r7, r10, r12, r7\n"     \
+    "\tsmlad r7, r11, lr, r7\n"
+
+/* One word holds both rows' 4 nibbles; each nibble is moved to the top of a byte
+ * (16x its value) and sign extended in pairs, so the sums come out 16x too. */
+#define QC_STEP_W4                   \
+    "\tldr r8, [r0], #4\n"           \
+    "\tldm r1!, {r12, lr}\n"         \
+    "\tand r9, r8, #0xF0F0F0F0\n"    \
+    "\tlsl r8, r8, #4\n"             \
+    "\tand r8, r8, #0xF0F0F0F0\n"    \
+    "\tsxtb16 r10, r8\n"             \
+    "\tsxtb16 r8, r8, ror #8\n"      \
+    "\tsxtb16 r11, r9\n"             \
+    "\tsxtb16 r9, r9, ror #8\n"      \
+    "\tsmlad r4, r10, r12, r4\n"     \
+    "\tsmlad r4, r8, lr, r4\n"       \
+    "\tsmlad r6, r11, r12, r6\n"     \
+    "\tsmlad r6, r9, lr, r6\n"       \
+    "\tldm r2!, {r12, lr}\n"         \
+    "\tsmlad r5, r10, r12, r5\n"     \
+    "\tsmlad r5, r8, lr, r5\n"       \
+    "\tsmlad r7, r11, r12, r7\n"     \
+    "\tsmlad r7, r9, lr, r7\n"
+
+__asm__(QC_MM_FUNC(qc_mm2x2_w16, 4, QC_STEP_W16) QC_MM_FUNC(qc_mm2x2_w4, 2, QC_STEP_W4));
 #endif
 
-/* Any weight width, two rows x two columns; c1 may equal c0. */
-static void qc_dot2x2(const int8_t *w, const int16_t *c0, const int16_t *c1, int32_t k_pad, int32_t wbits,
+static void qc_dot2x2(const void *w, const int16_t *c0, const int16_t *c1, int32_t k4, int32_t wbits,
                       int32_t *acc)
 {
 #if QC_USE_DSP
     if (wbits == 8) {
-        if (c1 == c0) {
-            int32_t a[2];
-            a[0] = acc[0]; a[1] = acc[2];
-            qc_dot2x1_s8(w, c0, k_pad, a);
-            acc[0] = acc[1] = a[0];
-            acc[2] = acc[3] = a[1];
-        } else {
-            qc_dot2x2_s8(w, c0, c1, k_pad, acc);
-        }
+        qc_mm2x2_w16(w, c0, c1, k4, acc);
     } else {
-        qc_dot2x2_s4(w, c0, c1, k_pad, acc);
+        int32_t i;
+        for (i = 0; i < 4; i++) acc[i] = (int32_t)((uint32_t)acc[i] << 4);
+        qc_mm2x2_w4(w, c0, c1, k4, acc);
+        for (i = 0; i < 4; i++) acc[i] = QC_ASR32(acc[i], 4); /* exact: every term is a multiple of 16 */
     }
 #else
     int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
-    int32_t k, i;
+    int32_t b, i;
     if (wbits == 8) {
-        for (k = 0; k < k_pad; k += 4, w += 8) {
+        const int16_t *wr = (const int16_t *)w;
+        for (b = 0; b < k4; b++, wr += 8, c0 += 4, c1 += 4) {
             for (i = 0; i < 4; i++) {
-                int32_t x0 = c0[k + i], x1 = c1[k + i], wa = w[i], wb = w[4 + i];
-                a00 += wa * x0;
-                a01 += wa * x1;
-                a10 += wb * x0;
-                a11 += wb * x1;
+                a00 += wr[i] * c0[i];
+                a01 += wr[i] * c1[i];
+                a10 += wr[4 + i] * c0[i];
+                a11 += wr[4 + i] * c1[i];
             }
         }
     } else {
-        for (k = 0; k < k_pad; k += 8, w += 8) {
+        const uint8_t *wb = (const uint8_t *)w;
+        for (b = 0; b < k4; b++, wb += 4, c0 += 4, c1 += 4) {
             for (i = 0; i < 4; i++) {
-                int32_t ba = (uint8_t)w[i], bb = (uint8_t)w[4 + i];
-                int32_t wal = qc_sext4(ba), wah = qc_sext4(ba >> 4);
-                int32_t wbl = qc_sext4(bb), wbh = qc_sext4(bb >> 4);
-                int32_t x0l = c0[k + i], x0h = c0[k + i + 4], x1l = c1[k + i], x1h = c1[k + i + 4];
-                a00 += wal * x0l + wah * x0h;
-                a01 += wal * x1l + wah * x1h;
-                a10 += wbl * x0l + wbh * x0h;
-                a11 += wbl * x1l + wbh * x1h;
+                const int32_t pos = QC_COLPOS(i);
+                const int32_t w0 = qc_sext4(wb[i]), w1 = qc_sext4(wb[i] >> 4);
+                a00 += w0 * c0[pos];
+                a01 += w0 * c1[pos];
+                a10 += w1 * c0[pos];
+                a11 += w1 * c1[pos];
             }
         }
     }
@@ -265,10 +251,30 @@ static void qc_im2col(const qc_conv_params *p, const int8_t *in, int32_t pix, in
     for (; k < p->k_pad; k++) col[QC_COLPOS(k)] = 0;
 }
 
-static inline void qc_store_pair(int8_t *o0, int8_t *o1, int32_t m, int32_t two_m, const int32_t *acc,
-                                 const int32_t *mult, const uint8_t *shift, int32_t zp, int32_t qmin,
-                                 int32_t qmax)
+/* Fast requantization (rq_fast): hi = floor(acc * b / 2^32), y = clamp(floor((hi + rnd) / 2^s)). */
+static inline int32_t qc_rqf(int32_t acc, int32_t mult, int32_t rnd, int32_t s, int32_t qmin, int32_t qmax)
 {
+    const int32_t hi = (int32_t)QC_ASR64((int64_t)acc * mult, 32);
+    return qc_clamp32(QC_ASR32(hi + rnd, s), qmin, qmax);
+}
+
+/* Requantize a 2 x 2 tile (channels m, m + 1; pixels o0, o1) and store it; o1 may be 0,
+ * channel m + 1 is skipped when two_m is 0. */
+static inline void qc_store_tile(int8_t *o0, int8_t *o1, int32_t m, int32_t two_m, const int32_t *acc,
+                                 int32_t rq_fast, const int32_t *mult, const uint8_t *shift, int32_t zp,
+                                 int32_t qmin, int32_t qmax)
+{
+    if (rq_fast) {
+        const int32_t b0 = mult[2 * m], r0 = mult[2 * m + 1], s0 = shift[m];
+        o0[m] = (int8_t)qc_rqf(acc[0], b0, r0, s0, qmin, qmax);
+        if (o1) o1[m] = (int8_t)qc_rqf(acc[1], b0, r0, s0, qmin, qmax);
+        if (two_m) {
+            const int32_t b1 = mult[2 * m + 2], r1 = mult[2 * m + 3], s1 = shift[m + 1];
+            o0[m + 1] = (int8_t)qc_rqf(acc[2], b1, r1, s1, qmin, qmax);
+            if (o1) o1[m + 1] = (int8_t)qc_rqf(acc[3], b1, r1, s1, qmin, qmax);
+        }
+        return;
+    }
     o0[m] = (int8_t)qc_rq(acc[0], mult[m], shift[m], zp, qmin, qmax);
     if (o1) o1[m] = (int8_t)qc_rq(acc[1], mult[m], shift[m], zp, qmin, qmax);
     if (two_m) {
@@ -282,27 +288,30 @@ void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *sc
     const int32_t mg = p->out_c / p->groups;
     const int32_t pairs = (mg + 1) / 2; /* rows of a group are padded to an even count */
     const int32_t npx = p->out_h * p->out_w;
-    const int32_t row_bytes = p->wbits == 8 ? p->k_pad : p->k_pad / 2;
+    const int32_t k4 = p->k_pad / 4;
+    const int32_t pair_bytes = p->wbits == 8 ? 4 * p->k_pad : p->k_pad;
     const int32_t zp = p->out_zp, qmin = p->qmin, qmax = p->qmax;
     int16_t *col0 = scratch, *col1 = scratch + p->k_pad;
     int32_t g, px, m;
     for (g = 0; g < p->groups; g++) {
-        const int8_t *wg = p->w + g * pairs * 2 * row_bytes;
-        const int32_t *bias = p->bias + g * mg, *mult = p->mult + g * mg;
+        const uint8_t *wg = (const uint8_t *)p->w + g * pairs * pair_bytes;
+        const int32_t *bias = p->bias + g * mg;
+        const int32_t *mult = p->mult + (p->rq_fast ? 2 : 1) * g * mg;
         const uint8_t *shift = p->shift + g * mg;
         for (px = 0; px < npx; px += 2) {
             const int32_t two = px + 1 < npx;
             int8_t *o0 = out + px * p->out_c + g * mg;
             int8_t *o1 = two ? o0 + p->out_c : 0;
+            const uint8_t *wp = wg;
             qc_im2col(p, in, px, g, col0);
             if (two) qc_im2col(p, in, px + 1, g, col1);
-            for (m = 0; m < mg; m += 2) {
+            for (m = 0; m < mg; m += 2, wp += pair_bytes) {
                 const int32_t two_m = m + 1 < mg;
                 int32_t acc[4];
                 acc[0] = acc[1] = bias[m];
                 acc[2] = acc[3] = two_m ? bias[m + 1] : 0;
-                qc_dot2x2(wg + m * row_bytes, col0, two ? col1 : col0, p->k_pad, p->wbits, acc);
-                qc_store_pair(o0, o1, m, two_m, acc, mult, shift, zp, qmin, qmax);
+                qc_dot2x2(wp, col0, two ? col1 : col0, k4, p->wbits, acc);
+                qc_store_tile(o0, o1, m, two_m, acc, p->rq_fast, mult, shift, zp, qmin, qmax);
             }
         }
     }
@@ -312,29 +321,21 @@ void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *sc
 
 void qc_fc(const qc_fc_params *p, const int8_t *in, int8_t *out, int16_t *scratch)
 {
-    const int32_t row_bytes = p->wbits == 8 ? p->k_pad : p->k_pad / 2;
+    const int32_t pair_bytes = p->wbits == 8 ? 4 * p->k_pad : p->k_pad;
     int32_t r, k, m;
     for (r = 0; r < p->rows; r++) {
         const int8_t *x = in + r * p->k;
+        const uint8_t *wp = (const uint8_t *)p->w;
         int8_t *o = out + r * p->out_c;
-        k = 0;
-#if QC_USE_DSP
-        for (; k + 4 <= p->k; k += 4) {
-            uint32_t v = qc_ld32(x + k);
-            int32_t lo = __sxtb16((int32_t)v), hi = qc_sxtb16_ror8(v);
-            memcpy(scratch + k, &lo, 4);
-            memcpy(scratch + k + 2, &hi, 4);
-        }
-#endif
-        for (; k < p->k; k++) scratch[QC_COLPOS(k)] = x[k];
+        for (k = 0; k < p->k; k++) scratch[QC_COLPOS(k)] = x[k];
         for (; k < p->k_pad; k++) scratch[QC_COLPOS(k)] = 0;
-        for (m = 0; m < p->out_c; m += 2) {
+        for (m = 0; m < p->out_c; m += 2, wp += pair_bytes) {
             const int32_t two_m = m + 1 < p->out_c;
             int32_t acc[4];
             acc[0] = acc[1] = p->bias[m];
             acc[2] = acc[3] = two_m ? p->bias[m + 1] : 0;
-            qc_dot2x2(p->w + m * row_bytes, scratch, scratch, p->k_pad, p->wbits, acc);
-            qc_store_pair(o, 0, m, two_m, acc, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
+            qc_dot2x2(wp, scratch, scratch, p->k_pad / 4, p->wbits, acc);
+            qc_store_tile(o, 0, m, two_m, acc, p->rq_fast, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
         }
     }
 }

@@ -22,12 +22,17 @@
 extern "C" {
 #endif
 
-/* Conv2d with groups (im2col into an int16 scratch buffer, then a tiled dot product).
- * Weights: one row per output channel in (kh, kw, c) order, zero padded to k_pad
- * (a multiple of 8); each group's rows padded to an even count with a zero row.
- * Rows are stored in pairs, as alternating 4-byte blocks of the two rows (one LDRD
- * loads the next block of both). A block is 4 int8 weights, or 8 4-bit weights
- * w0..w7 with byte i = (w_i & 0xF) | (w_{i+4} << 4). */
+/* Conv2d with groups (im2col into an int16 scratch buffer, then a 2 x 2 register-tiled
+ * dot product: two output channels x two output pixels per pass over K).
+ * K is in (kh, kw, c) order, zero padded to k_pad (a multiple of 4); within each block
+ * of 4 K indices the im2col buffer holds x0, x2, x1, x3 (what SXTB16 of a word of
+ * four int8 yields). Each group's rows are padded to an even count and taken in pairs;
+ * for each pair, each block of 4 is stored as
+ *  - wbits 8: int16 weights, row 0's w0, w2, w1, w3 then row 1's (8 int16, 16 bytes);
+ *  - wbits 4: one byte per K index, byte i = (row0[k_i] & 0xF) | (row1[k_i] << 4) (4 bytes).
+ * Requantization: rq_fast = 1: mult holds (b, rnd) pairs per channel and shift = c - 32,
+ * y = clamp((hi32(acc * b) + rnd) >> shift) (rnd folds the rounding and the output zero
+ * point; see graph.fast_requant); rq_fast = 0: mult = b, shift = c (docs/INTEGER_GRAPH.md). */
 typedef struct {
     int32_t in_h, in_w, in_c;
     int32_t out_h, out_w, out_c;
@@ -36,14 +41,15 @@ typedef struct {
     int32_t pad_t, pad_l;
     int32_t dil_h, dil_w;
     int32_t groups;
-    int32_t k_pad;      /* weights per row, padded */
+    int32_t k_pad;      /* K per row, padded to a multiple of 4 */
     int32_t wbits;      /* 8 or 4 */
     int32_t in_zp;      /* pads are filled with in_zp; bias already holds -in_zp*sum(w) */
     int32_t out_zp, qmin, qmax;
-    const int8_t *w;
+    int32_t rq_fast;
+    const void *w;
     const int32_t *bias;
-    const int32_t *mult;  /* b, in [2^30, 2^31) */
-    const uint8_t *shift; /* c, in [1, 62] */
+    const int32_t *mult;
+    const uint8_t *shift;
 } qc_conv_params;
 
 /* Scratch: 2 * k_pad int16, 4-byte aligned. */
@@ -53,7 +59,8 @@ void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *sc
 typedef struct {
     int32_t rows, k, out_c, k_pad, wbits;
     int32_t in_zp, out_zp, qmin, qmax;
-    const int8_t *w;
+    int32_t rq_fast;
+    const void *w;
     const int32_t *bias;  /* bias - in_zp*sum(w) */
     const int32_t *mult;
     const uint8_t *shift;
