@@ -42,7 +42,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array, csr_array, hstack
 
 from qcompiler.budgets import KINDS, Budget, format_value, parse_budget
-from qcompiler.errors import BudgetError, QCompileError
+from qcompiler.errors import BudgetError, NumericsError, QCompileError
 from qcompiler.ir import infer_shapes, node_names_unique, value_shapes
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
 from qcompiler.plan import QuantPlan
@@ -403,7 +403,11 @@ def build_problem(model: onnx.ModelProto, plan: QuantPlan, kinds: Sequence[str] 
         if missing:
             raise QCompileError(f"layer '{n}' has no sensitivity for {missing}",
                                 hint="run annotate_sensitivity before assign_bits")
-        omega.append(np.array([sens[fmt(*f)] for f in fs], float))
+        scores = np.array([sens[fmt(*f)] for f in fs], float)
+        if not np.all(np.isfinite(scores)):
+            raise NumericsError(f"sensitivity of layer '{n}' is not finite ({scores.tolist()})", node=n,
+                                hint="check the calibration data's range; try --sensitivity hessian")
+        omega.append(scores)
     p = BitProblem(names, formats, omega)
     ties, act = _plan_ties(model, plan)
     idx = {n: i for i, n in enumerate(names)}
