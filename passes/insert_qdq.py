@@ -26,6 +26,7 @@ from qcompiler.passmanager import Pass, PassContext, PassResult
 from qcompiler.plan import TensorQuant
 from qcompiler.quantize import (
     activation_qparams,
+    bias_safe_scales,
     quantize_bias,
     quantize_weight,
     weight_axis,
@@ -111,6 +112,9 @@ class InsertQDQ(Pass):
             w = inits[lp.weight]
             axis = weight_axis(node.op, attr_trans_b(node))
             s_w = weight_scales(w, lp.weight_bits, axis)
+            has_bias = len(node.inputs) > 2 and node.inputs[2].name in inits
+            s_w = bias_safe_scales(s_w, inits[node.inputs[2].name] if has_bias else None,
+                                   plan.tensors[lp.input].scale[0])
             q = quantize_weight(w, s_w, lp.weight_bits, axis)
             wq_name = f"{lname}.w_q"
             if lp.weight_bits == 4:

@@ -58,6 +58,23 @@ def weight_scales(w: np.ndarray, bits: int, axis: int, *, mse: bool = True) -> n
     return np.maximum(best, FLOAT32_TINY).astype(np.float32)
 
 
+BIAS_HEADROOM = 2**28  # |int32 bias| stays below this, leaving room for the conv sum in the accumulator
+
+
+def bias_safe_scales(s_w: np.ndarray, bias: np.ndarray | None, s_x: float) -> np.ndarray:
+    """Raise per-channel weight scales where the bias would not fit int32 at scale s_x*s_w.
+
+    BatchNorm folding with gamma ~ 0 leaves channels with tiny weights but a
+    large bias; at s_x*s_w that bias saturates int32 and the layer could not be
+    lowered to integers. A coarser weight grid on such a channel costs nothing
+    (its weights are ~0) and keeps the accumulator exact.
+    """
+    if bias is None:
+        return s_w
+    need = np.abs(bias.astype(np.float64)) / (np.float64(np.float32(s_x)) * BIAS_HEADROOM)
+    return np.maximum(s_w, need.astype(np.float32)).astype(np.float32)
+
+
 def quantize_weight(w: np.ndarray, scales: np.ndarray, bits: int, axis: int) -> np.ndarray:
     """Round to the symmetric grid [-(2^(b-1)-1), 2^(b-1)-1], held in int8."""
     qmax = (1 << (bits - 1)) - 1
@@ -80,3 +97,21 @@ def fake_quant_weight(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
     shape = [1] * w.ndim
     shape[axis] = -1
     return (quantize_weight(w, s, bits, axis).astype(np.float32) * s.reshape(shape)).astype(np.float32)
+
+
+def fake_quant_act(x: np.ndarray, lo: float, hi: float, bits: int, signed: bool = False) -> np.ndarray:
+    """x -> DQ(Q(x)) in float32 on the :func:`activation_qparams` grid of [lo, hi] (vectorised).
+
+    What a QuantizeLinear/DequantizeLinear pair with that scale and zero point computes
+    (x / scale in float32, round half to even, saturate), for scoring and tests.
+    """
+    qmin, qmax = qrange(bits, signed)
+    scale, zp = activation_qparams(lo, hi, bits, signed)
+    s, z = np.float32(scale), np.float32(zp)
+    y = np.divide(x, s, dtype=np.float32)
+    np.round(y, out=y)
+    y += z
+    np.clip(y, qmin, qmax, out=y)
+    y -= z
+    y *= s
+    return y
