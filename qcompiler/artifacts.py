@@ -53,10 +53,14 @@ def check_output_dir(out: Path, *, force: bool) -> None:
         raise OutputError(f"output directory '{out}' is not empty and is not a qcompile output (no manifest.json); "
                           "refusing to replace it", hint="choose a new directory with -o")
     parent = out.resolve().parent
-    if not parent.exists():
-        raise OutputError(f"the parent of output directory '{out}' does not exist", hint="create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into '{parent}'", hint="choose a writable directory with -o")
+    existing = parent
+    while not existing.exists():  # missing parents are created (and removed again if the compile fails)
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"output directory '{out}' would lie under the file '{existing}'",
+                          hint="choose a directory path with -o")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into '{existing}'", hint="choose a writable directory with -o")
 
 
 @contextmanager
@@ -64,9 +68,17 @@ def atomic_output_dir(out: Path, *, force: bool) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``out`` only if the block finishes."""
     check_output_dir(out, force=force)
     parent = out.resolve().parent
+    created: list[Path] = []
+    p = parent
+    while not p.exists():
+        created.append(p)
+        p = p.parent
     try:
+        for d in reversed(created):
+            d.mkdir()
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     except OSError as e:
+        _remove_empty(created)
         raise OutputError(f"cannot create a folder in '{parent}' ({e.strerror})",
                           hint="choose a writable directory with -o") from None
     try:
@@ -81,7 +93,17 @@ def atomic_output_dir(out: Path, *, force: bool) -> Iterator[Path]:
             os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Undo the parents we created (deepest first), so a failed run leaves nothing behind."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def write_json(path: Path, data: Any) -> None:

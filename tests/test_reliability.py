@@ -387,8 +387,9 @@ def _output_is_model_folder(d: Path) -> list[str]:
     return _ok(d, None, "-o", str(d), "--force")
 
 
-def _output_parent_missing(d: Path) -> list[str]:
-    return _ok(d, None, "-o", str(d / "no" / "such" / "out"))
+def _output_parent_missing_bad_calib(d: Path) -> list[str]:
+    return [_save(d, make_tiny_cnn()), "--calib", _calib(d, np.zeros((4, 3, 16, 16), np.float32)),
+            "-o", str(d / "no" / "such" / "out")]
 
 
 def _missing_model(d: Path) -> list[str]:
@@ -586,8 +587,7 @@ CORPUS: dict[str, Case] = {
                                           names_model=False),
     "output_force_on_the_model_folder": Case(_output_is_model_folder, r"contains the model", names_model=False),
     "output_force_holding_the_model": Case(_output_holds_the_model, r"contains the model", names_model=False),
-    "output_parent_missing": Case(_output_parent_missing, r"parent of output directory .* does not exist",
-                                  names_model=False),
+    "output_parent_missing_bad_calib": Case(_output_parent_missing_bad_calib, r"wants \[N, "),
 }
 
 
@@ -639,6 +639,17 @@ def test_bad_input_fails_cleanly(name: str, tmp_path: Path, capsys: pytest.Captu
         assert sorted(p.name for p in out.iterdir()) == before
     assert leftovers(tmp_path) == []
     assert not Path("/proc/qcompile-test-out").exists()
+
+
+def test_missing_parents_are_created_and_removed_again_on_failure(tmp_path: Path) -> None:
+    """-o a/b/out works without a/b; a failed compile takes the parents it made away again."""
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(RuntimeError, match="boom"), atomic_output_dir(out, force=False):
+        raise RuntimeError("boom")
+    assert not (tmp_path / "a").exists()
+    with atomic_output_dir(out, force=False) as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert (out / "manifest.json").is_file()
 
 
 def test_existing_output_is_replaced_only_on_success(tmp_path: Path) -> None:
