@@ -25,6 +25,17 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from qcompiler.ir import DOMAIN, OPSET
+from qcompiler.numerics import (
+    EXP_A,
+    EXP_B,
+    EXP_FRAC,
+    EXP_Q_MAX,
+    GELU_M3_FRAC,
+    GELU_SIG_FRAC,
+    ISQRT_ITERS,
+    LN_NORM_FRAC,
+    SOFTMAX_MASK_PENALTY,
+)
 
 FUNCTION_VERSION = 1
 
@@ -36,6 +47,11 @@ SIGNATURES: dict[str, tuple[list[str], list[str]]] = {
     "QAdd": (["a", "a_zp", "b_in", "b_zp", "ma", "mb", "c", "y_zp"], ["qmin", "qmax"]),
     "QAvgPool": (["x", "x_zp", "b", "c", "y_zp"], ["kernel_shape", "strides", "pads", "global", "qmin", "qmax"]),
     "QRequant": (["x", "x_zp", "b", "c", "y_zp"], ["qmin", "qmax"]),
+    # transformer ops (I-ViT style; references in qcompiler/numerics.py, section "transformer ops")
+    "QSoftmax": (["x", "mask", "m_exp", "b", "c", "y_zp"], ["qmin", "qmax"]),
+    "QGelu": (["x", "x_zp", "m1", "m3", "b", "c", "y_zp"], ["qmin", "qmax"]),
+    "QLayerNorm": (["x", "x_zp", "g", "beta", "c", "eps", "y_zp"], ["qmin", "qmax"]),
+    "QBatchMatMul": (["a", "a_zp", "b_in", "b_zp", "b", "c", "y_zp"], ["qmin", "qmax"]),
 }
 
 
@@ -85,7 +101,165 @@ def _minus_zp(x: str, zp: str, out: str) -> list[onnx.NodeProto]:
             h.make_node("Sub", [f"{out}_x", f"{out}_z"], [out])]
 
 
+def _i64(name: str, value: int) -> onnx.NodeProto:
+    return _const(name, np.array(value, np.int64))
+
+
+def _exp2_neg(t: str, e: str) -> list[onnx.NodeProto]:
+    """``e = 2^(-t/2^16)`` in Q32 for int64 t >= 0 (numerics.exp2_neg): shift by q, quadratic on f."""
+    return [
+        _i64("x2_k16", 1 << EXP_FRAC),
+        _i64("x2_one32", 1 << 32),
+        _i64("x2_a", EXP_A),
+        _i64("x2_b", EXP_B),
+        _i64("x2_qmax", EXP_Q_MAX),
+        h.make_node("Div", [t, "x2_k16"], ["x2_q0"]),  # t >= 0: truncation is floor
+        h.make_node("Mul", ["x2_q0", "x2_k16"], ["x2_qk"]),
+        h.make_node("Sub", [t, "x2_qk"], ["x2_f"]),
+        h.make_node("Mul", ["x2_a", "x2_f"], ["x2_af"]),
+        h.make_node("Mul", ["x2_b", "x2_f"], ["x2_bf"]),
+        h.make_node("Mul", ["x2_bf", "x2_f"], ["x2_bff"]),
+        h.make_node("Div", ["x2_bff", "x2_k16"], ["x2_bff16"]),
+        h.make_node("Sub", ["x2_one32", "x2_af"], ["x2_p0"]),
+        h.make_node("Add", ["x2_p0", "x2_bff16"], ["x2_p"]),  # in [2^31, 2^32]
+        h.make_node("Min", ["x2_q0", "x2_qmax"], ["x2_q"]),
+        h.make_node("Cast", ["x2_p"], ["x2_pu"], to=TensorProto.UINT64),
+        h.make_node("Cast", ["x2_q"], ["x2_qu"], to=TensorProto.UINT64),
+        h.make_node("BitShift", ["x2_pu", "x2_qu"], ["x2_eu"], direction="RIGHT"),
+        h.make_node("Cast", ["x2_eu"], [e], to=TensorProto.INT64),
+    ]
+
+
+def _isqrt(v: str, out: str) -> list[onnx.NodeProto]:
+    """floor(sqrt(v)) for int64 1 <= v < 2^62 (numerics.isqrt_newton): power-of-two start, Newton steps."""
+    nodes = [
+        _const("sq_pw", np.left_shift(np.int64(1), 2 * np.arange(1, 32, dtype=np.int64))),
+        _const("sq_last", np.array([-1], np.int64)),
+        _i64("sq_one", 1),
+        _i64("sq_two", 2),
+        _const("sq_one_u", np.array(1, np.uint64)),
+        h.make_node("Unsqueeze", [v, "sq_last"], ["sq_v1"]),
+        h.make_node("GreaterOrEqual", ["sq_v1", "sq_pw"], ["sq_ge"]),
+        h.make_node("Cast", ["sq_ge"], ["sq_ge_i"], to=TensorProto.INT64),
+        h.make_node("ReduceSum", ["sq_ge_i", "sq_last"], ["sq_k"], keepdims=0),
+        h.make_node("Add", ["sq_k", "sq_one"], ["sq_k1"]),
+        h.make_node("Cast", ["sq_k1"], ["sq_k1_u"], to=TensorProto.UINT64),
+        h.make_node("BitShift", ["sq_one_u", "sq_k1_u"], ["sq_x0_u"], direction="LEFT"),
+        h.make_node("Cast", ["sq_x0_u"], ["sq_x0"], to=TensorProto.INT64),
+    ]
+    x = "sq_x0"
+    for i in range(ISQRT_ITERS):
+        nxt = out if i == ISQRT_ITERS - 1 else f"sq_x{i + 1}"
+        nodes += [h.make_node("Div", [v, x], [f"sq_d{i}"]),
+                  h.make_node("Add", [x, f"sq_d{i}"], [f"sq_s{i}"]),
+                  h.make_node("Div", [f"sq_s{i}", "sq_two"], [f"sq_h{i}"]),
+                  h.make_node("Min", [x, f"sq_h{i}"], [nxt])]
+        x = nxt
+    return nodes
+
+
+def _floor_shift_const(v: str, k: int, out: str) -> list[onnx.NodeProto]:
+    """``out = floor(v / 2^k)`` for any int64 v (the uint64 offset trick, constant k)."""
+    return [
+        _const(f"fs{k}_sign", np.array(1 << 63, np.uint64)),
+        _const(f"fs{k}_k", np.array(k, np.uint64)),
+        _i64(f"fs{k}_off", 1 << (63 - k)),
+        h.make_node("Cast", [v], [f"fs{k}_u"], to=TensorProto.UINT64),
+        h.make_node("Add", [f"fs{k}_u", f"fs{k}_sign"], [f"fs{k}_uo"]),
+        h.make_node("BitShift", [f"fs{k}_uo", f"fs{k}_k"], [f"fs{k}_sh"], direction="RIGHT"),
+        h.make_node("Cast", [f"fs{k}_sh"], [f"fs{k}_i"], to=TensorProto.INT64),
+        h.make_node("Sub", [f"fs{k}_i", f"fs{k}_off"], [out]),
+    ]
+
+
+def _transformer_body(op: str) -> list[onnx.NodeProto] | None:
+    """Bodies of QSoftmax, QGelu, QLayerNorm and QBatchMatMul (None for other ops)."""
+    if op == "QSoftmax":
+        return [
+            _const("sm_axes", np.array([-1], np.int64)),
+            _i64("sm_one", 1),
+            _i64("sm_pen", SOFTMAX_MASK_PENALTY),
+            _i64("sm_2_62", 1 << 62),
+            _i64("sm_2_45", 1 << 45),
+            _i64("sm_2_46", 1 << 46),
+            h.make_node("Cast", ["x"], ["sm_x"], to=TensorProto.INT64),
+            h.make_node("Cast", ["mask"], ["sm_m"], to=TensorProto.INT64),
+            h.make_node("Sub", ["sm_m", "sm_one"], ["sm_m1"]),
+            h.make_node("Mul", ["sm_m1", "sm_pen"], ["sm_pm"]),
+            h.make_node("Add", ["sm_x", "sm_pm"], ["sm_xm"]),
+            h.make_node("ReduceMax", ["sm_xm", "sm_axes"], ["sm_mx"], keepdims=1),
+            h.make_node("Sub", ["sm_mx", "sm_xm"], ["sm_d"]),
+            h.make_node("Mul", ["sm_d", "m_exp"], ["sm_t"]),
+            *_exp2_neg("sm_t", "sm_e0"),
+            h.make_node("Mul", ["sm_e0", "sm_m"], ["sm_e"]),
+            h.make_node("ReduceSum", ["sm_e", "sm_axes"], ["sm_s0"], keepdims=1),
+            h.make_node("Max", ["sm_s0", "sm_one"], ["sm_s"]),
+            h.make_node("Div", ["sm_2_62", "sm_s"], ["sm_r"]),  # one division per row
+            h.make_node("Mul", ["sm_e", "sm_r"], ["sm_er"]),
+            h.make_node("Add", ["sm_er", "sm_2_45"], ["sm_err"]),
+            h.make_node("Div", ["sm_err", "sm_2_46"], ["sm_p"]),  # Q16 probability
+            h.make_node("Mul", ["sm_p", "b"], ["v"]),
+            *_shift_round_clamp("v", "c", "y_zp", "y"),
+        ]
+    if op == "QGelu":
+        return [
+            *_minus_zp("x", "x_zp", "ge_dx"),
+            _i64("ge_zero", 0),
+            _i64("ge_2_m3", 1 << GELU_M3_FRAC),
+            _i64("ge_one32", 1 << 32),
+            _i64("ge_2_16", 1 << GELU_SIG_FRAC),
+            h.make_node("Abs", ["ge_dx"], ["ge_a"]),
+            h.make_node("Mul", ["ge_a", "ge_a"], ["ge_a2"]),
+            h.make_node("Mul", ["ge_a2", "m3"], ["ge_a2m"]),
+            h.make_node("Div", ["ge_a2m", "ge_2_m3"], ["ge_cub"]),
+            h.make_node("Add", ["m1", "ge_cub"], ["ge_k"]),
+            h.make_node("Mul", ["ge_a", "ge_k"], ["ge_w"]),
+            *_exp2_neg("ge_w", "ge_e"),
+            h.make_node("GreaterOrEqual", ["ge_dx", "ge_zero"], ["ge_pos"]),
+            h.make_node("Where", ["ge_pos", "ge_one32", "ge_e"], ["ge_num0"]),
+            h.make_node("Mul", ["ge_num0", "ge_2_16"], ["ge_num"]),
+            h.make_node("Add", ["ge_e", "ge_one32"], ["ge_den"]),
+            h.make_node("Div", ["ge_num", "ge_den"], ["ge_sig"]),  # Q16 sigmoid
+            h.make_node("Mul", ["ge_dx", "ge_sig"], ["ge_acc"]),
+            h.make_node("Mul", ["ge_acc", "b"], ["v"]),
+            *_shift_round_clamp("v", "c", "y_zp", "y"),
+        ]
+    if op == "QLayerNorm":
+        return [
+            *_minus_zp("x", "x_zp", "ln_dx"),
+            _const("ln_axes", np.array([-1], np.int64)),
+            _i64("ln_one", 1),
+            _i64("ln_2_40", 1 << 40),
+            h.make_node("Shape", ["x"], ["ln_n"], start=-1),
+            h.make_node("ReduceSum", ["ln_dx", "ln_axes"], ["ln_sum"], keepdims=1),
+            h.make_node("Mul", ["ln_dx", "ln_n"], ["ln_ndx"]),
+            h.make_node("Sub", ["ln_ndx", "ln_sum"], ["ln_cx"]),
+            h.make_node("Mul", ["ln_cx", "ln_cx"], ["ln_cx2"]),
+            h.make_node("ReduceSum", ["ln_cx2", "ln_axes"], ["ln_v0"], keepdims=1),
+            h.make_node("Add", ["ln_v0", "eps"], ["ln_v1"]),
+            h.make_node("Max", ["ln_v1", "ln_one"], ["ln_v"]),
+            *_isqrt("ln_v", "ln_d"),
+            h.make_node("Div", ["ln_2_40", "ln_d"], ["ln_r"]),  # one division per row
+            h.make_node("Mul", ["ln_cx", "ln_r"], ["ln_cr"]),
+            *_floor_shift_const("ln_cr", 40 - LN_NORM_FRAC, "ln_t"),
+            h.make_node("Mul", ["ln_t", "g"], ["ln_tg"]),
+            h.make_node("Add", ["ln_tg", "beta"], ["v"]),
+            *_shift_round_clamp("v", "c", "y_zp", "y"),
+        ]
+    if op == "QBatchMatMul":
+        return [
+            h.make_node("MatMulInteger", ["a", "b_in", "a_zp", "b_zp"], ["acc"]),
+            h.make_node("Cast", ["acc"], ["acc64"], to=TensorProto.INT64),
+            h.make_node("Mul", ["acc64", "b"], ["v"]),
+            *_shift_round_clamp("v", "c", "y_zp", "y"),
+        ]
+    return None
+
+
 def _body(op: str) -> list[onnx.NodeProto]:
+    transformer = _transformer_body(op)
+    if transformer is not None:
+        return transformer
     ints = onnx.AttributeProto.INTS
     one = onnx.AttributeProto.INT
     if op == "QConv":

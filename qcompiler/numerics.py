@@ -263,3 +263,186 @@ def qavgpool(x: np.ndarray, x_zp: int | np.ndarray, b: int, c: int, y_zp: int | 
 def acc_bound(k: int, x_absmax: int, w_absmax: int, bias_absmax: int = 0) -> int:
     """Worst-case |accumulator| of a dot product of length k; callers compare it with 2^31 - 1."""
     return k * x_absmax * w_absmax + bias_absmax
+
+
+# =========================================================================== transformer ops (I-ViT)
+# Integer-only Softmax, GELU and LayerNorm in the spirit of I-ViT (Li & Gu, ICCV 2023): exponentials
+# by shifts (2^-q is a right shift) with a small fixed-point polynomial for the fractional part,
+# reciprocals by one integer division per row (or per element for GELU), square roots by Newton
+# iterations on integers. Every intermediate is int64 and proven below 2^63; every division and
+# right shift here acts on non-negative numbers except the explicitly floor-shifted ones, so C-style
+# truncating division (ONNX Div on integers) and floor division agree. The ONNX bodies in
+# passes/integer_functions.py reproduce these functions step by step; docs/INTEGER_GRAPH.md has the
+# table. Deviations from the paper, on purpose and documented there:
+# - log2(e) * s_x is one dyadic-free integer constant (round(s_x * log2 e * 2^16)) instead of the
+#   shift sum x + x>>1 - x>>4 (1.4375 vs 1.4427: a 0.4 % error in the exponent);
+# - 2^-f on the fractional part is a quadratic (max relative error 0.27 %) instead of I-ViT's
+#   linear 1 - f/2 (6 % at f = 0.5);
+# - QGelu evaluates x * sigmoid(k1 x + k3 x^3) (the tanh form of GELU, 3e-4 from erf-GELU);
+#   k3 = 0 with k1 = 1.702 is exactly I-ViT's ShiftGELU.
+
+EXP_FRAC = 16  # exponent fixed point: t / 2^16 is the base-2 exponent
+EXP_A = 43901  # 2^-f ~= 1 - A f + B f^2 (Q16 constants, A - B = 2^15 so it is exact at f = 1)
+EXP_B = 11133
+EXP_Q_MAX = 40  # 2^-q for q >= 40 is 0 in Q32 anyway; clamping keeps the shift amount defined
+LOG2E = 1.4426950408889634
+SOFTMAX_MASK_PENALTY = 1024  # masked logits are pushed this far below every 8-bit logit
+SOFTMAX_OUT_FRAC = 16  # the probability before requantization is a Q16 number in [0, 2^16]
+GELU_K1 = 1.5957691216057308  # 2 * sqrt(2 / pi): GELU(x) ~= x * sigmoid(K1 * (x + 0.044715 x^3))
+GELU_K3 = GELU_K1 * 0.044715
+SHIFTGELU_K1 = 1.702  # I-ViT ShiftGELU: x * sigmoid(1.702 x)
+GELU_M3_FRAC = 32  # extra fractional bits of the cubic coefficient (it is Q(16+32))
+GELU_SIG_FRAC = 16  # sigmoid as a Q16 number in [0, 2^16]
+LN_NORM_FRAC = 24  # (x - mean) / std as a Q24 number (|.| <= sqrt(N))
+ISQRT_ITERS = 8  # Newton steps after the power-of-two start (within 2x of the root): enough for < 2^62
+
+
+def exp2_neg(t: np.ndarray) -> np.ndarray:
+    """``2^(-t / 2^16)`` as a Q32 integer for int64 ``t >= 0``: shift by the integer part, quadratic on the rest.
+
+    q = t >> 16, f = t mod 2^16, P = 2^32 - A f + ((B f^2) >> 16) in [2^31, 2^32], result P >> min(q, 40).
+    All terms are below 2^49.
+    """
+    t = np.asarray(t, dtype=np.int64)
+    if t.size and t.min() < 0:
+        raise NumericsError("exp2_neg needs a non-negative exponent")
+    q = t >> EXP_FRAC
+    f = t - (q << EXP_FRAC)
+    p = (np.int64(1) << 32) - np.int64(EXP_A) * f + ((np.int64(EXP_B) * f * f) >> EXP_FRAC)
+    return p >> np.minimum(q, EXP_Q_MAX)
+
+
+def softmax_exp_multiplier(s_x: float, *, what: str = "softmax") -> int:
+    """``round(s_x * log2(e) * 2^16)``: turns an 8-bit logit difference into a Q16 base-2 exponent."""
+    m = _round_half_up(Fraction(float(s_x)) * Fraction(LOG2E) * (1 << EXP_FRAC))
+    if not 1 <= m < 1 << 40:
+        raise NumericsError(f"{what}: input scale {s_x!r} is outside [2^-16, 2^20) for the integer exp",
+                            hint="keep this Softmax in float")
+    return m
+
+
+def qsoftmax(x: np.ndarray, mask: np.ndarray, m_exp: int, b: int, c: int, y_zp: int | np.ndarray, *,
+             qmin: int = -128, qmax: int = 127) -> np.ndarray:
+    """Reference for ``qcompiler.QSoftmax`` (Shiftmax) over the last axis.
+
+    ``mask`` (0/1, broadcast against x) removes entries (attention padding). The input zero point
+    cancels (softmax is shift invariant), so it is not an input. ``b / 2^c ~= 2^-16 / s_y``.
+    """
+    xi = np.asarray(x, dtype=np.int64)
+    mk = np.asarray(mask, dtype=np.int64)
+    xm = xi + (mk - 1) * SOFTMAX_MASK_PENALTY
+    t = (xm.max(axis=-1, keepdims=True) - xm) * np.int64(m_exp)
+    e = exp2_neg(t) * mk
+    s = np.maximum(e.sum(axis=-1, keepdims=True), 1)
+    r = (np.int64(1) << 62) // s
+    p = (e * r + (np.int64(1) << 45)) >> 46  # Q16 probability; e * r <= 2^62
+    check_dyadic(b, c)
+    y = np.int64(np.asarray(y_zp).item()) + shift_round(p * np.int64(b), c)
+    return _out(np.clip(y, qmin, qmax), y_zp)
+
+
+def gelu_multipliers(s_x: float, *, shift_gelu: bool = False, what: str = "gelu") -> tuple[int, int]:
+    """``(m1, m3)``: the sigmoid argument in Q16 base-2 units is ``a (m1 + ((a^2 m3) >> 32))``, a = |dx|."""
+    k1, k3 = (SHIFTGELU_K1, 0.0) if shift_gelu else (GELU_K1, GELU_K3)
+    s = Fraction(float(s_x))
+    m1 = _round_half_up(s * Fraction(k1 * LOG2E) * (1 << EXP_FRAC))
+    m3 = _round_half_up(s ** 3 * Fraction(k3 * LOG2E) * (1 << (EXP_FRAC + GELU_M3_FRAC)))
+    if not (1 <= m1 < 1 << 40 and 0 <= m3 < 1 << 46):
+        raise NumericsError(f"{what}: input scale {s_x!r} is outside the range of the integer GELU",
+                            hint="keep this GELU in float")
+    return m1, m3
+
+
+def qgelu(x: np.ndarray, x_zp: int | np.ndarray, m1: int, m3: int, b: int, c: int, y_zp: int | np.ndarray, *,
+          qmin: int = -128, qmax: int = 127) -> np.ndarray:
+    """Reference for ``qcompiler.QGelu`` (ShiftGELU): ``x * sigmoid(.)`` with the shift exp and one division.
+
+    a = |x - zp| <= 255; w = a (m1 + ((a^2 m3) >> 32)) >= 0 (< 2^63); E = 2^-w (Q32);
+    sigmoid16 = (2^48 if x >= zp else E << 16) // (2^32 + E); acc = (x - zp) * sigmoid16 (|acc| < 2^25);
+    y = requant(acc, b, c) with ``b / 2^c ~= s_x 2^-16 / s_y``.
+    """
+    dx = np.asarray(x, dtype=np.int64) - np.int64(np.asarray(x_zp).item())
+    if dx.size and np.abs(dx).max() > 255:
+        raise NumericsError("QGelu input outside 8 bits")
+    a = np.abs(dx)
+    w = a * (np.int64(m1) + ((a * a * np.int64(m3)) >> GELU_M3_FRAC))
+    e = exp2_neg(w)
+    one = np.int64(1) << 32
+    num = np.where(dx >= 0, one, e) << GELU_SIG_FRAC
+    sig = num // (one + e)
+    acc = dx * sig
+    check_dyadic(b, c)
+    y = np.int64(np.asarray(y_zp).item()) + shift_round(acc * np.int64(b), c)
+    return _out(np.clip(y, qmin, qmax), y_zp)
+
+
+def isqrt_newton(v: np.ndarray) -> np.ndarray:
+    """floor(sqrt(v)) for int64 ``1 <= v < 2^62`` by Newton iterations (I-ViT's I-LayerNorm).
+
+    Start: 2^(k+1) with k = #{j in 1..31 : v >= 4^j}, so the start is in [sqrt(v), 2 sqrt(v)); then
+    ISQRT_ITERS steps x <- min(x, (x + v // x) // 2), which stay at floor(sqrt(v)) once there.
+    """
+    v = np.asarray(v, dtype=np.int64)
+    pw = np.int64(1) << (2 * np.arange(1, 32, dtype=np.int64))
+    k = (v[..., None] >= pw).sum(axis=-1).astype(np.int64)
+    x = np.int64(1) << (k + 1)
+    for _ in range(ISQRT_ITERS):
+        x = np.minimum(x, (x + v // x) // 2)
+    return x
+
+
+def layernorm_constants(gamma: np.ndarray, beta: np.ndarray, s_x: float, s_y: float, eps: float, n: int, *,
+                        what: str = "layernorm") -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(g, beta_i, S, eps_i)`` for :func:`qlayernorm` (one shared shift S for the whole row).
+
+    g = round(gamma sqrt(n) / s_y 2^(S-24)) below 2^31, beta_i = round(beta / s_y 2^S),
+    eps_i = round(eps n^3 / s_x^2) (the variance of n-scaled centred integers).
+    """
+    gamma = np.asarray(gamma, np.float64).reshape(-1)
+    beta = np.asarray(beta, np.float64).reshape(-1)
+    gmax = float(np.abs(gamma).max(initial=0.0)) * math.sqrt(n) / s_y
+    if not (gmax > 0 and math.isfinite(gmax)) or n < 2 or n > 1 << 14:
+        raise NumericsError(f"{what}: unsupported gamma/scale (max |gamma| sqrt(n) / s_y = {gmax!r}, n = {n})")
+    k = math.floor(math.log2((B_MAX - 1) / gmax))
+    s_shift = LN_NORM_FRAC + k
+    while s_shift > 52:
+        s_shift, k = s_shift - 1, k - 1
+    if s_shift < 1:
+        raise NumericsError(f"{what}: output scale {s_y!r} too small for gamma (shift {s_shift})")
+    g = np.array([_round_half_up(Fraction(float(v)) * Fraction(math.sqrt(n)) / Fraction(float(s_y))
+                                 * Fraction(2) ** k) for v in gamma], np.int64)
+    bi = np.array([_round_half_up(Fraction(float(v)) / Fraction(float(s_y)) * (1 << s_shift)) for v in beta],
+                  np.int64)
+    if np.abs(g).max() >= B_MAX or np.abs(bi).max(initial=0) >= 1 << 61:
+        raise NumericsError(f"{what}: constants overflow (beta / s_y too large)")
+    eps_i = min(_round_half_up(Fraction(float(eps)) * n ** 3 / Fraction(float(s_x)) ** 2), 1 << 40)
+    return g, bi, s_shift, eps_i
+
+
+def qlayernorm(x: np.ndarray, x_zp: int | np.ndarray, g: np.ndarray, beta_i: np.ndarray, s_shift: int, eps_i: int,
+               y_zp: int | np.ndarray, *, qmin: int = -128, qmax: int = 127) -> np.ndarray:
+    """Reference for ``qcompiler.QLayerNorm`` (I-LayerNorm) over the last axis (length n <= 2^14).
+
+    cx = n (x - zp) - sum(x - zp) (exact n-scaled centring, |cx| < 2^23); v = sum(cx^2) + eps_i (< 2^61);
+    d = isqrt_newton(max(v, 1)); r = 2^40 // d; t = (cx r) >> 16 (Q24 of cx / d, floor);
+    y = clamp(y_zp + ((t g + beta_i + 2^(S-1)) >> S)).
+    """
+    dx = np.asarray(x, dtype=np.int64) - np.int64(np.asarray(x_zp).item())
+    n = dx.shape[-1]
+    cx = n * dx - dx.sum(axis=-1, keepdims=True)
+    v = np.maximum((cx * cx).sum(axis=-1, keepdims=True) + np.int64(eps_i), 1)
+    d = isqrt_newton(v)
+    r = (np.int64(1) << 40) // d
+    t = (cx * r) >> (40 - LN_NORM_FRAC)
+    acc = t * np.asarray(g, np.int64) + np.asarray(beta_i, np.int64)
+    y = np.int64(np.asarray(y_zp).item()) + shift_round(acc, np.int64(s_shift))
+    return _out(np.clip(y, qmin, qmax), y_zp)
+
+
+def qbatchmatmul(a: np.ndarray, a_zp: int | np.ndarray, bx: np.ndarray, b_zp: int | np.ndarray, b: int, c: int,
+                 y_zp: int | np.ndarray, *, qmin: int = -128, qmax: int = 127) -> np.ndarray:
+    """Reference for ``qcompiler.QBatchMatMul``: activation x activation, int32 accumulation, one requant."""
+    acc = np.matmul(np.asarray(a, np.int64) - np.int64(np.asarray(a_zp).item()),
+                    np.asarray(bx, np.int64) - np.int64(np.asarray(b_zp).item()))
+    _check_acc32(acc, "QBatchMatMul")
+    return _out(requantize(acc, b, c, np.asarray(y_zp).item(), qmin, qmax), y_zp)
