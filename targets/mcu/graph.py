@@ -177,24 +177,37 @@ def pack_rows(w2d: np.ndarray, wbits: int, groups: int = 1) -> tuple[np.ndarray,
     return (out.reshape(-1) & 0xFF).astype(np.uint8).view(np.int8), k_pad
 
 
-def fast_requant(b: np.ndarray, c: np.ndarray, zp: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-channel constants of the kernels' fast requantization, or None when it does not apply.
+def fast_requant(b: np.ndarray, c: np.ndarray, zp: int, acc_shift: int = 0) -> np.ndarray | None:
+    """Per-channel-pair constants of the kernels' fast requantization, or None when it does not apply.
 
-    For c >= 33, with hi = floor(acc * b / 2^32) (one SMULL/SMMUL),
+    The accumulator the kernels hold is acc * 2^acc_shift (4-bit layers: 16x, see
+    qc_kernels.h); the multiplier is unchanged and c grows by acc_shift, which gives the
+    same integers. For c >= 33, with hi = floor(acc * b / 2^32) (one SMMUL),
     clamp(zp + floor((acc * b + 2^(c-1)) / 2^c)) = clamp(floor((hi + rnd) / 2^(c-32)))
     with rnd = 2^(c-33) + zp * 2^(c-32): the low word of acc * b adds less than one unit of
     2^32 (nested floors), and zp * 2^(c-32) is a whole multiple of the divisor. |hi| <= 2^30,
-    so hi + rnd cannot overflow int32 when |rnd| < 2^30. Returns (rq, shift): rq holds
-    (b, rnd) pairs per channel, shift = c - 32.
+    so hi + rnd cannot overflow int32 when |rnd| < 2^30.
+
+    Returns int32 [pairs, 5]: b0, rnd0, b1, rnd1, s0 | s1 << 8 (s = c - 32; a padding
+    channel is all zero), so one LDM fetches a pair's constants.
     """
-    c64 = np.asarray(c, np.int64)
+    c64 = np.asarray(c, np.int64) + acc_shift
     if c64.min() < 33:
         return None
     rnd = (np.int64(1) << (c64 - 33)) + np.int64(zp) * (np.int64(1) << (c64 - 32))
     if np.abs(rnd).max() >= 1 << 30:
         return None
-    rq = np.stack([np.asarray(b, np.int64), rnd], axis=1).reshape(-1).astype(np.int32)
-    return rq, (c64 - 32).astype(np.uint8)
+    m = c64.size
+    out = np.zeros(((m + 1) // 2, 5), np.int64)
+    bb = np.asarray(b, np.int64)
+    out[:, 0] = bb[0::2]
+    out[:, 1] = rnd[0::2]
+    out[:m // 2, 2] = bb[1::2]
+    out[:m // 2, 3] = rnd[1::2]
+    s = c64 - 32
+    out[:, 4] = s[0::2]
+    out[:m // 2, 4] |= s[1::2] << 8
+    return out.astype(np.int32)
 
 
 def pack_nibbles(flat: np.ndarray) -> np.ndarray:
@@ -404,7 +417,9 @@ class _Reader:
         bias_f = bias - xzp_i * w2d.sum(axis=1)
         self._check_acc(node, bias_f, w2d.shape[1], wbits, abs(xzp_i))
         wq, k_pad = pack_rows(w2d, wbits, group)
-        rq_fast, mult, shift = self._rq(b, c, y_zp)
+        rq_fast, mult, shift = self._rq(b, c, y_zp, wbits, group)
+        if wbits == 4:  # the 4-bit kernels accumulate 16x (see qc_kernels.h)
+            bias_f = bias_f * 16
         self.steps.append(Step("conv", node.name, [x.name], y.name,
                                params={**geo, "groups": group, "k_pad": k_pad, "rq_fast": rq_fast},
                                consts={"w": wq.reshape(-1), "bias": bias_f.astype(np.int32), "mult": mult,
@@ -412,11 +427,16 @@ class _Reader:
                                scratch=2 * 2 * k_pad, macs=macs))
 
     @staticmethod
-    def _rq(b: np.ndarray, c: np.ndarray, zp: int) -> tuple[int, np.ndarray, np.ndarray]:
-        """(rq_fast, mult, shift) for qc_conv/qc_fc: the fast form's (b, rnd) pairs and c - 32
+    def _rq(b: np.ndarray, c: np.ndarray, zp: int, wbits: int, groups: int = 1) -> tuple[int, np.ndarray,
+                                                                                            np.ndarray]:
+        """(rq_fast, mult, shift) for qc_conv/qc_fc: the fast form's per-pair constants (per group)
         when :func:`fast_requant` applies, else b and c as they are."""
-        f = fast_requant(b, c, zp)
-        return (1, f[0], f[1]) if f is not None else (0, b, c)
+        sh = 4 if wbits == 4 else 0
+        mg = b.size // groups
+        parts = [fast_requant(b[i * mg:(i + 1) * mg], c[i * mg:(i + 1) * mg], zp, sh) for i in range(groups)]
+        if all(f is not None for f in parts):
+            return 1, np.concatenate([f.reshape(-1) for f in parts]), np.zeros(1, np.uint8)
+        return 0, b, c
 
     def _check_acc(self, node: onnx.NodeProto, bias: np.ndarray, k: int, wbits: int, zp_abs: int) -> None:
         """Every partial sum the kernels form must fit int32 (x16 for packed 4-bit on DSP cores)."""
@@ -457,7 +477,9 @@ class _Reader:
         bias_f = bias - xzp_i * wt.sum(axis=1)
         self._check_acc(node, bias_f, k, wbits, abs(xzp_i))
         wq, k_pad = pack_rows(wt, wbits)
-        rq_fast, mult, shift = self._rq(b, c, y_zp)
+        rq_fast, mult, shift = self._rq(b, c, y_zp, wbits)
+        if wbits == 4:
+            bias_f = bias_f * 16
         y = self.new(node.output[0], tuple(x.shape[:-1]) + (m,), y_signed)
         self.steps.append(Step("fc", node.name, [x.name], y.name,
                                params={"rows": rows, "k": k, "out_c": m, "k_pad": k_pad, "wbits": wbits,
