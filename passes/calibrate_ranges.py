@@ -46,7 +46,7 @@ def _ort_error(model: onnx.ModelProto, e: Exception, what: str) -> QCompileError
 
 
 class CalibrateRanges(Pass):
-    """Two streaming passes over the data: min/max, then histograms for percentile/MSE ranges.
+    """One streaming pass over the data: min/max and histograms for percentile/MSE ranges.
 
     Graph outputs always keep their min/max range: clipping the largest logit
     changes the argmax, which is the one thing a classifier must keep.
@@ -71,23 +71,34 @@ class CalibrateRanges(Pass):
             raise _ort_error(model, e, "load") from None
         outs = [o.name for o in sess.get_outputs()]
         obs = {n: RangeObserver() for n in names}
-        total = len(ctx.calib)
-        passes = 1 if method == "minmax" else 2
-        advance = ctx.progress("calibrating", total * passes) if ctx.progress else None
-        for stage in range(passes):
-            if stage == 1:
-                for o in obs.values():
-                    o.start_histogram()
-            for feed in ctx.calib.batches():
-                try:
-                    results = sess.run(outs, feed)
-                except Exception as e:  # noqa: BLE001 - as above
-                    raise _ort_error(model, e, "run") from None
-                for name, arr in zip(outs, results):
-                    if name in obs:
-                        (obs[name].update_minmax if stage == 0 else obs[name].update_histogram)(arr)
-                if advance:
-                    advance(1)
+        # Per-channel means of every layer input, gathered on the same pass: bias correction needs
+        # E[x] and would otherwise run the float model over the data once more.
+        layer_inputs = {lp.input for lp in ctx.plan.layers.values()}
+        sums: dict[str, np.ndarray] = {}
+        # len() streams the data once just to count it: only worth it for a progress bar
+        advance = ctx.progress("calibrating", len(ctx.calib)) if ctx.progress else None
+        total = 0
+        for feed in ctx.calib.batches():  # one pass: min/max and a self-widening histogram together
+            try:
+                results = sess.run(outs, feed)
+            except Exception as e:  # noqa: BLE001 - as above
+                raise _ort_error(model, e, "run") from None
+            for name, arr in zip(outs, results):
+                if name in obs:
+                    if method == "minmax":
+                        obs[name].update_minmax(arr)
+                    else:
+                        obs[name].update(arr)
+                if name in layer_inputs and arr.ndim >= 2:
+                    ax = 1 if arr.ndim == 4 else arr.ndim - 1
+                    red = tuple(i for i in range(arr.ndim) if i != ax)
+                    m = arr.mean(axis=red, dtype=np.float64)
+                    sums[name] = sums[name] + m if name in sums else m
+            total += 1
+            if advance:
+                advance(1)
+        ctx.artifacts["range_observers"] = obs  # histograms, O(bins) each: for sensitivity and reports
+        ctx.artifacts["input_channel_means"] = {k: v / max(total, 1) for k, v in sums.items()}
         graph_outputs = {o.name for o in model.graph.output}
         producer = {o: nd for nd in model.graph.node for o in nd.output}
         for name, o in obs.items():

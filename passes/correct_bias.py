@@ -75,8 +75,10 @@ class CorrectBias(Pass):
             return PassResult(model, False)
         float_inits = {t.name: t for t in float_model.graph.initializer}
         nodes = {n.name: n for n in float_model.graph.node}
-        means = _input_channel_means(float_model, sorted({lp.input for lp in layers.values()}), ctx,
-                                     min(MAX_SAMPLES, len(ctx.calib)))
+        wanted = sorted({lp.input for lp in layers.values()})
+        means = ctx.artifacts.get("input_channel_means") or {}  # gathered by calibrate_ranges' pass
+        if any(n not in means for n in wanted):
+            means = _input_channel_means(float_model, wanted, ctx, MAX_SAMPLES)
         for lname, lp in layers.items():
             node = nodes[lname]
             w = numpy_helper.to_array(float_inits[lp.weight]).astype(np.float64)

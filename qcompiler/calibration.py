@@ -23,6 +23,8 @@ log = logging.getLogger("qcompiler.calibration")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 HIST_BINS = 2048
+STREAM_BINS = 4096  # one-pass histogram: the range always spans 2048..4096 bins
+HIST_SAMPLE = 1 << 18  # at most this many values per tensor and batch go into its histogram
 OBSERVERS = ("minmax", "percentile", "mse")
 
 
@@ -237,7 +239,18 @@ class CalibrationData:
 
 
 class RangeObserver:
-    """Min/max, then a fixed-bin histogram over that range: memory O(bins) per tensor."""
+    """Min/max plus a fixed-size histogram per tensor: memory O(bins), whatever the data.
+
+    Two ways to feed it:
+
+    * ``update(a)``: ONE pass over the data. The histogram's bins are anchored at 0 (bin k covers
+      [k*w, (k+1)*w)) and, when a batch falls outside, the bin width doubles by merging neighbour
+      pairs (what ONNX Runtime's histogram collector does too), so after any number of batches
+      the range is covered by between STREAM_BINS/2 and STREAM_BINS bins. One pass halves the
+      model runs of calibration, which dominate compile time.
+    * ``update_minmax`` over all data, ``start_histogram``, then ``update_histogram`` over all data
+      again: the two-pass form (exact min/max first, then HIST_BINS bins over it).
+    """
 
     def __init__(self) -> None:
         self.lo = np.inf
@@ -245,7 +258,64 @@ class RangeObserver:
         self.hist: np.ndarray | None = None
         self.edges: np.ndarray | None = None
         self.nonfinite = False
+        self.width = 0.0  # streaming histogram: bin width and the index of the first bin
+        self.k0 = 0
 
+    # -- one pass ---------------------------------------------------------------------------------
+    def update(self, a: np.ndarray) -> None:
+        """Fold a batch into min/max and the self-widening histogram."""
+        a = np.asarray(a).ravel()
+        if a.size == 0:
+            return
+        amin, amax = float(a.min()), float(a.max())
+        if not (np.isfinite(amin) and np.isfinite(amax)):
+            self.nonfinite = True
+            a = a[np.isfinite(a)]
+            if a.size == 0:
+                return
+            amin, amax = float(a.min()), float(a.max())
+        self.lo, self.hi = min(self.lo, amin), max(self.hi, amax)
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if self.hist is None or self.width <= 0:
+            self.width = max(hi - lo, 1e-30) / (STREAM_BINS - 2)
+            self.k0 = int(np.floor(lo / self.width))
+            self.hist = np.zeros(STREAM_BINS, np.float64)
+        while int(np.floor(hi / self.width)) - int(np.floor(lo / self.width)) + 1 > STREAM_BINS:
+            self._merge_pairs()
+        klo, khi = int(np.floor(lo / self.width)), int(np.floor(hi / self.width))
+        if klo < self.k0 or khi >= self.k0 + len(self.hist) or len(self.hist) != STREAM_BINS:
+            self._rebase(klo)
+        # Large tensors feed every k-th value to the histogram (min/max above saw them all): a
+        # quarter-million values per batch pin the shape down, and the binning is most of the cost.
+        step = -(-a.size // HIST_SAMPLE)
+        h = a[::step] if step > 1 else a
+        x = h.astype(np.float32, copy=False) * np.float32(1.0 / self.width)
+        x -= np.float32(self.k0)
+        idx = x.astype(np.intp)  # x >= 0 (up to float rounding): truncation is floor
+        np.clip(idx, 0, STREAM_BINS - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=STREAM_BINS) * float(step)
+
+    def _merge_pairs(self) -> None:
+        """Double the bin width: bin k joins bin floor(k/2)."""
+        nk = np.floor_divide(self.k0 + np.arange(len(self.hist)), 2)
+        k0 = int(nk[0])
+        self.hist = np.bincount(nk - k0, weights=self.hist)
+        self.width *= 2
+        self.k0 = k0
+
+    def _rebase(self, klo: int) -> None:
+        """Re-anchor the STREAM_BINS window to start at bin ``klo`` (all counted bins stay inside)."""
+        idx = np.clip(self.k0 + np.arange(len(self.hist)) - klo, 0, STREAM_BINS - 1)
+
+        def move(h: np.ndarray) -> np.ndarray:
+            out = np.zeros(STREAM_BINS, np.float64)
+            np.add.at(out, idx, h)
+            return out
+
+        self.hist = move(self.hist)
+        self.k0 = klo
+
+    # -- two passes -------------------------------------------------------------------------------
     def update_minmax(self, a: np.ndarray) -> None:
         if a.size == 0:
             return
@@ -269,17 +339,24 @@ class RangeObserver:
         h, _ = np.histogram(a, bins=self.edges)
         self.hist += h
 
+    # -- ranges -----------------------------------------------------------------------------------
+    def centers(self) -> np.ndarray:
+        """Bin centers of the histogram (either form)."""
+        if self.edges is not None:
+            return (self.edges[:-1] + self.edges[1:]) / 2
+        return (self.k0 + np.arange(len(self.hist)) + 0.5) * self.width
+
     def range(self, method: str, *, bits: int = 8, percentile: float = 99.99) -> tuple[float, float]:
         lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
         if method == "minmax" or self.hist is None or self.hist.sum() == 0:
             return lo, hi
-        centers = (self.edges[:-1] + self.edges[1:]) / 2
+        centers = self.centers()
         if method == "percentile":
             cdf = np.cumsum(self.hist) / self.hist.sum()
             q = (100.0 - percentile) / 100.0
             plo = float(centers[min(np.searchsorted(cdf, q), len(centers) - 1)]) if lo < 0 else 0.0
             phi = float(centers[min(np.searchsorted(cdf, 1 - q), len(centers) - 1)]) if hi > 0 else 0.0
-            return min(plo, 0.0), max(phi, 0.0)
+            return max(min(plo, 0.0), lo), min(max(phi, 0.0), hi)
         if method == "mse":
             return mse_range(centers, self.hist, lo, hi, bits)
         raise ValueError(method)
