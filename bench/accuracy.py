@@ -3,7 +3,17 @@
 One run, one table: FP32; ORT quantize_static with its defaults and with its
 best settings (per-channel + Entropy / Percentile); qcompiler INT8; qcompiler
 mixed 4/8 at 70% and 50% of INT8 weight size. Columns: size, top-1 accuracy
-(where labels exist), top-1 agreement with FP32, compile time. Writes JSON.
+(where labels exist), top-1 agreement with FP32, compile time. Writes JSON and
+prints the README's markdown table.
+
+Every tool gets the same calibration array and is timed end to end (ORT:
+quantize_static; qcompiler: compile_model with target ort-cpu, i.e. import,
+calibration, sensitivity + ILP when a budget is given, QDQ, bias correction,
+integer lowering and the artifacts). Size is the stored bytes of the model's
+initializers (int8 = 1 byte, int4 = 1/2, float = 4; scales, zero points and
+int32 biases included), the same rule for every row. Quantized models are
+scored as deployed: qcompiler's integer-only graph, ORT's QDQ model, both in
+ONNX Runtime. Fashion-MNIST is scored on the full 10k test set.
 
     python bench/accuracy.py [--models fashion_cnn,mobilenet_v2,efficientnet_lite0] [--json out.json]
 """
@@ -46,11 +56,31 @@ def ort_quantize(model_path: Path, calib: np.ndarray, out: Path, **kw) -> float:
     return time.perf_counter() - t0
 
 
+def stored_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all initializers at their stored width (int4 packs two per byte)."""
+    total = 0.0
+    for t in model.graph.initializer:
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT8: 8,
+                onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT32: 32, onnx.TensorProto.FLOAT: 32,
+                onnx.TensorProto.INT64: 64, onnx.TensorProto.FLOAT16: 16}.get(t.data_type, 32)
+        total += n * bits / 8
+    return int(np.ceil(total))
+
+
+def eval_data(name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    if name == "fashion_cnn":
+        from models.fashion_mnist import load_test_full
+
+        return load_test_full()
+    return zoo.get_eval_data(name)
+
+
 def bench_model(name: str, calib_n: int, work: Path) -> list[dict]:
     from onnxruntime.quantization import CalibrationMethod
 
     path = zoo.get_model(name)
-    x, y = zoo.get_eval_data(name)
+    x, y = eval_data(name)
     calib = zoo.get_calib_data(name, calib_n)
     calib_file = work / f"{name}_calib.npz"
     np.savez(calib_file, input=calib)
@@ -58,6 +88,7 @@ def bench_model(name: str, calib_n: int, work: Path) -> list[dict]:
     stages = {"fp32": onnx.load(str(path))}
     sizes = {"fp32": path.stat().st_size}
     times: dict[str, float] = {"fp32": 0.0}
+    formats: dict[str, dict] = {}
     ort_variants = {
         "ort_default": {},
         "ort_perchannel_minmax": {"per_channel": True},
@@ -72,24 +103,61 @@ def bench_model(name: str, calib_n: int, work: Path) -> list[dict]:
             rows.append({"model": name, "config": k, "error": str(e).splitlines()[0][:120]})
             continue
         stages[k] = onnx.load(str(out))
-        sizes[k] = out.stat().st_size
+        sizes[k] = stored_bytes(stages[k])
     for k, budget in (("qcompiler_int8", None), ("qcompiler_mixed_70", "70%"), ("qcompiler_mixed_50", "50%")):
         out = work / f"{name}_{k}"
         opts = CompileOptions(target="ort-cpu", force=True, budgets={"size": budget} if budget else {})
         t0 = time.perf_counter()
-        res = compile_model(path, out, calib=calib_file, options=opts)
+        try:
+            res = compile_model(path, out, calib=calib_file, options=opts)
+        except Exception as e:  # noqa: BLE001 - a config that fails is reported, not fatal
+            rows.append({"model": name, "config": k, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
+            continue
         times[k] = time.perf_counter() - t0
         stages[k] = onnx.load(str(out / "model.int.onnx")) if (out / "model.int.onnx").exists() \
             else onnx.load(str(out / "model.qdq.onnx"))
-        sizes[k] = res.summary["size_bytes"]["quantized"]
-        sizes[k + "_file"] = (out / "model.qdq.onnx").stat().st_size
+        sizes[k] = stored_bytes(onnx.load(str(out / "model.qdq.onnx")))
+        formats[k] = res.summary.get("formats", {})
+    sizes["fp32"] = stored_bytes(stages["fp32"])
     runners = {k: runner(m) for k, m in stages.items()}
-    ev = compare(runners, x, y, 1)
+    batch = 1
+    ev = compare(runners, x, y, batch)
     for k in stages:
         rows.append({"model": name, "config": k, "size_bytes": sizes[k],
                      "top1_agreement": ev[k]["agreement_with_fp32"], "accuracy": ev[k].get("accuracy"),
-                     "compile_s": round(times[k], 2), "samples": ev["samples"]})
+                     "compile_s": round(times[k], 2), "samples": ev["samples"], "calib_samples": calib_n,
+                     **({"formats": formats[k]} if k in formats else {})})
     return rows
+
+
+def machine() -> str:
+    """The CPU's model name (lscpu), else what platform knows."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+    except (OSError, subprocess.SubprocessError):
+        name = ""
+    import os
+
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def markdown(rows: list[dict]) -> str:
+    """The README's table: one line per model and configuration."""
+    lines = ["| model | config | size (bytes) | size vs qcompiler INT8 | top-1 agreement | top-1 accuracy | "
+             "compile (s) |", "|---|---|---:|---:|---:|---:|---:|"]
+    int8 = {r["model"]: r["size_bytes"] for r in rows if r.get("config") == "qcompiler_int8" and "error" not in r}
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['config']} | - | - | error: {r['error'][:80]} | - | - |")
+            continue
+        rel = f"{100 * r['size_bytes'] / int8[r['model']]:.0f}%" if r["model"] in int8 else "-"
+        acc = f"{100 * r['accuracy']:.2f}%" if r["accuracy"] is not None else "-"
+        lines.append(f"| {r['model']} | {r['config']} | {r['size_bytes']:,} | {rel} | "
+                     f"{100 * r['top1_agreement']:.2f}% | {acc} | {r['compile_s']:.1f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(r["model"], r["config"], f"{r['size_bytes']:,}", f"{100 * r['top1_agreement']:.1f}%", acc,
                   f"{r['compile_s']:.1f}")
     Console().print(t)
-    meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d")}
+    ratios = {}
+    for m in {r["model"] for r in rows}:
+        by = {r["config"]: r for r in rows if r["model"] == m and "error" not in r}
+        if "qcompiler_int8" in by and "ort_default" in by and by["ort_default"]["compile_s"] > 0:
+            ratios[m] = round(by["qcompiler_int8"]["compile_s"] / by["ort_default"]["compile_s"], 2)
+    meta = {"machine": machine(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+            "calib_samples": args.calib, "compile_time_ratio_int8_vs_ort_default": dict(sorted(ratios.items()))}
     Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(markdown(rows))
+    print(f"\n{meta['date']}, {meta['machine']}; compile-time ratio qcompiler INT8 / ORT defaults: {ratios}")
     return 0
 
 
