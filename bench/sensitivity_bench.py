@@ -7,7 +7,7 @@ measured output KL (whole fake-quantized model vs float, on the calibration samp
 the ILP plan with the greedy "lowest sensitivity first" plan and with random plans of
 the same size, and with uniform INT8.
 
-    python bench/sensitivity_bench.py [--model mobilenet_v2] [--calib 32] [--hessian] [--json out.json]
+    python bench/sensitivity_bench.py [--model mobilenet_v2] [--calib 32] [--samples 8] [--hessian] [--json out.json]
 
 Prints a table and writes JSON (default bench/sensitivity_bench.json).
 """
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from qcompiler.passes.annotate_sensitivity import (  # noqa: E402
+    DEFAULT_MAX_SAMPLES,
     AnnotateSensitivity,
     iter_samples,
     make_batchable,
@@ -70,6 +71,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenet_v2")
     ap.add_argument("--calib", type=int, default=32, help="calibration samples (both tools)")
+    ap.add_argument("--samples", type=int, default=None,
+                    help=f"samples the KL scores use (default: the pass's, {DEFAULT_MAX_SAMPLES})")
     ap.add_argument("--size", type=float, default=0.70, help="size budget, fraction of INT8")
     ap.add_argument("--random", type=int, default=10, help="random plans to compare against")
     ap.add_argument("--hessian", action="store_true", help="also time the Hessian method")
@@ -94,7 +97,7 @@ def main() -> None:
                      np.dtype(np.float32))
     ctx = PassContext(calib=CalibrationData.from_source(feeds, [spec]),
                       settings={"bits": [4, 8], "act_bits": [4, 8], "observer": "minmax",
-                                "sensitivity_samples": args.calib})
+                                "sensitivity_samples": args.samples or DEFAULT_MAX_SAMPLES})
     t0 = time.perf_counter()
     model = PassManager([FindQuantizableLayers(), CalibrateRanges()]).run(model, ctx)
     t_calib = time.perf_counter() - t0
@@ -152,7 +155,8 @@ def main() -> None:
             asg[n] = (4, 8)
         rand.append(kl(asg))
     res = {
-        "model": args.model, "calib_samples": args.calib, "layers": len(ctx.plan.layers),
+        "model": args.model, "calib_samples": args.calib, "kl_samples": stats.get("samples"),
+        "layers": len(ctx.plan.layers),
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "python": platform.python_version()},
         "seconds": {"kl_sensitivity": t_kl, "kl_breakdown": stats, "ort_quantize_static": t_ort,
                     "calibrate_ranges": t_calib, "hessian_sensitivity_20_probes": t_hess, "ilp_solve": t_ilp},
@@ -175,7 +179,8 @@ def main() -> None:
              (f"output KL, random (best / median of {args.random})",
               f"{min(rand):.4g} / {float(np.median(rand)):.4g}")]
     w = max(len(r[0]) for r in rows)
-    print(f"{args.model}, {args.calib} calibration samples, {os.cpu_count()} cpus "
+    print(f"{args.model}, {args.calib} calibration samples ({stats.get('samples')} for the KL scores), "
+          f"{os.cpu_count()} cpus "
           f"(load {os.getloadavg()[0]:.1f})")
     for k, v in rows:
         print(f"  {k:<{w}}  {v:>14}")

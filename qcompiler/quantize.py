@@ -6,6 +6,9 @@ quantized the same way whether it is being scored or compiled.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
@@ -33,12 +36,34 @@ def weight_axis(op_type: str, trans_b: int = 0) -> int:
     return 1
 
 
+_BLOCK = 1 << 16  # float64 elements per block of the clip search (stays in cache with its buffer)
+_SCALES: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (weight digest, bits, axis, mse) -> scales
+_SCALES_MAX = 1024
+
+
 def weight_scales(w: np.ndarray, bits: int, axis: int, *, mse: bool = True) -> np.ndarray:
     """Symmetric per-channel scales; with ``mse`` the clip per channel minimises ||W - Q(W)||^2.
 
     Clipping matters at 4 bits (a few outliers would otherwise waste the grid);
     at 8 bits the search almost always keeps the max, and costs little.
+
+    Results are memoised by the weight's bytes, so sensitivity (every layer at every
+    candidate width) and InsertQDQ (the chosen width) search each weight once.
     """
+    key = (hashlib.blake2b(np.ascontiguousarray(w).view(np.uint8).data, digest_size=16).digest(),
+           w.shape, w.dtype.str, int(bits), int(axis), bool(mse))
+    hit = _SCALES.get(key)
+    if hit is None:
+        hit = _weight_scales(w, bits, axis, mse)
+        _SCALES[key] = hit
+        if len(_SCALES) > _SCALES_MAX:
+            _SCALES.popitem(last=False)
+    else:
+        _SCALES.move_to_end(key)
+    return hit.copy()
+
+
+def _weight_scales(w: np.ndarray, bits: int, axis: int, mse: bool) -> np.ndarray:
     qmax = (1 << (bits - 1)) - 1
     wc = np.moveaxis(w.astype(np.float64), axis, 0).reshape(w.shape[axis], -1)
     amax = np.abs(wc).max(axis=1)
@@ -48,13 +73,26 @@ def weight_scales(w: np.ndarray, bits: int, axis: int, *, mse: bool = True) -> n
     fr = np.linspace(0.5, 1.0, 51)
     best = amax / qmax
     best_err = np.full(len(amax), np.inf)
-    for f in fr:
-        s = (amax * f / qmax)[:, None]
-        q = np.clip(np.round(wc / s), -qmax, qmax)
-        err = ((wc - q * s) ** 2).sum(axis=1)
-        better = err < best_err
-        best = np.where(better, s[:, 0], best)
-        best_err = np.where(better, err, best_err)
+    # the same float64 arithmetic as a whole-tensor loop, a cache-sized block of channels at a time
+    # and in place (5x faster on MobileNetV2: 3.5M weights x 51 clips x 2 bit-widths)
+    rows = max(1, _BLOCK // max(wc.shape[1], 1))
+    for r0 in range(0, len(amax), rows):
+        blk = wc[r0:r0 + rows]
+        buf = np.empty_like(blk)
+        a = amax[r0:r0 + rows]
+        b_s, b_err = best[r0:r0 + rows], best_err[r0:r0 + rows]  # views: updated in place
+        for f in fr:
+            s = (a * f / qmax)[:, None]
+            np.divide(blk, s, out=buf)
+            np.round(buf, out=buf)
+            np.clip(buf, -qmax, qmax, out=buf)
+            buf *= s
+            np.subtract(blk, buf, out=buf)
+            np.square(buf, out=buf)
+            err = buf.sum(axis=1)
+            better = err < b_err
+            b_s[better] = s[better, 0]
+            b_err[better] = err[better]
     return np.maximum(best, FLOAT32_TINY).astype(np.float32)
 
 
@@ -91,9 +129,15 @@ def quantize_bias(b: np.ndarray, s_x: float, s_w: np.ndarray) -> np.ndarray:
     return np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
 
 
-def fake_quant_weight(w: np.ndarray, bits: int, axis: int) -> np.ndarray:
-    """W -> Q(W) in float: what the layer computes with after quantization (sensitivity, tests)."""
+def fake_quant_weight(w: np.ndarray, bits: int, axis: int, *, bias: np.ndarray | None = None,
+                      s_x: float | None = None) -> np.ndarray:
+    """W -> Q(W) in float: what the layer computes with after quantization (sensitivity, tests).
+
+    With the layer's ``bias`` and input scale ``s_x`` the scales are :func:`bias_safe_scales`, as InsertQDQ's.
+    """
     s = weight_scales(w, bits, axis)
+    if bias is not None and s_x is not None:
+        s = bias_safe_scales(s, bias, s_x)
     shape = [1] * w.ndim
     shape[axis] = -1
     return (quantize_weight(w, s, bits, axis).astype(np.float32) * s.reshape(shape)).astype(np.float32)

@@ -9,14 +9,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from qcompiler.passes.annotate_sensitivity import (
-    AnnotateSensitivity,
-    fmt,
-    iter_samples,
-    make_batchable,
-    plan_output_kl,
-    reference_outputs,
-)
+from qcompiler.passes import annotate_sensitivity as sens
+from qcompiler.passes.annotate_sensitivity import AnnotateSensitivity
 
 from qcompiler.errors import CalibrationError
 from qcompiler.passmanager import PassContext, PassManager
@@ -75,13 +69,13 @@ def test_kl_scores_match_independent_single_layer_runs() -> None:
     model = residual_cnn()
     ctx = PassContext(calib=[{"x": _data()}])
     model = PassManager([AnnotateSensitivity()]).run(model, ctx)
-    samples = iter_samples(ctx.calib)
-    ref = reference_outputs(model, samples)
+    samples = sens.iter_samples(ctx.calib)
+    ref = sens.reference_outputs(model, samples)
     for name, lp in ctx.plan.layers.items():
         one = QuantPlan(layers={name: lp}, tensors=ctx.plan.tensors)
         for w, a in ([4, 8], [8, 4]):
-            direct = plan_output_kl(model, one, samples, {name: (w, a)}, reference=ref)
-            assert lp.sensitivity[fmt(w, a)] == pytest.approx(direct, rel=1e-3, abs=1e-9), (name, w, a)
+            direct = sens.plan_output_kl(model, one, samples, {name: (w, a)}, reference=ref)
+            assert lp.sensitivity[sens.fmt(w, a)] == pytest.approx(direct, rel=1e-3, abs=1e-9), (name, w, a)
     for lp in ctx.plan.layers.values():  # fewer bits, more perturbation (monotone after denoising)
         s = lp.sensitivity
         assert s["w4a4"] >= s["w4a8"] >= s["w8a8"] >= 0 and s["w8a4"] >= s["w8a8"]
@@ -97,7 +91,7 @@ def test_static_batch_model_is_batched_and_agrees() -> None:
         ctx = PassContext(calib=calib)
         PassManager([AnnotateSensitivity()]).run(m, ctx)
         scores.append({n: lp.sensitivity for n, lp in ctx.plan.layers.items()})
-    work, merged = make_batchable(static, [{"x": x[i:i + 1]} for i in range(len(x))])
+    work, merged = sens.make_batchable(static, [{"x": x[i:i + 1]} for i in range(len(x))])
     assert len(merged) == 2 and merged[0]["x"].shape[0] == 16
     for n in scores[0]:
         for k in scores[0][n]:
@@ -211,3 +205,42 @@ def test_latency_table_is_measured_and_cached(tmp_path) -> None:  # noqa: ANN001
     t0 = time.perf_counter()
     again = latency_table(model, plan, "ort-cpu", cache_dir=tmp_path)
     assert again == tab and time.perf_counter() - t0 < first / 3
+
+
+def test_scoring_quantizes_a_layer_as_insert_qdq_compiles_it() -> None:
+    """The weight and input grid a layer is scored with are the ones in the compiled QDQ model."""
+    from qcompiler.passes.calibrate_ranges import CalibrateRanges
+    from qcompiler.passes.find_quantizable_layers import FindQuantizableLayers
+    from qcompiler.passes.insert_qdq import InsertQDQ
+
+    from qcompiler import quantize as quant
+    from qcompiler.calibration import CalibrationData, InputSpec
+    from qcompiler.ir import initializers
+
+    model = residual_cnn(batch=1)
+    x = _data(8)
+    calib = CalibrationData.from_source([{"x": x[i:i + 1]} for i in range(len(x))],
+                                        [InputSpec("x", (1, 1, 12, 12), np.dtype(np.float32))])
+    ctx = PassContext(calib=calib,
+                      settings={"bits": [4, 8], "act_bits": [4, 8], "observer": "minmax"})
+    model = PassManager([FindQuantizableLayers(), CalibrateRanges()]).run(model, ctx)
+    nodes = {n.name: n for n in model.graph.node}
+    inits = initializers(model)
+    for k, lp in enumerate(ctx.plan.layers.values()):
+        lp.weight_bits, lp.act_bits = (4, 8) if k % 2 else (8, 4)
+    want = {}
+    for name, lp in ctx.plan.layers.items():
+        node = nodes[name]
+        rng = sens.layer_input_range(model, ctx.plan, name)
+        w = sens.layer_weight(inits[lp.weight], lp.weight_bits, lp.act_bits, sens.weight_axis(node),
+                              inits.get(node.input[2]), rng)
+        want[name] = (w, quant.activation_qparams(rng[0], rng[1], lp.act_bits)[0])
+    qdq = PassManager([InsertQDQ()]).run(model, ctx)
+    got = initializers(qdq)
+    for name, lp in ctx.plan.layers.items():
+        axis = sens.weight_axis(nodes[name])
+        shape = [1] * got[f"{name}.w_q"].ndim
+        shape[axis] = -1
+        w = got[f"{name}.w_q"].astype(np.float32) * got[f"{name}.w_scale"].reshape(shape)
+        np.testing.assert_array_equal(w, want[name][0], err_msg=name)
+        assert ctx.plan.tensors[lp.input].scale[0] == want[name][1], name
