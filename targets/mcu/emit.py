@@ -59,7 +59,7 @@ def _const_decl(name: str, kind: str, a: np.ndarray) -> str:
     ctype = CONST_TYPES[kind]
     n = max(int(np.asarray(a).size), 1)
     if kind == "w":  # word aligned for 32-bit loads: a union with an int32 member (C99, no attributes)
-        et = "int16_t" if np.asarray(a).dtype == np.int16 else "int8_t"
+        et = {np.dtype(np.int32): "int32_t", np.dtype(np.int16): "int16_t"}.get(np.asarray(a).dtype, "int8_t")
         return (f"static const union {{ int32_t align; {et} v[{n}]; }} {name} = {{ .v = {{\n    "
                 f"{_array_body(a)}\n}} }};\n")
     return f"static const {ctype} {name}[{n}] = {{\n    {_array_body(a)}\n}};\n"
@@ -70,7 +70,7 @@ def _params_decl(i: int, s: Step) -> str:
     vals = [f".{f} = {int(s.params[f])}" for f in fields]
     if s.consts:
         vals.append(f".w = qc_w{i}.v")
-        vals += [f".{k} = qc_{k}{i}" for k in ("bias", "mult", "shift")]
+        vals += [f".{k} = qc_{k}{i}" for k in ("bias", "mult", "shift") if k in s.consts]
     body = ",\n    ".join(vals)
     return f"static const {ctype} qc_p{i} = {{\n    {body}\n}};\n"
 
@@ -146,7 +146,8 @@ def model_c(prog: Program, plan: ArenaPlan) -> str:
             consts.append(f"/* step {i}: {_c_comment(s.name)} */\n")
             consts.append(_const_decl(f"qc_w{i}", "w", s.consts["w"]))
             for kind in ("bias", "mult", "shift"):
-                consts.append(_const_decl(f"qc_{kind}{i}", kind, s.consts[kind]))
+                if kind in s.consts:
+                    consts.append(_const_decl(f"qc_{kind}{i}", kind, s.consts[kind]))
         if s.kind in PARAM_FIELDS:
             consts.append(_params_decl(i, s))
         lines = _call(i, s, prog, plan)

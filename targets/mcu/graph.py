@@ -210,6 +210,37 @@ def fast_requant(b: np.ndarray, c: np.ndarray, zp: int, acc_shift: int = 0) -> n
     return out.astype(np.int32)
 
 
+def pack_stream(w2d: np.ndarray, wbits: int, groups: int, bias: np.ndarray, b: np.ndarray, c: np.ndarray,
+                zp: int) -> tuple[np.ndarray, int, int]:
+    """Everything qc_conv/qc_fc read for a layer, as one int32 array: per group, per row pair,
+    ``bias0, bias1`` (the accumulator start, 16x for 4-bit), the pair's weight blocks
+    (:func:`pack_rows`), then 5 requantization words: ``b0, rnd0, b1, rnd1, s0 | s1 << 8``
+    (rq_fast = 1, see :func:`fast_requant`) or ``b0, c0, b1, c1, 0`` (rq_fast = 0). The
+    kernels walk it front to back with LDM. Returns (stream, k_pad, rq_fast)."""
+    m = w2d.shape[0]
+    mg = m // groups
+    pairs = (mg + 1) // 2
+    packed, k_pad = pack_rows(w2d, wbits, groups)
+    blk = np.frombuffer(packed.tobytes(), "<i4").reshape(groups, pairs, -1).astype(np.int64)
+    sh = 4 if wbits == 4 else 0
+    fast = [fast_requant(b[g * mg:(g + 1) * mg], c[g * mg:(g + 1) * mg], zp, sh) for g in range(groups)]
+    rq_fast = int(all(f is not None for f in fast))
+    out = []
+    for g in range(groups):
+        bi = np.zeros(2 * pairs, np.int64)
+        bi[:mg] = bias[g * mg:(g + 1) * mg]
+        if rq_fast:
+            rq = fast[g].astype(np.int64)  # type: ignore[union-attr]
+        else:
+            rq = np.zeros((pairs, 5), np.int64)
+            bb, cc = np.zeros(2 * pairs, np.int64), np.zeros(2 * pairs, np.int64)
+            bb[:mg], cc[:mg] = b[g * mg:(g + 1) * mg], c[g * mg:(g + 1) * mg]
+            rq[:, 0], rq[:, 1], rq[:, 2], rq[:, 3] = bb[0::2], cc[0::2], bb[1::2], cc[1::2]
+        out.append(np.concatenate([bi.reshape(pairs, 2), blk[g], rq], axis=1))
+    stream = np.stack(out).reshape(-1)
+    return ((stream + (1 << 32)) % (1 << 32)).astype(np.uint32).view(np.int32), k_pad, rq_fast
+
+
 def pack_nibbles(flat: np.ndarray) -> np.ndarray:
     """4-bit values, element i in byte i/2, low nibble first (depthwise layout)."""
     v = np.asarray(flat, np.int64).reshape(-1)
@@ -416,27 +447,13 @@ class _Reader:
         w2d = w.transpose(0, 2, 3, 1).reshape(m, kh * kw * cg)  # OHWI rows
         bias_f = bias - xzp_i * w2d.sum(axis=1)
         self._check_acc(node, bias_f, w2d.shape[1], wbits, abs(xzp_i))
-        wq, k_pad = pack_rows(w2d, wbits, group)
-        rq_fast, mult, shift = self._rq(b, c, y_zp, wbits, group)
         if wbits == 4:  # the 4-bit kernels accumulate 16x (see qc_kernels.h)
             bias_f = bias_f * 16
+        stream, k_pad, rq_fast = pack_stream(w2d, wbits, group, bias_f, b.astype(np.int64), c.astype(np.int64),
+                                             y_zp)
         self.steps.append(Step("conv", node.name, [x.name], y.name,
                                params={**geo, "groups": group, "k_pad": k_pad, "rq_fast": rq_fast},
-                               consts={"w": wq.reshape(-1), "bias": bias_f.astype(np.int32), "mult": mult,
-                                       "shift": shift},
-                               scratch=2 * 2 * k_pad, macs=macs))
-
-    @staticmethod
-    def _rq(b: np.ndarray, c: np.ndarray, zp: int, wbits: int, groups: int = 1) -> tuple[int, np.ndarray,
-                                                                                            np.ndarray]:
-        """(rq_fast, mult, shift) for qc_conv/qc_fc: the fast form's per-pair constants (per group)
-        when :func:`fast_requant` applies, else b and c as they are."""
-        sh = 4 if wbits == 4 else 0
-        mg = b.size // groups
-        parts = [fast_requant(b[i * mg:(i + 1) * mg], c[i * mg:(i + 1) * mg], zp, sh) for i in range(groups)]
-        if all(f is not None for f in parts):
-            return 1, np.concatenate([f.reshape(-1) for f in parts]), np.zeros(1, np.uint8)
-        return 0, b, c
+                               consts={"w": stream}, scratch=2 * 2 * k_pad, macs=macs))
 
     def _check_acc(self, node: onnx.NodeProto, bias: np.ndarray, k: int, wbits: int, zp_abs: int) -> None:
         """Every partial sum the kernels form must fit int32 (x16 for packed 4-bit on DSP cores)."""
@@ -476,18 +493,15 @@ class _Reader:
         wbits = _wbits(wt)
         bias_f = bias - xzp_i * wt.sum(axis=1)
         self._check_acc(node, bias_f, k, wbits, abs(xzp_i))
-        wq, k_pad = pack_rows(wt, wbits)
-        rq_fast, mult, shift = self._rq(b, c, y_zp, wbits)
         if wbits == 4:
             bias_f = bias_f * 16
+        stream, k_pad, rq_fast = pack_stream(wt, wbits, 1, bias_f, b.astype(np.int64), c.astype(np.int64), y_zp)
         y = self.new(node.output[0], tuple(x.shape[:-1]) + (m,), y_signed)
         self.steps.append(Step("fc", node.name, [x.name], y.name,
                                params={"rows": rows, "k": k, "out_c": m, "k_pad": k_pad, "wbits": wbits,
                                        "in_zp": xzp_i, "out_zp": y_zp, "qmin": qmin, "qmax": qmax,
                                        "rq_fast": rq_fast},
-                               consts={"w": wq.reshape(-1), "bias": bias_f.astype(np.int32), "mult": mult,
-                                       "shift": shift},
-                               scratch=2 * k_pad, macs=rows * k * m))
+                               consts={"w": stream}, scratch=2 * k_pad, macs=rows * k * m))
 
     def op_QAdd(self, node: onnx.NodeProto) -> None:
         a, bt = self.act(node, 0), self.act(node, 2)

@@ -83,43 +83,57 @@ static inline uint32_t qc_ld32(const void *p)
 #endif
 
 /* ---------------------------------------------------------------- conv / fully connected
- * The work is done in 2 x 2 tiles: two output channels (a weight row pair) x two
- * im2col columns (output pixels), acc[0..3] = (row 0, col 0), (row 0, col 1),
- * (row 1, col 0), (row 1, col 1). 4-bit layers accumulate 16x their value: the
- * weights are used as 16 * w (a nibble moved to the top of a byte) and the bias
- * is stored 16x; the fast requantization constants account for it. */
+ * 2 x 2 tiles: two output channels (a row pair of the weight stream, see qc_kernels.h)
+ * x two im2col columns (output pixels); acc[0..3] = (row 0, col 0), (row 0, col 1),
+ * (row 1, col 0), (row 1, col 1). */
 
 #if QC_USE_DSP
-/* Arguments of the assembly tile kernels (field offsets are used by the assembly). */
+/* What the assembly tile kernels read (field offsets are used by the assembly). */
 typedef struct {
-    const void *w;          /* 0: the first row pair */
+    const int32_t *w_end;   /* 0: end of the row pairs to do */
     const int16_t *c0;      /* 4 */
     const int16_t *c1;      /* 8: may equal c0 (then o1 == o0) */
-    int32_t col_bytes;      /* 12: 2 * k_pad */
-    int32_t pair_bytes;     /* 16: weight bytes per row pair */
-    int32_t head_bytes;     /* 20: weight bytes of the (k4 mod 4) blocks done one at a time */
-    const int32_t *bias;    /* 24: advanced by the kernel */
-    const int32_t *rq;      /* 28: per pair b0, rnd0, b1, rnd1, s0 | s1 << 8; advanced */
-    int32_t end_all;        /* 32: scratch */
-    int8_t *o0;             /* 36: advanced */
-    int8_t *o1;             /* 40: advanced */
-    int32_t npairs;         /* 44: counted down */
-    uint32_t qmin4, qmax4;  /* 48, 52: bounds in each byte */
-    int32_t clamp;          /* 56: 0 when [qmin, qmax] = [-128, 127] */
+    int32_t blk_bytes;      /* 12: weight block bytes of one row pair */
+    int32_t entry;          /* 16: (k_pad / 4) mod 4: where the first pass enters the 4x unrolled loop */
+    int8_t *o0;             /* 20: advanced by 2 per pair */
+    int8_t *o1;             /* 24: advanced by 2 per pair */
+    uint32_t qmin4, qmax4;  /* 28, 32: the bounds in each byte (clamping kernels) */
 } qc_tile_args;
 
-/* For every row pair: acc = bias; acc += W . col over K; requantize (fast form) and
- * store the four bytes. The dot product needs 14 registers (4 accumulators, 4 weight
- * words, 2 activation words, 3 pointers and the loop end), more than GCC can give an
- * inline asm statement, and LDM needs a fixed ascending register list, so these are
- * whole functions in assembly. Per block of 4 K indices, 8-bit weights (pre-widened to
- * int16 at compile time): 3 LDM + 8 SMLAD for 16 MACs; 4-bit: LDR + 2 AND + LSL +
- * 4 SXTB16 + 2 LDM + 8 SMLAD. Blocks are done one at a time until the rest is a
- * multiple of 4, then 4 per loop iteration. */
-void qc_tile_w16(qc_tile_args *a);
-void qc_tile_w4(qc_tile_args *a);
+/* For every row pair from w to a->w_end: acc = bias; acc += W . col over K; fast
+ * requantization; store four bytes. The dot product needs 14 registers (4 accumulators,
+ * 4 weight words, 2 activation words, 3 pointers and the end), more than GCC gives an
+ * inline asm statement, and LDM takes a fixed ascending register list, so these are whole
+ * functions in assembly. Per block of 4 K indices: 8-bit weights (pre-widened to int16 at
+ * compile time) 3 LDM + 8 SMLAD for 16 MACs; 4-bit: LDR + 2 AND + LSL + 4 SXTB16 + 2 LDM +
+ * 8 SMLAD. The K loop is unrolled 4x; a TBB enters it so that the first pass does the
+ * (k_pad / 4) mod 4 odd blocks. "_c" variants clamp to [qmin, qmax] with SSUB8/SEL on the
+ * packed bytes; the others only saturate to [-128, 127] (SSAT). */
+void qc_tile_w16(const int32_t *w, qc_tile_args *a);
+void qc_tile_w16_c(const int32_t *w, qc_tile_args *a);
+void qc_tile_w4(const int32_t *w, qc_tile_args *a);
+void qc_tile_w4_c(const int32_t *w, qc_tile_args *a);
 
-#define QC_TILE_FUNC(name, STEP)                                         \
+#define QC_STORE_PLAIN                \
+    "\tstrb r4, [r8], #1\n"           \
+    "\tstrb r6, [r8], #1\n"           \
+    "\tstrb r5, [r9], #1\n"           \
+    "\tstrb r7, [r9], #1\n"
+
+#define QC_STORE_CLAMP                \
+    "\tbfi r4, r6, #8, #8\n"          \
+    "\tbfi r5, r7, #8, #8\n"          \
+    "\tpkhbt r4, r4, r5, lsl #16\n"   \
+    "\tldrd r10, r11, [lr, #28]\n"    \
+    "\tssub8 r3, r4, r10\n"           \
+    "\tsel r4, r4, r10\n"             \
+    "\tssub8 r3, r4, r11\n"           \
+    "\tsel r4, r11, r4\n"             \
+    "\tlsr r5, r4, #16\n"             \
+    "\tstrh r4, [r8], #2\n"           \
+    "\tstrh r5, [r9], #2\n"
+
+#define QC_TILE_FUNC(name, STEP, STORE)                                  \
     "\t.pushsection .text." #name ",\"ax\",%progbits\n"                 \
     "\t.syntax unified\n"                                               \
     "\t.thumb\n"                                                        \
@@ -129,40 +143,26 @@ void qc_tile_w4(qc_tile_args *a);
     "\t.thumb_func\n"                                                   \
     #name ":\n"                                                         \
     "\tpush {r4-r11, lr}\n"                                             \
-    "\tpush {r0}\n"                                                     \
-    "\tldm r0, {r0-r2}\n"                                               \
+    "\tpush {r1}\n"                                                     \
     "0:\n"                                                              \
     "\tldr lr, [sp]\n"                                                  \
-    "\tldr r3, [lr, #24]\n"                                             \
-    "\tldrd r4, r6, [r3], #8\n"                                         \
-    "\tstr r3, [lr, #24]\n"                                             \
+    "\tldrd r1, r2, [lr, #4]\n"                                         \
+    "\tldm r0!, {r4, r6}\n"                                             \
     "\tmov r5, r4\n"                                                    \
     "\tmov r7, r6\n"                                                    \
-    "\tldrd r3, r12, [lr, #16]\n"                                       \
+    "\tldrd r3, r12, [lr, #12]\n"                                       \
     "\tadd r3, r0, r3\n"                                                \
-    "\tstr r3, [lr, #32]\n"                                             \
-    "\tadd r3, r0, r12\n"                                               \
+    "\ttbb [pc, r12]\n"                                                 \
+    "9:\n"                                                              \
+    "\t.byte (10f-9b)/2, (13f-9b)/2, (12f-9b)/2, (11f-9b)/2\n"          \
+    "10:\n" STEP                                                        \
+    "11:\n" STEP                                                        \
+    "12:\n" STEP                                                        \
+    "13:\n" STEP                                                        \
     "\tcmp r0, r3\n"                                                    \
-    "\tbeq 2f\n"                                                        \
-    "1:\n" STEP                                                         \
-    "\tcmp r0, r3\n"                                                    \
-    "\tbne 1b\n"                                                        \
-    "2:\n"                                                              \
+    "\tbne 10b\n"                                                       \
     "\tldr lr, [sp]\n"                                                  \
-    "\tldr r3, [lr, #32]\n"                                             \
-    "\tcmp r0, r3\n"                                                    \
-    "\tbeq 4f\n"                                                        \
-    "3:\n" STEP STEP STEP STEP                                          \
-    "\tcmp r0, r3\n"                                                    \
-    "\tbne 3b\n"                                                        \
-    "\tldr lr, [sp]\n"                                                  \
-    "4:\n"                                                              \
-    "\tldr r3, [lr, #12]\n"                                             \
-    "\tsub r1, r1, r3\n"                                                \
-    "\tsub r2, r2, r3\n"                                                \
-    "\tldr r3, [lr, #28]\n"                                             \
-    "\tldm r3!, {r8-r12}\n"                                             \
-    "\tstr r3, [lr, #28]\n"                                             \
+    "\tldm r0!, {r8-r12}\n"                                             \
     "\tsmmul r4, r4, r8\n"                                              \
     "\tsmmul r5, r5, r8\n"                                              \
     "\tsmmul r6, r6, r10\n"                                             \
@@ -180,33 +180,12 @@ void qc_tile_w4(qc_tile_args *a);
     "\tssat r5, #8, r5\n"                                               \
     "\tssat r6, #8, r6\n"                                               \
     "\tssat r7, #8, r7\n"                                               \
-    "\tldrd r8, r9, [lr, #36]\n"                                        \
-    "\tldr r3, [lr, #56]\n"                                             \
-    "\tcbz r3, 5f\n"                                                    \
-    "\tbfi r4, r6, #8, #8\n"                                            \
-    "\tbfi r5, r7, #8, #8\n"                                            \
-    "\tpkhbt r4, r4, r5, lsl #16\n"                                     \
-    "\tldrd r10, r11, [lr, #48]\n"                                      \
-    "\tssub8 r3, r4, r10\n"                                             \
-    "\tsel r4, r4, r10\n"                                               \
-    "\tssub8 r3, r4, r11\n"                                             \
-    "\tsel r4, r11, r4\n"                                               \
-    "\tlsr r5, r4, #16\n"                                               \
-    "\tstrh r4, [r8], #2\n"                                             \
-    "\tstrh r5, [r9], #2\n"                                             \
-    "\tb 6f\n"                                                          \
-    "5:\n"                                                              \
-    "\tstrb r4, [r8], #1\n"                                             \
-    "\tstrb r6, [r8], #1\n"                                             \
-    "\tstrb r5, [r9], #1\n"                                             \
-    "\tstrb r7, [r9], #1\n"                                             \
-    "6:\n"                                                              \
-    "\tstrd r8, r9, [lr, #36]\n"                                        \
-    "\tldr r3, [lr, #44]\n"                                             \
-    "\tsubs r3, r3, #1\n"                                               \
-    "\tstr r3, [lr, #44]\n"                                             \
+    "\tldrd r8, r9, [lr, #20]\n"                                        \
+    STORE                                                               \
+    "\tstrd r8, r9, [lr, #20]\n"                                        \
+    "\tldr r3, [lr]\n"                                                  \
+    "\tcmp r0, r3\n"                                                    \
     "\tbne 0b\n"                                                        \
-    "\tstr r0, [lr]\n"                                                  \
     "\tadd sp, sp, #4\n"                                                \
     "\tpop {r4-r11, pc}\n"                                              \
     "\t.size " #name ", .-" #name "\n"                                  \
@@ -248,32 +227,39 @@ void qc_tile_w4(qc_tile_args *a);
     "\tsmlad r7, r11, r12, r7\n"     \
     "\tsmlad r7, r9, lr, r7\n"
 
-__asm__(QC_TILE_FUNC(qc_tile_w16, QC_STEP_W16) QC_TILE_FUNC(qc_tile_w4, QC_STEP_W4));
+__asm__(QC_TILE_FUNC(qc_tile_w16, QC_STEP_W16, QC_STORE_PLAIN)
+        QC_TILE_FUNC(qc_tile_w16_c, QC_STEP_W16, QC_STORE_CLAMP)
+        QC_TILE_FUNC(qc_tile_w4, QC_STEP_W4, QC_STORE_PLAIN)
+        QC_TILE_FUNC(qc_tile_w4_c, QC_STEP_W4, QC_STORE_CLAMP));
 #endif
 
-/* Portable 2 x 2 dot product (also the DSP build's path for an odd last channel and
- * for layers without the fast requantization). */
-static void qc_dot2x2(const void *w, const int16_t *c0, const int16_t *c1, int32_t k4, int32_t wbits,
+static inline int32_t qc_sext16(uint32_t v)
+{
+    return (int32_t)((v & 0xFFFFu) ^ 0x8000u) - 0x8000;
+}
+
+/* Portable 2 x 2 dot product over k4 blocks (blk: the pair's first block). */
+static void qc_dot2x2(const int32_t *blk, const int16_t *c0, const int16_t *c1, int32_t k4, int32_t wbits,
                       int32_t *acc)
 {
     int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
     int32_t b, i;
-    if (wbits == 8) {
-        const int16_t *wr = (const int16_t *)w;
-        for (b = 0; b < k4; b++, wr += 8, c0 += 4, c1 += 4) {
-            for (i = 0; i < 4; i++) {
-                a00 += wr[i] * c0[i];
-                a01 += wr[i] * c1[i];
-                a10 += wr[4 + i] * c0[i];
-                a11 += wr[4 + i] * c1[i];
+    for (b = 0; b < k4; b++, c0 += 4, c1 += 4) {
+        if (wbits == 8) {
+            const int32_t *q = blk + 4 * b;
+            for (i = 0; i < 4; i++) { /* word i / 2 of each row holds stored positions i & ~1, i | 1 */
+                const uint32_t v0 = (uint32_t)q[i / 2], v1 = (uint32_t)q[2 + i / 2];
+                const int32_t w0 = qc_sext16((i & 1) ? v0 >> 16 : v0), w1 = qc_sext16((i & 1) ? v1 >> 16 : v1);
+                a00 += w0 * c0[i];
+                a01 += w0 * c1[i];
+                a10 += w1 * c0[i];
+                a11 += w1 * c1[i];
             }
-        }
-    } else {
-        const uint8_t *wb = (const uint8_t *)w;
-        for (b = 0; b < k4; b++, wb += 4, c0 += 4, c1 += 4) {
-            for (i = 0; i < 4; i++) {
-                const int32_t pos = QC_COLPOS(i);
-                const int32_t w0 = 16 * qc_sext4(wb[i]), w1 = 16 * qc_sext4(wb[i] >> 4);
+        } else {
+            const uint32_t q = (uint32_t)blk[b];
+            for (i = 0; i < 4; i++) { /* byte i holds K index i of both rows */
+                const int32_t by = (int32_t)((q >> (8 * i)) & 0xFFu), pos = QC_COLPOS(i);
+                const int32_t w0 = 16 * qc_sext4(by), w1 = 16 * qc_sext4(by >> 4);
                 a00 += w0 * c0[pos];
                 a01 += w0 * c1[pos];
                 a10 += w1 * c0[pos];
@@ -291,103 +277,184 @@ static inline int32_t qc_rqf(int32_t acc, int32_t mult, int32_t rnd, int32_t s, 
     return qc_clamp32(QC_ASR32(hi + rnd, s), qmin, qmax);
 }
 
-/* Requantize a 2 x 2 tile (channels m, m + 1 of pixels o0, o1) and store it; o1 may be 0,
- * channel m + 1 is skipped when two_m is 0. rq_fast: mult points at the pair's 5 words. */
-static void qc_store_tile(int8_t *o0, int8_t *o1, int32_t m, int32_t two_m, int32_t *acc, int32_t wbits,
-                          int32_t rq_fast, const int32_t *mult, const uint8_t *shift, int32_t zp, int32_t qmin,
-                          int32_t qmax)
+/* Row pairs [w, w_end) of the stream against one or two pixels, in C (o1 == 0 and c1 == c0
+ * for one pixel). Stores channel m + 1 of a pair only when m + 1 < mg. */
+static void qc_pairs_c(const int32_t *w, const int32_t *w_end, int32_t m, int32_t mg, const int16_t *c0,
+                       const int16_t *c1, int32_t k4, int32_t wbits, int32_t rq_fast, int32_t zp, int32_t qmin,
+                       int32_t qmax, int8_t *o0, int8_t *o1)
 {
-    int32_t i;
-    if (rq_fast) {
-        const int32_t *q = mult + 5 * (m / 2);
-        const int32_t s0 = q[4] & 0xFF, s1 = (q[4] >> 8) & 0xFF;
-        o0[m] = (int8_t)qc_rqf(acc[0], q[0], q[1], s0, qmin, qmax);
-        if (o1) o1[m] = (int8_t)qc_rqf(acc[1], q[0], q[1], s0, qmin, qmax);
-        if (two_m) {
-            o0[m + 1] = (int8_t)qc_rqf(acc[2], q[2], q[3], s1, qmin, qmax);
-            if (o1) o1[m + 1] = (int8_t)qc_rqf(acc[3], q[2], q[3], s1, qmin, qmax);
+    const int32_t blk_words = wbits == 8 ? 4 * k4 : k4;
+    for (; w < w_end; w += 7 + blk_words, m += 2) {
+        const int32_t *q = w + 2 + blk_words;
+        int32_t acc[4], i;
+        acc[0] = acc[1] = w[0];
+        acc[2] = acc[3] = w[1];
+        qc_dot2x2(w + 2, c0, c1, k4, wbits, acc);
+        if (rq_fast) {
+            for (i = 0; i < 4; i++)
+                acc[i] = qc_rqf(acc[i], q[i & 2], q[(i & 2) + 1], (q[4] >> (4 * (i & 2))) & 0xFF, qmin, qmax);
+        } else {
+            for (i = 0; i < 4; i++) {
+                if (wbits == 4) acc[i] = QC_ASR32(acc[i], 4); /* exact: every term is a multiple of 16 */
+                acc[i] = qc_rq(acc[i], q[i & 2], q[(i & 2) + 1], zp, qmin, qmax);
+            }
         }
-        return;
-    }
-    if (wbits == 4)
-        for (i = 0; i < 4; i++) acc[i] = QC_ASR32(acc[i], 4); /* exact: every term is a multiple of 16 */
-    o0[m] = (int8_t)qc_rq(acc[0], mult[m], shift[m], zp, qmin, qmax);
-    if (o1) o1[m] = (int8_t)qc_rq(acc[1], mult[m], shift[m], zp, qmin, qmax);
-    if (two_m) {
-        o0[m + 1] = (int8_t)qc_rq(acc[2], mult[m + 1], shift[m + 1], zp, qmin, qmax);
-        if (o1) o1[m + 1] = (int8_t)qc_rq(acc[3], mult[m + 1], shift[m + 1], zp, qmin, qmax);
+        o0[m] = (int8_t)acc[0];
+        if (o1) o1[m] = (int8_t)acc[1];
+        if (m + 1 < mg) {
+            o0[m + 1] = (int8_t)acc[2];
+            if (o1) o1[m + 1] = (int8_t)acc[3];
+        }
     }
 }
 
-/* Channels [m0, mg) of one or two pixels: the tiles the assembly kernels do not take. */
-static void qc_tiles_c(const uint8_t *w, int32_t pair_bytes, const int16_t *c0, const int16_t *c1, int32_t k4,
-                       int32_t wbits, int32_t m0, int32_t mg, const int32_t *bias, int32_t rq_fast,
-                       const int32_t *mult, const uint8_t *shift, int32_t zp, int32_t qmin, int32_t qmax,
-                       int8_t *o0, int8_t *o1)
-{
-    int32_t m;
-    for (m = m0; m < mg; m += 2) {
-        const int32_t two_m = m + 1 < mg;
-        int32_t acc[4];
-        acc[0] = acc[1] = bias[m];
-        acc[2] = acc[3] = two_m ? bias[m + 1] : 0;
-        qc_dot2x2(w + (m / 2) * pair_bytes, c0, c1, k4, wbits, acc);
-        qc_store_tile(o0, o1, m, two_m, acc, wbits, rq_fast, mult, shift, zp, qmin, qmax);
-    }
-}
-
-/* One or two pixels (c1 == c0 and o1 == 0 for one) against all mg channels of a group. */
-static void qc_pixels(const void *w, int32_t pair_bytes, const int16_t *c0, const int16_t *c1, int32_t k_pad,
-                      int32_t wbits, int32_t mg, const int32_t *bias, int32_t rq_fast, const int32_t *mult,
-                      const uint8_t *shift, int32_t zp, int32_t qmin, int32_t qmax, int8_t *o0, int8_t *o1)
-{
-    int32_t m0 = 0;
+/* One layer's (or group's) channels for pixel pairs: the per-call state of the tile kernels. */
+typedef struct {
+    const int32_t *w;
+    int32_t mg, k4, wbits, rq_fast, zp, qmin, qmax;
 #if QC_USE_DSP
-    if (rq_fast && mg >= 2) {
-        qc_tile_args a;
-        const int32_t k4 = k_pad / 4;
-        a.w = w;
-        a.c0 = c0;
-        a.c1 = c1;
-        a.col_bytes = 2 * k_pad;
-        a.pair_bytes = pair_bytes;
-        a.head_bytes = (k4 & 3) * (wbits == 8 ? 16 : 4);
-        a.bias = bias;
-        a.rq = mult;
-        a.end_all = 0;
-        a.o0 = o0;
-        a.o1 = o1 ? o1 : o0;
-        a.npairs = mg / 2;
-        a.qmin4 = (uint8_t)qmin * 0x01010101u;
-        a.qmax4 = (uint8_t)qmax * 0x01010101u;
-        a.clamp = qmin != -128 || qmax != 127;
+    qc_tile_args a;
+    void (*tile)(const int32_t *, qc_tile_args *);
+#endif
+} qc_mm;
+
+static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, int32_t wbits, int32_t rq_fast,
+                       int32_t zp, int32_t qmin, int32_t qmax)
+{
+    const int32_t blk_words = wbits == 8 ? k_pad : k_pad / 4;
+    t->w = w;
+    t->mg = mg;
+    t->k4 = k_pad / 4;
+    t->wbits = wbits;
+    t->rq_fast = rq_fast;
+    t->zp = zp;
+    t->qmin = qmin;
+    t->qmax = qmax;
+#if QC_USE_DSP
+    {
+        const int32_t clamp = qmin != -128 || qmax != 127;
+        t->a.w_end = w + (mg / 2) * (7 + blk_words);
+        t->a.blk_bytes = 4 * blk_words;
+        t->a.entry = t->k4 & 3;
+        t->a.qmin4 = (uint8_t)qmin * 0x01010101u;
+        t->a.qmax4 = (uint8_t)qmax * 0x01010101u;
         if (wbits == 8)
-            qc_tile_w16(&a);
+            t->tile = clamp ? qc_tile_w16_c : qc_tile_w16;
         else
-            qc_tile_w4(&a);
-        m0 = 2 * (mg / 2);
+            t->tile = clamp ? qc_tile_w4_c : qc_tile_w4;
     }
+#else
+    (void)blk_words;
 #endif
-    qc_tiles_c((const uint8_t *)w, pair_bytes, c0, c1, k_pad / 4, wbits, m0, mg, bias, rq_fast, mult, shift, zp,
-               qmin, qmax, o0, o1);
 }
 
-/* Copy n int8 values to positions k.. of an im2col column. */
-static inline int32_t qc_col_put(int16_t *col, int32_t k, const int8_t *src, int32_t n)
+/* All mg channels of one or two pixels (c1 == c0 and o1 == 0 for one). */
+static void qc_mm_run(qc_mm *t, const int16_t *c0, const int16_t *c1, int8_t *o0, int8_t *o1)
 {
-    int32_t i = 0;
+    const int32_t blk_words = t->wbits == 8 ? 4 * t->k4 : t->k4;
+    const int32_t *w_end = t->w + ((t->mg + 1) / 2) * (7 + blk_words);
+    const int32_t *w = t->w;
+    int32_t m = 0;
 #if QC_USE_DSP
-    if ((k & 3) == 0) {
-        for (; i + 4 <= n; i += 4, k += 4) {
-            uint32_t v = qc_ld32(src + i);
-            int32_t lo = __sxtb16((int32_t)v), hi = qc_sxtb16_ror8(v);
-            memcpy(col + k, &lo, 4);
-            memcpy(col + k + 2, &hi, 4);
-        }
+    if (t->rq_fast && t->mg >= 2) {
+        t->a.c0 = c0;
+        t->a.c1 = c1;
+        t->a.o0 = o0;
+        t->a.o1 = o1 ? o1 : o0;
+        t->tile(w, &t->a);
+        w = t->a.w_end;
+        m = 2 * (t->mg / 2);
     }
 #endif
-    for (; i < n; i++, k++) col[QC_COLPOS(k)] = src[i];
-    return k;
+    qc_pairs_c(w, w_end, m, t->mg, c0, c1, t->k4, t->wbits, t->rq_fast, t->zp, t->qmin, t->qmax, o0, o1);
+}
+
+/* Byte copy and fill, a word at a time (unaligned word access is fine on Armv7-M and up;
+ * memcpy of 4 bytes compiles to one LDR/STR there and to byte moves where it must). */
+static inline int8_t *qc_put(int8_t *dst, const int8_t *src, int32_t n)
+{
+    for (; n >= 4; n -= 4, src += 4, dst += 4) memcpy(dst, src, 4);
+    for (; n > 0; n--) *dst++ = *src++;
+    return dst;
+}
+
+static inline int8_t *qc_fill(int8_t *dst, uint32_t v4, int32_t n)
+{
+    for (; n >= 4; n -= 4, dst += 4) memcpy(dst, &v4, 4);
+    for (; n > 0; n--) *dst++ = (int8_t)v4;
+    return dst;
+}
+
+/* The int8 values of a column in K order are staged in the upper half of the column's
+ * buffer (2 * k_pad bytes), then widened in place from the front: block j (4 bytes at
+ * k_pad + 4j) is read before its 8 bytes at 8j are written, and 8j + 8 <= k_pad + 4j + 4
+ * for every block, so nothing is overwritten before it is read. */
+static void qc_widen(int16_t *col, int32_t k_pad)
+{
+    const int8_t *st = (const int8_t *)col + k_pad;
+    int32_t j;
+    for (j = 0; j < k_pad; j += 4) {
+        uint32_t v;
+        memcpy(&v, st + j, 4);
+#if QC_USE_DSP
+        {
+            int32_t w[2];
+            w[0] = __sxtb16((int32_t)v);
+            w[1] = qc_sxtb16_ror8(v);
+            memcpy(col + j, w, 8);
+        }
+#else
+        {
+            int8_t b[4];
+            memcpy(b, &v, 4);
+            col[j] = b[0];
+            col[j + 1] = b[2];
+            col[j + 2] = b[1];
+            col[j + 3] = b[3];
+        }
+#endif
+    }
+}
+
+/* Widen n int8 (a multiple of 4, starting at a block boundary) into the column. */
+static inline int16_t *qc_widen_run(int16_t *col, const int8_t *src, int32_t n)
+{
+#if QC_USE_DSP
+    /* 8 bytes per pass: 2 LDR (src may be unaligned), 4 SXTB16, 2 STRD (col is word aligned) */
+    for (; n >= 8; n -= 8) {
+        uint32_t v0, v1, t0, t1;
+        __asm__ volatile("ldr %[v0], [%[s]], #4\n\t"
+                         "ldr %[v1], [%[s]], #4\n\t"
+                         "sxtb16 %[t0], %[v0]\n\t"
+                         "sxtb16 %[v0], %[v0], ror #8\n\t"
+                         "sxtb16 %[t1], %[v1]\n\t"
+                         "sxtb16 %[v1], %[v1], ror #8\n\t"
+                         "strd %[t0], %[v0], [%[c]], #8\n\t"
+                         "strd %[t1], %[v1], [%[c]], #8\n\t"
+                         : [v0] "=&r"(v0), [v1] "=&r"(v1), [t0] "=&r"(t0), [t1] "=&r"(t1), [s] "+r"(src),
+                           [c] "+r"(col)
+                         :
+                         : "memory");
+    }
+#else
+    for (; n >= 8; n -= 8, src += 8, col += 8) {
+        col[0] = src[0]; col[1] = src[2]; col[2] = src[1]; col[3] = src[3];
+        col[4] = src[4]; col[5] = src[6]; col[6] = src[5]; col[7] = src[7];
+    }
+#endif
+    if (n) {
+        col[0] = src[0]; col[1] = src[2]; col[2] = src[1]; col[3] = src[3];
+        col += 4;
+    }
+    return col;
+}
+
+static inline int16_t *qc_fill16(int16_t *col, int32_t v, int32_t n)
+{
+    const uint32_t v2 = (uint32_t)(uint16_t)v * 0x00010001u;
+    for (; n >= 2; n -= 2, col += 2) memcpy(col, &v2, 4);
+    if (n) *col++ = (int16_t)v;
+    return col;
 }
 
 static void qc_im2col(const qc_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t g, int16_t *col)
@@ -395,45 +462,73 @@ static void qc_im2col(const qc_conv_params *p, const int8_t *in, int32_t oy, int
     const int32_t cg = p->in_c / p->groups;
     const int32_t iy0 = oy * p->stride_h - p->pad_t, ix0 = ox * p->stride_w - p->pad_l;
     const int32_t kh = p->k_h, kw = p->k_w, dh = p->dil_h, dw = p->dil_w, in_w = p->in_w, in_c = p->in_c;
-    int32_t k = 0, ky, kx, c;
-    if (iy0 >= 0 && iy0 + (kh - 1) * dh < p->in_h && ix0 >= 0 && ix0 + (kw - 1) * dw < in_w) {
-        const int8_t *base = in + (iy0 * in_w + ix0) * in_c + g * cg;
-        if (dw == 1 && cg == in_c) { /* each kernel row is one run of kw * cg bytes */
-            for (ky = 0; ky < kh; ky++) k = qc_col_put(col, k, base + ky * dh * in_w * in_c, kw * cg);
+    const int32_t inside = iy0 >= 0 && iy0 + (kh - 1) * dh < p->in_h && ix0 >= 0 && ix0 + (kw - 1) * dw < in_w;
+    int32_t ky, kx;
+    if ((cg & 3) == 0) { /* every run starts at a block boundary: widen straight into the column */
+        int16_t *c = col;
+        if (inside) {
+            const int8_t *base = in + (iy0 * in_w + ix0) * in_c + g * cg;
+            if (dw == 1 && cg == in_c) { /* each kernel row is one run of kw * cg bytes */
+                for (ky = 0; ky < kh; ky++) c = qc_widen_run(c, base + ky * dh * in_w * in_c, kw * cg);
+            } else {
+                for (ky = 0; ky < kh; ky++)
+                    for (kx = 0; kx < kw; kx++) c = qc_widen_run(c, base + (ky * dh * in_w + kx * dw) * in_c, cg);
+            }
         } else {
-            for (ky = 0; ky < kh; ky++)
-                for (kx = 0; kx < kw; kx++)
-                    k = qc_col_put(col, k, base + (ky * dh * in_w + kx * dw) * in_c, cg);
-        }
-    } else {
-        const int16_t zp = (int16_t)p->in_zp;
-        for (ky = 0; ky < kh; ky++) {
-            const int32_t iy = iy0 + ky * dh;
-            for (kx = 0; kx < kw; kx++) {
-                const int32_t ix = ix0 + kx * dw;
-                if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= in_w) {
-                    for (c = 0; c < cg; c++, k++) col[QC_COLPOS(k)] = zp;
-                } else {
-                    k = qc_col_put(col, k, in + (iy * in_w + ix) * in_c + g * cg, cg);
+            for (ky = 0; ky < kh; ky++) {
+                const int32_t iy = iy0 + ky * dh;
+                for (kx = 0; kx < kw; kx++) {
+                    const int32_t ix = ix0 + kx * dw;
+                    if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= in_w)
+                        c = qc_fill16(c, p->in_zp, cg);
+                    else
+                        c = qc_widen_run(c, in + (iy * in_w + ix) * in_c + g * cg, cg);
                 }
             }
         }
+        qc_fill16(c, 0, p->k_pad - (int32_t)(c - col));
+        return;
     }
-    for (; k < p->k_pad; k++) col[QC_COLPOS(k)] = 0;
+    {
+        int8_t *st = (int8_t *)col + p->k_pad, *d = st;
+        if (inside) {
+            const int8_t *base = in + (iy0 * in_w + ix0) * in_c + g * cg;
+            if (dw == 1 && cg == in_c) {
+                for (ky = 0; ky < kh; ky++) d = qc_put(d, base + ky * dh * in_w * in_c, kw * cg);
+            } else {
+                for (ky = 0; ky < kh; ky++)
+                    for (kx = 0; kx < kw; kx++) d = qc_put(d, base + (ky * dh * in_w + kx * dw) * in_c, cg);
+            }
+        } else {
+            const uint32_t zp4 = (uint8_t)p->in_zp * 0x01010101u;
+            for (ky = 0; ky < kh; ky++) {
+                const int32_t iy = iy0 + ky * dh;
+                for (kx = 0; kx < kw; kx++) {
+                    const int32_t ix = ix0 + kx * dw;
+                    if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= in_w)
+                        d = qc_fill(d, zp4, cg);
+                    else
+                        d = qc_put(d, in + (iy * in_w + ix) * in_c + g * cg, cg);
+                }
+            }
+        }
+        qc_fill(d, 0, p->k_pad - (int32_t)(d - st));
+        qc_widen(col, p->k_pad);
+    }
 }
 
 void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *scratch)
 {
     const int32_t mg = p->out_c / p->groups;
-    const int32_t pairs = (mg + 1) / 2; /* rows of a group are padded to an even count */
     const int32_t npx = p->out_h * p->out_w;
-    const int32_t pair_bytes = p->wbits == 8 ? 4 * p->k_pad : p->k_pad;
+    const int32_t pair_words = 7 + (p->wbits == 8 ? p->k_pad : p->k_pad / 4);
     int16_t *col0 = scratch, *col1 = scratch + p->k_pad;
     int32_t g, px;
+    qc_mm t;
     for (g = 0; g < p->groups; g++) {
-        const uint8_t *wg = (const uint8_t *)p->w + g * pairs * pair_bytes;
-        const int32_t *mult = p->mult + (p->rq_fast ? 5 * pairs : mg) * g;
         int32_t oy = 0, ox = 0;
+        qc_mm_init(&t, p->w + g * ((mg + 1) / 2) * pair_words, mg, p->k_pad, p->wbits, p->rq_fast, p->out_zp,
+                   p->qmin, p->qmax);
         for (px = 0; px < npx; px += 2) {
             const int32_t two = px + 1 < npx;
             int8_t *o0 = out + px * p->out_c + g * mg;
@@ -443,22 +538,21 @@ void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *sc
                 qc_im2col(p, in, oy, ox, g, col1);
                 if (++ox == p->out_w) ox = 0, oy++;
             }
-            qc_pixels(wg, pair_bytes, col0, two ? col1 : col0, p->k_pad, p->wbits, mg, p->bias + g * mg, p->rq_fast,
-                      mult, p->shift + g * mg, p->out_zp, p->qmin, p->qmax, o0, two ? o0 + p->out_c : 0);
+            qc_mm_run(&t, col0, two ? col1 : col0, o0, two ? o0 + p->out_c : 0);
         }
     }
 }
 
 void qc_fc(const qc_fc_params *p, const int8_t *in, int8_t *out, int16_t *scratch)
 {
-    const int32_t pair_bytes = p->wbits == 8 ? 4 * p->k_pad : p->k_pad;
-    int32_t r, k;
+    int32_t r;
+    qc_mm t;
+    qc_mm_init(&t, p->w, p->out_c, p->k_pad, p->wbits, p->rq_fast, p->out_zp, p->qmin, p->qmax);
     for (r = 0; r < p->rows; r++) {
-        const int8_t *x = in + r * p->k;
-        k = qc_col_put(scratch, 0, x, p->k);
-        for (; k < p->k_pad; k++) scratch[QC_COLPOS(k)] = 0;
-        qc_pixels(p->w, pair_bytes, scratch, scratch, p->k_pad, p->wbits, p->out_c, p->bias, p->rq_fast, p->mult,
-                  p->shift, p->out_zp, p->qmin, p->qmax, out + r * p->out_c, 0);
+        int8_t *st = (int8_t *)scratch + p->k_pad;
+        qc_fill(qc_put(st, in + r * p->k, p->k), 0, p->k_pad - p->k);
+        qc_widen(scratch, p->k_pad);
+        qc_mm_run(&t, scratch, scratch, out + r * p->out_c, 0);
     }
 }
 

@@ -22,17 +22,21 @@
 extern "C" {
 #endif
 
-/* Conv2d with groups (im2col into an int16 scratch buffer, then a 2 x 2 register-tiled
- * dot product: two output channels x two output pixels per pass over K).
+/* Conv2d with groups (im2col into an int16 scratch buffer, then 2 x 2 register tiles:
+ * two output channels (a row pair) x two output pixels per pass over K).
  * K is in (kh, kw, c) order, zero padded to k_pad (a multiple of 4); within each block
- * of 4 K indices the im2col buffer holds x0, x2, x1, x3 (what SXTB16 of a word of
- * four int8 yields). Each group's rows are padded to an even count and taken in pairs;
- * for each pair, each block of 4 is stored as
- *  - wbits 8: int16 weights, row 0's w0, w2, w1, w3 then row 1's (8 int16, 16 bytes);
- *  - wbits 4: one byte per K index, byte i = (row0[k_i] & 0xF) | (row1[k_i] << 4) (4 bytes).
- * Requantization: rq_fast = 1: mult holds (b, rnd) pairs per channel and shift = c - 32,
- * y = clamp((hi32(acc * b) + rnd) >> shift) (rnd folds the rounding and the output zero
- * point; see graph.fast_requant); rq_fast = 0: mult = b, shift = c (docs/INTEGER_GRAPH.md). */
+ * of 4 K indices the im2col buffer holds x0, x2, x1, x3 (what SXTB16 of a word of four
+ * int8 yields). Each group's rows are padded to an even count and taken in pairs.
+ * w is one int32 stream, per group, per row pair:
+ *   bias0, bias1                (bias - in_zp * sum(w); 16x for 4-bit weights)
+ *   k_pad / 4 weight blocks:
+ *     wbits 8: int16 weights, row 0's w0, w2, w1, w3 then row 1's (4 words);
+ *     wbits 4: one byte per K index, byte i = (row0[k_i] & 0xF) | (row1[k_i] << 4) (1 word);
+ *   5 requantization words:
+ *     rq_fast 1: b0, rnd0, b1, rnd1, s0 | s1 << 8 with y = clamp((hi32(acc * b) + rnd) >> s)
+ *                (rnd folds the rounding and the output zero point; graph.fast_requant);
+ *     rq_fast 0: b0, c0, b1, c1, 0 (docs/INTEGER_GRAPH.md requantization).
+ * 4-bit layers accumulate 16x: the kernels use each nibble as 16 * w. */
 typedef struct {
     int32_t in_h, in_w, in_c;
     int32_t out_h, out_w, out_c;
@@ -43,27 +47,21 @@ typedef struct {
     int32_t groups;
     int32_t k_pad;      /* K per row, padded to a multiple of 4 */
     int32_t wbits;      /* 8 or 4 */
-    int32_t in_zp;      /* pads are filled with in_zp; bias already holds -in_zp*sum(w) */
+    int32_t in_zp;      /* pads are filled with in_zp */
     int32_t out_zp, qmin, qmax;
     int32_t rq_fast;
-    const void *w;
-    const int32_t *bias;
-    const int32_t *mult;
-    const uint8_t *shift;
+    const int32_t *w;
 } qc_conv_params;
 
 /* Scratch: 2 * k_pad int16, 4-byte aligned. */
 void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *scratch);
 
-/* Fully connected: rows x K input (row-major) times W^T; W is laid out like qc_conv's (groups = 1). */
+/* Fully connected: rows x K input (row-major) times W^T; w is a stream like qc_conv's (groups = 1). */
 typedef struct {
     int32_t rows, k, out_c, k_pad, wbits;
     int32_t in_zp, out_zp, qmin, qmax;
     int32_t rq_fast;
-    const void *w;
-    const int32_t *bias;  /* bias - in_zp*sum(w) */
-    const int32_t *mult;
-    const uint8_t *shift;
+    const int32_t *w;
 } qc_fc_params;
 
 /* Scratch: k_pad int16, 4-byte aligned. */
