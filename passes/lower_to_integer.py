@@ -51,6 +51,7 @@ ACTIVATIONS = {"Relu", "Clip"}
 CONTAINER = {  # Q/DQ element type -> (container numpy dtype, type range)
     TensorProto.UINT8: (np.dtype(np.uint8), 0, 255),
     TensorProto.INT8: (np.dtype(np.int8), -128, 127),
+    TensorProto.INT16: (np.dtype(np.int16), -32768, 32767),  # residual streams of transformers
     TensorProto.UINT4: (np.dtype(np.uint8), 0, 15),
     TensorProto.INT4: (np.dtype(np.int8), -8, 7),
 }
@@ -355,9 +356,130 @@ class _Lowering:
         self.consume(node)
         return True
 
+    # ------------------------------------------------------------------ transformer ops (issue #11)
+    def lower_batch_matmul(self, node: onnx.NodeProto) -> bool:
+        """Activation x activation MatMul (attention) -> QBatchMatMul: int32 accumulation, one requant."""
+        a, bq = self.float_qt.get(node.input[0]), self.float_qt.get(node.input[1])
+        out = self.take_output(node)
+        if a is None or bq is None or out is None or a.dtype.itemsize != 1 or bq.dtype.itemsize != 1:
+            return False
+        k = (self.shapes.get(node.input[0]) or [0])[-1]
+        if not k or k * 255 * 255 > numerics.INT32_MAX:
+            return False
+        qt, qmin, qmax = out
+        b, c = numerics.dyadic(a.scale * bq.scale / qt.scale, what=f"node '{node.name}': requantize multiplier")
+        base = node.name
+        self.out_nodes.append(fn.make_node(
+            "QBatchMatMul", [a.name, self.zp_const(a, f"{base}.a"), bq.name, self.zp_const(bq, f"{base}.b"),
+                             self.const(f"{base}.b", np.array(b, np.int64)),
+                             self.const(f"{base}.c", np.array(c, np.int64)), self.zp_const(qt, f"{base}.y")],
+            qt.name, self.unique(base), qmin=qmin, qmax=qmax))
+        self.consume(node)
+        return True
+
+    def _producer(self, name: str) -> onnx.NodeProto | None:
+        return next((n for n in self.g.node if name in n.output), None)
+
+    def _mask_of(self, name: str) -> QT | None:
+        """The integer 0/1 mask behind ``(mask - 1) * k`` (QSoftmax applies its own penalty, not k)."""
+        mul = self._producer(name)
+        if mul is None or mul.op_type != "Mul":
+            return None
+        sub = self._producer(mul.input[0])
+        k = self.scalar(mul.input[1])
+        if sub is None or sub.op_type != "Sub" or self.scalar(sub.input[1]) != 1.0 or k is None or k < 1000:
+            return None
+        m = self.float_qt.get(sub.input[0])
+        return m if m is not None and m.scale == 1.0 and m.zp == 0 else None
+
+    def lower_softmax(self, node: onnx.NodeProto) -> bool:
+        """Softmax over the last axis (optionally of logits + an attention-mask bias) -> QSoftmax (Shiftmax)."""
+        axis = int(next((a.i for a in node.attribute if a.name == "axis"), -1))
+        rank = len(self.shapes.get(node.input[0]) or [])
+        out = self.take_output(node)
+        if out is None or axis not in (-1, rank - 1):
+            return False
+        x, mask = self.float_qt.get(node.input[0]), None
+        if x is None:
+            add = self._producer(node.input[0])
+            if add is None or add.op_type != "Add":
+                return False
+            x, mask = self.float_qt.get(add.input[0]), self._mask_of(add.input[1])
+            if x is None or mask is None:
+                return False
+        qt, qmin, qmax = out
+        try:
+            m_exp = numerics.softmax_exp_multiplier(x.scale, what=f"node '{node.name}'")
+        except NumericsError:
+            return False
+        b, c = numerics.dyadic(2.0**-numerics.SOFTMAX_OUT_FRAC / qt.scale, what=f"node '{node.name}' output")
+        base = node.name
+        mask_name = mask.name if mask is not None else self.const(f"{base}.mask", np.ones(1, np.uint8))
+        self.out_nodes.append(fn.make_node(
+            "QSoftmax", [x.name, mask_name, self.const(f"{base}.m_exp", np.array(m_exp, np.int64)),
+                         self.const(f"{base}.b", np.array(b, np.int64)),
+                         self.const(f"{base}.c", np.array(c, np.int64)), self.zp_const(qt, f"{base}.y")],
+            qt.name, self.unique(base), qmin=qmin, qmax=qmax))
+        self.consume(node)
+        return True
+
+    def lower_gelu(self, node: onnx.NodeProto) -> bool:
+        """Gelu (erf or tanh) -> QGelu (ShiftGELU machinery, tanh form)."""
+        x = self.float_qt.get(node.input[0])
+        out = self.take_output(node)
+        if x is None or out is None or x.dtype.itemsize != 1:
+            return False
+        qt, qmin, qmax = out
+        try:
+            m1, m3 = numerics.gelu_multipliers(x.scale, what=f"node '{node.name}'")
+        except NumericsError:
+            return False
+        b, c = numerics.dyadic(x.scale * 2.0**-numerics.GELU_SIG_FRAC / qt.scale, what=f"node '{node.name}'")
+        base = node.name
+        self.out_nodes.append(fn.make_node(
+            "QGelu", [x.name, self.zp_const(x, f"{base}.x"), self.const(f"{base}.m1", np.array(m1, np.int64)),
+                      self.const(f"{base}.m3", np.array(m3, np.int64)), self.const(f"{base}.b", np.array(b, np.int64)),
+                      self.const(f"{base}.c", np.array(c, np.int64)), self.zp_const(qt, f"{base}.y")],
+            qt.name, self.unique(base), qmin=qmin, qmax=qmax))
+        self.consume(node)
+        return True
+
+    def lower_layernorm(self, node: onnx.NodeProto) -> bool:
+        """LayerNormalization over the last axis with constant gamma/beta -> QLayerNorm (I-LayerNorm)."""
+        x = self.float_qt.get(node.input[0])
+        out = self.take_output(node)
+        shape = self.shapes.get(node.input[0]) or []
+        axis = int(next((a.i for a in node.attribute if a.name == "axis"), -1))
+        eps = float(next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5))
+        if x is None or out is None or not shape or axis not in (-1, len(shape) - 1) or len(node.input) < 2:
+            return False
+        n = int(shape[-1])
+        gamma = self.inits.get(node.input[1])
+        beta = self.inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(n)
+        if gamma is None or beta is None or gamma.size != n or beta.size != n:
+            return False
+        if 4 * n**3 * float(max(abs(x.qmin - x.zp), abs(x.qmax - x.zp))) ** 2 >= 2.0**61:
+            return False  # sum of squares of the n-scaled centred row would not fit int64
+        qt, qmin, qmax = out
+        try:
+            g, bi, s_shift, eps_i = numerics.layernorm_constants(gamma, beta, x.scale, qt.scale, eps, n,
+                                                                 what=f"node '{node.name}'")
+        except NumericsError:
+            return False
+        base = node.name
+        self.out_nodes.append(fn.make_node(
+            "QLayerNorm", [x.name, self.zp_const(x, f"{base}.x"), self.const(f"{base}.g", g),
+                           self.const(f"{base}.beta", bi), self.const(f"{base}.c", np.array(s_shift, np.int64)),
+                           self.const(f"{base}.eps", np.array(eps_i, np.int64)), self.zp_const(qt, f"{base}.y")],
+            qt.name, self.unique(base), qmin=qmin, qmax=qmax))
+        self.consume(node)
+        return True
+
     def lower_matmul(self, node: onnx.NodeProto) -> bool:
         x = self.float_qt.get(node.input[0])
         wt = self.weights.get(node.input[1])
+        if node.op_type == "MatMul" and wt is None and node.input[1] in self.float_qt:
+            return self.lower_batch_matmul(node)
         out = self.take_output(node)
         if x is None or wt is None or out is None:
             return False
@@ -550,7 +672,8 @@ class _Lowering:
     def run(self) -> onnx.ModelProto:
         handlers = {"Conv": self.lower_conv, "Gemm": self.lower_matmul, "MatMul": self.lower_matmul,
                     "Add": self.lower_add, "Concat": self.lower_concat, "AveragePool": self.lower_avgpool,
-                    "GlobalAveragePool": self.lower_avgpool}
+                    "GlobalAveragePool": self.lower_avgpool, "Softmax": self.lower_softmax,
+                    "Gelu": self.lower_gelu, "LayerNormalization": self.lower_layernorm}
         for node in self.g.node:
             if id(node) in self.consumed:
                 continue
@@ -599,7 +722,11 @@ class _Lowering:
 
     def finish(self) -> onnx.ModelProto:
         self.materialize()
-        nodes = _toposort(_live(self.out_nodes, self.graph_outputs), {i.name for i in self.g.input}
+        live = _live(self.out_nodes, self.graph_outputs)
+        live_ids = {id(n) for n in live}
+        dead = {n.name for n in self.out_nodes if id(n) not in live_ids and n.name}
+        self.fallback = [f for f in self.fallback if f not in dead]  # e.g. a mask-bias chain QSoftmax replaced
+        nodes = _toposort(live, {i.name for i in self.g.input}
                           | {t.name for t in self.g.initializer} | {t.name for t in self.new_inits})
         used = {i for n in nodes for i in n.input}
         inits = [t for t in list(self.g.initializer) + self.new_inits if t.name in used]

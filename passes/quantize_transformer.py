@@ -1,0 +1,252 @@
+"""Pass ``quantize_transformer``: W8A8 QDQ for BERT-style encoders (attention, Softmax, LayerNorm, GELU).
+
+Why a pass of its own: ``insert_qdq`` quantizes the inputs and outputs of layers with weights; an
+encoder also needs every activation x activation MatMul, Softmax, LayerNormalization and GELU on an
+8-bit grid so that ``requantize`` can lower them to QBatchMatMul / QSoftmax / QLayerNorm / QGelu
+(docs/INTEGER_GRAPH.md). The result is a standard QDQ model (ORT runs it as is).
+
+What it does, on a float model with static shapes:
+- rewrites the erf form of GELU (``Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5``) into one
+  ``Gelu`` node (opset 20+; the model is moved to opset 21, no op used changes meaning);
+- calibrates every float tensor by min/max over the calibration feeds (ONNX Runtime, all
+  intermediate tensors as outputs); Softmax outputs get the fixed grid [0, 1];
+- quantizes (int8, per tensor, asymmetric) the graph's float inputs and the outputs of Gemm, MatMul,
+  Add, LayerNormalization, Softmax and Gelu; Reshape/Transpose outputs keep their input's grid;
+- Gemm weights: int8 symmetric per output channel, bias int32 at s_x * s_w;
+- the attention mask (a graph input whose only use is ``(mask - 1) * k`` added to logits before a
+  Softmax) is quantized with scale 1, zero point 0 (uint8 0/1) and the float bias chain stays, so the
+  lowering recognises ``Softmax(Add(logits, f(mask)))`` and passes the integer mask to QSoftmax.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from qcompiler.calibration import RangeObserver
+from qcompiler.passmanager import Pass, PassContext, PassResult
+
+log = logging.getLogger(__name__)
+
+QUANT_OUT = {"Gemm", "MatMul", "Add", "LayerNormalization", "Softmax", "Gelu"}
+
+
+def _scalar(inits: dict[str, np.ndarray], name: str) -> float | None:
+    a = inits.get(name)
+    return float(a.reshape(())) if a is not None and a.size == 1 else None
+
+
+def fuse_erf_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``x * (Erf(x / sqrt2) + 1) * 0.5`` (any Mul order) -> ``Gelu(x)``; sets opset 21."""
+    g = model.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    prod = {o: n for n in g.node for o in n.output}
+    drop: set[int] = set()
+    new: dict[int, onnx.NodeProto] = {}
+    for last in g.node:
+        if last.op_type != "Mul":
+            continue
+        ins = list(last.input)
+        half = next((i for i in ins if _scalar(inits, i) == 0.5), None)
+        if half is None:
+            continue
+        mul = prod.get(ins[1 - ins.index(half)])
+        if mul is None or mul.op_type != "Mul":
+            continue
+        for x_idx in (0, 1):
+            x, add = mul.input[x_idx], prod.get(mul.input[1 - x_idx])
+            if add is None or add.op_type != "Add":
+                continue
+            erf = next((prod.get(i) for i in add.input if prod.get(i) is not None and prod[i].op_type == "Erf"), None)
+            one = [i for i in add.input if _scalar(inits, i) == 1.0]
+            if erf is None or not one:
+                continue
+            div = prod.get(erf.input[0])
+            if div is None or div.op_type != "Div" or div.input[0] != x:
+                continue
+            d = _scalar(inits, div.input[1])
+            if d is None or abs(d - 2**0.5) > 1e-6:
+                continue
+            new[id(last)] = helper.make_node("Gelu", [x], [last.output[0]], name=last.name or last.output[0])
+            drop.update({id(mul), id(add), id(erf), id(div)})
+            break
+    nodes = [new.get(id(n), n) for n in g.node if id(n) not in drop]
+    del g.node[:]
+    g.node.extend(nodes)
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", 21))
+    model.ir_version = max(model.ir_version, 10)
+    return model
+
+
+def calibrate(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
+              method: str = "mse") -> dict[str, tuple[float, float]]:
+    """Range of every float tensor over the feeds (qcompiler.calibration.RangeObserver: mse/percentile/minmax)."""
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    known = {o.name for o in m.graph.output}
+    m = onnx.shape_inference.infer_shapes(m)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(m.graph.value_info) + list(m.graph.input)}
+    for n in m.graph.node:
+        for o in n.output:
+            if o not in known and types.get(o) == TensorProto.FLOAT:
+                m.graph.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    obs: dict[str, RangeObserver] = {}
+    for feed in feeds:
+        vals = dict(zip(names, sess.run(None, feed), strict=True))
+        vals.update(feed)
+        for k, v in vals.items():
+            if v.dtype == np.float32:
+                obs.setdefault(k, RangeObserver()).update(v)
+    return {k: o.range(method) for k, o in obs.items()}
+
+
+def act_grid(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
+    """Signed asymmetric grid (int8 or int16) covering [min(lo, 0), max(hi, 0)]."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    scale = float(np.float32(max(hi - lo, 1e-8) / (qmax - qmin)))
+    zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    return scale, zp
+
+
+def _feeds_matmul(g: onnx.GraphProto, t: str) -> bool:
+    """Whether ``t`` reaches a Gemm/MatMul/Gelu input through Reshape/Transpose only (it must stay 8-bit)."""
+    for c in g.node:
+        if t in c.input:
+            if c.op_type in ("Gemm", "MatMul", "Gelu") or (c.op_type in ("Reshape", "Transpose")
+                                                    and _feeds_matmul(g, c.output[0])):
+                return True
+    return False
+
+
+def _mask_inputs(g: onnx.GraphProto) -> set[str]:
+    """Graph inputs used only through Sub/Mul chains that end in an Add feeding a Softmax."""
+    cons: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    found = set()
+    for inp in g.input:
+        frontier, ok, seen = [inp.name], True, 0
+        while frontier and ok and seen < 16:
+            t = frontier.pop()
+            seen += 1
+            for n in cons.get(t, []):
+                if n.op_type in ("Sub", "Mul", "Unsqueeze", "Reshape"):
+                    frontier.append(n.output[0])
+                elif n.op_type == "Add" and all(c.op_type == "Softmax" for c in cons.get(n.output[0], [])):
+                    continue
+                else:
+                    ok = False
+        if ok and seen > 1:
+            found.add(inp.name)
+    return found
+
+
+def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *, method: str = "mse",
+                         float_ops: Iterable[str] = (), residual_bits: int = 16) -> onnx.ModelProto:
+    """Float encoder + calibration feeds -> W8A8 QDQ model (see module docstring)."""
+    model = fuse_erf_gelu(onnx.ModelProto.FromString(model.SerializeToString()))
+    g = model.graph
+    ranges = calibrate(model, feeds, method)
+    float_ops = set(float_ops)
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    masks = _mask_inputs(g)
+    outputs = {o.name for o in g.output}
+    nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    grid: dict[str, tuple[float, int]] = {}  # float tensor -> grid of its quantized copy
+    rename: dict[str, str] = {}  # float tensor -> its dequantized copy
+
+    def const(name: str, arr: np.ndarray) -> str:
+        new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def qdq(t: str, scale: float, zp: int, dtype=np.int8) -> None:
+        grid[t] = (scale, zp)
+        s, z = const(f"{t}.q_scale", np.array(scale, np.float32)), const(f"{t}.q_zp", np.array(zp, dtype))
+        if t in outputs:  # the graph output keeps its name: the float result is renamed
+            src = f"{t}.float"
+            for n in nodes:
+                n.output[:] = [src if o == t else o for o in n.output]
+            nodes.append(helper.make_node("QuantizeLinear", [src, s, z], [f"{t}.q"], name=f"{t}.Q"))
+            nodes.append(helper.make_node("DequantizeLinear", [f"{t}.q", s, z], [t], name=f"{t}.DQ"))
+            return
+        nodes.append(helper.make_node("QuantizeLinear", [t, s, z], [f"{t}.q"], name=f"{t}.Q"))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{t}.q", s, z], [f"{t}.dq"], name=f"{t}.DQ"))
+        rename[t] = f"{t}.dq"
+
+    for inp in g.input:
+        if inp.name in masks:
+            qdq(inp.name, 1.0, 0, np.uint8)
+        elif inp.type.tensor_type.elem_type == TensorProto.FLOAT:
+            qdq(inp.name, *act_grid(*ranges[inp.name]))
+    for n in g.node:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+        if n.op_type == "Gemm" and n.input[1] in inits and len(n.input) > 2 and n.input[2] in inits:
+            x = n.input[0]
+            src = next((k for k, v in rename.items() if v == x), None)
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            if src is not None and attrs.get("transB", 0) == 1 and not attrs.get("transA", 0):
+                w = inits[n.input[1]].astype(np.float64)  # [N, K]
+                s_w = np.maximum(np.abs(w).max(1), 1e-12) / 127
+                wq = np.clip(np.rint(w / s_w[:, None]), -127, 127).astype(np.int8)
+                s_w32 = s_w.astype(np.float32)
+                s_b = (np.float64(grid[src][0]) * s_w32.astype(np.float64)).astype(np.float32)
+                bq = np.rint(inits[n.input[2]].astype(np.float64) / s_b).astype(np.int32)
+                base = n.name or n.output[0]
+                nodes.append(helper.make_node(
+                    "DequantizeLinear", [const(f"{base}.w_q", wq), const(f"{base}.w_scale", s_w32),
+                                         const(f"{base}.w_zp", np.zeros(len(s_w), np.int8))],
+                    [f"{base}.w_dq"], name=f"{base}.w_DQ", axis=0))
+                nodes.append(helper.make_node(
+                    "DequantizeLinear", [const(f"{base}.b_q", bq), const(f"{base}.b_scale", s_b),
+                                         const(f"{base}.b_zp", np.zeros(len(s_b), np.int32))],
+                    [f"{base}.b_dq"], name=f"{base}.b_DQ", axis=0))
+                n.input[1], n.input[2] = f"{base}.w_dq", f"{base}.b_dq"
+        nodes.append(n)
+        if n.op_type in ("Reshape", "Transpose"):
+            src = next((k for k, v in rename.items() if v == n.input[0]), None)
+            if src is not None:  # values move, grid stays: the lowering keeps the integer op as is
+                grid[n.output[0]] = grid[src]
+                rename[n.output[0]] = n.output[0]  # already "dequantized" (same grid)
+            continue
+        out = n.output[0]
+        if n.op_type not in QUANT_OUT or out not in ranges or n.op_type in float_ops:
+            continue
+        if n.op_type == "Add" and any(c.op_type == "Softmax" for c in g.node if out in c.input):
+            continue  # masked logits: QSoftmax takes the logits and the mask separately
+        if n.op_type == "Softmax":
+            qdq(out, 1 / 255, -128)
+        elif residual_bits == 16 and not _feeds_matmul(g, out):
+            # the residual stream (Add, and the Gemms that feed it) carries outlier channels: 16 bits
+            qdq(out, *act_grid(*ranges[out], bits=16), np.int16)
+        else:
+            qdq(out, *act_grid(*ranges[out]))
+    graph = helper.make_graph(nodes, g.name, list(g.input), list(g.output),
+                              initializer=[t for t in g.initializer] + new_inits)
+    out_model = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
+                                  producer_name="qcompiler")
+    used = {i for n in out_model.graph.node for i in n.input}
+    keep = [t for t in out_model.graph.initializer if t.name in used]
+    del out_model.graph.initializer[:]
+    out_model.graph.initializer.extend(keep)
+    return out_model
+
+
+class QuantizeTransformer(Pass):
+    """W8A8 QDQ for encoders; ``ctx.settings['calib_feeds']`` holds the calibration feeds."""
+
+    name = "quantize_transformer"
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        return PassResult(quantize_transformer(model, list(ctx.settings["calib_feeds"])), True)
