@@ -26,7 +26,7 @@ BOARD_FILES = ("common.ld", "mps2-an386.ld", "mps2-an500.ld", "mps3-an547.ld", "
 PARAM_FIELDS = {
     "conv": ("qc_conv_params", ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride_h",
                                 "stride_w", "pad_t", "pad_l", "dil_h", "dil_w", "groups", "k_pad", "wbits", "in_zp",
-                                "out_zp", "qmin", "qmax", "rq_fast"]),
+                                "out_zp", "qmin", "qmax", "rq_fast", "k_row"]),
     "fc": ("qc_fc_params", ["rows", "k", "out_c", "k_pad", "wbits", "in_zp", "out_zp", "qmin", "qmax",
                             "rq_fast"]),
     "dw": ("qc_dw_params", ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "ch_mult", "k_h", "k_w",

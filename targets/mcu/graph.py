@@ -447,12 +447,22 @@ class _Reader:
         w2d = w.transpose(0, 2, 3, 1).reshape(m, kh * kw * cg)  # OHWI rows
         bias_f = bias - xzp_i * w2d.sum(axis=1)
         self._check_acc(node, bias_f, w2d.shape[1], wbits, abs(xzp_i))
+        # Kernel rows of kw * cg values that are not a whole number of 4-blocks (a 1- or
+        # 3-channel input layer) are zero padded to one: each row of the window is then one
+        # aligned run that im2col widens a word at a time (the padding weights are zero, so
+        # the bytes read past the window do not matter), for little or no extra K.
+        k_row = 0
+        row = kw * cg
+        if group == 1 and dil[1] == 1 and row % 4 and kh * _pad_k(row) * 3 <= _pad_k(kh * row) * 4:
+            k_row = _pad_k(row)
+            w2d = np.pad(w2d.reshape(m, kh, row), ((0, 0), (0, 0), (0, k_row - row))).reshape(m, kh * k_row)
         if wbits == 4:  # the 4-bit kernels accumulate 16x (see qc_kernels.h)
             bias_f = bias_f * 16
         stream, k_pad, rq_fast = pack_stream(w2d, wbits, group, bias_f, b.astype(np.int64), c.astype(np.int64),
                                              y_zp)
         self.steps.append(Step("conv", node.name, [x.name], y.name,
-                               params={**geo, "groups": group, "k_pad": k_pad, "rq_fast": rq_fast},
+                               params={**geo, "groups": group, "k_pad": k_pad, "rq_fast": rq_fast,
+                                       "k_row": k_row},
                                consts={"w": stream}, scratch=2 * 2 * k_pad, macs=macs))
 
     def _check_acc(self, node: onnx.NodeProto, bias: np.ndarray, k: int, wbits: int, zp_abs: int) -> None:

@@ -247,13 +247,14 @@ static void qc_dot2x2(const int32_t *blk, const int16_t *c0, const int16_t *c1, 
     for (b = 0; b < k4; b++, c0 += 4, c1 += 4) {
         if (wbits == 8) {
             const int32_t *q = blk + 4 * b;
-            for (i = 0; i < 4; i++) { /* word i / 2 of each row holds stored positions i & ~1, i | 1 */
-                const uint32_t v0 = (uint32_t)q[i / 2], v1 = (uint32_t)q[2 + i / 2];
-                const int32_t w0 = qc_sext16((i & 1) ? v0 >> 16 : v0), w1 = qc_sext16((i & 1) ? v1 >> 16 : v1);
-                a00 += w0 * c0[i];
-                a01 += w0 * c1[i];
-                a10 += w1 * c0[i];
-                a11 += w1 * c1[i];
+            for (i = 0; i < 2; i++) { /* word i of a row: stored positions 2i (low half), 2i + 1 */
+                const int32_t r0a = QC_ASR32((int32_t)((uint32_t)q[i] << 16), 16), r0b = QC_ASR32(q[i], 16);
+                const int32_t r1a = QC_ASR32((int32_t)((uint32_t)q[2 + i] << 16), 16), r1b = QC_ASR32(q[2 + i], 16);
+                const int32_t x0a = c0[2 * i], x0b = c0[2 * i + 1], x1a = c1[2 * i], x1b = c1[2 * i + 1];
+                a00 += r0a * x0a + r0b * x0b;
+                a01 += r0a * x1a + r0b * x1b;
+                a10 += r1a * x0a + r1b * x0b;
+                a11 += r1a * x1a + r1b * x1b;
             }
         } else {
             const uint32_t q = (uint32_t)blk[b];
@@ -464,6 +465,32 @@ static void qc_im2col(const qc_conv_params *p, const int8_t *in, int32_t oy, int
     const int32_t kh = p->k_h, kw = p->k_w, dh = p->dil_h, dw = p->dil_w, in_w = p->in_w, in_c = p->in_c;
     const int32_t inside = iy0 >= 0 && iy0 + (kh - 1) * dh < p->in_h && ix0 >= 0 && ix0 + (kw - 1) * dw < in_w;
     int32_t ky, kx;
+    if (p->k_row) { /* kernel rows padded to k_row: one aligned run per row of the window */
+        const int32_t lr = p->k_row;
+        if (inside && ((iy0 + (kh - 1) * dh) * in_w + ix0) * in_c + lr <= p->in_h * in_w * in_c) {
+            const int8_t *base = in + (iy0 * in_w + ix0) * in_c;
+            int16_t *c = col;
+            for (ky = 0; ky < kh; ky++) c = qc_widen_run(c, base + ky * dh * in_w * in_c, lr);
+            qc_fill16(c, 0, p->k_pad - (int32_t)(c - col));
+        } else {
+            const uint32_t zp4 = (uint8_t)p->in_zp * 0x01010101u;
+            int8_t *st = (int8_t *)col + p->k_pad, *d = st;
+            for (ky = 0; ky < kh; ky++) {
+                const int32_t iy = iy0 + ky * dh;
+                for (kx = 0; kx < kw; kx++) {
+                    const int32_t ix = ix0 + kx * dw;
+                    if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= in_w)
+                        d = qc_fill(d, zp4, cg);
+                    else
+                        d = qc_put(d, in + (iy * in_w + ix) * in_c, cg);
+                }
+                d = qc_fill(d, 0, lr - kw * cg);
+            }
+            qc_fill(d, 0, p->k_pad - (int32_t)(d - st));
+            qc_widen(col, p->k_pad);
+        }
+        return;
+    }
     if ((cg & 3) == 0) { /* every run starts at a block boundary: widen straight into the column */
         int16_t *c = col;
         if (inside) {
@@ -627,8 +654,39 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
 
 /* ---------------------------------------------------------------- pools */
 
+#if QC_USE_DSP
+static inline uint32_t qc_max4(uint32_t a, uint32_t b)
+{
+    uint32_t t;
+    __asm__("ssub8 %0, %1, %2\n\tsel %0, %1, %2" : "=&r"(t) : "r"(a), "r"(b) : "cc");
+    return t;
+}
+#endif
+
 void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
 {
+#if QC_USE_DSP
+    /* 2x2 windows, stride 2, no padding (the common case): 4 words in, 3 SIMD maxima, 1 out
+     * per 4 channels. Each output is written after its window is read (in place is fine). */
+    if (p->k_h == 2 && p->k_w == 2 && p->stride_h == 2 && p->stride_w == 2 && p->pad_t == 0 && p->pad_l == 0 &&
+        p->dil_h == 1 && p->dil_w == 1 && (p->c & 3) == 0 && 2 * p->out_h <= p->in_h && 2 * p->out_w <= p->in_w) {
+        const int32_t c = p->c, row = p->in_w * c;
+        int32_t oy, ox, j;
+        int8_t *o = out;
+        for (oy = 0; oy < p->out_h; oy++) {
+            const int8_t *r0 = in + 2 * oy * row;
+            for (ox = 0; ox < p->out_w; ox++, r0 += 2 * c) {
+                for (j = 0; j < c; j += 4, o += 4) {
+                    const uint32_t m = qc_max4(qc_max4(qc_ld32(r0 + j), qc_ld32(r0 + c + j)),
+                                               qc_max4(qc_ld32(r0 + row + j), qc_ld32(r0 + row + c + j)));
+                    memcpy(o, &m, 4);
+                }
+            }
+        }
+        return;
+    }
+#endif
+    {
     /* Channel by channel (4 at a time with SSUB8/SEL), each output written after its
      * whole window is read: with pad_t == pad_l == 0 every later window starts at or
      * after the pixel just written, so the pool may run in place (the arena planner
@@ -676,9 +734,38 @@ void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
         }
     }
 }
+}
 
 void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
 {
+#if QC_USE_DSP
+    /* Global pool (one output pixel), channels in fours: SXTAB16 adds bytes 0, 2 and 1, 3
+     * into 16-bit lanes (|sum| <= 255 * 128 fits), the zero point is taken off at the end. */
+    if (p->out_h == 1 && p->out_w == 1 && p->k_h == p->in_h && p->k_w == p->in_w && p->pad_t == 0 &&
+        p->pad_l == 0 && (p->c & 3) == 0 && p->in_h * p->in_w <= 255) {
+        const int32_t n = p->in_h * p->in_w, c = p->c;
+        int32_t j, i;
+        for (j = 0; j < c; j += 4) {
+            int32_t e = 0, o = 0; /* lanes: channels j, j + 2 and j + 1, j + 3 */
+            const int8_t *x = in + j;
+            int8_t r[4];
+            for (i = 0; i < n; i++, x += c) {
+                const int32_t v = (int32_t)qc_ld32(x);
+                e = __sxtab16(e, v);
+                o = __sxtab16(o, (int32_t)(((uint32_t)v >> 8) | ((uint32_t)v << 24)));
+            }
+            r[0] = (int8_t)qc_rq(qc_sext16((uint32_t)e) - n * p->in_zp, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
+            r[1] = (int8_t)qc_rq(qc_sext16((uint32_t)o) - n * p->in_zp, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
+            r[2] = (int8_t)qc_rq(qc_sext16((uint32_t)e >> 16) - n * p->in_zp, p->mult, p->shift, p->out_zp, p->qmin,
+                                 p->qmax);
+            r[3] = (int8_t)qc_rq(qc_sext16((uint32_t)o >> 16) - n * p->in_zp, p->mult, p->shift, p->out_zp, p->qmin,
+                                 p->qmax);
+            memcpy(out + j, r, 4);
+        }
+        return;
+    }
+#endif
+    {
     /* Same order as qc_maxpool, so it may run in place when pad_t == pad_l == 0. */
     int32_t oy, ox, ky, kx, c;
     for (oy = 0; oy < p->out_h; oy++) {
@@ -700,11 +787,37 @@ void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
         }
     }
 }
+}
 
 /* ---------------------------------------------------------------- elementwise */
 
 void qc_add(const qc_add_params *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
+    /* The rounding term and all three zero points fold into one 64-bit start value
+     * (|out_zp| * 2^c < 2^62 for c <= 52), so each element is two multiply-accumulates
+     * (SMLAL) and a floor shift of the 64-bit sum taken from its two words: for c >= 32
+     * the high word shifted by c - 32; for 12 <= c < 32 the bits c .. c + 31 (the sum is
+     * below 2^41 in magnitude, so the quotient fits 32 bits). */
+    if (p->shift >= 12 && p->shift <= 52) {
+        const int64_t start = ((int64_t)1 << (p->shift - 1)) - (int64_t)p->a_zp * p->ma - (int64_t)p->b_zp * p->mb +
+                              (int64_t)p->out_zp * ((int64_t)1 << p->shift);
+        const int32_t c = p->shift, ma = p->ma, mb = p->mb, qmin = p->qmin, qmax = p->qmax, n = p->n;
+        int32_t i;
+        if (c >= 32) {
+            for (i = 0; i < n; i++) {
+                const int64_t v = start + (int64_t)a[i] * ma + (int64_t)b[i] * mb;
+                out[i] = (int8_t)qc_clamp32(QC_ASR32((int32_t)QC_ASR64(v, 32), c - 32), qmin, qmax);
+            }
+        } else {
+            for (i = 0; i < n; i++) {
+                const uint64_t v = (uint64_t)(start + (int64_t)a[i] * ma + (int64_t)b[i] * mb);
+                const uint32_t q = ((uint32_t)(v >> 32) << (32 - c)) | ((uint32_t)v >> c);
+                out[i] = (int8_t)qc_clamp32((int32_t)q, qmin, qmax);
+            }
+        }
+        return;
+    }
+    {
     const int64_t rnd = (int64_t)1 << (p->shift - 1);
     int32_t i;
     for (i = 0; i < p->n; i++) {
@@ -712,6 +825,7 @@ void qc_add(const qc_add_params *p, const int8_t *a, const int8_t *b, int8_t *ou
         int64_t r = QC_ASR64(v, p->shift) + p->out_zp;
         out[i] = (int8_t)(r < p->qmin ? p->qmin : (r > p->qmax ? p->qmax : r));
     }
+}
 }
 
 void qc_requant(const qc_requant_params *p, const int8_t *in, int8_t *out)

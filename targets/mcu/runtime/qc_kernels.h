@@ -50,6 +50,7 @@ typedef struct {
     int32_t in_zp;      /* pads are filled with in_zp */
     int32_t out_zp, qmin, qmax;
     int32_t rq_fast;
+    int32_t k_row;      /* 0, or each kernel row's kw * cg values zero padded to k_row (a multiple of 4) */
     const int32_t *w;
 } qc_conv_params;
 
