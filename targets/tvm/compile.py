@@ -110,7 +110,7 @@ def _nvcc_mode() -> Iterator[None]:
             os.environ["TVM_CUDA_COMPILE_MODE"] = old
 
 
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def cpu_pipeline(target: tvm.target.Target, *, fast: bool = True) -> tvm.transform.Pass:
     """The default Relax CPU pipeline minus FoldConstant (it would unpack packed int4 weights
     at compile time) plus our CPU schedules (parallel + vectorized loops)."""
     from tvm.relax.backend.cpu_generic import pipeline as cp
@@ -127,7 +127,8 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
                    relax.transform.DeadCodeElimination()]
             )
             mod = seq(mod)
-            mod = schedule_cpu(mod, target)
+            if fast:
+                mod = schedule_cpu(mod, target)
             mod = tvm.transform.Sequential(cp.dataflow_lower_passes(target) + cp.finalize_passes(target))(mod)
         return mod
 
@@ -159,8 +160,12 @@ def gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    """tvm.compile with our pipeline; CUDA device code goes through nvcc."""
+def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target, *, fast: bool = True) -> relax.VMExecutable:
+    """tvm.compile with our pipeline; CUDA device code goes through nvcc.
+
+    ``fast=False`` keeps TVM's default (untiled) CPU loops: the fallback when the
+    fast schedules fail the bit-exactness self-check in :func:`emit`.
+    """
     is_cuda = target.kind.name == "cuda"
     try:
         if is_cuda:
@@ -168,7 +173,7 @@ def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target) -> relax.VME
                 raise TargetError("nvcc not found", hint="install the CUDA toolkit or put nvcc on PATH")
             with _nvcc_mode(), target:
                 return tvm.compile(mod, target=target, relax_pipeline=gpu_pipeline(target))
-        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fast=fast))
     except TargetError:
         raise
     except Exception as e:  # TVM raises its own error types; wrap them for the CLI
