@@ -4,7 +4,7 @@ For each model (the bundled Fashion-MNIST CNN at 8 and 4 bits, and a small
 synthetic MobileNet-style model): compile with the real pipeline, emit C, build
 with arm-none-eabi-gcc for each QEMU board, check the outputs against ONNX
 Runtime on model.int.onnx byte for byte, and count the instructions one
-inference executes in the model's code (QEMU -singlestep -d exec,nochain with
+inference executes in the model's code (QEMU one instruction per block, -d exec,nochain, with
 -dfilter over the model's text; see targets/mcu/toolchain.py).
 
 Goals: arena <= 1.1x the lifetime lower bound; instructions/MAC <= 1.0 on the

@@ -50,6 +50,9 @@ def models(tmp_path_factory) -> dict[str, onnx.ModelProto]:
         "fashion_w8": _compile(FASHION, d / "f8", str(FASHION_CALIB), [8], "fashion_cnn"),
         "fashion_w4": _compile(FASHION, d / "f4", str(FASHION_CALIB), [4], "fashion_cnn"),
         "small_w8": _compile(small_mobilenet(), d / "s8", small_mobilenet_calib(), [8], "small_mobilenet"),
+        # odd channel counts (5 after the first conv, 9 classes): the kernels' odd-row paths
+        "small_odd_w8": _compile(small_mobilenet(width=5, classes=9), d / "so8", small_mobilenet_calib(), [8],
+                                 "small_odd"),
     }
 
 
@@ -220,3 +223,89 @@ def test_tools_present_or_skipped_reason():
     """Documents which real tools this machine has (the other tests skip without them)."""
     have = {t: shutil.which(t) is not None for t in ("cc", "make", "arm-none-eabi-gcc", "qemu-system-arm")}
     assert isinstance(have, dict)
+
+
+# ------------------------------------------------------------------ kernel paths the bundled models do not take
+
+
+def test_fast_requant_matches_numerics():
+    """The kernels' fast requantization (hi word of acc * b, rounding and zero point folded into
+    one add, one shift) against the Python-int oracle, also for the 16x accumulators of 4-bit layers."""
+    from qcompiler.targets.mcu.graph import fast_requant
+
+    from qcompiler.numerics import requantize_exact
+
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        c = int(rng.integers(29, 50))
+        b = int(rng.integers(1 << 30, 1 << 31))
+        zp = int(rng.integers(-128, 128))
+        sh = int(rng.choice([0, 4]))
+        rq = fast_requant(np.array([b, b]), np.array([c, c]), zp, sh)
+        if rq is None:
+            assert c + sh < 33 or abs((1 << (c + sh - 33)) + zp * (1 << (c + sh - 32))) >= 1 << 30
+            continue
+        b0, rnd, s = int(rq[0, 0]), int(rq[0, 1]), int(rq[0, 4]) & 0xFF
+        for acc in [int(v) for v in rng.integers(-(1 << (31 - sh)), 1 << (31 - sh), 50)] + [0, -1, 1]:
+            got = min(max(((((acc << sh) * b0) >> 32) + rnd) >> s, -128), 127)
+            assert got == requantize_exact(acc, b, c, zp, -128, 127), (acc, b, c, zp, sh)
+
+
+def test_qemu_flag_for_one_instruction_per_block():
+    assert toolchain.one_insn_per_tb_args((7, 2)) == ["-singlestep"]
+    assert toolchain.one_insn_per_tb_args((8, 0)) == ["-singlestep"]
+    assert toolchain.one_insn_per_tb_args((8, 1)) == ["-accel", "tcg,one-insn-per-tb=on"]
+    assert toolchain.one_insn_per_tb_args((9, 0)) == ["-accel", "tcg,one-insn-per-tb=on"]
+    if toolchain.have_qemu():
+        assert toolchain.qemu_version() >= (2, 0)
+
+
+def _clamped(m: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with narrower output bounds on every conv / matmul (graph-domain values),
+    so the kernels' clamping variants run; ORT applies the same attributes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    for n in out.graph.node:
+        if n.op_type in ("QConv", "QMatMul"):
+            for a in n.attribute:
+                if a.name == "qmin":
+                    a.i = a.i + 20
+                elif a.name == "qmax":
+                    a.i = a.i - 10
+    return out
+
+
+def _check_variant(m: onnx.ModelProto, name: str, tmp_path: Path, boards: tuple[str, ...]) -> None:
+    d = tmp_path / name
+    mcu.emit(m, d, measure=False)
+    prog, _ = mcu.plan(m)
+    ref = IntReference(m, prog)
+    xs = _inputs("small" if "small" in name else "fashion", prog, 2)
+    ins, refs = [quantize_input(prog, x) for x in xs], [ref(x) for x in xs]
+    if toolchain.have_host_cc():
+        assert toolchain.run_host(toolchain.build_host(d / "mcu", build_dir=tmp_path / f"h_{name}"), ins,
+                                  len(refs[0])) == refs
+    if toolchain.have_arm_gcc() and toolchain.have_qemu():
+        for b in boards:
+            r = toolchain.build(d / "mcu", b, build_dir=tmp_path / f"b_{name}")
+            assert toolchain.run_qemu(r.elf, b, ins, len(refs[0]), timeout=120).outputs == refs, (name, b)
+
+
+@pytest.mark.parametrize("name", ["fashion_w4", "small_w8", "small_odd_w8"])
+def test_clamping_kernels_bit_exact(models, name, tmp_path):
+    _check_variant(_clamped(models[name]), name + "_clamped", tmp_path, ("mps2-an386",))
+
+
+def test_odd_channels_bit_exact_on_m4_m0(models, tmp_path):
+    _check_variant(models["small_odd_w8"], "small_odd", tmp_path, ("mps2-an386", "microbit"))
+
+
+def test_generic_requant_path_bit_exact(models, tmp_path, monkeypatch):
+    """Layers whose requantization cannot take the fast form (c < 33) use the 64-bit one."""
+    from qcompiler.targets.mcu import graph
+
+    monkeypatch.setattr(graph, "fast_requant", lambda *a, **k: None)
+    for name in ("fashion_w4", "small_odd_w8"):
+        prog, _ = mcu.plan(models[name])
+        assert all(s.params.get("rq_fast", 0) == 0 for s in prog.steps)
+        _check_variant(models[name], name + "_generic", tmp_path, ("mps2-an386",))

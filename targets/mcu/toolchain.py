@@ -7,7 +7,8 @@ Measurements (all from real tools, nothing estimated):
 - stack: the harness paints the stack below ``qc_run``'s caller and reports the
   deepest word ``qc_run`` touched;
 - instructions: QEMU executes one instruction per translation block
-  (``-singlestep -d exec,nochain``), logging only those whose address lies in the
+  (``-singlestep`` before QEMU 8.1, ``-accel tcg,one-insn-per-tb=on`` from 8.1;
+  ``-d exec,nochain``), logging only those whose address lies in the
   model's code (``-dfilter`` over the linker symbols ``__qc_text_start`` ..
   ``__qc_text_end``: model.c, the kernels, memcpy/memset and libgcc). The log is
   read through a pipe and its lines counted; nothing big touches the disk.
@@ -147,6 +148,29 @@ def _symbols(elf: Path) -> dict[str, int]:
     return out
 
 
+_QEMU_VERSION: tuple[int, int] | None = None
+
+
+def qemu_version() -> tuple[int, int]:
+    """(major, minor) of ``qemu-system-arm --version`` ((0, 0) when it cannot be read)."""
+    global _QEMU_VERSION
+    if _QEMU_VERSION is None:
+        try:
+            out = subprocess.run(["qemu-system-arm", "--version"], capture_output=True, text=True, timeout=30).stdout
+            m = re.search(r"version (\d+)\.(\d+)", out)
+            _QEMU_VERSION = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+        except (OSError, subprocess.SubprocessError):
+            _QEMU_VERSION = (0, 0)
+    return _QEMU_VERSION
+
+
+def one_insn_per_tb_args(version: tuple[int, int]) -> list[str]:
+    """QEMU flags for one guest instruction per translation block (so ``-d exec`` logs every
+    instruction): ``-singlestep`` up to 8.0; it is deprecated from 8.1, where
+    ``-accel tcg,one-insn-per-tb=on`` replaces it."""
+    return ["-accel", "tcg,one-insn-per-tb=on"] if version >= (8, 1) else ["-singlestep"]
+
+
 def _count_lines(fifo: Path, result: list, by_function: dict[str, int] | None) -> None:
     """Count log lines (one per executed instruction); optionally per function (the
     symbol QEMU prints at the end of each line)."""
@@ -192,7 +216,8 @@ def run_qemu(elf: str | Path, board_name: str, inputs: list[bytes], output_size:
             lo, hi = syms["__qc_text_start"], syms["__qc_text_end"]
             fifo = d / "exec.fifo"
             os.mkfifo(fifo)
-            cmd += ["-singlestep", "-d", "exec,nochain", "-dfilter", f"0x{lo:x}..0x{hi - 1:x}", "-D", str(fifo)]
+            cmd += [*one_insn_per_tb_args(qemu_version()), "-d", "exec,nochain",
+                    "-dfilter", f"0x{lo:x}..0x{hi - 1:x}", "-D", str(fifo)]
             reader = threading.Thread(target=_count_lines, args=(fifo, counted, per_fn), daemon=True)
             reader.start()
         try:

@@ -5,13 +5,17 @@
  *  - Activations are int8, NHWC. A uint8 tensor of the integer graph is held
  *    as int8 with 128 subtracted from its values, zero point and clamp bounds
  *    (qcompiler's emitter does that shift), so one set of kernels serves both.
- *  - Weights are int8 (or 4-bit packed two per byte), in flash.
+ *  - Weights live in flash: conv / fully connected 8-bit weights pre-widened to int16
+ *    at compile time (2x the flash of int8, no sign extension in the inner loop),
+ *    4-bit weights packed two per byte, depthwise weights int8 / packed nibbles.
  *  - Requantization: y = clamp(zp + floor((acc * b + 2^(c-1)) / 2^c), qmin, qmax)
- *    with a 64-bit intermediate. The floor shift is written portably
- *    (qc_floor_shr64), so no implementation-defined >> of a negative value.
+ *    with a 64-bit intermediate (QC_ASR64: portable floor shift where >> of a
+ *    negative value is not known to be arithmetic); conv / fully connected use an
+ *    equivalent one-multiply form when c >= 33 (graph.fast_requant).
  *  - No malloc, no float, no libc beyond what the compiler inlines.
- *  - With __ARM_FEATURE_DSP (Cortex-M4/M7/M33/M55) the dot products use the
- *    ACLE SIMD intrinsics __sxtb16 and __smlad (arm_acle.h); otherwise plain C.
+ *  - With __ARM_FEATURE_DSP (Cortex-M4/M7/M33/M55): conv / fully connected run 2 x 2
+ *    register tiles in hand-written Thumb-2 assembly (LDM + SMLAD, SMMUL requant),
+ *    other kernels use SXTB16/SXTAB16/SSUB8/SEL; otherwise (M0, host) plain C99.
  */
 #ifndef QC_KERNELS_H
 #define QC_KERNELS_H
