@@ -267,11 +267,11 @@ def _merge(samples: list[dict[str, np.ndarray]], batch: int) -> list[dict[str, n
 
 # ----------------------------------------------------------------------------- output distance
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """log p computed as z - logsumexp(z): finite even where softmax underflows to 0."""
+    z = x.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 class OutputReference:
@@ -290,9 +290,9 @@ class OutputReference:
             rank = per_batch[0].ndim
             if rank == 2:
                 self.kinds.append("prob" if is_prob[k] else "logits")
-                ps = [np.clip(o.astype(np.float64), 1e-12, None) if is_prob[k] else _softmax(o)
-                      for o in per_batch]
-                self.ref.append([(p, np.log(p)) for p in ps])  # type: ignore[misc]
+                logps = [np.log(np.clip(o.astype(np.float64), 1e-12, None)) if is_prob[k] else _log_softmax(o)
+                         for o in per_batch]
+                self.ref.append([(np.exp(lp), lp) for lp in logps])  # type: ignore[misc]
             else:
                 self.kinds.append("mse")
                 self.ref.append([(o.astype(np.float64), float(np.sum(o.astype(np.float64) ** 2)) + 1e-30)
@@ -312,9 +312,7 @@ class OutputReference:
             if self.kinds[k] == "prob":
                 logq = np.log(np.clip(o.astype(np.float64), 1e-12, None))
             else:
-                z = o.astype(np.float64)
-                z = z - z.max(axis=-1, keepdims=True)
-                logq = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+                logq = _log_softmax(o)
             total += float(np.sum(p * (logp - logq)))
         return total
 
