@@ -78,3 +78,26 @@ def tiny_calib_path(tmp_path: Path) -> Path:
     p = tmp_path / "calib.npz"
     np.savez(p, input=tiny_calib())
     return p
+
+
+def run_fused_op(op: str, inputs: dict[str, np.ndarray], feeds: list[str], out_dtype,
+                 **attrs) -> tuple[np.ndarray, np.ndarray]:
+    """One qcompiler fused op as a one-node model: (ONNX Runtime output, onnx.reference output).
+
+    Inputs not in ``feeds`` become initializers, as the lowering writes them.
+    """
+    from onnx.reference import ReferenceEvaluator
+    from qcompiler.passes import integer_functions as fn
+
+    from qcompiler.ort_session import session
+
+    node = fn.make_node(op, list(inputs), "y", "n0", **attrs)
+    g = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(inputs[k].dtype), list(inputs[k].shape))
+         for k in feeds],
+        [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype)), None)],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inputs.items() if k not in feeds])
+    m = fn.add_functions(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    f = {k: inputs[k] for k in feeds}
+    return session(m, optimize=False).run(None, f)[0], ReferenceEvaluator(m).run(None, f)[0]

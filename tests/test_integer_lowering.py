@@ -13,10 +13,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import EXAMPLE, EXAMPLE_CALIB, EXAMPLE_EVAL
+from conftest import EXAMPLE, EXAMPLE_CALIB, EXAMPLE_EVAL, run_fused_op
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from qcompiler.passes import integer_functions as fn
 from qcompiler.passes.fuse_integer_ops import FuseIntegerOps
 from qcompiler.passes.integer_checks import integer_only_violations
 from qcompiler.passes.lower_to_integer import LowerToIntegerOps, lower_and_fuse, lower_to_integer
@@ -182,16 +181,7 @@ def check_integer_model(qdq: onnx.ModelProto, int_model: onnx.ModelProto, plan: 
 
 
 def _run_op(op: str, inputs: dict[str, np.ndarray], attrs: dict, feeds: list[str], out_dtype) -> list[np.ndarray]:
-    node = fn.make_node(op, list(inputs), "y", "n0", **attrs)
-    g = helper.make_graph(
-        [node], "g",
-        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(inputs[k].dtype), list(inputs[k].shape))
-         for k in feeds],
-        [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype)), None)],
-        initializer=[numpy_helper.from_array(v, k) for k, v in inputs.items() if k not in feeds])
-    m = fn.add_functions(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
-    f = {k: inputs[k] for k in feeds}
-    return [ort_session(m).run(None, f)[0], ReferenceEvaluator(m).run(None, f)[0]]
+    return list(run_fused_op(op, inputs, feeds, out_dtype, **attrs))
 
 
 @pytest.mark.parametrize("xt", [np.uint8, np.int8])

@@ -12,31 +12,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
-from qcompiler.passes import integer_functions as fn
+from conftest import run_fused_op
 
 from qcompiler import numerics as nm
 
 
 def run_both(op: str, inputs: dict[str, np.ndarray], feeds: list[str], qmin: int, qmax: int,
              out_dtype) -> tuple[np.ndarray, np.ndarray]:
-    node = fn.make_node(op, list(inputs), "y", "n0", qmin=qmin, qmax=qmax)
-    g = helper.make_graph(
-        [node], "g",
-        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(inputs[k].dtype), list(inputs[k].shape))
-         for k in feeds],
-        [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype)), None)],
-        initializer=[numpy_helper.from_array(v, k) for k, v in inputs.items() if k not in feeds])
-    m = fn.add_functions(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
-    f = {k: inputs[k] for k in feeds}
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    a = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, f)[0]
-    b = ReferenceEvaluator(m).run(None, f)[0]
-    return a, b
+    return run_fused_op(op, inputs, feeds, out_dtype, qmin=qmin, qmax=qmax)
 
 
 def rand_q(rng, shape, dtype) -> np.ndarray:
