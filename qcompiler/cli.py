@@ -164,6 +164,9 @@ def print_summary(console, result) -> None:
     t.add_column("value", justify="right")
     t.add_row("layers", str(s["layers"]))
     t.add_row("formats", ", ".join(f"{k}: {v}" for k, v in s["formats"].items()))
+    cal = s.get("calibration") or {}
+    if cal.get("source"):
+        t.add_row("calibration", f"{cal['source']} ({cal.get('samples') or '?'} samples)")
     sz = s["size_bytes"]
     t.add_row("weights fp32 / int8 / plan", f"{sz['fp32']:,} / {sz['int8']:,} / {sz['quantized']:,} B")
     ev = s.get("eval")

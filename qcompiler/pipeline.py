@@ -168,6 +168,7 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
             from .zeroq import distill_calibration  # ZeroQ: only with BatchNorm statistics (torch extra)
 
             calib = distill_calibration(model, specs, ctx)
+            ctx.settings["calib_source"] = "ZeroQ distilled data (no --calib given)"
         ctx.calib = CalibrationData.from_source(calib, specs, limit=opts.calib_limit)
         ctx.artifacts["float_model"] = float_model
         with atomic_output_dir(out, force=opts.force) as tmp:
@@ -246,7 +247,10 @@ def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, o
     for lp in plan.layers.values():
         k = f"w{lp.weight_bits}a{lp.act_bits}"
         bits_hist[k] = bits_hist.get(k, 0) + 1
+    calib_source = ctx.settings.get("calib_source") or getattr(ctx.calib, "origin", None)
     summary: dict[str, Any] = {"layers": len(plan.layers), "formats": dict(sorted(bits_hist.items())),
+                               "calibration": {"source": calib_source,
+                                               "samples": plan.stats.get("calibration", {}).get("samples")},
                                "size_bytes": weight_bytes(plan, float_model),
                                "fallback_ops": sorted(plan.fallback_ops), "target": target_info}
     if eval_data is not None:
