@@ -18,9 +18,15 @@ bits x activation bits). Objective: minimise the summed sensitivity
     layer that reads it, so the live bytes at every step of the schedule are a linear
     function of ``x``; the peak is below the budget iff every step's live bytes are, which
     gives one row per distinct live set (see :func:`sram_rows`). This is the exact peak of
-    live tensor bytes for the graph order, i.e. a lower bound on any arena; when the MCU
-    backend provides ``targets.mcu.arena_bytes_for`` the solution is checked with the real
-    arena planner and re-solved with a tightened budget if the planner needs more.
+    live tensor bytes for the graph order, i.e. a lower bound on any arena.
+  - flash: the stored bytes (the size cost), except on the MCU target (below).
+
+On the MCU target, SRAM and flash are the backend's real numbers (:func:`mcu_costs`,
+measured by lowering the plan and calling ``targets.mcu.arena_bytes_for`` /
+``const_bytes_for``): the MCU holds 4-bit activations in int8 containers, so its arena
+does not depend on the bits and the SRAM cost is that constant; flash counts 8-bit
+weights as int16 and 4-bit ones packed. The solution is then re-measured and re-solved
+with tightened limits while the backend needs more than a budget (``AssignBits._tighten``).
 
 Solved with ``scipy.optimize.milp`` (HiGHS branch and cut). An infeasible budget
 raises :class:`~qcompiler.errors.BudgetError` naming the smallest feasible value,
@@ -533,10 +539,20 @@ class AssignBits(Pass):
                                   progress=ctx.progress)
             ctx.artifacts["latency_table"] = table
         p = build_problem(model, ctx.plan, kinds, target=ctx.target, latency=table)
+        measure: Callable[[QuantPlan], dict[str, float]] | None = None
+        checked: set[str] = set()
+        floor: dict[str, float] = {}
+        if self.sram_check is not None and "sram" in budgets:
+            check = self.sram_check
+            measure, checked = (lambda plan: {"sram": float(check(model, plan))}), {"sram"}
+        elif ctx.target == "mcu" and {"sram", "flash"} & set(budgets):
+            # the MCU backend's real arena and constant storage replace the generic models
+            checked = {"sram", "flash"} & set(budgets)
+            measure = lambda plan: mcu_measure(model, plan, ctx.settings)  # noqa: E731
+            floor = mcu_costs(p, ctx.plan, measure, checked)
         sol = assign(p, budgets, time_limit=float(ctx.settings.get("ilp_time_limit", 60)))
-        check = self.sram_check or (_mcu_arena_fn() if "sram" in budgets and ctx.target == "mcu" else None)
-        if check is not None and "sram" in budgets:
-            sol = self._tighten_sram(model, ctx.plan, p, budgets, sol, check)
+        if measure is not None:
+            sol = self._tighten(ctx.plan, p, budgets, sol, measure, checked, floor)
         apply_solution(ctx.plan, p, sol)
         ctx.plan.budgets = {k: {"budget": str(b), "limit": b.resolve(p.costs[k].int8),
                                 "used": sol.values[k], "int8": p.costs[k].int8} for k, b in budgets.items()}
@@ -577,34 +593,108 @@ class AssignBits(Pass):
                                                chosen=chosen)
 
     @staticmethod
-    def _tighten_sram(model: onnx.ModelProto, plan: QuantPlan, p: BitProblem, budgets: Mapping[str, Budget],
-                      sol: Solution, check: Callable[[onnx.ModelProto, QuantPlan], float]) -> Solution:
-        """Re-solve with a smaller SRAM limit while the real arena planner needs more than the budget."""
+    def _tighten(plan: QuantPlan, p: BitProblem, budgets: Mapping[str, Budget], sol: Solution,
+                 measure: Callable[[QuantPlan], dict[str, float]], kinds: set[str],
+                 floor: Mapping[str, float]) -> Solution:
+        """Re-solve with smaller limits while the target's real numbers (``measure``) exceed the budgets.
+
+        ``floor``: the smallest real value of each kind (for the error message and as a last resort:
+        the plan that reaches it, when the tightened ILP gives up before the real numbers fit).
+        """
         limits = {k: b.resolve(p.costs[k].int8) for k, b in budgets.items()}
-        target = limits["sram"]
-        for _ in range(4):
+        target = {k: limits[k] for k in kinds}
+        real: dict[str, float] = {}
+        for _ in range(6):
             apply_solution(plan, p, sol)
-            real = float(check(model, plan))
-            if real <= target:
+            real = measure(plan)
+            over = {k: real[k] - target[k] for k in kinds if real[k] > target[k]}
+            if not over:
+                sol.values.update({k: real[k] for k in kinds})  # report what the target allocates
                 return sol
-            limits["sram"] -= real - target
-            log.info("assign_bits: arena planner needs %s > %s; re-solving with SRAM limit %s",
-                     format_value("sram", real), format_value("sram", target), format_value("sram", limits["sram"]))
+            for k, d in over.items():
+                limits[k] -= d
+                log.info("assign_bits: the target needs %s %s > %s; re-solving with limit %s", k,
+                         format_value(k, real[k]), format_value(k, target[k]), format_value(k, limits[k]))
             nxt = solve(p, limits)
             if nxt is None:
-                raise BudgetError(f"--sram-budget {budgets['sram']} cannot be met: the arena planner needs "
-                                  f"{format_value('sram', real)} for the best plan the ILP found",
-                                  hint="raise the SRAM budget or allow fewer --bits")
+                break
             sol = nxt
-        return sol
+        k = next(k for k in sorted(kinds) if real[k] > target[k])
+        smallest = (f"; the smallest feasible {k} is {format_value(k, floor[k])}" if k in floor
+                    else "")
+        raise BudgetError(f"--{k}-budget {budgets[k]} ({format_value(k, target[k])}) cannot be met: the target "
+                          f"needs {format_value(k, real[k])} for the best plan the ILP found{smallest}",
+                          hint="raise the budget or allow fewer bits with --bits")
 
 
-def _mcu_arena_fn() -> Callable[[onnx.ModelProto, QuantPlan], float] | None:
-    try:
-        from qcompiler.targets.mcu import arena_bytes_for  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return arena_bytes_for
+def _low_choice(p: BitProblem) -> list[int]:
+    """Every layer at its fewest weight bits, then fewest activation bits."""
+    return [min(range(len(fs)), key=lambda c, fs=fs: (fs[c][0], _act_bits(fs[c][1]))) for fs in p.formats]
+
+
+def _int8_choice(p: BitProblem) -> list[int]:
+    return [min(range(len(fs)), key=lambda c, fs=fs: abs(_act_bits(fs[c][1]) - 8) * 100 + abs(fs[c][0] - 8))
+            for fs in p.formats]
+
+
+def mcu_measure(model: onnx.ModelProto, plan: QuantPlan, settings: Mapping[str, Any] | None = None
+                ) -> dict[str, float]:
+    """Arena and constant bytes the MCU backend allocates for ``plan`` (QDQ -> integer graph -> MCU program).
+
+    The plan is copied; biases are not corrected (that changes values, never sizes).
+    """
+    import copy
+
+    from qcompiler.targets import mcu
+
+    from .insert_qdq import InsertQDQ
+    from .lower_to_integer import lower_and_fuse
+
+    work = copy.deepcopy(plan)
+    sub = PassContext(model_name=plan.model or "model", plan=work, target="mcu", settings=dict(settings or {}))
+    qdq = InsertQDQ().run(model, sub).model
+    int_model = lower_and_fuse(qdq, work)
+    return {"sram": float(mcu.arena_bytes_for(int_model)), "flash": float(mcu.const_bytes_for(int_model))}
+
+
+def mcu_costs(p: BitProblem, plan: QuantPlan, measure: Callable[[QuantPlan], dict[str, float]],
+              kinds: set[str]) -> dict[str, float]:
+    """Replace the ILP's SRAM / flash costs with the MCU backend's real storage; returns the smallest values.
+
+    Measured on two real builds (the INT8 plan and the fewest-bits plan):
+
+    * SRAM: the MCU holds 4-bit activations in int8 containers and widens im2col to int16 whatever
+      the weights, so the arena does not depend on the bit assignment; the cost is that constant
+      (a budget below it is infeasible, and the error names it). Should a future backend pack
+      activations (the two arenas differ), the live-bytes rows stay and ``_tighten`` checks them.
+    * flash: 8-bit weights are stored as int16 (2 bytes per weight), 4-bit ones packed; the
+      per-weight bytes of each width and the fixed part (biases, requantization constants) are
+      fitted so both measured plans cost exactly what the backend emits.
+    """
+    ref, low = _int8_choice(p), _low_choice(p)
+    apply_solution(plan, p, Solution(ref, 0.0, {}, 0.0, ""))
+    m8 = measure(plan)
+    apply_solution(plan, p, Solution(low, 0.0, {}, 0.0, ""))
+    mlo = measure(plan)
+    floor: dict[str, float] = {}
+    if "sram" in kinds:
+        floor["sram"] = min(m8["sram"], mlo["sram"])
+        if m8["sram"] == mlo["sram"]:
+            log.info("assign_bits: the MCU arena is %s for every bit assignment (int8 activation containers)",
+                     format_value("sram", m8["sram"]))
+            p.costs["sram"] = Cost(csr_array((1, p.nvars)), np.array([m8["sram"]]), m8["sram"])
+    if "flash" in kinds:
+        params = [plan.layers[n].params for n in p.layers]
+        p8 = sum(params)
+        fixed = m8["flash"] - 2.0 * sum(pr for pr, fs, c in zip(params, p.formats, ref) if fs[c][0] >= 8) \
+            - 0.5 * sum(pr for pr, fs, c in zip(params, p.formats, ref) if fs[c][0] < 8)
+        low4 = sum(pr for pr, fs, c in zip(params, p.formats, low) if fs[c][0] < 8)
+        low8 = p8 - low4
+        per4 = (mlo["flash"] - fixed - 2.0 * low8) / low4 if low4 else 0.5
+        p.per_layer_cost("flash", [np.array([pr * (2.0 if w >= 8 else per4) for w, _ in fs])
+                                   for pr, fs in zip(params, p.formats)], fixed, int8=m8["flash"])
+        floor["flash"] = mlo["flash"]
+    return floor
 
 
 SYNTHETIC_FORMATS = [(4, 4), (4, 8), (8, 4), (8, 8)]

@@ -27,7 +27,7 @@ from .graph import Program, read_program
 
 log = logging.getLogger("qcompiler.targets.mcu")
 
-__all__ = ["emit", "arena_bytes_for", "plan", "Program", "ArenaPlan"]
+__all__ = ["emit", "arena_bytes_for", "const_bytes_for", "plan", "Program", "ArenaPlan"]
 
 
 def plan(int_model: onnx.ModelProto, *, name: str | None = None) -> tuple[Program, ArenaPlan]:
@@ -43,6 +43,15 @@ def arena_bytes_for(int_model: onnx.ModelProto) -> int:
     by the QEMU run) is not included.
     """
     return plan_arena(read_program(int_model)).size
+
+
+def const_bytes_for(int_model: onnx.ModelProto) -> int:
+    """Constant bytes of this integer graph as the MCU backend stores them (``emit``'s ``const_bytes``).
+
+    8-bit weights are int16 (pre-widened), 4-bit weights packed two per byte, plus biases and
+    requantization constants. For the bit-assignment ILP's flash budget.
+    """
+    return const_bytes(read_program(int_model))
 
 
 def emit(int_model: onnx.ModelProto, out_dir: str | Path, *, plan: Any = None, name: str | None = None,
