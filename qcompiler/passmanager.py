@@ -9,6 +9,7 @@ ONNX checker and shape inference after each pass and can dump every stage.
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -59,7 +60,7 @@ class PassResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class Pass:
+class Pass(abc.ABC):
     """One transformation with one job.
 
     Subclasses set ``name``, ``requires`` and ``ensures`` and implement
@@ -71,8 +72,9 @@ class Pass:
     requires: Sequence[Condition] = ()
     ensures: Sequence[Condition] = ()
 
-    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:  # pragma: no cover
-        raise NotImplementedError(f"{type(self).__name__}.run")
+    @abc.abstractmethod
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        """Transform ``model``; must not print, and must leave ``ensures`` true."""
 
 
 class ContractError(RuntimeError):
