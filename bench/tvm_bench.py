@@ -35,12 +35,16 @@ def _dynamic_batch(src: Path, dst: Path) -> Path:
         d = vi.type.tensor_type.shape.dim
         if len(d):
             d[0].dim_param = "N"
+    del m.graph.value_info[:]  # inferred shapes carry the fixed batch; ORT infers them again
     inits = {t.name: t for t in m.graph.initializer}
-    for n in m.graph.node:  # Reshape to a constant [1, ...] (flatten before the classifier) -> [-1, ...]
+    for n in m.graph.node:
+        # Reshape to a constant [1, ...] (the flatten before the classifier: [1, 1280] in MobileNetV2,
+        # [1, -1] in EfficientNet-Lite0) -> [0, ...]: 0 copies the input's batch (allowzero=0).
         if n.op_type == "Reshape" and n.input[1] in inits:
+            allowzero = any(a.name == "allowzero" and a.i for a in n.attribute)
             shp = onnx.numpy_helper.to_array(inits[n.input[1]]).copy()
-            if shp.size and shp[0] == 1 and -1 not in shp:
-                shp[0] = -1
+            if shp.size and shp[0] == 1 and not allowzero:
+                shp[0] = 0
                 inits[n.input[1]].CopyFrom(onnx.numpy_helper.from_array(shp, n.input[1]))
     onnx.save(m, str(dst))
     return dst

@@ -317,3 +317,55 @@ def test_zoo_cpu_bit_exact_100_inputs(name, tmp_path) -> None:
     for _ in range(100):
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_array_equal(run(x), _ort(out / "model.int.onnx", x))
+
+
+def test_constant_batch1_reshape_follows_batch_override() -> None:
+    """EfficientNet-Lite0 flattens with a constant [1, -1]; rebuilt for batch 3 it must stay per sample."""
+    import tvm
+    from tvm import relax
+
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"])
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+               {"shape": np.array([1, -1], np.int64)})
+    built = build_module(m, batch=3)
+    x = RNG.standard_normal((3, 4, 2, 2)).astype(np.float32)
+    got = relax.VirtualMachine(compile_module(built.mod, cpu_target()), tvm.cpu())["main"](tvm.runtime.tensor(x))
+    np.testing.assert_array_equal(got.numpy(), x.reshape(3, -1))
+
+
+@pytest.mark.slow
+def test_tune_runs_meta_schedule_and_reuses_records(fashion_out, tmp_path) -> None:
+    """--tune 2: real meta_schedule trials on the heaviest kernel, records in OUT/tune, bit-exact
+    library, and a second build with the same key reuses the records without tuning (~65 s)."""
+    import time
+
+    from qcompiler.targets.tvm.compile import cpu_fuse
+    from qcompiler.targets.tvm.tune import DB_FILES, TUNE_META, tuning_target
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    m = onnx.load(str(fashion_out["w8"] / "model.int.onnx"))
+    out = tmp_path / "t1"
+    r = emit(m, out, target="cpu", tune=2)
+    tune = out / "tune"
+    assert r["schedule"] == "tuned" and r["tuning"] == {"trials": 2, "records": 2, "measured": 2, "bit_exact": True}
+    assert all((tune / f).is_file() for f in (TUNE_META, *DB_FILES))
+    assert {f"tune/{f}" for f in (TUNE_META, *DB_FILES)} <= set(r["files"])
+    # the records really match a kernel of the module the pipeline compiles
+    fused = cpu_fuse(build_module(m).mod, tuning_target())
+    with tuning_target(), ms.database.JSONDatabase(work_dir=str(tune)):
+        applied = relax.transform.MetaScheduleApplyDatabase()(fused)
+    assert any(f.attrs and f.attrs.get("tirx.is_scheduled") for _, f in applied.functions.items()
+               if not isinstance(f, relax.Function))
+    run = runtime.load(out)
+    for x in _fashion_inputs(8):
+        np.testing.assert_array_equal(run(x[None]), _ort(fashion_out["w8"] / "model.int.onnx", x[None]))
+    before = (tune / DB_FILES[1]).read_bytes()
+    t = time.perf_counter()
+    r2 = emit(m, tmp_path / "t2", target="cpu", tune=2, tune_dir=tune)
+    assert time.perf_counter() - t < 30, "records should be reused, not tuned again"
+    assert r2["tuning"] == r["tuning"] and (tune / DB_FILES[1]).read_bytes() == before
+    # the CUDA target refuses --tune instead of ignoring it
+    with pytest.raises(QCompileError, match="--tune"):
+        emit(m, tmp_path / "t3", target="cuda", tune=2)

@@ -45,12 +45,14 @@ def _model_hash(model: onnx.ModelProto) -> str:
 
 
 def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda_arch: str = "sm_90",
-         tune: int = 0, batch: int | None = None, pack4: bool = True) -> dict[str, Any]:
+         tune: int = 0, batch: int | None = None, pack4: bool = True,
+         tune_dir: Path | None = None) -> dict[str, Any]:
     """Compile the integer graph with TVM and write the artifacts into ``out_dir``.
 
     ``batch`` overrides the model's first input dimension (a static batch lets TVM
-    specialise every loop nest). ``tune`` > 0 is refused for now (meta_schedule
-    tuning is not wired in yet).
+    specialise every loop nest). ``tune`` > 0 (CPU only) tunes the kernels with
+    meta_schedule for that many trials in all, keeping the records in ``tune_dir``
+    (default ``out_dir/tune``) and reusing them when they match (see ``tune.py``).
     Returns a summary for the CLI's table and the manifest.
     """
     if target not in TARGETS:
@@ -64,14 +66,30 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
     built: BuildResult = build_module(int_model, batch=batch, pack4=pack4)
     tgt = cuda_target(cuda_arch) if target == "cuda" else cpu_target()
     mod = built.mod
-    if tune > 0:
-        # meta_schedule tuning (~200 s for 16 trials here) is not wired yet; say so instead of
-        # silently ignoring the flag.
-        raise FlagError("--tune is not implemented for the TVM targets yet",
-                        hint="drop --tune; the built-in schedules are used")
-    ex = compile_module(mod, tgt)
+    if tune > 0 and target != "cpu":
+        raise FlagError("--tune is implemented for --target cpu only",
+                        hint="drop --tune; the CUDA build uses TVM's dlight schedules")
+    tuned: dict[str, Any] | None = None
+    ex = None
     schedule = "fast"
-    if target == "cpu" and not self_check(ex, int_model, built):
+    if tune > 0:
+        from .tune import tune_cpu, tune_key, tuning_target
+
+        tgt = tuning_target()  # meta_schedule needs num-cores in the target; same LLVM code otherwise
+        key = tune_key(_model_hash(int_model), tgt, batch, pack4)
+        db, tuned = tune_cpu(mod, tgt, tune, Path(tune_dir) if tune_dir else out_dir / "tune", key)
+        if not tuned["measured"]:  # every trial failed: nothing to apply (tune.py keeps the logs)
+            tuned["bit_exact"] = None
+        elif self_check(ex := compile_module(mod, tgt, database=db), int_model, built):
+            tuned["bit_exact"] = True
+            schedule = "tuned"
+        else:
+            log.warning("meta_schedule-tuned build is not bit-exact on this model; using the built-in schedules")
+            tuned["bit_exact"] = False
+            ex = None
+    if ex is None:
+        ex = compile_module(mod, tgt)
+    if target == "cpu" and schedule == "fast" and not self_check(ex, int_model, built):
         # The hand-written schedules gave different integers than the reference on this model
         # (seen on EfficientNet-Lite0's 1x1 convs). Ship TVM's default loops instead: slower, exact.
         log.warning("TVM fast CPU schedules are not bit-exact on this model; using default schedules")
@@ -81,6 +99,10 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
             raise TargetError("the TVM build does not reproduce the integer graph bit for bit",
                               hint="report this model; use --target ort-cpu meanwhile")
     files = ["lib.so", META_FILE]
+    if tuned is not None and tune_dir is None:
+        from .tune import DB_FILES, TUNE_META
+
+        files += [f"tune/{f}" for f in (TUNE_META, *DB_FILES)]
     meta: dict[str, Any] = {
         "version": META_VERSION,
         "target": target,
@@ -93,6 +115,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         "packed_int4_layers": built.packed_weights,
         "packed_bytes_saved": built.packed_bytes_saved,
         "tuned_trials": tune,
+        "tuning": tuned,
         "schedule": schedule,
     }
     if target == "cuda":
@@ -112,7 +135,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
     # no timings here: this dict goes into manifest.json, which must be byte-stable
     return {"target": target, "files": files, "schedule": schedule, "layers": len(built.layers),
             "packed_int4_layers": len(built.packed_weights), "packed_bytes_saved": built.packed_bytes_saved,
-            "tvm_target": str(tgt)}
+            "tvm_target": str(tgt), "tuning": tuned}
 
 
 SELF_CHECK_INPUTS = 3

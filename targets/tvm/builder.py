@@ -375,6 +375,10 @@ class _Builder:
             shp = [int(s) for s in self.const_in(node, 1)]
             cur = self.shape_of(x)
             shp = [cur[i] if (s == 0 and not _attr(node, "allowzero", 0)) else s for i, s in enumerate(shp)]
+            if self.batch and shp and shp[0] == 1 and cur and cur[0] == self.batch != 1:
+                # a constant [1, ...] (the flatten before a classifier, exported at batch 1) keeps
+                # the overridden batch; without this [1, -1] would fold the batch into the features
+                shp[0] = self.batch
             if -1 in shp:
                 known = int(np.prod([s for s in shp if s != -1]))
                 shp[shp.index(-1)] = int(np.prod(cur)) // known

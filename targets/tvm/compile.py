@@ -110,23 +110,42 @@ def _nvcc_mode() -> Iterator[None]:
             os.environ["TVM_CUDA_COMPILE_MODE"] = old
 
 
-def cpu_pipeline(target: tvm.target.Target, *, fast: bool = True) -> tvm.transform.Pass:
+def cpu_fuse(mod: tvm.ir.IRModule, target: tvm.target.Target) -> tvm.ir.IRModule:
+    """The first half of the CPU pipeline: legalize and fuse into TIR kernels, nothing scheduled.
+
+    Meta-schedule tuning (``tune.py``) extracts its tasks from this module, so the
+    kernels it tunes are structurally the ones :func:`cpu_pipeline` later looks up.
+    """
+    from tvm.relax.backend.cpu_generic import pipeline as cp
+
+    with target:
+        seq = tvm.transform.Sequential(
+            cp.library_dispatch_passes(target)
+            + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+               relax.transform.FuseOps(), relax.transform.FuseTIR(),
+               relax.transform.DeadCodeElimination()]
+        )
+        return seq(mod)
+
+
+def cpu_pipeline(target: tvm.target.Target, *, fast: bool = True, database: Any = None) -> tvm.transform.Pass:
     """The default Relax CPU pipeline minus FoldConstant (it would unpack packed int4 weights
-    at compile time) plus our CPU schedules (parallel + vectorized loops)."""
+    at compile time) plus our CPU schedules (parallel + vectorized loops).
+
+    ``database`` (a meta_schedule Database): kernels with a tuning record get the tuned
+    schedule; the others get ours (``fast``) or TVM's default loops.
+    """
     from tvm.relax.backend.cpu_generic import pipeline as cp
 
     from .schedule import schedule_cpu
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod: tvm.ir.IRModule, _ctx: tvm.transform.PassContext) -> tvm.ir.IRModule:
+        mod = cpu_fuse(mod, target)
         with target:
-            seq = tvm.transform.Sequential(
-                cp.library_dispatch_passes(target)
-                + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-                   relax.transform.FuseOps(), relax.transform.FuseTIR(),
-                   relax.transform.DeadCodeElimination()]
-            )
-            mod = seq(mod)
+            if database is not None:
+                with database:
+                    mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             if fast:
                 mod = schedule_cpu(mod, target)
             mod = tvm.transform.Sequential(cp.dataflow_lower_passes(target) + cp.finalize_passes(target))(mod)
@@ -160,11 +179,13 @@ def gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target, *, fast: bool = True) -> relax.VMExecutable:
+def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target, *, fast: bool = True,
+                   database: Any = None) -> relax.VMExecutable:
     """tvm.compile with our pipeline; CUDA device code goes through nvcc.
 
     ``fast=False`` keeps TVM's default (untiled) CPU loops: the fallback when the
-    fast schedules fail the bit-exactness self-check in :func:`emit`.
+    fast schedules fail the bit-exactness self-check in :func:`emit`. ``database``: meta_schedule
+    tuning records to apply (CPU only; see ``tune.py``).
     """
     is_cuda = target.kind.name == "cuda"
     try:
@@ -173,7 +194,7 @@ def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target, *, fast: boo
                 raise TargetError("nvcc not found", hint="install the CUDA toolkit or put nvcc on PATH")
             with _nvcc_mode(), target:
                 return tvm.compile(mod, target=target, relax_pipeline=gpu_pipeline(target))
-        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fast=fast))
+        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fast=fast, database=database))
     except TargetError:
         raise
     except Exception as e:  # TVM raises its own error types; wrap them for the CLI
