@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,7 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
         ctx.artifacts["float_model"] = float_model
         with atomic_output_dir(out, force=opts.force) as tmp:
             ctx.settings["out_dir"] = tmp
+            ctx.settings["final_out_dir"] = str(out)
             qdq = plan_and_quantize(float_model, ctx, opts)
             onnx.save(float_model, str(tmp / "model.float.onnx"))  # canonical float: what diff compares with
             onnx.save(qdq, str(tmp / "model.qdq.onnx"))
@@ -215,6 +217,12 @@ def emit_target(target: str, qdq: onnx.ModelProto, int_model: onnx.ModelProto | 
         raise QCompileError(f"target {target} needs the integer graph", hint="use --target ort-cpu")
     if target in ("cpu", "cuda"):
         from .targets import tvm as tvm_target
+
+        final = Path(ctx.settings.get("final_out_dir", ""))
+        if opts.tune and (final / "tune").is_dir() and not (out / "tune").exists():
+            # the previous output's tuning records (same folder, --force) are reused, not re-measured;
+            # targets/tvm/tune.py checks they belong to this model, target and batch
+            shutil.copytree(final / "tune", out / "tune")
 
         return tvm_target.emit(int_model, out, target=target, cuda_arch=opts.cuda_arch, tune=opts.tune)
     if target == "mcu":
