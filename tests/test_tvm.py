@@ -304,13 +304,8 @@ def test_zoo_cpu_bit_exact_100_inputs(name, tmp_path) -> None:
     except Exception as e:  # the ImageNet models need the torch extra and weight packages
         pytest.skip(f"{name} unavailable: {e}")
     out = tmp_path / "out"
-    try:
-        compile_model(str(path), out, calib=zoo.get_calib_data(name, 32), options=CompileOptions(target="cpu"))
-    except QCompileError as e:
-        if "has no TVM lowering" in str(e):
-            pytest.skip(f"{name}: the integer graph keeps float fallback ops the TVM target does not "
-                        f"lower (integer-lowering issue): {e}")
-        raise
+    # every zoo model lowers without float fallbacks: a TVM "no lowering" error here is a regression
+    compile_model(str(path), out, calib=zoo.get_calib_data(name, 32), options=CompileOptions(target="cpu"))
     run = runtime.load(out)
     shape = zoo.entry(name).input_shape
     rng = np.random.default_rng(7)
