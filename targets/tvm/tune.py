@@ -124,6 +124,10 @@ def tune_cpu(mod: tvm.ir.IRModule, target: tvm.target.Target, trials: int, tune_
     strategy = ms.search_strategy.EvolutionarySearch(
         population_size=min(512, max(32, 8 * todo)), init_min_unmeasured=min(50, max(8, 2 * todo)),
         genetic_num_iters=2 if todo < 64 else 4)
+    # meta_schedule builds its logging dictConfig from the names of the handlers already on its
+    # logger; a second tuning in one process (or a host's unnamed handler) makes it format None and
+    # crash. It re-creates its own handlers, so start it from none.
+    logging.getLogger("tvm.s_tir.meta_schedule").handlers.clear()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, work_dir=str(tune_dir), strategy=strategy, seed=seed)
     # meta_schedule writes its logs under work_dir/logs; keep the directory to the records
