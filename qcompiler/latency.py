@@ -36,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .errors import BudgetError, TargetError
 from .ir import infer_shapes, value_shapes
 from .plan import QuantPlan
+from .quantize import quantize_weight, weight_scales
 
 log = logging.getLogger("qcompiler.latency")
 
@@ -94,13 +95,9 @@ def layer_qdq_model(model: onnx.ModelProto, plan: QuantPlan, name: str, w_bits: 
         raise TargetError(f"layer '{name}' input '{lp.input}' has no known shape; cannot time it alone")
     ishape[0] = 1
     axis = weight_axis(node, w.ndim)
-    qmax = (1 << (w_bits - 1)) - 1
-    red = tuple(i for i in range(w.ndim) if i != axis)
-    amax = np.max(np.abs(w), axis=red) if red else np.abs(w)
-    wscale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-    bshape = [1] * w.ndim
-    bshape[axis] = -1
-    wq = np.clip(np.round(w / wscale.reshape(bshape)), -qmax, qmax).astype(np.int8)
+    # the compile's own grid (max-scaled: timing does not depend on the clip search)
+    wscale = weight_scales(w, w_bits, axis, mse=False)
+    wq = quantize_weight(w, wscale, w_bits, axis)
     inits = [
         helper.make_tensor("wq", _elem(w_bits, True), list(wq.shape), wq.flatten().tolist()),
         numpy_helper.from_array(wscale, "ws"),
