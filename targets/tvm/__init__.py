@@ -141,6 +141,24 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
 SELF_CHECK_INPUTS = 3
 
 
+def self_check_feeds(built: BuildResult, seed: int = 0) -> list[dict[str, Any]]:
+    """Seeded inputs for the self-check, one dict per run: float inputs standard normal (the same
+    draws as before multi-input graphs were checked), integer inputs (token ids, masks) in {0, 1}."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(SELF_CHECK_INPUTS):
+        f = {}
+        for io in built.inputs:
+            if np.dtype(io.dtype).kind == "f":
+                f[io.name] = rng.standard_normal(io.shape).astype(io.dtype)
+            else:
+                f[io.name] = rng.integers(0, 2, io.shape).astype(io.dtype)
+        feeds.append(f)
+    return feeds
+
+
 def self_check(ex: Any, int_model: onnx.ModelProto, built: BuildResult) -> bool:
     """Run the build and ONNX Runtime (the integer reference) on a few seeded inputs; equal bit for bit?"""
     import numpy as np
@@ -149,21 +167,21 @@ def self_check(ex: Any, int_model: onnx.ModelProto, built: BuildResult) -> bool:
 
     from qcompiler.ort_session import session
 
-    if len(built.inputs) != 1:
-        return True  # the tests cover multi-input graphs; the check needs one float input
     vm = relax.VirtualMachine(ex, tvm.cpu())
     ref = session(int_model, optimize=False)
-    iname = ref.get_inputs()[0].name
-    shape = built.inputs[0].shape
-    rng = np.random.default_rng(0)
-    for _ in range(SELF_CHECK_INPUTS):
-        x = rng.standard_normal(shape).astype(built.inputs[0].dtype)
-        got = vm["main"](tvm.runtime.tensor(x))
-        got = got.numpy() if hasattr(got, "numpy") else got[0].numpy()
-        # the reference keeps the model's own batch; a rebuilt batch is checked sample by sample
-        want = np.concatenate([ref.run(None, {iname: x[i:i + 1]})[0] for i in range(x.shape[0])]) \
-            if ref.get_inputs()[0].shape[0] == 1 and x.shape[0] != 1 else ref.run(None, {iname: x})[0]
-        if not np.array_equal(got, want):
+    ref_inputs = ref.get_inputs()
+    for feed in self_check_feeds(built):
+        got = vm["main"](*[tvm.runtime.tensor(feed[io.name]) for io in built.inputs])
+        gots = [got.numpy()] if hasattr(got, "numpy") else [g.numpy() for g in got]
+        x0 = feed[built.inputs[0].name]
+        if len(ref_inputs) == 1 and ref_inputs[0].shape[0] == 1 and x0.shape[0] != 1:
+            # the reference keeps the model's own batch; a rebuilt batch is checked sample by sample
+            name = ref_inputs[0].name
+            wants = [np.concatenate([ref.run(None, {name: x0[i:i + 1]})[k] for i in range(x0.shape[0])])
+                     for k in range(len(gots))]
+        else:
+            wants = ref.run(None, feed)
+        if len(wants) != len(gots) or not all(np.array_equal(g, w) for g, w in zip(gots, wants)):
             return False
     return True
 

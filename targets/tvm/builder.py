@@ -25,6 +25,7 @@ into int8 constants at compile time.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,18 +37,25 @@ from tvm import relax
 
 from qcompiler.errors import UnsupportedModelError
 
+from . import transformer
+
 log = logging.getLogger(__name__)
 
 DOMAIN = "qcompiler"
-FUSED_OPS = ("QConv", "QMatMul", "QAdd", "QAvgPool", "QRequant")
+FUSED_OPS = ("QConv", "QMatMul", "QAdd", "QAvgPool", "QRequant", "QSoftmax", "QGelu", "QLayerNorm", "QBatchMatMul")
 
 _NP2TVM = {
     np.dtype("int8"): "int8",
     np.dtype("uint8"): "uint8",
     np.dtype("int16"): "int16",
+    np.dtype("uint16"): "uint16",
     np.dtype("int32"): "int32",
+    np.dtype("uint32"): "uint32",
     np.dtype("int64"): "int64",
+    np.dtype("uint64"): "uint64",
     np.dtype("float32"): "float32",
+    np.dtype("float64"): "float64",
+    np.dtype("bool"): "bool",
 }
 
 
@@ -167,6 +175,14 @@ class _Builder:
         return self.bb.emit(expr)
 
     @staticmethod
+    def tvm_dtype(dt: Any) -> str:
+        """The Relax dtype name of a numpy dtype (refused clearly when Relax has none)."""
+        d = np.dtype(dt)
+        if d not in _NP2TVM:
+            raise UnsupportedModelError(f"dtype {d} has no TVM lowering")
+        return _NP2TVM[d]
+
+    @staticmethod
     def dtype_of(e: relax.Expr) -> str:
         return str(e.ty.dtype)
 
@@ -248,6 +264,12 @@ class _Builder:
         return self.requant(acc64, b, c, y_zp, qmin, qmax, [1, m, 1, 1])
 
     def q_matmul(self, node: onnx.NodeProto) -> relax.Expr:
+        """acc = (x - x_zp) @ w + bias on x of any rank (2-D Gemm rows, 3-D [B, S, K] batches).
+
+        8-bit x: int16 operands, int32 accumulators with ``x_zp * sum(w)`` folded into the bias
+        (MatMulInteger's arithmetic, exact mod 2^32). Wider x (int16 activations): x - x_zp in int32
+        and int64 accumulators when K * |x - x_zp| * |w| + |bias| could leave int32.
+        """
         x = self.val(node.input[0])
         x_zp = int(self.const_in(node, 1).reshape(-1)[0])
         w = self.const_in(node, 2)
@@ -255,16 +277,28 @@ class _Builder:
         b, c, y_zp = self.const_in(node, 4), self.const_in(node, 5), self.const_in(node, 6)
         if w.ndim != 2:
             raise self.err(node, f"QMatMul weight of rank {w.ndim}: expected [K, M]")
-        m = w.shape[1]
+        k, m = w.shape
+        if self.shape_of(x)[-1] != k:
+            raise self.err(node, f"QMatMul input of shape {self.shape_of(x)} does not match weight [K={k}, M={m}]")
         wexpr = self.weight_expr(node, w)
-        x16 = self.emit(relax.op.astype(x, "int16"))
-        w16 = self.emit(relax.op.astype(wexpr, "int16"))
-        acc = self.emit(relax.op.matmul(x16, w16, out_dtype="int32"))
-        corr = -np.int64(x_zp) * w.astype(np.int64).sum(axis=0)
-        if bias is not None:
-            corr = corr + bias.astype(np.int64)
-        acc = self.emit(relax.op.add(acc, _const(corr.astype(np.int32))))
-        acc64 = self.emit(relax.op.astype(acc, "int64"))
+        xdt = self.dtype_of(x)
+        bias64 = np.zeros(m, np.int64) if bias is None else bias.astype(np.int64)
+        if np.iinfo(xdt).bits <= 8:
+            x16 = self.emit(relax.op.astype(x, "int16"))
+            w16 = self.emit(relax.op.astype(wexpr, "int16"))
+            acc = self.emit(relax.op.matmul(x16, w16, out_dtype="int32"))
+            corr = bias64 - np.int64(x_zp) * w.astype(np.int64).sum(axis=0)
+            acc = self.emit(relax.op.add(acc, _const(corr.astype(np.int32))))
+            acc64 = self.emit(relax.op.astype(acc, "int64"))
+        else:
+            info = np.iinfo(xdt)
+            xmax = max(abs(int(info.min) - x_zp), abs(int(info.max) - x_zp))
+            bound = k * xmax * int(np.abs(w.astype(np.int64)).max(initial=0)) + int(np.abs(bias64).max(initial=0))
+            acc_t = "int32" if bound < 2**31 else "int64"
+            xs = self.emit(relax.op.subtract(relax.op.astype(x, acc_t), _const(np.asarray(x_zp, acc_t))))
+            acc = self.emit(relax.op.matmul(xs, relax.op.astype(wexpr, acc_t), out_dtype=acc_t))
+            acc = self.emit(relax.op.add(acc, _const(bias64.astype(acc_t))))
+            acc64 = acc if acc_t == "int64" else self.emit(relax.op.astype(acc, "int64"))
         qmin, qmax = self.qminmax(node, y_zp)
         self.layers.append(node.name)
         return self.requant(acc64, b, c, y_zp, qmin, qmax, [m])
@@ -423,7 +457,136 @@ class _Builder:
         if op in ("Add", "Sub", "Mul", "Div"):
             fn = {"Add": R.add, "Sub": R.subtract, "Mul": R.multiply, "Div": R.divide}[op]
             return self.emit(fn(self.val(node.input[0]), self.val(node.input[1])))
+        return self.standard_tensor_op(node)
+
+    _BINARY = {"Equal": "equal", "Less": "less", "Greater": "greater", "LessOrEqual": "less_equal",
+               "GreaterOrEqual": "greater_equal", "And": "logical_and", "Or": "logical_or",
+               "Xor": "logical_xor", "Pow": "power"}
+    _UNARY = {"Abs": "abs", "Neg": "negative", "Not": "logical_not", "Sign": "sign", "Floor": "floor",
+              "Ceil": "ceil", "Sqrt": "sqrt", "Exp": "exp", "Tanh": "tanh", "Erf": "erf"}
+    _REDUCE = {"ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min", "ReduceMean": "mean",
+               "ReduceProd": "prod"}
+
+    def standard_tensor_op(self, node: onnx.NodeProto) -> relax.Expr:
+        """The standard ops a transformer graph carries around the fused ops: gathers, masks, casts,
+        elementwise integer arithmetic, slicing, reductions. Integer semantics follow ONNX (Div on
+        integers truncates, as Relax ``divide`` does; Cast between integers wraps)."""
+        op = node.op_type
+        R = relax.op
+        if op in self._BINARY:
+            return self.emit(getattr(R, self._BINARY[op])(self.val(node.input[0]), self.val(node.input[1])))
+        if op in self._UNARY:
+            return self.emit(getattr(R, self._UNARY[op])(self.val(node.input[0])))
+        if op in ("Min", "Max"):
+            fn = R.minimum if op == "Min" else R.maximum
+            e = self.val(node.input[0])
+            for i in node.input[1:]:
+                e = fn(e, self.val(i))
+            return self.emit(e)
+        if op == "Where":
+            return self.emit(R.where(self.val(node.input[0]), self.val(node.input[1]), self.val(node.input[2])))
+        if op == "Cast":
+            to = onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to")))
+            return self.emit(R.astype(self.val(node.input[0]), self.tvm_dtype(to)))
+        if op == "CastLike":
+            return self.emit(R.astype(self.val(node.input[0]), self.dtype_of(self.val(node.input[1]))))
+        if op == "BitShift":
+            fn = R.left_shift if _attr(node, "direction") in (b"LEFT", "LEFT") else R.right_shift
+            return self.emit(fn(self.val(node.input[0]), self.val(node.input[1])))
+        if op == "Gather":
+            x = self.val(node.input[0])
+            axis = int(_attr(node, "axis", 0)) % len(self.shape_of(x))
+            dim = self.shape_of(x)[axis]
+            if node.input[1] in self.inits:  # constant indices: ONNX's negative indices resolved here
+                idx = self.inits[node.input[1]].astype(np.int64)
+                if idx.size and (idx.min() < -dim or idx.max() >= dim):
+                    raise self.err(node, f"Gather index outside [-{dim}, {dim})")
+                return self.emit(R.take(x, _const(np.where(idx < 0, idx + dim, idx)), axis=axis))
+            idx = self.val(node.input[1])
+            # run-time indices (token ids): negative ones count from the end, as in ONNX
+            idx = self.emit(R.where(R.less(idx, relax.const(np.zeros((), self.dtype_of(idx)))),
+                                    R.add(idx, relax.const(np.asarray(dim, self.dtype_of(idx)))), idx))
+            return self.emit(R.take(x, idx, axis=axis, mode="clip"))
+        if op == "Expand":
+            x = self.val(node.input[0])
+            shp = [int(v) for v in self.const_in(node, 1)]
+            out = list(np.broadcast_shapes(tuple(self.shape_of(x)), tuple(shp)))
+            return self.emit(R.broadcast_to(x, out))
+        if op == "Slice":
+            x = self.val(node.input[0])
+            cur = self.shape_of(x)
+            starts, ends = self.const_in(node, 1), self.const_in(node, 2)
+            axes = self.opt_const(node, 3)
+            steps = self.opt_const(node, 4)
+            axes = list(range(len(starts))) if axes is None else [int(a) % len(cur) for a in axes]
+            steps = [1] * len(starts) if steps is None else [int(v) for v in steps]
+            b, e = [], []
+            for ax, st, en, sp in zip(axes, starts, ends, steps):
+                lo, hi, _ = slice(int(st), int(en), sp).indices(cur[ax])
+                b.append(lo)
+                e.append(hi)
+            return self.emit(R.strided_slice(x, axes, b, e, steps))
+        if op in self._REDUCE:
+            x = self.val(node.input[0])
+            axes = self.opt_const(node, 1)
+            axes = _attr(node, "axes") if axes is None else axes
+            keep = bool(_attr(node, "keepdims", 1))
+            if axes is None or len(axes) == 0:
+                if _attr(node, "noop_with_empty_axes", 0):
+                    return x
+                axes = list(range(len(self.shape_of(x))))
+            return self.emit(getattr(R, self._REDUCE[op])(x, axis=[int(a) for a in axes], keepdims=keep))
+        if op == "Split":
+            x = self.val(node.input[0])
+            axis = int(_attr(node, "axis", 0))
+            sizes = self.opt_const(node, 1)
+            n = len(node.output)
+            dim = self.shape_of(x)[axis]
+            sizes = [dim // n] * n if sizes is None else [int(v) for v in sizes]
+            cuts = list(np.cumsum(sizes)[:-1])
+            res = self.emit(R.split(x, [int(v) for v in cuts], axis=axis))
+            return [self.emit(relax.TupleGetItem(res, i)) for i in range(n)]
+        if op == "Tile":
+            return self.emit(R.tile(self.val(node.input[0]), [int(v) for v in self.const_in(node, 1)]))
         raise self.err(node, f"op {op} has no TVM lowering")
+
+    def fold_constant(self, node: onnx.NodeProto) -> bool:
+        """Evaluate a standard node at build time when its result does not depend on the inputs.
+
+        ``Constant``, ``Shape`` (static shapes), and any standard op whose inputs are all
+        initializers or folded values: ``onnx.reference`` computes it, so the folded value is the
+        ONNX result by definition. Shape arithmetic (Shape -> Gather -> Concat -> Reshape) then
+        reaches Reshape/Expand/Slice as the constants they require.
+        """
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type == "Shape":
+            if node.input[0] in self.inits:
+                shp = list(self.inits[node.input[0]].shape)
+            elif node.input[0] in self.env:
+                shp = self.shape_of(self.env[node.input[0]])
+            else:
+                return False
+            start, end = _attr(node, "start", 0), _attr(node, "end", None)
+            self.inits[node.output[0]] = np.asarray(shp[start:end], np.int64)
+            return True
+        ins = [i for i in node.input if i]
+        if node.op_type != "Constant" and (not ins or any(i not in self.inits for i in ins)):
+            return False
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and not ins:
+            return False
+        from onnx.reference import ReferenceEvaluator
+
+        g = onnx.helper.make_graph(
+            [node], "fold", [],
+            [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output],
+            [numpy_helper.from_array(self.inits[i], i) for i in ins])
+        opset = [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        m = onnx.helper.make_model(g, opset_imports=opset or [onnx.helper.make_opsetid("", 21)])
+        outs = ReferenceEvaluator(m).run(None, {})
+        for name, v in zip(node.output, outs):
+            self.inits[name] = _np_int(np.asarray(v))
+        return True
 
     # ---- driver --------------------------------------------------------------------
     def build(self) -> BuildResult:
@@ -450,6 +613,7 @@ class _Builder:
         handlers = {"QConv": self.q_conv, "QMatMul": self.q_matmul, "QAdd": self.q_add,
                     "QAvgPool": self.q_avgpool, "QRequant": self.q_requant,
                     "QuantizeLinear": self.quantize, "DequantizeLinear": self.dequantize}
+        handlers.update({op: functools.partial(fn, self) for op, fn in transformer.HANDLERS.items()})
         out_info: list[IOInfo] = []
         with self.bb.function("main", params):
             with self.bb.dataflow():
@@ -458,6 +622,8 @@ class _Builder:
                 for node in g.node:
                     if node.domain == DOMAIN and node.op_type not in FUSED_OPS:
                         raise self.err(node, f"unknown fused op {node.op_type}")
+                    if self.fold_constant(node):
+                        continue
                     h = handlers.get(node.op_type)
                     res = h(node) if h else self.standard(node)
                     if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] in \

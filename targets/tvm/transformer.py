@@ -1,0 +1,196 @@
+"""Relax lowering of the transformer ops of the integer graph: QSoftmax, QGelu, QLayerNorm, QBatchMatMul.
+
+Each function follows the ONNX function body in ``passes/integer_functions.py`` step by step
+(the contract: docs/INTEGER_GRAPH.md, section "Transformer ops"; numpy references in
+``qcompiler/numerics.py``), so the integers are the ones ONNX Runtime computes, not just
+close to them:
+
+* every intermediate is int64, as in the bodies;
+* ONNX ``Div`` on integers truncates toward zero and so does Relax ``divide`` on integer
+  tensors (LLVM ``sdiv``; checked), so each ``Div`` of a body is a ``divide`` here. The
+  operands are non-negative in every case the contract allows, where truncation is floor;
+* the bodies shift right with ``BitShift`` on uint64 after adding 2^63 (a floor shift that
+  cannot overflow). Here the same floor shift is an arithmetic ``right_shift`` on int64,
+  which is ``floor(v / 2^c)`` for every int64 ``v``. Not the uint64 form: TVM 0.27 does
+  not wrap uint64 additions with a constant (``x + 2^63`` came back as ``x`` for
+  ``x >= 2^63``), so the trick itself would break here;
+* the exponent clamp ``min(q, 40)`` before ``P >> q`` is kept (P >= 0, so logical and
+  arithmetic shifts agree).
+
+Input dtypes are read from the graph, not assumed: 8- or 16-bit activations (the contract
+allows int16 into QSoftmax and QLayerNorm, and the MiniLM graph feeds int16 attention scores
+to QSoftmax), and the accumulator width of QBatchMatMul is chosen from the operand ranges.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tvm import relax
+
+from qcompiler.numerics import (
+    EXP_A,
+    EXP_B,
+    EXP_FRAC,
+    EXP_Q_MAX,
+    GELU_M3_FRAC,
+    GELU_SIG_FRAC,
+    ISQRT_ITERS,
+    LN_NORM_FRAC,
+    SOFTMAX_MASK_PENALTY,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+    from .builder import _Builder
+
+R = relax.op
+INT32_MAX = (1 << 31) - 1
+
+
+def i64(v: int | np.ndarray) -> relax.Constant:
+    """An int64 Relax constant (``relax.const`` would make a Python int int32)."""
+    return relax.const(np.ascontiguousarray(np.asarray(v, np.int64)), dtype="int64")
+
+
+def scalar(bld: _Builder, node: onnx.NodeProto, i: int) -> int:
+    return int(bld.const_in(node, i).reshape(-1)[0])
+
+
+def minus_zp(bld: _Builder, x: relax.Expr, zp: int) -> relax.Expr:
+    """``int64(x) - zp`` (the bodies' Cast, Cast, Sub)."""
+    return bld.emit(R.subtract(R.astype(x, "int64"), i64(zp)))
+
+
+def shift_round_clamp(bld: _Builder, v: relax.Expr, c: np.ndarray, y_zp: np.ndarray, qmin: int,
+                      qmax: int) -> relax.Expr:
+    """``CastLike(clip(y_zp + ((v + 2^(c-1)) >> c), qmin, qmax), y_zp)``, ``>>`` a floor shift on int64."""
+    c = np.asarray(c, np.int64).reshape(-1)
+    if c.size != 1 or not 1 <= int(c[0]) <= 63:
+        raise bld.err(None, f"shift outside [1, 63] or not a scalar: {c}")
+    cc = int(c[0])
+    t = bld.emit(R.add(v, i64(1 << (cc - 1))))
+    t = bld.emit(R.right_shift(t, i64(cc)))
+    t = bld.emit(R.add(t, i64(int(np.asarray(y_zp).reshape(-1)[0]))))
+    t = bld.emit(R.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
+    return bld.emit(R.astype(t, bld.tvm_dtype(np.asarray(y_zp).dtype)))
+
+
+def exp2_neg(bld: _Builder, t: relax.Expr) -> relax.Expr:
+    """``2^(-t / 2^16)`` in Q32 for int64 ``t >= 0`` (numerics.exp2_neg, the body's ``_exp2_neg``)."""
+    k16 = i64(1 << EXP_FRAC)
+    q0 = bld.emit(R.divide(t, k16))
+    f = bld.emit(R.subtract(t, R.multiply(q0, k16)))
+    bff = bld.emit(R.multiply(R.multiply(i64(EXP_B), f), f))
+    p = bld.emit(R.add(R.subtract(i64(1 << 32), R.multiply(i64(EXP_A), f)), R.divide(bff, k16)))
+    q = bld.emit(R.minimum(q0, i64(EXP_Q_MAX)))
+    return bld.emit(R.right_shift(p, q))
+
+
+def q_softmax(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
+    """Shiftmax over the last axis with a 0/1 mask (broadcast), one division per row."""
+    x = bld.val(node.input[0])
+    mask = bld.val(node.input[1])
+    m_exp = scalar(bld, node, 2)
+    b, c, y_zp = bld.const_in(node, 3), bld.const_in(node, 4), bld.const_in(node, 5)
+    qmin, qmax = bld.qminmax(node, y_zp)
+    xi = bld.emit(R.astype(x, "int64"))
+    mk = bld.emit(R.astype(mask, "int64"))
+    xm = bld.emit(R.add(xi, R.multiply(R.subtract(mk, i64(1)), i64(SOFTMAX_MASK_PENALTY))))
+    mx = bld.emit(R.max(xm, axis=-1, keepdims=True))
+    t = bld.emit(R.multiply(R.subtract(mx, xm), i64(m_exp)))
+    e = bld.emit(R.multiply(exp2_neg(bld, t), mk))
+    s = bld.emit(R.maximum(R.sum(e, axis=-1, keepdims=True), i64(1)))
+    r = bld.emit(R.divide(i64(1 << 62), s))  # one division per row
+    p = bld.emit(R.divide(R.add(R.multiply(e, r), i64(1 << 45)), i64(1 << 46)))  # Q16 probability
+    v = bld.emit(R.multiply(p, i64(int(np.asarray(b).reshape(-1)[0]))))
+    bld.layers.append(node.name)
+    return shift_round_clamp(bld, v, c, y_zp, qmin, qmax)
+
+
+def q_gelu(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
+    """ShiftGELU / tanh-GELU: ``dx * sigmoid`` with the shift exponential and one division per element."""
+    x = bld.val(node.input[0])
+    x_zp = scalar(bld, node, 1)
+    m1, m3 = scalar(bld, node, 2), scalar(bld, node, 3)
+    b, c, y_zp = bld.const_in(node, 4), bld.const_in(node, 5), bld.const_in(node, 6)
+    qmin, qmax = bld.qminmax(node, y_zp)
+    dx = minus_zp(bld, x, x_zp)
+    a = bld.emit(R.abs(dx))
+    cub = bld.emit(R.divide(R.multiply(R.multiply(a, a), i64(m3)), i64(1 << GELU_M3_FRAC)))
+    w = bld.emit(R.multiply(a, R.add(i64(m1), cub)))
+    e = exp2_neg(bld, w)
+    one32 = i64(1 << 32)
+    num = bld.emit(R.multiply(R.where(R.greater_equal(dx, i64(0)), one32, e), i64(1 << GELU_SIG_FRAC)))
+    sig = bld.emit(R.divide(num, R.add(e, one32)))  # Q16 sigmoid
+    v = bld.emit(R.multiply(R.multiply(dx, sig), i64(int(np.asarray(b).reshape(-1)[0]))))
+    bld.layers.append(node.name)
+    return shift_round_clamp(bld, v, c, y_zp, qmin, qmax)
+
+
+def isqrt_newton(bld: _Builder, v: relax.Expr) -> relax.Expr:
+    """floor(sqrt(v)) for int64 ``1 <= v < 2^62``: power-of-two start, ISQRT_ITERS Newton steps (truncating)."""
+    pw = i64(np.left_shift(np.int64(1), 2 * np.arange(1, 32, dtype=np.int64)))
+    ge = bld.emit(R.astype(R.greater_equal(R.expand_dims(v, [-1]), pw), "int64"))
+    k = bld.emit(R.sum(ge, axis=-1, keepdims=False))
+    x = bld.emit(R.left_shift(i64(1), R.add(k, i64(1))))
+    two = i64(2)
+    for _ in range(ISQRT_ITERS):
+        x = bld.emit(R.minimum(x, R.divide(R.add(x, R.divide(v, x)), two)))
+    return x
+
+
+def q_layernorm(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
+    """I-LayerNorm over the last axis: n-scaled centring, integer variance, Newton isqrt, one division per row."""
+    x = bld.val(node.input[0])
+    x_zp = scalar(bld, node, 1)
+    g, beta = bld.const_in(node, 2).astype(np.int64), bld.const_in(node, 3).astype(np.int64)
+    c, eps, y_zp = bld.const_in(node, 4), scalar(bld, node, 5), bld.const_in(node, 6)
+    qmin, qmax = bld.qminmax(node, y_zp)
+    n = bld.shape_of(x)[-1]
+    dx = minus_zp(bld, x, x_zp)
+    cx = bld.emit(R.subtract(R.multiply(dx, i64(n)), R.sum(dx, axis=-1, keepdims=True)))
+    v = bld.emit(R.maximum(R.add(R.sum(R.multiply(cx, cx), axis=-1, keepdims=True), i64(eps)), i64(1)))
+    d = isqrt_newton(bld, v)
+    r = bld.emit(R.divide(i64(1 << 40), d))  # one division per row
+    t = bld.emit(R.right_shift(R.multiply(cx, r), i64(40 - LN_NORM_FRAC)))  # floor shift (any sign)
+    acc = bld.emit(R.add(R.multiply(t, i64(g)), i64(beta)))
+    bld.layers.append(node.name)
+    return shift_round_clamp(bld, acc, c, y_zp, qmin, qmax)
+
+
+def _absmax_minus(dtype: str, zp: int) -> int:
+    info = np.iinfo(dtype)
+    return max(abs(int(info.min) - zp), abs(int(info.max) - zp))
+
+
+def q_batchmatmul(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
+    """Activation x activation matmul: ``(a - a_zp) @ (b - b_zp)`` accumulated exactly, one requantize.
+
+    8-bit operands: int16 differences, int32 accumulators (what MatMulInteger computes). Wider
+    operands: int32 differences, and int64 accumulators when K * |a - a_zp| * |b - b_zp| could
+    leave int32.
+    """
+    a, bx = bld.val(node.input[0]), bld.val(node.input[2])
+    a_zp, b_zp = scalar(bld, node, 1), scalar(bld, node, 3)
+    b, c, y_zp = bld.const_in(node, 4), bld.const_in(node, 5), bld.const_in(node, 6)
+    qmin, qmax = bld.qminmax(node, y_zp)
+    da, db = bld.dtype_of(a), bld.dtype_of(bx)
+    k = bld.shape_of(a)[-1]
+    narrow = all(np.iinfo(t).bits <= 8 for t in (da, db))
+    bound = k * _absmax_minus(da, a_zp) * _absmax_minus(db, b_zp)
+    acc_t = "int32" if bound <= INT32_MAX else "int64"
+    op_t = "int16" if narrow else acc_t
+
+    def centred(e: relax.Expr, zp: int) -> relax.Expr:
+        return bld.emit(R.subtract(R.astype(e, op_t), relax.const(np.asarray(zp, op_t), dtype=op_t)))
+
+    acc = bld.emit(R.matmul(centred(a, a_zp), centred(bx, b_zp), out_dtype=acc_t))
+    acc64 = bld.emit(R.astype(acc, "int64")) if acc_t != "int64" else acc
+    bld.layers.append(node.name)
+    return bld.requant(acc64, b, c, y_zp, qmin, qmax, [])
+
+
+HANDLERS = {"QSoftmax": q_softmax, "QGelu": q_gelu, "QLayerNorm": q_layernorm, "QBatchMatMul": q_batchmatmul}
