@@ -11,6 +11,10 @@ Evaluation views are fixed (center crops at several scales, and their mirror ima
 views are seeded random-resized crops, so no calibration tensor equals an evaluation tensor.
 Preprocessing is the standard ImageNet one: resize the short side, crop 224, scale to [0,1],
 normalise per channel with the model's mean/std. Everything is deterministic.
+
+``size`` (default 224) makes the same views at another resolution, for fully convolutional models
+run at a microcontroller input size (e.g. MobileNetV2 at 96x96 on the MCU target): every resize
+and crop is scaled by ``size / 224``, so a view frames the same part of the photo at any size.
 """
 
 from __future__ import annotations
@@ -103,22 +107,27 @@ def _normalize(img, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarr
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def center_view(img, short: int, flip: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """Resize the short side to ``short`` (bilinear, antialiased), center-crop 224, optionally mirror."""
+def center_view(img, short: int, flip: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD, size: int = SIZE) -> np.ndarray:
+    """Resize the short side to ``short`` (bilinear, antialiased), center-crop 224, optionally mirror.
+
+    At ``size`` != 224 the short side goes to ``round(short * size / 224)`` and the crop is ``size``.
+    """
     from PIL import Image
 
+    if size != SIZE:
+        short = round(short * size / SIZE)
     w, h = img.size
     s = short / min(w, h)
-    img = img.resize((max(SIZE, round(w * s)), max(SIZE, round(h * s))), Image.BILINEAR)
+    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
     w, h = img.size
-    left, top = (w - SIZE) // 2, (h - SIZE) // 2
-    img = img.crop((left, top, left + SIZE, top + SIZE))
+    left, top = (w - size) // 2, (h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
     if flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return _normalize(img, mean, std)
 
 
-def random_view(img, rng: np.random.Generator, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+def random_view(img, rng: np.random.Generator, mean=IMAGENET_MEAN, std=IMAGENET_STD, size: int = SIZE) -> np.ndarray:
     """Inception-style random-resized crop (8-60% of the area, aspect 3/4..4/3) and random mirror.
 
     The area is capped below the evaluation crops' so calibration never sees the eval framing.
@@ -135,25 +144,25 @@ def random_view(img, rng: np.random.Generator, mean=IMAGENET_MEAN, std=IMAGENET_
     else:
         cw = ch = min(w, h) // 2
     left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    crop = img.crop((left, top, left + cw, top + ch)).resize((SIZE, SIZE), Image.BILINEAR)
+    crop = img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BILINEAR)
     if rng.random() < 0.5:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
     return _normalize(crop, mean, std)
 
 
-def eval_set(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tuple[np.ndarray, np.ndarray]:
-    """120 labelled views (20 foolbox photos x 6 views): ``(x float32 [120,3,224,224], y int64 [120])``.
+def eval_set(mean=IMAGENET_MEAN, std=IMAGENET_STD, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """120 labelled views (20 foolbox photos x 6 views): ``(x float32 [120,3,size,size], y int64 [120])``.
 
     Ordered view-major: the first 20 are the standard 256/224 center crops.
     """
     images, labels = foolbox_photos()
-    xs = [center_view(img, short, flip, mean, std) for short, flip in EVAL_VIEWS for img in images]
+    xs = [center_view(img, short, flip, mean, std, size) for short, flip in EVAL_VIEWS for img in images]
     ys = [lab for _ in EVAL_VIEWS for lab in labels]
     return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
 
-def calib_set(n: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """``n`` calibration views, float32 ``[n,3,224,224]``: random crops cycling over all photos.
+def calib_set(n: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, size: int = SIZE) -> np.ndarray:
+    """``n`` calibration views, float32 ``[n,3,size,size]``: random crops cycling over all photos.
 
     Photos alternate between scikit-image and foolbox ones; view ``i`` depends only on ``i`` (its
     own seeded generator), so ``calib_set(m)[:k] == calib_set(k)`` for any ``k <= m``.
@@ -161,10 +170,10 @@ def calib_set(n: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     fb, _ = foolbox_photos()
     sk = skimage_photos()
     pool = [p for pair in zip(sk, fb, strict=False) for p in pair] + list(sk[len(fb) :]) + list(fb[len(sk) :])
-    out = np.empty((n, 3, SIZE, SIZE), np.float32)
+    out = np.empty((n, 3, size, size), np.float32)
     for i in range(n):
         rng = np.random.default_rng([CALIB_SEED, i])
-        out[i] = random_view(pool[i % len(pool)], rng, mean, std)
+        out[i] = random_view(pool[i % len(pool)], rng, mean, std, size)
     return out
 
 

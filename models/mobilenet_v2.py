@@ -80,7 +80,19 @@ def build_torch(pretrained: bool = True):
     return model.eval()
 
 
-def onnx_path() -> Path:
-    """Path of the exported ONNX (input "input" [1,3,224,224], output "logits"), exported on first use."""
+def onnx_path(input_size: int = 224) -> Path:
+    """Path of the exported ONNX (input "input" [1,3,S,S] with S = ``input_size``, output "logits"), exported
+    on first use.
+
+    The network is fully convolutional up to a global average pool, so the same ImageNet weights run at any
+    input size (96 or 128 for a microcontroller). Sizes other than 224 get their own cache file (the
+    size is part of the key; 224 keeps the file name it always had). Sizes below 32 are refused: the
+    five stride-2 stages bring 32 down to 1x1 before the pool.
+    """
+    if int(input_size) < 32:
+        raise ValueError(f"MobileNetV2 input size must be at least 32, got {input_size}")
     key = {"w": package_version(WEIGHTS_DIST), "b": BUILDER_VERSION}
-    return cached_export("mobilenet_v2", key, build_torch, INPUT_SHAPE)
+    if input_size != INPUT_SHAPE[-1]:
+        key["i"] = str(int(input_size))
+    shape = (*INPUT_SHAPE[:2], int(input_size), int(input_size))
+    return cached_export("mobilenet_v2", key, build_torch, shape)

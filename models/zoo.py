@@ -36,13 +36,14 @@ class ZooEntry:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     needs_torch: bool = False  # built on first use from a weight package (the optional torch extra)
+    resizable: bool = False  # fully convolutional + global pool: exported at any ``input_size``
 
 
 _ENTRIES = {
     e.name: e
     for e in (
         ZooEntry("fashion_cnn", (1, 1, 28, 28)),
-        ZooEntry("mobilenet_v2", (1, 3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True),
+        ZooEntry("mobilenet_v2", (1, 3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True, True),
         # The Lite models were trained in TF on (pixel - 127) / 128: ImageNet mean/std costs ~10 points.
         ZooEntry("efficientnet_lite0", (1, 3, 224, 224), (127 / 255,) * 3, (128 / 255,) * 3, True),
     )
@@ -58,19 +59,31 @@ def entry(name: str) -> ZooEntry:
         raise KeyError(f"unknown model {name!r}; the zoo has: {', '.join(MODEL_NAMES)}") from None
 
 
-def get_model(name: str) -> Path:
+def _size(name: str, input_size: int | None) -> int | None:
+    """``input_size`` checked against the entry: None or the native size mean the model as trained."""
+    e = entry(name)
+    if input_size is None or input_size == e.input_shape[-1]:
+        return None
+    if not e.resizable:
+        raise ValueError(f"{name} runs only at its native size {e.input_shape[-1]}, not {input_size}")
+    return int(input_size)
+
+
+def get_model(name: str, input_size: int | None = None) -> Path:
     """Path of the float ONNX model ``name`` (input "input", output "logits", BatchNorm kept).
 
     ImageNet models are exported on first use into ``$QCOMPILER_CACHE/models`` (default
-    ``~/.cache/qcompiler/models``); that needs torch and the weight packages.
+    ``~/.cache/qcompiler/models``); that needs torch and the weight packages. ``input_size`` exports a
+    resizable model (MobileNetV2) at ``[1, 3, input_size, input_size]`` with the same weights: how it
+    runs on a microcontroller (the MCU tests use 96); each size is cached separately.
     """
-    entry(name)
+    size = _size(name, input_size)
     if name == "fashion_cnn":
         return MODELS_DIR / "fashion_cnn.onnx"
     if name == "mobilenet_v2":
         from models import mobilenet_v2
 
-        return mobilenet_v2.onnx_path()
+        return mobilenet_v2.onnx_path() if size is None else mobilenet_v2.onnx_path(size)
     from models import efficientnet_lite0
 
     return efficientnet_lite0.onnx_path()
@@ -91,7 +104,7 @@ def build_torch(name: str):
 
 
 @functools.lru_cache(maxsize=4)
-def _eval_cached(name: str) -> tuple[np.ndarray, np.ndarray]:
+def _eval_cached(name: str, size: int | None) -> tuple[np.ndarray, np.ndarray]:
     e = entry(name)
     if name == "fashion_cnn":
         from models.fashion_mnist import load_eval
@@ -99,27 +112,29 @@ def _eval_cached(name: str) -> tuple[np.ndarray, np.ndarray]:
         return load_eval()
     from models.imagenet_data import eval_set
 
-    return eval_set(e.mean, e.std)
+    return eval_set(e.mean, e.std) if size is None else eval_set(e.mean, e.std, size)
 
 
-def get_eval_data(name: str) -> tuple[np.ndarray, np.ndarray | None]:
+def get_eval_data(name: str, input_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Evaluation inputs (float32, NCHW, already preprocessed for ``name``) and int64 labels.
 
     fashion_cnn: the first 2000 test images. ImageNet models: 120 views of foolbox's 20 labelled
-    ImageNet samples (first 20 = standard 256/224 center crops). Labels are never None for the
-    current models; the Optional return type is for future unlabelled sets. Returns copies.
+    ImageNet samples (first 20 = standard 256/224 center crops), at ``input_size`` if given (the same
+    framing, scaled). Labels are never None for the current models; the Optional return type is for
+    future unlabelled sets. Returns copies.
     """
-    x, y = _eval_cached(name)
+    x, y = _eval_cached(name, _size(name, input_size))
     return x.copy(), None if y is None else y.copy()
 
 
-def get_calib_data(name: str, n: int = 64) -> np.ndarray:
+def get_calib_data(name: str, n: int = 64, input_size: int | None = None) -> np.ndarray:
     """``n`` calibration inputs for ``name`` (float32, NCHW), disjoint from :func:`get_eval_data`.
 
     fashion_cnn: TRAIN images (at most 256 committed). ImageNet models: seeded random crops of
-    scikit-image photos and foolbox photos; deterministic, any ``n``.
+    scikit-image photos and foolbox photos; deterministic, any ``n``, at ``input_size`` if given.
     """
     e = entry(name)
+    size = _size(name, input_size)
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     if name == "fashion_cnn":
@@ -131,4 +146,4 @@ def get_calib_data(name: str, n: int = 64) -> np.ndarray:
         return x[:n].copy()
     from models.imagenet_data import calib_set
 
-    return calib_set(n, e.mean, e.std)
+    return calib_set(n, e.mean, e.std) if size is None else calib_set(n, e.mean, e.std, size)
