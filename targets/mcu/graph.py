@@ -213,7 +213,7 @@ def fast_requant(b: np.ndarray, c: np.ndarray, zp: int, acc_shift: int = 0) -> n
 def pack_stream(w2d: np.ndarray, wbits: int, groups: int, bias: np.ndarray, b: np.ndarray, c: np.ndarray,
                 zp: int) -> tuple[np.ndarray, int, int]:
     """Everything qc_conv/qc_fc read for a layer, as one int32 array: per group, per row pair,
-    ``bias0, bias1`` (the accumulator start, 16x for 4-bit), the pair's weight blocks
+    ``bias0, bias0, bias1, bias1`` (the accumulator starts, 16x for 4-bit), the pair's weight blocks
     (:func:`pack_rows`), then 5 requantization words: ``b0, rnd0, b1, rnd1, s0 | s1 << 8``
     (rq_fast = 1, see :func:`fast_requant`) or ``b0, c0, b1, c1, 0`` (rq_fast = 0). The
     kernels walk it front to back with LDM. Returns (stream, k_pad, rq_fast)."""
@@ -229,6 +229,7 @@ def pack_stream(w2d: np.ndarray, wbits: int, groups: int, bias: np.ndarray, b: n
     for g in range(groups):
         bi = np.zeros(2 * pairs, np.int64)
         bi[:mg] = bias[g * mg:(g + 1) * mg]
+        bi = np.repeat(bi, 2)  # bias0, bias0, bias1, bias1: one LDM starts all four accumulators
         if rq_fast:
             rq = fast[g].astype(np.int64)  # type: ignore[union-attr]
         else:
@@ -236,7 +237,7 @@ def pack_stream(w2d: np.ndarray, wbits: int, groups: int, bias: np.ndarray, b: n
             bb, cc = np.zeros(2 * pairs, np.int64), np.zeros(2 * pairs, np.int64)
             bb[:mg], cc[:mg] = b[g * mg:(g + 1) * mg], c[g * mg:(g + 1) * mg]
             rq[:, 0], rq[:, 1], rq[:, 2], rq[:, 3] = bb[0::2], cc[0::2], bb[1::2], cc[1::2]
-        out.append(np.concatenate([bi.reshape(pairs, 2), blk[g], rq], axis=1))
+        out.append(np.concatenate([bi.reshape(pairs, 4), blk[g], rq], axis=1))
     stream = np.stack(out).reshape(-1)
     return ((stream + (1 << 32)) % (1 << 32)).astype(np.uint32).view(np.int32), k_pad, rq_fast
 

@@ -30,6 +30,13 @@
 #define QC_ASR32(v, s) ((v) >= 0 ? (v) >> (s) : ~((~(v)) >> (s)))
 #endif
 
+/* Keeps a rarely taken path out of a hot loop's register allocation. */
+#if defined(__GNUC__)
+#define QC_NOINLINE __attribute__((noinline))
+#else
+#define QC_NOINLINE
+#endif
+
 static inline int32_t qc_clamp32(int32_t v, int32_t lo, int32_t hi)
 {
     return v < lo ? lo : (v > hi ? hi : v);
@@ -85,53 +92,73 @@ static inline uint32_t qc_ld32(const void *p)
 /* ---------------------------------------------------------------- conv / fully connected
  * 2 x 2 tiles: two output channels (a row pair of the weight stream, see qc_kernels.h)
  * x two im2col columns (output pixels); acc[0..3] = (row 0, col 0), (row 0, col 1),
- * (row 1, col 0), (row 1, col 1). */
+ * (row 1, col 0), (row 1, col 1). A row pair of the stream is QC_PAIR_HEAD bias words,
+ * the weight blocks, then QC_PAIR_TAIL requantization words. */
+#define QC_PAIR_HEAD 4
+#define QC_PAIR_TAIL 5
 
 #if QC_USE_DSP
-/* What the assembly tile kernels read (field offsets are used by the assembly). */
+/* What the assembly tile kernels read. The prologue pushes words 0-7 as they are (entry turned
+ * into the address where the first pass enters the unrolled K loop), so these offsets are also
+ * their offsets from sp inside the loop. */
 typedef struct {
-    const int32_t *w_end;   /* 0: end of the row pairs to do */
+    int32_t entry;          /* 0: (k_pad / 4) mod 8 */
     const int16_t *c0;      /* 4 */
     const int16_t *c1;      /* 8: may equal c0 (then o1 == o0) */
-    int32_t blk_bytes;      /* 12: weight block bytes of one row pair */
-    int32_t entry;          /* 16: (k_pad / 4) mod 4: where the first pass enters the 4x unrolled loop */
-    int8_t *o0;             /* 20: advanced by 2 per pair */
-    int8_t *o1;             /* 24: advanced by 2 per pair */
-    uint32_t qmin4, qmax4;  /* 28, 32: the bounds in each byte (clamping kernels) */
+    int8_t *o0;             /* 12: advanced by 2 per pair */
+    int8_t *o1;             /* 16 */
+    const int32_t *w_end;   /* 20: end of the row pairs to do */
+    uint32_t qmin4, qmax4;  /* 24, 28: the bounds in each byte (clamping kernels) */
+    const int16_t *c0_end;  /* 32: c0 + k_pad, where the K loop stops */
 } qc_tile_args;
 
-/* For every row pair from w to a->w_end: acc = bias; acc += W . col over K; fast
- * requantization; store four bytes. The dot product needs 14 registers (4 accumulators,
- * 4 weight words, 2 activation words, 3 pointers and the end), more than GCC gives an
- * inline asm statement, and LDM takes a fixed ascending register list, so these are whole
- * functions in assembly. Per block of 4 K indices: 8-bit weights (pre-widened to int16 at
- * compile time) 3 LDM + 8 SMLAD for 16 MACs; 4-bit: LDR + 2 AND + LSL + 4 SXTB16 + 2 LDM +
- * 8 SMLAD. The K loop is unrolled 4x; a TBB enters it so that the first pass does the
- * (k_pad / 4) mod 4 odd blocks. "_c" variants clamp to [qmin, qmax] with SSUB8/SEL on the
- * packed bytes; the others only saturate to [-128, 127] (SSAT). */
+/* For every row pair from w to a->w_end: acc = bias (LDM of 4 words); acc += W . col over K;
+ * fast requantization (SMMLA: hi32(acc * b) + rnd, then an arithmetic shift per channel);
+ * store four bytes. The dot product needs 14 registers (4 accumulators, 4 weight words,
+ * 2 activation words, 3 pointers and the loop end), more than GCC gives an inline asm
+ * statement, and LDM takes a fixed ascending register list, so these are whole functions in
+ * assembly. Per block of 4 K indices: 8-bit weights (pre-widened to int16 at compile time)
+ * 3 LDM + 8 SMLAD for 16 MACs; 4-bit: LDR + 2 AND + LSL + 4 SXTB16 + 2 LDM + 8 SMLAD. The K
+ * loop is unrolled 4x and ends on the first column's pointer; the first pass enters it where
+ * it does the (k_pad / 4) mod 4 odd blocks (LDR PC from the address computed once per call).
+ * "_c" variants clamp to [qmin, qmax] with SSUB8/SEL on the packed bytes; the others only
+ * saturate to [-128, 127] (SSAT). Per row pair outside the K loop: 3 instructions before it,
+ * 21 (23 clamping: 28) after. */
 void qc_tile_w16(const int32_t *w, qc_tile_args *a);
 void qc_tile_w16_c(const int32_t *w, qc_tile_args *a);
 void qc_tile_w4(const int32_t *w, qc_tile_args *a);
 void qc_tile_w4_c(const int32_t *w, qc_tile_args *a);
 
 #define QC_STORE_PLAIN                \
+    "\tssat r4, #8, r4\n"             \
+    "\tssat r5, #8, r5\n"             \
+    "\tssat r6, #8, r6\n"             \
+    "\tssat r7, #8, r7\n"             \
+    "\tldrd r8, r9, [sp, #12]\n"      \
     "\tstrb r4, [r8], #1\n"           \
     "\tstrb r6, [r8], #1\n"           \
     "\tstrb r5, [r9], #1\n"           \
-    "\tstrb r7, [r9], #1\n"
+    "\tstrb r7, [r9], #1\n"           \
+    "\tstrd r8, r9, [sp, #12]\n"
 
 #define QC_STORE_CLAMP                \
+    "\tssat r4, #8, r4\n"             \
+    "\tssat r5, #8, r5\n"             \
+    "\tssat r6, #8, r6\n"             \
+    "\tssat r7, #8, r7\n"             \
     "\tbfi r4, r6, #8, #8\n"          \
     "\tbfi r5, r7, #8, #8\n"          \
     "\tpkhbt r4, r4, r5, lsl #16\n"   \
-    "\tldrd r10, r11, [lr, #28]\n"    \
-    "\tssub8 r3, r4, r10\n"           \
+    "\tldrd r10, r11, [sp, #24]\n"    \
+    "\tssub8 r12, r4, r10\n"          \
     "\tsel r4, r4, r10\n"             \
-    "\tssub8 r3, r4, r11\n"           \
+    "\tssub8 r12, r4, r11\n"          \
     "\tsel r4, r11, r4\n"             \
-    "\tlsr r5, r4, #16\n"             \
+    "\tldrd r8, r9, [sp, #12]\n"      \
     "\tstrh r4, [r8], #2\n"           \
-    "\tstrh r5, [r9], #2\n"
+    "\tlsr r4, r4, #16\n"             \
+    "\tstrh r4, [r9], #2\n"           \
+    "\tstrd r8, r9, [sp, #12]\n"
 
 #define QC_TILE_FUNC(name, STEP, STORE)                                  \
     "\t.pushsection .text." #name ",\"ax\",%progbits\n"                 \
@@ -143,51 +170,44 @@ void qc_tile_w4_c(const int32_t *w, qc_tile_args *a);
     "\t.thumb_func\n"                                                   \
     #name ":\n"                                                         \
     "\tpush {r4-r11, lr}\n"                                             \
-    "\tpush {r1}\n"                                                     \
+    "\tldr r3, [r1, #32]\n"                                             \
+    "\tldm r1, {r4-r11}\n"                                              \
+    "\tadr.w r12, 20f\n"                                                \
+    "\tldr r4, [r12, r4, lsl #2]\n"                                     \
+    "\tpush {r4-r11}\n"                                                 \
     "0:\n"                                                              \
-    "\tldr lr, [sp]\n"                                                  \
-    "\tldrd r1, r2, [lr, #4]\n"                                         \
-    "\tldm r0!, {r4, r6}\n"                                             \
-    "\tmov r5, r4\n"                                                    \
-    "\tmov r7, r6\n"                                                    \
-    "\tldrd r3, r12, [lr, #12]\n"                                       \
-    "\tadd r3, r0, r3\n"                                                \
-    "\ttbb [pc, r12]\n"                                                 \
-    "9:\n"                                                              \
-    "\t.byte (10f-9b)/2, (13f-9b)/2, (12f-9b)/2, (11f-9b)/2\n"          \
+    "\tldm r0!, {r4-r7}\n"                                              \
+    "\tldrd r1, r2, [sp, #4]\n"                                         \
+    "\tldr pc, [sp]\n"                                                  \
     "10:\n" STEP                                                        \
     "11:\n" STEP                                                        \
     "12:\n" STEP                                                        \
     "13:\n" STEP                                                        \
-    "\tcmp r0, r3\n"                                                    \
+    "14:\n" STEP                                                        \
+    "15:\n" STEP                                                        \
+    "16:\n" STEP                                                        \
+    "17:\n" STEP                                                        \
+    "\tcmp r1, r3\n"                                                    \
     "\tbne 10b\n"                                                       \
-    "\tldr lr, [sp]\n"                                                  \
     "\tldm r0!, {r8-r12}\n"                                             \
-    "\tsmmul r4, r4, r8\n"                                              \
-    "\tsmmul r5, r5, r8\n"                                              \
-    "\tsmmul r6, r6, r10\n"                                             \
-    "\tsmmul r7, r7, r10\n"                                             \
-    "\tadd r4, r4, r9\n"                                                \
-    "\tadd r5, r5, r9\n"                                                \
-    "\tadd r6, r6, r11\n"                                               \
-    "\tadd r7, r7, r11\n"                                               \
+    "\tsmmla r4, r4, r8, r9\n"                                          \
+    "\tsmmla r5, r5, r8, r9\n"                                          \
+    "\tsmmla r6, r6, r10, r11\n"                                        \
+    "\tsmmla r7, r7, r10, r11\n"                                        \
     "\tasr r4, r4, r12\n"                                               \
     "\tasr r5, r5, r12\n"                                               \
     "\tlsr r12, r12, #8\n"                                              \
     "\tasr r6, r6, r12\n"                                               \
     "\tasr r7, r7, r12\n"                                               \
-    "\tssat r4, #8, r4\n"                                               \
-    "\tssat r5, #8, r5\n"                                               \
-    "\tssat r6, #8, r6\n"                                               \
-    "\tssat r7, #8, r7\n"                                               \
-    "\tldrd r8, r9, [lr, #20]\n"                                        \
     STORE                                                               \
-    "\tstrd r8, r9, [lr, #20]\n"                                        \
-    "\tldr r3, [lr]\n"                                                  \
-    "\tcmp r0, r3\n"                                                    \
+    "\tldr r8, [sp, #20]\n"                                             \
+    "\tcmp r0, r8\n"                                                    \
     "\tbne 0b\n"                                                        \
-    "\tadd sp, sp, #4\n"                                                \
+    "\tadd sp, sp, #32\n"                                               \
     "\tpop {r4-r11, pc}\n"                                              \
+    "\t.p2align 2\n"                                                    \
+    "20:\n"                                                             \
+    "\t.word 10b + 1, 17b + 1, 16b + 1, 15b + 1, 14b + 1, 13b + 1, 12b + 1, 11b + 1\n" \
     "\t.size " #name ", .-" #name "\n"                                  \
     "\t.popsection\n"
 
@@ -231,6 +251,103 @@ __asm__(QC_TILE_FUNC(qc_tile_w16, QC_STEP_W16, QC_STORE_PLAIN)
         QC_TILE_FUNC(qc_tile_w16_c, QC_STEP_W16, QC_STORE_CLAMP)
         QC_TILE_FUNC(qc_tile_w4, QC_STEP_W4, QC_STORE_PLAIN)
         QC_TILE_FUNC(qc_tile_w4_c, QC_STEP_W4, QC_STORE_CLAMP));
+
+/* int16_t *qc_widen_rows(int16_t *dst, const int8_t *src, int32_t n, int32_t rows, int32_t stride):
+ * rows runs of n int8 (n a multiple of 4; the runs stride bytes apart) into dst as int16, each
+ * block of 4 stored x0, x2, x1, x3 (SXTB16); returns the end of what was written. dst is word
+ * aligned. 16 bytes per pass: LDM (or 4 LDR when src is not word aligned), 8 SXTB16, STM;
+ * runs of exactly 4 bytes (a one-channel input layer) take a 7-instruction loop. */
+int16_t *qc_widen_rows(int16_t *dst, const int8_t *src, int32_t n, int32_t rows, int32_t stride);
+
+#define QC_SXTB16_8                  \
+    "\tsxtb16 r4, r5\n"              \
+    "\tsxtb16 r5, r5, ror #8\n"      \
+    "\tsxtb16 r6, r7\n"              \
+    "\tsxtb16 r7, r7, ror #8\n"      \
+    "\tsxtb16 r8, r9\n"              \
+    "\tsxtb16 r9, r9, ror #8\n"      \
+    "\tsxtb16 r10, r11\n"            \
+    "\tsxtb16 r11, r11, ror #8\n"
+
+__asm__("\t.pushsection .text.qc_widen_rows,\"ax\",%progbits\n"
+        "\t.syntax unified\n"
+        "\t.thumb\n"
+        "\t.p2align 2\n"
+        "\t.global qc_widen_rows\n"
+        "\t.type qc_widen_rows, %function\n"
+        "\t.thumb_func\n"
+        "qc_widen_rows:\n"
+        "\tpush {r4-r11, lr}\n"
+        "\tldr r12, [sp, #36]\n"
+        "\tcmp r2, #4\n"
+        "\tbeq 8f\n"
+        "\tsub r12, r12, r2\n"
+        "1:\n"
+        "\tmov lr, r2\n"
+        "\ttst r1, #3\n"
+        "\tbne 6f\n"
+        "\tsubs lr, lr, #16\n"
+        "\tblt 3f\n"
+        "2:\n"
+        "\tldm r1!, {r5, r7, r9, r11}\n"
+        QC_SXTB16_8
+        "\tstm r0!, {r4-r11}\n"
+        "\tsubs lr, lr, #16\n"
+        "\tbge 2b\n"
+        "3:\n"
+        "\tadds lr, lr, #16\n"
+        "\tbeq 5f\n"
+        "4:\n"
+        "\tldr r5, [r1], #4\n"
+        "\tsxtb16 r4, r5\n"
+        "\tsxtb16 r5, r5, ror #8\n"
+        "\tstrd r4, r5, [r0], #8\n"
+        "\tsubs lr, lr, #4\n"
+        "\tbne 4b\n"
+        "5:\n"
+        "\tadd r1, r1, r12\n"
+        "\tsubs r3, r3, #1\n"
+        "\tbne 1b\n"
+        "\tpop {r4-r11, pc}\n"
+        "6:\n"
+        "\tsubs lr, lr, #16\n"
+        "\tblt 3b\n"
+        "7:\n"
+        "\tldr r5, [r1], #4\n"
+        "\tldr r7, [r1], #4\n"
+        "\tldr r9, [r1], #4\n"
+        "\tldr r11, [r1], #4\n"
+        QC_SXTB16_8
+        "\tstm r0!, {r4-r11}\n"
+        "\tsubs lr, lr, #16\n"
+        "\tbge 7b\n"
+        "\tb 3b\n"
+        "8:\n"
+        "\tldr r5, [r1]\n"
+        "\tadd r1, r1, r12\n"
+        "\tsxtb16 r4, r5\n"
+        "\tsxtb16 r5, r5, ror #8\n"
+        "\tstrd r4, r5, [r0], #8\n"
+        "\tsubs r3, r3, #1\n"
+        "\tbne 8b\n"
+        "\tpop {r4-r11, pc}\n"
+        "\t.size qc_widen_rows, .-qc_widen_rows\n"
+        "\t.popsection\n");
+#else
+/* Portable: the same layout (each block of 4 as x0, x2, x1, x3). */
+static int16_t *qc_widen_rows(int16_t *dst, const int8_t *src, int32_t n, int32_t rows, int32_t stride)
+{
+    int32_t r, j;
+    for (r = 0; r < rows; r++, src += stride) {
+        for (j = 0; j < n; j += 4, dst += 4) {
+            dst[0] = src[j];
+            dst[1] = src[j + 2];
+            dst[2] = src[j + 1];
+            dst[3] = src[j + 3];
+        }
+    }
+    return dst;
+}
 #endif
 
 static inline int32_t qc_sext16(uint32_t v)
@@ -285,12 +402,12 @@ static void qc_pairs_c(const int32_t *w, const int32_t *w_end, int32_t m, int32_
                        int32_t qmax, int8_t *o0, int8_t *o1)
 {
     const int32_t blk_words = wbits == 8 ? 4 * k4 : k4;
-    for (; w < w_end; w += 7 + blk_words, m += 2) {
-        const int32_t *q = w + 2 + blk_words;
+    for (; w < w_end; w += QC_PAIR_HEAD + blk_words + QC_PAIR_TAIL, m += 2) {
+        const int32_t *q = w + QC_PAIR_HEAD + blk_words;
         int32_t acc[4], i;
         acc[0] = acc[1] = w[0];
-        acc[2] = acc[3] = w[1];
-        qc_dot2x2(w + 2, c0, c1, k4, wbits, acc);
+        acc[2] = acc[3] = w[2];
+        qc_dot2x2(w + QC_PAIR_HEAD, c0, c1, k4, wbits, acc);
         if (rq_fast) {
             for (i = 0; i < 4; i++)
                 acc[i] = qc_rqf(acc[i], q[i & 2], q[(i & 2) + 1], (q[4] >> (4 * (i & 2))) & 0xFF, qmin, qmax);
@@ -312,7 +429,7 @@ static void qc_pairs_c(const int32_t *w, const int32_t *w_end, int32_t m, int32_
 /* One layer's (or group's) channels for pixel pairs: the per-call state of the tile kernels. */
 typedef struct {
     const int32_t *w;
-    int32_t mg, k4, wbits, rq_fast, zp, qmin, qmax;
+    int32_t mg, k4, k_pad, wbits, rq_fast, zp, qmin, qmax;
 #if QC_USE_DSP
     qc_tile_args a;
     void (*tile)(const int32_t *, qc_tile_args *);
@@ -326,6 +443,7 @@ static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, in
     t->w = w;
     t->mg = mg;
     t->k4 = k_pad / 4;
+    t->k_pad = k_pad;
     t->wbits = wbits;
     t->rq_fast = rq_fast;
     t->zp = zp;
@@ -334,9 +452,8 @@ static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, in
 #if QC_USE_DSP
     {
         const int32_t clamp = qmin != -128 || qmax != 127;
-        t->a.w_end = w + (mg / 2) * (7 + blk_words);
-        t->a.blk_bytes = 4 * blk_words;
-        t->a.entry = t->k4 & 3;
+        t->a.w_end = w + (mg / 2) * (QC_PAIR_HEAD + blk_words + QC_PAIR_TAIL);
+        t->a.entry = t->k4 & 7;
         t->a.qmin4 = (uint8_t)qmin * 0x01010101u;
         t->a.qmax4 = (uint8_t)qmax * 0x01010101u;
         if (wbits == 8)
@@ -353,13 +470,14 @@ static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, in
 static void qc_mm_run(qc_mm *t, const int16_t *c0, const int16_t *c1, int8_t *o0, int8_t *o1)
 {
     const int32_t blk_words = t->wbits == 8 ? 4 * t->k4 : t->k4;
-    const int32_t *w_end = t->w + ((t->mg + 1) / 2) * (7 + blk_words);
+    const int32_t *w_end = t->w + ((t->mg + 1) / 2) * (QC_PAIR_HEAD + blk_words + QC_PAIR_TAIL);
     const int32_t *w = t->w;
     int32_t m = 0;
 #if QC_USE_DSP
     if (t->rq_fast && t->mg >= 2) {
         t->a.c0 = c0;
         t->a.c1 = c1;
+        t->a.c0_end = c0 + t->k_pad;
         t->a.o0 = o0;
         t->a.o1 = o1 ? o1 : o0;
         t->tile(w, &t->a);
@@ -367,7 +485,8 @@ static void qc_mm_run(qc_mm *t, const int16_t *c0, const int16_t *c1, int8_t *o0
         m = 2 * (t->mg / 2);
     }
 #endif
-    qc_pairs_c(w, w_end, m, t->mg, c0, c1, t->k4, t->wbits, t->rq_fast, t->zp, t->qmin, t->qmax, o0, o1);
+    if (w < w_end)
+        qc_pairs_c(w, w_end, m, t->mg, c0, c1, t->k4, t->wbits, t->rq_fast, t->zp, t->qmin, t->qmax, o0, o1);
 }
 
 /* Byte copy and fill, a word at a time (unaligned word access is fine on Armv7-M and up;
@@ -386,70 +505,6 @@ static inline int8_t *qc_fill(int8_t *dst, uint32_t v4, int32_t n)
     return dst;
 }
 
-/* The int8 values of a column in K order are staged in the upper half of the column's
- * buffer (2 * k_pad bytes), then widened in place from the front: block j (4 bytes at
- * k_pad + 4j) is read before its 8 bytes at 8j are written, and 8j + 8 <= k_pad + 4j + 4
- * for every block, so nothing is overwritten before it is read. */
-static void qc_widen(int16_t *col, int32_t k_pad)
-{
-    const int8_t *st = (const int8_t *)col + k_pad;
-    int32_t j;
-    for (j = 0; j < k_pad; j += 4) {
-        uint32_t v;
-        memcpy(&v, st + j, 4);
-#if QC_USE_DSP
-        {
-            int32_t w[2];
-            w[0] = __sxtb16((int32_t)v);
-            w[1] = qc_sxtb16_ror8(v);
-            memcpy(col + j, w, 8);
-        }
-#else
-        {
-            int8_t b[4];
-            memcpy(b, &v, 4);
-            col[j] = b[0];
-            col[j + 1] = b[2];
-            col[j + 2] = b[1];
-            col[j + 3] = b[3];
-        }
-#endif
-    }
-}
-
-/* Widen n int8 (a multiple of 4, starting at a block boundary) into the column. */
-static inline int16_t *qc_widen_run(int16_t *col, const int8_t *src, int32_t n)
-{
-#if QC_USE_DSP
-    /* 8 bytes per pass: 2 LDR (src may be unaligned), 4 SXTB16, 2 STRD (col is word aligned) */
-    for (; n >= 8; n -= 8) {
-        uint32_t v0, v1, t0, t1;
-        __asm__ volatile("ldr %[v0], [%[s]], #4\n\t"
-                         "ldr %[v1], [%[s]], #4\n\t"
-                         "sxtb16 %[t0], %[v0]\n\t"
-                         "sxtb16 %[v0], %[v0], ror #8\n\t"
-                         "sxtb16 %[t1], %[v1]\n\t"
-                         "sxtb16 %[v1], %[v1], ror #8\n\t"
-                         "strd %[t0], %[v0], [%[c]], #8\n\t"
-                         "strd %[t1], %[v1], [%[c]], #8\n\t"
-                         : [v0] "=&r"(v0), [v1] "=&r"(v1), [t0] "=&r"(t0), [t1] "=&r"(t1), [s] "+r"(src),
-                           [c] "+r"(col)
-                         :
-                         : "memory");
-    }
-#else
-    for (; n >= 8; n -= 8, src += 8, col += 8) {
-        col[0] = src[0]; col[1] = src[2]; col[2] = src[1]; col[3] = src[3];
-        col[4] = src[4]; col[5] = src[6]; col[6] = src[5]; col[7] = src[7];
-    }
-#endif
-    if (n) {
-        col[0] = src[0]; col[1] = src[2]; col[2] = src[1]; col[3] = src[3];
-        col += 4;
-    }
-    return col;
-}
-
 static inline int16_t *qc_fill16(int16_t *col, int32_t v, int32_t n)
 {
     const uint32_t v2 = (uint32_t)(uint16_t)v * 0x00010001u;
@@ -458,58 +513,80 @@ static inline int16_t *qc_fill16(int16_t *col, int32_t v, int32_t n)
     return col;
 }
 
-static void qc_im2col(const qc_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t g, int16_t *col)
+/* The int8 values of a column in K order, staged in the upper half of the column's buffer
+ * (2 * k_pad bytes), widened in place from the front: block j (4 bytes at k_pad + 4j) is
+ * read before its 8 bytes at 8j are written, and 8j + 8 <= k_pad + 4j + 4 for every block,
+ * so nothing is overwritten before it is read. */
+static void qc_widen_staged(int16_t *col, int32_t k_pad)
+{
+    int32_t j;
+    for (j = 0; j < k_pad; j += 4) {
+#if QC_USE_DSP
+        int32_t w[2];
+        const uint32_t v = qc_ld32((const int8_t *)col + k_pad + j);
+        w[0] = __sxtb16((int32_t)v);
+        w[1] = qc_sxtb16_ror8(v);
+        memcpy(col + j, w, 8);
+#else
+        int8_t b[4];
+        memcpy(b, (const int8_t *)col + k_pad + j, 4);
+        col[j] = b[0];
+        col[j + 1] = b[2];
+        col[j + 2] = b[1];
+        col[j + 3] = b[3];
+#endif
+    }
+}
+
+/* One window (output pixel oy, ox; group g) into the column: the general path, for windows
+ * that touch the padding (pads hold in_zp) and for layouts the driver cannot widen row by row. */
+static QC_NOINLINE void qc_im2col(const qc_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t g,
+                                  int16_t *col)
 {
     const int32_t cg = p->in_c / p->groups;
     const int32_t iy0 = oy * p->stride_h - p->pad_t, ix0 = ox * p->stride_w - p->pad_l;
     const int32_t kh = p->k_h, kw = p->k_w, dh = p->dil_h, dw = p->dil_w, in_w = p->in_w, in_c = p->in_c;
-    const int32_t inside = iy0 >= 0 && iy0 + (kh - 1) * dh < p->in_h && ix0 >= 0 && ix0 + (kw - 1) * dw < in_w;
+    const int32_t row = in_w * in_c;
     int32_t ky, kx;
-    if (p->k_row) { /* kernel rows padded to k_row: one aligned run per row of the window */
-        const int32_t lr = p->k_row;
-        if (inside && ((iy0 + (kh - 1) * dh) * in_w + ix0) * in_c + lr <= p->in_h * in_w * in_c) {
-            const int8_t *base = in + (iy0 * in_w + ix0) * in_c;
-            int16_t *c = col;
-            for (ky = 0; ky < kh; ky++) c = qc_widen_run(c, base + ky * dh * in_w * in_c, lr);
-            qc_fill16(c, 0, p->k_pad - (int32_t)(c - col));
-        } else {
-            const uint32_t zp4 = (uint8_t)p->in_zp * 0x01010101u;
-            int8_t *st = (int8_t *)col + p->k_pad, *d = st;
-            for (ky = 0; ky < kh; ky++) {
-                const int32_t iy = iy0 + ky * dh;
-                for (kx = 0; kx < kw; kx++) {
-                    const int32_t ix = ix0 + kx * dw;
-                    if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= in_w)
-                        d = qc_fill(d, zp4, cg);
-                    else
-                        d = qc_put(d, in + (iy * in_w + ix) * in_c, cg);
-                }
-                d = qc_fill(d, 0, lr - kw * cg);
+    if (p->k_row) { /* kernel rows padded to k_row values: positions past kw * cg have zero weights */
+        const int32_t lr = p->k_row, kc = kw * cg;
+        int16_t *c = col;
+        for (ky = 0; ky < kh; ky++, c += lr) {
+            const int32_t iy = iy0 + ky * dh;
+            int32_t j;
+            if (iy < 0 || iy >= p->in_h) {
+                qc_fill16(c, p->in_zp, lr);
+                continue;
             }
-            qc_fill(d, 0, p->k_pad - (int32_t)(d - st));
-            qc_widen(col, p->k_pad);
+            for (j = 0; j < lr; j++) { /* j = kx * cg + ch; stored at its place in the 4-block */
+                const int32_t ix = ix0 + (j / cg) * dw;
+                const int32_t v = (j < kc && ix >= 0 && ix < in_w) ? in[iy * row + ix * in_c + j % cg] : p->in_zp;
+                c[(j & ~3) | QC_COLPOS(j & 3)] = (int16_t)v;
+            }
         }
+        qc_fill16(c, 0, p->k_pad - (int32_t)(c - col));
         return;
     }
     if ((cg & 3) == 0) { /* every run starts at a block boundary: widen straight into the column */
         int16_t *c = col;
-        if (inside) {
-            const int8_t *base = in + (iy0 * in_w + ix0) * in_c + g * cg;
-            if (dw == 1 && cg == in_c) { /* each kernel row is one run of kw * cg bytes */
-                for (ky = 0; ky < kh; ky++) c = qc_widen_run(c, base + ky * dh * in_w * in_c, kw * cg);
-            } else {
-                for (ky = 0; ky < kh; ky++)
-                    for (kx = 0; kx < kw; kx++) c = qc_widen_run(c, base + (ky * dh * in_w + kx * dw) * in_c, cg);
+        for (ky = 0; ky < kh; ky++) {
+            const int32_t iy = iy0 + ky * dh;
+            if (iy < 0 || iy >= p->in_h) {
+                c = qc_fill16(c, p->in_zp, kw * cg);
+                continue;
             }
-        } else {
-            for (ky = 0; ky < kh; ky++) {
-                const int32_t iy = iy0 + ky * dh;
-                for (kx = 0; kx < kw; kx++) {
-                    const int32_t ix = ix0 + kx * dw;
-                    if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= in_w)
-                        c = qc_fill16(c, p->in_zp, cg);
-                    else
-                        c = qc_widen_run(c, in + (iy * in_w + ix) * in_c + g * cg, cg);
+            for (kx = 0; kx < kw;) {
+                const int32_t ix = ix0 + kx * dw;
+                if (ix < 0 || ix >= in_w) {
+                    c = qc_fill16(c, p->in_zp, cg);
+                    kx++;
+                } else if (dw == 1 && cg == in_c) { /* the in-range part of the row is one run */
+                    const int32_t n = (in_w - ix < kw - kx ? in_w - ix : kw - kx);
+                    c = qc_widen_rows(c, in + iy * row + ix * in_c, n * cg, 1, 0);
+                    kx += n;
+                } else {
+                    c = qc_widen_rows(c, in + iy * row + ix * in_c + g * cg, cg, 1, 0);
+                    kx++;
                 }
             }
         }
@@ -517,56 +594,85 @@ static void qc_im2col(const qc_conv_params *p, const int8_t *in, int32_t oy, int
         return;
     }
     {
+        const uint32_t zp4 = (uint8_t)p->in_zp * 0x01010101u;
         int8_t *st = (int8_t *)col + p->k_pad, *d = st;
-        if (inside) {
-            const int8_t *base = in + (iy0 * in_w + ix0) * in_c + g * cg;
-            if (dw == 1 && cg == in_c) {
-                for (ky = 0; ky < kh; ky++) d = qc_put(d, base + ky * dh * in_w * in_c, kw * cg);
-            } else {
-                for (ky = 0; ky < kh; ky++)
-                    for (kx = 0; kx < kw; kx++) d = qc_put(d, base + (ky * dh * in_w + kx * dw) * in_c, cg);
-            }
-        } else {
-            const uint32_t zp4 = (uint8_t)p->in_zp * 0x01010101u;
-            for (ky = 0; ky < kh; ky++) {
-                const int32_t iy = iy0 + ky * dh;
-                for (kx = 0; kx < kw; kx++) {
-                    const int32_t ix = ix0 + kx * dw;
-                    if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= in_w)
-                        d = qc_fill(d, zp4, cg);
-                    else
-                        d = qc_put(d, in + (iy * in_w + ix) * in_c + g * cg, cg);
-                }
+        for (ky = 0; ky < kh; ky++) {
+            const int32_t iy = iy0 + ky * dh;
+            for (kx = 0; kx < kw; kx++) {
+                const int32_t ix = ix0 + kx * dw;
+                if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= in_w)
+                    d = qc_fill(d, zp4, cg);
+                else
+                    d = qc_put(d, in + iy * row + ix * in_c + g * cg, cg);
             }
         }
         qc_fill(d, 0, p->k_pad - (int32_t)(d - st));
-        qc_widen(col, p->k_pad);
+        qc_widen_staged(col, p->k_pad);
+    }
+}
+
+/* Where a window lies wholly inside the input, its column is kh runs of `run` bytes, `stride`
+ * bytes apart (one per kernel row), widened by one qc_widen_rows call; the driver tracks the
+ * window's corner itself and calls qc_im2col only for windows that touch the padding (and for
+ * layouts without whole rows: grouped, dilated along W, channel counts that are not a multiple
+ * of 4 without k_row). */
+static void qc_conv_group(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *scratch, int32_t g,
+                          qc_mm *t)
+{
+    const int32_t cg = p->in_c / p->groups, row = p->in_w * p->in_c;
+    const int32_t npx = p->out_h * p->out_w, out_w = p->out_w, out_c = p->out_c;
+    const int32_t sw = p->stride_w * p->in_c;
+    const int32_t fast = p->k_row != 0 || ((cg & 3) == 0 && p->dil_w == 1 && cg == p->in_c);
+    const int32_t run = p->k_row ? p->k_row : p->k_w * cg, rstride = p->dil_h * row;
+    const int32_t tail = p->k_pad - p->k_h * run;
+    const int32_t ix_max = p->in_w - 1 - (p->k_w - 1) * p->dil_w, iy_max = p->in_h - 1 - (p->k_h - 1) * p->dil_h;
+    /* k_row runs may read past the window's last row: only where that stays inside the tensor */
+    const int32_t last = p->in_h * row - run - (p->k_h - 1) * rstride;
+    int16_t *col[2];
+    int8_t *o = out + g * (out_c / p->groups);
+    int32_t px = 0, oy = 0, ox = 0, iy0 = -p->pad_t, ix0 = -p->pad_l;
+    int32_t base = iy0 * row + ix0 * p->in_c; /* offset of the window's corner (may lie outside) */
+    col[0] = scratch;
+    col[1] = scratch + p->k_pad;
+    while (px < npx) {
+        int32_t j, n = npx - px >= 2 ? 2 : 1;
+        for (j = 0; j < n; j++) {
+            if (fast && iy0 >= 0 && iy0 <= iy_max && ix0 >= 0 && ix0 <= ix_max && base <= last) {
+                int16_t *c = qc_widen_rows(col[j], in + base, run, p->k_h, rstride);
+                if (tail) qc_fill16(c, 0, tail);
+            } else {
+                qc_im2col(p, in, oy, ox, g, col[j]);
+            }
+            if (++ox == out_w) {
+                ox = 0;
+                oy++;
+                ix0 = -p->pad_l;
+                iy0 += p->stride_h;
+                base = iy0 * row + ix0 * p->in_c;
+            } else {
+                ix0 += p->stride_w;
+                base += sw;
+            }
+        }
+        if (n == 2)
+            qc_mm_run(t, col[0], col[1], o, o + out_c);
+        else
+            qc_mm_run(t, col[0], col[0], o, 0);
+        o += n * out_c;
+        px += n;
     }
 }
 
 void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *scratch)
 {
     const int32_t mg = p->out_c / p->groups;
-    const int32_t npx = p->out_h * p->out_w;
-    const int32_t pair_words = 7 + (p->wbits == 8 ? p->k_pad : p->k_pad / 4);
-    int16_t *col0 = scratch, *col1 = scratch + p->k_pad;
-    int32_t g, px;
+    const int32_t pair_words = QC_PAIR_HEAD + (p->wbits == 8 ? p->k_pad : p->k_pad / 4) + QC_PAIR_TAIL;
+    int32_t g;
     qc_mm t;
     for (g = 0; g < p->groups; g++) {
-        int32_t oy = 0, ox = 0;
         qc_mm_init(&t, p->w + g * ((mg + 1) / 2) * pair_words, mg, p->k_pad, p->wbits, p->rq_fast, p->out_zp,
                    p->qmin, p->qmax);
-        for (px = 0; px < npx; px += 2) {
-            const int32_t two = px + 1 < npx;
-            int8_t *o0 = out + px * p->out_c + g * mg;
-            qc_im2col(p, in, oy, ox, g, col0);
-            if (++ox == p->out_w) ox = 0, oy++;
-            if (two) {
-                qc_im2col(p, in, oy, ox, g, col1);
-                if (++ox == p->out_w) ox = 0, oy++;
-            }
-            qc_mm_run(&t, col0, two ? col1 : col0, o0, two ? o0 + p->out_c : 0);
-        }
+        qc_conv_group(p, in, out, scratch, g, &t);
     }
 }
 
@@ -576,9 +682,13 @@ void qc_fc(const qc_fc_params *p, const int8_t *in, int8_t *out, int16_t *scratc
     qc_mm t;
     qc_mm_init(&t, p->w, p->out_c, p->k_pad, p->wbits, p->rq_fast, p->out_zp, p->qmin, p->qmax);
     for (r = 0; r < p->rows; r++) {
-        int8_t *st = (int8_t *)scratch + p->k_pad;
-        qc_fill(qc_put(st, in + r * p->k, p->k), 0, p->k_pad - p->k);
-        qc_widen(scratch, p->k_pad);
+        if ((p->k & 3) == 0) {
+            qc_widen_rows(scratch, in + r * p->k, p->k, 1, 0);
+        } else {
+            int8_t *st = (int8_t *)scratch + p->k_pad;
+            qc_fill(qc_put(st, in + r * p->k, p->k), 0, p->k_pad - p->k);
+            qc_widen_staged(scratch, p->k_pad);
+        }
         qc_mm_run(&t, scratch, scratch, out + r * p->out_c, 0);
     }
 }

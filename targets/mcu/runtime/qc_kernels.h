@@ -32,7 +32,7 @@ extern "C" {
  * of 4 K indices the im2col buffer holds x0, x2, x1, x3 (what SXTB16 of a word of four
  * int8 yields). Each group's rows are padded to an even count and taken in pairs.
  * w is one int32 stream, per group, per row pair:
- *   bias0, bias1                (bias - in_zp * sum(w); 16x for 4-bit weights)
+ *   bias0, bias0, bias1, bias1  (bias - in_zp * sum(w); 16x for 4-bit weights; one LDM starts 4 accumulators)
  *   k_pad / 4 weight blocks:
  *     wbits 8: int16 weights, row 0's w0, w2, w1, w3 then row 1's (4 words);
  *     wbits 4: one byte per K index, byte i = (row0[k_i] & 0xF) | (row1[k_i] << 4) (1 word);
