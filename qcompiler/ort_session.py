@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 
 def session(model: onnx.ModelProto | bytes | str, *, providers: list[str] | None = None,
-            threads: int = 0, optimize: bool = True) -> ort.InferenceSession:
-    """Create a quiet session; ``optimize=False`` keeps the graph exactly as written (integer reference)."""
+            threads: int = 0, optimize: bool = True,
+            shared: Mapping[str, ort.OrtValue] | None = None) -> ort.InferenceSession:
+    """Create a quiet session; ``optimize=False`` keeps the graph exactly as written (integer reference).
+
+    ``shared`` supplies the data of initializers that ``model`` holds as :func:`stub_initializer`
+    stubs: many sessions over one network's weights then neither copy nor serialize them.
+    """
     so = ort.SessionOptions()
+    if shared:
+        so.add_external_initializers(list(shared), list(shared.values()))
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
@@ -34,3 +45,22 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         else:
             m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
     return m
+
+
+def stub_initializer(name: str, array: np.ndarray) -> onnx.TensorProto:
+    """An initializer that names its data instead of holding it; give the data to :func:`session`
+    as ``shared={name: OrtValue}`` (the location is never opened)."""
+    t = TensorProto()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    t.dims.extend(array.shape)
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "qcompiler-shared-initializer"), ("offset", "0"), ("length", str(array.nbytes))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    return t
+
+
+def shared_values(arrays: Mapping[str, np.ndarray]) -> dict[str, ort.OrtValue]:
+    """OrtValues over ``arrays`` (no copy for contiguous arrays: keep the arrays alive with them)."""
+    return {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()}
