@@ -38,7 +38,7 @@ REPORT_NAME = "report.html"
 # Fixed style: the rcParams a user's matplotlibrc could change and that end up in the SVG.
 _RC: dict[str, Any] = {
     "svg.hashsalt": "qcompiler",
-    "svg.fonttype": "path",
+    "svg.fonttype": "none",  # text as <text>: 3x smaller, searchable, and faster to write than glyph paths
     "svg.image_inline": True,
     "font.family": "DejaVu Sans",
     "font.size": 9.0,
