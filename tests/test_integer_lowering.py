@@ -27,6 +27,7 @@ from qcompiler.ir import DOMAIN
 from qcompiler.passmanager import PassContext, PassManager
 from qcompiler.pipeline import CompileOptions, canonicalize, input_specs, load_model, plan_and_quantize
 from qcompiler.plan import QuantPlan
+from qcompiler.qdq_exact import compare_exact
 
 # ----------------------------------------------------------------------------- models
 
@@ -317,3 +318,7 @@ def test_bundled_fashion_cnn_integer_graph_tracks_qdq(w_bits) -> None:
     ev = np.load(EXAMPLE_EVAL)
     x_ev = (ev["x"][:24].astype(np.float32) * np.float32(ev["input_scale"])).reshape(-1, *x_cal.shape[1:])
     check_integer_model(qdq, int_model, plan, x_ev)
+    # against the QDQ model evaluated exactly (float64), the integer graph is the same model
+    for i in range(8):
+        exact, got, div = compare_exact(qdq, int_model, {qdq.graph.input[0].name: x_ev[i:i + 1]})
+        assert div is None and np.array_equal(exact[0].astype(np.float32), got[0]), div
