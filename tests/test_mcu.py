@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as onh
 from qcompiler.targets import mcu
 from qcompiler.targets.mcu import toolchain
 from qcompiler.targets.mcu.reference import IntReference, quantize_input
@@ -86,7 +89,7 @@ def test_emit_is_deterministic(models, tmp_path):
     m = models["small_w8"]
     r1 = mcu.emit(m, tmp_path / "a", measure=False)
     r2 = mcu.emit(m, tmp_path / "b", measure=False)
-    for f in ("model.c", "model.h", "Makefile"):
+    for f in ("model.c", "model.h", "qc_config.h", "Makefile"):
         assert (tmp_path / "a" / "mcu" / f).read_bytes() == (tmp_path / "b" / "mcu" / f).read_bytes()
     assert r1 == r2
 
@@ -309,3 +312,139 @@ def test_generic_requant_path_bit_exact(models, tmp_path, monkeypatch):
         prog, _ = mcu.plan(models[name])
         assert all(s.params.get("rq_fast", 0) == 0 for s in prog.steps)
         _check_variant(models[name], name + "_generic", tmp_path, ("mps2-an386",))
+
+
+# ------------------------------------------------------------------ 4-bit activations packed two per byte
+
+
+def _pack_model(seed: int = 3) -> onnx.ModelProto:
+    """A 4-bit tensor read by a conv and a (padded) max pool, a residual add of a packed and an
+    unpacked tensor, an average pool written packed for the conv that reads it: the packed paths of
+    the pools and the add, which the bundled models do not take (their pools read 8-bit tensors)."""
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = []
+
+    def w(name: str, shape: tuple[int, ...], scale: float = 0.3) -> str:
+        inits.append(onh.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
+        return name
+
+    nodes = [
+        oh.make_node("Conv", ["x", w("a.w", (8, 4, 3, 3)), w("a.b", (8,), 0.1)], ["a"], pads=[1, 1, 1, 1], name="a"),
+        oh.make_node("Relu", ["a"], ["r"], name="ra"),
+        oh.make_node("Conv", ["r", w("b.w", (8, 8, 1, 1)), w("b.b", (8,), 0.1)], ["b"], name="b"),
+        oh.make_node("Relu", ["b"], ["y1"], name="rb"),
+        oh.make_node("MaxPool", ["y1"], ["m1"], kernel_shape=[2, 2], strides=[2, 2], name="mp1"),
+        oh.make_node("MaxPool", ["r"], ["m2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="mp2"),
+        oh.make_node("Add", ["m1", "m2"], ["s0"], name="add"),
+        oh.make_node("Relu", ["s0"], ["s"], name="rs"),
+        oh.make_node("AveragePool", ["s"], ["ap"], kernel_shape=[2, 2], strides=[2, 2], name="ap"),
+        oh.make_node("Conv", ["ap", w("c.w", (10, 8, 2, 2), 0.2), w("c.b", (10,), 0.1)], ["c"], name="c"),
+        oh.make_node("Flatten", ["c"], ["y"], axis=1, name="fl"),
+    ]
+    g = oh.make_graph(nodes, "pack_model", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 21)], producer_name="qcompiler-tests")
+    m.ir_version = 10
+    return m
+
+
+def _mlp(seed: int = 4) -> onnx.ModelProto:
+    """Fully connected layers reading packed inputs (K = 12: element by element; K = 16: a word of 8
+    nibbles at a time) and writing a packed output."""
+    rng = np.random.default_rng(seed)
+    inits = [onh.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+             for n, s in (("f1.w", (16, 12)), ("f1.b", (16,)), ("f2.w", (10, 16)), ("f2.b", (10,)))]
+    nodes = [oh.make_node("Gemm", ["x", "f1.w", "f1.b"], ["f1"], transB=1, name="f1"),
+             oh.make_node("Relu", ["f1"], ["r1"], name="r1"),
+             oh.make_node("Gemm", ["r1", "f2.w", "f2.b"], ["y"], transB=1, name="f2")]
+    g = oh.make_graph(nodes, "mlp", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 21)], producer_name="qcompiler-tests")
+    m.ir_version = 10
+    return m
+
+
+@pytest.fixture(scope="module")
+def a4_models(tmp_path_factory) -> dict[str, onnx.ModelProto]:
+    """W4A4 integer graphs (target mcu: the activation bits reach the integer graph; target ort-* keeps 8)."""
+    d = tmp_path_factory.mktemp("mcu_a4")
+
+    def rnd(shape: tuple[int, ...]) -> list[np.ndarray]:
+        return list(np.random.default_rng(1).standard_normal((16, *shape)).astype(np.float32))
+
+    out = {}
+    for name, src, calib in (("fashion_a4", FASHION, str(FASHION_CALIB)),
+                             ("small_a4", small_mobilenet(), small_mobilenet_calib()),
+                             ("pack_a4", _pack_model(), rnd((1, 4, 8, 8))), ("mlp_a4", _mlp(), rnd((1, 12)))):
+        compile_model(src, d / name, calib=calib, options=CompileOptions(target="mcu", bits=[4]), name=name)
+        out[name] = onnx.load(str(d / name / "model.int.onnx"))
+    return out
+
+
+def test_packed_4bit_activations_shrink_the_arena(models, a4_models):
+    """4-bit activations take half a byte each: the W4A4 arena is below the W8A8 one, and below the
+    same W4A4 program with packing turned off (so the packing, not the weights, made the difference)."""
+    from qcompiler.targets.mcu.arena import plan_arena
+    from qcompiler.targets.mcu.graph import read_program
+
+    for a4, w8 in (("fashion_a4", "fashion_w8"), ("small_a4", "small_w8")):
+        m = a4_models[a4]
+        prog = read_program(m)
+        assert any(t.packed for t in prog.tensors.values()), a4
+        assert mcu.arena_bytes_for(m) < mcu.arena_bytes_for(models[w8]), a4
+        assert mcu.arena_bytes_for(m) < plan_arena(read_program(m, pack=False)).size, a4
+        ap = plan_arena(prog)
+        assert ap.lower_bound <= ap.size <= 1.1 * ap.lower_bound, a4
+
+
+def test_packed_kernels_are_exercised(a4_models):
+    """The synthetic models reach the packed paths of every kernel that has one (this guards the
+    bit-exactness tests below against silently testing less)."""
+    from qcompiler.targets.mcu.graph import read_program
+
+    seen = set()
+    for name in ("pack_a4", "mlp_a4", "small_a4", "fashion_a4"):
+        prog = read_program(a4_models[name])
+        for s in prog.steps:
+            p = s.params
+            for key in ("in_pk", "out_pk", "a_pk", "b_pk"):
+                if p.get(key):
+                    seen.add((s.kind, key, p.get("k8", 0) if key == "in_pk" else 0,
+                              int(bool(p.get("k_row"))) if key == "in_pk" else 0))
+            if s.kind == "input" and prog.tensors[s.output].packed:
+                seen.add(("input", "out_pk", 0, 0))
+    for want in [("conv", "in_pk", 1, 0), ("conv", "in_pk", 0, 0), ("conv", "in_pk", 0, 1), ("conv", "out_pk", 0, 0),
+                 ("fc", "in_pk", 1, 0), ("fc", "in_pk", 0, 0), ("fc", "out_pk", 0, 0), ("dw", "in_pk", 0, 0),
+                 ("dw", "out_pk", 0, 0), ("maxpool", "in_pk", 0, 0), ("maxpool", "out_pk", 0, 0),
+                 ("avgpool", "out_pk", 0, 0), ("add", "out_pk", 0, 0), ("input", "out_pk", 0, 0)]:
+        assert want in seen, want
+    assert any(k == "add" and key in ("a_pk", "b_pk") for k, key, _, _ in seen)
+
+
+def test_packing_needs_even_conv_channels(a4_models):
+    """A conv writes a channel pair per byte: with an odd channel count its output stays one byte per element."""
+    from qcompiler.targets.mcu.graph import choose_packing, read_program
+
+    prog = read_program(a4_models["small_a4"], pack=False)
+    packed = choose_packing(prog)
+    conv = next(s for s in prog.steps if s.kind == "conv" and s.output in packed)
+    conv.params["out_c"] += 1
+    assert conv.output not in choose_packing(prog)
+
+
+@pytest.mark.parametrize("name", ["fashion_a4", "small_a4", "pack_a4", "mlp_a4"])
+def test_packed_models_bit_exact(a4_models, name, tmp_path):
+    """Packed 4-bit activations, byte for byte against ORT: host gcc, Cortex-M4 and Cortex-M0 under QEMU."""
+    m = a4_models[name]
+    mcu.emit(m, tmp_path, measure=False)
+    prog, _ = mcu.plan(m)
+    ref = IntReference(m, prog)
+    xs = _inputs("fashion" if name.startswith("fashion") else "random", prog, 3)
+    ins, refs = [quantize_input(prog, x) for x in xs], [ref(x) for x in xs]
+    if toolchain.have_host_cc():
+        assert toolchain.run_host(toolchain.build_host(tmp_path / "mcu", build_dir=tmp_path / "h"), ins,
+                                  len(refs[0])) == refs
+    if toolchain.have_arm_gcc() and toolchain.have_qemu():
+        for b in ("mps2-an386", "microbit"):
+            r = toolchain.build(tmp_path / "mcu", b, build_dir=tmp_path / "b")
+            assert toolchain.run_qemu(r.elf, b, ins, len(refs[0]), timeout=120).outputs == refs, b

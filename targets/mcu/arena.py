@@ -112,7 +112,7 @@ def _buffers(prog: Program) -> tuple[list[Buffer], dict[str, int], dict[int, int
     of: dict[str, int] = {}
     scratch: dict[int, int] = {}
 
-    def new(size: int, start: int, end: int, tensor: str | None) -> int:
+    def new(size: int, start: int, end: int, tensor: str | None) -> int:  # size in bytes
         b = Buffer(len(bufs), [Segment(start, end, _align(size))], [tensor] if tensor else [])
         bufs.append(b)
         if tensor:
@@ -135,8 +135,9 @@ def _buffers(prog: Program) -> tuple[list[Buffer], dict[str, int], dict[int, int
             for j in s.inplace:
                 src = s.inputs[j]
                 b = bufs[of[src]]
-                size = _align(out.size)
-                if b.end == i and b.segments[-1].size >= size and prog.tensors[src].layout == out.layout:
+                size = _align(out.nbytes)
+                if (b.end == i and b.segments[-1].size >= size and prog.tensors[src].layout == out.layout
+                        and prog.tensors[src].packed == out.packed):
                     if size < b.segments[-1].size:  # shrinks after this step
                         b.segments.append(Segment(i + 1, max(i + 1, last.get(s.output, i)), size))
                     else:
@@ -146,7 +147,7 @@ def _buffers(prog: Program) -> tuple[list[Buffer], dict[str, int], dict[int, int
                     reused = True
                     break
             if not reused:
-                new(out.size, i, max(i, last.get(s.output, i)), s.output)
+                new(out.nbytes, i, max(i, last.get(s.output, i)), s.output)
         if s.scratch:
             scratch[i] = new(s.scratch, i, i, None)
         for t in s.inputs:

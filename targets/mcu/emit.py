@@ -26,16 +26,17 @@ BOARD_FILES = ("common.ld", "mps2-an386.ld", "mps2-an500.ld", "mps3-an547.ld", "
 PARAM_FIELDS = {
     "conv": ("qc_conv_params", ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride_h",
                                 "stride_w", "pad_t", "pad_l", "dil_h", "dil_w", "groups", "k_pad", "wbits", "in_zp",
-                                "out_zp", "qmin", "qmax", "rq_fast", "k_row"]),
+                                "out_zp", "qmin", "qmax", "rq_fast", "k_row", "in_pk", "out_pk", "k8"]),
     "fc": ("qc_fc_params", ["rows", "k", "out_c", "k_pad", "wbits", "in_zp", "out_zp", "qmin", "qmax",
-                            "rq_fast"]),
+                            "rq_fast", "in_pk", "out_pk", "k8"]),
     "dw": ("qc_dw_params", ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "ch_mult", "k_h", "k_w",
                             "stride_h", "stride_w", "pad_t", "pad_l", "dil_h", "dil_w", "wbits", "in_zp", "out_zp",
-                            "qmin", "qmax"]),
+                            "qmin", "qmax", "in_pk", "out_pk"]),
     "maxpool": ("qc_pool_params", ["in_h", "in_w", "c", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w",
                                    "pad_t", "pad_l", "dil_h", "dil_w", "in_zp", "out_zp", "qmin", "qmax", "mult",
-                                   "shift"]),
-    "add": ("qc_add_params", ["n", "a_zp", "b_zp", "ma", "mb", "shift", "out_zp", "qmin", "qmax"]),
+                                   "shift", "in_pk", "out_pk"]),
+    "add": ("qc_add_params", ["n", "a_zp", "b_zp", "ma", "mb", "shift", "out_zp", "qmin", "qmax", "a_pk", "b_pk",
+                              "out_pk"]),
     "requant": ("qc_requant_params", ["n", "in_zp", "out_zp", "qmin", "qmax", "mult", "shift"]),
 }
 PARAM_FIELDS["avgpool"] = PARAM_FIELDS["maxpool"]
@@ -65,6 +66,29 @@ def _const_decl(name: str, kind: str, a: np.ndarray) -> str:
     return f"static const {ctype} {name}[{n}] = {{\n    {_array_body(a)}\n}};\n"
 
 
+MOVE_FIELDS = ["d0", "d1", "d2", "transpose", "xor_in", "xor_out", "lo", "hi", "in_pk", "in_lo", "out_pk", "out_lo"]
+
+
+def _move(s: Step, prog: Program) -> dict[str, int] | None:
+    """qc_move's parameters for an input / output copy that clamps (the 4-bit input) or packs / unpacks;
+    None when the plain qc_copy / qc_transpose3 does."""
+    src = prog.tensors[s.inputs[0]] if s.kind == "output" else None
+    dst = prog.tensors[s.output] if s.kind == "input" else None
+    if not ((dst is not None and (dst.packed or "lo" in s.params)) or (src is not None and src.packed)):
+        return None
+    t = src if src is not None else dst
+    assert t is not None
+    xor = 0 if t.signed else 0x80
+    p = s.params
+    n = t.size
+    tr = {"d0": p["d0"], "d1": p["d1"], "d2": p["d2"], "transpose": 1} if "d0" in p else \
+        {"d0": 1, "d1": 1, "d2": n, "transpose": 0}
+    return {**tr, "xor_in": xor if dst is not None else 0, "xor_out": xor if src is not None else 0,
+            "lo": p.get("lo", -128), "hi": p.get("hi", 127),
+            "in_pk": int(src is not None and src.packed), "in_lo": src.lo if src is not None else 0,
+            "out_pk": int(dst is not None and dst.packed), "out_lo": dst.lo if dst is not None else 0}
+
+
 def _params_decl(i: int, s: Step) -> str:
     ctype, fields = PARAM_FIELDS[s.kind]
     vals = [f".{f} = {int(s.params[f])}" for f in fields]
@@ -81,17 +105,20 @@ def _call(i: int, s: Step, prog: Program, plan: ArenaPlan) -> list[str]:
 
     scratch = f"(int16_t *)(void *)QC_A({plan.scratch_offset[i]})" if i in plan.scratch_offset else ""
     k = s.kind
+    if k in ("input", "output") and _move(s, prog) is not None:
+        return [f"qc_move(&qc_p{i}, in, {a(s.output)});" if k == "input" else
+                f"qc_move(&qc_p{i}, {a(s.inputs[0])}, out);"]
     if k == "input":
         t = prog.tensors[s.output]
         xor = "0x00" if t.signed else "0x80"
-        if s.params:
+        if "d0" in s.params:
             p = s.params
             return [f"qc_transpose3(in, {a(s.output)}, {p['d0']}, {p['d1']}, {p['d2']}, {xor});"]
         return [f"qc_copy(in, {a(s.output)}, {t.size}, {xor});"]
     if k == "output":
         t = prog.tensors[s.inputs[0]]
         xor = "0x00" if t.signed else "0x80"
-        if s.params:
+        if "d0" in s.params:
             p = s.params
             return [f"qc_transpose3({a(s.inputs[0])}, out, {p['d0']}, {p['d1']}, {p['d2']}, {xor});"]
         return [f"qc_copy({a(s.inputs[0])}, out, {t.size}, {xor});"]
@@ -150,8 +177,13 @@ def model_c(prog: Program, plan: ArenaPlan) -> str:
                     consts.append(_const_decl(f"qc_{kind}{i}", kind, s.consts[kind]))
         if s.kind in PARAM_FIELDS:
             consts.append(_params_decl(i, s))
+        mv = _move(s, prog) if s.kind in ("input", "output") else None
+        if mv is not None:
+            body_mv = ",\n    ".join(f".{f} = {int(mv[f])}" for f in MOVE_FIELDS)
+            consts.append(f"static const qc_move_params qc_p{i} = {{\n    {body_mv}\n}};\n")
         lines = _call(i, s, prog, plan)
-        body.append(f"    /* {i}: {_c_comment(s.name)}: {_describe(s, prog)} */")
+        pk = " (packed 4-bit output)" if s.output and prog.tensors[s.output].packed else ""
+        body.append(f"    /* {i}: {_c_comment(s.name)}: {_describe(s, prog)}{pk} */")
         body += [f"    {ln}" for ln in lines]
     head = (f"/* model.c - generated by qcompiler (target mcu) from {_c_comment(prog.name)}; do not edit.\n"
             " * Integer-only: no float, no malloc, no libc calls beyond what the compiler inlines.\n"
@@ -227,7 +259,7 @@ MAKEFILE = r"""# Makefile - generated by qcompiler (target mcu).
 #   make host                  quick check on this machine (build/host/qc_host < in.bin > out.bin)
 #   make BOARD=mps2-an386      Cortex-M4 under QEMU (also mps2-an500 M7, mps3-an547 M55, microbit M0)
 #   make run BOARD=...         run build/BOARD/model.elf on qc_in.bin -> qc_out.bin (QEMU, semihosting)
-# Only model.c, model.h, qc_kernels.c and qc_kernels.h belong in a product; harness/ is for testing.
+# Only model.c, model.h, qc_kernels.c, qc_kernels.h and qc_config.h belong in a product; harness/ is for testing.
 BOARD ?= mps2-an386
 BUILD ?= build
 OPT ?= -O2
@@ -250,7 +282,7 @@ OBJS = $(OUT)/model.o $(OUT)/qc_kernels.o $(OUT)/qc_libc.o $(OUT)/startup.o $(OU
 .PHONY: all host run size clean
 all: $(OUT)/model.elf
 
-$(OUT)/%.o: %.c model.h qc_kernels.h
+$(OUT)/%.o: %.c model.h qc_kernels.h qc_config.h
 	@mkdir -p $(OUT)
 	$(ARM_CC) $(CFLAGS_COMMON) $(ARM_FLAGS) -c $< -o $@
 
@@ -270,7 +302,7 @@ run: $(OUT)/model.elf
 
 host: $(BUILD)/host/qc_host
 
-$(BUILD)/host/qc_host: model.c qc_kernels.c harness/host_main.c model.h qc_kernels.h
+$(BUILD)/host/qc_host: model.c qc_kernels.c harness/host_main.c model.h qc_kernels.h qc_config.h
 	@mkdir -p $(BUILD)/host
 	$(HOST_CC) $(CFLAGS_COMMON) -o $@ model.c qc_kernels.c harness/host_main.c
 
@@ -279,12 +311,45 @@ clean:
 """
 
 
+def tile_variants(prog: Program) -> int:
+    """The QC_TILES mask of the conv / fully connected tile kernels this program runs (qc_config.h).
+
+    Mirrors qc_mm_init's choice: the fast requantization and at least one channel pair take a tile;
+    packed outputs need bounds [0, 15] (USAT #4), others clamp unless the bounds are [-128, 127]."""
+    mask = 0
+    for s in prog.steps:
+        if s.kind not in ("conv", "fc"):
+            continue
+        p = s.params
+        mg = p["out_c"] // p.get("groups", 1)
+        if not p["rq_fast"] or mg < 2:
+            continue
+        w4 = p["wbits"] == 4
+        if p.get("out_pk"):
+            if p["qmin"] == 0 and p["qmax"] == 15:
+                mask |= 32 if w4 else 4
+        elif p["qmin"] != -128 or p["qmax"] != 127:
+            mask |= 16 if w4 else 2
+        else:
+            mask |= 8 if w4 else 1
+    return mask
+
+
+def config_h(prog: Program) -> str:
+    packed = int(any(t.packed for t in prog.tensors.values()))
+    return ("/* qc_config.h - generated by qcompiler (target mcu): the kernel variants this model uses;\n"
+            " * the others are compiled out (see the runtime's default qc_config.h). */\n"
+            "#ifndef QC_CONFIG_H\n#define QC_CONFIG_H\n"
+            f"#define QC_PACKED {packed}\n#define QC_TILES 0x{tile_variants(prog):02X}\n"
+            "#endif /* QC_CONFIG_H */\n")
+
+
 def write_sources(out: Path, prog: Program, plan: ArenaPlan, report: dict[str, Any]) -> list[Path]:
     """Write everything into ``out`` (the mcu/ folder); returns the files written."""
     (out / "harness" / "boards").mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     for name, text in (("model.c", model_c(prog, plan)), ("model.h", model_h(prog, plan, report)),
-                       ("Makefile", MAKEFILE)):
+                       ("qc_config.h", config_h(prog)), ("Makefile", MAKEFILE)):
         (out / name).write_text(text)
         files.append(out / name)
     for f in RUNTIME_FILES:

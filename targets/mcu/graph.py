@@ -16,6 +16,11 @@ here, not in the C:
 - The input zero point of a conv/fully connected layer is folded into its bias
   (``bias - x_zp * sum(w)``) and padding is filled with ``x_zp``, so the inner
   loop multiplies raw int8 values.
+- A tensor whose values span at most 16 (a 4-bit activation: the clamp bounds of the
+  op that writes it) is packed two per byte when the kernel that writes it and every
+  kernel that reads it can do so (:func:`choose_packing`); its nibbles hold
+  ``value - lo``, and its zero points and bounds are given to the kernels in that domain.
+  So 4-bit activations take half the arena.
 """
 
 from __future__ import annotations
@@ -47,15 +52,34 @@ class Tensor:
     signed: bool  # int8 in the graph (False: uint8, held as value - 128)
     layout: str = "logical"  # "logical" (row-major ONNX order), "nhwc" (4-D), "hwc-flat" (view of nhwc)
     src_chw: tuple[int, int, int] | None = None  # for "hwc-flat": the C, H, W it came from
+    lo: int = -128  # the values it can hold (int8 held form): the bounds of the op that writes it
+    hi: int = 127
+    packed: bool = False  # two elements per byte, nibble = held value - lo
 
     @property
     def size(self) -> int:
+        """Elements."""
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes in the arena."""
+        return (self.size + 1) // 2 if self.packed else self.size
 
     @property
     def offset(self) -> int:
         """What is subtracted from graph values to get the int8 held in C."""
         return 0 if self.signed else 128
+
+    @property
+    def base(self) -> int:
+        """What is subtracted from held values to get what a kernel reads (packed: the nibble)."""
+        return self.lo if self.packed else 0
+
+    @property
+    def shift(self) -> int:
+        """Graph value - what a kernel reads: zero points of this tensor are given to kernels minus this."""
+        return self.offset + self.base
 
 
 @dataclass
@@ -177,6 +201,19 @@ def pack_rows(w2d: np.ndarray, wbits: int, groups: int = 1) -> tuple[np.ndarray,
     return (out.reshape(-1) & 0xFF).astype(np.uint8).view(np.int8), k_pad
 
 
+#: K order of a packed (4-bit) conv / fully connected input read 8 nibbles at a time: new K index j
+#: takes old index PERM8[j] within each group of 8, so that after BLOCK_ORDER the im2col column
+#: holds x0, x4, x2, x6, x1, x5, x3, x7 (what the kernels' unpacking of one word yields).
+PERM8 = np.array([0, 2, 4, 6, 1, 3, 5, 7])
+
+
+def perm_k8(w2d: np.ndarray) -> np.ndarray:
+    """Columns of ``w2d`` ([M, K], K a multiple of 8) in the packed-input order (:data:`PERM8`)."""
+    m, k = w2d.shape
+    idx = (np.arange(0, k, 8)[:, None] + PERM8[None, :]).reshape(-1)
+    return w2d[:, idx]
+
+
 def fast_requant(b: np.ndarray, c: np.ndarray, zp: int, acc_shift: int = 0) -> np.ndarray | None:
     """Per-channel-pair constants of the kernels' fast requantization, or None when it does not apply.
 
@@ -259,12 +296,17 @@ def _wbits(w: np.ndarray) -> int:
 class _Reader:
     """Walks the integer graph once and builds the program."""
 
-    def __init__(self, model: onnx.ModelProto, name: str) -> None:
+    def __init__(self, model: onnx.ModelProto, name: str, packed: frozenset[str] = frozenset()) -> None:
         self.model = model
         self.name = name
+        self.packed = packed  # tensors held two per byte (choose_packing on a first reading)
         self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.tensors: dict[str, Tensor] = {}
         self.steps: list[Step] = []
+        self.readers: dict[str, int] = {}
+        for n in model.graph.node:
+            for i in n.input:
+                self.readers[i] = self.readers.get(i, 0) + 1
 
     def const(self, node: onnx.NodeProto, idx: int) -> np.ndarray:
         nm = node.input[idx] if idx < len(node.input) else ""
@@ -290,10 +332,16 @@ class _Reader:
         return self.tensors[nm]
 
     def new(self, name: str, shape: tuple[int, ...], signed: bool, layout: str = "logical",
-            src_chw: tuple[int, int, int] | None = None) -> Tensor:
-        t = Tensor(name, tuple(int(d) for d in shape), signed, layout, src_chw)
+            src_chw: tuple[int, int, int] | None = None, lo: int = -128, hi: int = 127) -> Tensor:
+        t = Tensor(name, tuple(int(d) for d in shape), signed, layout, src_chw, lo, hi, name in self.packed)
         self.tensors[name] = t
         return t
+
+    def like(self, name: str, x: Tensor, shape: tuple[int, ...] | None = None, layout: str | None = None,
+             src_chw: tuple[int, int, int] | None = None) -> Tensor:
+        """A tensor holding x's values (a view, a copy, a max pool): its sign and bounds."""
+        return self.new(name, x.shape if shape is None else shape, x.signed, x.layout if layout is None else layout,
+                        src_chw, x.lo, x.hi)
 
     def as_nhwc(self, t: Tensor, node: onnx.NodeProto) -> Tensor:
         """The tensor in NHWC; inserts a transpose when it is held in ONNX order."""
@@ -306,7 +354,7 @@ class _Reader:
         if t.layout == "logical" and (c == 1 or h * w == 1):
             return self.new_alias(t, "nhwc")
         src = self.as_logical(t, node)
-        out = self.new(f"{t.name}.nhwc", t.shape, t.signed, "nhwc")
+        out = self.like(f"{t.name}.nhwc", t, layout="nhwc")
         self.steps.append(Step("relayout", node.name, [src.name], out.name,
                                params={"d0": 1, "d1": c, "d2": h * w}))
         return out
@@ -320,7 +368,7 @@ class _Reader:
         return {} if c == 1 or h * w == 1 else {"d0": 1, "d1": h * w, "d2": c}
 
     def new_alias(self, t: Tensor, layout: str) -> Tensor:
-        out = self.new(f"{t.name}.{layout}", t.shape, t.signed, layout)
+        out = self.like(f"{t.name}.{layout}", t, layout=layout)
         self.steps.append(Step("view", "layout", [t.name], out.name))
         return out
 
@@ -335,7 +383,7 @@ class _Reader:
             c, h, w = t.src_chw
         if c == 1 or h * w == 1:
             return self.new_alias(t, "logical")
-        out = self.new(f"{t.name}.nchw", t.shape, t.signed, "logical")
+        out = self.like(f"{t.name}.nchw", t, layout="logical")
         self.steps.append(Step("relayout", node.name, [t.name], out.name,
                                params={"d0": 1, "d1": h * w, "d2": c}))
         return out
@@ -412,6 +460,12 @@ class _Reader:
         qmax = int(attr(node, "qmax", 127 if signed else 255))
         return zp - off, signed, qmin - off, qmax - off
 
+    @staticmethod
+    def _out_domain(y: Tensor, y_zp: int, qmin: int, qmax: int) -> dict[str, int]:
+        """The output zero point and bounds as the kernel writes them (packed: minus lo) and whether it packs."""
+        b = y.base
+        return {"out_zp": y_zp - b, "qmin": qmin - b, "qmax": qmax - b, "out_pk": int(y.packed)}
+
     def op_QConv(self, node: onnx.NodeProto) -> None:
         x = self.as_nhwc(self.act(node, 0), node)
         x_zp, x_signed = self.zp(node, 1)
@@ -429,13 +483,14 @@ class _Reader:
             raise _fail(self.name, node, f"weights {list(w.shape)} do not match input channels {cin}, group {group}")
         oh = _conv_out(h, kh, strides[0], pads[0], pads[2], dil[0])
         ow = _conv_out(wd, kw, strides[1], pads[1], pads[3], dil[1])
-        xzp_i = x_zp - x.offset
-        y = self.new(node.output[0], (1, m, oh, ow), y_signed, "nhwc")
+        xzp_i = x_zp - x.shift
+        y = self.new(node.output[0], (1, m, oh, ow), y_signed, "nhwc", lo=qmin, hi=qmax)
         wbits = _wbits(w)
         geo = {"in_h": h, "in_w": wd, "in_c": cin, "out_h": oh, "out_w": ow, "out_c": m, "k_h": kh, "k_w": kw,
                "stride_h": strides[0], "stride_w": strides[1], "pad_t": pads[0], "pad_l": pads[1],
-               "dil_h": dil[0], "dil_w": dil[1], "wbits": wbits, "in_zp": xzp_i, "out_zp": y_zp,
-               "qmin": qmin, "qmax": qmax}
+               "dil_h": dil[0], "dil_w": dil[1], "wbits": wbits, "in_zp": xzp_i,
+               **self._out_domain(y, y_zp, qmin, qmax), "in_pk": int(x.packed)}
+        y_zp = geo["out_zp"]
         macs = oh * ow * m * cg * kh * kw
         if group > 1 and group == cin and cg == 1:
             wl = w.reshape(m, kh, kw).transpose(1, 2, 0).reshape(-1)  # [kh][kw][M]
@@ -457,13 +512,17 @@ class _Reader:
         if group == 1 and dil[1] == 1 and row % 4 and kh * _pad_k(row) * 3 <= _pad_k(kh * row) * 4:
             k_row = _pad_k(row)
             w2d = np.pad(w2d.reshape(m, kh, row), ((0, 0), (0, 0), (0, k_row - row))).reshape(m, kh * k_row)
+        # a packed input whose channel runs are whole groups of 8 is unpacked a word (8 nibbles) at a time
+        k8 = int(x.packed and cg % 8 == 0 and k_row == 0)
+        if k8:
+            w2d = np.concatenate([perm_k8(g_w) for g_w in np.split(w2d, group)]) if group > 1 else perm_k8(w2d)
         if wbits == 4:  # the 4-bit kernels accumulate 16x (see qc_kernels.h)
             bias_f = bias_f * 16
         stream, k_pad, rq_fast = pack_stream(w2d, wbits, group, bias_f, b.astype(np.int64), c.astype(np.int64),
                                              y_zp)
         self.steps.append(Step("conv", node.name, [x.name], y.name,
                                params={**geo, "groups": group, "k_pad": k_pad, "rq_fast": rq_fast,
-                                       "k_row": k_row},
+                                       "k_row": k_row, "k8": k8},
                                consts={"w": stream}, scratch=2 * 2 * k_pad, macs=macs))
 
     def _check_acc(self, node: onnx.NodeProto, bias: np.ndarray, k: int, wbits: int, zp_abs: int) -> None:
@@ -500,18 +559,23 @@ class _Reader:
         elif x.layout == "nhwc":
             x = self.as_logical(x, node)
         rows = int(np.prod(x.shape[:-1], dtype=np.int64)) if len(x.shape) > 1 else 1
-        xzp_i = x_zp - x.offset
+        xzp_i = x_zp - x.shift
         wbits = _wbits(wt)
         bias_f = bias - xzp_i * wt.sum(axis=1)
         self._check_acc(node, bias_f, k, wbits, abs(xzp_i))
         if wbits == 4:
             bias_f = bias_f * 16
-        stream, k_pad, rq_fast = pack_stream(wt, wbits, 1, bias_f, b.astype(np.int64), c.astype(np.int64), y_zp)
-        y = self.new(node.output[0], tuple(x.shape[:-1]) + (m,), y_signed)
+        k8 = int(x.packed and k % 8 == 0)
+        if k8:
+            wt = perm_k8(wt)
+        y = self.new(node.output[0], tuple(x.shape[:-1]) + (m,), y_signed, lo=qmin, hi=qmax)
+        od = self._out_domain(y, y_zp, qmin, qmax)
+        stream, k_pad, rq_fast = pack_stream(wt, wbits, 1, bias_f, b.astype(np.int64), c.astype(np.int64),
+                                             od["out_zp"])
         self.steps.append(Step("fc", node.name, [x.name], y.name,
                                params={"rows": rows, "k": k, "out_c": m, "k_pad": k_pad, "wbits": wbits,
-                                       "in_zp": xzp_i, "out_zp": y_zp, "qmin": qmin, "qmax": qmax,
-                                       "rq_fast": rq_fast},
+                                       "in_zp": xzp_i, **od, "rq_fast": rq_fast, "in_pk": int(x.packed),
+                                       "k8": k8},
                                consts={"w": stream}, scratch=2 * k_pad, macs=rows * k * m))
 
     def op_QAdd(self, node: onnx.NodeProto) -> None:
@@ -526,11 +590,11 @@ class _Reader:
         if not (0 <= ma <= INT32_MAX and 0 <= mb <= INT32_MAX and 1 <= c <= 62):
             raise _fail(self.name, node, "QAdd constants outside ma, mb in [0, 2^31), c in [1, 62]")
         y_zp, y_signed, qmin, qmax = self._out(node, 7)
-        y = self.new(node.output[0], a.shape, y_signed, a.layout, a.src_chw)
+        y = self.new(node.output[0], a.shape, y_signed, a.layout, a.src_chw, lo=qmin, hi=qmax)
         self.steps.append(Step("add", node.name, [a.name, bt.name], y.name,
-                               params={"n": a.size, "a_zp": a_zp - a.offset, "b_zp": b_zp - bt.offset,
-                                       "ma": ma, "mb": mb, "shift": c, "out_zp": y_zp, "qmin": qmin,
-                                       "qmax": qmax},
+                               params={"n": a.size, "a_zp": a_zp - a.shift, "b_zp": b_zp - bt.shift,
+                                       "ma": ma, "mb": mb, "shift": c, **self._out_domain(y, y_zp, qmin, qmax),
+                                       "a_pk": int(a.packed), "b_pk": int(bt.packed)},
                                inplace=(0, 1)))
 
     def op_QRequant(self, node: onnx.NodeProto) -> None:
@@ -540,7 +604,7 @@ class _Reader:
         if not (1 <= b <= INT32_MAX and 1 <= c <= 62):
             raise _fail(self.name, node, "QRequant constants outside b in [1, 2^31), c in [1, 62]")
         y_zp, y_signed, qmin, qmax = self._out(node, 4)
-        y = self.new(node.output[0], x.shape, y_signed, x.layout, x.src_chw)
+        y = self.new(node.output[0], x.shape, y_signed, x.layout, x.src_chw, lo=qmin, hi=qmax)
         self.steps.append(Step("requant", node.name, [x.name], y.name,
                                params={"n": x.size, "in_zp": x_zp - x.offset, "out_zp": y_zp, "qmin": qmin,
                                        "qmax": qmax, "mult": b, "shift": c},
@@ -573,10 +637,11 @@ class _Reader:
         geo = self._pool_geo(node, x, kernel, list(attr(node, "strides", [1, 1])),
                              list(attr(node, "pads", [0, 0, 0, 0])), list(attr(node, "dilations", [1, 1])),
                              bool(attr(node, "ceil_mode", 0)))
-        y = self.new(node.output[0], (1, geo["c"], geo["out_h"], geo["out_w"]), x.signed, "nhwc")
+        y = self.like(node.output[0], x, shape=(1, geo["c"], geo["out_h"], geo["out_w"]), layout="nhwc")
         self.steps.append(Step("maxpool", node.name, [x.name], y.name,
-                               params={**geo, "in_zp": 0, "out_zp": 0, "qmin": -128, "qmax": 127,
-                                       "mult": 0, "shift": 0}, inplace=self._pool_inplace(geo)))
+                               params={**geo, "in_zp": 0, "out_zp": x.base - y.base, "qmin": -128, "qmax": 127,
+                                       "mult": 0, "shift": 0, "in_pk": int(x.packed), "out_pk": int(y.packed)},
+                               inplace=self._pool_inplace(geo)))
 
     def op_QAvgPool(self, node: onnx.NodeProto) -> None:
         x = self.as_nhwc(self.act(node, 0), node)
@@ -590,10 +655,12 @@ class _Reader:
             strides = list(attr(node, "strides", [1, 1]))
             pads = list(attr(node, "pads", [0, 0, 0, 0]))
         geo = self._pool_geo(node, x, kernel, strides, pads, [1, 1], False)
-        y = self.new(node.output[0], (1, geo["c"], geo["out_h"], geo["out_w"]), y_signed, "nhwc")
+        y = self.new(node.output[0], (1, geo["c"], geo["out_h"], geo["out_w"]), y_signed, "nhwc", lo=qmin,
+                     hi=qmax)
         self.steps.append(Step("avgpool", node.name, [x.name], y.name,
-                               params={**geo, "in_zp": x_zp - x.offset, "out_zp": y_zp, "qmin": qmin,
-                                       "qmax": qmax, "mult": b, "shift": c}, inplace=self._pool_inplace(geo)))
+                               params={**geo, "in_zp": x_zp - x.shift, **self._out_domain(y, y_zp, qmin, qmax),
+                                       "mult": b, "shift": c, "in_pk": int(x.packed)},
+                               inplace=self._pool_inplace(geo)))
 
     def _view(self, node: onnx.NodeProto, out_shape: tuple[int, ...]) -> None:
         x = self.act(node, 0)
@@ -616,7 +683,7 @@ class _Reader:
                 layout, src = "logical", None
         else:
             layout, src = "logical", None
-        y = self.new(node.output[0], out_shape, x.signed, layout, src)
+        y = self.like(node.output[0], x, shape=out_shape, layout=layout, src_chw=src)
         self.steps.append(Step("view", node.name, [x.name], y.name))
 
     def op_Identity(self, node: onnx.NodeProto) -> None:
@@ -628,10 +695,16 @@ class _Reader:
         off = x.offset
         lo = _scalar(self.const(node, 1)) if len(node.input) > 1 and node.input[1] else (-128 + off)
         hi = _scalar(self.const(node, 2)) if len(node.input) > 2 and node.input[2] else (127 + off)
-        y = self.new(node.output[0], x.shape, x.signed, x.layout, x.src_chw)
+        lo, hi = max(lo - off, x.lo), min(hi - off, x.hi)
+        y = self.new(node.output[0], x.shape, x.signed, x.layout, x.src_chw, lo=lo, hi=max(lo, hi))
+        last = self.steps[-1] if self.steps else None
+        if last is not None and last.kind == "input" and last.output == x.name and self.readers.get(x.name) == 1:
+            # the 4-bit input clamp: done by the input copy itself (one buffer, packed when it can be)
+            last.output = y.name
+            last.params.update({"lo": y.lo, "hi": y.hi})
+            return
         self.steps.append(Step("clip", node.name, [x.name], y.name,
-                               params={"n": x.size, "lo": max(lo - off, -128), "hi": min(hi - off, 127)},
-                               inplace=(0,)))
+                               params={"n": x.size, "lo": lo, "hi": hi}, inplace=(0,)))
 
     def op_Flatten(self, node: onnx.NodeProto) -> None:
         x = self.act(node, 0)
@@ -685,16 +758,69 @@ class _Reader:
             lens = [int(np.prod(x.shape[ax:], dtype=np.int64)) for x in xs]
         shape = list(xs[0].shape)
         shape[ax] = sum(x.shape[ax] for x in xs)
-        y = self.new(node.output[0], tuple(shape), xs[0].signed, layout)
+        y = self.new(node.output[0], tuple(shape), xs[0].signed, layout, lo=min(x.lo for x in xs),
+                     hi=max(x.hi for x in xs))
         self.steps.append(Step("concat", node.name, [x.name for x in xs], y.name,
                                params={"outer": outer, "lens": lens}))
 
 
-def read_program(model: onnx.ModelProto, name: str | None = None) -> Program:
-    """Parse an integer graph into a :class:`Program` (raises TargetError on what cannot run)."""
+#: kernels that can write / read a packed (two per byte) tensor
+PACK_WRITERS = frozenset({"input", "conv", "fc", "dw", "add", "maxpool", "avgpool"})
+PACK_READERS = frozenset({"output", "conv", "fc", "dw", "add", "maxpool", "avgpool"})
+
+
+def choose_packing(prog: Program) -> frozenset[str]:
+    """The tensors to hold two per byte: those whose values span at most 16 (4-bit activations),
+    written and read only by kernels that handle packed tensors (views share their input's
+    bytes, so a view and its source are decided together). Conv / fully connected outputs
+    are packed a channel pair per byte, so they need even channel counts (per group)."""
+    parent: dict[str, str] = {}
+
+    def find(t: str) -> str:
+        while parent.get(t, t) != t:
+            t = parent[t]
+        return t
+
+    for s in prog.steps:
+        if s.kind == "view":
+            parent[find(s.output)] = find(s.inputs[0])
+    writer: dict[str, Step] = {}
+    readers: dict[str, list[Step]] = {}
+    for s in prog.steps:
+        if s.kind == "view":
+            continue
+        if s.output:
+            writer[find(s.output)] = s
+        for t in s.inputs:
+            readers.setdefault(find(t), []).append(s)
+    ok: set[str] = set()
+    for root, w in writer.items():
+        t = prog.tensors[w.output]
+        if t.hi - t.lo > 15 or w.kind not in PACK_WRITERS:
+            continue
+        if w.kind == "conv" and (w.params["out_c"] % 2 or (w.params["out_c"] // w.params["groups"]) % 2):
+            continue
+        if w.kind == "fc" and w.params["out_c"] % 2:
+            continue
+        if all(r.kind in PACK_READERS for r in readers.get(root, [])):
+            ok.add(root)
+    return frozenset(t for t in prog.tensors if find(t) in ok)
+
+
+def read_program(model: onnx.ModelProto, name: str | None = None, *, pack: bool = True) -> Program:
+    """Parse an integer graph into a :class:`Program` (raises TargetError on what cannot run).
+
+    With ``pack`` (the default), 4-bit activations that can be are held two per byte
+    (:func:`choose_packing`): the graph is read once to decide, then again with the
+    packed tensors' zero points, bounds and weight orders."""
     mname = name or model.graph.name or "model"
     try:
-        return _Reader(model, mname).run()
+        prog = _Reader(model, mname).run()
+        if pack:
+            packed = choose_packing(prog)
+            if packed:
+                prog = _Reader(model, mname, packed).run()
+        return prog
     except (KeyError, TypeError) as e:  # malformed graph: a missing attribute or input
         raise UnsupportedModelError(f"malformed integer graph: {e!r}", model=mname,
                                     hint="the MCU target reads model.int.onnx as written by qcompiler") from e

@@ -9,6 +9,11 @@
 
 #include <string.h>
 
+#include "qc_config.h"
+
+/* A packed-tensor flag that folds to 0 where the model packs nothing (qc_config.h). */
+#define QC_PK(x) (QC_PACKED && (x))
+
 #if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && defined(__GNUC__) && !defined(QC_NO_DSP)
 #define QC_USE_DSP 1
 #include <arm_acle.h>
@@ -72,6 +77,30 @@ static inline int32_t qc_sext4(int32_t v)
     return ((v & 0xF) ^ 8) - 8;
 }
 
+/* Element i of a tensor: a byte, or (pk) a nibble of a packed tensor (see qc_kernels.h). */
+static inline int32_t qc_get(const int8_t *p, int32_t i, int32_t pk)
+{
+    return QC_PK(pk) ? ((int32_t)(uint8_t)p[i >> 1] >> ((i & 1) << 2)) & 0xF : p[i];
+}
+
+/* Store element i (pk: v in [0, 15], the other nibble of its byte kept). */
+static inline void qc_set(int8_t *p, int32_t i, int32_t v, int32_t pk)
+{
+    if (QC_PK(pk)) {
+        uint8_t *b = (uint8_t *)p + (i >> 1);
+        *b = (i & 1) ? (uint8_t)((*b & 0x0Fu) | ((uint32_t)v << 4)) : (uint8_t)((*b & 0xF0u) | (uint32_t)v);
+    } else {
+        p[i] = (int8_t)v;
+    }
+}
+
+/* Where K index k sits in an im2col column: blocks of 4 as x0, x2, x1, x3 (SXTB16 of a word of
+ * 4 int8); k8 = 1: groups of 8 as x0, x4, x2, x6, x1, x5, x3, x7 (a word of 8 nibbles unpacked). */
+static inline int32_t qc_colpos(int32_t k, int32_t k8)
+{
+    return k8 ? (k & ~7) | ((k & 1) << 2) | (k & 2) | ((k >> 2) & 1) : (k & ~3) | ((k & 1) << 1) | ((k >> 1) & 1);
+}
+
 #if QC_USE_DSP
 static inline int32_t qc_sxtb16_ror8(uint32_t v)
 {
@@ -128,6 +157,8 @@ void qc_tile_w16(const int32_t *w, qc_tile_args *a);
 void qc_tile_w16_c(const int32_t *w, qc_tile_args *a);
 void qc_tile_w4(const int32_t *w, qc_tile_args *a);
 void qc_tile_w4_c(const int32_t *w, qc_tile_args *a);
+void qc_tile_w16_p(const int32_t *w, qc_tile_args *a);
+void qc_tile_w4_p(const int32_t *w, qc_tile_args *a);
 
 #define QC_STORE_PLAIN                \
     "\tssat r4, #8, r4\n"             \
@@ -158,6 +189,20 @@ void qc_tile_w4_c(const int32_t *w, qc_tile_args *a);
     "\tstrh r4, [r8], #2\n"           \
     "\tlsr r4, r4, #16\n"             \
     "\tstrh r4, [r9], #2\n"           \
+    "\tstrd r8, r9, [sp, #12]\n"
+
+/* Packed 4-bit output (values in the u domain, bounds exactly [0, 15]): USAT, one byte per
+ * pixel holding the pair's two channels. */
+#define QC_STORE_PACK                 \
+    "\tusat r4, #4, r4\n"             \
+    "\tusat r5, #4, r5\n"             \
+    "\tusat r6, #4, r6\n"             \
+    "\tusat r7, #4, r7\n"             \
+    "\torr r4, r4, r6, lsl #4\n"      \
+    "\torr r5, r5, r7, lsl #4\n"      \
+    "\tldrd r8, r9, [sp, #12]\n"      \
+    "\tstrb r4, [r8], #1\n"           \
+    "\tstrb r5, [r9], #1\n"           \
     "\tstrd r8, r9, [sp, #12]\n"
 
 #define QC_TILE_FUNC(name, STEP, STORE)                                  \
@@ -250,7 +295,9 @@ void qc_tile_w4_c(const int32_t *w, qc_tile_args *a);
 __asm__(QC_TILE_FUNC(qc_tile_w16, QC_STEP_W16, QC_STORE_PLAIN)
         QC_TILE_FUNC(qc_tile_w16_c, QC_STEP_W16, QC_STORE_CLAMP)
         QC_TILE_FUNC(qc_tile_w4, QC_STEP_W4, QC_STORE_PLAIN)
-        QC_TILE_FUNC(qc_tile_w4_c, QC_STEP_W4, QC_STORE_CLAMP));
+        QC_TILE_FUNC(qc_tile_w4_c, QC_STEP_W4, QC_STORE_CLAMP)
+        QC_TILE_FUNC(qc_tile_w16_p, QC_STEP_W16, QC_STORE_PACK)
+        QC_TILE_FUNC(qc_tile_w4_p, QC_STEP_W4, QC_STORE_PACK));
 
 /* int16_t *qc_widen_rows(int16_t *dst, const int8_t *src, int32_t n, int32_t rows, int32_t stride):
  * rows runs of n int8 (n a multiple of 4; the runs stride bytes apart) into dst as int16, each
@@ -333,8 +380,57 @@ __asm__("\t.pushsection .text.qc_widen_rows,\"ax\",%progbits\n"
         "\tpop {r4-r11, pc}\n"
         "\t.size qc_widen_rows, .-qc_widen_rows\n"
         "\t.popsection\n");
+
+/* int16_t *qc_widen_rows_pk(int16_t *dst, const int8_t *src, int32_t n, int32_t rows, int32_t stride):
+ * the same for packed 4-bit values: rows runs of n nibbles (n a multiple of 8, each run starting
+ * at a byte), each group of 8 stored x0, x4, x2, x6, x1, x5, x3, x7 (qc_colpos with k8): per word
+ * LDR, AND, AND of the word shifted by 4, 4 UXTB16, STM. */
+int16_t *qc_widen_rows_pk(int16_t *dst, const int8_t *src, int32_t n, int32_t rows, int32_t stride);
+
+__asm__("\t.pushsection .text.qc_widen_rows_pk,\"ax\",%progbits\n"
+        "\t.syntax unified\n"
+        "\t.thumb\n"
+        "\t.p2align 2\n"
+        "\t.global qc_widen_rows_pk\n"
+        "\t.type qc_widen_rows_pk, %function\n"
+        "\t.thumb_func\n"
+        "qc_widen_rows_pk:\n"
+        "\tpush {r4-r11, lr}\n"
+        "\tldr r12, [sp, #36]\n"
+        "\tsub r12, r12, r2, lsr #1\n"
+        "\tmov r11, #0x0F0F0F0F\n"
+        "1:\n"
+        "\tmov lr, r2\n"
+        "2:\n"
+        "\tldr r5, [r1], #4\n"
+        "\tand r4, r5, r11\n"
+        "\tand r6, r11, r5, lsr #4\n"
+        "\tuxtb16 r7, r4\n"
+        "\tuxtb16 r8, r4, ror #8\n"
+        "\tuxtb16 r9, r6\n"
+        "\tuxtb16 r10, r6, ror #8\n"
+        "\tstm r0!, {r7-r10}\n"
+        "\tsubs lr, lr, #8\n"
+        "\tbne 2b\n"
+        "\tadd r1, r1, r12\n"
+        "\tsubs r3, r3, #1\n"
+        "\tbne 1b\n"
+        "\tpop {r4-r11, pc}\n"
+        "\t.size qc_widen_rows_pk, .-qc_widen_rows_pk\n"
+        "\t.popsection\n");
 #else
-/* Portable: the same layout (each block of 4 as x0, x2, x1, x3). */
+/* Portable: the same layouts (each block of 4 as x0, x2, x1, x3; packed: groups of 8 as
+ * x0, x4, x2, x6, x1, x5, x3, x7). */
+static int16_t *qc_widen_rows_pk(int16_t *dst, const int8_t *src, int32_t n, int32_t rows, int32_t stride)
+{
+    int32_t r, j;
+    for (r = 0; r < rows; r++, src += stride) {
+        for (j = 0; j < n; j++) dst[qc_colpos(j, 1)] = (int16_t)qc_get(src, j, 1);
+        dst += n;
+    }
+    return dst;
+}
+
 static int16_t *qc_widen_rows(int16_t *dst, const int8_t *src, int32_t n, int32_t rows, int32_t stride)
 {
     int32_t r, j;
@@ -396,10 +492,11 @@ static inline int32_t qc_rqf(int32_t acc, int32_t mult, int32_t rnd, int32_t s, 
 }
 
 /* Row pairs [w, w_end) of the stream against one or two pixels, in C (o1 == 0 and c1 == c0
- * for one pixel). Stores channel m + 1 of a pair only when m + 1 < mg. */
+ * for one pixel). Stores channel m + 1 of a pair only when m + 1 < mg; pk: the pair as one
+ * byte of a packed output (mg is even there), o0 / o1 pointing at the byte of channel 0. */
 static void qc_pairs_c(const int32_t *w, const int32_t *w_end, int32_t m, int32_t mg, const int16_t *c0,
                        const int16_t *c1, int32_t k4, int32_t wbits, int32_t rq_fast, int32_t zp, int32_t qmin,
-                       int32_t qmax, int8_t *o0, int8_t *o1)
+                       int32_t qmax, int32_t pk, int8_t *o0, int8_t *o1)
 {
     const int32_t blk_words = wbits == 8 ? 4 * k4 : k4;
     for (; w < w_end; w += QC_PAIR_HEAD + blk_words + QC_PAIR_TAIL, m += 2) {
@@ -417,6 +514,11 @@ static void qc_pairs_c(const int32_t *w, const int32_t *w_end, int32_t m, int32_
                 acc[i] = qc_rq(acc[i], q[i & 2], q[(i & 2) + 1], zp, qmin, qmax);
             }
         }
+        if (QC_PK(pk)) {
+            o0[m >> 1] = (int8_t)(acc[0] | (acc[2] << 4));
+            if (o1) o1[m >> 1] = (int8_t)(acc[1] | (acc[3] << 4));
+            continue;
+        }
         o0[m] = (int8_t)acc[0];
         if (o1) o1[m] = (int8_t)acc[1];
         if (m + 1 < mg) {
@@ -426,10 +528,14 @@ static void qc_pairs_c(const int32_t *w, const int32_t *w_end, int32_t m, int32_
     }
 }
 
+#if QC_USE_DSP
+#define QC_TILE(f, bit) ((QC_TILES & (bit)) ? f : 0)
+#endif
+
 /* One layer's (or group's) channels for pixel pairs: the per-call state of the tile kernels. */
 typedef struct {
     const int32_t *w;
-    int32_t mg, k4, k_pad, wbits, rq_fast, zp, qmin, qmax;
+    int32_t mg, k4, k_pad, wbits, rq_fast, zp, qmin, qmax, pk;
 #if QC_USE_DSP
     qc_tile_args a;
     void (*tile)(const int32_t *, qc_tile_args *);
@@ -437,7 +543,7 @@ typedef struct {
 } qc_mm;
 
 static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, int32_t wbits, int32_t rq_fast,
-                       int32_t zp, int32_t qmin, int32_t qmax)
+                       int32_t zp, int32_t qmin, int32_t qmax, int32_t pk)
 {
     const int32_t blk_words = wbits == 8 ? k_pad : k_pad / 4;
     t->w = w;
@@ -449,6 +555,7 @@ static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, in
     t->zp = zp;
     t->qmin = qmin;
     t->qmax = qmax;
+    t->pk = pk;
 #if QC_USE_DSP
     {
         const int32_t clamp = qmin != -128 || qmax != 127;
@@ -456,17 +563,21 @@ static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, in
         t->a.entry = t->k4 & 7;
         t->a.qmin4 = (uint8_t)qmin * 0x01010101u;
         t->a.qmax4 = (uint8_t)qmax * 0x01010101u;
-        if (wbits == 8)
-            t->tile = clamp ? qc_tile_w16_c : qc_tile_w16;
+        /* variants qc_config.h leaves out are 0: those layers run the portable C */
+        if (QC_PK(pk)) /* USAT #4 is the clamp only for bounds [0, 15]; others take the C path */
+            t->tile = qmin != 0 || qmax != 15 ? 0 : wbits == 8 ? QC_TILE(qc_tile_w16_p, 4) : QC_TILE(qc_tile_w4_p, 32);
+        else if (wbits == 8)
+            t->tile = clamp ? QC_TILE(qc_tile_w16_c, 2) : QC_TILE(qc_tile_w16, 1);
         else
-            t->tile = clamp ? qc_tile_w4_c : qc_tile_w4;
+            t->tile = clamp ? QC_TILE(qc_tile_w4_c, 16) : QC_TILE(qc_tile_w4, 8);
     }
 #else
     (void)blk_words;
 #endif
 }
 
-/* All mg channels of one or two pixels (c1 == c0 and o1 == 0 for one). */
+/* All mg channels of one or two pixels (c1 == c0 and o1 == 0 for one); o0 / o1 point at the
+ * first channel's byte (packed outputs: the byte holding it). */
 static void qc_mm_run(qc_mm *t, const int16_t *c0, const int16_t *c1, int8_t *o0, int8_t *o1)
 {
     const int32_t blk_words = t->wbits == 8 ? 4 * t->k4 : t->k4;
@@ -474,7 +585,7 @@ static void qc_mm_run(qc_mm *t, const int16_t *c0, const int16_t *c1, int8_t *o0
     const int32_t *w = t->w;
     int32_t m = 0;
 #if QC_USE_DSP
-    if (t->rq_fast && t->mg >= 2) {
+    if (t->rq_fast && t->mg >= 2 && t->tile) {
         t->a.c0 = c0;
         t->a.c1 = c1;
         t->a.c0_end = c0 + t->k_pad;
@@ -486,7 +597,8 @@ static void qc_mm_run(qc_mm *t, const int16_t *c0, const int16_t *c1, int8_t *o0
     }
 #endif
     if (w < w_end)
-        qc_pairs_c(w, w_end, m, t->mg, c0, c1, t->k4, t->wbits, t->rq_fast, t->zp, t->qmin, t->qmax, o0, o1);
+        qc_pairs_c(w, w_end, m, t->mg, c0, c1, t->k4, t->wbits, t->rq_fast, t->zp, t->qmin, t->qmax, t->pk, o0,
+                   o1);
 }
 
 /* Byte copy and fill, a word at a time (unaligned word access is fine on Armv7-M and up;
@@ -611,6 +723,66 @@ static QC_NOINLINE void qc_im2col(const qc_conv_params *p, const int8_t *in, int
     }
 }
 
+/* n packed values from element e on (n a multiple of 4) into the column, each block of 4 as
+ * x0, x2, x1, x3 (the k8 = 0 layout, for kernel rows of k_row values): a block's nibbles lie in
+ * two or three bytes. */
+static int16_t *qc_unpack_run(int16_t *c, const int8_t *in, int32_t e, int32_t n)
+{
+    for (; n > 0; n -= 4, e += 4, c += 4) {
+        const uint8_t *b = (const uint8_t *)in + (e >> 1);
+        uint32_t v = (uint32_t)b[0] | ((uint32_t)b[1] << 8);
+        if (e & 1) v = (v >> 4) | ((uint32_t)(b[2] & 0x0F) << 12);
+        c[0] = (int16_t)(v & 0xF);
+        c[1] = (int16_t)((v >> 8) & 0xF);
+        c[2] = (int16_t)((v >> 4) & 0xF);
+        c[3] = (int16_t)(v >> 12);
+    }
+    return c;
+}
+
+/* One window of a packed input (pads hold in_zp) in the column layout (qc_colpos with k8):
+ * runs of whole 8-groups are unpacked a word at a time, k_row runs a block at a time, anything
+ * else element by element. */
+static QC_NOINLINE void qc_im2col_pk(const qc_conv_params *p, const int8_t *in, int32_t oy, int32_t ox, int32_t g,
+                                     int16_t *col)
+{
+    const int32_t cg = p->in_c / p->groups;
+    const int32_t iy0 = oy * p->stride_h - p->pad_t, ix0 = ox * p->stride_w - p->pad_l;
+    const int32_t kc = p->k_w * cg, lr = p->k_row ? p->k_row : kc, row = p->in_w * p->in_c;
+    const int32_t aligned = (lr & 3) == 0; /* each kernel row starts a block of the column */
+    int32_t ky, kx, j;
+    for (ky = 0; ky < p->k_h; ky++) {
+        const int32_t iy = iy0 + ky * p->dil_h, inrow = iy >= 0 && iy < p->in_h;
+        int16_t *c = col + ky * lr;
+        if (!inrow && aligned) {
+            qc_fill16(c, p->in_zp, lr);
+            continue;
+        }
+        if (p->k8) {
+            for (kx = 0; kx < p->k_w; kx++) {
+                const int32_t ix = ix0 + kx * p->dil_w;
+                if (ix < 0 || ix >= p->in_w)
+                    c = qc_fill16(c, p->in_zp, cg);
+                else
+                    c = qc_widen_rows_pk(c, in + ((iy * row + ix * p->in_c + g * cg) >> 1), cg, 1, 0);
+            }
+            continue;
+        }
+        if (p->k_row && inrow && ix0 >= 0 && ix0 + (p->k_w - 1) * p->dil_w < p->in_w &&
+            iy * row + ix0 * p->in_c + lr <= p->in_h * row) {
+            qc_unpack_run(c, in, iy * row + ix0 * p->in_c, lr);
+            continue;
+        }
+        for (j = 0; j < lr; j++) {
+            const int32_t kxj = j / cg, ix = ix0 + kxj * p->dil_w;
+            const int32_t v = j >= kc ? 0 : inrow && ix >= 0 && ix < p->in_w
+                                  ? qc_get(in, iy * row + ix * p->in_c + g * cg + j - kxj * cg, 1) : p->in_zp;
+            col[qc_colpos(ky * lr + j, 0)] = (int16_t)v;
+        }
+    }
+    qc_fill16(col + p->k_h * lr, 0, p->k_pad - p->k_h * lr);
+}
+
 /* Where a window lies wholly inside the input, its column is kh runs of `run` bytes, `stride`
  * bytes apart (one per kernel row), widened by one qc_widen_rows call; the driver tracks the
  * window's corner itself and calls qc_im2col only for windows that touch the padding (and for
@@ -622,14 +794,17 @@ static void qc_conv_group(const qc_conv_params *p, const int8_t *in, int8_t *out
     const int32_t cg = p->in_c / p->groups, row = p->in_w * p->in_c;
     const int32_t npx = p->out_h * p->out_w, out_w = p->out_w, out_c = p->out_c;
     const int32_t sw = p->stride_w * p->in_c;
-    const int32_t fast = p->k_row != 0 || ((cg & 3) == 0 && p->dil_w == 1 && cg == p->in_c);
+    const int32_t in_pk = QC_PK(p->in_pk);
+    const int32_t fast = in_pk ? (p->k8 && p->dil_w == 1 && cg == p->in_c) || p->k_row != 0
+                               : p->k_row != 0 || ((cg & 3) == 0 && p->dil_w == 1 && cg == p->in_c);
+    const int32_t osh = QC_PK(p->out_pk); /* element offsets to byte offsets */
     const int32_t run = p->k_row ? p->k_row : p->k_w * cg, rstride = p->dil_h * row;
     const int32_t tail = p->k_pad - p->k_h * run;
     const int32_t ix_max = p->in_w - 1 - (p->k_w - 1) * p->dil_w, iy_max = p->in_h - 1 - (p->k_h - 1) * p->dil_h;
     /* k_row runs may read past the window's last row: only where that stays inside the tensor */
     const int32_t last = p->in_h * row - run - (p->k_h - 1) * rstride;
     int16_t *col[2];
-    int8_t *o = out + g * (out_c / p->groups);
+    int32_t oe = g * (out_c / p->groups); /* the pixel's first channel, as an element offset */
     int32_t px = 0, oy = 0, ox = 0, iy0 = -p->pad_t, ix0 = -p->pad_l;
     int32_t base = iy0 * row + ix0 * p->in_c; /* offset of the window's corner (may lie outside) */
     col[0] = scratch;
@@ -638,8 +813,18 @@ static void qc_conv_group(const qc_conv_params *p, const int8_t *in, int8_t *out
         int32_t j, n = npx - px >= 2 ? 2 : 1;
         for (j = 0; j < n; j++) {
             if (fast && iy0 >= 0 && iy0 <= iy_max && ix0 >= 0 && ix0 <= ix_max && base <= last) {
-                int16_t *c = qc_widen_rows(col[j], in + base, run, p->k_h, rstride);
+                int16_t *c = col[j];
+                if (!in_pk) {
+                    c = qc_widen_rows(c, in + base, run, p->k_h, rstride);
+                } else if (p->k8) {
+                    c = qc_widen_rows_pk(c, in + (base >> 1), run, p->k_h, rstride >> 1);
+                } else {
+                    int32_t ky;
+                    for (ky = 0; ky < p->k_h; ky++) c = qc_unpack_run(c, in, base + ky * rstride, run);
+                }
                 if (tail) qc_fill16(c, 0, tail);
+            } else if (in_pk) {
+                qc_im2col_pk(p, in, oy, ox, g, col[j]);
             } else {
                 qc_im2col(p, in, oy, ox, g, col[j]);
             }
@@ -655,10 +840,10 @@ static void qc_conv_group(const qc_conv_params *p, const int8_t *in, int8_t *out
             }
         }
         if (n == 2)
-            qc_mm_run(t, col[0], col[1], o, o + out_c);
+            qc_mm_run(t, col[0], col[1], out + (oe >> osh), out + ((oe + out_c) >> osh));
         else
-            qc_mm_run(t, col[0], col[0], o, 0);
-        o += n * out_c;
+            qc_mm_run(t, col[0], col[0], out + (oe >> osh), 0);
+        oe += n * out_c;
         px += n;
     }
 }
@@ -671,7 +856,7 @@ void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *sc
     qc_mm t;
     for (g = 0; g < p->groups; g++) {
         qc_mm_init(&t, p->w + g * ((mg + 1) / 2) * pair_words, mg, p->k_pad, p->wbits, p->rq_fast, p->out_zp,
-                   p->qmin, p->qmax);
+                   p->qmin, p->qmax, p->out_pk);
         qc_conv_group(p, in, out, scratch, g, &t);
     }
 }
@@ -680,16 +865,21 @@ void qc_fc(const qc_fc_params *p, const int8_t *in, int8_t *out, int16_t *scratc
 {
     int32_t r;
     qc_mm t;
-    qc_mm_init(&t, p->w, p->out_c, p->k_pad, p->wbits, p->rq_fast, p->out_zp, p->qmin, p->qmax);
+    qc_mm_init(&t, p->w, p->out_c, p->k_pad, p->wbits, p->rq_fast, p->out_zp, p->qmin, p->qmax, p->out_pk);
     for (r = 0; r < p->rows; r++) {
-        if ((p->k & 3) == 0) {
+        if (QC_PK(p->in_pk) && p->k8) {
+            qc_widen_rows_pk(scratch, in + ((r * p->k) >> 1), p->k, 1, 0);
+        } else if (QC_PK(p->in_pk)) {
+            int32_t j;
+            for (j = 0; j < p->k_pad; j++) scratch[qc_colpos(j, 0)] = (int16_t)(j < p->k ? qc_get(in, r * p->k + j, 1) : 0);
+        } else if ((p->k & 3) == 0) {
             qc_widen_rows(scratch, in + r * p->k, p->k, 1, 0);
         } else {
             int8_t *st = (int8_t *)scratch + p->k_pad;
             qc_fill(qc_put(st, in + r * p->k, p->k), 0, p->k_pad - p->k);
             qc_widen_staged(scratch, p->k_pad);
         }
-        qc_mm_run(&t, scratch, scratch, out + r * p->out_c, 0);
+        qc_mm_run(&t, scratch, scratch, out + ((r * p->out_c) >> QC_PK(p->out_pk)), 0);
     }
 }
 
@@ -709,10 +899,10 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
     int32_t oy, ox, ky, kx, c;
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
-            int8_t *o = out + (oy * p->out_w + ox) * p->out_c;
+            const int32_t ob = (oy * p->out_w + ox) * p->out_c;
             c = 0;
 #if QC_USE_DSP
-            if (p->wbits == 8 && p->ch_mult == 1) {
+            if (p->wbits == 8 && p->ch_mult == 1 && !p->in_pk && !p->out_pk) {
                 const int32_t zp2 = (int32_t)(((uint32_t)(uint16_t)p->in_zp << 16) | (uint16_t)p->in_zp);
                 for (; c + 4 <= p->out_c; c += 4) {
                     int32_t a0 = p->bias[c], a1 = p->bias[c + 1], a2 = p->bias[c + 2], a3 = p->bias[c + 3];
@@ -736,10 +926,10 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
                             a3 = __smlatt(x13, w13, a3);
                         }
                     }
-                    o[c] = (int8_t)qc_rq(a0, p->mult[c], p->shift[c], p->out_zp, p->qmin, p->qmax);
-                    o[c + 1] = (int8_t)qc_rq(a1, p->mult[c + 1], p->shift[c + 1], p->out_zp, p->qmin, p->qmax);
-                    o[c + 2] = (int8_t)qc_rq(a2, p->mult[c + 2], p->shift[c + 2], p->out_zp, p->qmin, p->qmax);
-                    o[c + 3] = (int8_t)qc_rq(a3, p->mult[c + 3], p->shift[c + 3], p->out_zp, p->qmin, p->qmax);
+                    out[ob + c] = (int8_t)qc_rq(a0, p->mult[c], p->shift[c], p->out_zp, p->qmin, p->qmax);
+                    out[ob + c + 1] = (int8_t)qc_rq(a1, p->mult[c + 1], p->shift[c + 1], p->out_zp, p->qmin, p->qmax);
+                    out[ob + c + 2] = (int8_t)qc_rq(a2, p->mult[c + 2], p->shift[c + 2], p->out_zp, p->qmin, p->qmax);
+                    out[ob + c + 3] = (int8_t)qc_rq(a3, p->mult[c + 3], p->shift[c + 3], p->out_zp, p->qmin, p->qmax);
                 }
             }
 #endif
@@ -752,11 +942,11 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
                     for (kx = 0; kx < p->k_w; kx++) {
                         const int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
                         if (ix < 0 || ix >= p->in_w) continue;
-                        acc += (in[(iy * p->in_w + ix) * p->in_c + ic] - p->in_zp) *
+                        acc += (qc_get(in, (iy * p->in_w + ix) * p->in_c + ic, p->in_pk) - p->in_zp) *
                                qc_dw_weight(p, (ky * p->k_w + kx) * p->out_c + c);
                     }
                 }
-                o[c] = (int8_t)qc_rq(acc, p->mult[c], p->shift[c], p->out_zp, p->qmin, p->qmax);
+                qc_set(out, ob + c, qc_rq(acc, p->mult[c], p->shift[c], p->out_zp, p->qmin, p->qmax), p->out_pk);
             }
         }
     }
@@ -779,7 +969,8 @@ void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
     /* 2x2 windows, stride 2, no padding (the common case): 4 words in, 3 SIMD maxima, 1 out
      * per 4 channels. Each output is written after its window is read (in place is fine). */
     if (p->k_h == 2 && p->k_w == 2 && p->stride_h == 2 && p->stride_w == 2 && p->pad_t == 0 && p->pad_l == 0 &&
-        p->dil_h == 1 && p->dil_w == 1 && (p->c & 3) == 0 && 2 * p->out_h <= p->in_h && 2 * p->out_w <= p->in_w) {
+        p->dil_h == 1 && p->dil_w == 1 && (p->c & 3) == 0 && 2 * p->out_h <= p->in_h && 2 * p->out_w <= p->in_w &&
+        !p->in_pk && !p->out_pk) {
         const int32_t c = p->c, row = p->in_w * c;
         int32_t oy, ox, j;
         int8_t *o = out;
@@ -804,10 +995,10 @@ void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
     int32_t oy, ox, ky, kx, c;
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
-            int8_t *o = out + (oy * p->out_w + ox) * p->c;
+            const int32_t ob = (oy * p->out_w + ox) * p->c;
             c = 0;
 #if QC_USE_DSP
-            if ((p->c & 3) == 0) {
+            if ((p->c & 3) == 0 && !p->in_pk && !p->out_pk) {
                 for (; c < p->c; c += 4) {
                     uint32_t m = 0x80808080u;
                     for (ky = 0; ky < p->k_h; ky++) {
@@ -822,7 +1013,7 @@ void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
                             m = t;
                         }
                     }
-                    memcpy(o + c, &m, 4);
+                    memcpy(out + ob + c, &m, 4);
                 }
             }
 #endif
@@ -835,11 +1026,11 @@ void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
                         const int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
                         int32_t v;
                         if (ix < 0 || ix >= p->in_w) continue;
-                        v = in[(iy * p->in_w + ix) * p->c + c];
+                        v = qc_get(in, (iy * p->in_w + ix) * p->c + c, p->in_pk);
                         if (v > m) m = v;
                     }
                 }
-                o[c] = (int8_t)m;
+                qc_set(out, ob + c, m + p->out_zp, p->out_pk);
             }
         }
     }
@@ -852,7 +1043,7 @@ void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
     /* Global pool (one output pixel), channels in fours: SXTAB16 adds bytes 0, 2 and 1, 3
      * into 16-bit lanes (|sum| <= 255 * 128 fits), the zero point is taken off at the end. */
     if (p->out_h == 1 && p->out_w == 1 && p->k_h == p->in_h && p->k_w == p->in_w && p->pad_t == 0 &&
-        p->pad_l == 0 && (p->c & 3) == 0 && p->in_h * p->in_w <= 255) {
+        p->pad_l == 0 && (p->c & 3) == 0 && p->in_h * p->in_w <= 255 && !p->in_pk && !p->out_pk) {
         const int32_t n = p->in_h * p->in_w, c = p->c;
         int32_t j, i;
         for (j = 0; j < c; j += 4) {
@@ -880,7 +1071,7 @@ void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
     int32_t oy, ox, ky, kx, c;
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
-            int8_t *o = out + (oy * p->out_w + ox) * p->c;
+            const int32_t ob = (oy * p->out_w + ox) * p->c;
             for (c = 0; c < p->c; c++) {
                 int32_t s = 0;
                 for (ky = 0; ky < p->k_h; ky++) {
@@ -889,10 +1080,10 @@ void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
                     for (kx = 0; kx < p->k_w; kx++) {
                         const int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
                         if (ix < 0 || ix >= p->in_w) continue;
-                        s += in[(iy * p->in_w + ix) * p->c + c] - p->in_zp;
+                        s += qc_get(in, (iy * p->in_w + ix) * p->c + c, p->in_pk) - p->in_zp;
                     }
                 }
-                o[c] = (int8_t)qc_rq(s, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
+                qc_set(out, ob + c, qc_rq(s, p->mult, p->shift, p->out_zp, p->qmin, p->qmax), p->out_pk);
             }
         }
     }
@@ -908,6 +1099,29 @@ void qc_add(const qc_add_params *p, const int8_t *a, const int8_t *b, int8_t *ou
      * (SMLAL) and a floor shift of the 64-bit sum taken from its two words: for c >= 32
      * the high word shifted by c - 32; for 12 <= c < 32 the bits c .. c + 31 (the sum is
      * below 2^41 in magnitude, so the quotient fits 32 bits). */
+    const int32_t pk = QC_PK(p->a_pk || p->b_pk || p->out_pk);
+    if (p->shift >= 32 && p->shift <= 52 && pk) { /* as below, packed */
+        const int64_t start = ((int64_t)1 << (p->shift - 1)) - (int64_t)p->a_zp * p->ma - (int64_t)p->b_zp * p->mb +
+                              (int64_t)p->out_zp * ((int64_t)1 << p->shift);
+        const int32_t s32 = p->shift - 32, ma = p->ma, mb = p->mb, qmin = p->qmin, qmax = p->qmax, n = p->n;
+        int32_t i;
+        for (i = 0; i < n; i++) {
+            const int64_t v = start + (int64_t)qc_get(a, i, p->a_pk) * ma + (int64_t)qc_get(b, i, p->b_pk) * mb;
+            qc_set(out, i, qc_clamp32(QC_ASR32((int32_t)QC_ASR64(v, 32), s32), qmin, qmax), p->out_pk);
+        }
+        return;
+    }
+    if (pk) {
+        const int64_t rnd = (int64_t)1 << (p->shift - 1);
+        int32_t i;
+        for (i = 0; i < p->n; i++) {
+            const int64_t v = (int64_t)(qc_get(a, i, p->a_pk) - p->a_zp) * p->ma +
+                              (int64_t)(qc_get(b, i, p->b_pk) - p->b_zp) * p->mb + rnd;
+            const int64_t r = QC_ASR64(v, p->shift) + p->out_zp;
+            qc_set(out, i, (int32_t)(r < p->qmin ? p->qmin : (r > p->qmax ? p->qmax : r)), p->out_pk);
+        }
+        return;
+    }
     if (p->shift >= 12 && p->shift <= 52) {
         const int64_t start = ((int64_t)1 << (p->shift - 1)) - (int64_t)p->a_zp * p->ma - (int64_t)p->b_zp * p->mb +
                               (int64_t)p->out_zp * ((int64_t)1 << p->shift);
@@ -967,6 +1181,24 @@ void qc_transpose3(const int8_t *src, int8_t *dst, int32_t d0, int32_t d1, int32
         int8_t *d = dst + a * d1 * d2;
         for (b = 0; b < d1; b++)
             for (c = 0; c < d2; c++) d[c * d1 + b] = (int8_t)((uint8_t)s[b * d2 + c] ^ xor_mask);
+    }
+}
+
+void qc_move(const qc_move_params *p, const int8_t *src, int8_t *dst)
+{
+    /* i = (a, b, c) in [d0][d1][d2] goes to (a, c, b) when transposing, else to i */
+    const int32_t d1 = p->d1, d2 = p->d2, sb = p->transpose ? 1 : d2, sc = p->transpose ? d1 : 1;
+    int32_t a, b, c, i = 0;
+    for (a = 0; a < p->d0; a++) {
+        for (b = 0; b < d1; b++) {
+            int32_t j = a * d1 * d2 + b * sb;
+            for (c = 0; c < d2; c++, i++, j += sc) {
+                int32_t v = QC_PK(p->in_pk) ? qc_get(src, i, 1) + p->in_lo : src[i];
+                v = qc_clamp32((int8_t)((uint8_t)v ^ (uint8_t)p->xor_in), p->lo, p->hi);
+                qc_set(dst, j, QC_PK(p->out_pk) ? v - p->out_lo : (int8_t)((uint8_t)v ^ (uint8_t)p->xor_out),
+                       p->out_pk);
+            }
+        }
     }
 }
 

@@ -5,6 +5,13 @@
  *  - Activations are int8, NHWC. A uint8 tensor of the integer graph is held
  *    as int8 with 128 subtracted from its values, zero point and clamp bounds
  *    (qcompiler's emitter does that shift), so one set of kernels serves both.
+ *  - A tensor whose values span at most 16 (4-bit activations) may be packed: two
+ *    elements per byte, element i in byte i / 2, low nibble first, each nibble
+ *    u = value - lo (lo: the tensor's lowest value). The emitter gives a kernel the zero
+ *    points and clamp bounds of such a tensor in that u domain (x - zp is unchanged), so
+ *    kernels only need to know that it is packed (the *_pk fields, 0 or 1). Conv / fully
+ *    connected outputs are packed in channel pairs (an even channel count). Conv / fully
+ *    connected inputs are read through an im2col that unpacks them (k8, below).
  *  - Weights live in flash: conv / fully connected 8-bit weights pre-widened to int16
  *    at compile time (2x the flash of int8, no sign extension in the inner loop),
  *    4-bit weights packed two per byte, depthwise weights int8 / packed nibbles.
@@ -40,7 +47,11 @@ extern "C" {
  *     rq_fast 1: b0, rnd0, b1, rnd1, s0 | s1 << 8 with y = clamp((hi32(acc * b) + rnd) >> s)
  *                (rnd folds the rounding and the output zero point; graph.fast_requant);
  *     rq_fast 0: b0, c0, b1, c1, 0 (docs/INTEGER_GRAPH.md requantization).
- * 4-bit layers accumulate 16x: the kernels use each nibble as 16 * w. */
+ * 4-bit layers accumulate 16x: the kernels use each nibble as 16 * w.
+ * k8 = 1 (a packed input whose kernel rows are whole groups of 8 channels): K is taken in
+ * groups of 8, each stored in the im2col buffer as x0, x4, x2, x6, x1, x5, x3, x7 (what AND
+ * with 0x0F0F0F0F, a shift and UXTB16 make of one word of 8 nibbles); the emitter permutes
+ * the weights to match. */
 typedef struct {
     int32_t in_h, in_w, in_c;
     int32_t out_h, out_w, out_c;
@@ -55,6 +66,7 @@ typedef struct {
     int32_t out_zp, qmin, qmax;
     int32_t rq_fast;
     int32_t k_row;      /* 0, or each kernel row's kw * cg values zero padded to k_row (a multiple of 4) */
+    int32_t in_pk, out_pk, k8;
     const int32_t *w;
 } qc_conv_params;
 
@@ -66,6 +78,7 @@ typedef struct {
     int32_t rows, k, out_c, k_pad, wbits;
     int32_t in_zp, out_zp, qmin, qmax;
     int32_t rq_fast;
+    int32_t in_pk, out_pk, k8;
     const int32_t *w;
 } qc_fc_params;
 
@@ -84,6 +97,7 @@ typedef struct {
     int32_t dil_h, dil_w;
     int32_t wbits;
     int32_t in_zp, out_zp, qmin, qmax;
+    int32_t in_pk, out_pk;
     const int8_t *w;
     const int32_t *bias;
     const int32_t *mult;
@@ -92,8 +106,9 @@ typedef struct {
 
 void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out);
 
-/* Pools over NHWC. Max pool skips pads; average pool sums (x - in_zp) over the
- * in-bounds part of the window and requantizes with one (mult, shift). */
+/* Pools over NHWC. Max pool skips pads and adds out_zp (in - out: the packed domains'
+ * offset, 0 unless exactly one side is packed) to the maximum; average pool sums
+ * (x - in_zp) over the in-bounds part of the window and requantizes with one (mult, shift). */
 typedef struct {
     int32_t in_h, in_w, c;
     int32_t out_h, out_w;
@@ -103,6 +118,7 @@ typedef struct {
     int32_t dil_h, dil_w;
     int32_t in_zp, out_zp, qmin, qmax;
     int32_t mult, shift;
+    int32_t in_pk, out_pk;
 } qc_pool_params;
 
 void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out);
@@ -115,6 +131,7 @@ typedef struct {
     int32_t ma, mb; /* in [0, 2^31) */
     int32_t shift;
     int32_t out_zp, qmin, qmax;
+    int32_t a_pk, b_pk, out_pk;
 } qc_add_params;
 
 void qc_add(const qc_add_params *p, const int8_t *a, const int8_t *b, int8_t *out);
@@ -137,6 +154,19 @@ void qc_clip(const int8_t *in, int8_t *out, int32_t n, int32_t lo, int32_t hi);
 void qc_copy(const int8_t *src, int8_t *dst, int32_t n, uint8_t xor_mask);
 /* [d0][d1][d2] -> [d0][d2][d1] per batch (NCHW <-> NHWC with d1 = C, d2 = H*W or back). */
 void qc_transpose3(const int8_t *src, int8_t *dst, int32_t d0, int32_t d1, int32_t d2, uint8_t xor_mask);
+/* The general copy at the graph boundary: element j of the [d0][d1][d2] source goes to
+ * [d0][d2][d1] (transpose) or to j (transpose 0); v = source value (packed: nibble + in_lo),
+ * v ^= xor_in (as a byte), v = clamp(v, lo, hi), stored as v ^ xor_out or, packed, as the
+ * nibble v - out_lo. The input copy (with the 4-bit input clamp) and the output copy of a
+ * packed tensor. */
+typedef struct {
+    int32_t d0, d1, d2, transpose;
+    int32_t xor_in, xor_out, lo, hi;
+    int32_t in_pk, in_lo, out_pk, out_lo;
+} qc_move_params;
+
+void qc_move(const qc_move_params *p, const int8_t *src, int8_t *dst);
+
 /* Concat along the innermost axis of [outer][len_i] blocks: copy one input's slice. */
 void qc_concat_inner(const int8_t *src, int8_t *dst, int32_t outer, int32_t len, int32_t out_len,
                      int32_t offset);
