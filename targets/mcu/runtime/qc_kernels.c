@@ -47,6 +47,13 @@ static inline int32_t qc_clamp32(int32_t v, int32_t lo, int32_t hi)
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
+/* clamp to [-128, 127]: one SSAT where there is one */
+#if QC_USE_DSP
+#define qc_sat8(v) __ssat((v), 8)
+#else
+#define qc_sat8(v) qc_clamp32((v), -128, 127)
+#endif
+
 /* y = clamp(zp + floor((acc * b + 2^(c-1)) / 2^c), qmin, qmax): round half up.
  * For c >= 33 (the usual case) only the high word of acc * b matters:
  * floor((P + 2^(c-1)) / 2^c) = floor((hi(P) + 2^(c-33)) / 2^(c-32)), because the
@@ -534,7 +541,7 @@ static void qc_pairs_c(const int32_t *w, const int32_t *w_end, int32_t m, int32_
 
 /* One layer's (or group's) channels for pixel pairs: the per-call state of the tile kernels. */
 typedef struct {
-    const int32_t *w;
+    const int32_t *w, *w_end;
     int32_t mg, k4, k_pad, wbits, rq_fast, zp, qmin, qmax, pk;
 #if QC_USE_DSP
     qc_tile_args a;
@@ -547,6 +554,7 @@ static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, in
 {
     const int32_t blk_words = wbits == 8 ? k_pad : k_pad / 4;
     t->w = w;
+    t->w_end = w + ((mg + 1) / 2) * (QC_PAIR_HEAD + blk_words + QC_PAIR_TAIL);
     t->mg = mg;
     t->k4 = k_pad / 4;
     t->k_pad = k_pad;
@@ -570,6 +578,7 @@ static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, in
             t->tile = clamp ? QC_TILE(qc_tile_w16_c, 2) : QC_TILE(qc_tile_w16, 1);
         else
             t->tile = clamp ? QC_TILE(qc_tile_w4_c, 16) : QC_TILE(qc_tile_w4, 8);
+        if (!rq_fast || mg < 2) t->tile = 0;
     }
 #else
     (void)blk_words;
@@ -578,27 +587,24 @@ static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, in
 
 /* All mg channels of one or two pixels (c1 == c0 and o1 == 0 for one); o0 / o1 point at the
  * first channel's byte (packed outputs: the byte holding it). */
-static void qc_mm_run(qc_mm *t, const int16_t *c0, const int16_t *c1, int8_t *o0, int8_t *o1)
+static inline void qc_mm_run(qc_mm *t, const int16_t *c0, const int16_t *c1, int8_t *o0, int8_t *o1)
 {
-    const int32_t blk_words = t->wbits == 8 ? 4 * t->k4 : t->k4;
-    const int32_t *w_end = t->w + ((t->mg + 1) / 2) * (QC_PAIR_HEAD + blk_words + QC_PAIR_TAIL);
     const int32_t *w = t->w;
     int32_t m = 0;
 #if QC_USE_DSP
-    if (t->rq_fast && t->mg >= 2 && t->tile) {
+    if (t->tile) {
         t->a.c0 = c0;
         t->a.c1 = c1;
         t->a.c0_end = c0 + t->k_pad;
         t->a.o0 = o0;
         t->a.o1 = o1 ? o1 : o0;
         t->tile(w, &t->a);
+        if (!(t->mg & 1)) return;
         w = t->a.w_end;
-        m = 2 * (t->mg / 2);
+        m = t->mg - 1;
     }
 #endif
-    if (w < w_end)
-        qc_pairs_c(w, w_end, m, t->mg, c0, c1, t->k4, t->wbits, t->rq_fast, t->zp, t->qmin, t->qmax, t->pk, o0,
-                   o1);
+    qc_pairs_c(w, t->w_end, m, t->mg, c0, c1, t->k4, t->wbits, t->rq_fast, t->zp, t->qmin, t->qmax, t->pk, o0, o1);
 }
 
 /* Byte copy and fill, a word at a time (unaligned word access is fine on Armv7-M and up;
@@ -620,6 +626,12 @@ static inline int8_t *qc_fill(int8_t *dst, uint32_t v4, int32_t n)
 static inline int16_t *qc_fill16(int16_t *col, int32_t v, int32_t n)
 {
     const uint32_t v2 = (uint32_t)(uint16_t)v * 0x00010001u;
+    for (; n >= 8; n -= 8, col += 8) {
+        memcpy(col, &v2, 4);
+        memcpy(col + 2, &v2, 4);
+        memcpy(col + 4, &v2, 4);
+        memcpy(col + 6, &v2, 4);
+    }
     for (; n >= 2; n -= 2, col += 2) memcpy(col, &v2, 4);
     if (n) *col++ = (int16_t)v;
     return col;
@@ -661,20 +673,36 @@ static QC_NOINLINE void qc_im2col(const qc_conv_params *p, const int8_t *in, int
     const int32_t row = in_w * in_c;
     int32_t ky, kx;
     if (p->k_row) { /* kernel rows padded to k_row values: positions past kw * cg have zero weights */
-        const int32_t lr = p->k_row, kc = kw * cg;
+        const int32_t lr = p->k_row;
         int16_t *c = col;
         for (ky = 0; ky < kh; ky++, c += lr) {
             const int32_t iy = iy0 + ky * dh;
-            int32_t j;
+            const int8_t *src;
+            int32_t j = 0, ch;
             if (iy < 0 || iy >= p->in_h) {
                 qc_fill16(c, p->in_zp, lr);
                 continue;
             }
-            for (j = 0; j < lr; j++) { /* j = kx * cg + ch; stored at its place in the 4-block */
-                const int32_t ix = ix0 + (j / cg) * dw;
-                const int32_t v = (j < kc && ix >= 0 && ix < in_w) ? in[iy * row + ix * in_c + j % cg] : p->in_zp;
-                c[(j & ~3) | QC_COLPOS(j & 3)] = (int16_t)v;
+            if (iy * row + ix0 * in_c >= 0 && iy * row + ix0 * in_c + lr <= p->in_h * row) {
+                /* the row's run lies in the tensor: widen it, then put the pad value where the
+                 * window leaves the row (those bytes belong to the neighbouring rows) */
+                qc_widen_rows(c, in + iy * row + ix0 * in_c, lr, 1, 0);
+                for (kx = 0; kx < kw; kx++) {
+                    const int32_t ix = ix0 + kx * dw;
+                    if (ix < 0 || ix >= in_w)
+                        for (ch = 0, j = kx * cg; ch < cg; ch++, j++) c[QC_COLPOS(j)] = (int16_t)p->in_zp;
+                }
+                continue;
             }
+            src = in + iy * row;
+            for (kx = 0; kx < kw; kx++) { /* j = kx * cg + ch, stored at its place in the 4-block */
+                const int32_t ix = ix0 + kx * dw;
+                if (ix >= 0 && ix < in_w)
+                    for (ch = 0; ch < cg; ch++, j++) c[QC_COLPOS(j)] = src[ix * in_c + ch];
+                else
+                    for (ch = 0; ch < cg; ch++, j++) c[QC_COLPOS(j)] = (int16_t)p->in_zp;
+            }
+            for (; j < lr; j++) c[QC_COLPOS(j)] = 0;
         }
         qc_fill16(c, 0, p->k_pad - (int32_t)(c - col));
         return;
@@ -783,69 +811,65 @@ static QC_NOINLINE void qc_im2col_pk(const qc_conv_params *p, const int8_t *in, 
     qc_fill16(col + p->k_h * lr, 0, p->k_pad - p->k_h * lr);
 }
 
-/* Where a window lies wholly inside the input, its column is kh runs of `run` bytes, `stride`
- * bytes apart (one per kernel row), widened by one qc_widen_rows call; the driver tracks the
- * window's corner itself and calls qc_im2col only for windows that touch the padding (and for
- * layouts without whole rows: grouped, dilated along W, channel counts that are not a multiple
- * of 4 without k_row). */
+/* Where a window lies wholly inside the input, its column is kh runs of `run` values, `rstride`
+ * apart (one per kernel row), widened by one call; the driver walks the output row by row, knows
+ * from the row and ox whether a window is inside, and calls qc_im2col / qc_im2col_pk only for
+ * windows that touch the padding (and for layouts without whole rows: grouped, dilated along W,
+ * channel counts that are not a multiple of 4 without k_row). */
 static void qc_conv_group(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *scratch, int32_t g,
                           qc_mm *t)
 {
-    const int32_t cg = p->in_c / p->groups, row = p->in_w * p->in_c;
-    const int32_t npx = p->out_h * p->out_w, out_w = p->out_w, out_c = p->out_c;
-    const int32_t sw = p->stride_w * p->in_c;
+    const int32_t cg = p->in_c / p->groups, row = p->in_w * p->in_c, in_c = p->in_c;
+    const int32_t out_w = p->out_w, out_c = p->out_c, stride_w = p->stride_w, pad_l = p->pad_l, kh = p->k_h;
     const int32_t in_pk = QC_PK(p->in_pk);
-    const int32_t fast = in_pk ? (p->k8 && p->dil_w == 1 && cg == p->in_c) || p->k_row != 0
-                               : p->k_row != 0 || ((cg & 3) == 0 && p->dil_w == 1 && cg == p->in_c);
+    const int32_t fast = in_pk ? (p->k8 && p->dil_w == 1 && cg == in_c) || p->k_row != 0
+                               : p->k_row != 0 || ((cg & 3) == 0 && p->dil_w == 1 && cg == in_c);
     const int32_t osh = QC_PK(p->out_pk); /* element offsets to byte offsets */
     const int32_t run = p->k_row ? p->k_row : p->k_w * cg, rstride = p->dil_h * row;
-    const int32_t tail = p->k_pad - p->k_h * run;
-    const int32_t ix_max = p->in_w - 1 - (p->k_w - 1) * p->dil_w, iy_max = p->in_h - 1 - (p->k_h - 1) * p->dil_h;
+    const int32_t tail = p->k_pad - kh * run;
+    const int32_t iy_max = p->in_h - 1 - (kh - 1) * p->dil_h;
+    /* windows inside along W: ox in [ox_lo, ox_hi] */
+    const int32_t ox_lo = (pad_l + stride_w - 1) / stride_w, wx = p->in_w - 1 - (p->k_w - 1) * p->dil_w + pad_l;
+    const int32_t ox_hi = wx < 0 ? -1 : wx / stride_w;
     /* k_row runs may read past the window's last row: only where that stays inside the tensor */
-    const int32_t last = p->in_h * row - run - (p->k_h - 1) * rstride;
+    const int32_t last = p->in_h * row - run - (kh - 1) * rstride;
     int16_t *col[2];
     int32_t oe = g * (out_c / p->groups); /* the pixel's first channel, as an element offset */
-    int32_t px = 0, oy = 0, ox = 0, iy0 = -p->pad_t, ix0 = -p->pad_l;
-    int32_t base = iy0 * row + ix0 * p->in_c; /* offset of the window's corner (may lie outside) */
+    int32_t oy, ox, j = 0;
     col[0] = scratch;
     col[1] = scratch + p->k_pad;
-    while (px < npx) {
-        int32_t j, n = npx - px >= 2 ? 2 : 1;
-        for (j = 0; j < n; j++) {
-            if (fast && iy0 >= 0 && iy0 <= iy_max && ix0 >= 0 && ix0 <= ix_max && base <= last) {
-                int16_t *c = col[j];
+    for (oy = 0; oy < p->out_h; oy++) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_t;
+        int32_t hi = fast && iy0 >= 0 && iy0 <= iy_max ? ox_hi : -1;
+        int32_t base = iy0 * row + (ox_lo * stride_w - pad_l) * in_c; /* the window of ox = ox_lo */
+        if (p->k_row && hi >= ox_lo && base + (hi - ox_lo) * stride_w * in_c > last)
+            hi = base > last ? -1 : ox_lo + (last - base) / (stride_w * in_c);
+        for (ox = 0; ox < out_w; ox++) {
+            int16_t *c = col[j];
+            if (ox >= ox_lo && ox <= hi) {
                 if (!in_pk) {
-                    c = qc_widen_rows(c, in + base, run, p->k_h, rstride);
+                    c = qc_widen_rows(c, in + base, run, kh, rstride);
                 } else if (p->k8) {
-                    c = qc_widen_rows_pk(c, in + (base >> 1), run, p->k_h, rstride >> 1);
+                    c = qc_widen_rows_pk(c, in + (base >> 1), run, kh, rstride >> 1);
                 } else {
                     int32_t ky;
-                    for (ky = 0; ky < p->k_h; ky++) c = qc_unpack_run(c, in, base + ky * rstride, run);
+                    for (ky = 0; ky < kh; ky++) c = qc_unpack_run(c, in, base + ky * rstride, run);
                 }
                 if (tail) qc_fill16(c, 0, tail);
+                base += stride_w * in_c;
             } else if (in_pk) {
-                qc_im2col_pk(p, in, oy, ox, g, col[j]);
+                qc_im2col_pk(p, in, oy, ox, g, c);
             } else {
-                qc_im2col(p, in, oy, ox, g, col[j]);
+                qc_im2col(p, in, oy, ox, g, c);
             }
-            if (++ox == out_w) {
-                ox = 0;
-                oy++;
-                ix0 = -p->pad_l;
-                iy0 += p->stride_h;
-                base = iy0 * row + ix0 * p->in_c;
-            } else {
-                ix0 += p->stride_w;
-                base += sw;
+            if (j) {
+                qc_mm_run(t, col[0], col[1], out + (oe >> osh), out + ((oe + out_c) >> osh));
+                oe += 2 * out_c;
             }
+            j ^= 1;
         }
-        if (n == 2)
-            qc_mm_run(t, col[0], col[1], out + (oe >> osh), out + ((oe + out_c) >> osh));
-        else
-            qc_mm_run(t, col[0], col[0], out + (oe >> osh), 0);
-        oe += n * out_c;
-        px += n;
     }
+    if (j) qc_mm_run(t, col[0], col[0], out + (oe >> osh), 0);
 }
 
 void qc_conv(const qc_conv_params *p, const int8_t *in, int8_t *out, int16_t *scratch)
@@ -1094,24 +1118,41 @@ void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
 
 void qc_add(const qc_add_params *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
-    /* The rounding term and all three zero points fold into one 64-bit start value
-     * (|out_zp| * 2^c < 2^62 for c <= 52), so each element is two multiply-accumulates
-     * (SMLAL) and a floor shift of the 64-bit sum taken from its two words: for c >= 32
-     * the high word shifted by c - 32; for 12 <= c < 32 the bits c .. c + 31 (the sum is
-     * below 2^41 in magnitude, so the quotient fits 32 bits). */
-    const int32_t pk = QC_PK(p->a_pk || p->b_pk || p->out_pk);
-    if (p->shift >= 32 && p->shift <= 52 && pk) { /* as below, packed */
-        const int64_t start = ((int64_t)1 << (p->shift - 1)) - (int64_t)p->a_zp * p->ma - (int64_t)p->b_zp * p->mb +
-                              (int64_t)p->out_zp * ((int64_t)1 << p->shift);
-        const int32_t s32 = p->shift - 32, ma = p->ma, mb = p->mb, qmin = p->qmin, qmax = p->qmax, n = p->n;
+    /* The rounding term and all three zero points fold into one 64-bit start value S, so
+     * y = floor((S + a * ma + b * mb) / 2^c). For 12 <= c <= 52 that is the high word of
+     * (S + (a << s1) * ma + (b << s1) * mb) * 2^(32 - c - s1)... taken as: with s1 = 32 - c
+     * (c < 32), the sum scaled by 2^s1 has y as its high word (a << s1 fits 16 bits); with
+     * c >= 32 the high word shifted by s2 = c - 32. So each element is two multiply-accumulates
+     * into a 64-bit start (SMLAL) and no 64-bit shift. No overflow: |a << s1| * ma < 2^58, |S| << s1
+     * < 2^60. */
+    if (p->shift >= 12 && p->shift <= 52) {
+        const int32_t c = p->shift, s1 = c < 32 ? 32 - c : 0, s2 = c > 32 ? c - 32 : 0;
+        const int64_t start = (((int64_t)1 << (c - 1)) - (int64_t)p->a_zp * p->ma - (int64_t)p->b_zp * p->mb +
+                               (int64_t)p->out_zp * ((int64_t)1 << c)) * ((int64_t)1 << s1);
+        const int32_t ma = p->ma, mb = p->mb, qmin = p->qmin, qmax = p->qmax, n = p->n;
         int32_t i;
-        for (i = 0; i < n; i++) {
-            const int64_t v = start + (int64_t)qc_get(a, i, p->a_pk) * ma + (int64_t)qc_get(b, i, p->b_pk) * mb;
-            qc_set(out, i, qc_clamp32(QC_ASR32((int32_t)QC_ASR64(v, 32), s32), qmin, qmax), p->out_pk);
+        if (QC_PK(p->a_pk || p->b_pk || p->out_pk)) {
+            for (i = 0; i < n; i++) {
+                const int64_t v = start + (int64_t)(qc_get(a, i, p->a_pk) << s1) * ma +
+                                  (int64_t)(qc_get(b, i, p->b_pk) << s1) * mb;
+                qc_set(out, i, qc_clamp32(QC_ASR32((int32_t)QC_ASR64(v, 32), s2), qmin, qmax), p->out_pk);
+            }
+            return;
+        }
+        if (qmin == -128 && qmax == 127) {
+            for (i = 0; i < n; i++) {
+                const int64_t v = start + (int64_t)(a[i] * (1 << s1)) * ma + (int64_t)(b[i] * (1 << s1)) * mb;
+                out[i] = (int8_t)qc_sat8(QC_ASR32((int32_t)QC_ASR64(v, 32), s2));
+            }
+        } else {
+            for (i = 0; i < n; i++) {
+                const int64_t v = start + (int64_t)(a[i] * (1 << s1)) * ma + (int64_t)(b[i] * (1 << s1)) * mb;
+                out[i] = (int8_t)qc_clamp32(QC_ASR32((int32_t)QC_ASR64(v, 32), s2), qmin, qmax);
+            }
         }
         return;
     }
-    if (pk) {
+    {
         const int64_t rnd = (int64_t)1 << (p->shift - 1);
         int32_t i;
         for (i = 0; i < p->n; i++) {
@@ -1120,36 +1161,7 @@ void qc_add(const qc_add_params *p, const int8_t *a, const int8_t *b, int8_t *ou
             const int64_t r = QC_ASR64(v, p->shift) + p->out_zp;
             qc_set(out, i, (int32_t)(r < p->qmin ? p->qmin : (r > p->qmax ? p->qmax : r)), p->out_pk);
         }
-        return;
     }
-    if (p->shift >= 12 && p->shift <= 52) {
-        const int64_t start = ((int64_t)1 << (p->shift - 1)) - (int64_t)p->a_zp * p->ma - (int64_t)p->b_zp * p->mb +
-                              (int64_t)p->out_zp * ((int64_t)1 << p->shift);
-        const int32_t c = p->shift, ma = p->ma, mb = p->mb, qmin = p->qmin, qmax = p->qmax, n = p->n;
-        int32_t i;
-        if (c >= 32) {
-            for (i = 0; i < n; i++) {
-                const int64_t v = start + (int64_t)a[i] * ma + (int64_t)b[i] * mb;
-                out[i] = (int8_t)qc_clamp32(QC_ASR32((int32_t)QC_ASR64(v, 32), c - 32), qmin, qmax);
-            }
-        } else {
-            for (i = 0; i < n; i++) {
-                const uint64_t v = (uint64_t)(start + (int64_t)a[i] * ma + (int64_t)b[i] * mb);
-                const uint32_t q = ((uint32_t)(v >> 32) << (32 - c)) | ((uint32_t)v >> c);
-                out[i] = (int8_t)qc_clamp32((int32_t)q, qmin, qmax);
-            }
-        }
-        return;
-    }
-    {
-    const int64_t rnd = (int64_t)1 << (p->shift - 1);
-    int32_t i;
-    for (i = 0; i < p->n; i++) {
-        int64_t v = (int64_t)(a[i] - p->a_zp) * p->ma + (int64_t)(b[i] - p->b_zp) * p->mb + rnd;
-        int64_t r = QC_ASR64(v, p->shift) + p->out_zp;
-        out[i] = (int8_t)(r < p->qmin ? p->qmin : (r > p->qmax ? p->qmax : r));
-    }
-}
 }
 
 void qc_requant(const qc_requant_params *p, const int8_t *in, int8_t *out)
