@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,12 +101,22 @@ def _np_int(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _const(arr: np.ndarray) -> relax.Constant:
+# While an isolated kernel is built (``_Builder.isolated``), constants become parameters of its
+# function: FuseTIR refuses tensor constants inside a Primitive function (FuseOps lifts them the same way).
+_LIFTED: list[tuple[relax.Var, relax.Constant]] | None = None
+
+
+def _const(arr: np.ndarray) -> relax.Expr:
     """A Relax constant that keeps its numpy dtype (int64 would silently become int32 otherwise)."""
     arr = np.ascontiguousarray(arr)
     if arr.dtype not in _NP2TVM:
         raise UnsupportedModelError(f"constant of dtype {arr.dtype} has no TVM lowering")
-    return relax.const(arr, dtype=_NP2TVM[arr.dtype])
+    c = relax.const(arr, dtype=_NP2TVM[arr.dtype])
+    if _LIFTED is None:
+        return c
+    v = relax.Var(f"k{len(_LIFTED)}", relax.TensorType(list(arr.shape), _NP2TVM[arr.dtype]))
+    _LIFTED.append((v, c))
+    return v
 
 
 def pack_int4(w: np.ndarray) -> np.ndarray:
@@ -145,6 +156,7 @@ class _Builder:
         self.packed: list[str] = []
         self.saved = 0
         self.layers: list[str] = []
+        self.isolated_funcs: list[str] = []
 
     # ---- helpers -------------------------------------------------------------------
     def err(self, node: onnx.NodeProto | None, msg: str, hint: str | None = None) -> UnsupportedModelError:
@@ -173,6 +185,34 @@ class _Builder:
 
     def emit(self, expr: relax.Expr) -> relax.Expr:
         return self.bb.emit(expr)
+
+    def isolated(self, name: str, inputs: list[relax.Expr],
+                 body: Callable[[list[relax.Expr]], relax.Expr]) -> relax.Expr:
+        """Emit ``body(inputs)`` as its own kernel: a Relax function marked ``Primitive`` that FuseOps
+        leaves alone and FuseTIR turns into one PrimFunc.
+
+        Why: FuseOps otherwise merges a row-wise op (LayerNorm's reductions, its per-row integer square
+        root) into whatever elementwise op reads it next, e.g. the residual QAdd that already holds a
+        QMatMul. That kernel has the matmul plus dozens of unrelated blocks; no schedule rule fits it
+        and it ran TVM's naive loops (12 ms per MiniLM layer instead of well under 1 ms).
+        """
+        global _LIFTED
+        params = [relax.Var(f"x{i}", e.ty) for i, e in enumerate(inputs)]
+        outer, inner = self.bb, relax.BlockBuilder()
+        fname = f"{name}_{len(self.isolated_funcs)}"
+        self.bb, _LIFTED = inner, []
+        try:
+            with inner.function(fname, attrs={"Primitive": True}, private=True):
+                with inner.dataflow():
+                    out = inner.emit_output(body(params))
+                lifted = _LIFTED
+                inner.emit_func_output(out, params=params + [v for v, _ in lifted])
+        finally:
+            self.bb, _LIFTED = outer, None
+        gv = outer.add_func(inner.get()[fname], fname)
+        self.isolated_funcs.append(fname)
+        inputs = inputs + [c for _, c in lifted]
+        return outer.emit(relax.Call(gv, inputs))
 
     @staticmethod
     def tvm_dtype(dt: Any) -> str:
@@ -504,8 +544,9 @@ class _Builder:
                 return self.emit(R.take(x, _const(np.where(idx < 0, idx + dim, idx)), axis=axis))
             idx = self.val(node.input[1])
             # run-time indices (token ids): negative ones count from the end, as in ONNX
-            idx = self.emit(R.where(R.less(idx, relax.const(np.zeros((), self.dtype_of(idx)))),
-                                    R.add(idx, relax.const(np.asarray(dim, self.dtype_of(idx)))), idx))
+            idt = self.dtype_of(idx)
+            idx = self.emit(R.where(R.less(idx, _const(np.zeros((), idt))),
+                                    R.add(idx, _const(np.asarray(dim, idt))), idx))
             return self.emit(R.take(x, idx, axis=axis, mode="clip"))
         if op == "Expand":
             x = self.val(node.input[0])

@@ -21,6 +21,7 @@ replaces these with measured ones.
 from __future__ import annotations
 
 import logging
+import re
 
 import tvm
 from tvm import s_tir, tirx
@@ -44,6 +45,68 @@ def _factor(extent: int | None, options: tuple[int, ...]) -> int:
         if extent % f == 0:
             return f
     return 1
+
+
+INLINE_SIZE_LIMIT = 256  # expression nodes one output element may grow to when every block is inlined
+
+
+def _block_buffer(sch: s_tir.Schedule, block) -> str:
+    return str(sch.get(block).writes[0].source.name)
+
+
+def _loads(sch: s_tir.Schedule, block, names: list[str]) -> dict[str, int]:
+    """How often the body of ``block`` reads each buffer in ``names`` (its script text, store excluded)."""
+    body = str(sch.get(block).body)
+    rhs = body.split("=", 1)[1] if "=" in body else body
+    return {n: len(re.findall(r"(?<![\w.])" + re.escape(n) + r"\[", rhs)) for n in names}
+
+
+def _inlined_size(sch: s_tir.Schedule, infos: list) -> int:
+    """The largest expression an output element would become if every block were inlined.
+
+    A block read k times by its consumer is copied k times; chains of such blocks grow
+    exponentially: the integer square root's Newton steps, ``x = min(x, (x + v // x) // 2)``,
+    read ``x`` three times each, so full inlining made 3^8 copies and an LLVM build of minutes.
+    """
+    size: dict[str, int] = {}
+    for info in infos:
+        name = _block_buffer(sch, info.block_rv)
+        loads = _loads(sch, info.block_rv, list(size))
+        size[name] = 1 + sum(k * size[p] for p, k in loads.items())
+    return max(size.values(), default=0)
+
+
+def _inline_single_use(sch: s_tir.Schedule, infos: list) -> list:
+    """Inline only blocks whose result is read exactly once in the whole kernel (no copies)."""
+    while True:
+        names = [_block_buffer(sch, b.block_rv) for b in infos]
+        reads = {n: 0 for n in names}
+        for b in infos:
+            for n, k in _loads(sch, b.block_rv, names).items():
+                reads[n] += k
+        for i, b in enumerate(infos[:-1]):
+            if reads[names[i]] == 1:
+                try:
+                    sch.compute_inline(b.block_rv)
+                except Exception:  # noqa: BLE001 - TVM refuses some blocks; they stay
+                    continue
+                infos = infos[:i] + infos[i + 1:]
+                break
+        else:
+            return infos
+
+
+def _downstream(sch: s_tir.Schedule, block) -> set[str]:
+    """Names of the blocks that read, directly or not, what ``block`` writes."""
+    seen: set[str] = set()
+    todo = [block]
+    while todo:
+        for c in sch.get_consumers(todo.pop()):
+            name = sch.get(c).name_hint
+            if name not in seen:
+                seen.add(name)
+                todo.append(c)
+    return seen
 
 
 def _schedule_elementwise(sch: s_tir.Schedule, block) -> None:
@@ -79,7 +142,10 @@ class IntegerKernelCPU(ScheduleRule):
         infos = normalize_prim_func(sch)
         if infos is None:
             return None
-        infos = try_inline(sch, infos)
+        if _inlined_size(sch, infos) > INLINE_SIZE_LIMIT:
+            infos = _inline_single_use(sch, infos)
+        else:
+            infos = try_inline(sch, infos)
         reds = [b for b in infos if b.is_reduction()]
         if not reds:
             for b in infos:
@@ -89,6 +155,17 @@ class IntegerKernelCPU(ScheduleRule):
             return None
         red = reds[0]
         rest = [b for b in infos if b is not red]
+        # Only blocks downstream of the reduction are its epilogue. A fused kernel can also carry
+        # other producers of that epilogue (MiniLM: a LayerNorm's tail feeding the residual QAdd
+        # after a QMatMul); moved under the register tile they computed only the tile's part of
+        # their rows and gave wrong integers. They keep their own loops, ahead of the reduction.
+        downstream = _downstream(sch, red.block_rv)
+        order = [sch.get(b.block_rv).name_hint for b in infos]
+        ahead = [b for b in rest if sch.get(b.block_rv).name_hint not in downstream]
+        if any(order.index(sch.get(b.block_rv).name_hint) > order.index(sch.get(red.block_rv).name_hint)
+               for b in ahead):
+            return None
+        rest = [b for b in rest if sch.get(b.block_rv).name_hint in downstream]
         kinds = [it.kind for it in red.iters]
         loops = sch.get_loops(red.block_rv)
         sp = [lp for lp, k in zip(loops, kinds) if k == "S"]
@@ -135,6 +212,8 @@ class IntegerKernelCPU(ScheduleRule):
             return None
         for b in rest:  # the epilogue (requantize + clip + cast) right after each register tile
             sch.reverse_compute_at(b.block_rv, anchor, preserve_unit_loops=True)
+        for b in ahead:
+            _schedule_elementwise(sch, b.block_rv)
         sch.parallel(outer)
         sch.vectorize(xi)
         if fi is not None:

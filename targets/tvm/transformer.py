@@ -50,13 +50,24 @@ R = relax.op
 INT32_MAX = (1 << 31) - 1
 
 
-def i64(v: int | np.ndarray) -> relax.Constant:
+def i64(v: int | np.ndarray) -> relax.Expr:
     """An int64 Relax constant (``relax.const`` would make a Python int int32)."""
-    return relax.const(np.ascontiguousarray(np.asarray(v, np.int64)), dtype="int64")
+    from .builder import _const
+
+    return _const(np.asarray(v, np.int64))
 
 
 def scalar(bld: _Builder, node: onnx.NodeProto, i: int) -> int:
-    return int(bld.const_in(node, i).reshape(-1)[0])
+    """A per-tensor constant input (zero points); anything else is refused rather than misread."""
+    a = bld.const_in(node, i)
+    if a.size != 1:
+        raise bld.err(node, f"input {i} ('{node.input[i]}') must be one value, not shape {list(a.shape)}")
+    return int(a.reshape(-1)[0])
+
+
+def const64(bld: _Builder, node: onnx.NodeProto, i: int) -> relax.Constant:
+    """A constant input as int64, in its own shape: the bodies broadcast it (scalar or per channel)."""
+    return i64(bld.const_in(node, i).astype(np.int64))
 
 
 def minus_zp(bld: _Builder, x: relax.Expr, zp: int) -> relax.Expr:
@@ -66,16 +77,26 @@ def minus_zp(bld: _Builder, x: relax.Expr, zp: int) -> relax.Expr:
 
 def shift_round_clamp(bld: _Builder, v: relax.Expr, c: np.ndarray, y_zp: np.ndarray, qmin: int,
                       qmax: int) -> relax.Expr:
-    """``CastLike(clip(y_zp + ((v + 2^(c-1)) >> c), qmin, qmax), y_zp)``, ``>>`` a floor shift on int64."""
-    c = np.asarray(c, np.int64).reshape(-1)
-    if c.size != 1 or not 1 <= int(c[0]) <= 63:
-        raise bld.err(None, f"shift outside [1, 63] or not a scalar: {c}")
-    cc = int(c[0])
-    t = bld.emit(R.add(v, i64(1 << (cc - 1))))
-    t = bld.emit(R.right_shift(t, i64(cc)))
+    """``CastLike(clip(y_zp + ((v + 2^(c-1)) >> c), qmin, qmax), y_zp)``, ``>>`` a floor shift on int64.
+
+    ``c`` is a scalar or any shape that broadcasts against ``v`` the numpy way (a per-channel
+    vector over the last axis, as the bodies' ``Mul``/``BitShift`` broadcast it).
+    """
+    c = np.asarray(c, np.int64)
+    if np.asarray(y_zp).size != 1:
+        raise bld.err(None, f"output zero point must be one value, not shape {list(np.shape(y_zp))}")
+    if c.size == 0 or c.min() < 1 or c.max() > 63:
+        raise bld.err(None, f"shift outside [1, 63]: {c.min(initial=0)}..{c.max(initial=0)}")
+    t = bld.emit(R.add(v, i64(np.left_shift(np.int64(1), c - 1))))
+    t = bld.emit(R.right_shift(t, i64(c)))
     t = bld.emit(R.add(t, i64(int(np.asarray(y_zp).reshape(-1)[0]))))
     t = bld.emit(R.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
     return bld.emit(R.astype(t, bld.tvm_dtype(np.asarray(y_zp).dtype)))
+
+
+def times_b(bld: _Builder, v: relax.Expr, b: np.ndarray) -> relax.Expr:
+    """``v * b`` with the body's broadcasting (b a scalar or a per-channel vector)."""
+    return bld.emit(R.multiply(v, i64(np.asarray(b, np.int64))))
 
 
 def exp2_neg(bld: _Builder, t: relax.Expr) -> relax.Expr:
@@ -93,19 +114,19 @@ def q_softmax(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
     """Shiftmax over the last axis with a 0/1 mask (broadcast), one division per row."""
     x = bld.val(node.input[0])
     mask = bld.val(node.input[1])
-    m_exp = scalar(bld, node, 2)
+    m_exp = const64(bld, node, 2)
     b, c, y_zp = bld.const_in(node, 3), bld.const_in(node, 4), bld.const_in(node, 5)
     qmin, qmax = bld.qminmax(node, y_zp)
     xi = bld.emit(R.astype(x, "int64"))
     mk = bld.emit(R.astype(mask, "int64"))
     xm = bld.emit(R.add(xi, R.multiply(R.subtract(mk, i64(1)), i64(SOFTMAX_MASK_PENALTY))))
     mx = bld.emit(R.max(xm, axis=-1, keepdims=True))
-    t = bld.emit(R.multiply(R.subtract(mx, xm), i64(m_exp)))
+    t = bld.emit(R.multiply(R.subtract(mx, xm), m_exp))
     e = bld.emit(R.multiply(exp2_neg(bld, t), mk))
     s = bld.emit(R.maximum(R.sum(e, axis=-1, keepdims=True), i64(1)))
     r = bld.emit(R.divide(i64(1 << 62), s))  # one division per row
     p = bld.emit(R.divide(R.add(R.multiply(e, r), i64(1 << 45)), i64(1 << 46)))  # Q16 probability
-    v = bld.emit(R.multiply(p, i64(int(np.asarray(b).reshape(-1)[0]))))
+    v = times_b(bld, p, b)
     bld.layers.append(node.name)
     return shift_round_clamp(bld, v, c, y_zp, qmin, qmax)
 
@@ -114,18 +135,18 @@ def q_gelu(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
     """ShiftGELU / tanh-GELU: ``dx * sigmoid`` with the shift exponential and one division per element."""
     x = bld.val(node.input[0])
     x_zp = scalar(bld, node, 1)
-    m1, m3 = scalar(bld, node, 2), scalar(bld, node, 3)
+    m1, m3 = const64(bld, node, 2), const64(bld, node, 3)
     b, c, y_zp = bld.const_in(node, 4), bld.const_in(node, 5), bld.const_in(node, 6)
     qmin, qmax = bld.qminmax(node, y_zp)
     dx = minus_zp(bld, x, x_zp)
     a = bld.emit(R.abs(dx))
-    cub = bld.emit(R.divide(R.multiply(R.multiply(a, a), i64(m3)), i64(1 << GELU_M3_FRAC)))
-    w = bld.emit(R.multiply(a, R.add(i64(m1), cub)))
+    cub = bld.emit(R.divide(R.multiply(R.multiply(a, a), m3), i64(1 << GELU_M3_FRAC)))
+    w = bld.emit(R.multiply(a, R.add(m1, cub)))
     e = exp2_neg(bld, w)
     one32 = i64(1 << 32)
     num = bld.emit(R.multiply(R.where(R.greater_equal(dx, i64(0)), one32, e), i64(1 << GELU_SIG_FRAC)))
     sig = bld.emit(R.divide(num, R.add(e, one32)))  # Q16 sigmoid
-    v = bld.emit(R.multiply(R.multiply(dx, sig), i64(int(np.asarray(b).reshape(-1)[0]))))
+    v = times_b(bld, bld.emit(R.multiply(dx, sig)), b)
     bld.layers.append(node.name)
     return shift_round_clamp(bld, v, c, y_zp, qmin, qmax)
 
@@ -143,22 +164,30 @@ def isqrt_newton(bld: _Builder, v: relax.Expr) -> relax.Expr:
 
 
 def q_layernorm(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
-    """I-LayerNorm over the last axis: n-scaled centring, integer variance, Newton isqrt, one division per row."""
-    x = bld.val(node.input[0])
+    """I-LayerNorm over the last axis: n-scaled centring, integer variance, Newton isqrt, one division per row.
+
+    Emitted as a kernel of its own (``_Builder.isolated``) so that its row-wise work is not fused into
+    the QMatMul/QAdd kernel that reads its output.
+    """
     x_zp = scalar(bld, node, 1)
-    g, beta = bld.const_in(node, 2).astype(np.int64), bld.const_in(node, 3).astype(np.int64)
-    c, eps, y_zp = bld.const_in(node, 4), scalar(bld, node, 5), bld.const_in(node, 6)
+    g, beta = bld.const_in(node, 2).astype(np.int64), bld.const_in(node, 3).astype(np.int64)  # [N]
+    c, eps, y_zp = bld.const_in(node, 4), bld.const_in(node, 5).astype(np.int64), bld.const_in(node, 6)
     qmin, qmax = bld.qminmax(node, y_zp)
+    x = bld.val(node.input[0])
     n = bld.shape_of(x)[-1]
-    dx = minus_zp(bld, x, x_zp)
-    cx = bld.emit(R.subtract(R.multiply(dx, i64(n)), R.sum(dx, axis=-1, keepdims=True)))
-    v = bld.emit(R.maximum(R.add(R.sum(R.multiply(cx, cx), axis=-1, keepdims=True), i64(eps)), i64(1)))
-    d = isqrt_newton(bld, v)
-    r = bld.emit(R.divide(i64(1 << 40), d))  # one division per row
-    t = bld.emit(R.right_shift(R.multiply(cx, r), i64(40 - LN_NORM_FRAC)))  # floor shift (any sign)
-    acc = bld.emit(R.add(R.multiply(t, i64(g)), i64(beta)))
+
+    def body(args: list[relax.Expr]) -> relax.Expr:
+        dx = minus_zp(bld, args[0], x_zp)
+        cx = bld.emit(R.subtract(R.multiply(dx, i64(n)), R.sum(dx, axis=-1, keepdims=True)))
+        v = bld.emit(R.maximum(R.add(R.sum(R.multiply(cx, cx), axis=-1, keepdims=True), i64(eps)), i64(1)))
+        d = isqrt_newton(bld, v)
+        r = bld.emit(R.divide(i64(1 << 40), d))  # one division per row
+        t = bld.emit(R.right_shift(R.multiply(cx, r), i64(40 - LN_NORM_FRAC)))  # floor shift (any sign)
+        acc = bld.emit(R.add(R.multiply(t, i64(g)), i64(beta)))
+        return shift_round_clamp(bld, acc, c, y_zp, qmin, qmax)
+
     bld.layers.append(node.name)
-    return shift_round_clamp(bld, acc, c, y_zp, qmin, qmax)
+    return bld.isolated("qlayernorm", [x], body)
 
 
 def _absmax_minus(dtype: str, zp: int) -> int:
@@ -190,7 +219,7 @@ def q_batchmatmul(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
     acc = bld.emit(R.matmul(centred(a, a_zp), centred(bx, b_zp), out_dtype=acc_t))
     acc64 = bld.emit(R.astype(acc, "int64")) if acc_t != "int64" else acc
     bld.layers.append(node.name)
-    return bld.requant(acc64, b, c, y_zp, qmin, qmax, [])
+    return shift_round_clamp(bld, times_b(bld, acc64, b), c, y_zp, qmin, qmax)
 
 
 HANDLERS = {"QSoftmax": q_softmax, "QGelu": q_gelu, "QLayerNorm": q_layernorm, "QBatchMatMul": q_batchmatmul}
