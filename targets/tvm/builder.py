@@ -499,11 +499,13 @@ class _Builder:
             return self.emit(fn(self.val(node.input[0]), self.val(node.input[1])))
         return self.standard_tensor_op(node)
 
+    # Only ops whose results are exact (equal to ORT's bit for bit): no transcendental float op here,
+    # since TVM's exp/erf/tanh approximations are not ORT's.
     _BINARY = {"Equal": "equal", "Less": "less", "Greater": "greater", "LessOrEqual": "less_equal",
                "GreaterOrEqual": "greater_equal", "And": "logical_and", "Or": "logical_or",
-               "Xor": "logical_xor", "Pow": "power"}
+               "Xor": "logical_xor"}
     _UNARY = {"Abs": "abs", "Neg": "negative", "Not": "logical_not", "Sign": "sign", "Floor": "floor",
-              "Ceil": "ceil", "Sqrt": "sqrt", "Exp": "exp", "Tanh": "tanh", "Erf": "erf"}
+              "Ceil": "ceil"}
     _REDUCE = {"ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min", "ReduceMean": "mean",
                "ReduceProd": "prod"}
 
