@@ -425,23 +425,50 @@ class _Lowering:
 
     def lower_gelu(self, node: onnx.NodeProto) -> bool:
         """Gelu (erf or tanh) -> QGelu (ShiftGELU machinery, tanh form)."""
-        x = self.float_qt.get(node.input[0])
-        out = self.take_output(node)
+        x, in_scale = self.float_qt.get(node.input[0]), np.ones(())
+        pre = self._producer(node.input[0])
+        if x is None and pre is not None and pre.op_type == "Mul" and pre.input[0] in self.float_qt:
+            # DQ -> Mul(constant vector over the last axis) -> Gelu: a smoothed GELU input; the vector
+            # becomes QGelu's per-channel input scale (m1, m3); the float Mul is left dead and pruned
+            vec = self.inits.get(pre.input[1])
+            n = (self.shapes.get(node.input[0]) or [0])[-1]
+            if vec is not None and vec.ndim == 1 and vec.size == n and np.all(vec > 0):
+                x, in_scale = self.float_qt[pre.input[0]], vec.astype(np.float64)
+        out, scale, group = self.take_output(node), np.ones(()), node
+        users = self.consumers.get(node.output[0], [])
+        if out is None and len(users) == 1 and users[0].op_type == "Mul" and users[0].input[0] == node.output[0]:
+            # Gelu -> Mul(constant vector over the last axis) -> Q: a smoothed GELU (passes/smooth_activations.py);
+            # the vector becomes QGelu's per-channel output multiplier
+            vec = self.inits.get(users[0].input[1])
+            n = (self.shapes.get(node.input[0]) or [0])[-1]
+            if vec is not None and vec.ndim == 1 and vec.size == n and np.all(vec > 0):
+                out, scale, group = self.take_output(users[0]), vec.astype(np.float64), users[0]
         if x is None or out is None or x.dtype.itemsize != 1:
             return False
         qt, qmin, qmax = out
+        s_in = np.float32(x.scale) * in_scale.astype(np.float32)  # per channel: the float Mul's product
         try:
-            m1, m3 = numerics.gelu_multipliers(x.scale, what=f"node '{node.name}'")
+            if in_scale.ndim == 0:
+                m1, m3 = numerics.gelu_multipliers(x.scale, what=f"node '{node.name}'")
+            else:
+                pairs = [numerics.gelu_multipliers(float(v), what=f"node '{node.name}'") for v in s_in]
+                m1, m3 = np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
         except NumericsError:
             return False
-        b, c = numerics.dyadic(x.scale * 2.0**-numerics.GELU_SIG_FRAC / qt.scale, what=f"node '{node.name}'")
+        if in_scale.ndim == 0 and scale.ndim == 0:
+            b, c = numerics.dyadic(x.scale * 2.0**-numerics.GELU_SIG_FRAC / qt.scale, what=f"node '{node.name}'")
+        else:
+            b, c = numerics.dyadic_array(s_in.astype(np.float64) * 2.0**-numerics.GELU_SIG_FRAC * scale / qt.scale,
+                                         what=f"node '{node.name}'")
         base = node.name
         self.out_nodes.append(fn.make_node(
             "QGelu", [x.name, self.zp_const(x, f"{base}.x"), self.const(f"{base}.m1", np.array(m1, np.int64)),
                       self.const(f"{base}.m3", np.array(m3, np.int64)), self.const(f"{base}.b", np.array(b, np.int64)),
                       self.const(f"{base}.c", np.array(c, np.int64)), self.zp_const(qt, f"{base}.y")],
             qt.name, self.unique(base), qmin=qmin, qmax=qmax))
-        self.consume(node)
+        if group is not node:
+            self.consumed.add(id(group))
+        self.consume(group)
         return True
 
     def lower_layernorm(self, node: onnx.NodeProto) -> bool:

@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler.calibration import RangeObserver
 from qcompiler.passmanager import Pass, PassContext, PassResult
+from qcompiler.quantize import bias_safe_scales, quantize_bias, quantize_weight, weight_scales
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,8 @@ def fuse_erf_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def calibrate(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
-              method: str = "mse") -> dict[str, tuple[float, float]]:
-    """Range of every float tensor over the feeds (qcompiler.calibration.RangeObserver: mse/percentile/minmax)."""
+def calibrate(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, RangeObserver]:
+    """An observer (min/max + histogram) per float tensor over the feeds; ranges are asked per bit-width."""
     m = onnx.ModelProto.FromString(model.SerializeToString())
     known = {o.name for o in m.graph.output}
     m = onnx.shape_inference.infer_shapes(m)
@@ -106,7 +106,7 @@ def calibrate(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
         for k, v in vals.items():
             if v.dtype == np.float32:
                 obs.setdefault(k, RangeObserver()).update(v)
-    return {k: o.range(method) for k, o in obs.items()}
+    return obs
 
 
 def act_grid(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
@@ -119,10 +119,11 @@ def act_grid(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
 
 
 def _feeds_matmul(g: onnx.GraphProto, t: str) -> bool:
-    """Whether ``t`` reaches a Gemm/MatMul/Gelu input through Reshape/Transpose only (it must stay 8-bit)."""
+    """Whether ``t`` reaches a Gemm/MatMul/Gelu input through Reshape/Transpose (or the per-channel Mul
+    of a smoothed GELU input) only: it must stay 8-bit."""
     for c in g.node:
         if t in c.input:
-            if c.op_type in ("Gemm", "MatMul", "Gelu") or (c.op_type in ("Reshape", "Transpose")
+            if c.op_type in ("Gemm", "MatMul", "Gelu") or (c.op_type in ("Reshape", "Transpose", "Mul")
                                                     and _feeds_matmul(g, c.output[0])):
                 return True
     return False
@@ -152,20 +153,50 @@ def _mask_inputs(g: onnx.GraphProto) -> set[str]:
     return found
 
 
+def _scaled_gelus(g: onnx.GraphProto, inits: dict[str, np.ndarray]) -> dict[str, str]:
+    """Gelu output -> output of the ``Mul`` by a constant vector that is its only reader (smoothing)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    out = {}
+    for n in g.node:
+        rs = readers.get(n.output[0], []) if n.op_type == "Gelu" else []
+        if (len(rs) == 1 and rs[0].op_type == "Mul" and rs[0].input[0] == n.output[0]
+                and rs[0].input[1] in inits and inits[rs[0].input[1]].ndim == 1):
+            out[n.output[0]] = rs[0].output[0]
+    return out
+
+
 def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], *, method: str = "mse",
-                         float_ops: Iterable[str] = (), residual_bits: int = 16) -> onnx.ModelProto:
-    """Float encoder + calibration feeds -> W8A8 QDQ model (see module docstring)."""
+                         float_ops: Iterable[str] = (), residual_bits: int = 16, smooth: bool = True,
+                         weight_mse: bool = True, stats: dict | None = None) -> onnx.ModelProto:
+    """Float encoder + calibration feeds -> W8A8 QDQ model (see module docstring).
+
+    ``smooth``: run :func:`qcompiler.passes.smooth_activations.smooth_activations` first (per-channel
+    outliers of LayerNorm and GELU outputs move into the Gemm weights). ``stats``, when given, receives
+    the smoothing report and the bits chosen per activation tensor.
+    """
     model = fuse_erf_gelu(onnx.ModelProto.FromString(model.SerializeToString()))
+    if smooth:
+        from .smooth_activations import smooth_activations
+
+        model, report = smooth_activations(model, feeds, method=method)
+        if stats is not None:
+            stats["smoothing"] = report
     g = model.graph
-    ranges = calibrate(model, feeds, method)
+    observers = calibrate(model, feeds)
     float_ops = set(float_ops)
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     masks = _mask_inputs(g)
+    scaled_gelu = _scaled_gelus(g, inits)
+    scaled_out = set(scaled_gelu.values())
     outputs = {o.name for o in g.output}
     nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     grid: dict[str, tuple[float, int]] = {}  # float tensor -> grid of its quantized copy
     rename: dict[str, str] = {}  # float tensor -> its dequantized copy
+    act_bits: dict[str, int] = {}
 
     def const(name: str, arr: np.ndarray) -> str:
         new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
@@ -173,6 +204,7 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
 
     def qdq(t: str, scale: float, zp: int, dtype=np.int8) -> None:
         grid[t] = (scale, zp)
+        act_bits[t] = 8 * np.dtype(dtype).itemsize
         s, z = const(f"{t}.q_scale", np.array(scale, np.float32)), const(f"{t}.q_zp", np.array(zp, dtype))
         if t in outputs:  # the graph output keeps its name: the float result is renamed
             src = f"{t}.float"
@@ -180,16 +212,24 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
                 n.output[:] = [src if o == t else o for o in n.output]
             nodes.append(helper.make_node("QuantizeLinear", [src, s, z], [f"{t}.q"], name=f"{t}.Q"))
             nodes.append(helper.make_node("DequantizeLinear", [f"{t}.q", s, z], [t], name=f"{t}.DQ"))
+            rename[t] = t  # readers inside the graph read the dequantized output itself
             return
         nodes.append(helper.make_node("QuantizeLinear", [t, s, z], [f"{t}.q"], name=f"{t}.Q"))
         nodes.append(helper.make_node("DequantizeLinear", [f"{t}.q", s, z], [f"{t}.dq"], name=f"{t}.DQ"))
         rename[t] = f"{t}.dq"
 
+    def qdq_act(t: str) -> None:
+        """8 bits where a MatMul/Gemm/Gelu reads the tensor; 16 bits (residual stream, LayerNorm and
+        Softmax inputs, outputs) elsewhere. The range is the observer's choice for that bit-width."""
+        bits = 16 if residual_bits == 16 and not _feeds_matmul(g, t) else 8
+        lo, hi = observers[t].range(method, bits=bits) if bits == 8 else observers[t].range("minmax")
+        qdq(t, *act_grid(lo, hi, bits=bits), np.int16 if bits == 16 else np.int8)
+
     for inp in g.input:
         if inp.name in masks:
             qdq(inp.name, 1.0, 0, np.uint8)
         elif inp.type.tensor_type.elem_type == TensorProto.FLOAT:
-            qdq(inp.name, *act_grid(*ranges[inp.name]))
+            qdq_act(inp.name)
     for n in g.node:
         n.input[:] = [rename.get(i, i) for i in n.input]
         if n.op_type == "Gemm" and n.input[1] in inits and len(n.input) > 2 and n.input[2] in inits:
@@ -197,16 +237,15 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
             src = next((k for k, v in rename.items() if v == x), None)
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             if src is not None and attrs.get("transB", 0) == 1 and not attrs.get("transA", 0):
-                w = inits[n.input[1]].astype(np.float64)  # [N, K]
-                s_w = np.maximum(np.abs(w).max(1), 1e-12) / 127
-                wq = np.clip(np.rint(w / s_w[:, None]), -127, 127).astype(np.int8)
-                s_w32 = s_w.astype(np.float32)
-                s_b = (np.float64(grid[src][0]) * s_w32.astype(np.float64)).astype(np.float32)
-                bq = np.rint(inits[n.input[2]].astype(np.float64) / s_b).astype(np.int32)
+                w, bias, s_x = inits[n.input[1]], inits[n.input[2]], grid[src][0]  # w: [N, K]
+                s_w32 = bias_safe_scales(weight_scales(w, 8, 0, mse=weight_mse), bias, s_x)
+                wq = quantize_weight(w, s_w32, 8, 0)
+                bq = quantize_bias(bias, s_x, s_w32)
+                s_b = (np.float32(s_x) * s_w32).astype(np.float32)
                 base = n.name or n.output[0]
                 nodes.append(helper.make_node(
                     "DequantizeLinear", [const(f"{base}.w_q", wq), const(f"{base}.w_scale", s_w32),
-                                         const(f"{base}.w_zp", np.zeros(len(s_w), np.int8))],
+                                         const(f"{base}.w_zp", np.zeros(len(s_w32), np.int8))],
                     [f"{base}.w_dq"], name=f"{base}.w_DQ", axis=0))
                 nodes.append(helper.make_node(
                     "DequantizeLinear", [const(f"{base}.b_q", bq), const(f"{base}.b_scale", s_b),
@@ -221,17 +260,18 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
                 rename[n.output[0]] = n.output[0]  # already "dequantized" (same grid)
             continue
         out = n.output[0]
-        if n.op_type not in QUANT_OUT or out not in ranges or n.op_type in float_ops:
+        if out in scaled_gelu:
+            continue  # Gelu -> Mul(1/s): one group, quantized after the Mul (QGelu, per-channel output)
+        if (n.op_type not in QUANT_OUT and out not in scaled_out) or out not in observers or n.op_type in float_ops:
             continue
         if n.op_type == "Add" and any(c.op_type == "Softmax" for c in g.node if out in c.input):
             continue  # masked logits: QSoftmax takes the logits and the mask separately
         if n.op_type == "Softmax":
             qdq(out, 1 / 255, -128)
-        elif residual_bits == 16 and not _feeds_matmul(g, out):
-            # the residual stream (Add, and the Gemms that feed it) carries outlier channels: 16 bits
-            qdq(out, *act_grid(*ranges[out], bits=16), np.int16)
         else:
-            qdq(out, *act_grid(*ranges[out]))
+            qdq_act(out)
+    if stats is not None:
+        stats["act_bits"] = dict(sorted(act_bits.items()))
     graph = helper.make_graph(nodes, g.name, list(g.input), list(g.output),
                               initializer=[t for t in g.initializer] + new_inits)
     out_model = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,

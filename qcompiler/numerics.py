@@ -353,9 +353,13 @@ def gelu_multipliers(s_x: float, *, shift_gelu: bool = False, what: str = "gelu"
     return m1, m3
 
 
-def qgelu(x: np.ndarray, x_zp: int | np.ndarray, m1: int, m3: int, b: int, c: int, y_zp: int | np.ndarray, *,
+def qgelu(x: np.ndarray, x_zp: int | np.ndarray, m1: int | np.ndarray, m3: int | np.ndarray,
+          b: int | np.ndarray, c: int | np.ndarray, y_zp: int | np.ndarray, *,
           qmin: int = -128, qmax: int = 127) -> np.ndarray:
     """Reference for ``qcompiler.QGelu`` (ShiftGELU): ``x * sigmoid(.)`` with the shift exp and one division.
+
+    m1, m3, b, c are scalars or per-channel vectors over the last axis (a smoothed GELU's input and
+    output scales, docs/INTEGER_GRAPH.md); they broadcast as in the ONNX body.
 
     a = |x - zp| <= 255; w = a (m1 + ((a^2 m3) >> 32)) >= 0 (< 2^63); E = 2^-w (Q32);
     sigmoid16 = (2^48 if x >= zp else E << 16) // (2^32 + E); acc = (x - zp) * sigmoid16 (|acc| < 2^25);
