@@ -308,6 +308,7 @@ def test_generic_requant_path_bit_exact(models, tmp_path, monkeypatch):
     from qcompiler.targets.mcu import graph
 
     monkeypatch.setattr(graph, "fast_requant", lambda *a, **k: None)
+    monkeypatch.setattr(graph, "fast_requant_channels", lambda *a, **k: None)
     for name in ("fashion_w4", "small_odd_w8"):
         prog, _ = mcu.plan(models[name])
         assert all(s.params.get("rq_fast", 0) == 0 for s in prog.steps)

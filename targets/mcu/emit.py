@@ -31,7 +31,7 @@ PARAM_FIELDS = {
                             "rq_fast", "in_pk", "out_pk", "k8"]),
     "dw": ("qc_dw_params", ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "ch_mult", "k_h", "k_w",
                             "stride_h", "stride_w", "pad_t", "pad_l", "dil_h", "dil_w", "wbits", "in_zp", "out_zp",
-                            "qmin", "qmax", "in_pk", "out_pk"]),
+                            "qmin", "qmax", "in_pk", "out_pk", "rq_fast"]),
     "maxpool": ("qc_pool_params", ["in_h", "in_w", "c", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w",
                                    "pad_t", "pad_l", "dil_h", "dil_w", "in_zp", "out_zp", "qmin", "qmax", "mult",
                                    "shift", "in_pk", "out_pk"]),
@@ -40,7 +40,7 @@ PARAM_FIELDS = {
     "requant": ("qc_requant_params", ["n", "in_zp", "out_zp", "qmin", "qmax", "mult", "shift"]),
 }
 PARAM_FIELDS["avgpool"] = PARAM_FIELDS["maxpool"]
-CONST_TYPES = {"w": "int8_t", "bias": "int32_t", "mult": "int32_t", "shift": "uint8_t"}
+CONST_TYPES = {"w": "int8_t", "bias": "int32_t", "mult": "int32_t", "rnd": "int32_t", "shift": "uint8_t"}
 
 
 def _c_comment(text: str) -> str:
@@ -94,7 +94,7 @@ def _params_decl(i: int, s: Step) -> str:
     vals = [f".{f} = {int(s.params[f])}" for f in fields]
     if s.consts:
         vals.append(f".w = qc_w{i}.v")
-        vals += [f".{k} = qc_{k}{i}" for k in ("bias", "mult", "shift") if k in s.consts]
+        vals += [f".{k} = qc_{k}{i}" for k in ("bias", "mult", "rnd", "shift") if k in s.consts]
     body = ",\n    ".join(vals)
     return f"static const {ctype} qc_p{i} = {{\n    {body}\n}};\n"
 
@@ -172,7 +172,7 @@ def model_c(prog: Program, plan: ArenaPlan) -> str:
         if s.consts:
             consts.append(f"/* step {i}: {_c_comment(s.name)} */\n")
             consts.append(_const_decl(f"qc_w{i}", "w", s.consts["w"]))
-            for kind in ("bias", "mult", "shift"):
+            for kind in ("bias", "mult", "rnd", "shift"):
                 if kind in s.consts:
                     consts.append(_const_decl(f"qc_{kind}{i}", kind, s.consts[kind]))
         if s.kind in PARAM_FIELDS:

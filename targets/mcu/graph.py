@@ -228,12 +228,11 @@ def fast_requant(b: np.ndarray, c: np.ndarray, zp: int, acc_shift: int = 0) -> n
     Returns int32 [pairs, 5]: b0, rnd0, b1, rnd1, s0 | s1 << 8 (s = c - 32; a padding
     channel is all zero), so one LDM fetches a pair's constants.
     """
-    c64 = np.asarray(c, np.int64) + acc_shift
-    if c64.min() < 33:
+    f = fast_requant_channels(c, zp, acc_shift)
+    if f is None:
         return None
-    rnd = (np.int64(1) << (c64 - 33)) + np.int64(zp) * (np.int64(1) << (c64 - 32))
-    if np.abs(rnd).max() >= 1 << 30:
-        return None
+    rnd, s = f
+    c64 = s + 32
     m = c64.size
     out = np.zeros(((m + 1) // 2, 5), np.int64)
     bb = np.asarray(b, np.int64)
@@ -245,6 +244,18 @@ def fast_requant(b: np.ndarray, c: np.ndarray, zp: int, acc_shift: int = 0) -> n
     out[:, 4] = s[0::2]
     out[:m // 2, 4] |= s[1::2] << 8
     return out.astype(np.int32)
+
+
+def fast_requant_channels(c: np.ndarray, zp: int, acc_shift: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per channel (rnd, s) of the fast requantization y = clamp((hi32(acc * b) + rnd) >> s) (see
+    :func:`fast_requant`), or None when some channel's c + acc_shift < 33 or rnd would not fit."""
+    c64 = np.asarray(c, np.int64) + acc_shift
+    if c64.size == 0 or c64.min() < 33:
+        return None
+    rnd = (np.int64(1) << (c64 - 33)) + np.int64(zp) * (np.int64(1) << (c64 - 32))
+    if np.abs(rnd).max() >= 1 << 30:
+        return None
+    return rnd, c64 - 32
 
 
 def pack_stream(w2d: np.ndarray, wbits: int, groups: int, bias: np.ndarray, b: np.ndarray, c: np.ndarray,
@@ -493,11 +504,22 @@ class _Reader:
         y_zp = geo["out_zp"]
         macs = oh * ow * m * cg * kh * kw
         if group > 1 and group == cin and cg == 1:
-            wl = w.reshape(m, kh, kw).transpose(1, 2, 0).reshape(-1)  # [kh][kw][M]
-            wq = wl.astype(np.int8) if wbits == 8 else pack_nibbles(wl)
-            self._check_acc(node, bias, kh * kw, wbits, 0)
-            self.steps.append(Step("dw", node.name, [x.name], y.name, params={**geo, "ch_mult": m // cin},
-                                   consts={"w": wq, "bias": bias.astype(np.int32), "mult": b, "shift": c},
+            wl = w.reshape(m, kh, kw).transpose(1, 2, 0).reshape(kh * kw, m)  # [tap][M]
+            if wbits == 8:  # int16 [channel group of 4][tap][c0, c2, c1, c3] (qc_kernels.h)
+                m4 = _pad_k(m)
+                wt = np.zeros((kh * kw, m4), np.int64)
+                wt[:, :m] = wl
+                wq = wt.reshape(kh * kw, m4 // 4, 4)[..., BLOCK_ORDER].transpose(1, 0, 2).reshape(-1).astype(np.int16)
+            else:
+                wq = pack_nibbles(wl.reshape(-1))
+            bias_f = bias - xzp_i * wl.sum(axis=0)  # pads read as the zero point
+            self._check_acc(node, bias_f, kh * kw, wbits, abs(xzp_i))
+            fr = fast_requant_channels(c, y_zp)
+            rnd, sh = fr if fr is not None else (np.zeros(m, np.int64), c.astype(np.int64))
+            self.steps.append(Step("dw", node.name, [x.name], y.name,
+                                   params={**geo, "ch_mult": m // cin, "rq_fast": int(fr is not None)},
+                                   consts={"w": wq, "bias": bias_f.astype(np.int32), "mult": b,
+                                           "rnd": rnd.astype(np.int32), "shift": sh.astype(np.uint8)},
                                    macs=macs))
             return
         w2d = w.transpose(0, 2, 3, 1).reshape(m, kh * kw * cg)  # OHWI rows

@@ -909,68 +909,231 @@ void qc_fc(const qc_fc_params *p, const int8_t *in, int8_t *out, int16_t *scratc
 
 /* ---------------------------------------------------------------- depthwise */
 
-static inline int32_t qc_dw_weight(const qc_dw_params *p, int32_t idx)
+/* Weight of output channel c at tap t (= ky * k_w + kx): 8-bit weights are int16, grouped by
+ * 4 channels (out_c rounded up to a multiple of 4), per group all taps, per tap the 4 channels
+ * as c0, c2, c1, c3 (the words (w0, w2), (w1, w3) pair with SXTB16 of 4 activations); 4-bit
+ * ones are packed nibbles [tap][out_c]. */
+static inline int32_t qc_dw_weight(const qc_dw_params *p, int32_t t, int32_t c)
 {
-    if (p->wbits == 8) return p->w[idx];
+    if (p->wbits == 8) return ((const int16_t *)p->w)[((c >> 2) * p->k_h * p->k_w + t) * 4 + QC_COLPOS(c & 3)];
     {
-        int32_t b = (uint8_t)p->w[idx >> 1];
+        const int32_t idx = t * p->out_c + c, b = ((const uint8_t *)p->w)[idx >> 1];
         return qc_sext4((idx & 1) ? (b >> 4) : b);
     }
 }
 
+static inline int32_t qc_dw_rq(const qc_dw_params *p, int32_t acc, int32_t c)
+{
+    if (p->rq_fast) return qc_rqf(acc, p->mult[c], p->rnd[c], p->shift[c], p->qmin, p->qmax);
+    return qc_rq(acc, p->mult[c], p->shift[c], p->out_zp, p->qmin, p->qmax);
+}
+
+#if QC_USE_DSP
+/* One tap for 4 channels: a word of activations, SXTB16 twice, the group's next 2 weight words. */
+#define QC_DW_TAP(xv)                                                 \
+    do {                                                              \
+        const uint32_t v_ = (xv);                                     \
+        const int32_t x02_ = __sxtb16((int32_t)v_), x13_ = qc_sxtb16_ror8(v_); \
+        a0 = __smlabb(x02_, wq[0], a0);                               \
+        a2 = __smlatt(x02_, wq[0], a2);                               \
+        a1 = __smlabb(x13_, wq[1], a1);                               \
+        a3 = __smlatt(x13_, wq[1], a3);                               \
+        wq += 2;                                                      \
+    } while (0)
+
+static inline int32_t qc_smmla(int32_t a, int32_t b, int32_t c)
+{
+    int32_t r;
+    __asm__("smmla %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+/* Requantize and store 4 channels (c .. c + 3) of a depthwise output pixel. */
+static QC_NOINLINE void qc_dw4_store(const qc_dw_params *p, int32_t c, int32_t a0, int32_t a1, int32_t a2, int32_t a3,
+                                int8_t *o)
+{
+    if (p->rq_fast && p->qmin == -128 && p->qmax == 127) { /* SSAT((hi32(acc * b) + rnd) >> s), one store */
+        const int32_t *b = p->mult + c, *r = p->rnd + c;
+        const uint8_t *sh = p->shift + c;
+        const uint32_t y = (uint32_t)(uint8_t)__ssat(qc_smmla(a0, b[0], r[0]) >> sh[0], 8) |
+                           (uint32_t)(uint8_t)__ssat(qc_smmla(a1, b[1], r[1]) >> sh[1], 8) << 8 |
+                           (uint32_t)(uint8_t)__ssat(qc_smmla(a2, b[2], r[2]) >> sh[2], 8) << 16 |
+                           (uint32_t)(uint8_t)__ssat(qc_smmla(a3, b[3], r[3]) >> sh[3], 8) << 24;
+        memcpy(o, &y, 4);
+    } else {
+        o[0] = (int8_t)qc_dw_rq(p, a0, c);
+        o[1] = (int8_t)qc_dw_rq(p, a1, c + 1);
+        o[2] = (int8_t)qc_dw_rq(p, a2, c + 2);
+        o[3] = (int8_t)qc_dw_rq(p, a3, c + 3);
+    }
+}
+
+/* Channels c .. c + 3 of one output pixel whose window (corner x, at channel c) lies inside the
+ * input: no bounds checks; 3-wide kernels unrolled. */
+static QC_NOINLINE void qc_dw4_inside(const qc_dw_params *p, const int8_t *x, int32_t c, int8_t *o)
+{
+    const int32_t *wq = (const int32_t *)p->w + (c >> 1) * p->k_h * p->k_w;
+    const int32_t kh = p->k_h, kw = p->k_w, xrow = p->dil_h * p->in_w * p->in_c, xcol = p->dil_w * p->in_c;
+    int32_t a0 = p->bias[c], a1 = p->bias[c + 1], a2 = p->bias[c + 2], a3 = p->bias[c + 3], ky, kx;
+    if (kw == 3) {
+        const int32_t xcol2 = 2 * xcol;
+        for (ky = 0; ky < kh; ky++, x += xrow) {
+            QC_DW_TAP(qc_ld32(x));
+            QC_DW_TAP(qc_ld32(x + xcol));
+            QC_DW_TAP(qc_ld32(x + xcol2));
+        }
+    } else {
+        for (ky = 0; ky < kh; ky++, x += xrow)
+            for (kx = 0; kx < kw; kx++) QC_DW_TAP(qc_ld32(x + kx * xcol));
+    }
+    qc_dw4_store(p, c, a0, a1, a2, a3, o);
+}
+
+/* void qc_dw3x3x2(const int8_t *x, const int32_t *w, int32_t xcol, const qc_dw3_args *a):
+ * channels c .. c + 3 (x: the first window's corner at channel c; w: the group's 9 taps) of two
+ * neighbouring output pixels of a 3x3, stride 1 depthwise layer whose windows lie inside the
+ * input. Per kernel row 4 words of activations (SXTB16 twice each) serve both windows' 3 taps;
+ * the weights are loaded a word at a time at fixed offsets; 8 accumulators, 14 registers, so
+ * assembly. Sums out: a->acc[0..3] pixel 0 (channels c .. c + 3), [4..7] pixel 1. */
+typedef struct {
+    const int32_t *bias;    /* 0: the 4 channels' biases */
+    int32_t row_step;       /* 4: from the 4th word of a row to the next row: xrow - 3 * xcol */
+    int32_t *acc;           /* 8 */
+} qc_dw3_args;
+
+void qc_dw3x3x2(const int8_t *x, const int32_t *w, int32_t xcol, const qc_dw3_args *a);
+
+/* x word k (tap k of pixel 0, tap k - 1 of pixel 1) into r12 = (x0, x2), lr = (x1, x3) */
+#define QC_DW_LOAD                   \
+    "\tldr r12, [r0]\n"              \
+    "\tadd r0, r0, r2\n"             \
+    "\tsxtb16 lr, r12, ror #8\n"     \
+    "\tsxtb16 r12, r12\n"
+/* tap weights at byte offset off into pixel 0 (r4-r7) or pixel 1 (r8-r11) */
+#define QC_DW_MAC0(off)                                                   \
+    "\tldr r3, [r1, #" #off "]\n\tsmlabb r4, r12, r3, r4\n\tsmlatt r6, r12, r3, r6\n" \
+    "\tldr r3, [r1, #" #off "+4]\n\tsmlabb r5, lr, r3, r5\n\tsmlatt r7, lr, r3, r7\n"
+#define QC_DW_MAC1(off)                                                   \
+    "\tldr r3, [r1, #" #off "]\n\tsmlabb r8, r12, r3, r8\n\tsmlatt r10, r12, r3, r10\n" \
+    "\tldr r3, [r1, #" #off "+4]\n\tsmlabb r9, lr, r3, r9\n\tsmlatt r11, lr, r3, r11\n"
+#define QC_DW_ROW(wb0, wb1, wb2)                                          \
+    QC_DW_LOAD QC_DW_MAC0(wb0)                                            \
+    QC_DW_LOAD QC_DW_MAC0(wb1) QC_DW_MAC1(wb0)                            \
+    QC_DW_LOAD QC_DW_MAC0(wb2) QC_DW_MAC1(wb1)                            \
+    "\tldr r12, [r0]\n"                                                  \
+    "\tsxtb16 lr, r12, ror #8\n"                                         \
+    "\tsxtb16 r12, r12\n"                                                \
+    QC_DW_MAC1(wb2)                                                       \
+    "\tldr r3, [sp]\n"                                                   \
+    "\tldr r3, [r3, #4]\n"                                               \
+    "\tadd r0, r0, r3\n"
+
+__asm__("\t.pushsection .text.qc_dw3x3x2,\"ax\",%progbits\n"
+        "\t.syntax unified\n"
+        "\t.thumb\n"
+        "\t.p2align 2\n"
+        "\t.global qc_dw3x3x2\n"
+        "\t.type qc_dw3x3x2, %function\n"
+        "\t.thumb_func\n"
+        "qc_dw3x3x2:\n"
+        "\tpush {r4-r11, lr}\n"
+        "\tpush {r3}\n"
+        "\tldr r12, [r3]\n"
+        "\tldm r12, {r4-r7}\n"
+        "\tmov r8, r4\n"
+        "\tmov r9, r5\n"
+        "\tmov r10, r6\n"
+        "\tmov r11, r7\n"
+        QC_DW_ROW(0, 8, 16)
+        QC_DW_ROW(24, 32, 40)
+        QC_DW_ROW(48, 56, 64)
+        "\tldr r3, [sp]\n"
+        "\tldr r3, [r3, #8]\n"
+        "\tstm r3, {r4-r11}\n"
+        "\tadd sp, sp, #4\n"
+        "\tpop {r4-r11, pc}\n"
+        "\t.size qc_dw3x3x2, .-qc_dw3x3x2\n"
+        "\t.popsection\n");
+
+/* The same for a window that touches the padding (pads read as zp4, the zero point in 4 bytes). */
+static QC_NOINLINE void qc_dw4_border(const qc_dw_params *p, const int8_t *in, int32_t iy0, int32_t ix0, int32_t c,
+                                      int8_t *o)
+{
+    const int32_t *wq = (const int32_t *)p->w + (c >> 1) * p->k_h * p->k_w;
+    const uint32_t zp4 = (uint8_t)p->in_zp * 0x01010101u;
+    int32_t a0 = p->bias[c], a1 = p->bias[c + 1], a2 = p->bias[c + 2], a3 = p->bias[c + 3], ky, kx;
+    for (ky = 0; ky < p->k_h; ky++) {
+        const int32_t iy = iy0 + ky * p->dil_h;
+        for (kx = 0; kx < p->k_w; kx++) {
+            const int32_t ix = ix0 + kx * p->dil_w;
+            QC_DW_TAP(iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w
+                          ? qc_ld32(in + (iy * p->in_w + ix) * p->in_c + c) : zp4);
+        }
+    }
+    qc_dw4_store(p, c, a0, a1, a2, a3, o);
+}
+#endif
+
+/* The bias has the input zero point folded in (bias - zp * sum of the channel's weights), so
+ * pads read as zp and the taps multiply raw values. With the DSP extension, 8-bit weights and
+ * ch_mult 1, channels go 4 at a time: per tap one word of activations, 2 SXTB16, 2 weight words,
+ * 4 SMLAxy (a depthwise conv has no pairs of products to sum, so no SMLAD); windows inside the
+ * input take no bounds checks. */
 void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
 {
+    const int32_t oc = p->out_c, kh = p->k_h, kw = p->k_w, in_w = p->in_w, in_c = p->in_c;
     int32_t oy, ox, ky, kx, c;
+#if QC_USE_DSP
+    const int32_t simd = p->wbits == 8 && p->ch_mult == 1 && !p->in_pk && !p->out_pk && oc >= 4;
+    /* two pixels at a time: 3x3, stride 1, no dilation along W, every channel in groups of 4 */
+    const int32_t pair = simd && kh == 3 && kw == 3 && p->stride_w == 1 && p->dil_w == 1 && (oc & 3) == 0;
+#endif
     for (oy = 0; oy < p->out_h; oy++) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_t;
         for (ox = 0; ox < p->out_w; ox++) {
-            const int32_t ob = (oy * p->out_w + ox) * p->out_c;
+            const int32_t ix0 = ox * p->stride_w - p->pad_l, ob = (oy * p->out_w + ox) * oc;
             c = 0;
 #if QC_USE_DSP
-            if (p->wbits == 8 && p->ch_mult == 1 && !p->in_pk && !p->out_pk) {
-                const int32_t zp2 = (int32_t)(((uint32_t)(uint16_t)p->in_zp << 16) | (uint16_t)p->in_zp);
-                for (; c + 4 <= p->out_c; c += 4) {
-                    int32_t a0 = p->bias[c], a1 = p->bias[c + 1], a2 = p->bias[c + 2], a3 = p->bias[c + 3];
-                    for (ky = 0; ky < p->k_h; ky++) {
-                        const int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
-                        if (iy < 0 || iy >= p->in_h) continue;
-                        for (kx = 0; kx < p->k_w; kx++) {
-                            const int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
-                            uint32_t xv, wv;
-                            int32_t x02, x13, w02, w13;
-                            if (ix < 0 || ix >= p->in_w) continue;
-                            xv = qc_ld32(in + (iy * p->in_w + ix) * p->in_c + c);
-                            wv = qc_ld32(p->w + (ky * p->k_w + kx) * p->out_c + c);
-                            x02 = __ssub16(__sxtb16((int32_t)xv), zp2);
-                            x13 = __ssub16(qc_sxtb16_ror8(xv), zp2);
-                            w02 = __sxtb16((int32_t)wv);
-                            w13 = qc_sxtb16_ror8(wv);
-                            a0 = __smlabb(x02, w02, a0);
-                            a2 = __smlatt(x02, w02, a2);
-                            a1 = __smlabb(x13, w13, a1);
-                            a3 = __smlatt(x13, w13, a3);
-                        }
-                    }
-                    out[ob + c] = (int8_t)qc_rq(a0, p->mult[c], p->shift[c], p->out_zp, p->qmin, p->qmax);
-                    out[ob + c + 1] = (int8_t)qc_rq(a1, p->mult[c + 1], p->shift[c + 1], p->out_zp, p->qmin, p->qmax);
-                    out[ob + c + 2] = (int8_t)qc_rq(a2, p->mult[c + 2], p->shift[c + 2], p->out_zp, p->qmin, p->qmax);
-                    out[ob + c + 3] = (int8_t)qc_rq(a3, p->mult[c + 3], p->shift[c + 3], p->out_zp, p->qmin, p->qmax);
+            if (pair && ox + 1 < p->out_w && iy0 >= 0 && iy0 + 2 * p->dil_h < p->in_h && ix0 >= 0 && ix0 + 3 < in_w) {
+                const int8_t *xw = in + (iy0 * in_w + ix0) * in_c;
+                int32_t acc[8];
+                qc_dw3_args a;
+                a.row_step = p->dil_h * in_w * in_c - 3 * in_c;
+                a.acc = acc;
+                for (; c + 4 <= oc; c += 4) {
+                    a.bias = p->bias + c;
+                    qc_dw3x3x2(xw + c, (const int32_t *)p->w + (c >> 1) * 9, in_c, &a);
+                    qc_dw4_store(p, c, acc[0], acc[1], acc[2], acc[3], out + ob + c);
+                    qc_dw4_store(p, c, acc[4], acc[5], acc[6], acc[7], out + ob + oc + c);
+                }
+                ox++; /* the next pixel is done too */
+                continue;
+            }
+            if (simd) {
+                const int32_t inside = iy0 >= 0 && iy0 + (kh - 1) * p->dil_h < p->in_h && ix0 >= 0 &&
+                                       ix0 + (kw - 1) * p->dil_w < in_w;
+                const int8_t *xw = inside ? in + (iy0 * in_w + ix0) * in_c : in;
+                for (; c + 4 <= oc; c += 4) {
+                    if (inside)
+                        qc_dw4_inside(p, xw + c, c, out + ob + c);
+                    else
+                        qc_dw4_border(p, in, iy0, ix0, c, out + ob + c);
                 }
             }
 #endif
-            for (; c < p->out_c; c++) {
+            for (; c < oc; c++) {
                 const int32_t ic = c / p->ch_mult;
                 int32_t acc = p->bias[c];
-                for (ky = 0; ky < p->k_h; ky++) {
-                    const int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
-                    if (iy < 0 || iy >= p->in_h) continue;
-                    for (kx = 0; kx < p->k_w; kx++) {
-                        const int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
-                        if (ix < 0 || ix >= p->in_w) continue;
-                        acc += (qc_get(in, (iy * p->in_w + ix) * p->in_c + ic, p->in_pk) - p->in_zp) *
-                               qc_dw_weight(p, (ky * p->k_w + kx) * p->out_c + c);
+                for (ky = 0; ky < kh; ky++) {
+                    const int32_t iy = iy0 + ky * p->dil_h;
+                    for (kx = 0; kx < kw; kx++) {
+                        const int32_t ix = ix0 + kx * p->dil_w;
+                        const int32_t x = iy >= 0 && iy < p->in_h && ix >= 0 && ix < in_w
+                                              ? qc_get(in, (iy * in_w + ix) * in_c + ic, p->in_pk) : p->in_zp;
+                        acc += x * qc_dw_weight(p, ky * kw + kx, c);
                     }
                 }
-                qc_set(out, ob + c, qc_rq(acc, p->mult[c], p->shift[c], p->out_zp, p->qmin, p->qmax), p->out_pk);
+                qc_set(out, ob + c, qc_dw_rq(p, acc, c), p->out_pk);
             }
         }
     }

@@ -86,8 +86,11 @@ typedef struct {
 void qc_fc(const qc_fc_params *p, const int8_t *in, int8_t *out, int16_t *scratch);
 
 /* Depthwise conv (group == in_c, out_c = in_c * ch_mult).
- * Weights [k_h][k_w][out_c]: 8-bit one per byte; 4-bit two per byte, element i in
- * byte i/2, low nibble first. Bias is NOT folded (pads are skipped). */
+ * Weights: 8-bit as int16 in groups of 4 channels (out_c rounded up to a multiple of 4),
+ * per group every tap (ky, kx), per tap c0, c2, c1, c3; 4-bit [k_h][k_w][out_c] two per byte,
+ * element i in byte i/2, low nibble first. Bias has in_zp folded in (bias - in_zp * sum(w));
+ * pads read as in_zp. Requantization: rq_fast 1: y = clamp((hi32(acc * mult) + rnd) >> shift)
+ * (graph.fast_requant); 0: docs/INTEGER_GRAPH.md with shift = c, rnd unused. */
 typedef struct {
     int32_t in_h, in_w, in_c;
     int32_t out_h, out_w, out_c, ch_mult;
@@ -98,9 +101,11 @@ typedef struct {
     int32_t wbits;
     int32_t in_zp, out_zp, qmin, qmax;
     int32_t in_pk, out_pk;
-    const int8_t *w;
+    int32_t rq_fast;
+    const void *w;
     const int32_t *bias;
     const int32_t *mult;
+    const int32_t *rnd;
     const uint8_t *shift;
 } qc_dw_params;
 
