@@ -65,16 +65,18 @@ def weight_scales(w: np.ndarray, bits: int, axis: int, *, mse: bool = True) -> n
 
 def _weight_scales(w: np.ndarray, bits: int, axis: int, mse: bool) -> np.ndarray:
     qmax = (1 << (bits - 1)) - 1
-    wc = np.moveaxis(w.astype(np.float64), axis, 0).reshape(w.shape[axis], -1)
-    amax = np.abs(wc).max(axis=1)
+    wc = np.moveaxis(w.astype(np.float32), axis, 0).reshape(w.shape[axis], -1)
+    amax = np.abs(wc).max(axis=1).astype(np.float64)
     amax = np.where(amax > 0, amax, 1.0)
     if not mse:
         return (amax / qmax).astype(np.float32)
     fr = np.linspace(0.5, 1.0, 51)
     best = amax / qmax
     best_err = np.full(len(amax), np.inf)
-    # the same float64 arithmetic as a whole-tensor loop, a cache-sized block of channels at a time
-    # and in place (5x faster on MobileNetV2: 3.5M weights x 51 clips x 2 bit-widths)
+    # A cache-sized block of channels at a time, in place, in float32: the weights are float32, the
+    # rounding error of a float32 square-sum (~1e-7 relative) is far below the differences
+    # between neighbouring clips, and it halves the memory traffic of the search (3.5M weights x
+    # 51 clips x every candidate width on MobileNetV2), the bulk of a compile's weight handling.
     rows = max(1, _BLOCK // max(wc.shape[1], 1))
     for r0 in range(0, len(amax), rows):
         blk = wc[r0:r0 + rows]
@@ -82,16 +84,16 @@ def _weight_scales(w: np.ndarray, bits: int, axis: int, mse: bool) -> np.ndarray
         a = amax[r0:r0 + rows]
         b_s, b_err = best[r0:r0 + rows], best_err[r0:r0 + rows]  # views: updated in place
         for f in fr:
-            s = (a * f / qmax)[:, None]
+            s64 = a * f / qmax
+            s = s64.astype(np.float32)[:, None]
             np.divide(blk, s, out=buf)
             np.round(buf, out=buf)
             np.clip(buf, -qmax, qmax, out=buf)
             buf *= s
             np.subtract(blk, buf, out=buf)
-            np.square(buf, out=buf)
-            err = buf.sum(axis=1)
+            err = np.einsum("ij,ij->i", buf, buf, dtype=np.float64)
             better = err < b_err
-            b_s[better] = s[better, 0]
+            b_s[better] = s64[better]
             b_err[better] = err[better]
     return np.maximum(best, FLOAT32_TINY).astype(np.float32)
 

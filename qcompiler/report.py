@@ -198,6 +198,9 @@ def _candidate_keys(plan: QuantPlan) -> list[str]:
     return sorted(keys, key=order)
 
 
+LABELLED_ROWS = 24
+
+
 def sensitivity_plot(plan: QuantPlan) -> str | None:
     """Heatmap of the perturbation Ω per layer (rows) and candidate (columns), chosen cell boxed.
 
@@ -221,11 +224,18 @@ def sensitivity_plot(plan: QuantPlan) -> str | None:
                    interpolation="nearest")
     ax.set_xticks(range(len(keys)), keys)
     ax.set_yticks(range(len(names)), names)
+    # cell labels only while they stay legible and cheap (the layer table lists every value)
+    labels = len(names) <= LABELLED_ROWS
     for i, n in enumerate(names):
         lp = plan.layers[n]
         chosen = f"w{lp.weight_bits}a{lp.act_bits}"
         for j, k in enumerate(keys):
             v = vals[i][j]
+            if not labels:
+                if k == chosen:
+                    ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
+                                                              edgecolor="#d62728", linewidth=2.0))
+                continue
             if v is None:
                 ax.text(j, i, "–", ha="center", va="center", fontsize=7, color="#888888")
                 continue
@@ -383,12 +393,13 @@ def _layer_table(plan: QuantPlan) -> str:
         wscale = f"{min(wq.scale):.3g}…{max(wq.scale):.3g}" if wq and wq.scale else "–"
         ascale = f"{aq.scale[0]:.3g} zp {aq.zero_point[0]}" if aq and aq.scale else "–"
         s = chosen_sensitivity(lp)
+        others = " · ".join(f"{k} {v:.2g}" for k, v in sorted(lp.sensitivity.items())) or "–"
         rows.append((name, lp.op_type, lp.weight_bits, lp.act_bits, lp.params, lp.macs,
                      int(round(layer_size_bytes(lp))), wscale, ascale,
-                     "–" if s is None else s, "–" if lp.group is None else lp.group))
+                     "–" if s is None else s, others, "–" if lp.group is None else lp.group))
     return table(["layer", "op", "w bits", "a bits", "params", "MACs", "weight bytes", "weight scale",
-                  "output scale", "Ω (chosen)", "tie group"], rows,
-                 numeric=(False, False, True, True, True, True, True, False, False, True, False))
+                  "output scale", "Ω (chosen)", "Ω per candidate", "tie group"], rows,
+                 numeric=(False, False, True, True, True, True, True, False, False, True, False, False))
 
 
 def _budget_table(plan: QuantPlan) -> str:
