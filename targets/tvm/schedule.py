@@ -47,6 +47,8 @@ def _factor(extent: int | None, options: tuple[int, ...]) -> int:
     return 1
 
 
+MATMUL_ROW_TILES = (4, 2)  # rows of the register tile (unrolled)
+MATMUL_COL_TILES = (16, 8, 4, 2)  # columns of the register tile (one vector)
 INLINE_SIZE_LIMIT = 256  # expression nodes one output element may grow to when every block is inlined
 
 
@@ -198,8 +200,8 @@ class IntegerKernelCPU(ScheduleRule):
             anchor = xo
         elif len(sp) >= 2:  # matmul: (b,) i, j ; global sum: n, c
             *pre, i, j = sp
-            io, fi = sch.split(i, [None, _factor(_extent(sch, i), (4, 2))])
-            jo, xi = sch.split(j, [None, _factor(_extent(sch, j), (16, 8, 4, 2))])
+            io, fi = sch.split(i, [None, _factor(_extent(sch, i), MATMUL_ROW_TILES)])
+            jo, xi = sch.split(j, [None, _factor(_extent(sch, j), MATMUL_COL_TILES)])
             sch.reorder(*pre, io, jo, *rd, fi, xi)
             outer = sch.fuse(*pre, io, jo)
             anchor = outer
