@@ -212,7 +212,14 @@ void qc_tile_w4_p(const int32_t *w, qc_tile_args *a);
     "\tstrb r5, [r9], #1\n"           \
     "\tstrd r8, r9, [sp, #12]\n"
 
-#define QC_TILE_FUNC(name, STEP, STORE)                                  \
+/* The K loop's end test: against r3 (8-bit weights), or (4-bit: r3 holds the nibble mask) against
+ * the end kept in the frame, loaded into r12, which is free between steps. */
+#define QC_KEND_R3 "\tcmp r1, r3\n"
+#define QC_KEND_SP "\tldr r12, [sp, #32]\n\tcmp r1, r12\n"
+#define QC_KINIT_R3 "\tldr r3, [r1, #32]\n"
+#define QC_KINIT_SP "\tmov r3, #0xF0F0F0F0\n"
+
+#define QC_TILE_FUNC(name, STEP, STORE, KINIT, KEND)                     \
     "\t.pushsection .text." #name ",\"ax\",%progbits\n"                 \
     "\t.syntax unified\n"                                               \
     "\t.thumb\n"                                                        \
@@ -222,7 +229,9 @@ void qc_tile_w4_p(const int32_t *w, qc_tile_args *a);
     "\t.thumb_func\n"                                                   \
     #name ":\n"                                                         \
     "\tpush {r4-r11, lr}\n"                                             \
-    "\tldr r3, [r1, #32]\n"                                             \
+    "\tldr r4, [r1, #32]\n"                                             \
+    "\tpush {r4}\n"                                                     \
+    KINIT                                                               \
     "\tldm r1, {r4-r11}\n"                                              \
     "\tadr.w r12, 20f\n"                                                \
     "\tldr r4, [r12, r4, lsl #2]\n"                                     \
@@ -239,7 +248,7 @@ void qc_tile_w4_p(const int32_t *w, qc_tile_args *a);
     "15:\n" STEP                                                        \
     "16:\n" STEP                                                        \
     "17:\n" STEP                                                        \
-    "\tcmp r1, r3\n"                                                    \
+    KEND                                                                \
     "\tbne 10b\n"                                                       \
     "\tldm r0!, {r8-r12}\n"                                             \
     "\tsmmla r4, r4, r8, r9\n"                                          \
@@ -255,7 +264,7 @@ void qc_tile_w4_p(const int32_t *w, qc_tile_args *a);
     "\tldr r8, [sp, #20]\n"                                             \
     "\tcmp r0, r8\n"                                                    \
     "\tbne 0b\n"                                                        \
-    "\tadd sp, sp, #32\n"                                               \
+    "\tadd sp, sp, #36\n"                                               \
     "\tpop {r4-r11, pc}\n"                                              \
     "\t.p2align 2\n"                                                    \
     "20:\n"                                                             \
@@ -278,13 +287,12 @@ void qc_tile_w4_p(const int32_t *w, qc_tile_args *a);
     "\tsmlad r7, r11, lr, r7\n"
 
 /* One word holds both rows' 4 nibbles (row 0 low, row 1 high); each nibble is moved
- * to the top of a byte (16x its value) and sign extended in pairs. */
+ * to the top of a byte (16x its value; r3 = 0xF0F0F0F0) and sign extended in pairs. */
 #define QC_STEP_W4                   \
     "\tldr r8, [r0], #4\n"           \
     "\tldm r1!, {r12, lr}\n"         \
-    "\tand r9, r8, #0xF0F0F0F0\n"    \
-    "\tlsl r8, r8, #4\n"             \
-    "\tand r8, r8, #0xF0F0F0F0\n"    \
+    "\tand r9, r8, r3\n"             \
+    "\tand r8, r3, r8, lsl #4\n"     \
     "\tsxtb16 r10, r8\n"             \
     "\tsxtb16 r8, r8, ror #8\n"      \
     "\tsxtb16 r11, r9\n"             \
@@ -299,12 +307,12 @@ void qc_tile_w4_p(const int32_t *w, qc_tile_args *a);
     "\tsmlad r7, r11, r12, r7\n"     \
     "\tsmlad r7, r9, lr, r7\n"
 
-__asm__(QC_TILE_FUNC(qc_tile_w16, QC_STEP_W16, QC_STORE_PLAIN)
-        QC_TILE_FUNC(qc_tile_w16_c, QC_STEP_W16, QC_STORE_CLAMP)
-        QC_TILE_FUNC(qc_tile_w4, QC_STEP_W4, QC_STORE_PLAIN)
-        QC_TILE_FUNC(qc_tile_w4_c, QC_STEP_W4, QC_STORE_CLAMP)
-        QC_TILE_FUNC(qc_tile_w16_p, QC_STEP_W16, QC_STORE_PACK)
-        QC_TILE_FUNC(qc_tile_w4_p, QC_STEP_W4, QC_STORE_PACK));
+__asm__(QC_TILE_FUNC(qc_tile_w16, QC_STEP_W16, QC_STORE_PLAIN, QC_KINIT_R3, QC_KEND_R3)
+        QC_TILE_FUNC(qc_tile_w16_c, QC_STEP_W16, QC_STORE_CLAMP, QC_KINIT_R3, QC_KEND_R3)
+        QC_TILE_FUNC(qc_tile_w4, QC_STEP_W4, QC_STORE_PLAIN, QC_KINIT_SP, QC_KEND_SP)
+        QC_TILE_FUNC(qc_tile_w4_c, QC_STEP_W4, QC_STORE_CLAMP, QC_KINIT_SP, QC_KEND_SP)
+        QC_TILE_FUNC(qc_tile_w16_p, QC_STEP_W16, QC_STORE_PACK, QC_KINIT_R3, QC_KEND_R3)
+        QC_TILE_FUNC(qc_tile_w4_p, QC_STEP_W4, QC_STORE_PACK, QC_KINIT_SP, QC_KEND_SP));
 
 /* int16_t *qc_widen_rows(int16_t *dst, const int8_t *src, int32_t n, int32_t rows, int32_t stride):
  * rows runs of n int8 (n a multiple of 4; the runs stride bytes apart) into dst as int16, each
@@ -1142,6 +1150,25 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
 /* ---------------------------------------------------------------- pools */
 
 #if QC_USE_DSP
+/* The taps of a pool window that lie inside the input: ky in [*y0, *y1), kx in [*x0, *x1). */
+static void qc_window(const qc_pool_params *p, int32_t iy0, int32_t ix0, int32_t *y0, int32_t *y1, int32_t *x0,
+                      int32_t *x1)
+{
+    int32_t a = 0, b = p->k_h;
+    while (a < b && iy0 + a * p->dil_h < 0) a++;
+    while (b > a && iy0 + (b - 1) * p->dil_h >= p->in_h) b--;
+    *y0 = a;
+    *y1 = b;
+    a = 0;
+    b = p->k_w;
+    while (a < b && ix0 + a * p->dil_w < 0) a++;
+    while (b > a && ix0 + (b - 1) * p->dil_w >= p->in_w) b--;
+    *x0 = a;
+    *x1 = b;
+}
+#endif
+
+#if QC_USE_DSP
 static inline uint32_t qc_max4(uint32_t a, uint32_t b)
 {
     uint32_t t;
@@ -1185,20 +1212,19 @@ void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
             const int32_t ob = (oy * p->out_w + ox) * p->c;
             c = 0;
 #if QC_USE_DSP
-            if ((p->c & 3) == 0 && !p->in_pk && !p->out_pk) {
+            if ((p->c & 3) == 0 && !p->in_pk && !p->out_pk) { /* the window's inside part, no checks */
+                const int32_t iy0 = oy * p->stride_h - p->pad_t, ix0 = ox * p->stride_w - p->pad_l;
+                const int32_t ys = p->dil_h * p->in_w * p->c, xs = p->dil_w * p->c;
+                int32_t y0, y1, x0, x1;
+                const int8_t *base;
+                qc_window(p, iy0, ix0, &y0, &y1, &x0, &x1);
+                base = in + ((iy0 + y0 * p->dil_h) * p->in_w + ix0 + x0 * p->dil_w) * p->c;
                 for (; c < p->c; c += 4) {
                     uint32_t m = 0x80808080u;
-                    for (ky = 0; ky < p->k_h; ky++) {
-                        const int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
-                        if (iy < 0 || iy >= p->in_h) continue;
-                        for (kx = 0; kx < p->k_w; kx++) {
-                            const int32_t ix = ox * p->stride_w - p->pad_l + kx * p->dil_w;
-                            uint32_t v, t;
-                            if (ix < 0 || ix >= p->in_w) continue;
-                            v = qc_ld32(in + (iy * p->in_w + ix) * p->c + c);
-                            __asm__("ssub8 %0, %1, %2\n\tsel %0, %1, %2" : "=&r"(t) : "r"(v), "r"(m) : "cc");
-                            m = t;
-                        }
+                    const int8_t *r = base + c;
+                    for (ky = y0; ky < y1; ky++, r += ys) {
+                        const int8_t *q = r;
+                        for (kx = x0; kx < x1; kx++, q += xs) m = qc_max4(m, qc_ld32(q));
                     }
                     memcpy(out + ob + c, &m, 4);
                 }
@@ -1259,7 +1285,41 @@ void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
     for (oy = 0; oy < p->out_h; oy++) {
         for (ox = 0; ox < p->out_w; ox++) {
             const int32_t ob = (oy * p->out_w + ox) * p->c;
-            for (c = 0; c < p->c; c++) {
+            c = 0;
+#if QC_USE_DSP
+            /* 4 channels at a time over the window's inside part: SXTAB16 sums in 16-bit lanes
+             * (at most 255 taps), the zero point taken off once per tap counted */
+            if ((p->c & 3) == 0 && !p->in_pk && !p->out_pk && p->k_h * p->k_w <= 255) {
+                const int32_t iy0 = oy * p->stride_h - p->pad_t, ix0 = ox * p->stride_w - p->pad_l;
+                const int32_t ys = p->dil_h * p->in_w * p->c, xs = p->dil_w * p->c;
+                int32_t y0, y1, x0, x1, nz;
+                const int8_t *base;
+                qc_window(p, iy0, ix0, &y0, &y1, &x0, &x1);
+                nz = (y1 - y0) * (x1 - x0) * p->in_zp;
+                base = in + ((iy0 + y0 * p->dil_h) * p->in_w + ix0 + x0 * p->dil_w) * p->c;
+                for (; c < p->c; c += 4) {
+                    int32_t e = 0, od = 0; /* lanes: channels c, c + 2 and c + 1, c + 3 */
+                    const int8_t *r = base + c;
+                    int8_t y[4];
+                    for (ky = y0; ky < y1; ky++, r += ys) {
+                        const int8_t *q = r;
+                        for (kx = x0; kx < x1; kx++, q += xs) {
+                            const uint32_t v = qc_ld32(q);
+                            e = __sxtab16(e, (int32_t)v);
+                            od = __sxtab16(od, (int32_t)((v >> 8) | (v << 24)));
+                        }
+                    }
+                    y[0] = (int8_t)qc_rq(qc_sext16((uint32_t)e) - nz, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
+                    y[1] = (int8_t)qc_rq(qc_sext16((uint32_t)od) - nz, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
+                    y[2] = (int8_t)qc_rq(qc_sext16((uint32_t)e >> 16) - nz, p->mult, p->shift, p->out_zp, p->qmin,
+                                         p->qmax);
+                    y[3] = (int8_t)qc_rq(qc_sext16((uint32_t)od >> 16) - nz, p->mult, p->shift, p->out_zp, p->qmin,
+                                         p->qmax);
+                    memcpy(out + ob + c, y, 4);
+                }
+            }
+#endif
+            for (; c < p->c; c++) {
                 int32_t s = 0;
                 for (ky = 0; ky < p->k_h; ky++) {
                     const int32_t iy = oy * p->stride_h - p->pad_t + ky * p->dil_h;
