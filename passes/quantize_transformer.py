@@ -25,11 +25,13 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler.calibration import RangeObserver
-from qcompiler.passmanager import Pass, PassContext, PassResult
+from qcompiler.conditions import IS_QDQ, NO_QDQ
+from qcompiler.ort_session import session
+from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
+from qcompiler.plan import TensorQuant
 from qcompiler.quantize import bias_safe_scales, quantize_bias, quantize_weight, weight_scales
 
 log = logging.getLogger(__name__)
@@ -95,9 +97,7 @@ def calibrate(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]]) ->
         for o in n.output:
             if o not in known and types.get(o) == TensorProto.FLOAT:
                 m.graph.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session(m, optimize=False)
     names = [o.name for o in sess.get_outputs()]
     obs: dict[str, RangeObserver] = {}
     for feed in feeds:
@@ -197,13 +197,14 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
     grid: dict[str, tuple[float, int]] = {}  # float tensor -> grid of its quantized copy
     rename: dict[str, str] = {}  # float tensor -> its dequantized copy
     act_bits: dict[str, int] = {}
+    dtypes: dict[str, type] = {}
 
     def const(name: str, arr: np.ndarray) -> str:
         new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
         return name
 
     def qdq(t: str, scale: float, zp: int, dtype=np.int8) -> None:
-        grid[t] = (scale, zp)
+        grid[t], dtypes[t] = (scale, zp), dtype
         act_bits[t] = 8 * np.dtype(dtype).itemsize
         s, z = const(f"{t}.q_scale", np.array(scale, np.float32)), const(f"{t}.q_zp", np.array(zp, dtype))
         if t in outputs:  # the graph output keeps its name: the float result is renamed
@@ -255,9 +256,11 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
         nodes.append(n)
         if n.op_type in ("Reshape", "Transpose"):
             src = next((k for k, v in rename.items() if v == n.input[0]), None)
-            if src is not None:  # values move, grid stays: the lowering keeps the integer op as is
-                grid[n.output[0]] = grid[src]
-                rename[n.output[0]] = n.output[0]  # already "dequantized" (same grid)
+            if src is not None:
+                # values move, the grid stays; an explicit Q/DQ on the same grid (the lowering keeps the
+                # integer op as is). Without it ORT's own QDQ propagation (optimization level >= extended)
+                # inserts one whose output_dtype contradicts its S8->U8 rewrite and the session fails.
+                qdq(n.output[0], *grid[src], dtypes[src])
             continue
         out = n.output[0]
         if out in scaled_gelu:
@@ -283,10 +286,50 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
     return out_model
 
 
+def is_encoder(model: onnx.ModelProto) -> bool:
+    """A transformer encoder: LayerNormalization, Softmax, and a MatMul of two activations (attention).
+
+    Such a model takes this pass instead of ``insert_qdq`` (pipeline.py); encoders exported with a
+    decomposed LayerNorm (ReduceMean/Pow/Sqrt) are not recognised and take the CNN path.
+    """
+    inits = {t.name for t in model.graph.initializer}
+    ops = {n.op_type for n in model.graph.node}
+    attention = any(n.op_type == "MatMul" and not (set(n.input) & inits) for n in model.graph.node)
+    return {"LayerNormalization", "Softmax"} <= ops and attention
+
+
+def _calib_feeds(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    return None if ctx.calib is not None else "no calibration data"
+
+
+HAS_FEEDS = Condition("calibration data in the context", _calib_feeds)
+
+
 class QuantizeTransformer(Pass):
-    """W8A8 QDQ for encoders; ``ctx.settings['calib_feeds']`` holds the calibration feeds."""
+    """Float encoder -> smoothed W8A8 QDQ model (module docstring), calibrated on ``ctx.calib``.
+
+    Records the smoothing report and the activation bit-widths in ``plan.stats['transformer']`` and
+    each quantized activation's grid in ``plan.tensors``.
+    """
 
     name = "quantize_transformer"
+    requires = (NO_QDQ, HAS_FEEDS)
+    ensures = (IS_QDQ,)
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        return PassResult(quantize_transformer(model, list(ctx.settings["calib_feeds"])), True)
+        feeds = list(ctx.calib.batches())
+        ctx.plan.stats.setdefault("calibration", {})["samples"] = len(feeds)
+        stats: dict = {}
+        out = quantize_transformer(model, feeds, method=ctx.settings.get("observer", "mse"), stats=stats)
+        ctx.plan.stats["transformer"] = {
+            "smoothing": {k: {"alpha": v["alpha"], "err": round(v["err"], 8), "err_before": round(v["err_before"], 8)}
+                          for k, v in sorted(stats.get("smoothing", {}).items())},
+            "act_bits": dict(sorted(stats["act_bits"].items()))}
+        inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+        for n in out.graph.node:
+            if n.op_type == "QuantizeLinear" and n.input[1] in inits and n.input[2] in inits:
+                zp = inits[n.input[2]]
+                ctx.plan.tensors[n.output[0]] = TensorQuant(
+                    bits=8 * zp.dtype.itemsize, signed=zp.dtype.kind == "i",
+                    scale=[float(inits[n.input[1]].reshape(()))], zero_point=[int(zp.reshape(()))])
+        return PassResult(out, True, {"samples": len(feeds)})

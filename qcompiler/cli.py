@@ -34,10 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="Also: qcompile diff A B | qcompile inspect OUT | qcompile bench OUT")
     p.add_argument("model", help="float ONNX model (.onnx)")
     p.add_argument("--target", default="ort-cpu",
-                   help="ort-cpu, ort-cuda, cpu (TVM LLVM), cuda (TVM CUDA), mcu (C99 for Cortex-M)")
+                   help="ort-cpu (alias ort), ort-cuda, cpu (TVM LLVM), cuda (TVM CUDA), mcu (C99 for Cortex-M)")
     p.add_argument("-o", "--output", default=None, help="output directory (default: <model>.qc next to it)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
-    p.add_argument("--calib", default=None, help="calibration data: folder of images/.npy/.npz, or one file")
+    p.add_argument("--calib", default=None, help="calibration data: folder of images/.npy/.npz, or one file; "
+                   "for a text encoder also a .txt of sentences (default: built-in sentences)")
     p.add_argument("--calib-samples", type=int, default=None, help="use at most this many calibration samples")
     p.add_argument("--eval", dest="eval_data", default=None, help=".npz with inputs and labels: report accuracy")
     p.add_argument("--bits", default=None, help="candidate bit widths, e.g. 8 or 4,8 (default 8; 4,8 with a budget)")
@@ -177,6 +178,10 @@ def print_summary(console, result) -> None:
                 acc = f"{100 * e['accuracy']:.2f}%" if "accuracy" in e else "-"
                 t.add_row(f"{k} accuracy ({ev['samples']} samples)",
                           f"{acc}  (agrees with fp32: {100 * e['agreement_with_fp32']:.2f}%)")
+    cos = s.get("embedding_cosine")
+    if cos:
+        t.add_row(f"embedding cosine to fp32 ({cos['sentences']} sentences)",
+                  f"mean {cos['mean']:.4f}, min {cos['min']:.4f}")
     lat = s.get("target", {}).get("latency_ms")
     if lat is not None:
         t.add_row("latency (ms)", f"{lat:.3f}")

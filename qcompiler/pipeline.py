@@ -28,7 +28,7 @@ from .plan import QuantPlan
 log = logging.getLogger("qcompiler")
 
 TARGETS = ("ort-cpu", "ort-cuda", "cpu", "tvm-llvm", "cuda", "tvm-cuda", "mcu")
-ALIASES = {"tvm-llvm": "cpu", "tvm-cuda": "cuda"}
+ALIASES = {"tvm-llvm": "cpu", "tvm-cuda": "cuda", "ort": "ort-cpu"}
 
 
 @dataclass
@@ -116,6 +116,11 @@ def plan_and_quantize(model: onnx.ModelProto, ctx: PassContext, opts: CompileOpt
     from .passes.find_quantizable_layers import FindQuantizableLayers
     from .passes.insert_qdq import InsertQDQ
 
+    if ctx.settings.get("encoder"):  # transformer encoders: smoothing + W8A8 QDQ (passes/quantize_transformer.py)
+        from .passes.quantize_transformer import QuantizeTransformer
+
+        pm = PassManager([FindQuantizableLayers(), QuantizeTransformer()], debug=opts.debug, dump_dir=opts.dump_dir)
+        return pm.run(model, ctx)
     passes: list = [FindQuantizableLayers(), CalibrateRanges()]
     if _budgets_given(opts) or opts.pareto:
         from .passes.annotate_sensitivity import AnnotateSensitivity
@@ -165,12 +170,22 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
                 raise CalibrationError("--eval needs a model with one input",
                                        hint="evaluate multi-input models yourself")
             ctx.artifacts["eval"] = load_eval(eval_data, specs[0])
-        if calib is None:
+        from .passes.quantize_transformer import is_encoder
+
+        data = calib
+        if is_encoder(float_model):  # text encoders calibrate from sentences (built-in, or --calib FILE.txt)
+            from .text_calibration import sentence_feeds
+
+            ctx.settings["encoder"] = True
+            got = sentence_feeds(model, calib, limit=opts.calib_limit)
+            if got is not None:
+                data, ctx.settings["calib_source"] = got
+        if data is None:
             from .zeroq import distill_calibration  # ZeroQ: only with BatchNorm statistics (torch extra)
 
-            calib = distill_calibration(model, specs, ctx)
+            data = distill_calibration(model, specs, ctx)
             ctx.settings["calib_source"] = "ZeroQ distilled data (no --calib given)"
-        ctx.calib = CalibrationData.from_source(calib, specs, limit=opts.calib_limit)
+        ctx.calib = CalibrationData.from_source(data, specs, limit=opts.calib_limit)
         ctx.artifacts["float_model"] = float_model
         with atomic_output_dir(out, force=opts.force) as tmp:
             ctx.settings["out_dir"] = tmp
@@ -261,6 +276,10 @@ def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, o
                                                "samples": plan.stats.get("calibration", {}).get("samples")},
                                "size_bytes": weight_bytes(plan, float_model),
                                "fallback_ops": sorted(plan.fallback_ops), "target": target_info}
+    if ctx.settings.get("encoder"):
+        from .text_calibration import embedding_cosine
+
+        summary["embedding_cosine"] = embedding_cosine(float_model, stages.get("integer", stages["int8"]))
     if eval_data is not None:
         x, y = ctx.artifacts["eval"]
         batch = specs[0].shape[0]
