@@ -283,7 +283,7 @@ def _check_variant(m: onnx.ModelProto, name: str, tmp_path: Path, boards: tuple[
     mcu.emit(m, d, measure=False)
     prog, _ = mcu.plan(m)
     ref = IntReference(m, prog)
-    xs = _inputs("small" if "small" in name else "fashion", prog, 2)
+    xs = _inputs(name, prog, 2)
     ins, refs = [quantize_input(prog, x) for x in xs], [ref(x) for x in xs]
     if toolchain.have_host_cc():
         assert toolchain.run_host(toolchain.build_host(d / "mcu", build_dir=tmp_path / f"h_{name}"), ins,
@@ -363,6 +363,58 @@ def _mlp(seed: int = 4) -> onnx.ModelProto:
     m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 21)], producer_name="qcompiler-tests")
     m.ir_version = 10
     return m
+
+
+def _dw_model(seed: int = 5) -> onnx.ModelProto:
+    """Depthwise layers the example models lack: stride 2 (windows at the border on one side), 5x5 with
+    a channel multiplier of 2 (the portable path), 3x3 stride 1 (interior pixel pairs), under ReLU6."""
+    rng = np.random.default_rng(seed)
+    inits: list[onnx.TensorProto] = []
+
+    def w(name: str, shape: tuple[int, ...], scale: float = 0.3) -> str:
+        inits.append(onh.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name))
+        return name
+
+    for b, v in (("lo", 0.0), ("hi", 6.0)):
+        inits.append(onh.from_array(np.array(v, np.float32), b))
+    nodes = [
+        oh.make_node("Conv", ["x", w("e.w", (16, 8, 1, 1)), w("e.b", (16,), 0.1)], ["e"], name="e"),
+        oh.make_node("Clip", ["e", "lo", "hi"], ["e6"], name="ce"),
+        oh.make_node("Conv", ["e6", w("d1.w", (16, 1, 3, 3)), w("d1.b", (16,), 0.1)], ["d1"], pads=[1, 1, 1, 1],
+                     strides=[2, 2], group=16, name="d1"),
+        oh.make_node("Clip", ["d1", "lo", "hi"], ["d16"], name="cd1"),
+        oh.make_node("Conv", ["d16", w("d2.w", (32, 1, 5, 5), 0.2), w("d2.b", (32,), 0.1)], ["d2"],
+                     pads=[2, 2, 2, 2], group=16, name="d2"),
+        oh.make_node("Relu", ["d2"], ["d2r"], name="rd2"),
+        oh.make_node("Conv", ["d2r", w("d3.w", (32, 1, 3, 3)), w("d3.b", (32,), 0.1)], ["d3"], pads=[1, 1, 1, 1],
+                     group=32, name="d3"),
+        oh.make_node("Relu", ["d3"], ["d3r"], name="rd3"),
+        oh.make_node("Conv", ["d3r", w("p.w", (8, 32, 1, 1), 0.2), w("p.b", (8,), 0.1)], ["pj"], name="p"),
+        oh.make_node("GlobalAveragePool", ["pj"], ["g"], name="g"),
+        oh.make_node("Flatten", ["g"], ["y"], axis=1, name="fl"),
+    ]
+    g = oh.make_graph(nodes, "dw_model", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 21)], producer_name="qcompiler-tests")
+    m.ir_version = 10
+    return m
+
+
+def test_depthwise_variants_bit_exact(tmp_path):
+    """Stride 2, 5x5 with ch_mult 2, 3x3 interior pairs; 8-bit, 8-bit with narrowed clamps (the
+    depthwise requantization that is not a plain saturation) and 4-bit packed; host, M4, M0."""
+    calib = list(np.random.default_rng(1).standard_normal((16, 1, 8, 12, 12)).astype(np.float32))
+    for bits in (8, 4):
+        compile_model(_dw_model(), tmp_path / f"w{bits}", calib=calib,
+                      options=CompileOptions(target="mcu", bits=[bits]), name=f"dw{bits}")
+    m8 = onnx.load(str(tmp_path / "w8" / "model.int.onnx"))
+    m4 = onnx.load(str(tmp_path / "w4" / "model.int.onnx"))
+    prog, _ = mcu.plan(m8)
+    dws = [s for s in prog.steps if s.kind == "dw"]
+    want = {(2, 3, 1), (1, 5, 2), (1, 3, 1)}  # (stride, kernel, channel multiplier)
+    assert {(s.params["stride_h"], s.params["k_h"], s.params["ch_mult"]) for s in dws} == want
+    for name, m in (("dw8", m8), ("dw8_clamped", _clamped(m8)), ("dw4", m4)):
+        _check_variant(m, name, tmp_path, ("mps2-an386", "microbit"))
 
 
 @pytest.fixture(scope="module")
