@@ -41,18 +41,21 @@ def bench_output(out: Path, *, repeat: int = 50) -> dict[str, Any]:
     target = manifest.get("target", {}).get("target", manifest.get("flags", {}).get("target"))
     results: dict[str, Any] = {"target": target, "repeat": repeat}
     qdq = session((out / "model.qdq.onnx").read_bytes())
-    inp = qdq.get_inputs()[0]
-    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-    x = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
-    results["ort_qdq_ms"] = _time(lambda: qdq.run(None, {inp.name: x}), repeat)
+    rng = np.random.default_rng(0)
+    feeds = {}  # every input (an encoder has embeddings and an attention mask), uniform [0, 1)
+    for inp in qdq.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        feeds[inp.name] = rng.uniform(0, 1, shape).astype(np.float32)
+    results["ort_qdq_ms"] = _time(lambda: qdq.run(None, feeds), repeat)
     if (out / "model.int.onnx").is_file():
         integer = session((out / "model.int.onnx").read_bytes())
-        results["ort_integer_ms"] = _time(lambda: integer.run(None, {inp.name: x}), repeat)
+        results["ort_integer_ms"] = _time(lambda: integer.run(None, feeds), repeat)
     if target in ("cpu", "cuda"):
         from .runtime import load
 
         run = load(out)
-        results[f"tvm_{target}_ms"] = _time(lambda: run(x), repeat)
+        args = [feeds[io["name"]] for io in run.inputs]
+        results[f"tvm_{target}_ms"] = _time(lambda: run(*args), repeat)
     base = results["ort_qdq_ms"]
     results["ratios_to_ort_qdq"] = {k: v / base for k, v in results.items() if k.endswith("_ms")}
     return results
