@@ -43,7 +43,8 @@ from . import transformer
 log = logging.getLogger(__name__)
 
 DOMAIN = "qcompiler"
-FUSED_OPS = ("QConv", "QMatMul", "QAdd", "QAvgPool", "QRequant", "QSoftmax", "QGelu", "QLayerNorm", "QBatchMatMul")
+FUSED_OPS = ("QConv", "QMatMul", "QAdd", "QAvgPool", "QRequant", "QSoftmax", "QGelu", "QLayerNorm", "QBatchMatMul",
+             "QGroupMatMul")
 
 _NP2TVM = {
     np.dtype("int8"): "int8",
@@ -321,24 +322,66 @@ class _Builder:
         if self.shape_of(x)[-1] != k:
             raise self.err(node, f"QMatMul input of shape {self.shape_of(x)} does not match weight [K={k}, M={m}]")
         wexpr = self.weight_expr(node, w)
-        xdt = self.dtype_of(x)
         bias64 = np.zeros(m, np.int64) if bias is None else bias.astype(np.int64)
+        acc64 = self.matmul_acc(x, x_zp, w.astype(np.int64), wexpr, bias64)
+        qmin, qmax = self.qminmax(node, y_zp)
+        self.layers.append(node.name)
+        return self.requant(acc64, b, c, y_zp, qmin, qmax, [m])
+
+    def matmul_acc(self, x: relax.Expr, x_zp: int, w: np.ndarray, wexpr: relax.Expr,
+                   bias64: np.ndarray) -> relax.Expr:
+        """int64 ``(x - x_zp) @ w + bias`` for integer weights ``w`` [K, M] (|w| < 2^15), ``wexpr`` their Relax
+        value (any integer dtype: int8, unpacked 4-bit, or 4-bit times group scales).
+
+        8-bit x: int16 operands, int32 accumulators with ``x_zp * sum(w)`` folded into the bias (what
+        MatMulInteger computes, exact mod 2^32, and the lowering proved the result fits int32). Wider x
+        (int16 activations): x - x_zp in int32, and int64 accumulators when sum_k |x - x_zp| |w| + |bias|
+        could leave int32.
+        """
+        xdt = self.dtype_of(x)
         if np.iinfo(xdt).bits <= 8:
             x16 = self.emit(relax.op.astype(x, "int16"))
             w16 = self.emit(relax.op.astype(wexpr, "int16"))
             acc = self.emit(relax.op.matmul(x16, w16, out_dtype="int32"))
-            corr = bias64 - np.int64(x_zp) * w.astype(np.int64).sum(axis=0)
+            corr = bias64 - np.int64(x_zp) * w.sum(axis=0)
             acc = self.emit(relax.op.add(acc, _const(corr.astype(np.int32))))
-            acc64 = self.emit(relax.op.astype(acc, "int64"))
-        else:
-            info = np.iinfo(xdt)
-            xmax = max(abs(int(info.min) - x_zp), abs(int(info.max) - x_zp))
-            bound = k * xmax * int(np.abs(w.astype(np.int64)).max(initial=0)) + int(np.abs(bias64).max(initial=0))
-            acc_t = "int32" if bound < 2**31 else "int64"
-            xs = self.emit(relax.op.subtract(relax.op.astype(x, acc_t), _const(np.asarray(x_zp, acc_t))))
-            acc = self.emit(relax.op.matmul(xs, relax.op.astype(wexpr, acc_t), out_dtype=acc_t))
-            acc = self.emit(relax.op.add(acc, _const(bias64.astype(acc_t))))
-            acc64 = acc if acc_t == "int64" else self.emit(relax.op.astype(acc, "int64"))
+            return self.emit(relax.op.astype(acc, "int64"))
+        info = np.iinfo(xdt)
+        xmax = max(abs(int(info.min) - x_zp), abs(int(info.max) - x_zp))
+        bound = xmax * int(np.abs(w).sum(axis=0).max(initial=0)) + int(np.abs(bias64).max(initial=0))
+        acc_t = "int32" if bound < 2**31 else "int64"
+        xs = self.emit(relax.op.subtract(relax.op.astype(x, acc_t), _const(np.asarray(x_zp, acc_t))))
+        acc = self.emit(relax.op.matmul(xs, relax.op.astype(wexpr, acc_t), out_dtype=acc_t))
+        acc = self.emit(relax.op.add(acc, _const(bias64.astype(acc_t))))
+        return acc if acc_t == "int64" else self.emit(relax.op.astype(acc, "int64"))
+
+    def q_groupmatmul(self, node: onnx.NodeProto) -> relax.Expr:
+        """4-bit weight-only per-group matmul (``QGroupMatMul``): w [G, gs, M] in [-8, 7], integer group
+        scales u [G, M]; acc = sum_g u[g] ((x_g - x_zp) @ w[g]) + bias.
+
+        The groups are one matmul here: with W[g gs + j, m] = w[g, j, m] u[g, m] (|W| <= 8 * 255 < 2^15),
+        (x - x_zp) @ W is the same integer as the body's per-group sums (exact arithmetic; the lowering
+        bounds the total in int32). The weights stay 4-bit packed in the library; W is formed in the graph.
+        """
+        x = self.val(node.input[0])
+        x_zp = int(self.const_in(node, 1).reshape(-1)[0])
+        w, u = self.const_in(node, 2), self.const_in(node, 3)
+        bias = self.opt_const(node, 4)
+        b, c, y_zp = self.const_in(node, 5), self.const_in(node, 6), self.const_in(node, 7)
+        if w.ndim != 3 or u.shape != (w.shape[0], w.shape[2]):
+            raise self.err(node, f"QGroupMatMul weight {list(w.shape)} / group scales {list(u.shape)}: "
+                                 "expected [G, gs, M] and [G, M]")
+        g, gs, m = w.shape
+        if self.shape_of(x)[-1] != g * gs:
+            raise self.err(node, f"QGroupMatMul input of shape {self.shape_of(x)} does not match K = {g * gs}")
+        weff = (w.astype(np.int64) * u.astype(np.int64)[:, None, :]).reshape(g * gs, m)
+        if np.abs(weff).max(initial=0) >= 2**15:
+            raise self.err(node, "QGroupMatMul: |w u| does not fit int16 (group scales above 255?)")
+        w16 = self.emit(relax.op.astype(self.weight_expr(node, w), "int16"))
+        wexpr = self.emit(relax.op.reshape(relax.op.multiply(w16, _const(u.astype(np.int16)[:, None, :])),
+                                           [g * gs, m]))
+        bias64 = np.zeros(m, np.int64) if bias is None else bias.astype(np.int64)
+        acc64 = self.matmul_acc(x, x_zp, weff, wexpr, bias64)
         qmin, qmax = self.qminmax(node, y_zp)
         self.layers.append(node.name)
         return self.requant(acc64, b, c, y_zp, qmin, qmax, [m])
@@ -653,7 +696,8 @@ class _Builder:
             v = relax.Var(vi.name, relax.TensorType(dims, dt))
             params.append(v)
             in_info.append(IOInfo(vi.name, dims, dt))
-        handlers = {"QConv": self.q_conv, "QMatMul": self.q_matmul, "QAdd": self.q_add,
+        handlers = {"QConv": self.q_conv, "QMatMul": self.q_matmul, "QGroupMatMul": self.q_groupmatmul,
+                    "QAdd": self.q_add,
                     "QAvgPool": self.q_avgpool, "QRequant": self.q_requant,
                     "QuantizeLinear": self.quantize, "DequantizeLinear": self.dequantize}
         handlers.update({op: functools.partial(fn, self) for op, fn in transformer.HANDLERS.items()})
