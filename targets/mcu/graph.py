@@ -290,15 +290,6 @@ def pack_stream(w2d: np.ndarray, wbits: int, groups: int, bias: np.ndarray, b: n
     return ((stream + (1 << 32)) % (1 << 32)).astype(np.uint32).view(np.int32), k_pad, rq_fast
 
 
-def pack_nibbles(flat: np.ndarray) -> np.ndarray:
-    """4-bit values, element i in byte i/2, low nibble first (depthwise layout)."""
-    v = np.asarray(flat, np.int64).reshape(-1)
-    if v.size % 2:
-        v = np.concatenate([v, [0]])
-    b = (v[0::2] & 0xF) | ((v[1::2] & 0xF) << 4)
-    return b.astype(np.uint8).view(np.int8)
-
-
 def _wbits(w: np.ndarray) -> int:
     """4 when every weight fits a signed nibble (then it is stored packed, losslessly), else 8."""
     return 4 if w.size and int(w.min()) >= -8 and int(w.max()) <= 7 else 8
@@ -505,13 +496,14 @@ class _Reader:
         macs = oh * ow * m * cg * kh * kw
         if group > 1 and group == cin and cg == 1:
             wl = w.reshape(m, kh, kw).transpose(1, 2, 0).reshape(kh * kw, m)  # [tap][M]
+            m4 = _pad_k(m)
+            wt = np.zeros((kh * kw, m4), np.int64)
+            wt[:, :m] = wl
+            wt = wt.reshape(kh * kw, m4 // 4, 4)
             if wbits == 8:  # int16 [channel group of 4][tap][c0, c2, c1, c3] (qc_kernels.h)
-                m4 = _pad_k(m)
-                wt = np.zeros((kh * kw, m4), np.int64)
-                wt[:, :m] = wl
-                wq = wt.reshape(kh * kw, m4 // 4, 4)[..., BLOCK_ORDER].transpose(1, 0, 2).reshape(-1).astype(np.int16)
-            else:
-                wq = pack_nibbles(wl.reshape(-1))
+                wq = wt[..., BLOCK_ORDER].transpose(1, 0, 2).reshape(-1).astype(np.int16)
+            else:  # int8 [channel group of 4][tap][c0 .. c3]: one word per tap
+                wq = wt.transpose(1, 0, 2).reshape(-1).astype(np.int8)
             bias_f = bias - xzp_i * wl.sum(axis=0)  # pads read as the zero point
             self._check_acc(node, bias_f, kh * kw, wbits, abs(xzp_i))
             fr = fast_requant_channels(c, y_zp)

@@ -917,17 +917,14 @@ void qc_fc(const qc_fc_params *p, const int8_t *in, int8_t *out, int16_t *scratc
 
 /* ---------------------------------------------------------------- depthwise */
 
-/* Weight of output channel c at tap t (= ky * k_w + kx): 8-bit weights are int16, grouped by
- * 4 channels (out_c rounded up to a multiple of 4), per group all taps, per tap the 4 channels
- * as c0, c2, c1, c3 (the words (w0, w2), (w1, w3) pair with SXTB16 of 4 activations); 4-bit
- * ones are packed nibbles [tap][out_c]. */
+/* Weight of output channel c at tap t (= ky * k_w + kx), grouped by 4 channels (out_c rounded
+ * up to a multiple of 4), per group all taps: 8-bit weights as int16, per tap c0, c2, c1, c3
+ * (the words (w0, w2), (w1, w3) pair with SXTB16 of 4 activations); 4-bit ones as int8, per tap
+ * c0 .. c3 (one word, SXTB16 twice). */
 static inline int32_t qc_dw_weight(const qc_dw_params *p, int32_t t, int32_t c)
 {
-    if (p->wbits == 8) return ((const int16_t *)p->w)[((c >> 2) * p->k_h * p->k_w + t) * 4 + QC_COLPOS(c & 3)];
-    {
-        const int32_t idx = t * p->out_c + c, b = ((const uint8_t *)p->w)[idx >> 1];
-        return qc_sext4((idx & 1) ? (b >> 4) : b);
-    }
+    const int32_t i = ((c >> 2) * p->k_h * p->k_w + t) * 4;
+    return p->wbits == 8 ? ((const int16_t *)p->w)[i + QC_COLPOS(c & 3)] : ((const int8_t *)p->w)[i + (c & 3)];
 }
 
 static inline int32_t qc_dw_rq(const qc_dw_params *p, int32_t acc, int32_t c)
@@ -995,6 +992,58 @@ static QC_NOINLINE void qc_dw4_inside(const qc_dw_params *p, const int8_t *x, in
             for (kx = 0; kx < kw; kx++) QC_DW_TAP(qc_ld32(x + kx * xcol));
     }
     qc_dw4_store(p, c, a0, a1, a2, a3, o);
+}
+
+/* 4 channels of one output pixel, any window, for the layers the paths above do not take: packed
+ * 4-bit activations (a halfword of 4 nibbles per tap, unpacked into the same lanes) and 4-bit
+ * weights (int8, one word per tap); a packed output gets 2 bytes. */
+static QC_NOINLINE void qc_dw4_gen(const qc_dw_params *p, const int8_t *in, int32_t iy0, int32_t ix0, int32_t c,
+                                   int8_t *out, int32_t ob)
+{
+    const int32_t ntaps = p->k_h * p->k_w, xpk = QC_PK(p->in_pk), w8 = p->wbits == 8;
+    const int32_t *wq = (const int32_t *)p->w + (c >> (w8 ? 1 : 2)) * ntaps;
+    const int32_t zp2 = (int32_t)((uint32_t)(uint16_t)p->in_zp * 0x00010001u);
+    int32_t a0 = p->bias[c], a1 = p->bias[c + 1], a2 = p->bias[c + 2], a3 = p->bias[c + 3], ky, kx;
+    for (ky = 0; ky < p->k_h; ky++) {
+        const int32_t iy = iy0 + ky * p->dil_h, row_ok = iy >= 0 && iy < p->in_h;
+        for (kx = 0; kx < p->k_w; kx++) {
+            const int32_t ix = ix0 + kx * p->dil_w;
+            int32_t x02 = zp2, x13 = zp2, w02, w13;
+            if (row_ok && ix >= 0 && ix < p->in_w) {
+                const int32_t e = (iy * p->in_w + ix) * p->in_c + c;
+                if (xpk) {
+                    const uint8_t *b = (const uint8_t *)in + (e >> 1);
+                    const uint32_t h = (uint32_t)b[0] | ((uint32_t)b[1] << 8);
+                    x02 = (int32_t)((h & 0xFu) | ((h & 0xF00u) << 8));
+                    x13 = (int32_t)(((h >> 4) & 0xFu) | ((h & 0xF000u) << 4));
+                } else {
+                    const uint32_t v = qc_ld32(in + e);
+                    x02 = __sxtb16((int32_t)v);
+                    x13 = qc_sxtb16_ror8(v);
+                }
+            }
+            if (w8) {
+                w02 = wq[0];
+                w13 = wq[1];
+                wq += 2;
+            } else {
+                w02 = __sxtb16(wq[0]);
+                w13 = qc_sxtb16_ror8((uint32_t)wq[0]);
+                wq += 1;
+            }
+            a0 = __smlabb(x02, w02, a0);
+            a2 = __smlatt(x02, w02, a2);
+            a1 = __smlabb(x13, w13, a1);
+            a3 = __smlatt(x13, w13, a3);
+        }
+    }
+    if (QC_PK(p->out_pk)) {
+        uint8_t *o = (uint8_t *)out + ((ob + c) >> 1);
+        o[0] = (uint8_t)(qc_dw_rq(p, a0, c) | (qc_dw_rq(p, a1, c + 1) << 4));
+        o[1] = (uint8_t)(qc_dw_rq(p, a2, c + 2) | (qc_dw_rq(p, a3, c + 3) << 4));
+    } else {
+        qc_dw4_store(p, c, a0, a1, a2, a3, out + ob + c);
+    }
 }
 
 /* void qc_dw3x3x2(const int8_t *x, const int32_t *w, int32_t xcol, const qc_dw3_args *a):
@@ -1093,6 +1142,8 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
     int32_t oy, ox, ky, kx, c;
 #if QC_USE_DSP
     const int32_t simd = p->wbits == 8 && p->ch_mult == 1 && !p->in_pk && !p->out_pk && oc >= 4;
+    /* packed tensors (4 channels = whole bytes: an even channel count), 4-bit weights */
+    const int32_t gen = !simd && p->ch_mult == 1 && oc >= 4 && (!(p->in_pk || p->out_pk) || !(oc & 1));
     /* two pixels at a time: 3x3, stride 1, no dilation along W, every channel in groups of 4 */
     const int32_t pair = simd && kh == 3 && kw == 3 && p->stride_w == 1 && p->dil_w == 1 && (oc & 3) == 0;
 #endif
@@ -1117,6 +1168,8 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
                 ox++; /* the next pixel is done too */
                 continue;
             }
+            if (gen)
+                for (; c + 4 <= oc; c += 4) qc_dw4_gen(p, in, iy0, ix0, c, out, ob);
             if (simd) {
                 const int32_t inside = iy0 >= 0 && iy0 + (kh - 1) * p->dil_h < p->in_h && ix0 >= 0 &&
                                        ix0 + (kw - 1) * p->dil_w < in_w;

@@ -86,9 +86,9 @@ typedef struct {
 void qc_fc(const qc_fc_params *p, const int8_t *in, int8_t *out, int16_t *scratch);
 
 /* Depthwise conv (group == in_c, out_c = in_c * ch_mult).
- * Weights: 8-bit as int16 in groups of 4 channels (out_c rounded up to a multiple of 4),
- * per group every tap (ky, kx), per tap c0, c2, c1, c3; 4-bit [k_h][k_w][out_c] two per byte,
- * element i in byte i/2, low nibble first. Bias has in_zp folded in (bias - in_zp * sum(w));
+ * Weights in groups of 4 channels (out_c rounded up to a multiple of 4), per group every tap
+ * (ky, kx): 8-bit as int16, per tap c0, c2, c1, c3; 4-bit as int8, per tap c0 .. c3.
+ * Bias has in_zp folded in (bias - in_zp * sum(w));
  * pads read as in_zp. Requantization: rq_fast 1: y = clamp((hi32(acc * mult) + rnd) >> shift)
  * (graph.fast_requant); 0: docs/INTEGER_GRAPH.md with shift = c, rnd unused. */
 typedef struct {
