@@ -291,7 +291,8 @@ def pack_stream(w2d: np.ndarray, wbits: int, groups: int, bias: np.ndarray, b: n
 
 
 def _wbits(w: np.ndarray) -> int:
-    """4 when every weight fits a signed nibble (then it is stored packed, losslessly), else 8."""
+    """4 when every weight fits a signed nibble (conv / fully connected then store it packed, depthwise as int8;
+    losslessly), else 8."""
     return 4 if w.size and int(w.min()) >= -8 and int(w.max()) <= 7 else 8
 
 
