@@ -1141,9 +1141,11 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
     const int32_t oc = p->out_c, kh = p->k_h, kw = p->k_w, in_w = p->in_w, in_c = p->in_c;
     int32_t oy, ox, ky, kx, c;
 #if QC_USE_DSP
-    const int32_t simd = p->wbits == 8 && p->ch_mult == 1 && !p->in_pk && !p->out_pk && oc >= 4;
+    /* the paths qc_config.h leaves out (QC_DW) run the portable C */
+    const int32_t simd = (QC_DW & 1) && p->wbits == 8 && p->ch_mult == 1 && !p->in_pk && !p->out_pk && oc >= 4;
     /* packed tensors (4 channels = whole bytes: an even channel count), 4-bit weights */
-    const int32_t gen = !simd && p->ch_mult == 1 && oc >= 4 && (!(p->in_pk || p->out_pk) || !(oc & 1));
+    const int32_t gen = (QC_DW & 2) && !simd && p->ch_mult == 1 && oc >= 4 &&
+                        (!(p->in_pk || p->out_pk) || !(oc & 1));
     /* two pixels at a time: 3x3, stride 1, no dilation along W, every channel in groups of 4 */
     const int32_t pair = simd && kh == 3 && kw == 3 && p->stride_w == 1 && p->dil_w == 1 && (oc & 3) == 0;
 #endif
@@ -1303,35 +1305,19 @@ void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
 }
 }
 
+#if QC_USE_DSP
+/* Requantize 4 window sums given as 16-bit lanes (e: channels 0, 2; od: 1, 3) less nz each. */
+static QC_NOINLINE void qc_avg4(const qc_pool_params *p, int32_t e, int32_t od, int32_t nz, int8_t *o)
+{
+    o[0] = (int8_t)qc_rq(qc_sext16((uint32_t)e) - nz, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
+    o[1] = (int8_t)qc_rq(qc_sext16((uint32_t)od) - nz, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
+    o[2] = (int8_t)qc_rq(qc_sext16((uint32_t)e >> 16) - nz, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
+    o[3] = (int8_t)qc_rq(qc_sext16((uint32_t)od >> 16) - nz, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
+}
+#endif
+
 void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
 {
-#if QC_USE_DSP
-    /* Global pool (one output pixel), channels in fours: SXTAB16 adds bytes 0, 2 and 1, 3
-     * into 16-bit lanes (|sum| <= 255 * 128 fits), the zero point is taken off at the end. */
-    if (p->out_h == 1 && p->out_w == 1 && p->k_h == p->in_h && p->k_w == p->in_w && p->pad_t == 0 &&
-        p->pad_l == 0 && (p->c & 3) == 0 && p->in_h * p->in_w <= 255 && !p->in_pk && !p->out_pk) {
-        const int32_t n = p->in_h * p->in_w, c = p->c;
-        int32_t j, i;
-        for (j = 0; j < c; j += 4) {
-            int32_t e = 0, o = 0; /* lanes: channels j, j + 2 and j + 1, j + 3 */
-            const int8_t *x = in + j;
-            int8_t r[4];
-            for (i = 0; i < n; i++, x += c) {
-                const int32_t v = (int32_t)qc_ld32(x);
-                e = __sxtab16(e, v);
-                o = __sxtab16(o, (int32_t)(((uint32_t)v >> 8) | ((uint32_t)v << 24)));
-            }
-            r[0] = (int8_t)qc_rq(qc_sext16((uint32_t)e) - n * p->in_zp, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
-            r[1] = (int8_t)qc_rq(qc_sext16((uint32_t)o) - n * p->in_zp, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
-            r[2] = (int8_t)qc_rq(qc_sext16((uint32_t)e >> 16) - n * p->in_zp, p->mult, p->shift, p->out_zp, p->qmin,
-                                 p->qmax);
-            r[3] = (int8_t)qc_rq(qc_sext16((uint32_t)o >> 16) - n * p->in_zp, p->mult, p->shift, p->out_zp, p->qmin,
-                                 p->qmax);
-            memcpy(out + j, r, 4);
-        }
-        return;
-    }
-#endif
     {
     /* Same order as qc_maxpool, so it may run in place when pad_t == pad_l == 0. */
     int32_t oy, ox, ky, kx, c;
@@ -1353,7 +1339,6 @@ void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
                 for (; c < p->c; c += 4) {
                     int32_t e = 0, od = 0; /* lanes: channels c, c + 2 and c + 1, c + 3 */
                     const int8_t *r = base + c;
-                    int8_t y[4];
                     for (ky = y0; ky < y1; ky++, r += ys) {
                         const int8_t *q = r;
                         for (kx = x0; kx < x1; kx++, q += xs) {
@@ -1362,13 +1347,7 @@ void qc_avgpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
                             od = __sxtab16(od, (int32_t)((v >> 8) | (v << 24)));
                         }
                     }
-                    y[0] = (int8_t)qc_rq(qc_sext16((uint32_t)e) - nz, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
-                    y[1] = (int8_t)qc_rq(qc_sext16((uint32_t)od) - nz, p->mult, p->shift, p->out_zp, p->qmin, p->qmax);
-                    y[2] = (int8_t)qc_rq(qc_sext16((uint32_t)e >> 16) - nz, p->mult, p->shift, p->out_zp, p->qmin,
-                                         p->qmax);
-                    y[3] = (int8_t)qc_rq(qc_sext16((uint32_t)od >> 16) - nz, p->mult, p->shift, p->out_zp, p->qmin,
-                                         p->qmax);
-                    memcpy(out + ob + c, y, 4);
+                    qc_avg4(p, e, od, nz, out + ob + c);
                 }
             }
 #endif
