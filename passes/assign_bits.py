@@ -23,10 +23,12 @@ bits x activation bits). Objective: minimise the summed sensitivity
 
 On the MCU target, SRAM and flash are the backend's real numbers (:func:`mcu_costs`,
 measured by lowering the plan and calling ``targets.mcu.arena_bytes_for`` /
-``const_bytes_for``): the MCU holds 4-bit activations in int8 containers, so its arena
-does not depend on the bits and the SRAM cost is that constant; flash counts 8-bit
-weights as int16 and 4-bit ones packed. The solution is then re-measured and re-solved
-with tightened limits while the backend needs more than a budget (``AssignBits._tighten``).
+``const_bytes_for``): the MCU packs a tensor two values per byte where its bits are 4 and
+every kernel that touches it supports that, so the arena shrinks with activation bits; the
+live-bytes rows model that only approximately (they count one tensor per live set at the
+bits of its layer), so the solution is re-measured and re-solved with tightened limits
+while the backend needs more than a budget (``AssignBits._tighten``). Flash counts 8-bit
+weights as int16 and 4-bit ones packed.
 
 Solved with ``scipy.optimize.milp`` (HiGHS branch and cut). An infeasible budget
 raises :class:`~qcompiler.errors.BudgetError` naming the smallest feasible value,
@@ -663,10 +665,10 @@ def mcu_costs(p: BitProblem, plan: QuantPlan, measure: Callable[[QuantPlan], dic
 
     Measured on two real builds (the INT8 plan and the fewest-bits plan):
 
-    * SRAM: the MCU holds 4-bit activations in int8 containers and widens im2col to int16 whatever
-      the weights, so the arena does not depend on the bit assignment; the cost is that constant
-      (a budget below it is infeasible, and the error names it). Should a future backend pack
-      activations (the two arenas differ), the live-bytes rows stay and ``_tighten`` checks them.
+    * SRAM: the MCU packs 4-bit activations two per byte where its kernels allow, so the INT8 and
+      fewest-bits arenas differ; the live-bytes rows stay and ``_tighten`` checks each solution
+      against the real arena. When the two arenas are equal (nothing packable) the cost is that
+      constant (a budget below it is infeasible, and the error names it).
     * flash: 8-bit weights are stored as int16 (2 bytes per weight), 4-bit ones packed; the
       per-weight bytes of each width and the fixed part (biases, requantization constants) are
       fitted so both measured plans cost exactly what the backend emits.
