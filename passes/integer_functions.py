@@ -52,6 +52,8 @@ SIGNATURES: dict[str, tuple[list[str], list[str]]] = {
     "QGelu": (["x", "x_zp", "m1", "m3", "b", "c", "y_zp"], ["qmin", "qmax"]),
     "QLayerNorm": (["x", "x_zp", "g", "beta", "c", "eps", "y_zp"], ["qmin", "qmax"]),
     "QBatchMatMul": (["a", "a_zp", "b_in", "b_zp", "b", "c", "y_zp"], ["qmin", "qmax"]),
+    # 4-bit weight-only, per group along K (numerics.qgroupmatmul)
+    "QGroupMatMul": (["x", "x_zp", "w", "u", "bias", "b", "c", "y_zp"], ["qmin", "qmax"]),
 }
 
 
@@ -245,6 +247,32 @@ def _transformer_body(op: str) -> list[onnx.NodeProto] | None:
             h.make_node("Mul", ["ln_t", "g"], ["ln_tg"]),
             h.make_node("Add", ["ln_tg", "beta"], ["v"]),
             *_shift_round_clamp("v", "c", "y_zp", "y"),
+        ]
+    if op == "QGroupMatMul":
+        # x [..., K] -> [R, G, gs] -> [G, R, gs]; one MatMulInteger per group (batched), int32 sums
+        # weighted by the integer group scales u, summed over groups, then the usual requantization
+        return [
+            _const("gm_m1", np.array([-1], np.int64)),
+            _const("gm_ax0", np.array([0], np.int64)),
+            _const("gm_ax1", np.array([1], np.int64)),
+            h.make_node("Shape", ["w"], ["gm_ggs"], start=0, end=2),
+            h.make_node("Concat", ["gm_m1", "gm_ggs"], ["gm_xs"], axis=0),
+            h.make_node("Reshape", ["x", "gm_xs"], ["gm_x3"]),
+            h.make_node("Transpose", ["gm_x3"], ["gm_xt"], perm=[1, 0, 2]),
+            h.make_node("MatMulInteger", ["gm_xt", "w", "x_zp"], ["gm_acc"]),
+            h.make_node("Cast", ["gm_acc"], ["gm_acc64"], to=TensorProto.INT64),
+            h.make_node("Cast", ["u"], ["gm_u64"], to=TensorProto.INT64),
+            h.make_node("Unsqueeze", ["gm_u64", "gm_ax1"], ["gm_u3"]),
+            h.make_node("Mul", ["gm_acc64", "gm_u3"], ["gm_accu"]),
+            h.make_node("ReduceSum", ["gm_accu", "gm_ax0"], ["gm_sum"], keepdims=0),
+            h.make_node("Cast", ["bias"], ["gm_bias64"], to=TensorProto.INT64),
+            h.make_node("Add", ["gm_sum", "gm_bias64"], ["gm_accb"]),
+            h.make_node("Mul", ["gm_accb", "b"], ["v"]),
+            *_shift_round_clamp("v", "c", "y_zp", "gm_y2"),
+            h.make_node("Shape", ["x"], ["gm_lead"], start=0, end=-1),
+            h.make_node("Shape", ["w"], ["gm_m"], start=2),
+            h.make_node("Concat", ["gm_lead", "gm_m"], ["gm_ys"], axis=0),
+            h.make_node("Reshape", ["gm_y2", "gm_ys"], ["y"]),
         ]
     if op == "QBatchMatMul":
         return [

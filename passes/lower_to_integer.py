@@ -502,9 +502,51 @@ class _Lowering:
         self.consume(node)
         return True
 
+    def lower_group_matmul(self, node: onnx.NodeProto) -> bool:
+        """Gemm(transB) with 4-bit weights in groups along K (blocked DequantizeLinear) -> QGroupMatMul."""
+        x = self.float_qt.get(node.input[0])
+        dq, w = self.weights[node.input[1]]
+        out = self.take_output(node)
+        attrs = {a.name: h.get_attribute_value(a) for a in node.attribute}
+        gs = int(next((a.i for a in dq.attribute if a.name == "block_size"), 0))
+        if (x is None or out is None or node.op_type != "Gemm" or not attrs.get("transB", 0)
+                or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0
+                or w.q.ndim != 2 or w.axis != 1 or gs <= 0 or w.q.shape[1] % gs or np.any(w.zp != 0)):
+            return False
+        m, k = w.q.shape
+        g = k // gs
+        if w.scale.shape != (m, g) or w.q.min(initial=0) < -8 or w.q.max(initial=0) > 7:
+            return False
+        base, u = numerics.group_scales(w.scale)  # scales are base[m] * u[g, m], u integer in [1, 255]
+        if u.min() < 1 or u.max() > numerics.GROUP_U_MAX or not np.allclose(
+                base[None, :] * u, w.scale.T, rtol=1e-6, atol=0):
+            return False
+        s_acc = np.float64(x.scale) * base
+        bias = self.bias(node, 2, s_acc)
+        if bias is None:
+            return False
+        w_abs = np.abs(w.q).T * np.repeat(u, gs, axis=0)  # [K, M]: |w| u of its group
+        if not self.acc_ok(node, x, w_abs.sum(0), bias):
+            return False
+        qt, qmin, qmax = out
+        b, c = numerics.dyadic_array(s_acc / qt.scale, what=f"node '{node.name}': requantize multiplier")
+        base_name = node.name
+        self.out_nodes.append(fn.make_node(
+            "QGroupMatMul", [x.name, self.zp_const(x, f"{base_name}.x"),
+                             self.const(f"{base_name}.w_int4", w.q.T.reshape(g, gs, m).astype(np.int8)),
+                             self.const(f"{base_name}.u", u.astype(np.uint8)),
+                             self.const(f"{base_name}.bias_i32", bias.astype(np.int32)),
+                             self.const(f"{base_name}.b", b), self.const(f"{base_name}.c", c),
+                             self.zp_const(qt, f"{base_name}.y")],
+            qt.name, self.unique(base_name), qmin=qmin, qmax=qmax))
+        self.consume(node)
+        return True
+
     def lower_matmul(self, node: onnx.NodeProto) -> bool:
         x = self.float_qt.get(node.input[0])
         wt = self.weights.get(node.input[1])
+        if wt is not None and any(a.name == "block_size" and a.i > 0 for a in wt[0].attribute):
+            return self.lower_group_matmul(node)
         if node.op_type == "MatMul" and wt is None and node.input[1] in self.float_qt:
             return self.lower_batch_matmul(node)
         out = self.take_output(node)

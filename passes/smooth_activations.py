@@ -38,15 +38,15 @@ unless ``smooth=False``). Reference: Xiao et al., SmoothQuant (ICML 2023).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler.calibration import RangeObserver
+from qcompiler.ort_session import session
 from qcompiler.passmanager import Pass, PassContext, PassResult
 from qcompiler.quantize import activation_qparams
 
@@ -110,15 +110,21 @@ def _fake_quant_w(w: np.ndarray) -> np.ndarray:
 
 
 def search_scale(x: np.ndarray, ws: Sequence[np.ndarray], *, alphas: Sequence[float] = ALPHAS,
-                 method: str = "mse") -> tuple[np.ndarray, float, float, float]:
+                 method: str = "mse", weight_quant: Callable[[np.ndarray], np.ndarray] | None = None,
+                 form: str = "smoothquant") -> tuple[np.ndarray, float, float, float]:
     """Per-channel ``s`` for activations ``x`` [rows, K] read by weights ``ws`` ([N, K] each).
 
-    Returns (s, alpha, error with s, error without smoothing); the error is the sum over readers of
-    the mean over output channels n of ||(Q(x/s) Q(W s)^T - x W^T)_n||^2 / ||(x W^T)_n||^2. Per output
-    channel, because a Gemm writing the residual stream has its own outlier channel (MiniLM: 194
-    against ~1) that would otherwise hide the error of every other channel.
+    ``form``: ``"smoothquant"`` (s = max|x|^alpha / max|W|^(1 - alpha)) or ``"awq"`` (s = mean|x|^alpha,
+    AWQ's activation-aware form); ``weight_quant`` fake-quantizes a scaled weight [N, K] (default
+    8-bit per output channel). Returns (s, alpha, error with s, error without scaling); the error is
+    the sum over readers of the mean over output channels n of
+    ||(Q(x/s) Qw(W s)^T - x W^T)_n||^2 / ||(x W^T)_n||^2. Per output channel, because a Gemm writing
+    the residual stream has its own outlier channel (MiniLM: 194 against ~1) that would otherwise
+    hide the error of every other channel.
     """
-    xmax = np.maximum(np.abs(x).max(0).astype(np.float64), 1e-5)  # over all rows
+    wq = weight_quant or _fake_quant_w
+    ax = np.abs(x)
+    xstat = np.maximum((ax.max(0) if form == "smoothquant" else ax.mean(0)).astype(np.float64), 1e-5)
     wmax = np.maximum(np.max([np.abs(w).max(0) for w in ws], axis=0).astype(np.float64), 1e-5)
     step = -(-len(x) // SEARCH_ROWS)
     x = x[::step].astype(np.float32)  # the error is estimated on a strided subset of the rows
@@ -129,15 +135,15 @@ def search_scale(x: np.ndarray, ws: Sequence[np.ndarray], *, alphas: Sequence[fl
         xq = _fake_quant_act(x / s32, method).astype(np.float32)
         total = 0.0
         for w, r in zip(ws, refs, strict=True):
-            d = xq @ _fake_quant_w(w * s32).T.astype(np.float32) - r
+            d = xq @ wq(w * s32).T.astype(np.float32) - r
             total += float(np.mean(np.sum(d * d, 0, dtype=np.float64)
                                    / np.maximum(np.sum(r * r, 0, dtype=np.float64), 1e-30)))
         return total
 
-    base = err(np.ones_like(xmax))
-    best = (np.ones_like(xmax), 0.0, base)
+    base = err(np.ones_like(xstat))
+    best = (np.ones_like(xstat), 0.0, base)
     for a in alphas:
-        s = xmax**a / wmax ** (1 - a)
+        s = xstat**a / wmax ** (1 - a) if form == "smoothquant" else xstat**a
         s = s / np.exp(np.mean(np.log(s)))  # overall level is free (grids are rescaled anyway); keep it near 1
         e = err(s)
         if e < best[2]:
@@ -189,9 +195,7 @@ def _collect(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
     for t in tensors:
         if t not in known:
             m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session(m, optimize=False)
     rows: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     for feed in feeds:
         for t, v in zip(tensors, sess.run(tensors, feed), strict=True):
@@ -199,16 +203,16 @@ def _collect(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
     return {t: np.concatenate(v) for t, v in rows.items()}
 
 
-def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], *,
-                       alphas: Sequence[float] = ALPHAS, method: str = "mse",
-                       ops: Iterable[str] = SITES) -> tuple[onnx.ModelProto, dict]:
-    """Float model -> same function with per-channel factors moved into the Gemm weights (module docstring).
+Sites = dict[str, tuple[onnx.NodeProto, list[_Reader]]]
+InputSites = dict[str, tuple[onnx.NodeProto, onnx.NodeProto]]
 
-    Returns the new model and a report {site: {alpha, err, err_before}} (relative output errors of
-    the reader Gemms under 8-bit simulation, summed over readers).
+
+def find_sites(model: onnx.ModelProto, ops: Iterable[str] = SITES) -> tuple[Sites, InputSites]:
+    """The smoothing sites of a float model (nodes of ``model`` itself, not copies).
+
+    Returns ({activation: (LayerNorm or Gelu node, its reader Gemms)}, {GELU input: (producing Gemm, Gelu)}).
     """
-    m = onnx.ModelProto.FromString(model.SerializeToString())
-    g = m.graph
+    g = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
@@ -240,9 +244,34 @@ def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndar
                     and n.input[0] not in outputs and _gemm_reader(p, p.input[0], inits) is not None
                     and len(p.input) > 2 and p.input[2] in inits and inits[p.input[2]].ndim == 1):
                 in_sites[n.input[0]] = (p, n)
+    return sites, in_sites
+
+
+def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], *,
+                       alphas: Sequence[float] = ALPHAS, method: str = "mse",
+                       ops: Iterable[str] = SITES, fixed: Mapping[str, np.ndarray] | None = None
+                       ) -> tuple[onnx.ModelProto, dict]:
+    """Float model -> same function with per-channel factors moved into the Gemm weights (module docstring).
+
+    ``fixed``: scales chosen elsewhere for some sites (the AWQ scales of 4-bit readers,
+    passes/search_awq_scales.py); the other sites are searched. Returns the new model and a report
+    {site: {alpha, err, err_before}} (relative output errors of the reader Gemms under 8-bit
+    simulation, summed over readers; alpha -1 for a fixed scale).
+    """
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    g = m.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+    sites, in_sites = find_sites(m, ops)
+    fixed = dict(fixed or {})
     if not sites and not in_sites:
         return m, {}
-    acts = _collect(m, feeds, list(sites) + list(in_sites))
+    need = [t for t in list(sites) + list(in_sites) if t not in fixed]
+    acts = _collect(m, feeds, need) if need else {}
     report: dict[str, dict] = {}
     new_inits: list[onnx.TensorProto] = []
     extra: dict[int, list[onnx.NodeProto]] = {}
@@ -261,8 +290,13 @@ def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndar
         return name
 
     for y, (node, gemms) in sites.items():
-        s, alpha, e, e0 = search_scale(acts[y], [r.w for r in gemms], alphas=alphas, method=method)
-        report[y] = {"alpha": alpha, "err": e, "err_before": e0}
+        if y in fixed:
+            s, alpha = np.asarray(fixed[y], np.float32), -1.0
+            report[y] = {"fixed": True}
+        else:
+            s, alpha, e, e0 = search_scale(acts[y], [r.w for r in gemms], alphas=alphas, method=method)
+            report[y] = {"alpha": alpha, "err": e, "err_before": e0}
+            log.info("smoothed %s (alpha %.1f): reader error %.3g -> %.3g", y, alpha, e0, e)
         if alpha == 0.0:
             continue
         ys = fresh(f"{y}{SMOOTH_SUFFIX}")
@@ -281,10 +315,14 @@ def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndar
             w = (r.w * s[None, :]).astype(np.float32)
             wn = put(fresh(f"{r.node.input[1]}{SMOOTH_SUFFIX}"), w if r.trans_b else np.ascontiguousarray(w.T))
             r.node.input[0], r.node.input[1] = ys, wn
-        log.info("smoothed %s (alpha %.1f): reader error %.3g -> %.3g", y, alpha, e0, e)
     for x, (gemm, _) in in_sites.items():
-        s, alpha, e, e0 = search_input_scale(acts[x], alphas=alphas, method=method)
-        report[x] = {"alpha": alpha, "err": e, "err_before": e0}
+        if x in fixed:
+            s, alpha = np.asarray(fixed[x], np.float32), -1.0
+            report[x] = {"fixed": True}
+        else:
+            s, alpha, e, e0 = search_input_scale(acts[x], alphas=alphas, method=method)
+            report[x] = {"alpha": alpha, "err": e, "err_before": e0}
+            log.info("smoothed GELU input %s (alpha %.1f): error %.3g -> %.3g", x, alpha, e0, e)
         if alpha == 0.0:
             continue
         r = _gemm_reader(gemm, gemm.input[0], inits)
@@ -296,7 +334,6 @@ def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndar
         gemm.input[1], gemm.input[2] = wn, bn
         gemm.output[0] = xs
         extra[id(gemm)] = [helper.make_node("Mul", [xs, sn], [x], name=fresh(f"{gemm.name}{SMOOTH_SUFFIX}"))]
-        log.info("smoothed GELU input %s (alpha %.1f): error %.3g -> %.3g", x, alpha, e0, e)
     still_read = {i for n in g.node for i in n.input} | outputs
     nodes = []
     for n in g.node:

@@ -450,3 +450,38 @@ def qbatchmatmul(a: np.ndarray, a_zp: int | np.ndarray, bx: np.ndarray, b_zp: in
                     np.asarray(bx, np.int64) - np.int64(np.asarray(b_zp).item()))
     _check_acc32(acc, "QBatchMatMul")
     return _out(requantize(acc, b, c, np.asarray(y_zp).item(), qmin, qmax), y_zp)
+
+
+# ----------------------------------------------------------------------------- 4-bit grouped weights (issue #11)
+GROUP_U_MAX = 255  # per-group scale multipliers u in [1, 255] (uint8): the group's scale is base[m] * u[g, m]
+
+
+def group_scales(scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float group scales ``[M, G]`` that are ``base[m] * u[g, m]`` -> (base float64 [M], u int64 [G, M]).
+
+    ``base = max_g scale / 255``; ``u = round(scale / base)`` recovers the integers exactly when the
+    scales were made as float32(base * u) (relative float32 error 2^-24 << 1/255).
+    """
+    s = np.asarray(scale, np.float64)
+    base = s.max(axis=1) / GROUP_U_MAX
+    u = np.rint(s / base[:, None]).astype(np.int64)
+    return base, u.T
+
+
+def qgroupmatmul(x: np.ndarray, x_zp: int | np.ndarray, w: np.ndarray, u: np.ndarray, bias: np.ndarray,
+                 b: np.ndarray, c: np.ndarray, y_zp: int | np.ndarray, *, qmin: int = -128,
+                 qmax: int = 127) -> np.ndarray:
+    """Reference for ``qcompiler.QGroupMatMul``: 4-bit weights in groups of ``gs`` along K, integer group scales.
+
+    x [..., K] (K = G gs); w int8 [G, gs, M] with values in [-8, 7]; u uint8 [G, M] in [1, 255];
+    acc[..., m] = sum_g u[g, m] * sum_j (x[..., g gs + j] - x_zp) w[g, j, m] + bias[m] (int32 range,
+    checked); y = requant(acc, b[m], c[m], y_zp) with b/2^c ~ s_x base[m] / s_y.
+    """
+    dx = np.asarray(x, np.int64) - np.int64(np.asarray(x_zp).item())
+    g, gs, m = w.shape
+    xg = dx.reshape(*dx.shape[:-1], g, gs)
+    acc_g = np.einsum("...gj,gjm->...gm", xg, np.asarray(w, np.int64))
+    acc = (acc_g * np.asarray(u, np.int64)).sum(-2) + np.asarray(bias, np.int64)
+    _check_acc32(acc, "QGroupMatMul")
+    return _out(requantize(acc, np.asarray(b, np.int64), np.asarray(c, np.int64), np.asarray(y_zp).item(),
+                           qmin, qmax), y_zp)

@@ -104,4 +104,39 @@ def test_bad_encoder_inputs_are_one_line_errors(model_file, tmp_path, capsys) ->
     bare_file = tmp_path / "bare.onnx"
     onnx.save(bare, str(bare_file))
     _one_line_error(capsys, [str(bare_file), "-o", str(tmp_path / "o4")], "text front end", "--calib")
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+    _one_line_error(capsys, [str(model_file), "-o", str(tmp_path / "o5"), "--group-size", "0"], "--group-size")
+    _one_line_error(capsys, [str(model_file), "-o", str(tmp_path / "o6"), "--size-budget", "60%", "--pareto", "3"],
+                    "--pareto")
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
+
+
+@pytest.fixture(scope="module")
+def budgeted(model_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "mixed"
+    rc = main([str(model_file), "--target", "ort", "-o", str(out), "--calib-samples", "32", "--size-budget", "60%",
+               "-q"])
+    assert rc == 0
+    return out
+
+
+@pytest.mark.slow
+def test_size_budget_picks_4bit_layers_and_stays_bit_exact(budgeted) -> None:
+    s = json.loads((budgeted / "summary.json").read_text())
+    f = s["formats"]
+    assert f.get("w4a8", 0) > 0 and f.get("w8a8", 0) > 0 and sum(f.values()) == 36, f
+    assert s["size_bytes"]["quantized"] <= 0.6 * s["size_bytes"]["int8"] + 1
+    plan = json.loads((budgeted / "plan.json").read_text())
+    assert plan["stats"]["awq"]["group_size"] == 128
+    for name in ("l0.q", "l0.k", "l0.v"):  # one activation, one scale: its readers share a width
+        assert plan["layers"][name]["weight_bits"] == plan["layers"]["l0.q"]["weight_bits"]
+    # measured (32 calibration sentences): 32 layers at 4 bits, cosine mean 0.9637, min 0.9476
+    assert s["embedding_cosine"]["mean"] >= 0.955 and s["embedding_cosine"]["min"] >= 0.94, s["embedding_cosine"]
+    im = onnx.load(str(budgeted / "model.int.onnx"))
+    ops = [n.op_type for n in im.graph.node]
+    assert ops.count("QGroupMatMul") == f["w4a8"] and ops.count("QMatMul") == f["w8a8"]
+    assert integer_only_violations(im, []) == []
+    fe = minilm.Preprocessor()
+    si, ref = session(im, optimize=False), ReferenceEvaluator(im)
+    for sent in builtin_sentences(300)[-2:]:
+        x = fe(sent)
+        assert np.array_equal(si.run(None, x)[0], ref.run(None, x)[0])
