@@ -46,6 +46,7 @@ class CompileOptions:
     calib_limit: int | None = None
     cuda_arch: str = "sm_90"
     tune: int = 0
+    group_size: int = 128  # 4-bit MatMul weights of transformer encoders: input channels per scale
     force: bool = False
     debug: bool = False
     dump_dir: Path | None = None
@@ -56,6 +57,7 @@ class CompileOptions:
             "input_shapes": self.input_shapes, "budgets": dict(sorted(self.budgets.items())),
             "sensitivity": self.sensitivity, "weight_only": self.weight_only, "pareto": self.pareto,
             "calib_limit": self.calib_limit, "cuda_arch": self.cuda_arch, "tune": self.tune,
+            "group_size": self.group_size,
         }
 
 
@@ -119,8 +121,16 @@ def plan_and_quantize(model: onnx.ModelProto, ctx: PassContext, opts: CompileOpt
     if ctx.settings.get("encoder"):  # transformer encoders: smoothing + W8A8 QDQ (passes/quantize_transformer.py)
         from .passes.quantize_transformer import QuantizeTransformer
 
-        pm = PassManager([FindQuantizableLayers(), QuantizeTransformer()], debug=opts.debug, dump_dir=opts.dump_dir)
-        return pm.run(model, ctx)
+        enc: list = [FindQuantizableLayers()]
+        if 4 in ctx.settings["bits"] and (_budgets_given(opts) or 8 not in ctx.settings["bits"]):
+            from .passes.search_awq_scales import SearchAWQScales  # 4-bit per-group weights, AWQ scales
+
+            enc.append(SearchAWQScales())
+            if _budgets_given(opts):
+                from .passes.assign_bits import AssignBits
+
+                enc.append(AssignBits())
+        return PassManager(enc + [QuantizeTransformer()], debug=opts.debug, dump_dir=opts.dump_dir).run(model, ctx)
     passes: list = [FindQuantizableLayers(), CalibrateRanges()]
     if _budgets_given(opts) or opts.pareto:
         from .passes.annotate_sensitivity import AnnotateSensitivity
@@ -176,7 +186,11 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
         if is_encoder(float_model):  # text encoders calibrate from sentences (built-in, or --calib FILE.txt)
             from .text_calibration import sentence_feeds
 
-            ctx.settings["encoder"] = True
+            if opts.pareto:
+                raise FlagError("--pareto is not supported for transformer encoders yet",
+                                hint="give one --size-budget at a time")
+            # weight-only choices: activations stay 8-bit (16-bit on the residual stream)
+            ctx.settings.update(encoder=True, weight_only=True, act_bits=[8], group_size=opts.group_size)
             got = sentence_feeds(model, calib, limit=opts.calib_limit)
             if got is not None:
                 data, ctx.settings["calib_source"] = got
