@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{b}-budget", default=None, help=f"{b} budget for the bit-assignment ILP")
     p.add_argument("--sensitivity", default="kl", choices=["kl", "hessian"], help="layer sensitivity method")
     p.add_argument("--weight-only", action="store_true", help="keep activations at 8 bits")
+    p.add_argument("--group-size", type=int, default=128,
+                   help="transformer encoders: input channels per scale of 4-bit MatMul weights "
+                        "(default 128, or the layer's input size when smaller)")
     p.add_argument("--pareto", type=int, default=0, help="sweep the budget over N points (pareto.json + plot)")
     p.add_argument("--cuda-arch", default="sm_90", help="sm_80 or sm_90 for --target cuda")
     p.add_argument("--tune", type=int, default=0, help="TVM meta_schedule trials (slow; records are cached)")
@@ -80,7 +83,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         if text is not None and kind in KINDS:
             parse_budget(kind, text)  # raises BudgetError naming the flag and a valid example
     for flag, value, least in (("--calib-samples", args.calib_samples, 1), ("--pareto", args.pareto, 0),
-                               ("--tune", args.tune, 0)):
+                               ("--tune", args.tune, 0), ("--group-size", args.group_size, 1)):
         if value is not None and value < least:
             raise FlagError(f"{flag} {value} must be at least {least}", hint="see qcompile --help")
 
@@ -141,7 +144,8 @@ def compile_main(argv: Sequence[str]) -> int:
         input_shapes=parse_input_shapes(args.input_shape),
         budgets={b: getattr(args, f"{b}_budget") for b in BUDGET_FLAGS if getattr(args, f"{b}_budget")},
         sensitivity=args.sensitivity, weight_only=args.weight_only, pareto=args.pareto,
-        calib_limit=args.calib_samples, cuda_arch=args.cuda_arch, tune=args.tune, force=args.force,
+        calib_limit=args.calib_samples, cuda_arch=args.cuda_arch, tune=args.tune, group_size=args.group_size,
+        force=args.force,
         debug=args.debug, dump_dir=Path(args.dump_stages) if args.dump_stages else None)
     _check_inputs_outside(out, {"model": args.model, "--calib": args.calib, "--eval": args.eval_data})
     progress = _progress_factory(console, args.quiet)
