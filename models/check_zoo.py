@@ -32,12 +32,12 @@ def check(name: str) -> dict[str, float]:
     row = {
         "model_s": t_model,
         "top1": float((pred == y).mean()),
-        "top1_center": float((pred[:20] == y[:20]).mean()) if name != "fashion_cnn" else float("nan"),
+        "top1_center": float((pred[:20] == y[:20]).mean()) if zoo.entry(name).needs_torch else float("nan"),
         "top5": float(np.mean([y[i] in top5[i] for i in range(len(y))])),
         "ort_ms": latency_ms,
         "n": len(x),
     }
-    if name != "fashion_cnn":
+    if zoo.entry(name).needs_torch:
         diff_x = np.concatenate([x[:2], zoo.get_calib_data(name, 2)])
         row["max_abs_diff"] = max_abs_diff_vs_torch(zoo.build_torch(name), path, diff_x)
         for i in range(20):

@@ -8,6 +8,7 @@ weight package) or how it preprocesses images. Nothing here touches the network.
 name                   model                                        data
 =====================  ===========================================  ===================================
 ``fashion_cnn``        committed ``models/fashion_cnn.onnx``        committed Fashion-MNIST slices
+``fashion_mbv2``       committed ``models/fashion_mbv2.onnx``       the same slices
 ``mobilenet_v2``       torchvision MobileNetV2, exported + cached   foolbox (eval) / skimage+foolbox
 ``efficientnet_lite0``  EfficientNet-Lite0, exported + cached        crops (calib), see imagenet_data
 =====================  ===========================================  ===================================
@@ -43,12 +44,15 @@ _ENTRIES = {
     e.name: e
     for e in (
         ZooEntry("fashion_cnn", (1, 1, 28, 28)),
+        # MobileNetV2's architecture scaled down to fit a Cortex-M0 (micro:bit); models/train_fashion_mbv2.py
+        ZooEntry("fashion_mbv2", (1, 1, 28, 28)),
         ZooEntry("mobilenet_v2", (1, 3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True, True),
         # The Lite models were trained in TF on (pixel - 127) / 128: ImageNet mean/std costs ~10 points.
         ZooEntry("efficientnet_lite0", (1, 3, 224, 224), (127 / 255,) * 3, (128 / 255,) * 3, True),
     )
 }
 MODEL_NAMES = tuple(_ENTRIES)
+_FASHION = ("fashion_cnn", "fashion_mbv2")  # committed ONNX files on the committed Fashion-MNIST slices
 
 
 def entry(name: str) -> ZooEntry:
@@ -75,11 +79,11 @@ def get_model(name: str, input_size: int | None = None) -> Path:
     ImageNet models are exported on first use into ``$QCOMPILER_CACHE/models`` (default
     ``~/.cache/qcompiler/models``); that needs torch and the weight packages. ``input_size`` exports a
     resizable model (MobileNetV2) at ``[1, 3, input_size, input_size]`` with the same weights: how it
-    runs on a microcontroller (the MCU tests use 96); each size is cached separately.
+    runs on a microcontroller (the MCU tests use 128); each size is cached separately.
     """
     size = _size(name, input_size)
-    if name == "fashion_cnn":
-        return MODELS_DIR / "fashion_cnn.onnx"
+    if name in _FASHION:
+        return MODELS_DIR / f"{name}.onnx"
     if name == "mobilenet_v2":
         from models import mobilenet_v2
 
@@ -106,7 +110,7 @@ def build_torch(name: str):
 @functools.lru_cache(maxsize=4)
 def _eval_cached(name: str, size: int | None) -> tuple[np.ndarray, np.ndarray]:
     e = entry(name)
-    if name == "fashion_cnn":
+    if name in _FASHION:
         from models.fashion_mnist import load_eval
 
         return load_eval()
@@ -118,7 +122,7 @@ def _eval_cached(name: str, size: int | None) -> tuple[np.ndarray, np.ndarray]:
 def get_eval_data(name: str, input_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Evaluation inputs (float32, NCHW, already preprocessed for ``name``) and int64 labels.
 
-    fashion_cnn: the first 2000 test images. ImageNet models: 120 views of foolbox's 20 labelled
+    fashion_cnn, fashion_mbv2: the first 2000 test images. ImageNet models: 120 views of foolbox's 20 labelled
     ImageNet samples (first 20 = standard 256/224 center crops), at ``input_size`` if given (the same
     framing, scaled). Labels are never None for the current models; the Optional return type is for
     future unlabelled sets. Returns copies.
@@ -130,19 +134,19 @@ def get_eval_data(name: str, input_size: int | None = None) -> tuple[np.ndarray,
 def get_calib_data(name: str, n: int = 64, input_size: int | None = None) -> np.ndarray:
     """``n`` calibration inputs for ``name`` (float32, NCHW), disjoint from :func:`get_eval_data`.
 
-    fashion_cnn: TRAIN images (at most 256 committed). ImageNet models: seeded random crops of
+    fashion_cnn, fashion_mbv2: TRAIN images (at most 256 committed). ImageNet models: seeded random crops of
     scikit-image photos and foolbox photos; deterministic, any ``n``, at ``input_size`` if given.
     """
     e = entry(name)
     size = _size(name, input_size)
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    if name == "fashion_cnn":
+    if name in _FASHION:
         from models.fashion_mnist import load_calib
 
         x = load_calib()
         if n > len(x):
-            raise ValueError(f"fashion_cnn has {len(x)} committed calibration images, asked for {n}")
+            raise ValueError(f"{name} has {len(x)} committed calibration images, asked for {n}")
         return x[:n].copy()
     from models.imagenet_data import calib_set
 
