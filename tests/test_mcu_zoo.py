@@ -29,6 +29,7 @@ from qcompiler.targets.mcu import toolchain
 from qcompiler.targets.mcu.reference import IntReference, quantize_input
 
 from qcompiler.cli import main
+from qcompiler.errors import TargetError
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2_SIZE = 128  # MCU input size for MobileNetV2 (FP32 top-1 on the 120 photo views: 0.708; 0.892 at 224)
@@ -120,6 +121,15 @@ def test_mobilenet_v2_on_cortex_m4_is_byte_identical(mbv2_out, tmp_path):
     assert 0 < stack < 4096
     # distinct photos give distinct logits (the run is not echoing one buffer)
     assert len(set(refs)) == len(refs)
+
+
+@needs_qemu
+@pytest.mark.slow
+def test_mobilenet_v2_does_not_fit_the_m0_and_says_by_how_much(mbv2_out, tmp_path):
+    """Why the M0 runs fashion_mbv2: the micro:bit's flash and RAM both overflow, in one readable line."""
+    out, _, _ = mbv2_out
+    with pytest.raises(TargetError, match=r"does not fit microbit .*FLASH overflowed by [\d,]+ B.*RAM overflowed"):
+        toolchain.build(out / "mcu", "microbit", build_dir=tmp_path)
 
 
 # ------------------------------------------------------------------ fashion_mbv2 on the M4 and the M0

@@ -12,6 +12,14 @@ Measurements (all from real tools, nothing estimated):
   model's code (``-dfilter`` over the linker symbols ``__qc_text_start`` ..
   ``__qc_text_end``: model.c, the kernels, memcpy/memset and libgcc). The log is
   read through a pipe and its lines counted; nothing big touches the disk.
+
+Memory: each board's linker script (``runtime/harness/boards``) puts code in FLASH, data, the
+arena and the stack in RAM, and the model's constant arrays in the region ``QC_CONST``: the on-chip
+flash on the micro:bit (256 KiB flash, 16 KiB SRAM), and a large memory standing in for
+memory-mapped external flash on the MPS boards (16 MiB PSRAM on mps2-an386/an500, DDR on
+mps3-an547; RAM is 4 MiB there). That is how MobileNetV2 (7.1 MB of constants, a 480 KiB arena at
+128x128) links for the M4/M7/M55. A model that does not fit a board fails at link time with a
+:class:`TargetError` that says by how many bytes.
 """
 
 from __future__ import annotations
@@ -106,12 +114,33 @@ def _size(paths: list[Path]) -> dict[str, tuple[int, int, int]]:
     return out
 
 
+def _too_big(err: TargetError, b: Board) -> TargetError | None:
+    """The linker's region overflows as one readable error (None when the failure is something else)."""
+    over = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", err.detail)
+    if not over:
+        return None
+    what = ", ".join(f"{region} overflowed by {int(n):,} B" for region, n in over)
+    return TargetError(f"the model does not fit {b.name} ({b.cpu}): {what}",
+                       hint="mps2-an386 holds 16 MiB of constants and 4 MiB of RAM; or shrink the model with "
+                            "--flash-budget / --sram-budget")
+
+
 def build(mcu_dir: str | Path, board_name: str, *, build_dir: Path | None = None, opt: str = "-O2") -> BuildResult:
-    """``make BOARD=...`` in the emitted folder (objects in ``build_dir``, default mcu_dir/build)."""
+    """``make BOARD=...`` in the emitted folder (objects in ``build_dir``, default mcu_dir/build).
+
+    Raises TargetError; when the model does not fit the board's memory, a one-line one that says
+    which region overflowed and by how much (instead of the linker's output).
+    """
     b = board(board_name)
     mcu = Path(mcu_dir).resolve()
     bdir = (build_dir or mcu / "build").resolve()
-    _make(mcu, f"BOARD={b.name}", f"BUILD={bdir}", f"OPT={opt}")
+    try:
+        _make(mcu, f"BOARD={b.name}", f"BUILD={bdir}", f"OPT={opt}")
+    except TargetError as e:
+        short = _too_big(e, b)
+        if short is None:
+            raise
+        raise short from None
     out = bdir / b.name
     sizes = _size([out / "model.o", out / "qc_kernels.o", out / "model.elf"])
     syms = _symbols(out / "model.elf")
