@@ -53,7 +53,8 @@ class Compiled:
 
         self.model = model
         self.built = build_module(model)
-        self.vm = relax.VirtualMachine(compile_module(self.built.mod, cpu_target()), tvm.cpu())
+        self.ex = compile_module(self.built.mod, cpu_target())
+        self.vm = relax.VirtualMachine(self.ex, tvm.cpu())
         self.ort = session(model, optimize=False)
         self.names = [io.name for io in self.built.inputs]
 
@@ -305,19 +306,34 @@ def test_qbatchmatmul_hypothesis(data) -> None:
 
 # ----------------------------------------------------------------------------- QMatMul on 3-D inputs
 # (x dtype, x shape, weight magnitude (8: 4-bit, packed), y dtype)
-MATMUL_CASES = {
-    "i8_3d_i16out": (np.int8, (2, 7, 24), 127, np.int16),
-    "u8_3d": (np.uint8, (3, 5, 32), 127, np.uint8),
-    "i8_3d_w4": (np.int8, (2, 4, 40), 8, np.int8),
+MATMUL_CASES = {  # (x dtype, x shape, weight range, M, y dtype): M % 16 == 0 and K % 4 == 0 take the VNNI path
+    "i8_3d_i16out": (np.int8, (2, 7, 24), 127, 10, np.int16),
+    "u8_3d": (np.uint8, (3, 5, 32), 127, 10, np.uint8),
+    "i8_3d_w4": (np.int8, (2, 4, 40), 8, 10, np.int8),
+    "i8_3d_vnni": (np.int8, (2, 7, 64), 128, 32, np.int16),
+    "u8_2d_vnni_w4": (np.uint8, (9, 36), 8, 16, np.int8),
 }
+
+
+def _asm(lib: Compiled) -> str:
+    mods, src = [lib.ex.mod], ""
+    while mods:
+        m = mods.pop()
+        mods.extend(m.imports)
+        if m.kind == "llvm":
+            src += m.inspect_source("asm")
+    return src
 
 
 @pytest.mark.parametrize("case", list(MATMUL_CASES))
 def test_qmatmul_3d_matches_ort_and_numerics(case) -> None:
-    xdt, xs, wr, ydt = MATMUL_CASES[case]
+    from qcompiler.targets.tvm.vnni import host_has_vnni
+
+    xdt, xs, wr, m, ydt = MATMUL_CASES[case]
     rng = np.random.default_rng(xs[-1])
-    k, m = xs[-1], 10
+    k = xs[-1]
     w = rng.integers(-wr, wr, (k, m)).astype(np.int8)
+    w[:, 0] = -wr  # a column at the weight range's end (-128 on the VNNI path: s8 operand extreme)
     bias = rng.integers(-20000, 20000, m).astype(np.int32)
     b = rng.integers(2**30, 2**31, m).astype(np.int64)
     c = rng.integers(20, 28, m).astype(np.int64)
@@ -328,8 +344,12 @@ def test_qmatmul_3d_matches_ort_and_numerics(case) -> None:
     lib = Compiled(fused_model("QMatMul", ins, ["x"], ydt, qmin=int(yi.min), qmax=int(yi.max) - 2))
     if wr == 8:
         assert lib.built.packed_weights == ["n0"]
-    for _ in range(3):
+    if m % 16 == 0 and host_has_vnni():  # the kernel really is vpdpbusd, not the int16 fallback
+        assert "vpdpbusd" in _asm(lib)
+    for i in range(3):
         x = rand_q(rng, xs, xdt)
+        if i == 1:  # every row at the input range's ends: the largest |x - x_zp| (u8 255 * s8 -128)
+            x[...] = np.iinfo(xdt).min if xdt == np.int8 else np.iinfo(xdt).max
         got = lib.check({"x": x})
         assert np.array_equal(got, nm.qmatmul(x, x_zp, w, bias, b, c, y_zp, qmin=yi.min, qmax=yi.max - 2))
 

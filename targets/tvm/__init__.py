@@ -63,7 +63,8 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
     except OSError as e:
         raise OutputError(f"cannot create {out_dir}: {e}") from e
     t0 = time.perf_counter()
-    built: BuildResult = build_module(int_model, batch=batch, pack4=pack4)
+    # AVX-512 VNNI matmuls on a CPU that has them (the library is built for this host's mcpu anyway)
+    built: BuildResult = build_module(int_model, batch=batch, pack4=pack4, use_vnni=None if target == "cpu" else False)
     tgt = cuda_target(cuda_arch) if target == "cuda" else cpu_target()
     mod = built.mod
     if tune > 0 and target != "cpu":

@@ -38,7 +38,7 @@ from tvm import relax
 
 from qcompiler.errors import UnsupportedModelError
 
-from . import transformer
+from . import transformer, vnni
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,13 @@ def unpack_int4_np(p: np.ndarray, n: int) -> np.ndarray:
 class _Builder:
     """Walks the ONNX graph in order and emits Relax bindings into one dataflow block."""
 
-    def __init__(self, model: onnx.ModelProto, *, batch: int | None, pack4: bool) -> None:
+    def __init__(self, model: onnx.ModelProto, *, batch: int | None, pack4: bool, use_vnni: bool) -> None:
         self.model = model
         self.name = model.graph.name or "model"
         self.inits = {t.name: _np_int(numpy_helper.to_array(t)) for t in model.graph.initializer}
         self.batch = batch
         self.pack4 = pack4
+        self.vnni = use_vnni
         self.env: dict[str, relax.Expr] = {}
         self.bb = relax.BlockBuilder()
         self.packed: list[str] = []
@@ -321,24 +322,29 @@ class _Builder:
         k, m = w.shape
         if self.shape_of(x)[-1] != k:
             raise self.err(node, f"QMatMul input of shape {self.shape_of(x)} does not match weight [K={k}, M={m}]")
-        wexpr = self.weight_expr(node, w)
         bias64 = np.zeros(m, np.int64) if bias is None else bias.astype(np.int64)
-        acc64 = self.matmul_acc(x, x_zp, w.astype(np.int64), wexpr, bias64)
+        acc64 = self.matmul_acc(x, x_zp, w.astype(np.int64), None, bias64, node)
         qmin, qmax = self.qminmax(node, y_zp)
         self.layers.append(node.name)
         return self.requant(acc64, b, c, y_zp, qmin, qmax, [m])
 
-    def matmul_acc(self, x: relax.Expr, x_zp: int, w: np.ndarray, wexpr: relax.Expr,
-                   bias64: np.ndarray) -> relax.Expr:
+    def matmul_acc(self, x: relax.Expr, x_zp: int, w: np.ndarray, wexpr: relax.Expr | None,
+                   bias64: np.ndarray, node: onnx.NodeProto | None = None) -> relax.Expr:
         """int64 ``(x - x_zp) @ w + bias`` for integer weights ``w`` [K, M] (|w| < 2^15), ``wexpr`` their Relax
         value (any integer dtype: int8, unpacked 4-bit, or 4-bit times group scales).
 
-        8-bit x: int16 operands, int32 accumulators with ``x_zp * sum(w)`` folded into the bias (what
-        MatMulInteger computes, exact mod 2^32, and the lowering proved the result fits int32). Wider x
-        (int16 activations): x - x_zp in int32, and int64 accumulators when sum_k |x - x_zp| |w| + |bias|
-        could leave int32.
+        8-bit x: int32 accumulators with ``x_zp * sum(w)`` folded into the bias (what MatMulInteger
+        computes, exact mod 2^32, and the lowering proved the result fits int32); with AVX-512 VNNI and
+        int8 weights by ``vpdpbusd`` (targets/tvm/vnni.py; ``wexpr`` None: the weight is laid out here),
+        otherwise int16 operands. Wider x (int16 activations): x - x_zp in int32, and int64
+        accumulators when sum_k |x - x_zp| |w| + |bias| could leave int32.
         """
         xdt = self.dtype_of(x)
+        k, m = w.shape
+        if np.iinfo(xdt).bits <= 8 and self.vnni and node is not None and vnni.fits(k, m, w):
+            return self.vnni_matmul(node, x, x_zp, w, bias64)
+        if wexpr is None:
+            wexpr = self.weight_expr(node, w.astype(np.int8)) if node is not None else _const(w.astype(np.int16))
         if np.iinfo(xdt).bits <= 8:
             x16 = self.emit(relax.op.astype(x, "int16"))
             w16 = self.emit(relax.op.astype(wexpr, "int16"))
@@ -354,6 +360,28 @@ class _Builder:
         acc = self.emit(relax.op.matmul(xs, relax.op.astype(wexpr, acc_t), out_dtype=acc_t))
         acc = self.emit(relax.op.add(acc, _const(bias64.astype(acc_t))))
         return acc if acc_t == "int64" else self.emit(relax.op.astype(acc, "int64"))
+
+    def vnni_matmul(self, node: onnx.NodeProto, x: relax.Expr, x_zp: int, w: np.ndarray,
+                    bias64: np.ndarray) -> relax.Expr:
+        """The 8-bit matmul on vpdpbusd: x as u8 (int8 + 128), weight in the [M/16, K/4, 16, 4] layout."""
+        k, m = w.shape
+        shp = self.shape_of(x)
+        zp = x_zp
+        if self.dtype_of(x) == "int8":
+            x = self.emit(relax.op.astype(relax.op.add(relax.op.astype(x, "int16"), _const(np.asarray(128, np.int16))),
+                                          "uint8"))
+            zp = x_zp + 128  # x - x_zp == (x + 128) - (x_zp + 128)
+        elif self.dtype_of(x) != "uint8":
+            raise self.err(node, f"VNNI matmul input of dtype {self.dtype_of(x)}")
+        rows = int(np.prod(shp[:-1]))
+        x2 = self.emit(relax.op.reshape(x, [rows, k])) if len(shp) != 2 else x
+        wexpr = self.weight_expr(node, vnni.pack_weight(w))
+        acc = self.bb.emit_te(vnni.matmul_te, x2, wexpr)
+        corr = bias64 - np.int64(zp) * w.sum(axis=0)
+        acc = self.emit(relax.op.add(acc, _const(corr.astype(np.int32))))
+        if len(shp) != 2:
+            acc = self.emit(relax.op.reshape(acc, [*shp[:-1], m]))
+        return self.emit(relax.op.astype(acc, "int64"))
 
     def q_groupmatmul(self, node: onnx.NodeProto) -> relax.Expr:
         """4-bit weight-only per-group matmul (``QGroupMatMul``): w [G, gs, M] in [-8, 7], integer group
@@ -381,7 +409,7 @@ class _Builder:
         wexpr = self.emit(relax.op.reshape(relax.op.multiply(w16, _const(u.astype(np.int16)[:, None, :])),
                                            [g * gs, m]))
         bias64 = np.zeros(m, np.int64) if bias is None else bias.astype(np.int64)
-        acc64 = self.matmul_acc(x, x_zp, weff, wexpr, bias64)
+        acc64 = self.matmul_acc(x, x_zp, weff, wexpr, bias64)  # |w u| > 127: never the VNNI path
         qmin, qmax = self.qminmax(node, y_zp)
         self.layers.append(node.name)
         return self.requant(acc64, b, c, y_zp, qmin, qmax, [m])
@@ -749,10 +777,15 @@ class _Builder:
                     io.zero_point = 0 if zp is None else int(zp.reshape(-1)[0])
 
 
-def build_module(model: onnx.ModelProto, *, batch: int | None = None, pack4: bool = True) -> BuildResult:
+def build_module(model: onnx.ModelProto, *, batch: int | None = None, pack4: bool = True,
+                 use_vnni: bool | None = None) -> BuildResult:
     """Translate an integer ONNX model into a Relax IRModule with one ``main`` function.
 
     ``batch`` overrides the first input dimension (benchmarks compile batch 8 from a
-    batch-1 model); ``pack4`` stores 4-bit weights two per byte.
+    batch-1 model); ``pack4`` stores 4-bit weights two per byte; ``use_vnni`` lays the 8-bit
+    matmuls out for AVX-512 VNNI (``vpdpbusd``): a CPU build choice, default on when this host has
+    it; CUDA builds pass False.
     """
-    return _Builder(model, batch=batch, pack4=pack4).build()
+    if use_vnni is None:
+        use_vnni = vnni.host_has_vnni()
+    return _Builder(model, batch=batch, pack4=pack4, use_vnni=use_vnni).build()

@@ -29,6 +29,8 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ApplyDefaultSchedule, ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
+from . import vnni
+
 log = logging.getLogger(__name__)
 
 
@@ -98,6 +100,21 @@ def _inline_single_use(sch: s_tir.Schedule, infos: list) -> list:
             return infos
 
 
+def _inline_all(sch: s_tir.Schedule, blocks: list) -> bool:
+    """Inline each block (in order) into its readers; False if TVM refuses one.
+
+    Used for blocks that a fused kernel places after its reduction although they do not read it
+    (the other input of a residual QAdd: cast, minus zero point, times its multiplier). Left at
+    the root after the reduction, they would run after the epilogue that reads them.
+    """
+    for b in blocks:
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001 - TVM's schedule errors
+            return False
+    return True
+
+
 def _downstream(sch: s_tir.Schedule, block) -> set[str]:
     """Names of the blocks that read, directly or not, what ``block`` writes."""
     seen: set[str] = set()
@@ -141,6 +158,8 @@ class IntegerKernelCPU(ScheduleRule):
 
     def _apply(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
+        if any(sch.get(b).name_hint == vnni.BLOCK for b in sch.get_child_blocks(sch.get_sblock("root"))):
+            return self._apply_vnni(sch)
         infos = normalize_prim_func(sch)
         if infos is None:
             return None
@@ -164,10 +183,12 @@ class IntegerKernelCPU(ScheduleRule):
         downstream = _downstream(sch, red.block_rv)
         order = [sch.get(b.block_rv).name_hint for b in infos]
         ahead = [b for b in rest if sch.get(b.block_rv).name_hint not in downstream]
-        if any(order.index(sch.get(b.block_rv).name_hint) > order.index(sch.get(red.block_rv).name_hint)
-               for b in ahead):
+        at = order.index(sch.get(red.block_rv).name_hint)
+        late = [b for b in ahead if order.index(sch.get(b.block_rv).name_hint) > at]
+        if not _inline_all(sch, [b.block_rv for b in late]):
             return None
-        rest = [b for b in rest if sch.get(b.block_rv).name_hint in downstream]
+        ahead = [b for b in ahead if b not in late]
+        rest = [b for b in rest if b not in late and sch.get(b.block_rv).name_hint in downstream]
         kinds = [it.kind for it in red.iters]
         loops = sch.get_loops(red.block_rv)
         sp = [lp for lp, k in zip(loops, kinds) if k == "S"]
@@ -222,6 +243,23 @@ class IntegerKernelCPU(ScheduleRule):
             sch.unroll(fi)
         if rd:  # after vectorize: a decomposed update block is no longer a "reduction block"
             sch.decompose_reduction(red.block_rv, rd[0])
+        return sch
+
+
+    @staticmethod
+    def _apply_vnni(sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        """The VNNI matmul kernel (targets/tvm/vnni.py): nothing is inlined into the tensorized block."""
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        names = [sch.get(b).name_hint for b in blocks]
+        red = sch.get_sblock(vnni.BLOCK)
+        down = _downstream(sch, red)
+        at = names.index(vnni.BLOCK)
+        others = [(i, b) for i, (b, n) in enumerate(zip(blocks, names)) if n != vnni.BLOCK and n not in down]
+        if not _inline_all(sch, [b for i, b in others if i > at]):
+            return None
+        ahead = [b for i, b in others if i < at]
+        epilogue = [b for b, n in zip(blocks, names) if n in down]
+        vnni.schedule(sch, red, epilogue, ahead)
         return sch
 
 
