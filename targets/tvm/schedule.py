@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 
 import tvm
 from tvm import s_tir, tirx
@@ -58,11 +59,14 @@ def _block_buffer(sch: s_tir.Schedule, block) -> str:
     return str(sch.get(block).writes[0].source.name)
 
 
-def _loads(sch: s_tir.Schedule, block, names: list[str]) -> dict[str, int]:
-    """How often the body of ``block`` reads each buffer in ``names`` (its script text, store excluded)."""
+_LOAD = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\[")
+
+
+def _loads(sch: s_tir.Schedule, block) -> Counter:
+    """How often the body of ``block`` reads each buffer (its script text, the store excluded)."""
     body = str(sch.get(block).body)
     rhs = body.split("=", 1)[1] if "=" in body else body
-    return {n: len(re.findall(r"(?<![\w.])" + re.escape(n) + r"\[", rhs)) for n in names}
+    return Counter(_LOAD.findall(rhs))
 
 
 def _inlined_size(sch: s_tir.Schedule, infos: list) -> int:
@@ -74,30 +78,64 @@ def _inlined_size(sch: s_tir.Schedule, infos: list) -> int:
     """
     size: dict[str, int] = {}
     for info in infos:
-        name = _block_buffer(sch, info.block_rv)
-        loads = _loads(sch, info.block_rv, list(size))
-        size[name] = 1 + sum(k * size[p] for p, k in loads.items())
+        loads = _loads(sch, info.block_rv)
+        size[_block_buffer(sch, info.block_rv)] = 1 + sum(k * size[p] for p, k in loads.items() if p in size)
     return max(size.values(), default=0)
 
 
 def _inline_single_use(sch: s_tir.Schedule, infos: list) -> list:
-    """Inline only blocks whose result is read exactly once in the whole kernel (no copies)."""
-    while True:
-        names = [_block_buffer(sch, b.block_rv) for b in infos]
-        reads = {n: 0 for n in names}
-        for b in infos:
-            for n, k in _loads(sch, b.block_rv, names).items():
-                reads[n] += k
-        for i, b in enumerate(infos[:-1]):
-            if reads[names[i]] == 1:
-                try:
-                    sch.compute_inline(b.block_rv)
-                except Exception:  # noqa: BLE001 - TVM refuses some blocks; they stay
-                    continue
-                infos = infos[:i] + infos[i + 1:]
-                break
-        else:
-            return infos
+    """Inline only blocks whose result is read exactly once in the whole kernel (no copies).
+
+    One count up front is enough: inlining a block read once moves its reads into its reader
+    unchanged, so no other buffer's total changes.
+    """
+    names = [_block_buffer(sch, b.block_rv) for b in infos]
+    reads: Counter = Counter()
+    for b in infos:
+        reads.update(_loads(sch, b.block_rv))
+    keep = []
+    for i, b in enumerate(infos):
+        if i < len(infos) - 1 and reads[names[i]] == 1:
+            try:
+                sch.compute_inline(b.block_rv)
+                continue
+            except Exception:  # noqa: BLE001 - TVM refuses some blocks; they stay
+                pass
+        keep.append(b)
+    return keep
+
+
+CHUNK = 64  # elements per chunk of a long elementwise chain (every intermediate stays in L1)
+
+
+def _chunked(sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
+    """A chain of elementwise blocks that could not be inlined (values read several times, e.g. QGelu's
+    long division) computed chunk by chunk: the last block's loops are flattened and split into
+    chunks of CHUNK elements, every other block is computed under the chunk loop (its buffer shrinks
+    to one chunk) and vectorized. One pass over memory instead of one per block. Works on a copy;
+    None if TVM refuses a step (then each block keeps its own loops)."""
+    trial = sch.copy()
+    try:
+        loops = trial.get_loops(blocks[-1])
+        flat = trial.fuse(*loops) if len(loops) > 1 else loops[0]
+        ext = _extent(trial, flat)
+        if ext is None or ext % CHUNK:
+            return None
+        outer, inner = trial.split(flat, [None, CHUNK])
+        for b in reversed(blocks[:-1]):
+            trial.compute_at(b, outer, preserve_unit_loops=True)
+        trial.parallel(outer)
+        trial.vectorize(inner)
+        for b in blocks[:-1]:
+            bl = trial.get_loops(b)[1:]  # the loops under the chunk loop
+            if bl:
+                inner_b = trial.fuse(*bl) if len(bl) > 1 else bl[0]
+                if _extent(trial, inner_b) == CHUNK:
+                    trial.vectorize(inner_b)
+        return trial
+    except Exception as e:  # noqa: BLE001 - TVM's schedule errors: per-block loops instead
+        log.debug("chunked schedule refused: %s", e)
+        return None
 
 
 def _inline_all(sch: s_tir.Schedule, blocks: list) -> bool:
@@ -169,6 +207,9 @@ class IntegerKernelCPU(ScheduleRule):
             infos = try_inline(sch, infos)
         reds = [b for b in infos if b.is_reduction()]
         if not reds:
+            chunked = _chunked(sch, [b.block_rv for b in infos]) if len(infos) > 1 else None
+            if chunked is not None:
+                return chunked
             for b in infos:
                 _schedule_elementwise(sch, b.block_rv)
             return sch

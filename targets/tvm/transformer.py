@@ -131,24 +131,59 @@ def q_softmax(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
     return shift_round_clamp(bld, v, c, y_zp, qmin, qmax)
 
 
+GELU_SIG_BITS = GELU_SIG_FRAC + 1  # the Q16 sigmoid is at most 2^16: a 17-bit quotient
+
+
+def sigmoid_divide(bld: _Builder, num: relax.Expr, den: relax.Expr) -> relax.Expr:
+    """``num // den`` for QGelu's sigmoid by restoring long division over its 17 quotient bits.
+
+    Why not ``divide``: that is a scalar 64-bit ``idiv`` per element (AVX-512 has no integer division),
+    ~1 ms per MiniLM layer, most of the model's time; compare, subtract and shift are vector ops.
+    Exact within the contract (8-bit x): ``num <= 2^48`` and ``den = 2^32 + E`` with ``E = exp2_neg(w)``
+    in [0, 2^32], so the quotient is at most 2^16 and ``num >> 17 < den``; each step keeps
+    ``0 <= r < den``, as the textbook algorithm does.
+    """
+    r = bld.emit(R.right_shift(num, i64(GELU_SIG_BITS)))
+    q = None
+    for i in range(GELU_SIG_BITS - 1, -1, -1):
+        r = bld.emit(R.add(R.left_shift(r, i64(1)), R.bitwise_and(R.right_shift(num, i64(i)), i64(1))))
+        g = bld.emit(R.astype(R.greater_equal(r, den), "int64"))
+        r = bld.emit(R.subtract(r, R.multiply(g, den)))
+        q = g if q is None else bld.emit(R.add(R.left_shift(q, i64(1)), g))
+    return q
+
+
 def q_gelu(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
-    """ShiftGELU / tanh-GELU: ``dx * sigmoid`` with the shift exponential and one division per element."""
+    """ShiftGELU / tanh-GELU: ``dx * sigmoid`` with the shift exponential and one division per element.
+
+    8-bit inputs (the contract): the division by long division (:func:`sigmoid_divide`), and the op is
+    a kernel of its own (``_Builder.isolated``; FuseOps cut its ~130 ops into ~200 tiny kernels),
+    which the schedule computes in chunks. Wider inputs (outside the bounds that proof needs) keep
+    the body's truncating ``Div``.
+    """
     x = bld.val(node.input[0])
     x_zp = scalar(bld, node, 1)
-    m1, m3 = const64(bld, node, 2), const64(bld, node, 3)
-    b, c, y_zp = bld.const_in(node, 4), bld.const_in(node, 5), bld.const_in(node, 6)
+    consts = [bld.const_in(node, i).astype(np.int64) for i in (2, 3, 4, 5)]
+    y_zp = bld.const_in(node, 6)
     qmin, qmax = bld.qminmax(node, y_zp)
-    dx = minus_zp(bld, x, x_zp)
-    a = bld.emit(R.abs(dx))
-    cub = bld.emit(R.divide(R.multiply(R.multiply(a, a), m3), i64(1 << GELU_M3_FRAC)))
-    w = bld.emit(R.multiply(a, R.add(m1, cub)))
-    e = exp2_neg(bld, w)
-    one32 = i64(1 << 32)
-    num = bld.emit(R.multiply(R.where(R.greater_equal(dx, i64(0)), one32, e), i64(1 << GELU_SIG_FRAC)))
-    sig = bld.emit(R.divide(num, R.add(e, one32)))  # Q16 sigmoid
-    v = times_b(bld, bld.emit(R.multiply(dx, sig)), b)
+    narrow = np.iinfo(bld.dtype_of(x)).bits <= 8
+
+    def body(args: list[relax.Expr]) -> relax.Expr:
+        m1, m3, b = (i64(v) for v in consts[:3])
+        dx = minus_zp(bld, args[0], x_zp)
+        a = bld.emit(R.abs(dx))
+        cub = bld.emit(R.divide(R.multiply(R.multiply(a, a), m3), i64(1 << GELU_M3_FRAC)))
+        w = bld.emit(R.multiply(a, R.add(m1, cub)))
+        e = exp2_neg(bld, w)
+        one32 = i64(1 << 32)
+        num = bld.emit(R.multiply(R.where(R.greater_equal(dx, i64(0)), one32, e), i64(1 << GELU_SIG_FRAC)))
+        den = bld.emit(R.add(e, one32))
+        sig = sigmoid_divide(bld, num, den) if narrow else bld.emit(R.divide(num, den))  # Q16 sigmoid
+        v = bld.emit(R.multiply(R.multiply(dx, sig), b))
+        return shift_round_clamp(bld, v, consts[3], y_zp, qmin, qmax)
+
     bld.layers.append(node.name)
-    return shift_round_clamp(bld, v, c, y_zp, qmin, qmax)
+    return bld.isolated("qgelu", [x], body) if narrow else body([x])
 
 
 def isqrt_newton(bld: _Builder, v: relax.Expr) -> relax.Expr:
