@@ -60,13 +60,13 @@ def _block_buffer(sch: s_tir.Schedule, block) -> str:
 
 
 _LOAD = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\[")
+_STORE = re.compile(r"^\s*[A-Za-z_]\w*\[[^=]*\]\s*=(?!=)(.*)$", re.M)
 
 
 def _loads(sch: s_tir.Schedule, block) -> Counter:
-    """How often the body of ``block`` reads each buffer (its script text, the store excluded)."""
-    body = str(sch.get(block).body)
-    rhs = body.split("=", 1)[1] if "=" in body else body
-    return Counter(_LOAD.findall(rhs))
+    """How often the body of ``block`` reads each buffer: loads on the right of its stores (script text;
+    the buffer declarations and the stored-to buffer itself are not reads)."""
+    return Counter(name for rhs in _STORE.findall(str(sch.get(block).body)) for name in _LOAD.findall(rhs))
 
 
 def _inlined_size(sch: s_tir.Schedule, infos: list) -> int:
@@ -110,18 +110,23 @@ CHUNK = 64  # elements per chunk of a long elementwise chain (every intermediate
 
 def _chunked(sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
     """A chain of elementwise blocks that could not be inlined (values read several times, e.g. QGelu's
-    long division) computed chunk by chunk: the last block's loops are flattened and split into
-    chunks of CHUNK elements, every other block is computed under the chunk loop (its buffer shrinks
-    to one chunk) and vectorized. One pass over memory instead of one per block. Works on a copy;
-    None if TVM refuses a step (then each block keeps its own loops)."""
+    long division) computed chunk by chunk: the last block's innermost axis is split into chunks of up
+    to CHUNK elements (a whole short row otherwise), every other block is computed under the chunk
+    loop (its buffer shrinks to one chunk) and vectorized. One pass over memory instead of one per
+    block. Works on a copy; None if TVM refuses a step (then each block keeps its own loops)."""
     trial = sch.copy()
     try:
-        loops = trial.get_loops(blocks[-1])
-        flat = trial.fuse(*loops) if len(loops) > 1 else loops[0]
-        ext = _extent(trial, flat)
-        if ext is None or ext % CHUNK:
+        *rows, last = trial.get_loops(blocks[-1])
+        ext = _extent(trial, last)
+        if ext is None:
             return None
-        outer, inner = trial.split(flat, [None, CHUNK])
+        # chunks along the last axis only: a chunk that straddles rows (fused loops, floordiv indices)
+        # made compute_at's region analysis run for minutes on a [256, 6] QGelu
+        f = _factor(ext, (CHUNK, 32, 16, 8)) if ext > CHUNK else ext
+        if f == 1:
+            return None
+        outer_last, inner = trial.split(last, [None, f])
+        outer = trial.fuse(*rows, outer_last) if rows else outer_last
         for b in reversed(blocks[:-1]):
             trial.compute_at(b, outer, preserve_unit_loops=True)
         trial.parallel(outer)
@@ -130,7 +135,7 @@ def _chunked(sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
             bl = trial.get_loops(b)[1:]  # the loops under the chunk loop
             if bl:
                 inner_b = trial.fuse(*bl) if len(bl) > 1 else bl[0]
-                if _extent(trial, inner_b) == CHUNK:
+                if _extent(trial, inner_b) == f:
                     trial.vectorize(inner_b)
         return trial
     except Exception as e:  # noqa: BLE001 - TVM's schedule errors: per-block loops instead
