@@ -38,6 +38,7 @@ the others).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -238,7 +239,8 @@ def _hstack_col(A: Any, col: np.ndarray) -> csr_array:
 
 def derive_ties(model: onnx.ModelProto, plan: QuantPlan) -> tuple[list[list[str]], list[tuple[str, str]]]:
     """Format ties (layers meeting at Add/Sum/Concat, traced through views, activations and
-    other joins) and activation-bit ties (layers reading the same tensor)."""
+    other joins) and activation-bit ties (layers reading the same quantizer: one tensor, or a
+    tensor and its MaxPool / view outputs, which keep its scale and bits in InsertQDQ)."""
     prod = {o: n for n in model.graph.node for o in n.output}
     layer_of_output = {n.output[0]: n.name for n in model.graph.node if n.name in plan.layers}
     parent = {name: name for name in plan.layers}
@@ -273,9 +275,12 @@ def derive_ties(model: onnx.ModelProto, plan: QuantPlan) -> tuple[list[list[str]
     for name in plan.layers:
         groups.setdefault(find(name), []).append(name)
     ties = [g for g in groups.values() if len(g) > 1]
+    from .insert_qdq import quantizer_roots
+
+    root = quantizer_roots(model)  # a tensor and its MaxPool / view outputs share one quantizer
     by_input: dict[str, list[str]] = {}
     for name, lp in plan.layers.items():
-        by_input.setdefault(lp.input, []).append(name)
+        by_input.setdefault(root.get(lp.input, lp.input), []).append(name)
     act = [(g[0], other) for g in by_input.values() for other in g[1:]]
     return ties, act
 
@@ -551,7 +556,8 @@ class AssignBits(Pass):
             # the MCU backend's real arena and constant storage replace the generic models
             checked = {"sram", "flash"} & set(budgets)
             measure = lambda plan: mcu_measure(model, plan, ctx.settings)  # noqa: E731
-            floor = mcu_costs(p, ctx.plan, measure, checked)
+            floor = mcu_costs(p, ctx.plan, measure, checked,
+                              program=lambda plan: mcu_program(model, plan, ctx.settings), model=model)
         sol = assign(p, budgets, time_limit=float(ctx.settings.get("ilp_time_limit", 60)))
         if measure is not None:
             sol = self._tighten(ctx.plan, p, budgets, sol, measure, checked, floor)
@@ -639,15 +645,14 @@ def _int8_choice(p: BitProblem) -> list[int]:
             for fs in p.formats]
 
 
-def mcu_measure(model: onnx.ModelProto, plan: QuantPlan, settings: Mapping[str, Any] | None = None
-                ) -> dict[str, float]:
-    """Arena and constant bytes the MCU backend allocates for ``plan`` (QDQ -> integer graph -> MCU program).
+def mcu_program(model: onnx.ModelProto, plan: QuantPlan, settings: Mapping[str, Any] | None = None) -> Any:
+    """The MCU backend's program (``targets.mcu.Program``) for ``plan``: QDQ -> integer graph -> kernels.
 
     The plan is copied; biases are not corrected (that changes values, never sizes).
     """
     import copy
 
-    from qcompiler.targets import mcu
+    from qcompiler.targets.mcu.graph import read_program
 
     from .insert_qdq import InsertQDQ
     from .lower_to_integer import lower_and_fuse
@@ -655,33 +660,169 @@ def mcu_measure(model: onnx.ModelProto, plan: QuantPlan, settings: Mapping[str, 
     work = copy.deepcopy(plan)
     sub = PassContext(model_name=plan.model or "model", plan=work, target="mcu", settings=dict(settings or {}))
     qdq = InsertQDQ().run(model, sub).model
-    int_model = lower_and_fuse(qdq, work)
-    return {"sram": float(mcu.arena_bytes_for(int_model)), "flash": float(mcu.const_bytes_for(int_model))}
+    return read_program(lower_and_fuse(qdq, work))
+
+
+def mcu_measure(model: onnx.ModelProto, plan: QuantPlan, settings: Mapping[str, Any] | None = None
+                ) -> dict[str, float]:
+    """Arena and constant bytes the MCU backend allocates for ``plan`` (what ``emit`` would report)."""
+    from qcompiler.targets.mcu.arena import plan_arena
+    from qcompiler.targets.mcu.emit import const_bytes
+
+    prog = mcu_program(model, plan, settings)
+    return {"sram": float(plan_arena(prog).size), "flash": float(const_bytes(prog))}
+
+
+#: the most activation-bit groups one step's live bytes may depend on before the exact rows give up
+MAX_STEP_GROUPS = 10
+
+
+def mcu_sram_cost(p: BitProblem, model: onnx.ModelProto, plan: QuantPlan, prog8: Any, prog_low: Any) -> Cost | None:
+    """The MCU arena's lifetime lower bound as exact ILP rows (None when the model does not fit the scheme).
+
+    Why: the arena is what ``--sram-budget`` bounds, and it is not the ONNX graph's live bytes: the MCU
+    shares views, writes elementwise ops and pools in place, and packs a 4-bit tensor two per byte only
+    when its writer and readers can (and in place only between equally packed tensors). So the rows are
+    the planner's own numbers (``targets.mcu.arena.live_bytes``), not a model of them:
+
+    * ``prog8`` / ``prog_low``: the programs of the INT8 plan and of every activation at its fewest bits.
+      They must have the same steps; a tensor packed in ``prog_low`` only is *variable*: packed exactly when
+      the layers that read its quantizer (``insert_qdq.quantizer_roots``, act-tied) take <= 4-bit activations.
+    * at step ``k`` the live bytes depend only on the variable tensors alive then (their groups ``G_k``);
+      the planner is run on the program with every packing of ``G_k`` (:func:`~targets.mcu.arena.repacked`).
+      When the result is affine in the groups' 0/1 indicators ``y`` that is one row; otherwise (an in-place
+      op whose input and output may be packed differently) one row per packing ``s`` of ``G_k``:
+      ``live_k(s) - M_s * hamming(y, s)``, exact at ``y = s`` and at most ``min live_k`` elsewhere.
+
+    The max over rows is then the lower bound for every plan; the placement can exceed it (the
+    pass re-measures the real arena and tightens, ``AssignBits._tighten``).
+    """
+    from qcompiler.targets.mcu.arena import live_bytes, repacked, spans
+
+    from .insert_qdq import quantizer_roots
+
+    shape = [(s.kind, tuple(s.inputs), s.output) for s in prog8.steps]
+    if shape != [(s.kind, tuple(s.inputs), s.output) for s in prog_low.steps]:
+        log.info("assign_bits: the MCU program changes with the bits; SRAM rows from the graph's live bytes")
+        return None
+    always = {t for t, v in prog8.tensors.items() if v.packed}
+    low = {t for t, v in prog_low.tensors.items() if v.packed}
+    if not always <= low:
+        return None
+    root = quantizer_roots(model)
+    idx = {n: i for i, n in enumerate(p.layers)}
+    layer_of_root: dict[str, int] = {}
+    for name in p.layers:
+        r = root.get(plan.layers[name].input, plan.layers[name].input)
+        layer_of_root.setdefault(r, idx[name])
+    group: dict[str, int] = {}  # variable tensor -> the layer whose activation bits decide its packing
+    for t in sorted(low - always):
+        base = t[:-2] if t.endswith(".q") else t
+        i = layer_of_root.get(root.get(base, base))
+        if i is None:
+            log.info("assign_bits: no layer decides the bits of MCU tensor '%s'; SRAM rows from the graph", t)
+            return None
+        group[t] = i
+    sp = spans(prog_low)
+    n = len(prog_low.steps)
+    cache: dict[frozenset[int], list[int]] = {}
+
+    def live(low_groups: frozenset[int]) -> list[int]:
+        if low_groups not in cache:
+            packed = always | {t for t, g in group.items() if g in low_groups}
+            cache[low_groups] = live_bytes(repacked(prog_low, packed))
+        return cache[low_groups]
+
+    def y_coeffs(i: int, w: float, coeff: dict[int, float]) -> None:  # w * y_i, y_i = [layer i at <= 4 bits]
+        for c, (_wb, a) in enumerate(p.formats[i]):
+            if _act_bits(a) <= 4:
+                v = p.var(i, c)
+                coeff[v] = coeff.get(v, 0.0) + w
+
+    rows: list[tuple[dict[int, float], float]] = []
+    seen: set[tuple] = set()
+    for k in range(n):
+        gk = sorted({g for t, g in group.items() if sp[t][0] <= k <= sp[t][1]})
+        if len(gk) > MAX_STEP_GROUPS:
+            log.info("assign_bits: step %d of the MCU program depends on %d activation groups; SRAM rows from "
+                     "the graph", k, len(gk))
+            return None
+        table = {s: live(frozenset(g for g, b in zip(gk, s) if b))[k]
+                 for s in itertools.product((0, 1), repeat=len(gk))}
+        base = table[(0,) * len(gk)]
+        slope = [table[tuple(int(j == m) for j in range(len(gk)))] - base for m in range(len(gk))]
+        affine = all(v == base + sum(b * d for b, d in zip(s, slope)) for s, v in table.items())
+        cands: list[tuple[dict[int, float], float]] = []
+        if affine:
+            coeff: dict[int, float] = {}
+            for g, d in zip(gk, slope):
+                if d:
+                    y_coeffs(g, float(d), coeff)
+            cands.append((coeff, float(base)))
+        else:
+            lowest = min(table.values())
+            for s, v in table.items():
+                big = float(v - lowest)  # at any other packing this row is at most the step's smallest value
+                coeff = {}
+                for g, b in zip(gk, s):
+                    y_coeffs(g, big if b else -big, coeff)  # -big * hamming(y, s)
+                cands.append((coeff, float(v) - big * sum(s)))
+        for coeff, fixed in cands:
+            key = (tuple(sorted(coeff.items())), fixed)
+            if key not in seen:
+                seen.add(key)
+                rows.append((coeff, fixed))
+    r_, c_, v_ = [], [], []
+    for r, (coeff, _) in enumerate(rows):
+        for v, a in coeff.items():
+            if a:
+                r_.append(r)
+                c_.append(v)
+                v_.append(a)
+    A = coo_array((v_, (r_, c_)), shape=(len(rows), p.nvars)).tocsr()
+    int8 = float(max(live_bytes(prog8), default=0))
+    log.info("assign_bits: MCU arena rows: %d rows over %d steps, %d packable tensors in %d activation groups",
+             len(rows), n, len(group), len(set(group.values())))
+    return Cost(A, np.array([f for _, f in rows]), int8)
 
 
 def mcu_costs(p: BitProblem, plan: QuantPlan, measure: Callable[[QuantPlan], dict[str, float]],
-              kinds: set[str]) -> dict[str, float]:
+              kinds: set[str], program: Callable[[QuantPlan], Any] | None = None,
+              model: onnx.ModelProto | None = None) -> dict[str, float]:
     """Replace the ILP's SRAM / flash costs with the MCU backend's real storage; returns the smallest values.
 
     Measured on two real builds (the INT8 plan and the fewest-bits plan):
 
-    * SRAM: the MCU packs 4-bit activations two per byte where its kernels allow, so the INT8 and
-      fewest-bits arenas differ; the live-bytes rows stay and ``_tighten`` checks each solution
-      against the real arena. When the two arenas are equal (nothing packable) the cost is that
-      constant (a budget below it is infeasible, and the error names it).
+    * SRAM: with ``program`` and ``model``, the arena rows of :func:`mcu_sram_cost` (the planner's lifetime
+      lower bound for every plan); ``_tighten`` still checks each solution against the placed arena. Without
+      them, or when those rows do not apply, the graph's live-bytes rows stay (an approximation that
+      ``_tighten`` corrects); when the two arenas are equal (nothing packable) the cost is that constant.
     * flash: 8-bit weights are stored as int16 (2 bytes per weight), 4-bit ones packed; the
       per-weight bytes of each width and the fixed part (biases, requantization constants) are
       fitted so both measured plans cost exactly what the backend emits.
     """
+    from qcompiler.targets.mcu.arena import plan_arena
+    from qcompiler.targets.mcu.emit import const_bytes
+
     ref, low = _int8_choice(p), _low_choice(p)
-    apply_solution(plan, p, Solution(ref, 0.0, {}, 0.0, ""))
-    m8 = measure(plan)
-    apply_solution(plan, p, Solution(low, 0.0, {}, 0.0, ""))
-    mlo = measure(plan)
+    progs = []
+    ms = []
+    for choice in (ref, low):
+        apply_solution(plan, p, Solution(choice, 0.0, {}, 0.0, ""))
+        if program is not None:
+            prog = program(plan)
+            progs.append(prog)
+            ms.append({"sram": float(plan_arena(prog).size), "flash": float(const_bytes(prog))})
+        else:
+            ms.append(measure(plan))
+    m8, mlo = ms
     floor: dict[str, float] = {}
     if "sram" in kinds:
         floor["sram"] = min(m8["sram"], mlo["sram"])
-        if m8["sram"] == mlo["sram"]:
+        exact = mcu_sram_cost(p, model, plan, *progs) if progs and model is not None else None
+        if exact is not None:
+            p.costs["sram"] = exact
+        elif m8["sram"] == mlo["sram"]:
             log.info("assign_bits: the MCU arena is %s for every bit assignment (int8 activation containers)",
                      format_value("sram", m8["sram"]))
             p.costs["sram"] = Cost(csr_array((1, p.nvars)), np.array([m8["sram"]]), m8["sram"])

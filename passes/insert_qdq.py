@@ -7,7 +7,11 @@ Layout (the lowering pass relies on it, see docs/INTEGER_GRAPH.md):
 - a Relu/Clip right after Conv/Gemm/MatMul/Add is kept, and only its output is
   quantized, so the activation's clamp becomes the integer clamp;
 - MaxPool, Reshape, Flatten, Transpose, Squeeze, Unsqueeze outputs reuse their
-  input's scale and zero point (they move values, they do not change them).
+  input's scale and zero point (they move values, they do not change them; a max of
+  quantized values is the quantized max, so the integer op is exact on either grid).
+  Such a chain is one quantizer (:func:`quantizer_roots`): its bit-width is the widest
+  activation bits of the layers that read any tensor of it, so a layer behind a MaxPool
+  gets the 4-bit input it was planned with, and the tensor before the MaxPool is 4-bit too.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from qcompiler.conditions import ALL_SHAPES_KNOWN, IS_QDQ, NO_QDQ, RANGES_KNOWN
 from qcompiler.errors import NumericsError
 from qcompiler.ir import from_gs, initializers, to_gs, value_dtypes
 from qcompiler.passmanager import Pass, PassContext, PassResult
-from qcompiler.plan import TensorQuant
+from qcompiler.plan import QuantPlan, TensorQuant
 from qcompiler.quantize import (
     activation_qparams,
     bias_safe_scales,
@@ -38,6 +42,30 @@ log = logging.getLogger(__name__)
 SAME_SCALE_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"}
 ACTIVATION_OPS = {"Relu", "Clip"}
 FUSES_ACTIVATION = {"Conv", "Gemm", "MatMul", "Add"}
+
+
+def quantizer_roots(model: onnx.ModelProto) -> dict[str, str]:
+    """Each tensor made by a same-scale op (MaxPool, views) -> the tensor whose quantizer it shares.
+
+    Why: those ops move values without changing them, so their output keeps the input's scale,
+    zero point and bit-width; the bit-assignment ILP ties the activation bits of the layers that
+    read one chain, and the MCU arena model maps packed tensors to those layers through it.
+    """
+    root: dict[str, str] = {}
+    for n in model.graph.node:  # topological order
+        if n.op_type in SAME_SCALE_OPS and n.input and n.input[0] and n.output:
+            root[n.output[0]] = root.get(n.input[0], n.input[0])
+    return root
+
+
+def activation_bits(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, int]:
+    """Bit-width of each quantizer root that a planned layer reads (the widest such layer's choice)."""
+    root = quantizer_roots(model)
+    bits: dict[str, int] = {}
+    for lp in plan.layers.values():
+        r = root.get(lp.input, lp.input)
+        bits[r] = max(bits.get(r, 0), lp.act_bits)
+    return bits
 
 
 def _act_type(bits: int, signed: bool) -> int:
@@ -70,10 +98,9 @@ class InsertQDQ(Pass):
             new_inits.append(proto)
             return gs.Variable(name)
 
-        # activation bits per tensor: the consuming layer's choice (max over consumers)
-        act_bits: dict[str, int] = {}
-        for lp in plan.layers.values():
-            act_bits[lp.input] = max(act_bits.get(lp.input, 0), lp.act_bits)
+        # activation bits per quantizer (a tensor and its MaxPool / view outputs): the layers' choice
+        root = quantizer_roots(model)
+        act_bits = activation_bits(model, plan)
         by_node = {n.name: n for n in graph.nodes}
 
         # which float tensors carry a Q/DQ pair
@@ -101,7 +128,7 @@ class InsertQDQ(Pass):
                                                  range=plan.tensors[name].range if name in plan.tensors else None)
                 continue
             tq = plan.tensors[name]
-            bits = act_bits.get(name, 8)
+            bits = act_bits.get(root.get(name, name), 8)
             lo, hi = tq.range
             scale, zp = activation_qparams(lo, hi, bits, signed=False)
             plan.tensors[name] = TensorQuant(bits=bits, signed=False, scale=[scale], zero_point=[zp], range=tq.range)

@@ -19,7 +19,8 @@ placement can do better, so ``arena / lower_bound`` measures the planner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 
 from .graph import Program
 
@@ -192,11 +193,46 @@ ORDERS = {
 }
 
 
+def _live(bufs: list[Buffer], n: int) -> list[int]:
+    return [sum(b.live_size(i) for b in bufs) for i in range(n)]
+
+
+def live_bytes(prog: Program) -> list[int]:
+    """Bytes held at each step by the buffers the planner makes (views shared, in-place ops merged,
+    packed tensors at half size, scratch included); the max is the lifetime lower bound.
+
+    Why public: the bit-assignment ILP models the arena with it (evaluated per packing, see
+    :func:`repacked`), so its SRAM rows follow the planner's own rules instead of a copy of them.
+    """
+    bufs, _, _ = _buffers(prog)
+    return _live(bufs, len(prog.steps))
+
+
+def repacked(prog: Program, packed: Collection[str]) -> Program:
+    """The same program with ``packed`` as the set of tensors held two per byte (for planning only:
+    the kernels' zero points and weight orders are not redone, so never emit it).
+
+    Why: the arena's shape depends on the packing alone, so the ILP can ask the planner what any
+    mix of 4-bit and 8-bit activations costs without lowering the model again.
+    """
+    return replace(prog, tensors={n: replace(t, packed=n in packed) for n, t in prog.tensors.items()})
+
+
+def spans(prog: Program) -> dict[str, tuple[int, int]]:
+    """Each tensor's first and last step (written .. last read, through views)."""
+    last = _lifetimes(prog)
+    out: dict[str, tuple[int, int]] = {}
+    for i, s in enumerate(prog.steps):
+        if s.output:
+            out[s.output] = (i, max(i, last.get(s.output, i)))
+    return out
+
+
 def plan_arena(prog: Program) -> ArenaPlan:
     """Plan the arena of a program; deterministic for a given program."""
     bufs, of, scratch = _buffers(prog)
     n = len(prog.steps)
-    lower = max((sum(b.live_size(i) for b in bufs) for i in range(n)), default=0)
+    lower = max(_live(bufs, n), default=0)
     best: tuple[int, str, dict[int, int]] | None = None
     for name, key in ORDERS.items():
         size = _place(bufs, key)
