@@ -199,3 +199,40 @@ def test_sram_plan_is_optimal_against_brute_force():
         got = sub.plan.stats["assign_bits"]["objective"]
         assert got == pytest.approx(optimum, rel=1e-9, abs=1e-15), (budget, got, optimum)
         assert sub.plan.budgets["sram"]["used"] <= budget
+
+
+def test_4bit_through_maxpool_is_bit_exact(tmp_path):
+    """W4A4 fashion_cnn: the conv outputs read by MaxPools are 4-bit (the pool's reader decides) and
+    packed on the MCU; ORT, onnx.reference, the host build and the Cortex-M4 under QEMU agree byte
+    for byte on real images (pixel / 255, as the calibration data)."""
+    import numpy as np
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+    from qcompiler.targets import mcu
+    from qcompiler.targets.mcu import toolchain
+    from qcompiler.targets.mcu.reference import IntReference, quantize_input
+
+    r, rep = _mcu(tmp_path / "o", bits=[4])
+    assert r.plan.tensors["/features/features.2/Relu_output_0"].bits == 4
+    m = onnx.load(str(tmp_path / "o" / "model.int.onnx"))
+    prog, _ = mcu.plan(m)
+    assert prog.tensors["/features/features.2/Relu_output_0.q"].packed  # the 12.5 KB peak, halved
+    data = np.load(ROOT / "models" / "data" / "fashion_eval.npz")
+    xs = [np.asarray(v, np.float32).reshape(prog.input_shape) / 255.0 for v in data[data.files[0]][:3]]
+    ref = IntReference(m, prog)
+    refs = [ref(x) for x in xs]
+    ev = onnx.ModelProto()
+    ev.CopyFrom(m)
+    dq = next(n for n in ev.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == ev.graph.output[0].name)
+    ev.graph.output.append(onnx.helper.make_tensor_value_info(dq.input[0], onnx.TensorProto.UNDEFINED, None))
+    run = ReferenceEvaluator(ev)
+    assert [run.run(None, {ref.input_name: x})[1].tobytes() for x in xs] == refs
+    assert len(set(refs)) > 1  # different images, different outputs
+    ins = [quantize_input(prog, x) for x in xs]
+    if toolchain.have_host_cc():
+        exe = toolchain.build_host(tmp_path / "o" / "mcu", build_dir=tmp_path / "host")
+        assert toolchain.run_host(exe, ins, len(refs[0])) == refs
+    if not (toolchain.have_arm_gcc() and toolchain.have_qemu()):
+        pytest.skip("arm-none-eabi-gcc or qemu-system-arm not installed")
+    b = toolchain.build(tmp_path / "o" / "mcu", "mps2-an386", build_dir=tmp_path / "m4")
+    assert toolchain.run_qemu(b.elf, "mps2-an386", ins, len(refs[0]), timeout=120).outputs == refs
