@@ -22,13 +22,13 @@ bits x activation bits). Objective: minimise the summed sensitivity
   - flash: the stored bytes (the size cost), except on the MCU target (below).
 
 On the MCU target, SRAM and flash are the backend's real numbers (:func:`mcu_costs`,
-measured by lowering the plan and calling ``targets.mcu.arena_bytes_for`` /
-``const_bytes_for``): the MCU packs a tensor two values per byte where its bits are 4 and
-every kernel that touches it supports that, so the arena shrinks with activation bits; the
-live-bytes rows model that only approximately (they count one tensor per live set at the
-bits of its layer), so the solution is re-measured and re-solved with tightened limits
-while the backend needs more than a budget (``AssignBits._tighten``). Flash counts 8-bit
-weights as int16 and 4-bit ones packed.
+measured by lowering the plan to the MCU program): the MCU packs a tensor two values per byte
+where its bits are 4 and every kernel that touches it supports that, so the arena shrinks with
+activation bits. The SRAM rows are the arena planner's own live bytes per step, evaluated for
+each packing of the tensors alive at that step (:func:`mcu_sram_cost`): exactly the arena's
+lifetime lower bound for every plan. The placed arena can exceed that bound, so the solution is
+re-measured and re-solved with tightened limits while the backend needs more than a budget
+(``AssignBits._tighten``). Flash counts 8-bit weights as int16 and 4-bit ones packed.
 
 Solved with ``scipy.optimize.milp`` (HiGHS branch and cut). An infeasible budget
 raises :class:`~qcompiler.errors.BudgetError` naming the smallest feasible value,
