@@ -367,7 +367,7 @@ def _mlp(seed: int = 4) -> onnx.ModelProto:
 
 def _dw_model(seed: int = 5) -> onnx.ModelProto:
     """Depthwise layers the example models lack: stride 2 (windows at the border on one side), 5x5 with
-    a channel multiplier of 2 (the portable path), 3x3 stride 1 (interior pixel pairs), under ReLU6."""
+    a channel multiplier of 2 (the portable path), 3x3 stride 1, 5x5 stride 1 (one pointer per tap), under ReLU6."""
     rng = np.random.default_rng(seed)
     inits: list[onnx.TensorProto] = []
 
@@ -389,7 +389,9 @@ def _dw_model(seed: int = 5) -> onnx.ModelProto:
         oh.make_node("Conv", ["d2r", w("d3.w", (32, 1, 3, 3)), w("d3.b", (32,), 0.1)], ["d3"], pads=[1, 1, 1, 1],
                      group=32, name="d3"),
         oh.make_node("Relu", ["d3"], ["d3r"], name="rd3"),
-        oh.make_node("Conv", ["d3r", w("p.w", (8, 32, 1, 1), 0.2), w("p.b", (8,), 0.1)], ["pj"], name="p"),
+        oh.make_node("Conv", ["d3r", w("d4.w", (32, 1, 5, 5), 0.2), w("d4.b", (32,), 0.1)], ["d4"],
+                     pads=[2, 2, 2, 2], group=32, name="d4"),
+        oh.make_node("Conv", ["d4", w("p.w", (8, 32, 1, 1), 0.2), w("p.b", (8,), 0.1)], ["pj"], name="p"),
         oh.make_node("GlobalAveragePool", ["pj"], ["g"], name="g"),
         oh.make_node("Flatten", ["g"], ["y"], axis=1, name="fl"),
     ]
@@ -401,7 +403,7 @@ def _dw_model(seed: int = 5) -> onnx.ModelProto:
 
 
 def test_depthwise_variants_bit_exact(tmp_path):
-    """Stride 2, 5x5 with ch_mult 2, 3x3 interior pairs; 8-bit, 8-bit with narrowed clamps (the
+    """Stride 2, 5x5 with ch_mult 2, 3x3 stride 1, 5x5 (qc_dw_pixel's taps loop); 8-bit, 8-bit with narrowed clamps (the
     depthwise requantization that is not a plain saturation) and 4-bit packed; host, M4, M0."""
     calib = list(np.random.default_rng(1).standard_normal((16, 1, 8, 12, 12)).astype(np.float32))
     for bits in (8, 4):
@@ -411,7 +413,7 @@ def test_depthwise_variants_bit_exact(tmp_path):
     m4 = onnx.load(str(tmp_path / "w4" / "model.int.onnx"))
     prog, _ = mcu.plan(m8)
     dws = [s for s in prog.steps if s.kind == "dw"]
-    want = {(2, 3, 1), (1, 5, 2), (1, 3, 1)}  # (stride, kernel, channel multiplier)
+    want = {(2, 3, 1), (1, 5, 2), (1, 3, 1), (1, 5, 1)}  # (stride, kernel, channel multiplier)
     assert {(s.params["stride_h"], s.params["k_h"], s.params["ch_mult"]) for s in dws} == want
     for name, m in (("dw8", m8), ("dw8_clamped", _clamped(m8)), ("dw4", m4)):
         _check_variant(m, name, tmp_path, ("mps2-an386", "microbit"))

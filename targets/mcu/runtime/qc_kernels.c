@@ -123,6 +123,21 @@ static inline uint32_t qc_ld32(const void *p)
     return v;
 }
 
+/* Per byte (int8 lanes): the larger / smaller of a and b (SSUB8 sets GE where a >= b). */
+static inline uint32_t qc_max4(uint32_t a, uint32_t b)
+{
+    uint32_t t;
+    __asm__("ssub8 %0, %1, %2\n\tsel %0, %1, %2" : "=&r"(t) : "r"(a), "r"(b) : "cc");
+    return t;
+}
+
+static inline uint32_t qc_min4(uint32_t a, uint32_t b)
+{
+    uint32_t t;
+    __asm__("ssub8 %0, %1, %2\n\tsel %0, %2, %1" : "=&r"(t) : "r"(a), "r"(b) : "cc");
+    return t;
+}
+
 #endif
 
 /* ---------------------------------------------------------------- conv / fully connected
@@ -953,17 +968,23 @@ static inline int32_t qc_smmla(int32_t a, int32_t b, int32_t c)
     return r;
 }
 
-/* Requantize and store 4 channels (c .. c + 3) of a depthwise output pixel. */
+/* Requantize and store 4 channels (c .. c + 3) of a depthwise output pixel. The fast form:
+ * SSAT((hi32(acc * b) + rnd) >> s) per channel, one word store, and other bounds than
+ * [-128, 127] (a fused ReLU / ReLU6) applied to the 4 bytes at once with SSUB8/SEL. */
 static QC_NOINLINE void qc_dw4_store(const qc_dw_params *p, int32_t c, int32_t a0, int32_t a1, int32_t a2, int32_t a3,
                                 int8_t *o)
 {
-    if (p->rq_fast && p->qmin == -128 && p->qmax == 127) { /* SSAT((hi32(acc * b) + rnd) >> s), one store */
+    if (p->rq_fast) {
         const int32_t *b = p->mult + c, *r = p->rnd + c;
-        const uint8_t *sh = p->shift + c;
-        const uint32_t y = (uint32_t)(uint8_t)__ssat(qc_smmla(a0, b[0], r[0]) >> sh[0], 8) |
-                           (uint32_t)(uint8_t)__ssat(qc_smmla(a1, b[1], r[1]) >> sh[1], 8) << 8 |
-                           (uint32_t)(uint8_t)__ssat(qc_smmla(a2, b[2], r[2]) >> sh[2], 8) << 16 |
-                           (uint32_t)(uint8_t)__ssat(qc_smmla(a3, b[3], r[3]) >> sh[3], 8) << 24;
+        const uint32_t sh = qc_ld32(p->shift + c);
+        uint32_t y = (uint32_t)(uint8_t)__ssat(qc_smmla(a0, b[0], r[0]) >> (sh & 0xFF), 8) |
+                     (uint32_t)(uint8_t)__ssat(qc_smmla(a1, b[1], r[1]) >> ((sh >> 8) & 0xFF), 8) << 8 |
+                     (uint32_t)(uint8_t)__ssat(qc_smmla(a2, b[2], r[2]) >> ((sh >> 16) & 0xFF), 8) << 16 |
+                     (uint32_t)__ssat(qc_smmla(a3, b[3], r[3]) >> (sh >> 24), 8) << 24;
+        if (p->qmin != -128 || p->qmax != 127) {
+            y = qc_max4(y, (uint8_t)p->qmin * 0x01010101u);
+            y = qc_min4(y, (uint8_t)p->qmax * 0x01010101u);
+        }
         memcpy(o, &y, 4);
     } else {
         o[0] = (int8_t)qc_dw_rq(p, a0, c);
@@ -1046,71 +1067,140 @@ static QC_NOINLINE void qc_dw4_gen(const qc_dw_params *p, const int8_t *in, int3
     }
 }
 
-/* void qc_dw3x3x2(const int8_t *x, const int32_t *w, int32_t xcol, const qc_dw3_args *a):
- * channels c .. c + 3 (x: the first window's corner at channel c; w: the group's 9 taps) of two
- * neighbouring output pixels of a 3x3, stride 1 depthwise layer whose windows lie inside the
- * input. Per kernel row 4 words of activations (SXTB16 twice each) serve both windows' 3 taps;
- * the weights are loaded a word at a time at fixed offsets; 8 accumulators, 14 registers, so
- * assembly. Sums out: a->acc[0..3] pixel 0 (channels c .. c + 3), [4..7] pixel 1. */
+#define QC_DW_MAXTAPS 25
+
+/* void qc_dw9_groups(const int8_t *const *tp, const int32_t *w, const qc_dw9_args *a): qc_dw_pixel
+ * for a 3x3 kernel in assembly: every 4-channel group of one output pixel, the taps read through
+ * tp[0..8] at the group's offset (r2), the weights streamed with LDM (two taps per LDM), bias,
+ * multipliers and roundings by LDM at the group's offset, shifts as one word (ASR by a register
+ * uses its low byte). Per group: 9 x (2 LDR, 2 SXTB16, 4 SMLAxy) + 5 LDM of weights, then 39. */
 typedef struct {
-    const int32_t *bias;    /* 0: the 4 channels' biases */
-    int32_t row_step;       /* 4: from the 4th word of a row to the next row: xrow - 3 * xcol */
-    int32_t *acc;           /* 8 */
-} qc_dw3_args;
+    const int32_t *bias, *mult, *rnd; /* 0, 4, 8 */
+    const uint8_t *shift;             /* 12 */
+    int8_t *out;                      /* 16: the pixel's channel 0 */
+    int32_t n;                        /* 20: channels done, a multiple of 4 (> 0) */
+    uint32_t lo4, hi4;                /* 24, 28: the bounds in each byte */
+} qc_dw9_args;
 
-void qc_dw3x3x2(const int8_t *x, const int32_t *w, int32_t xcol, const qc_dw3_args *a);
+void qc_dw9_groups(const int8_t *const *tp, const int32_t *w, const qc_dw9_args *a);
 
-/* x word k (tap k of pixel 0, tap k - 1 of pixel 1) into r12 = (x0, x2), lr = (x1, x3) */
-#define QC_DW_LOAD                   \
-    "\tldr r12, [r0]\n"              \
-    "\tadd r0, r0, r2\n"             \
-    "\tsxtb16 lr, r12, ror #8\n"     \
-    "\tsxtb16 r12, r12\n"
-/* tap weights at byte offset off into pixel 0 (r4-r7) or pixel 1 (r8-r11) */
-#define QC_DW_MAC0(off)                                                   \
-    "\tldr r3, [r1, #" #off "]\n\tsmlabb r4, r12, r3, r4\n\tsmlatt r6, r12, r3, r6\n" \
-    "\tldr r3, [r1, #" #off "+4]\n\tsmlabb r5, lr, r3, r5\n\tsmlatt r7, lr, r3, r7\n"
-#define QC_DW_MAC1(off)                                                   \
-    "\tldr r3, [r1, #" #off "]\n\tsmlabb r8, r12, r3, r8\n\tsmlatt r10, r12, r3, r10\n" \
-    "\tldr r3, [r1, #" #off "+4]\n\tsmlabb r9, lr, r3, r9\n\tsmlatt r11, lr, r3, r11\n"
-#define QC_DW_ROW(wb0, wb1, wb2)                                          \
-    QC_DW_LOAD QC_DW_MAC0(wb0)                                            \
-    QC_DW_LOAD QC_DW_MAC0(wb1) QC_DW_MAC1(wb0)                            \
-    QC_DW_LOAD QC_DW_MAC0(wb2) QC_DW_MAC1(wb1)                            \
-    "\tldr r12, [r0]\n"                                                  \
-    "\tsxtb16 lr, r12, ror #8\n"                                         \
-    "\tsxtb16 r12, r12\n"                                                \
-    QC_DW_MAC1(wb2)                                                       \
-    "\tldr r3, [sp]\n"                                                   \
-    "\tldr r3, [r3, #4]\n"                                               \
-    "\tadd r0, r0, r3\n"
+#define QC_DW9_TAP(off, wa, wb)                        \
+    "\tldr r3, [r0, #" #off "]\n"                      \
+    "\tldr r8, [r3, r2]\n"                             \
+    "\tsxtb16 r9, r8, ror #8\n"                        \
+    "\tsxtb16 r8, r8\n"                                \
+    "\tsmlabb r4, r8, " wa ", r4\n"                    \
+    "\tsmlatt r6, r8, " wa ", r6\n"                    \
+    "\tsmlabb r5, r9, " wb ", r5\n"                    \
+    "\tsmlatt r7, r9, " wb ", r7\n"
+#define QC_DW9_TAP2(off0, off1)                        \
+    "\tldm r1!, {r10, r11, r12, lr}\n"                 \
+    QC_DW9_TAP(off0, "r10", "r11") QC_DW9_TAP(off1, "r12", "lr")
 
-__asm__("\t.pushsection .text.qc_dw3x3x2,\"ax\",%progbits\n"
+__asm__("\t.pushsection .text.qc_dw9_groups,\"ax\",%progbits\n"
         "\t.syntax unified\n"
         "\t.thumb\n"
         "\t.p2align 2\n"
-        "\t.global qc_dw3x3x2\n"
-        "\t.type qc_dw3x3x2, %function\n"
+        "\t.global qc_dw9_groups\n"
+        "\t.type qc_dw9_groups, %function\n"
         "\t.thumb_func\n"
-        "qc_dw3x3x2:\n"
+        "qc_dw9_groups:\n"
         "\tpush {r4-r11, lr}\n"
-        "\tpush {r3}\n"
-        "\tldr r12, [r3]\n"
-        "\tldm r12, {r4-r7}\n"
-        "\tmov r8, r4\n"
-        "\tmov r9, r5\n"
-        "\tmov r10, r6\n"
-        "\tmov r11, r7\n"
-        QC_DW_ROW(0, 8, 16)
-        QC_DW_ROW(24, 32, 40)
-        QC_DW_ROW(48, 56, 64)
+        "\tldm r2, {r4-r11}\n"
+        "\tpush {r4-r11}\n"
+        "\tmovs r2, #0\n"
+        "1:\n"
         "\tldr r3, [sp]\n"
-        "\tldr r3, [r3, #8]\n"
-        "\tstm r3, {r4-r11}\n"
-        "\tadd sp, sp, #4\n"
+        "\tadd r3, r3, r2, lsl #2\n"
+        "\tldm r3, {r4-r7}\n"
+        QC_DW9_TAP2(0, 4)
+        QC_DW9_TAP2(8, 12)
+        QC_DW9_TAP2(16, 20)
+        QC_DW9_TAP2(24, 28)
+        "\tldm r1!, {r10, r11}\n"
+        QC_DW9_TAP(32, "r10", "r11")
+        "\tldr r3, [sp, #4]\n"
+        "\tadd r3, r3, r2, lsl #2\n"
+        "\tldm r3, {r8-r11}\n"
+        "\tsmmul r4, r4, r8\n"
+        "\tsmmul r5, r5, r9\n"
+        "\tsmmul r6, r6, r10\n"
+        "\tsmmul r7, r7, r11\n"
+        "\tldr r3, [sp, #8]\n"
+        "\tadd r3, r3, r2, lsl #2\n"
+        "\tldm r3, {r8-r11}\n"
+        "\tadd r4, r4, r8\n"
+        "\tadd r5, r5, r9\n"
+        "\tadd r6, r6, r10\n"
+        "\tadd r7, r7, r11\n"
+        "\tldr r3, [sp, #12]\n"
+        "\tldr r3, [r3, r2]\n"
+        "\tasr r4, r4, r3\n"
+        "\tlsr r3, r3, #8\n"
+        "\tasr r5, r5, r3\n"
+        "\tlsr r3, r3, #8\n"
+        "\tasr r6, r6, r3\n"
+        "\tlsr r3, r3, #8\n"
+        "\tasr r7, r7, r3\n"
+        "\tssat r4, #8, r4\n"
+        "\tssat r5, #8, r5\n"
+        "\tssat r6, #8, r6\n"
+        "\tssat r7, #8, r7\n"
+        "\tbfi r4, r5, #8, #8\n"
+        "\tbfi r6, r7, #8, #8\n"
+        "\tpkhbt r4, r4, r6, lsl #16\n"
+        "\tldrd r8, r9, [sp, #24]\n"
+        "\tssub8 r12, r4, r8\n"
+        "\tsel r4, r4, r8\n"
+        "\tssub8 r12, r4, r9\n"
+        "\tsel r4, r9, r4\n"
+        "\tldr r3, [sp, #16]\n"
+        "\tstr r4, [r3, r2]\n"
+        "\tadds r2, r2, #4\n"
+        "\tldr r3, [sp, #20]\n"
+        "\tcmp r2, r3\n"
+        "\tbne 1b\n"
+        "\tadd sp, sp, #32\n"
         "\tpop {r4-r11, pc}\n"
-        "\t.size qc_dw3x3x2, .-qc_dw3x3x2\n"
+        "\t.size qc_dw9_groups, .-qc_dw9_groups\n"
         "\t.popsection\n");
+
+/* Every 4-channel group of one output pixel (8-bit weights, fast requantization), its kernel's
+ * taps read through tp[t]: the tap's input pixel at channel 0, or, for a tap in the padding, a
+ * pixel's worth of in_zp bytes. Per tap and group: LDR, 2 SXTB16, the weights (LDRD), 4 SMLAxy;
+ * per group: the requantization, SSAT, clamp of the 4 bytes at once (SSUB8/SEL) and one store. */
+static QC_NOINLINE void qc_dw_pixel(const qc_dw_params *p, const int8_t *const *tp, int32_t nt, int8_t *o)
+{
+    const int32_t oc4 = p->out_c & ~3;
+    const int32_t *wq = (const int32_t *)p->w, *bias = p->bias, *mult = p->mult, *rnd = p->rnd;
+    const uint8_t *shift = p->shift;
+    const uint32_t lo4 = (uint8_t)p->qmin * 0x01010101u, hi4 = (uint8_t)p->qmax * 0x01010101u;
+    int32_t c, t;
+    for (c = 0; c < oc4; c += 4) {
+        int32_t a0 = bias[c], a1 = bias[c + 1], a2 = bias[c + 2], a3 = bias[c + 3];
+        uint32_t sh, y;
+        if (nt == 9) {
+            QC_DW_TAP(qc_ld32(tp[0] + c));
+            QC_DW_TAP(qc_ld32(tp[1] + c));
+            QC_DW_TAP(qc_ld32(tp[2] + c));
+            QC_DW_TAP(qc_ld32(tp[3] + c));
+            QC_DW_TAP(qc_ld32(tp[4] + c));
+            QC_DW_TAP(qc_ld32(tp[5] + c));
+            QC_DW_TAP(qc_ld32(tp[6] + c));
+            QC_DW_TAP(qc_ld32(tp[7] + c));
+            QC_DW_TAP(qc_ld32(tp[8] + c));
+        } else {
+            for (t = 0; t < nt; t++) QC_DW_TAP(qc_ld32(tp[t] + c));
+        }
+        sh = qc_ld32(shift + c);
+        y = (uint32_t)(uint8_t)__ssat(qc_smmla(a0, mult[c], rnd[c]) >> (sh & 0xFF), 8) |
+            (uint32_t)(uint8_t)__ssat(qc_smmla(a1, mult[c + 1], rnd[c + 1]) >> ((sh >> 8) & 0xFF), 8) << 8 |
+            (uint32_t)(uint8_t)__ssat(qc_smmla(a2, mult[c + 2], rnd[c + 2]) >> ((sh >> 16) & 0xFF), 8) << 16 |
+            (uint32_t)__ssat(qc_smmla(a3, mult[c + 3], rnd[c + 3]) >> (sh >> 24), 8) << 24;
+        y = qc_min4(qc_max4(y, lo4), hi4);
+        memcpy(o + c, &y, 4);
+    }
+}
 
 /* The same for a window that touches the padding (pads read as zp4, the zero point in 4 bytes). */
 static QC_NOINLINE void qc_dw4_border(const qc_dw_params *p, const int8_t *in, int32_t iy0, int32_t ix0, int32_t c,
@@ -1134,8 +1224,10 @@ static QC_NOINLINE void qc_dw4_border(const qc_dw_params *p, const int8_t *in, i
 /* The bias has the input zero point folded in (bias - zp * sum of the channel's weights), so
  * pads read as zp and the taps multiply raw values. With the DSP extension, 8-bit weights and
  * ch_mult 1, channels go 4 at a time: per tap one word of activations, 2 SXTB16, 2 weight words,
- * 4 SMLAxy (a depthwise conv has no pairs of products to sum, so no SMLAD); windows inside the
- * input take no bounds checks. */
+ * 4 SMLAxy (a depthwise conv has no pairs of products to sum, so no SMLAD). With the fast
+ * requantization a pixel's groups run in one call (qc_dw9_groups for 3x3, qc_dw_pixel otherwise)
+ * through one pointer per tap, so no tap is bounds-checked: a tap in the padding points at the
+ * output pixel itself, filled with in_zp beforehand (the output never aliases the input). */
 void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
 {
     const int32_t oc = p->out_c, kh = p->k_h, kw = p->k_w, in_w = p->in_w, in_c = p->in_c;
@@ -1146,8 +1238,17 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
     /* packed tensors (4 channels = whole bytes: an even channel count), 4-bit weights */
     const int32_t gen = (QC_DW & 2) && !simd && p->ch_mult == 1 && oc >= 4 &&
                         (!(p->in_pk || p->out_pk) || !(oc & 1));
-    /* two pixels at a time: 3x3, stride 1, no dilation along W, every channel in groups of 4 */
-    const int32_t pair = simd && kh == 3 && kw == 3 && p->stride_w == 1 && p->dil_w == 1 && (oc & 3) == 0;
+    /* one pixel's groups at a time through tap pointers (fast requantization) */
+    const int32_t px = simd && p->rq_fast && kh * kw <= QC_DW_MAXTAPS;
+    qc_dw9_args a9;
+    a9.bias = p->bias;
+    a9.mult = p->mult;
+    a9.rnd = p->rnd;
+    a9.shift = p->shift;
+    a9.out = out;
+    a9.n = oc & ~3;
+    a9.lo4 = (uint8_t)p->qmin * 0x01010101u;
+    a9.hi4 = (uint8_t)p->qmax * 0x01010101u;
 #endif
     for (oy = 0; oy < p->out_h; oy++) {
         const int32_t iy0 = oy * p->stride_h - p->pad_t;
@@ -1155,20 +1256,36 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
             const int32_t ix0 = ox * p->stride_w - p->pad_l, ob = (oy * p->out_w + ox) * oc;
             c = 0;
 #if QC_USE_DSP
-            if (pair && ox + 1 < p->out_w && iy0 >= 0 && iy0 + 2 * p->dil_h < p->in_h && ix0 >= 0 && ix0 + 3 < in_w) {
-                const int8_t *xw = in + (iy0 * in_w + ix0) * in_c;
-                int32_t acc[8];
-                qc_dw3_args a;
-                a.row_step = p->dil_h * in_w * in_c - 3 * in_c;
-                a.acc = acc;
-                for (; c + 4 <= oc; c += 4) {
-                    a.bias = p->bias + c;
-                    qc_dw3x3x2(xw + c, (const int32_t *)p->w + (c >> 1) * 9, in_c, &a);
-                    qc_dw4_store(p, c, acc[0], acc[1], acc[2], acc[3], out + ob + c);
-                    qc_dw4_store(p, c, acc[4], acc[5], acc[6], acc[7], out + ob + oc + c);
+            if (px) {
+                /* tap pointers; taps in the padding read this output pixel, filled with in_zp
+                 * first (a group's bytes are overwritten only after its taps are read) */
+                const int8_t *tp[QC_DW_MAXTAPS];
+                const int32_t inside = iy0 >= 0 && iy0 + (kh - 1) * p->dil_h < p->in_h && ix0 >= 0 &&
+                                       ix0 + (kw - 1) * p->dil_w < in_w;
+                int32_t t = 0;
+                if (inside) {
+                    const int8_t *x = in + (iy0 * in_w + ix0) * in_c;
+                    const int32_t xrow = p->dil_h * in_w * in_c, xcol = p->dil_w * in_c;
+                    for (ky = 0; ky < kh; ky++, x += xrow)
+                        for (kx = 0; kx < kw; kx++, t++) tp[t] = x + kx * xcol;
+                } else {
+                    qc_fill(out + ob, (uint8_t)p->in_zp * 0x01010101u, oc & ~3);
                 }
-                ox++; /* the next pixel is done too */
-                continue;
+                for (ky = 0; ky < kh && !inside; ky++) { /* unsigned compares: one test per bound pair */
+                    const int32_t iy = iy0 + ky * p->dil_h, rok = (uint32_t)iy < (uint32_t)p->in_h;
+                    const int8_t *r = in + (iy * in_w + ix0) * in_c;
+                    for (kx = 0; kx < kw; kx++, t++) {
+                        const int32_t ix = ix0 + kx * p->dil_w;
+                        tp[t] = rok && (uint32_t)ix < (uint32_t)in_w ? r + kx * p->dil_w * in_c : out + ob;
+                    }
+                }
+                if (t == 9) {
+                    a9.out = out + ob;
+                    qc_dw9_groups(tp, (const int32_t *)p->w, &a9);
+                } else {
+                    qc_dw_pixel(p, tp, t, out + ob);
+                }
+                c = oc & ~3;
             }
             if (gen)
                 for (; c + 4 <= oc; c += 4) qc_dw4_gen(p, in, iy0, ix0, c, out, ob);
@@ -1223,14 +1340,6 @@ static void qc_window(const qc_pool_params *p, int32_t iy0, int32_t ix0, int32_t
 }
 #endif
 
-#if QC_USE_DSP
-static inline uint32_t qc_max4(uint32_t a, uint32_t b)
-{
-    uint32_t t;
-    __asm__("ssub8 %0, %1, %2\n\tsel %0, %1, %2" : "=&r"(t) : "r"(a), "r"(b) : "cc");
-    return t;
-}
-#endif
 
 void qc_maxpool(const qc_pool_params *p, const int8_t *in, int8_t *out)
 {
