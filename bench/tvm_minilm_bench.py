@@ -42,11 +42,11 @@ def _ort_ms(model: onnx.ModelProto, feeds: dict[str, np.ndarray], repeat: int, n
     from qcompiler.ort_session import session
 
     try:
-        s = session(model)
+        s = session(model, spin=True)  # ORT as users run it
     except Exception as e:  # noqa: BLE001 - ORT's own error types
         notes[key] = f"ORT refused the optimized graph ({str(e).splitlines()[0][:160]}); timed unoptimized"
         log.warning("%s: %s", key, notes[key])
-        s = session(model, optimize=False)
+        s = session(model, optimize=False, spin=True)
     for _ in range(5):
         s.run(None, feeds)
     ts = []

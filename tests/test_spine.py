@@ -133,6 +133,25 @@ def test_qdq_model_runs_in_ort_and_tracks_float():
     assert len(ctx.plan.tensors[ctx.plan.layers["conv1"].weight].scale) == 8
 
 
+def test_calibration_observes_exactly_the_tensors_that_get_their_own_quantizer():
+    # A conv output that only feeds its Relu is never quantized, and a MaxPool/view output shares its
+    # input's quantizer: observing them would cost ORT its Conv+Relu fusion and copy them out for nothing.
+    from qcompiler.passes.insert_qdq import SAME_SCALE_OPS
+
+    f, ctx = _canonical()
+    ctx.calib = CalibrationData.from_source(tiny_calib(), input_specs(f))
+    q = plan_and_quantize(f, ctx, CompileOptions())
+    producer = {o: n.op_type for n in q.graph.node for o in n.output}
+    own = {n.input[0].removesuffix(".float") for n in q.graph.node  # a graph output's float twin
+           if n.op_type == "QuantizeLinear" and producer.get(n.input[0]) not in SAME_SCALE_OPS}
+    observed = set(ctx.artifacts["range_observers"])
+    assert observed == own
+    pre_relu = {n.input[0] for n in f.graph.node if n.op_type == "Relu"}
+    assert pre_relu and not pre_relu & observed
+    for name in {o for n in f.graph.node if n.op_type in SAME_SCALE_OPS for o in n.output}:
+        assert ctx.plan.tensors[name].scale  # shares a calibrated quantizer
+
+
 def test_four_bit_weights_are_int4_and_run():
     f, ctx = _canonical()
     ctx.settings["bits"] = [4]
