@@ -153,8 +153,13 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
     check_output_dir(out, force=opts.force)
     bits = sorted(set(opts.bits)) if opts.bits else ([4, 8] if _budgets_given(opts) or opts.pareto else [8])
     for b in bits:
-        if b not in (4, 8):
-            raise FlagError(f"--bits {b} is not supported", hint="use 4 and/or 8, e.g. --bits 4,8")
+        if b not in (2, 4, 8):
+            raise FlagError(f"--bits {b} is not supported", hint="use 2, 4 and/or 8, e.g. --bits 4,8")
+    if 2 in bits and bits[-1] == 2:
+        raise FlagError("--bits 2 needs a 4- or 8-bit candidate too (2 bits are for weights only; "
+                        "activations stay 4/8-bit)", hint="use e.g. --bits 2,4,8")
+    if 2 in bits and target == "mcu":  # no 2-bit MCU kernels: refuse before anything is written
+        raise FlagError("--target mcu supports 4- and 8-bit weights", hint="drop 2 from --bits, e.g. --bits 4,8")
     model, mname, digest = load_model(source, name=name, example_input=example_input,
                                       input_shapes=opts.input_shapes)
     plan = QuantPlan(model=mname)
@@ -163,7 +168,8 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
     # ORT 1.32 cannot create a session for uint4 QuantizeLinear after a Relu (clip_quantizelinear.cc:
     # "Unexpected data type for QuantizeLinear input y_zero_point of 21"), so ORT targets keep 8-bit
     # activations; 4-bit activations are for the TVM and MCU targets, which run the integer graph.
-    act_bits = [8] if opts.weight_only or target.startswith("ort-") else bits
+    # 2 bits are a weight-only width (ternary weights); activations choose among the 4/8 candidates
+    act_bits = [8] if opts.weight_only or target.startswith("ort-") else [b for b in bits if b >= 4]
     ctx = PassContext(model_name=mname, plan=plan, target=target, debug=opts.debug, progress=progress,
                       settings={"bits": bits, "act_bits": act_bits, "observer": opts.observer,
                                 "budgets": plan.budgets, "sensitivity": opts.sensitivity,
@@ -189,6 +195,9 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
             if opts.pareto:
                 raise FlagError("--pareto is not supported for transformer encoders yet",
                                 hint="give one --size-budget at a time")
+            if 2 in bits:
+                raise FlagError("2-bit weights are not supported for transformer encoders",
+                                hint="drop 2 from --bits, e.g. --bits 4,8")
             # weight-only choices: activations stay 8-bit (16-bit on the residual stream)
             ctx.settings.update(encoder=True, weight_only=True, act_bits=[8], group_size=opts.group_size)
             got = sentence_feeds(model, calib, limit=opts.calib_limit)
