@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "for a text encoder also a .txt of sentences (default: built-in sentences)")
     p.add_argument("--calib-samples", type=int, default=None, help="use at most this many calibration samples")
     p.add_argument("--eval", dest="eval_data", default=None, help=".npz with inputs and labels: report accuracy")
-    p.add_argument("--bits", default=None, help="candidate bit widths, e.g. 8 or 4,8 (default 8; 4,8 with a budget)")
+    p.add_argument("--bits", default=None, help="candidate bit widths, e.g. 8, 4,8 or 2,4,8 (2: ternary weights only; "
+                   "default 8; 4,8 with a budget)")
     p.add_argument("--observer", default="mse", choices=["minmax", "percentile", "mse"],
                    help="activation range observer")
     p.add_argument("--input-shape", action="append", default=[], help="NAME:1x3x224x224 for dynamic inputs")
