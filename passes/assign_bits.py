@@ -10,8 +10,9 @@ bits x activation bits). Objective: minimise the summed sensitivity
   activation tensor share its activation bit-width (one tensor, one quantizer);
 * any combination of budgets, all at once:
 
-  - size: ``sum params_i * w_c / 8`` bytes + every other stored byte (int32 biases, float
-    constants), or a fraction of the same total for uniform INT8;
+  - size: ``sum params_i * w_c / 8`` bytes (2-bit weights at 2 bits: their INT4 container in the QDQ
+    model is a storage detail) + every other stored byte (int32 biases, float constants), or a
+    fraction of the same total for uniform INT8;
   - BOPs: ``sum MACs_i * w_c * a_c`` (per sample);
   - latency: ``sum t[i,c]`` from a table measured on the target (:mod:`qcompiler.latency`);
   - SRAM: peak activation bytes. A tensor's bytes are linear in the activation bits of the
@@ -455,18 +456,31 @@ def build_problem(model: onnx.ModelProto, plan: QuantPlan, kinds: Sequence[str] 
     return p
 
 
-def assign(p: BitProblem, budgets: Mapping[str, Budget], *, time_limit: float = 60.0) -> Solution:
+def assign(p: BitProblem, budgets: Mapping[str, Budget], *, time_limit: float = 60.0,
+           target: str = "") -> Solution:
     """Solve for the given budgets; a BudgetError names the smallest feasible value when they cannot be met."""
     limits = {k: b.resolve(p.costs[k].int8) for k, b in budgets.items()}
     sol = solve(p, limits, time_limit=time_limit)
     if sol is not None:
         return sol
-    raise infeasible_error(p, budgets, limits)
+    raise infeasible_error(p, budgets, limits, target=target)
 
 
-def infeasible_error(p: BitProblem, budgets: Mapping[str, Budget], limits: Mapping[str, float]) -> BudgetError:
+def _fewer_bits_hint(p: BitProblem, blocked: set[str], target: str) -> str:
+    """What to do about an infeasible budget. A size budget below the 4-bit floor (int32 biases and
+    per-channel scales keep all-4-bit weights at ~51% of INT8) is reachable with 2-bit weights,
+    which every target but the MCU compiles; say so when they were not candidates."""
+    lowest_w = min((w for fs in p.formats for w, _ in fs), default=8)
+    if blocked & {"size", "flash"} and lowest_w > 2 and target != "mcu":
+        return "raise the budget or allow 2-bit weights with --bits 2,4,8"
+    return "raise the budget or allow fewer bits with --bits"
+
+
+def infeasible_error(p: BitProblem, budgets: Mapping[str, Budget], limits: Mapping[str, float],
+                     *, target: str = "") -> BudgetError:
     """The one-line explanation of an infeasible set of budgets."""
     parts = []
+    blocked: set[str] = set()
     for k, b in budgets.items():
         best = min_cost(p, k, limits)
         if best is None:
@@ -474,6 +488,7 @@ def infeasible_error(p: BitProblem, budgets: Mapping[str, Budget], limits: Mappi
         if best > limits[k] * (1 + 1e-9):
             pct = best / p.costs[k].int8 if p.costs[k].int8 else float("nan")
             others = " with the other budgets" if len(budgets) > 1 else ""
+            blocked.add(k)
             parts.append(f"--{k}-budget {b} ({format_value(k, limits[k])}) cannot be met: the smallest "
                          f"feasible {k} is {format_value(k, best)} ({pct:.1%} of INT8){others}")
     if not parts:
@@ -481,7 +496,7 @@ def infeasible_error(p: BitProblem, budgets: Mapping[str, Budget], limits: Mappi
         parts.append("the budgets " + ", ".join(f"--{k}-budget {b}" for k, b in budgets.items())
                      + " cannot all be met together; smallest feasible values alone: "
                      + ", ".join(f"{k} {format_value(k, v)}" for k, v in alone.items() if v is not None))
-    return BudgetError("; ".join(parts), hint="raise the budget or allow fewer bits with --bits")
+    return BudgetError("; ".join(parts), hint=_fewer_bits_hint(p, blocked, target))
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -558,7 +573,7 @@ class AssignBits(Pass):
             measure = lambda plan: mcu_measure(model, plan, ctx.settings)  # noqa: E731
             floor = mcu_costs(p, ctx.plan, measure, checked,
                               program=lambda plan: mcu_program(model, plan, ctx.settings), model=model)
-        sol = assign(p, budgets, time_limit=float(ctx.settings.get("ilp_time_limit", 60)))
+        sol = assign(p, budgets, time_limit=float(ctx.settings.get("ilp_time_limit", 60)), target=ctx.target)
         if measure is not None:
             sol = self._tighten(ctx.plan, p, budgets, sol, measure, checked, floor)
         apply_solution(ctx.plan, p, sol)

@@ -2,6 +2,11 @@
 
 Layout (the lowering pass relies on it, see docs/INTEGER_GRAPH.md):
 - weights: int8 (or INT4 for 4 bits) initializers -> DequantizeLinear(per-channel scale, zp 0);
+  2-bit (ternary) weights are INT4 initializers holding values in [-1, 1] (the plan records 2 bits).
+  Not ONNX INT2: DequantizeLinear takes tensor(int2) only from opset 25 (probed: ONNX Runtime 1.32 and
+  onnx.reference run it at opset 25, both the checker and ORT reject it at opsets 21 and 23), and the
+  canonical model is opset 21 for every stage and backend. Sizes count these weights at 2 bits
+  (``plan.layers[*].weight_bits``);
 - bias: int32 initializer at scale s_x*s_w -> DequantizeLinear;
 - activations: tensor -> QuantizeLinear -> DequantizeLinear -> every consumer;
 - a Relu/Clip right after Conv/Gemm/MatMul/Add is kept, and only its output is
@@ -144,7 +149,7 @@ class InsertQDQ(Pass):
                                    plan.tensors[lp.input].scale[0])
             q = quantize_weight(w, s_w, lp.weight_bits, axis)
             wq_name = f"{lname}.w_q"
-            if lp.weight_bits == 4:
+            if lp.weight_bits <= 4:  # 2-bit weights: INT4 holding [-1, 1] (see the module docstring)
                 proto = helper.make_tensor(wq_name, TensorProto.INT4, q.shape, q.ravel().tolist())
                 zp_proto = helper.make_tensor(f"{lname}.w_zp", TensorProto.INT4, [len(s_w)], [0] * len(s_w))
             else:

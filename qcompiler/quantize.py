@@ -50,8 +50,9 @@ _SCALES_MAX = 1024
 def weight_scales(w: np.ndarray, bits: int, axis: int, *, mse: bool = True) -> np.ndarray:
     """Symmetric per-channel scales; with ``mse`` the clip per channel minimises ||W - Q(W)||^2.
 
-    Clipping matters at 4 bits (a few outliers would otherwise waste the grid);
-    at 8 bits the search almost always keeps the max, and costs little.
+    Clipping matters at 4 bits (a few outliers would otherwise waste the grid) and decides everything
+    at 2 bits (ternary weights: the clip is the one nonzero level); at 8 bits the search almost always
+    keeps the max, and costs little.
 
     Results are memoised by the weight's bytes, so sensitivity (every layer at every
     candidate width) and InsertQDQ (the chosen width) search each weight once.
@@ -101,7 +102,10 @@ def _weight_scales(w: np.ndarray, bits: int, axis: int, mse: bool) -> np.ndarray
     amax = np.where(amax > 0, amax, 1.0)
     if not mse:
         return (amax / qmax).astype(np.float32)
-    fr = np.linspace(0.5, 1.0, 51)
+    # At 2 bits the grid is ternary {-1, 0, 1} x scale: the MSE-best scale of a bell-shaped channel lies
+    # near a third of its max (the threshold s/2 must cut most small weights to 0), below the 4/8-bit
+    # range, so the search reaches down to 5% of the max there (other widths keep their grid).
+    fr = np.linspace(0.05, 1.0, 96) if bits <= 2 else np.linspace(0.5, 1.0, 51)
     best = amax / qmax
     best_err = np.full(len(amax), np.inf)
     # A cache-sized block of channels at a time, in place, in float32: the weights are float32, the
