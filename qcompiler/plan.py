@@ -8,7 +8,7 @@ re-applied to the same model.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,9 @@ class LayerPlan:
         return self.quantized_output or self.output
 
 
+_TQ_FIELDS = fields(TensorQuant)
+
+
 @dataclass
 class QuantPlan:
     """All decisions for one model; the single source passes share."""
@@ -78,7 +81,8 @@ class QuantPlan:
             "settings": self.settings,
             "budgets": self.budgets,
             "layers": {k: asdict(v) for k, v in sorted(self.layers.items())},
-            "tensors": {k: asdict(v) for k, v in sorted(self.tensors.items())},
+            # shallow: asdict deep-copies every per-channel scale list (0.4 s on MobileNetV2), json only reads
+            "tensors": {k: {f.name: getattr(v, f.name) for f in _TQ_FIELDS} for k, v in sorted(self.tensors.items())},
             "fallback_ops": sorted(self.fallback_ops),
             "stats": self.stats,
         }
