@@ -1240,6 +1240,7 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
                         (!(p->in_pk || p->out_pk) || !(oc & 1));
     /* one pixel's groups at a time through tap pointers (fast requantization) */
     const int32_t px = simd && p->rq_fast && kh * kw <= QC_DW_MAXTAPS;
+    const int32_t xrow = p->dil_h * in_w * in_c, xcol = p->dil_w * in_c; /* tap steps */
     qc_dw9_args a9;
     a9.bias = p->bias;
     a9.mult = p->mult;
@@ -1263,9 +1264,20 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
                 const int32_t inside = iy0 >= 0 && iy0 + (kh - 1) * p->dil_h < p->in_h && ix0 >= 0 &&
                                        ix0 + (kw - 1) * p->dil_w < in_w;
                 int32_t t = 0;
-                if (inside) {
+                if (inside && kh == 3 && kw == 3) {
                     const int8_t *x = in + (iy0 * in_w + ix0) * in_c;
-                    const int32_t xrow = p->dil_h * in_w * in_c, xcol = p->dil_w * in_c;
+                    tp[0] = x;
+                    tp[1] = x + xcol;
+                    tp[2] = x + 2 * xcol;
+                    tp[3] = x + xrow;
+                    tp[4] = tp[3] + xcol;
+                    tp[5] = tp[3] + 2 * xcol;
+                    tp[6] = x + 2 * xrow;
+                    tp[7] = tp[6] + xcol;
+                    tp[8] = tp[6] + 2 * xcol;
+                    t = 9;
+                } else if (inside) {
+                    const int8_t *x = in + (iy0 * in_w + ix0) * in_c;
                     for (ky = 0; ky < kh; ky++, x += xrow)
                         for (kx = 0; kx < kw; kx++, t++) tp[t] = x + kx * xcol;
                 } else {
@@ -1276,7 +1288,7 @@ void qc_depthwise(const qc_dw_params *p, const int8_t *in, int8_t *out)
                     const int8_t *r = in + (iy * in_w + ix0) * in_c;
                     for (kx = 0; kx < kw; kx++, t++) {
                         const int32_t ix = ix0 + kx * p->dil_w;
-                        tp[t] = rok && (uint32_t)ix < (uint32_t)in_w ? r + kx * p->dil_w * in_c : out + ob;
+                        tp[t] = rok && (uint32_t)ix < (uint32_t)in_w ? r + kx * xcol : out + ob;
                     }
                 }
                 if (t == 9) {
