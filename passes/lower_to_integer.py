@@ -18,7 +18,9 @@ What comes out (before ``fuse``):
   listed in ``plan.fallback_ops``.
 
 4-bit tensors (INT4/UINT4 Q/DQ types, or 8-bit types with a 4-bit plan) are held in
-int8/uint8 containers with the 4-bit range as clamp.
+int8/uint8 containers with the 4-bit range as clamp. 2-bit (ternary) weights arrive as INT4
+initializers holding [-1, 1] and become int8 weights like any other: ConvInteger/MatMulInteger
+and every backend compute them exactly (the TVM CPU target stores them packed as 4-bit).
 """
 
 from __future__ import annotations
