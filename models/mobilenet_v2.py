@@ -34,8 +34,10 @@ def weights_path() -> Path:
     return path
 
 
-def build_torch(pretrained: bool = True):
-    """The torch module (eval mode), with the ImageNet weights loaded strictly when ``pretrained``."""
+def mbv2_units():  # -> (cbr, InvertedResidual); torch is optional, imported lazily
+    """MobileNetV2's two building blocks as torchvision writes them (Conv-BN-ReLU6 units; inverted
+    residuals with a linear bottleneck), for this model and the zoo's small MobileNetV2-style ones:
+    one definition, so their ONNX graphs have the same node structure."""
     torch = require_torch()
     from torch import nn
 
@@ -55,6 +57,16 @@ def build_torch(pretrained: bool = True):
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x + self.conv(x) if self.use_res else self.conv(x)
+
+    return cbr, InvertedResidual
+
+
+def build_torch(pretrained: bool = True):
+    """The torch module (eval mode), with the ImageNet weights loaded strictly when ``pretrained``."""
+    torch = require_torch()
+    from torch import nn
+
+    cbr, InvertedResidual = mbv2_units()
 
     class MobileNetV2(nn.Module):
         def __init__(self, num_classes: int = 1000) -> None:

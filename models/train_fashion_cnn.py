@@ -70,34 +70,38 @@ def build_model():  # -> torch.nn.Module (torch is an optional dependency, impor
     return FashionCNN()
 
 
-def _seed_everything(threads: int) -> None:
+def _seed_everything(threads: int, seed: int = SEED) -> None:
     import torch
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.manual_seed(SEED)
-    np.random.seed(SEED)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
     torch.use_deterministic_algorithms(True)
     torch.set_flush_denormal(True)
     torch.set_num_threads(threads)
 
 
-def train(epochs: int, batch: int, threads: int):
-    """Adam + one-cycle LR, light augmentation (random horizontal flip); returns the eval-mode model."""
+def train(epochs: int, batch: int, threads: int, *, build=None, seed: int = SEED):
+    """AdamW + one-cycle LR, light augmentation (random horizontal flip); returns the eval-mode model.
+
+    ``build`` makes the network (default: this module's ``build_model``); the Fashion-MNIST zoo models
+    share this recipe so that their accuracies compare.
+    """
     import torch
     from torch import nn
 
-    _seed_everything(threads)
+    _seed_everything(threads, seed)
     xi, yi = load_split("train")
     x = torch.from_numpy(to_input(xi))
     y = torch.from_numpy(yi.astype(np.int64))
-    model = build_model()
+    model = (build or build_model)()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params} parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = epochs * ((len(x) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-3, total_steps=steps, pct_start=0.2)
     loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(SEED)
+    gen = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         t0 = time.time()
         model.train()

@@ -21,13 +21,10 @@ BatchNormalization kept). Its data are the bundled example's committed slices
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-import numpy as np
-
-from models.fashion_mnist import accuracy, load_eval, load_split, load_test_full, to_input
+from models.fashion_mnist import accuracy, load_eval, load_test_full
 
 ONNX_PATH = Path(__file__).resolve().parent / "fashion_mbv2.onnx"
 SEED = 20241124
@@ -42,22 +39,9 @@ def build_model():  # -> torch.nn.Module (torch is an optional dependency, impor
     import torch
     from torch import nn
 
-    def cbr(cin: int, cout: int, k: int = 3, s: int = 1, groups: int = 1) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, k, s, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU6()
-        )
+    from models.mobilenet_v2 import mbv2_units
 
-    class InvertedResidual(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int, t: int) -> None:
-            super().__init__()
-            hidden = cin * t
-            self.use_res = stride == 1 and cin == cout
-            layers = [cbr(cin, hidden, k=1)] if t != 1 else []
-            layers += [cbr(hidden, hidden, s=stride, groups=hidden), nn.Conv2d(hidden, cout, 1, bias=False)]
-            self.conv = nn.Sequential(*layers, nn.BatchNorm2d(cout))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.conv(x) if self.use_res else self.conv(x)
+    cbr, InvertedResidual = mbv2_units()
 
     class FashionMBV2(nn.Module):
         def __init__(self) -> None:
@@ -78,52 +62,11 @@ def build_model():  # -> torch.nn.Module (torch is an optional dependency, impor
     return FashionMBV2()
 
 
-def _seed_everything(threads: int) -> None:
-    import torch
-
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.manual_seed(SEED)
-    np.random.seed(SEED)
-    torch.use_deterministic_algorithms(True)
-    torch.set_flush_denormal(True)
-    torch.set_num_threads(threads)
-
-
 def train(epochs: int, batch: int, threads: int):
-    """AdamW + one-cycle LR, random horizontal flips (as the bundled example); the eval-mode model."""
-    import torch
-    from torch import nn
+    """The bundled example's recipe (models/train_fashion_cnn.py) with this network and seed."""
+    from models.train_fashion_cnn import train as train_recipe
 
-    _seed_everything(threads)
-    xi, yi = load_split("train")
-    x = torch.from_numpy(to_input(xi))
-    y = torch.from_numpy(yi.astype(np.int64))
-    model = build_model()
-    print(f"model: {sum(p.numel() for p in model.parameters())} parameters")
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps = epochs * ((len(x) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-3, total_steps=steps, pct_start=0.2)
-    loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(SEED)
-    for epoch in range(epochs):
-        t0 = time.time()
-        model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total, n = 0.0, 0
-        for i in range(0, len(x), batch):
-            idx = perm[i : i + batch]
-            xb, yb = x[idx], y[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            n += len(idx)
-        print(f"epoch {epoch + 1}/{epochs}: loss {total / n:.4f} ({time.time() - t0:.1f} s)")
-    return model.eval()
+    return train_recipe(epochs, batch, threads, build=build_model, seed=SEED)
 
 
 def main(argv: list[str] | None = None) -> int:
