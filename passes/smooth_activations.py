@@ -46,6 +46,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler.calibration import RangeObserver
+from qcompiler.ir import consumers, prune_initializers
 from qcompiler.ort_session import session
 from qcompiler.passmanager import Pass, PassContext, PassResult
 from qcompiler.quantize import activation_qparams
@@ -214,10 +215,7 @@ def find_sites(model: onnx.ModelProto, ops: Iterable[str] = SITES) -> tuple[Site
     """
     g = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = consumers(model)
     outputs = {o.name for o in g.output}
     ops = set(ops)
     sites: dict[str, tuple[onnx.NodeProto, list[_Reader]]] = {}
@@ -261,10 +259,6 @@ def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndar
     m = onnx.ModelProto.FromString(model.SerializeToString())
     g = m.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
     outputs = {o.name for o in g.output}
     sites, in_sites = find_sites(m, ops)
     fixed = dict(fixed or {})
@@ -346,10 +340,7 @@ def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndar
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
-    used = {i for n in g.node for i in n.input}
-    keep = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    prune_initializers(g)
     return m, report
 
 

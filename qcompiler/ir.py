@@ -83,6 +83,15 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return out
 
 
+def prune_initializers(graph: onnx.GraphProto) -> None:
+    """Drop the initializers no node reads any more: rewrites that replace nodes leave their
+    constants behind, and ONNX Runtime warns about (and still loads) every one of them."""
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
 def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in model.graph.node for o in n.output if o}
 
