@@ -44,6 +44,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -498,10 +499,33 @@ def anchor_of(candidates: Sequence[Sequence[int]]) -> dict[tuple[int, int], tupl
     return {(w, a): ((w, a) if w <= 2 else (lowest[a], a)) for w, a in cands}
 
 
+def _split_formats(lp: LayerPlan, estimate: bool) -> tuple[list[tuple[int, int]], dict, list, list]:
+    """(candidates, candidate -> anchor it is scaled from, anchors, the others: side copies)."""
+    cands = [(int(w), int(a)) for w, a in lp.candidates]
+    source = anchor_of(cands) if estimate else {c: c for c in cands}
+    anchors = list(dict.fromkeys(source.values()))
+    return cands, source, anchors, [c for c in cands if c not in anchors]
+
+
+def _suffix_session(model: onnx.ModelProto, plan: QuantPlan, name: str, node_index: int,
+                    inits: Mapping[str, np.ndarray], shared: Mapping[str, Any], threads: int,
+                    estimate: bool) -> tuple[Any, list[str], float]:
+    """The ORT session of one layer's suffix (with its side copies), its cut inputs and the seconds
+    it took. Built one layer ahead on a second thread (:func:`kl_sensitivity`), so the next layer's
+    graph optimization overlaps this layer's runs."""
+    t0 = time.perf_counter()
+    others = _split_formats(plan.layers[name], estimate)[3]
+    sm, cut = suffix_model(model, node_index, local=1 + len(others), stub=shared_arrays(inits))
+    used = {t.name for t in sm.graph.initializer}
+    sess = ort_session.session(sm, threads=threads, shared={k: v for k, v in shared.items() if k in used})
+    return sess, cut, time.perf_counter() - t0
+
+
 def _score_layer(model: onnx.ModelProto, plan: QuantPlan, name: str, node_index: int,
                  cache: list[dict[str, np.ndarray]], reference: OutputReference, inits: Mapping[str, np.ndarray],
                  shared: Mapping[str, Any], out_names: list[str], threads: int, timing: SensitivityTiming,
-                 estimate: bool, max_samples: int | None = None) -> None:
+                 estimate: bool, max_samples: int | None = None,
+                 prepared: tuple[Any, list[str], float] | None = None) -> None:
     """Score one layer's candidates over the cached samples (the first ``max_samples`` of them).
 
     With ``estimate`` suffix runs measure the output KL of the anchor formats only (see
@@ -518,15 +542,9 @@ def _score_layer(model: onnx.ModelProto, plan: QuantPlan, name: str, node_index:
     """
     lp = plan.layers[name]
     node = model.graph.node[node_index]
-    cands = [(int(w), int(a)) for w, a in lp.candidates]
-    source = anchor_of(cands) if estimate else {c: c for c in cands}
-    anchors = list(dict.fromkeys(source.values()))
-    others = [c for c in cands if c not in anchors]
-    t0 = time.perf_counter()
-    sm, cut = suffix_model(model, node_index, local=1 + len(others), stub=shared_arrays(inits))
-    used = {t.name for t in sm.graph.initializer}
-    sess = ort_session.session(sm, threads=threads, shared={k: v for k, v in shared.items() if k in used})
-    timing.sessions += time.perf_counter() - t0
+    cands, source, anchors, others = _split_formats(lp, estimate)
+    sess, cut, seconds = prepared or _suffix_session(model, plan, name, node_index, inits, shared, threads, estimate)
+    timing.sessions += seconds
     t0 = time.perf_counter()
     w = inits[lp.weight]
     axis = weight_axis(node, w.ndim)
@@ -674,11 +692,20 @@ def kl_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: list[dict[s
         log.info("sensitivity: group %d/%d (%d layers), probe %.2fs, %.0f MiB of layer inputs cached",
                  gi + 1, len(groups), len(group), time.perf_counter() - t0,
                  sum(a.nbytes for c in cache for a in c.values()) / 2**20)
-        for n in group:
-            _score_layer(model, plan, n, index[n], cache, reference, inits, shared, out_names, threads, timing,
-                         estimate, light_samples if n in light_set else None)
-            if advance:
-                advance(len(plan.layers[n].candidates))
+        with ThreadPoolExecutor(1) as pool:  # the next layer's session is built while this one runs
+            def prepare(n: str) -> Any:
+                return pool.submit(_suffix_session, model, plan, n, index[n], inits, shared, threads, estimate)
+
+            nxt = prepare(group[0])
+            for i, n in enumerate(group):
+                prepared = nxt.result()
+                if i + 1 < len(group):
+                    nxt = prepare(group[i + 1])
+                _score_layer(model, plan, n, index[n], cache, reference, inits, shared, out_names, threads,
+                             timing, estimate, light_samples if n in light_set else None, prepared=prepared)
+                del prepared
+                if advance:
+                    advance(len(plan.layers[n].candidates))
         del cache
     timing.samples = n_samples
     timing.layers = len(names)

@@ -197,7 +197,7 @@ def weight_jobs(model: onnx.ModelProto, ctx: PassContext) -> list[tuple[np.ndarr
     the clip searches that sensitivity and InsertQDQ will ask :func:`weight_scales` for."""
     inits = {t.name: t for t in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
-    bits = sorted({int(b) for b in ctx.settings.get("bits", [8])} & {4, 8}) or [8]
+    bits = sorted({int(b) for b in ctx.settings.get("bits", [8])} & {2, 4, 8}) or [8]
     jobs = []
     for name, lp in ctx.plan.layers.items():
         node, w = nodes.get(name), inits.get(lp.weight)
