@@ -18,7 +18,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from qcompiler.targets.tvm import emit
-from qcompiler.targets.tvm.builder import build_module, pack_int4, unpack_int4_np
+from qcompiler.targets.tvm.builder import (
+    build_module,
+    pack_int2,
+    pack_int4,
+    packed_bits,
+    unpack_int2_np,
+    unpack_int4_np,
+)
 from qcompiler.targets.tvm.compile import compile_module, cpu_target, host_mcpu, nvcc_path
 
 from qcompiler import numerics, runtime
@@ -65,6 +72,10 @@ CONV_CASES = [  # (x dtype, C, M, H, k, stride, pad, group, w range, qmin/qmax, 
     ("int8", 4, 8, 10, 3, 1, 2, 2, 8, (-128, 127), 2),  # grouped, dilated, -8..7
     ("uint8", 3, 16, 13, 5, 2, (1, 2, 2, 1), 1, 127, (0, 255), 1),  # asymmetric pads
     ("uint8", 16, 16, 12, 1, 1, 0, 1, 127, (0, 255), 1),  # 1x1 on 12x12: a 16-wide tile would straddle rows
+    # 2-bit weights ([-2, 1]: packed four per byte)
+    ("uint8", 5, 7, 9, 3, 1, 1, 1, 2, (0, 255), 1),  # 315 weights: the last byte half padding
+    ("int8", 6, 6, 11, 3, 2, 1, 6, 2, (-128, 127), 1),  # depthwise, stride 2
+    ("uint8", 4, 8, 10, 3, 1, 2, 2, 2, (3, 200), 2),  # grouped, dilated
 ]
 
 
@@ -86,6 +97,8 @@ def test_qconv_matches_numerics(case) -> None:
                {"x_zp": x_zp, "w": w, "bias": bias, "b": b, "c": c, "y_zp": y_zp})
     ref = numerics.qconv(x, x_zp, w, bias, b, c, y_zp, strides=(s, s), pads=pads, dilations=(d, d), group=g,
                          qmin=qmin, qmax=qmax)
+    want_bits = {2: 2, 7: 4, 8: 4}.get(wr)
+    assert build_module(m).packed_bits.get("qc") == want_bits  # the case exercises the packing it names
     got = _run_tvm(m, x)
     assert got.dtype == ref.dtype
     np.testing.assert_array_equal(got, ref)
@@ -153,6 +166,40 @@ def test_int4_packing_round_trip() -> None:
     p = pack_int4(w)
     assert p.dtype == np.int8 and p.size == 39
     np.testing.assert_array_equal(unpack_int4_np(p, w.size), w)
+
+
+def test_int2_packing_round_trip() -> None:
+    w = RNG.integers(-2, 2, 77).astype(np.int8)
+    p = pack_int2(w)
+    assert p.dtype == np.int8 and p.size == 20
+    np.testing.assert_array_equal(unpack_int2_np(p, w.size), w)
+    assert packed_bits(w) == 2 and packed_bits(w * 4) == 4 and packed_bits(w * 64) is None
+
+
+@pytest.mark.parametrize("k,m,vnni", [(32, 16, True), (32, 16, False), (10, 6, False)],
+                         ids=["vnni", "int16", "odd"])
+def test_qmatmul_two_bit_weights_match_numerics(k, m, vnni) -> None:
+    """Ternary matmul weights stored four per byte, on the VNNI layout ([M/16, K/4, 16, 4], packed after
+    the reordering) and on the int16 path; 10 x 6 weights leave a partly padded last byte."""
+    import tvm
+    from qcompiler.targets.tvm.vnni import host_has_vnni
+    from tvm import relax
+
+    if vnni and not host_has_vnni():
+        pytest.skip("no AVX-512 VNNI on this CPU")
+    x = RNG.integers(-128, 128, (5, k)).astype(np.int8)
+    inits = {"x_zp": np.array(-3, np.int8), "w": RNG.integers(-1, 2, (k, m)).astype(np.int8),
+             "bias": RNG.integers(-900, 900, m).astype(np.int32), "y_zp": np.array(2, np.int8)}
+    inits["b"], inits["c"] = _dyadic(m)
+    node = helper.make_node("QMatMul", ["x", "x_zp", "w", "bias", "b", "c", "y_zp"], ["y"], domain="qcompiler",
+                            name="qm", qmin=-128, qmax=127)
+    mdl = _model([node], [helper.make_tensor_value_info("x", TensorProto.INT8, x.shape)],
+                 [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits)
+    built = build_module(mdl, use_vnni=vnni)
+    assert built.packed_bits == {"qm": 2} and built.weight_bytes == -(-k * m // 4)
+    ref = numerics.qmatmul(x, inits["x_zp"], inits["w"], inits["bias"], inits["b"], inits["c"], inits["y_zp"])
+    vm = relax.VirtualMachine(compile_module(built.mod, cpu_target()), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), ref)
 
 
 def test_unsupported_op_is_a_clear_error() -> None:

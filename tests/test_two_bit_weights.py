@@ -8,6 +8,8 @@ for bit, the TVM CPU library against ONNX Runtime, and the MCU target's refusal.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -57,13 +59,18 @@ def test_ternary_grid_is_mse_clipped() -> None:
     assert err < 0.25 * (w**2).sum() < err_max  # Gaussian ternary optimum: ~0.19 of the energy
 
 
-@pytest.mark.parametrize("a_bits", [8, 4])
-def test_uniform_two_bit_plan_lowers_bit_exact(a_bits, tmp_path) -> None:
+def _tiny_plan(w_bits: int, a_bits: int) -> tuple[PassContext, onnx.ModelProto]:
+    """The tiny CNN quantized uniformly at ``w_bits`` weights / ``a_bits`` activations: (context, QDQ model)."""
     m, name, _ = load_model(make_tiny_cnn())
-    ctx = PassContext(model_name=name, settings={"bits": [2], "act_bits": [a_bits]})
+    ctx = PassContext(model_name=name, settings={"bits": [w_bits], "act_bits": [a_bits]})
     f = canonicalize(m, ctx)
     ctx.calib = CalibrationData.from_source(tiny_calib(16), input_specs(f))
-    qdq = plan_and_quantize(f, ctx, CompileOptions())
+    return ctx, plan_and_quantize(f, ctx, CompileOptions())
+
+
+@pytest.mark.parametrize("a_bits", [8, 4])
+def test_uniform_two_bit_plan_lowers_bit_exact(a_bits, tmp_path) -> None:
+    ctx, qdq = _tiny_plan(2, a_bits)
     assert {lp.weight_bits for lp in ctx.plan.layers.values()} == {2}
     for q in _two_bit_weights(qdq, list(ctx.plan.layers)):
         assert q.min() >= -1 and q.max() <= 1 and q.max() > q.min()
@@ -118,3 +125,53 @@ def test_mcu_refuses_two_bit_weights(tmp_path, capsys) -> None:
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "--target mcu supports 4- and 8-bit weights" in err and "drop 2 from --bits" in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_tvm_library_stores_two_bit_weights_four_per_byte(tmp_path) -> None:
+    """The TVM CPU library holds a w2 plan's weights at 2 bits: its weight bytes are half the same plan's at
+    w4 (a quarter of int8), the executable's constant pool holds each weight as ceil(n/4) packed bytes,
+    and its output equals ONNX Runtime on the integer graph."""
+    import json
+
+    import tvm
+    from qcompiler.targets.tvm import emit
+    from tvm import relax
+
+    from qcompiler import runtime
+
+    x = tiny_calib(4, seed=5)
+    meta, sizes = {}, {}
+    for bits in (2, 4):
+        ctx, qdq = _tiny_plan(bits, 8)
+        int_model = lower_and_fuse(qdq, ctx.plan)
+        inits = {t.name: t for t in int_model.graph.initializer}
+        layers = {n.name: numpy_helper.to_array(inits[n.input[2]]) for n in int_model.graph.node
+                  if n.op_type in ("QConv", "QMatMul")}
+        assert set(layers) == set(ctx.plan.layers) and all(w.dtype == np.int8 for w in layers.values())
+        sizes[bits] = {n: w.size for n, w in layers.items()}
+        out = tmp_path / f"w{bits}"
+        out.mkdir()
+        onnx.save(int_model, str(out / "model.int.onnx"))
+        summary = emit(int_model, out, target="cpu")
+        meta[bits] = json.loads((out / "tvm_meta.json").read_text())
+        assert summary["weight_bytes"] == meta[bits]["weight_bytes"]
+        assert sorted(meta[bits][f"packed_int{bits}_layers"]) == sorted(layers)
+        assert meta[bits][f"packed_int{6 - bits}_layers"] == []
+        # the library's own constants (read back from lib.so): one packed tensor of ceil(n * bits / 8) bytes
+        # per weight, the unpacking left in the graph (a folded int8 weight would show its full shape)
+        ex = relax.VMExecutable(tvm.runtime.load_module(str(out / "lib.so")))
+        pool = next(ln for ln in ex.stats().splitlines() if "Constant pool" in ln)
+        tensors = re.findall(r"(?<![\w\[])\[(\d+(?:, \d+)*)\]", pool.split(":", 1)[1])
+        for n, w in layers.items():
+            assert str(-(-w.size * bits // 8)) in tensors, f"{n}: no packed constant in {pool}"
+            assert ", ".join(map(str, w.shape)) not in tensors, f"{n}: an unpacked weight constant in {pool}"
+        if bits == 2:
+            sess = ort.InferenceSession(int_model.SerializeToString(), providers=["CPUExecutionProvider"])
+            run = runtime.load(out)
+            for i in range(len(x)):
+                assert np.array_equal(run(x[i:i + 1]), sess.run(None, {"input": x[i:i + 1]})[0])
+    assert sizes[2] == sizes[4]
+    n_weights = sum(sizes[2].values())
+    assert meta[2]["weight_bytes"] == sum(-(-n // 4) for n in sizes[2].values())
+    assert meta[4]["weight_bytes"] == sum(-(-n // 2) for n in sizes[4].values())
+    assert meta[2]["weight_bytes"] <= 0.52 * meta[4]["weight_bytes"] and 4 * meta[2]["weight_bytes"] < n_weights + 16

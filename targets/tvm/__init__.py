@@ -6,7 +6,10 @@
   returns float32 like ``model.int.onnx``: the boundary QuantizeLinear /
   DequantizeLinear are compiled in, bit-exact with ONNX Runtime.
 * ``tvm_meta.json``: target, input/output names, shapes, dtypes, boundary
-  quantization parameters, and (CUDA) the sha256 of the device source.
+  quantization parameters, the layers whose weights are stored packed at 4 and at
+  2 bits, ``weight_bytes`` (the bytes the library's conv/matmul weight constants
+  take as stored: packed bytes for sub-byte weights, one byte per int8 weight),
+  and (CUDA) the sha256 of the device source.
 * CUDA only: ``model.cu`` (the generated device code, for inspection),
   ``model.ptx`` and ``model.cubin`` built with this machine's nvcc. TVM 0.27
   stores the device code of ``lib.so`` as CUDA *source* when the build machine has
@@ -113,8 +116,10 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         "model_sha256": _model_hash(int_model),
         "inputs": [io.to_dict() for io in built.inputs],
         "outputs": [io.to_dict() for io in built.outputs],
-        "packed_int4_layers": built.packed_weights,
+        "packed_int4_layers": [n for n in built.packed_weights if built.packed_bits.get(n) == 4],
+        "packed_int2_layers": [n for n in built.packed_weights if built.packed_bits.get(n) == 2],
         "packed_bytes_saved": built.packed_bytes_saved,
+        "weight_bytes": built.weight_bytes,
         "tuned_trials": tune,
         "tuning": tuned,
         "schedule": schedule,
@@ -135,7 +140,9 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
     log.info("TVM %s build of %d layers took %.1f s", target, len(built.layers), dt)
     # no timings here: this dict goes into manifest.json, which must be byte-stable
     return {"target": target, "files": files, "schedule": schedule, "layers": len(built.layers),
-            "packed_int4_layers": len(built.packed_weights), "packed_bytes_saved": built.packed_bytes_saved,
+            "packed_int4_layers": sum(b == 4 for b in built.packed_bits.values()),
+            "packed_int2_layers": sum(b == 2 for b in built.packed_bits.values()),
+            "packed_bytes_saved": built.packed_bytes_saved, "weight_bytes": built.weight_bytes,
             "tvm_target": str(tgt), "tuning": tuned}
 
 

@@ -17,6 +17,19 @@ hand onto Relax ops that implement docs/INTEGER_GRAPH.md exactly:
 * 4-bit weights (int8 containers holding [-8, 7]) are stored two per byte and
   unpacked with shifts inside the graph (``(p << 4) >> 4`` and ``p >> 4``), so
   the library carries half the bytes for them.
+* 2-bit (ternary) weights (int8 containers holding [-1, 1]) are stored four per
+  byte, element 4k+j in bits 2j..2j+1 of byte k, and unpacked the same way:
+  ``(p << (6 - 2j)) >> 6`` (``p >> 6`` for j = 3), a quarter of the int8 bytes.
+  Which width a weight gets is read from its values, not from the plan: a weight
+  whose values all lie in [-2, 1] (the signed 2-bit range) is packed at 2 bits,
+  otherwise in [-8, 7] at 4 bits, otherwise kept int8. Why the values: packing is
+  lossless exactly when the values fit, so this can never change a result; the
+  TVM target takes only ``model.int.onnx`` (the plan is not an input of ``emit``,
+  nor of the latency measurement that builds single layers); and the integer
+  graph stores 4-bit and 2-bit weights alike as int8 (the QDQ file as INT4), so
+  the dtype cannot tell them apart. Every 2-bit plan layer holds [-1, 1] and is
+  packed at 2 bits; a 4-bit layer whose values happen to fit [-2, 1] is packed at
+  2 bits too, which is still exact (and smaller).
 
 The module is compiled with a pipeline that does not constant-fold (see
 ``compile.py``), otherwise the unpacking of packed weights would be folded back
@@ -85,6 +98,10 @@ class BuildResult:
     outputs: list[IOInfo]
     packed_weights: list[str] = field(default_factory=list)
     packed_bytes_saved: int = 0
+    # bits per packed weight (name of its layer -> 2 or 4), and the bytes the library's weight
+    # constants take as stored (packed or int8): what the artifacts report as the weights' size
+    packed_bits: dict[str, int] = field(default_factory=dict)
+    weight_bytes: int = 0
     layers: list[str] = field(default_factory=list)
 
 
@@ -143,6 +160,41 @@ def unpack_int4_np(p: np.ndarray, n: int) -> np.ndarray:
     return np.stack([lo, hi], axis=-1).reshape(-1)[:n]
 
 
+def pack_int2(w: np.ndarray) -> np.ndarray:
+    """Pack signed 2-bit values (int8 container, [-2, 1]) four per byte, lowest bits first.
+
+    The flattened weight is padded with 0 to a multiple of 4. Element 4k+j sits in bits
+    2j..2j+1 of byte k, so that unpacking is ``(p << (6 - 2j)) >> 6`` on int8 (the left shift
+    drops the higher elements, the arithmetic right shift sign-extends this one).
+    """
+    flat = w.astype(np.int8).reshape(-1)
+    if flat.size % 4:
+        flat = np.concatenate([flat, np.zeros(4 - flat.size % 4, np.int8)])
+    q = flat.astype(np.uint8).reshape(-1, 4) & 0x03
+    return (q[:, 0] | (q[:, 1] << 2) | (q[:, 2] << 4) | (q[:, 3] << 6)).astype(np.uint8).view(np.int8)
+
+
+def unpack_int2_np(p: np.ndarray, n: int) -> np.ndarray:
+    """Numpy inverse of :func:`pack_int2` (used by the tests)."""
+    p16 = p.astype(np.int8).astype(np.int16)
+    parts = [((p16 << (6 - 2 * j)).astype(np.int8)) >> 6 for j in range(4)]
+    return np.stack(parts, axis=-1).reshape(-1)[:n].astype(np.int8)
+
+
+def packed_bits(w: np.ndarray) -> int | None:
+    """The sub-byte width an int8 weight is stored at in the library: 2 when every value is in
+    [-2, 1], 4 when in [-8, 7], None (int8) otherwise. Read from the values because packing is
+    lossless exactly when they fit (see the module docstring)."""
+    if w.dtype != np.int8 or w.size == 0:
+        return None
+    lo, hi = int(w.min()), int(w.max())
+    if lo >= -2 and hi <= 1:
+        return 2
+    if lo >= -8 and hi <= 7:
+        return 4
+    return None
+
+
 class _Builder:
     """Walks the ONNX graph in order and emits Relax bindings into one dataflow block."""
 
@@ -156,7 +208,9 @@ class _Builder:
         self.env: dict[str, relax.Expr] = {}
         self.bb = relax.BlockBuilder()
         self.packed: list[str] = []
+        self.packed_bits: dict[str, int] = {}
         self.saved = 0
+        self.weight_bytes = 0
         self.layers: list[str] = []
         self.isolated_funcs: list[str] = []
 
@@ -253,21 +307,30 @@ class _Builder:
         return int(_attr(node, "qmin", info.min)), int(_attr(node, "qmax", info.max))
 
     def weight_expr(self, node: onnx.NodeProto, w: np.ndarray) -> relax.Expr:
-        """int8 weight as a Relax expr: packed two per byte when every value fits in 4 bits."""
-        if self.pack4 and w.dtype == np.int8 and w.size >= 16 and w.min() >= -8 and w.max() <= 7:
-            n = w.size
-            p = pack_int4(w)
-            pc = _const(p)
-            lo = self.emit(relax.op.right_shift(relax.op.left_shift(pc, _const(np.asarray(4, np.int8))),
-                                                _const(np.asarray(4, np.int8))))
-            hi = self.emit(relax.op.right_shift(pc, _const(np.asarray(4, np.int8))))
-            inter = self.emit(relax.op.reshape(relax.op.stack([lo, hi], axis=1), [p.size * 2]))
-            if p.size * 2 != n:
-                inter = self.emit(relax.op.strided_slice(inter, axes=[0], begin=[0], end=[n]))
-            self.packed.append(node.name)
-            self.saved += n - p.size
-            return self.emit(relax.op.reshape(inter, list(w.shape)))
-        return _const(w)
+        """int8 weight as a Relax expr: packed four per byte when every value fits in 2 bits, two per
+        byte when they fit in 4 bits (:func:`packed_bits`), unpacked with shifts in the graph."""
+        bits = packed_bits(w) if self.pack4 and w.size >= 16 else None
+        if bits is None:
+            self.weight_bytes += int(w.nbytes)
+            return _const(w)
+        n = w.size
+        per = 8 // bits
+        p = pack_int4(w) if bits == 4 else pack_int2(w)
+        pc = _const(p)
+        i8 = lambda v: _const(np.asarray(v, np.int8))  # noqa: E731
+        parts = []
+        for j in range(per):  # element j of a byte: shift it to the top, then sign-extend it down
+            up = 8 - bits * (j + 1)
+            v = relax.op.left_shift(pc, i8(up)) if up else pc
+            parts.append(self.emit(relax.op.right_shift(v, i8(8 - bits))))
+        inter = self.emit(relax.op.reshape(relax.op.stack(parts, axis=1), [p.size * per]))
+        if p.size * per != n:
+            inter = self.emit(relax.op.strided_slice(inter, axes=[0], begin=[0], end=[n]))
+        self.packed.append(node.name)
+        self.packed_bits[node.name] = bits
+        self.saved += n - p.size
+        self.weight_bytes += int(p.nbytes)
+        return self.emit(relax.op.reshape(inter, list(w.shape)))
 
     # ---- fused ops -----------------------------------------------------------------
     def q_conv(self, node: onnx.NodeProto) -> relax.Expr:
@@ -757,7 +820,8 @@ class _Builder:
                 ret = results[0] if len(results) == 1 else relax.Tuple(results)
                 gv = self.bb.emit_output(ret)
             self.bb.emit_func_output(gv)
-        return BuildResult(self.bb.get(), in_info, out_info, self.packed, self.saved, self.layers)
+        return BuildResult(self.bb.get(), in_info, out_info, packed_weights=self.packed, packed_bytes_saved=self.saved,
+                           layers=self.layers, packed_bits=self.packed_bits, weight_bytes=self.weight_bytes)
 
     def _boundary_q(self, node: onnx.NodeProto, in_info: list[IOInfo]) -> None:
         for io in in_info:
@@ -782,9 +846,9 @@ def build_module(model: onnx.ModelProto, *, batch: int | None = None, pack4: boo
     """Translate an integer ONNX model into a Relax IRModule with one ``main`` function.
 
     ``batch`` overrides the first input dimension (benchmarks compile batch 8 from a
-    batch-1 model); ``pack4`` stores 4-bit weights two per byte; ``use_vnni`` lays the 8-bit
-    matmuls out for AVX-512 VNNI (``vpdpbusd``): a CPU build choice, default on when this host has
-    it; CUDA builds pass False.
+    batch-1 model); ``pack4`` stores sub-byte weights packed (2-bit four per byte, 4-bit two per
+    byte; the name predates 2 bits); ``use_vnni`` lays the 8-bit matmuls out for AVX-512 VNNI
+    (``vpdpbusd``): a CPU build choice, default on when this host has it; CUDA builds pass False.
     """
     if use_vnni is None:
         use_vnni = vnni.host_has_vnni()

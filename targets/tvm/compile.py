@@ -129,8 +129,8 @@ def cpu_fuse(mod: tvm.ir.IRModule, target: tvm.target.Target) -> tvm.ir.IRModule
 
 
 def cpu_pipeline(target: tvm.target.Target, *, fast: bool = True, database: Any = None) -> tvm.transform.Pass:
-    """The default Relax CPU pipeline minus FoldConstant (it would unpack packed int4 weights
-    at compile time) plus our CPU schedules (parallel + vectorized loops).
+    """The default Relax CPU pipeline minus FoldConstant (it would unpack packed 4-bit and 2-bit
+    weights at compile time) plus our CPU schedules (parallel + vectorized loops).
 
     ``database`` (a meta_schedule Database): kernels with a tuning record get the tuned
     schedule; the others get ours (``fast``) or TVM's default loops.

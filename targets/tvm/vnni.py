@@ -9,8 +9,9 @@ runs at 130-200 GMAC/s (measured), bit-exact.
   activation is moved to u8 by adding 128, and the extra ``128 * sum_k w`` joins the zero-point
   term that the builder folds into the bias anyway: the integers are those of the contract.
 * Layout: the constant weight [K, M] is stored as [M/16, K/4, 16, 4] (16 output columns by 4
-  reduction steps per instruction), reordered at build time; 4-bit weights are packed after the
-  reordering, so the unpacked tensor already has this layout.
+  reduction steps per instruction), reordered at build time; 4-bit and 2-bit weights are packed
+  (two or four per byte) after the reordering, so the unpacked int8 tensor already has this layout
+  and the kernel is the same for every weight width (checked bit-exact for 2 bits in tests/test_tvm.py).
 * The intrinsic is registered here because TVM 0.27's own ``dot_16x4_vnni`` calls
   ``llvm.x86.avx512.vpdpbusd.512`` with int32x16 operands, which LLVM 22 rejects ("Call parameter
   type does not match function signature"): the operands are now <64 x i8>.
