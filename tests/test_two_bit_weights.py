@@ -3,11 +3,13 @@
 All-4-bit weights floor at ~51% of INT8 size (int32 biases do not shrink), so ``--size-budget 50%``
 is infeasible with ``--bits 4,8`` and needs ``--bits 2,4,8``. Checked on real runs: the ILP's plan,
 the stored bytes of the QDQ artifact, the integer graph in ONNX Runtime against onnx.reference bit
-for bit, the TVM CPU library against ONNX Runtime, and the MCU target's refusal.
+for bit, the TVM CPU library against ONNX Runtime and its weight bytes (2-bit weights stored four per
+byte), and the MCU target's refusal.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -96,8 +98,9 @@ def test_half_int8_size_needs_two_bit_weights(tmp_path) -> None:
     with pytest.raises(BudgetError, match=r"--bits 2,4,8"):
         compile_model(EXAMPLE, tmp_path / "w48", calib=EXAMPLE_CALIB, options=CompileOptions(bits=[4, 8], **opts))
     assert not (tmp_path / "w48").exists()
-    out = tmp_path / "w248"
-    res = compile_model(EXAMPLE, out, calib=EXAMPLE_CALIB, options=CompileOptions(bits=[2, 4, 8], **opts))
+    out = tmp_path / "w248"  # built for the TVM CPU target too: its library must store what the budget counts
+    res = compile_model(EXAMPLE, out, calib=EXAMPLE_CALIB,
+                        options=CompileOptions(bits=[2, 4, 8], **{**opts, "target": "cpu"}))
     plan = res.plan
     w2 = [n for n, lp in plan.layers.items() if lp.weight_bits == 2]
     assert w2, "the 50% plan needs 2-bit weights"
@@ -112,6 +115,12 @@ def test_half_int8_size_needs_two_bit_weights(tmp_path) -> None:
     measured_int8 = stored_bytes(onnx.load(str(tmp_path / "int8" / "model.qdq.onnx")), int8.plan, qparams=False)
     assert measured <= 0.5 * measured_int8
     assert measured == plan.budgets["size"]["used"] and measured_int8 == plan.budgets["size"]["int8"]
+    # the TVM library's weight constants are each layer's weights at its plan bits (2-bit four per byte)
+    w_q = {t.name: int(np.prod(t.dims)) for t in qdq.graph.initializer}
+    want = sum(-(-w_q[f"{n}.w_q"] * lp.weight_bits // 8) for n, lp in plan.layers.items())
+    tvm_meta = json.loads((out / "tvm_meta.json").read_text())
+    assert tvm_meta["weight_bytes"] == want and sorted(tvm_meta["packed_int2_layers"]) == sorted(w2)
+    assert tvm_meta["weight_bytes"] <= 0.5 * sum(w_q[f"{n}.w_q"] for n in plan.layers)
     ev = np.load(EXAMPLE_EVAL)
     x = (ev["x"][:12].astype(np.float32) * np.float32(ev["input_scale"])).reshape(-1, 1, 28, 28)
     _ort_equals_reference(onnx.load(str(out / "model.int.onnx")), x)
@@ -131,8 +140,6 @@ def test_tvm_library_stores_two_bit_weights_four_per_byte(tmp_path) -> None:
     """The TVM CPU library holds a w2 plan's weights at 2 bits: its weight bytes are half the same plan's at
     w4 (a quarter of int8), the executable's constant pool holds each weight as ceil(n/4) packed bytes,
     and its output equals ONNX Runtime on the integer graph."""
-    import json
-
     import tvm
     from qcompiler.targets.tvm import emit
     from tvm import relax
