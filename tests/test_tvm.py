@@ -9,6 +9,7 @@ with nvcc for sm_80 and sm_90 here; running it needs a GPU (``-m gpu``).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -308,6 +309,9 @@ def test_cuda_code_compiles_with_nvcc(cuda_outs, arch) -> None:
     out = cuda_outs[arch]
     src = (out / "model.cu").read_text()
     assert "__global__" in src
+    # packed 4-bit weights are unpacked without an int8 left shift: C promotes signed char to int, so the
+    # inlined ``(p << 4) >> 4`` would be p itself on the GPU, not its low nibble (builder.py docstring)
+    assert "bitwise_xor" in src and not re.search(r"param_\d+_ptr\[[^\]]*\]\s*<<", src)
     assert f".target {arch}" in (out / "model.ptx").read_text()
     assert (out / "model.cubin").read_bytes()[:4] == b"\x7fELF"
     meta = json.loads((out / "tvm_meta.json").read_text())

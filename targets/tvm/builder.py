@@ -14,12 +14,17 @@ hand onto Relax ops that implement docs/INTEGER_GRAPH.md exactly:
   library takes and returns float32 like ``model.int.onnx`` does; the rounding is
   written out as round-half-to-even with exact float32 steps (floor, compare)
   because TVM's ``round`` is not guaranteed to be half-even on every backend.
-* 4-bit weights (int8 containers holding [-8, 7]) are stored two per byte and
-  unpacked with shifts inside the graph (``(p << 4) >> 4`` and ``p >> 4``), so
-  the library carries half the bytes for them.
-* 2-bit (ternary) weights (int8 containers holding [-1, 1]) are stored four per
-  byte, element 4k+j in bits 2j..2j+1 of byte k, and unpacked the same way:
-  ``(p << (6 - 2j)) >> 6`` (``p >> 6`` for j = 3), a quarter of the int8 bytes.
+* 4-bit weights (int8 containers holding [-8, 7]) are stored two per byte, so
+  the library carries half the bytes for them; 2-bit (ternary) weights (int8
+  containers holding [-1, 1]) four per byte, element 4k+j in bits 2j..2j+1 of
+  byte k: a quarter of the int8 bytes. Both are unpacked inside the graph, element
+  j of a byte as ``(((p >> bits*j) & mask) ^ half) - half`` (mask = 2^bits - 1,
+  half = 2^(bits-1): the field sign-extended) and the top element as
+  ``p >> (8 - bits)``. Why not ``(p << (8 - bits*(j+1))) >> (8 - bits)``: that
+  form relies on the int8 left shift wrapping at 8 bits, which LLVM's i8 ops do
+  but generated C/CUDA does not (C promotes ``signed char`` to int before
+  shifting, and TVM's CUDA code inlines the shift pair into one expression with
+  no cast in between: ``(p << 6) >> 6`` is then p, not its low field).
   Which width a weight gets is read from its values, not from the plan: a weight
   whose values all lie in [-2, 1] (the signed 2-bit range) is packed at 2 bits,
   otherwise in [-8, 7] at 4 bits, otherwise kept int8. Why the values: packing is
@@ -142,7 +147,7 @@ def pack_int4(w: np.ndarray) -> np.ndarray:
 
     The flattened weight is padded to an even length with 0. Element 2k sits in the
     low nibble of byte k, element 2k+1 in the high nibble, so that unpacking is
-    ``lo = (p << 4) >> 4`` and ``hi = p >> 4`` on int8 (arithmetic shifts).
+    ``lo = ((p & 15) ^ 8) - 8`` and ``hi = p >> 4`` (arithmetic shift; see the module docstring).
     """
     flat = w.astype(np.int8).reshape(-1)
     if flat.size % 2:
@@ -164,8 +169,7 @@ def pack_int2(w: np.ndarray) -> np.ndarray:
     """Pack signed 2-bit values (int8 container, [-2, 1]) four per byte, lowest bits first.
 
     The flattened weight is padded with 0 to a multiple of 4. Element 4k+j sits in bits
-    2j..2j+1 of byte k, so that unpacking is ``(p << (6 - 2j)) >> 6`` on int8 (the left shift
-    drops the higher elements, the arithmetic right shift sign-extends this one).
+    2j..2j+1 of byte k; unpacking masks the field out and sign-extends it (module docstring).
     """
     flat = w.astype(np.int8).reshape(-1)
     if flat.size % 4:
@@ -177,7 +181,7 @@ def pack_int2(w: np.ndarray) -> np.ndarray:
 def unpack_int2_np(p: np.ndarray, n: int) -> np.ndarray:
     """Numpy inverse of :func:`pack_int2` (used by the tests)."""
     p16 = p.astype(np.int8).astype(np.int16)
-    parts = [((p16 << (6 - 2 * j)).astype(np.int8)) >> 6 for j in range(4)]
+    parts = [(((p16 >> (2 * j)) & 3) ^ 2) - 2 for j in range(4)]
     return np.stack(parts, axis=-1).reshape(-1)[:n].astype(np.int8)
 
 
@@ -318,11 +322,13 @@ class _Builder:
         p = pack_int4(w) if bits == 4 else pack_int2(w)
         pc = _const(p)
         i8 = lambda v: _const(np.asarray(v, np.int8))  # noqa: E731
+        mask, half = (1 << bits) - 1, 1 << (bits - 1)
         parts = []
-        for j in range(per):  # element j of a byte: shift it to the top, then sign-extend it down
-            up = 8 - bits * (j + 1)
-            v = relax.op.left_shift(pc, i8(up)) if up else pc
-            parts.append(self.emit(relax.op.right_shift(v, i8(8 - bits))))
+        for j in range(per - 1):  # element j: its bits moved down and masked, then sign-extended
+            v = relax.op.right_shift(pc, i8(bits * j)) if j else pc
+            v = relax.op.bitwise_xor(relax.op.bitwise_and(v, i8(mask)), i8(half))
+            parts.append(self.emit(relax.op.subtract(v, i8(half))))
+        parts.append(self.emit(relax.op.right_shift(pc, i8(8 - bits))))  # the top element: one arithmetic shift
         inter = self.emit(relax.op.reshape(relax.op.stack(parts, axis=1), [p.size * per]))
         if p.size * per != n:
             inter = self.emit(relax.op.strided_slice(inter, axes=[0], begin=[0], end=[n]))
