@@ -314,7 +314,7 @@ clean:
 def tile_variants(prog: Program) -> int:
     """The QC_TILES mask of the conv / fully connected tile kernels this program runs (qc_config.h).
 
-    Mirrors qc_mm_init's choice: the fast requantization and at least one channel pair take a tile;
+    Mirrors qc_mm_init's and qc_conv_group's choice: the fast requantization and at least one channel pair take a tile;
     packed outputs need bounds [0, 15] (USAT #4), others clamp unless the bounds are [-128, 127]."""
     mask = 0
     for s in prog.steps:
@@ -325,13 +325,15 @@ def tile_variants(prog: Program) -> int:
         if not p["rq_fast"] or mg < 2:
             continue
         w4 = p["wbits"] == 4
+        # convs on unpacked inputs also pair interleaved columns (8-bit weights: bit << 6)
+        inter = 64 if s.kind == "conv" and not w4 and not p.get("in_pk") else 1
         if p.get("out_pk"):
             if p["qmin"] == 0 and p["qmax"] == 15:
-                mask |= 32 if w4 else 4
+                mask |= 32 if w4 else 4 | 4 * inter
         elif p["qmin"] != -128 or p["qmax"] != 127:
-            mask |= 16 if w4 else 2
+            mask |= 16 if w4 else 2 | 2 * inter
         else:
-            mask |= 8 if w4 else 1
+            mask |= 8 if w4 else 1 | inter
     return mask
 
 

@@ -322,6 +322,29 @@ void qc_tile_w4_p(const int32_t *w, qc_tile_args *a);
     "\tsmlad r7, r11, r12, r7\n"     \
     "\tsmlad r7, r9, lr, r7\n"
 
+/* Interleaved columns (qc_widen_pair): a block of 4 K of pixel 0 then the same block of pixel 1,
+ * so one LDM fetches both: r2, r3 = pixel 0's (x0, x2), (x1, x3); r12, lr = pixel 1's. 2 LDM +
+ * 8 SMLAD per 16 MACs; the K loop ends on the end kept in the frame (c0 + 2 * k_pad). */
+#define QC_STEP_W16I                 \
+    "\tldm r0!, {r8-r11}\n"          \
+    "\tldm r1!, {r2, r3, r12, lr}\n" \
+    "\tsmlad r4, r8, r2, r4\n"       \
+    "\tsmlad r4, r9, r3, r4\n"       \
+    "\tsmlad r6, r10, r2, r6\n"      \
+    "\tsmlad r6, r11, r3, r6\n"      \
+    "\tsmlad r5, r8, r12, r5\n"      \
+    "\tsmlad r5, r9, lr, r5\n"       \
+    "\tsmlad r7, r10, r12, r7\n"     \
+    "\tsmlad r7, r11, lr, r7\n"
+
+void qc_tile_w16i(const int32_t *w, qc_tile_args *a);
+void qc_tile_w16i_c(const int32_t *w, qc_tile_args *a);
+void qc_tile_w16i_p(const int32_t *w, qc_tile_args *a);
+
+__asm__(QC_TILE_FUNC(qc_tile_w16i, QC_STEP_W16I, QC_STORE_PLAIN, "", QC_KEND_SP)
+        QC_TILE_FUNC(qc_tile_w16i_c, QC_STEP_W16I, QC_STORE_CLAMP, "", QC_KEND_SP)
+        QC_TILE_FUNC(qc_tile_w16i_p, QC_STEP_W16I, QC_STORE_PACK, "", QC_KEND_SP));
+
 __asm__(QC_TILE_FUNC(qc_tile_w16, QC_STEP_W16, QC_STORE_PLAIN, QC_KINIT_R3, QC_KEND_R3)
         QC_TILE_FUNC(qc_tile_w16_c, QC_STEP_W16, QC_STORE_CLAMP, QC_KINIT_R3, QC_KEND_R3)
         QC_TILE_FUNC(qc_tile_w4, QC_STEP_W4, QC_STORE_PLAIN, QC_KINIT_SP, QC_KEND_SP)
@@ -481,13 +504,14 @@ static inline int32_t qc_sext16(uint32_t v)
     return (int32_t)((v & 0xFFFFu) ^ 0x8000u) - 0x8000;
 }
 
-/* Portable 2 x 2 dot product over k4 blocks (blk: the pair's first block). */
-static void qc_dot2x2(const int32_t *blk, const int16_t *c0, const int16_t *c1, int32_t k4, int32_t wbits,
-                      int32_t *acc)
+/* Portable 2 x 2 dot product over k4 blocks (blk: the pair's first block); a column's blocks
+ * are cs values apart (4; 8 in the interleaved layout of qc_widen_pair). */
+static void qc_dot2x2(const int32_t *blk, const int16_t *c0, const int16_t *c1, int32_t cs, int32_t k4,
+                      int32_t wbits, int32_t *acc)
 {
     int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
     int32_t b, i;
-    for (b = 0; b < k4; b++, c0 += 4, c1 += 4) {
+    for (b = 0; b < k4; b++, c0 += cs, c1 += cs) {
         if (wbits == 8) {
             const int32_t *q = blk + 4 * b;
             for (i = 0; i < 2; i++) { /* word i of a row: stored positions 2i (low half), 2i + 1 */
@@ -522,11 +546,11 @@ static inline int32_t qc_rqf(int32_t acc, int32_t mult, int32_t rnd, int32_t s, 
 }
 
 /* Row pairs [w, w_end) of the stream against one or two pixels, in C (o1 == 0 and c1 == c0
- * for one pixel). Stores channel m + 1 of a pair only when m + 1 < mg; pk: the pair as one
+ * for one pixel; cs: see qc_dot2x2). Stores channel m + 1 of a pair only when m + 1 < mg; pk: the pair as one
  * byte of a packed output (mg is even there), o0 / o1 pointing at the byte of channel 0. */
 static void qc_pairs_c(const int32_t *w, const int32_t *w_end, int32_t m, int32_t mg, const int16_t *c0,
-                       const int16_t *c1, int32_t k4, int32_t wbits, int32_t rq_fast, int32_t zp, int32_t qmin,
-                       int32_t qmax, int32_t pk, int8_t *o0, int8_t *o1)
+                       const int16_t *c1, int32_t cs, int32_t k4, int32_t wbits, int32_t rq_fast, int32_t zp,
+                       int32_t qmin, int32_t qmax, int32_t pk, int8_t *o0, int8_t *o1)
 {
     const int32_t blk_words = wbits == 8 ? 4 * k4 : k4;
     for (; w < w_end; w += QC_PAIR_HEAD + blk_words + QC_PAIR_TAIL, m += 2) {
@@ -534,7 +558,7 @@ static void qc_pairs_c(const int32_t *w, const int32_t *w_end, int32_t m, int32_
         int32_t acc[4], i;
         acc[0] = acc[1] = w[0];
         acc[2] = acc[3] = w[2];
-        qc_dot2x2(w + QC_PAIR_HEAD, c0, c1, k4, wbits, acc);
+        qc_dot2x2(w + QC_PAIR_HEAD, c0, c1, cs, k4, wbits, acc);
         if (rq_fast) {
             for (i = 0; i < 4; i++)
                 acc[i] = qc_rqf(acc[i], q[i & 2], q[(i & 2) + 1], (q[4] >> (4 * (i & 2))) & 0xFF, qmin, qmax);
@@ -569,6 +593,7 @@ typedef struct {
 #if QC_USE_DSP
     qc_tile_args a;
     void (*tile)(const int32_t *, qc_tile_args *);
+    void (*tile_i)(const int32_t *, qc_tile_args *); /* the same on interleaved columns, or 0 */
 #endif
 } qc_mm;
 
@@ -601,7 +626,11 @@ static void qc_mm_init(qc_mm *t, const int32_t *w, int32_t mg, int32_t k_pad, in
             t->tile = clamp ? QC_TILE(qc_tile_w16_c, 2) : QC_TILE(qc_tile_w16, 1);
         else
             t->tile = clamp ? QC_TILE(qc_tile_w4_c, 16) : QC_TILE(qc_tile_w4, 8);
-        if (!rq_fast || mg < 2) t->tile = 0;
+        if (QC_PK(pk))
+            t->tile_i = wbits != 8 || qmin != 0 || qmax != 15 ? 0 : QC_TILE(qc_tile_w16i_p, 256);
+        else
+            t->tile_i = wbits != 8 ? 0 : clamp ? QC_TILE(qc_tile_w16i_c, 128) : QC_TILE(qc_tile_w16i, 64);
+        if (!rq_fast || mg < 2) t->tile = t->tile_i = 0;
     }
 #else
     (void)blk_words;
@@ -627,8 +656,25 @@ static inline void qc_mm_run(qc_mm *t, const int16_t *c0, const int16_t *c1, int
         m = t->mg - 1;
     }
 #endif
-    qc_pairs_c(w, t->w_end, m, t->mg, c0, c1, t->k4, t->wbits, t->rq_fast, t->zp, t->qmin, t->qmax, t->pk, o0, o1);
+    qc_pairs_c(w, t->w_end, m, t->mg, c0, c1, 4, t->k4, t->wbits, t->rq_fast, t->zp, t->qmin, t->qmax, t->pk, o0,
+               o1);
 }
+
+#if QC_USE_DSP
+/* All mg channels of two pixels whose columns qc_widen_pair interleaved at ci (t->tile_i set). */
+static void qc_mm_run_i(qc_mm *t, const int16_t *ci, int8_t *o0, int8_t *o1)
+{
+    t->a.c0 = ci;
+    t->a.c0_end = ci + 2 * t->k_pad;
+    t->a.o0 = o0;
+    t->a.o1 = o1;
+    t->tile_i(t->w, &t->a);
+    if (t->mg & 1)
+        qc_pairs_c(t->a.w_end, t->w_end, t->mg - 1, t->mg, ci, ci + 4, 8, t->k4, t->wbits, t->rq_fast, t->zp,
+                   t->qmin, t->qmax, t->pk, o0, o1);
+}
+
+#endif
 
 /* Byte copy and fill, a word at a time (unaligned word access is fine on Armv7-M and up;
  * memcpy of 4 bytes compiles to one LDR/STR there and to byte moves where it must). */
@@ -659,6 +705,66 @@ static inline int16_t *qc_fill16(int16_t *col, int32_t v, int32_t n)
     if (n) *col++ = (int16_t)v;
     return col;
 }
+
+#if QC_USE_DSP
+/* Two pixels' windows (rows runs of n int8 values each, stride bytes apart; n a multiple of 4),
+ * then tail zeros, widened into one interleaved column: block j of pixel 0 (x0, x2, x1, x3)
+ * followed by block j of pixel 1. Per 8 values of each pixel: 4 LDR (the runs need not be word
+ * aligned), 8 SXTB16, one STM; a lone block of 4: 2 LDR, 4 SXTB16, STM. */
+void qc_widen_pair_rows(int16_t *d, const int8_t *s0, const int8_t *s1, int32_t n, int32_t rows,
+                        int32_t stride);
+
+__asm__("\t.pushsection .text.qc_widen_pair_rows,\"ax\",%progbits\n"
+        "\t.syntax unified\n"
+        "\t.thumb\n"
+        "\t.p2align 2\n"
+        "\t.global qc_widen_pair_rows\n"
+        "\t.type qc_widen_pair_rows, %function\n"
+        "\t.thumb_func\n"
+        "qc_widen_pair_rows:\n"
+        "\tpush {r4-r11, lr}\n"
+        "\tldr r12, [sp, #40]\n"
+        "\tsub r12, r12, r3\n"          /* stride - n: from a run's end to the next */
+        "1:\n"
+        "\tsubs lr, r3, #8\n"
+        "\tblt 3f\n"
+        "2:\n"
+        "\tldr r5, [r1], #4\n"
+        "\tldr r7, [r2], #4\n"
+        "\tldr r9, [r1], #4\n"
+        "\tldr r11, [r2], #4\n"
+        QC_SXTB16_8
+        "\tstm r0!, {r4-r11}\n"
+        "\tsubs lr, lr, #8\n"
+        "\tbge 2b\n"
+        "3:\n"
+        "\ttst lr, #4\n"
+        "\tbeq 4f\n"
+        "\tldr r5, [r1], #4\n"
+        "\tldr r7, [r2], #4\n"
+        "\tsxtb16 r4, r5\n"
+        "\tsxtb16 r5, r5, ror #8\n"
+        "\tsxtb16 r6, r7\n"
+        "\tsxtb16 r7, r7, ror #8\n"
+        "\tstm r0!, {r4-r7}\n"
+        "4:\n"
+        "\tadd r1, r1, r12\n"
+        "\tadd r2, r2, r12\n"
+        "\tldr r4, [sp, #36]\n"
+        "\tsubs r4, r4, #1\n"
+        "\tstr r4, [sp, #36]\n"
+        "\tbne 1b\n"
+        "\tpop {r4-r11, pc}\n"
+        "\t.size qc_widen_pair_rows, .-qc_widen_pair_rows\n"
+        "\t.popsection\n");
+
+static void qc_widen_pair(int16_t *d, const int8_t *s0, const int8_t *s1, int32_t n, int32_t rows, int32_t stride,
+                          int32_t tail)
+{
+    qc_widen_pair_rows(d, s0, s1, n, rows, stride);
+    if (tail) qc_fill16(d + 2 * n * rows, 0, 2 * tail);
+}
+#endif
 
 /* The int8 values of a column in K order, staged in the upper half of the column's buffer
  * (2 * k_pad bytes), widened in place from the front: block j (4 bytes at k_pad + 4j) is
@@ -859,6 +965,12 @@ static void qc_conv_group(const qc_conv_params *p, const int8_t *in, int8_t *out
     int16_t *col[2];
     int32_t oe = g * (out_c / p->groups); /* the pixel's first channel, as an element offset */
     int32_t oy, ox, j = 0;
+#if QC_USE_DSP
+    /* a pair's first pixel inside the input waits here (its window's start) until the second
+     * is known: if that one is inside too, both are widened into one interleaved column */
+    const int32_t pair = !in_pk && t->tile_i != 0;
+    const int8_t *pend = 0;
+#endif
     col[0] = scratch;
     col[1] = scratch + p->k_pad;
     for (oy = 0; oy < p->out_h; oy++) {
@@ -870,6 +982,23 @@ static void qc_conv_group(const qc_conv_params *p, const int8_t *in, int8_t *out
         for (ox = 0; ox < out_w; ox++) {
             int16_t *c = col[j];
             if (ox >= ox_lo && ox <= hi) {
+#if QC_USE_DSP
+                if (pair && !j) {
+                    pend = in + base;
+                    base += stride_w * in_c;
+                    j = 1;
+                    continue;
+                }
+                if (pair && pend) {
+                    qc_widen_pair(scratch, pend, in + base, run, kh, rstride, tail);
+                    pend = 0;
+                    base += stride_w * in_c;
+                    qc_mm_run_i(t, scratch, out + (oe >> osh), out + ((oe + out_c) >> osh));
+                    oe += 2 * out_c;
+                    j = 0;
+                    continue;
+                }
+#endif
                 if (!in_pk) {
                     c = qc_widen_rows(c, in + base, run, kh, rstride);
                 } else if (p->k8) {
@@ -885,6 +1014,13 @@ static void qc_conv_group(const qc_conv_params *p, const int8_t *in, int8_t *out
             } else {
                 qc_im2col(p, in, oy, ox, g, c);
             }
+#if QC_USE_DSP
+            if (pend) { /* the second pixel is not inside: widen the first one on its own */
+                int16_t *c0 = qc_widen_rows(col[0], pend, run, kh, rstride);
+                if (tail) qc_fill16(c0, 0, tail);
+                pend = 0;
+            }
+#endif
             if (j) {
                 qc_mm_run(t, col[0], col[1], out + (oe >> osh), out + ((oe + out_c) >> osh));
                 oe += 2 * out_c;
@@ -892,6 +1028,12 @@ static void qc_conv_group(const qc_conv_params *p, const int8_t *in, int8_t *out
             j ^= 1;
         }
     }
+#if QC_USE_DSP
+    if (pend) {
+        int16_t *c0 = qc_widen_rows(col[0], pend, run, kh, rstride);
+        if (tail) qc_fill16(c0, 0, tail);
+    }
+#endif
     if (j) qc_mm_run(t, col[0], col[0], out + (oe >> osh), 0);
 }
 
