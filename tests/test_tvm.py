@@ -256,6 +256,18 @@ def test_cpu_lib_bit_exact_with_ort_on_integer_graph(fashion_out, tag) -> None:
         np.testing.assert_array_equal(run(x), _ort(out / "model.int.onnx", x))
 
 
+def test_build_prints_nothing_native_to_the_terminal(fashion_out, tmp_path, capfd, caplog) -> None:
+    # TVM writes a C++ warning per constant when it saves the executable; the CLI's user sees the log
+    # (-v), not 47 lines of "Scope Saving"
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="qcompiler"):
+        emit(onnx.load(str(fashion_out["w8"] / "model.int.onnx")), tmp_path / "out", target="cpu")
+    err = capfd.readouterr().err
+    assert "executable.cc" not in err and "Warning" not in err, err[:400]
+    assert any("native library output" in r.getMessage() for r in caplog.records)
+
+
 def test_runtime_bench_and_shape_errors(fashion_out) -> None:
     out = fashion_out["w8"]
     r = runtime.bench(out, repeat=3)

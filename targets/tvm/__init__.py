@@ -30,6 +30,7 @@ from typing import Any
 import onnx
 
 from qcompiler.errors import FlagError, OutputError, TargetError
+from qcompiler.native_log import native_stderr_to_log
 
 from .builder import BuildResult, build_module
 from .compile import compile_module, cpu_target, cuda_source, cuda_target, host_mcpu, nvcc_compile
@@ -134,7 +135,8 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         meta["cuda_source_sha256"] = hashlib.sha256(src.encode()).hexdigest()
         meta["cubin"] = "model.cubin"
         files += ["model.cu", "model.ptx", "model.cubin"]
-    ex.export_library(str(out_dir / "lib.so"))
+    with native_stderr_to_log(log):  # TVM prints a warning per constant it saves
+        ex.export_library(str(out_dir / "lib.so"))
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     dt = time.perf_counter() - t0
     log.info("TVM %s build of %d layers took %.1f s", target, len(built.layers), dt)
