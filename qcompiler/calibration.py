@@ -365,6 +365,8 @@ class RangeObserver:
 def mse_range(centers: np.ndarray, counts: np.ndarray, lo: float, hi: float, bits: int) -> tuple[float, float]:
     """Clip range that minimises the expected squared quantization error of an asymmetric grid."""
     qmax = (1 << bits) - 1
+    nz = counts > 0  # empty bins add nothing to any candidate's error (a ReLU output's negative half)
+    centers, counts = centers[nz], counts[nz]
     fr = np.linspace(0.3, 1.0, 141)[:, None]  # candidate shrink factors (both ends together)
     los, his = lo * fr, hi * fr
     s = np.maximum((his - los) / qmax, 1e-12)

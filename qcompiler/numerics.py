@@ -97,13 +97,25 @@ def dyadic(m: float, *, what: str = "multiplier") -> tuple[int, int]:
 
 
 def dyadic_array(m: Sequence[float] | np.ndarray, *, what: str = "multiplier") -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel :func:`dyadic`: int64 arrays ``b`` and ``c`` of the shape of ``m``."""
+    """Per-channel :func:`dyadic`: int64 arrays ``b`` and ``c`` of the shape of ``m``.
+
+    Vectorised without rounding anywhere: ``m * 2**c`` only moves the exponent, so it is exact in
+    float64, and for a value in [2^30, 2^31] adding 1/2 is exact too (its ulp is 2^-22), so
+    ``floor(x + 1/2)`` is :func:`dyadic`'s rational round-half-up (a test checks it element by
+    element). 18k channels of MobileNetV2 took 0.23 s in Fractions.
+    """
     arr = np.asarray(m, dtype=np.float64)
-    bs = np.empty(arr.shape, np.int64)
-    cs = np.empty(arr.shape, np.int64)
-    for idx, v in np.ndenumerate(arr):
-        bs[idx], cs[idx] = dyadic(float(v), what=f"{what}[{','.join(map(str, idx))}]" if arr.ndim else what)
-    return bs, cs
+    bad = ~(np.isfinite(arr) & (arr >= M_MIN) & (arr < M_MAX))
+    if bad.any():  # the scalar path words the error (and names the element)
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        dyadic(float(arr[idx]), what=f"{what}[{','.join(map(str, idx))}]" if arr.ndim else what)
+    _, e = np.frexp(arr)
+    c = (31 - e).astype(np.int64)
+    b = np.floor(np.ldexp(arr, c) + 0.5).astype(np.int64)
+    carry = b == B_MAX  # rounding carried into the next power of two
+    b = np.where(carry, B_MIN, b)
+    c = np.where(carry, c - 1, c)
+    return b.astype(np.int64), c.astype(np.int64)
 
 
 def dyadic_pair(ma: float, mb: float, *, what: str = "add") -> tuple[int, int, int]:

@@ -51,6 +51,20 @@ def test_dyadic_refuses_multipliers_outside_the_proven_range(m: float) -> None:
 
 
 @SETTINGS
+@given(st.lists(MULT, min_size=1, max_size=32))
+def test_vectorised_dyadic_array_is_the_rational_dyadic(ms: list[float]) -> None:
+    b, c = nm.dyadic_array(np.array(ms))
+    assert [(int(x), int(y)) for x, y in zip(b, c)] == [nm.dyadic(m) for m in ms]
+
+
+def test_vectorised_dyadic_array_at_the_carry_and_range_ends() -> None:
+    ms = [nm.M_MIN, np.nextafter(nm.M_MAX, 0), 1.0, np.nextafter(1.0, 0), (2**31 - 0.5) / 2**31, 0.75]
+    b, c = nm.dyadic_array(np.array(ms))
+    assert [(int(x), int(y)) for x, y in zip(b, c)] == [nm.dyadic(float(m)) for m in ms]
+    with pytest.raises(NumericsError, match=r"w\[1\]"):
+        nm.dyadic_array(np.array([1.0, 0.0]), what="w")
+
+
 @given(ACC, MULT, st.integers(-128, 255), st.integers(-300, 300), st.integers(0, 300))
 def test_requantize_is_exact_round_half_up_without_overflow(acc: int, m: float, zp: int, qmin: int,
                                                             width: int) -> None:
