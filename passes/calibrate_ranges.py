@@ -122,7 +122,7 @@ class CalibrateRanges(Pass):
         layer_inputs = {lp.input for lp in ctx.plan.layers.values()}
         fetch = names + sorted(layer_inputs - set(names))  # e.g. a Flatten output: mean, no range
         try:
-            sess = session(with_outputs(model, fetch))
+            sess = session(with_range_stats(with_outputs(model, fetch), names if method != "minmax" else []))
         except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors for models it cannot run
             raise _ort_error(model, e, "load") from None
         outs = [o.name for o in sess.get_outputs()]
@@ -181,17 +181,47 @@ class CalibrateRanges(Pass):
     @staticmethod
     def _observe(outs: list[str], results: list[np.ndarray], obs: dict[str, RangeObserver], method: str,
                  layer_inputs: set[str], sums: dict[str, np.ndarray]) -> None:
+        got = dict(zip(outs, results))
         for name, arr in zip(outs, results):
             if name in obs:
                 if method == "minmax":
                     obs[name].update_minmax(arr)
                 else:
-                    obs[name].update(arr)
+                    stats = tuple(got.get(f"{name}{suffix}") for suffix in STATS)
+                    obs[name].update(arr, None if any(v is None for v in stats) else stats)
             if name in layer_inputs and arr.ndim >= 2:
                 ax = 1 if arr.ndim == 4 else arr.ndim - 1
                 red = tuple(i for i in range(arr.ndim) if i != ax)
                 m = arr.mean(axis=red, dtype=np.float64)
                 sums[name] = sums[name] + m if name in sums else m
+
+
+STATS = ("__qc_min", "__qc_max", "__qc_nonfinite")  # output suffixes of with_range_stats
+
+
+def with_range_stats(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """``model`` also returning, per tensor in ``names``, its min, its max and ``sum(x * 0)`` (NaN
+    exactly when the tensor holds a NaN or an infinity), as scalars.
+
+    Why: ONNX Runtime computes them on its own thread, next to the tensor it just wrote, while
+    numpy bins the previous sample; in numpy they were two of the histogram's five passes.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    if not names:
+        return m
+    zero = "__qc_zero"
+    m.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), zero))
+    for t in names:
+        lo, hi, nf = (f"{t}{s}" for s in STATS)
+        m.graph.node.extend([
+            onnx.helper.make_node("ReduceMin", [t], [lo], keepdims=0, name=lo),
+            onnx.helper.make_node("ReduceMax", [t], [hi], keepdims=0, name=hi),
+            onnx.helper.make_node("Mul", [t, zero], [f"{nf}_x0"], name=f"{nf}_x0"),
+            onnx.helper.make_node("ReduceSum", [f"{nf}_x0"], [nf], keepdims=0, name=nf),
+        ])
+        m.graph.output.extend(onnx.helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, []) for v in (lo, hi, nf))
+    return m
 
 
 def _ahead(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:

@@ -262,12 +262,20 @@ class RangeObserver:
         self.k0 = 0
 
     # -- one pass ---------------------------------------------------------------------------------
-    def update(self, a: np.ndarray) -> None:
-        """Fold a batch into min/max and the self-widening histogram."""
+    def update(self, a: np.ndarray, stats: tuple[float, float, float] | None = None) -> None:
+        """Fold a batch into min/max and the self-widening histogram.
+
+        ``stats``: the batch's (min, max, sum of a * 0) computed elsewhere (in the ONNX Runtime run,
+        :func:`passes.calibrate_ranges.with_range_stats`), so numpy does not pass over the data twice
+        more; the last one is NaN exactly when the batch holds a NaN or an infinity.
+        """
         a = np.asarray(a).ravel()
         if a.size == 0:
             return
-        amin, amax = float(a.min()), float(a.max())
+        if stats is not None and np.isfinite(stats[2]):
+            amin, amax = float(stats[0]), float(stats[1])
+        else:
+            amin, amax = float(a.min()), float(a.max())
         if not (np.isfinite(amin) and np.isfinite(amax)):
             self.nonfinite = True
             a = a[np.isfinite(a)]

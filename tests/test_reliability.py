@@ -204,6 +204,12 @@ def _inf_weight(d: Path) -> list[str]:
     return _ok(d, _set_weight(make_tiny_cnn(), "fc.b", lambda w: np.full_like(w, np.inf)))
 
 
+def _overflowing_activation(d: Path) -> list[str]:
+    # finite weights whose conv output overflows float32: calibration must name the first tensor that
+    # turns infinite (ONNX Runtime's reductions report it, numpy recounts without it)
+    return _ok(d, _set_weight(make_tiny_cnn(), "c2.w", lambda w: np.full_like(w, 1e38)))
+
+
 def _huge_tensor(d: Path) -> list[str]:
     m = make_tiny_cnn()
     t = TensorProto(name="huge", data_type=TensorProto.FLOAT, dims=[1 << 20, 1 << 20], raw_data=b"\0" * 16)
@@ -512,6 +518,7 @@ CORPUS: dict[str, Case] = {
     "nan_weight": Case(_nan_weight, r"initializer 'c2.w' holds NaN or Inf", node="conv2"),
     "inf_bias": Case(_inf_weight, r"initializer 'fc.b' holds NaN or Inf", node="fc"),
     "all_nan_gemm": Case(_nan_and_name, r"initializer 'w' holds NaN or Inf", node="fc"),
+    "activation_overflows": Case(_overflowing_activation, r"tensor '.*' is NaN or Inf on the calibration data"),
     "huge_declared_tensor": Case(_huge_tensor, r"initializer 'huge' declares \d+ elements"),
     "raw_data_size_mismatch": Case(_raw_size_mismatch, r"c1.b.*raw_data size \(5 bytes\) is too small"),
     # external data
