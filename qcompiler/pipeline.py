@@ -151,7 +151,8 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
         raise FlagError(f"unknown target '{opts.target}'", hint=f"use one of {', '.join(TARGETS)}")
     out = Path(out_dir)
     check_output_dir(out, force=opts.force)
-    _import_report_in_background()
+    _import_in_background(["qcompiler.report"]
+                          + (["qcompiler.passes.assign_bits"] if _budgets_given(opts) or opts.pareto else []))
     bits = sorted(set(opts.bits)) if opts.bits else ([4, 8] if _budgets_given(opts) or opts.pareto else [8])
     for b in bits:
         if b not in (2, 4, 8):
@@ -313,26 +314,30 @@ def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, o
     return summary
 
 
-def _import_report_in_background() -> None:
-    """Start importing the report module (matplotlib: ~0.35 s of Python) on a second thread.
+def _import_in_background(modules: Sequence[str]) -> None:
+    """Start importing ``modules`` on a second thread: the report (matplotlib, ~0.35 s of Python) and,
+    with a budget, the ILP (scipy.optimize and scipy.sparse, 0.2-0.45 s).
 
-    Why: the report is the compile's last step, and calibration before it spends most of its time in
-    ONNX Runtime and numpy with the GIL released, so the import is done by then. ``write_report``
-    imports the module normally; Python's import lock makes it wait if the thread is not finished.
+    Why: both are needed only after calibration, which spends most of its time in ONNX Runtime and
+    numpy with the GIL released, so the imports are done by then. The passes import them normally;
+    Python's import lock makes them wait if the thread is not finished.
     """
+    import importlib
     import sys
     import threading
 
-    if "qcompiler.report" in sys.modules:
+    todo = [m for m in modules if m not in sys.modules]
+    if not todo:
         return
 
     def work() -> None:
-        try:
-            from . import report  # noqa: F401
-        except Exception:  # noqa: BLE001 - write_report imports it again and reports the error
-            log.debug("background import of the report module failed", exc_info=True)
+        for m in todo:
+            try:
+                importlib.import_module(m)
+            except Exception:  # noqa: BLE001 - the pass imports it again and reports the error
+                log.debug("background import of %s failed", m, exc_info=True)
 
-    threading.Thread(target=work, name="qcompiler-import-report", daemon=True).start()
+    threading.Thread(target=work, name="qcompiler-imports", daemon=True).start()
 
 
 def write_report(out: Path, plan: QuantPlan, summary: dict[str, Any], ctx: PassContext) -> None:

@@ -92,7 +92,8 @@ def test_tiny_model_is_byte_identical_across_processes(tmp_path: Path, tiny_inpu
 
 def test_mixed_precision_with_budget_is_byte_identical(tmp_path: Path, tiny_inputs: tuple[Path, Path]) -> None:
     """Sensitivity + ILP are the likeliest to wobble (float sums, solver ties): same bytes anyway."""
-    files, roots = _two_runs(tmp_path, *tiny_inputs, "--bits", "4,8", "--size-budget", "70%")
+    # 80%: scales and zero points are a quarter of this tiny model, its all-4-bit floor is 74% of INT8
+    files, roots = _two_runs(tmp_path, *tiny_inputs, "--bits", "4,8", "--size-budget", "80%")
     _assert_no_host_details(files, roots)
 
 
