@@ -44,7 +44,6 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +56,13 @@ from qcompiler import quantize as quant
 from qcompiler.errors import CalibrationError, QCompileError
 from qcompiler.ir import (
     QUANTIZABLE,
-    attr,
     infer_shapes,
     initializers,
     node_names_unique,
     value_dtypes,
     value_shapes,
 )
+from qcompiler.overlap import ahead
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
 from qcompiler.plan import LayerPlan, QuantPlan
 
@@ -90,7 +89,7 @@ def fmt(w_bits: int, a_bits: int) -> str:
 
 def weight_axis(node: onnx.NodeProto, w_rank: int = 2) -> int:
     """The output-channel axis of a layer's weight, as InsertQDQ quantizes it (``quantize.weight_axis``)."""
-    return quant.weight_axis(node.op_type, int(attr(node, "transB", 0) or 0))
+    return quant.node_weight_axis(node)
 
 
 def discover_layers(model: onnx.ModelProto) -> dict[str, LayerPlan]:
@@ -692,20 +691,13 @@ def kl_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: list[dict[s
         log.info("sensitivity: group %d/%d (%d layers), probe %.2fs, %.0f MiB of layer inputs cached",
                  gi + 1, len(groups), len(group), time.perf_counter() - t0,
                  sum(a.nbytes for c in cache for a in c.values()) / 2**20)
-        with ThreadPoolExecutor(1) as pool:  # the next layer's session is built while this one runs
-            def prepare(n: str) -> Any:
-                return pool.submit(_suffix_session, model, plan, n, index[n], inits, shared, threads, estimate)
-
-            nxt = prepare(group[0])
-            for i, n in enumerate(group):
-                prepared = nxt.result()
-                if i + 1 < len(group):
-                    nxt = prepare(group[i + 1])
-                _score_layer(model, plan, n, index[n], cache, reference, inits, shared, out_names, threads,
-                             timing, estimate, light_samples if n in light_set else None, prepared=prepared)
-                del prepared
-                if advance:
-                    advance(len(plan.layers[n].candidates))
+        sessions = ahead(lambda n: _suffix_session(model, plan, n, index[n], inits, shared, threads, estimate), group)
+        for n, prepared in zip(group, sessions):  # the next layer's session is built while this one runs
+            _score_layer(model, plan, n, index[n], cache, reference, inits, shared, out_names, threads,
+                         timing, estimate, light_samples if n in light_set else None, prepared=prepared)
+            del prepared
+            if advance:
+                advance(len(plan.layers[n].candidates))
         del cache
     timing.samples = n_samples
     timing.layers = len(names)

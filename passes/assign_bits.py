@@ -53,10 +53,10 @@ from scipy.sparse import coo_array, csr_array, hstack
 
 from qcompiler.budgets import KINDS, Budget, format_value, parse_budget
 from qcompiler.errors import BudgetError, NumericsError, QCompileError
-from qcompiler.ir import attr, infer_shapes, node_names_unique, value_shapes
+from qcompiler.ir import infer_shapes, node_names_unique, value_shapes
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
 from qcompiler.plan import QuantPlan
-from qcompiler.quantize import weight_axis
+from qcompiler.quantize import node_weight_axis
 
 from .annotate_sensitivity import FLOAT_BITS, ensure_layers, fmt
 
@@ -324,7 +324,7 @@ def _qparam_bytes(model: onnx.ModelProto, plan: QuantPlan) -> float:
     Why: the size a user budgets is the artifact's, and on MobileNetV2 these are 6% of the INT8
     model (235 KB of 3.78 MB); left out, "50%" compiled to 53% of the INT8 artifact.
     """
-    from qcompiler.passes.calibrate_ranges import quantized_tensors
+    from qcompiler.passes.insert_qdq import quantized_tensors
 
     inits = {t.name: t for t in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
@@ -333,8 +333,7 @@ def _qparam_bytes(model: onnx.ModelProto, plan: QuantPlan) -> float:
         w, node = inits.get(lp.weight), nodes.get(name)
         if w is None or node is None:
             continue
-        trans_b = int(attr(node, "transB", 0) or 0) if node.op_type == "Gemm" else 0
-        channels = int(w.dims[weight_axis(node.op_type, trans_b)])
+        channels = int(w.dims[node_weight_axis(node)])
         has_bias = len(node.input) > 2 and node.input[2] in inits
         total += channels * (5 + (8 if has_bias else 0))
     return float(total)

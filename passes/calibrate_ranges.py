@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import onnx
@@ -15,11 +12,12 @@ from onnx import numpy_helper
 from qcompiler.calibration import OBSERVERS, RangeObserver
 from qcompiler.conditions import ALL_SHAPES_KNOWN, NO_QDQ, RANGES_KNOWN
 from qcompiler.errors import CalibrationError, NumericsError, QCompileError, UnsupportedModelError
-from qcompiler.ir import graph_inputs, value_dtypes
+from qcompiler.ir import graph_inputs
 from qcompiler.ort_session import session, with_outputs
+from qcompiler.overlap import ahead
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
 from qcompiler.plan import TensorQuant
-from qcompiler.quantize import search_weight_scales_in_background, weight_axis
+from qcompiler.quantize import node_weight_axis, search_weight_scales_in_background
 
 log = logging.getLogger(__name__)
 
@@ -50,31 +48,6 @@ def _ort_error(model: onnx.ModelProto, e: Exception, what: str) -> QCompileError
                                  hint="the model must run in ONNX Runtime as it is; check its shapes and types")
 
 
-def quantized_tensors(model: onnx.ModelProto) -> list[str]:
-    """The float tensors that InsertQDQ puts a QuantizeLinear on: graph inputs and every float node
-    output, except a Conv/Gemm/MatMul/Add output that only feeds a Relu/Clip (quantized after the
-    clamp instead). Each gets its own scale and zero point initializers."""
-    from qcompiler.passes.insert_qdq import ACTIVATION_OPS, FUSES_ACTIVATION
-
-    dtypes = value_dtypes(model)
-    readers: dict[str, list[str]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n.op_type)
-    graph_outputs = {o.name for o in model.graph.output}
-    names = [vi.name for vi in graph_inputs(model)]
-    for n in model.graph.node:
-        for out in n.output:
-            if not out or dtypes.get(out) != onnx.TensorProto.FLOAT:
-                continue
-            users = readers.get(out, [])
-            if (n.op_type in FUSES_ACTIVATION and len(users) == 1 and users[0] in ACTIVATION_OPS
-                    and out not in graph_outputs):
-                continue
-            names.append(out)
-    return names
-
-
 def tensors_with_own_range(model: onnx.ModelProto) -> list[str]:
     """The quantized tensors (:func:`quantized_tensors`) whose range must be calibrated: a MaxPool or
     view output shares its input's quantizer and is left out.
@@ -83,7 +56,7 @@ def tensors_with_own_range(model: onnx.ModelProto) -> list[str]:
     out for nothing: on MobileNetV2 65 of 152 tensors, a third of the values, and 40% less
     calibration time.
     """
-    from qcompiler.passes.insert_qdq import SAME_SCALE_OPS
+    from qcompiler.passes.insert_qdq import SAME_SCALE_OPS, quantized_tensors
 
     producer = {o: n for n in model.graph.node for o in n.output}
     graph_outputs = {o.name for o in model.graph.output}
@@ -141,8 +114,8 @@ class CalibrateRanges(Pass):
         # One pass: min/max and a self-widening histogram together. ONNX Runtime computes the next
         # sample (GIL released) while numpy bins this one, and the weights' clip searches run
         # beside both: on 2 cores the calibration takes the time of its longest part, not the sum.
-        with search_weight_scales_in_background(weight_jobs(model, ctx)), ThreadPoolExecutor(1) as pool:
-            for results in _ahead(pool, run, ctx.calib.batches()):
+        with search_weight_scales_in_background(weight_jobs(model, ctx)):
+            for results in ahead(run, ctx.calib.batches()):
                 total += 1
                 self._observe(outs, results, obs, method, layer_inputs, sums)
                 if advance:
@@ -224,21 +197,6 @@ def with_range_stats(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProt
     return m
 
 
-def _ahead(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
-    """``fn(item)`` for each item in order, the next one already running in ``pool`` while the caller
-    works on the current result (double buffering: two results alive at a time)."""
-    it = iter(items)
-    first = next(it, None)
-    if first is None:
-        return
-    fut = pool.submit(fn, first)
-    for item in it:
-        nxt = pool.submit(fn, item)
-        yield fut.result()
-        fut = nxt
-    yield fut.result()
-
-
 def weight_jobs(model: onnx.ModelProto, ctx: PassContext) -> list[tuple[np.ndarray, int, int]]:
     """(weight, bits, axis) of every planned layer at every weight width the compile may choose:
     the clip searches that sensitivity and InsertQDQ will ask :func:`weight_scales` for."""
@@ -250,9 +208,8 @@ def weight_jobs(model: onnx.ModelProto, ctx: PassContext) -> list[tuple[np.ndarr
         node, w = nodes.get(name), inits.get(lp.weight)
         if node is None or w is None:
             continue
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0) if node.op_type == "Gemm" else 0
         arr = numpy_helper.to_array(w)
         if arr.dtype != np.float32:
             continue
-        jobs.extend((arr, b, weight_axis(node.op_type, trans_b)) for b in bits)
+        jobs.extend((arr, b, node_weight_axis(node)) for b in bits)
     return jobs

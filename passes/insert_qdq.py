@@ -31,7 +31,7 @@ from onnx import TensorProto, helper
 
 from qcompiler.conditions import ALL_SHAPES_KNOWN, IS_QDQ, NO_QDQ, RANGES_KNOWN
 from qcompiler.errors import NumericsError
-from qcompiler.ir import from_gs, initializers, to_gs, value_dtypes
+from qcompiler.ir import consumers, from_gs, graph_inputs, initializers, to_gs, value_dtypes
 from qcompiler.passmanager import Pass, PassContext, PassResult
 from qcompiler.plan import QuantPlan, TensorQuant
 from qcompiler.quantize import (
@@ -48,6 +48,35 @@ log = logging.getLogger(__name__)
 SAME_SCALE_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"}
 ACTIVATION_OPS = {"Relu", "Clip"}
 FUSES_ACTIVATION = {"Conv", "Gemm", "MatMul", "Add"}
+
+
+def fused_activations(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """A Conv/Gemm/MatMul/Add output read only by one Relu/Clip (and not a graph output) -> (its
+    node, the Relu/Clip's output): the clamp becomes the integer clamp, so only the latter is
+    quantized."""
+    readers = consumers(model)
+    graph_outputs = {o.name for o in model.graph.output}
+    fused: dict[str, tuple[str, str]] = {}
+    for n in model.graph.node:
+        if n.op_type not in FUSES_ACTIVATION:
+            continue
+        for out in n.output:
+            users = readers.get(out, [])
+            if len(users) == 1 and users[0].op_type in ACTIVATION_OPS and out not in graph_outputs:
+                fused[out] = (n.name, users[0].output[0])
+    return fused
+
+
+def quantized_tensors(model: onnx.ModelProto) -> list[str]:
+    """The float tensors this pass puts a QuantizeLinear on, each with its own scale and zero point
+    initializers: graph inputs and every float node output but the fused pre-activation ones.
+    Calibration observes (a subset of) them and the size budget counts their qparams."""
+    dtypes = value_dtypes(model)
+    fused = fused_activations(model)
+    names = [vi.name for vi in graph_inputs(model)]
+    names += [o for n in model.graph.node for o in n.output
+              if o and dtypes.get(o) == TensorProto.FLOAT and o not in fused]
+    return names
 
 
 def quantizer_roots(model: onnx.ModelProto) -> dict[str, str]:
@@ -92,7 +121,6 @@ class InsertQDQ(Pass):
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         plan = ctx.plan
         inits = initializers(model)
-        dtypes = value_dtypes(model)
         graph = to_gs(model)
         new_inits: list[onnx.TensorProto] = []
         tensors = graph.tensors()
@@ -111,18 +139,10 @@ class InsertQDQ(Pass):
 
         # which float tensors carry a Q/DQ pair
         producer = {t.name: t.inputs[0] for t in tensors.values() if isinstance(t, gs.Variable) and t.inputs}
-        quantize: list[str] = [t.name for t in graph.inputs]
-        for node in graph.nodes:
-            for out in node.outputs:
-                if dtypes.get(out.name) != TensorProto.FLOAT:
-                    continue
-                users = list(out.outputs)
-                if (node.op in FUSES_ACTIVATION and len(users) == 1 and users[0].op in ACTIVATION_OPS
-                        and out not in graph.outputs):
-                    if node.name in plan.layers:
-                        plan.layers[node.name].quantized_output = users[0].outputs[0].name
-                    continue  # quantize after the Relu/Clip instead
-                quantize.append(out.name)
+        quantize = quantized_tensors(model)
+        for layer, post in fused_activations(model).values():
+            if layer in plan.layers:
+                plan.layers[layer].quantized_output = post  # quantized after the Relu/Clip instead
 
         # scales and zero points (propagate same-scale ops from their input)
         for name in quantize:

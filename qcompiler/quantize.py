@@ -42,6 +42,12 @@ def weight_axis(op_type: str, trans_b: int = 0) -> int:
     return 1
 
 
+def node_weight_axis(node) -> int:  # node: onnx.NodeProto (onnx is not imported here)
+    """:func:`weight_axis` of a layer node, reading Gemm's transB: the one place passes ask it."""
+    trans_b = next((int(a.i) for a in node.attribute if a.name == "transB"), 0)
+    return weight_axis(node.op_type, trans_b)
+
+
 _BLOCK = 1 << 16  # float64 elements per block of the clip search (stays in cache with its buffer)
 _SCALES: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (weight digest, bits, axis, mse) -> scales
 _SCALES_MAX = 1024
