@@ -523,9 +523,10 @@ def _suffix_session(model: onnx.ModelProto, plan: QuantPlan, name: str, node_ind
 def _score_layer(model: onnx.ModelProto, plan: QuantPlan, name: str, node_index: int,
                  cache: list[dict[str, np.ndarray]], reference: OutputReference, inits: Mapping[str, np.ndarray],
                  shared: Mapping[str, Any], out_names: list[str], threads: int, timing: SensitivityTiming,
-                 estimate: bool, max_samples: int | None = None,
-                 prepared: tuple[Any, list[str], float] | None = None) -> None:
-    """Score one layer's candidates over the cached samples (the first ``max_samples`` of them).
+                 estimate: bool, max_samples: int | None,
+                 prepared: tuple[Any, list[str], float]) -> None:
+    """Score one layer's candidates over the cached samples (the first ``max_samples`` of them), with
+    ``prepared`` = :func:`_suffix_session` for this layer.
 
     With ``estimate`` suffix runs measure the output KL of the anchor formats only (see
     :func:`anchor_of`), and side copies of the layer in the same run give the layer's output
@@ -542,7 +543,7 @@ def _score_layer(model: onnx.ModelProto, plan: QuantPlan, name: str, node_index:
     lp = plan.layers[name]
     node = model.graph.node[node_index]
     cands, source, anchors, others = _split_formats(lp, estimate)
-    sess, cut, seconds = prepared or _suffix_session(model, plan, name, node_index, inits, shared, threads, estimate)
+    sess, cut, seconds = prepared
     timing.sessions += seconds
     t0 = time.perf_counter()
     w = inits[lp.weight]

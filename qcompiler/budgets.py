@@ -142,8 +142,9 @@ def stored_bytes(model: Any, plan: Any = None, *, qparams: bool = True) -> int:
     must measure the artifact, not the ILP's model of it. With the compile's ``plan``, a layer's
     quantized weight (``<layer>.w_q``, see passes/insert_qdq.py) counts at the plan's weight bits:
     2-bit weights sit in INT4 initializers (ONNX INT2 needs opset 25) and store at 2 bits.
-    ``qparams=False`` leaves out the scales and zero points of QuantizeLinear/DequantizeLinear (what
-    the size budget leaves out: weights, int32 biases and other constants only).
+    ``qparams=False`` leaves out the scales and zero points of QuantizeLinear/DequantizeLinear
+    (weights, int32 biases and other constants only). The size budget counts them too
+    (passes/assign_bits.py ``_qparam_bytes``).
     """
     import numpy as np
     from onnx import TensorProto
