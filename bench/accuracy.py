@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from models import zoo  # noqa: E402
 from qcompiler.budgets import stored_bytes  # noqa: E402 - 2-bit weights (INT4 containers) at 2 bits via the plan
+from qcompiler.cpuinfo import cpu_line, cpu_summary  # noqa: E402
 from qcompiler.evaluate import compare, runner  # noqa: E402
 from qcompiler.pipeline import CompileOptions, compile_model  # noqa: E402
 
@@ -126,18 +127,10 @@ def bench_model(name: str, calib_n: int, work: Path) -> list[dict]:
     return rows
 
 
-def machine() -> str:
-    """The CPU's model name (lscpu), else what platform knows."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
-    except (OSError, subprocess.SubprocessError):
-        name = ""
-    import os
-
-    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+def machine(cpu: dict | None = None) -> str:
+    """The CPU's model name and core count (README's run line); the flags are in meta["cpu"]."""
+    cpu = cpu_summary() if cpu is None else cpu
+    return f"{cpu['model']}, {cpu['cores']} cores"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -180,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(r["model"], r["config"], f"{r['size_bytes']:,}", f"{100 * r['top1_agreement']:.1f}%", acc,
                   f"{r['compile_s']:.1f}")
     Console().print(t)
+    cpu = cpu_summary()
+    print(cpu_line(cpu))
     ratios: dict[str, dict[str, float]] = {}
     for m in sorted({r["model"] for r in rows}):
         by = {r["config"]: r for r in rows if r["model"] == m and "error" not in r}
@@ -190,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             if k in by:
                 ratios.setdefault(m, {})[f"{k}_wall"] = round(by[k]["compile_s"] / peer["compile_s"], 2)
                 ratios[m][f"{k}_cpu"] = round(by[k]["compile_cpu_s"] / max(peer["compile_cpu_s"], 1e-9), 2)
-    meta = {"machine": machine(), "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+    meta = {"machine": machine(cpu), "cpu": cpu, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
             "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "calib_samples": args.calib,
             "compile_time_ratio_vs_ort_default": ratios}
     Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")

@@ -16,6 +16,7 @@ from pathlib import Path
 from qcompiler.passes.assign_bits import assign, synthetic_problem
 
 from qcompiler.budgets import parse_budget
+from qcompiler.cpuinfo import cpu_line, cpu_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         t.add_row(str(r["layers"]), f"{r['median_s']:.3f}", f"{r['max_s']:.3f}",
                   "< 1 s" if r["goal_s"] else "")
     Console().print(t)
-    Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    cpu = cpu_summary()
+    print(cpu_line(cpu))
+    Path(args.json).write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1) + "\n")
     return 0
 
 

@@ -36,6 +36,7 @@ from qcompiler.targets.mcu import toolchain
 from qcompiler.targets.mcu.reference import IntReference, quantize_input
 from qcompiler.targets.mcu.testmodels import small_mobilenet, small_mobilenet_calib
 
+from qcompiler.cpuinfo import cpu_line, cpu_summary
 from qcompiler.pipeline import CompileOptions, compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = bench([b for b in args.boards.split(",") if b], [m for m in args.models.split(",") if m])
     print_table(rows)
-    Path(args.json).write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    cpu = cpu_summary()  # the host that runs QEMU: s/inf depends on it, instr/MAC does not
+    print(cpu_line(cpu))
+    Path(args.json).write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.json}")
     return 0
 

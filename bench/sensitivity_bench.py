@@ -42,6 +42,7 @@ from qcompiler.passes.annotate_sensitivity import (  # noqa: E402
 from qcompiler.passes.assign_bits import build_problem, solve  # noqa: E402
 
 from models import zoo  # noqa: E402
+from qcompiler.cpuinfo import cpu_line, cpu_summary  # noqa: E402
 from qcompiler.passmanager import PassContext, PassManager  # noqa: E402
 from qcompiler.pipeline import canonicalize, load_model  # noqa: E402
 
@@ -182,6 +183,7 @@ def main() -> None:
         "model": args.model, "calib_samples": args.calib, "kl_samples": stats.get("samples"),
         "layers": len(ctx.plan.layers),
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "python": platform.python_version()},
+        "cpu": cpu_summary(),
         "spearman_estimated_vs_measured": spearman,
         "seconds": {"kl_sensitivity": t_kl, "kl_sensitivity_all_measured": t_full,
                     "kl_breakdown": stats, "ort_quantize_static": t_ort,
@@ -213,6 +215,7 @@ def main() -> None:
     print(f"{args.model}, {args.calib} calibration samples ({stats.get('samples')} for the KL scores), "
           f"{os.cpu_count()} cpus "
           f"(load {os.getloadavg()[0]:.1f})")
+    print(cpu_line(res["cpu"]))
     for k, v in rows:
         print(f"  {k:<{w}}  {v:>14}")
     print(f"JSON: {args.json}")

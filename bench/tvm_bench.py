@@ -143,19 +143,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from qcompiler.targets.tvm.compile import host_mcpu
 
+    from qcompiler.cpuinfo import cpu_line, cpu_summary
+
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tvm-bench-") as tmp:
         for name in args.models.split(","):
             rows += bench_model(name, [int(b) for b in args.batches.split(",")], args.repeat, Path(tmp))
     cols = ["ort_fp32", "ort_int8", "qc_int8", "qc_mixed48"]
-    lines = [f"CPU: {host_mcpu()}  (median ms, and ratio to ORT INT8; lower is faster)",
+    cpu = cpu_summary()
+    lines = [cpu_line(cpu), f"LLVM -mcpu {host_mcpu()}  (median ms, and ratio to ORT INT8; lower is faster)",
              f"{'model':<20}{'batch':>6}" + "".join(f"{c:>22}" for c in cols)]
     for r in rows:
         cells = "".join(f"{r[c + '_ms']:>12.2f} ({r['ratios_to_ort_int8'][c]:>5.2f}x)" if c + "_ms" in r
                         else f"{'n/a':>22}" for c in cols)
         lines.append(f"{r['model']:<20}{r['batch']:>6}{cells}")
     sys.stdout.write("\n".join(lines) + "\n")
-    Path(args.json).write_text(json.dumps({"cpu": host_mcpu(), "rows": rows}, indent=1) + "\n")
+    Path(args.json).write_text(json.dumps({"cpu": cpu, "mcpu": host_mcpu(), "rows": rows}, indent=1) + "\n")
     return 0
 
 

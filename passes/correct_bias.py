@@ -85,8 +85,10 @@ class CorrectBias(Pass):
             tq = ctx.plan.tensors[lp.weight]
             shape = [1] * w.ndim
             shape[tq.axis or 0] = -1
-            wq = numpy_helper.to_array(inits[f"{lname}.w_q"]).astype(np.float64) * \
-                np.asarray(tq.scale, np.float64).reshape(shape)
+            # stored codes minus their zero point (128 / 8 next to uint8 activations: numerics.weight_storage)
+            codes = numpy_helper.to_array(inits[f"{lname}.w_q"]).astype(np.float64) - \
+                numpy_helper.to_array(inits[f"{lname}.w_zp"]).astype(np.float64).reshape(shape)
+            wq = codes * np.asarray(tq.scale, np.float64).reshape(shape)
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             shift = weight_shift(lp.op_type, wq - w, means[lp.input], group, trans_b)

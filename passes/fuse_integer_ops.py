@@ -7,8 +7,8 @@ fused model still runs as it is in ONNX Runtime and ``onnx.reference``, with
 the same integers as before fusion.
 
 Patterns (each intermediate tensor read by nothing else):
-- ConvInteger(x, w, x_zp) -> Add(acc, bias[M,1,1]) -> QRequant(acc, 0, b[M,1,1], c[M,1,1], y_zp) => QConv
-- MatMulInteger(x, w, x_zp) -> Add(acc, bias[M]) -> QRequant(acc, 0, b[M], c[M], y_zp) => QMatMul
+- ConvInteger(x, w, x_zp, w_zp) -> Add(acc, bias[M,1,1]) -> QRequant(acc, 0, b[M,1,1], c[M,1,1], y_zp) => QConv
+- MatMulInteger(x, w, x_zp, w_zp) -> Add(acc, bias[M]) -> QRequant(acc, 0, b[M], c[M], y_zp) => QMatMul
 Residual adds, average pools and rescales are already single ops (QAdd,
 QAvgPool, QRequant) after lowering.
 """
@@ -22,6 +22,7 @@ import onnx
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
+from qcompiler.conditions import SAME_SIGN_PRODUCTS
 from qcompiler.ir import DOMAIN
 from qcompiler.passmanager import Pass, PassContext, PassResult
 
@@ -75,7 +76,8 @@ def fuse_integer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         if any(v is None for v in (bias, acc_zp, b, c)) or np.any(acc_zp != 0) or len(n.input) < 3:
             continue
         m = bias.size
-        if b.size != m or c.size != m or len(n.input) > 3:  # per-channel vectors; no weight zero point
+        w_zp = const(n.input[3]) if len(n.input) > 3 and n.input[3] else None
+        if b.size != m or c.size != m or w_zp is None or w_zp.size != 1:  # per-channel b, c; a scalar w_zp
             continue
         names = []
         for suffix, arr in (("bias", bias.astype(np.int32)), ("b", b.astype(np.int64)), ("c", c.astype(np.int64))):
@@ -83,15 +85,16 @@ def fuse_integer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
             new_inits.append(t)
             names.append(t.name)
         attrs = {a.name: h.get_attribute_value(a) for a in rq.attribute}
+        ins = [n.input[0], n.input[2], n.input[1], n.input[3], *names, rq.input[4]]  # x, x_zp, w, w_zp, ...
         if n.op_type == "ConvInteger":
             conv_attrs = {a.name: h.get_attribute_value(a) for a in n.attribute}
-            fused = fn.make_node("QConv", [n.input[0], n.input[2], n.input[1], *names, rq.input[4]], rq.output[0],
+            fused = fn.make_node("QConv", ins, rq.output[0],
                                  n.name, strides=list(conv_attrs.get("strides", [1, 1])),
                                  pads=list(conv_attrs.get("pads", [0, 0, 0, 0])),
                                  dilations=list(conv_attrs.get("dilations", [1, 1])),
                                  group=int(conv_attrs.get("group", 1)), qmin=attrs["qmin"], qmax=attrs["qmax"])
         else:
-            fused = fn.make_node("QMatMul", [n.input[0], n.input[2], n.input[1], *names, rq.input[4]], rq.output[0],
+            fused = fn.make_node("QMatMul", ins, rq.output[0],
                                  n.name, qmin=attrs["qmin"], qmax=attrs["qmax"])
         counts[fused.op_type] += 1
         replace[id(n)] = fused
@@ -123,7 +126,7 @@ class FuseIntegerOps(Pass):
 
     name = "fuse"
     requires = (INTEGER_ONLY,)
-    ensures = (INTEGER_ONLY,)
+    ensures = (INTEGER_ONLY, SAME_SIGN_PRODUCTS)
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         before = sum(n.domain == DOMAIN for n in model.graph.node)

@@ -1,8 +1,12 @@
 """Insert QuantizeLinear/DequantizeLinear pairs as the plan says: the standard QDQ model.
 
 Layout (the lowering pass relies on it, see docs/INTEGER_GRAPH.md):
-- weights: int8 (or INT4 for 4 bits) initializers -> DequantizeLinear(per-channel scale, zp 0);
-  2-bit (ternary) weights are INT4 initializers holding values in [-1, 1] (the plan records 2 bits).
+- weights: symmetric per-channel integers stored in the signedness of the activations they multiply
+  (``numerics.weight_storage``: no uint8 x int8 product, which saturates in ONNX Runtime without VNNI):
+  next to uint8 activations UINT8 with zero point 128 (UINT4 with zero point 8 for 4 bits), next to
+  int8 ones INT8/INT4 with zero point 0 -> DequantizeLinear(per-channel scale, zp);
+  2-bit (ternary) weights are 4-bit initializers holding values in [-1, 1] around their zero point
+  (the plan records 2 bits).
   Not ONNX INT2: DequantizeLinear takes tensor(int2) only from opset 25 (probed: ONNX Runtime 1.32 and
   onnx.reference run it at opset 25, both the checker and ORT reject it at opsets 21 and 23), and the
   canonical model is opset 21 for every stage and backend. Sizes count these weights at 2 bits
@@ -29,9 +33,10 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, helper
 
-from qcompiler.conditions import ALL_SHAPES_KNOWN, IS_QDQ, NO_QDQ, RANGES_KNOWN
+from qcompiler.conditions import ALL_SHAPES_KNOWN, IS_QDQ, NO_QDQ, RANGES_KNOWN, SAME_SIGN_PRODUCTS
 from qcompiler.errors import NumericsError
 from qcompiler.ir import consumers, from_gs, graph_inputs, initializers, to_gs, value_dtypes
+from qcompiler.numerics import weight_storage
 from qcompiler.passmanager import Pass, PassContext, PassResult
 from qcompiler.plan import QuantPlan, TensorQuant
 from qcompiler.quantize import (
@@ -116,7 +121,7 @@ class InsertQDQ(Pass):
 
     name = "insert_qdq"
     requires = (ALL_SHAPES_KNOWN, RANGES_KNOWN, NO_QDQ)
-    ensures = (IS_QDQ,)
+    ensures = (IS_QDQ, SAME_SIGN_PRODUCTS)
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         plan = ctx.plan
@@ -170,14 +175,20 @@ class InsertQDQ(Pass):
                                    plan.tensors[lp.input].scale[0])
             q = quantize_weight(w, s_w, lp.weight_bits, axis)
             wq_name = f"{lname}.w_q"
-            if lp.weight_bits <= 4:  # 2-bit weights: INT4 holding [-1, 1] (see the module docstring)
+            # stored in the signedness of the activations it multiplies (numerics.weight_storage):
+            # uint8 activations -> uint8 weights with zero point 128 (UINT4 with 8 at 4 bits or fewer)
+            act_signed = plan.tensors[lp.input].signed
+            _, w_zp = weight_storage(np.int8 if act_signed else np.uint8, lp.weight_bits)
+            if lp.weight_bits <= 4:  # 2-bit weights: a 4-bit container holding [-1, 1] (module docstring)
                 # packed raw bytes through ml_dtypes (onnx's own dependency): make_tensor on a Python list
                 # took 0.1 s per million weights
-                proto = onnx.numpy_helper.from_array(q.astype(ml_dtypes.int4), wq_name)
-                zp_proto = onnx.numpy_helper.from_array(np.zeros(len(s_w), ml_dtypes.int4), f"{lname}.w_zp")
+                dt4 = ml_dtypes.int4 if act_signed else ml_dtypes.uint4
+                proto = onnx.numpy_helper.from_array((q.astype(np.int16) + w_zp).astype(dt4), wq_name)
+                zp_proto = onnx.numpy_helper.from_array(np.full(len(s_w), w_zp, dt4), f"{lname}.w_zp")
             else:
-                proto = onnx.numpy_helper.from_array(q, wq_name)
-                zp_proto = onnx.numpy_helper.from_array(np.zeros(len(s_w), np.int8), f"{lname}.w_zp")
+                dt8 = np.int8 if act_signed else np.uint8
+                proto = onnx.numpy_helper.from_array((q.astype(np.int16) + w_zp).astype(dt8), wq_name)
+                zp_proto = onnx.numpy_helper.from_array(np.full(len(s_w), w_zp, dt8), f"{lname}.w_zp")
             w_dq = gs.Variable(f"{lname}.w_dq", dtype=np.float32, shape=list(w.shape))
             graph.nodes.append(gs.Node("DequantizeLinear", name=f"{lname}.w_DQ", attrs={"axis": axis},
                                        inputs=[const(wq_name, proto=proto),

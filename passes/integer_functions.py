@@ -41,9 +41,9 @@ FUNCTION_VERSION = 1
 
 # op -> (inputs, attributes)
 SIGNATURES: dict[str, tuple[list[str], list[str]]] = {
-    "QConv": (["x", "x_zp", "w", "bias", "b", "c", "y_zp"],
+    "QConv": (["x", "x_zp", "w", "w_zp", "bias", "b", "c", "y_zp"],
               ["strides", "pads", "dilations", "group", "qmin", "qmax"]),
-    "QMatMul": (["x", "x_zp", "w", "bias", "b", "c", "y_zp"], ["qmin", "qmax"]),
+    "QMatMul": (["x", "x_zp", "w", "w_zp", "bias", "b", "c", "y_zp"], ["qmin", "qmax"]),
     "QAdd": (["a", "a_zp", "b_in", "b_zp", "ma", "mb", "c", "y_zp"], ["qmin", "qmax"]),
     "QAvgPool": (["x", "x_zp", "b", "c", "y_zp"], ["kernel_shape", "strides", "pads", "global", "qmin", "qmax"]),
     "QRequant": (["x", "x_zp", "b", "c", "y_zp"], ["qmin", "qmax"]),
@@ -291,7 +291,7 @@ def _body(op: str) -> list[onnx.NodeProto]:
     ints = onnx.AttributeProto.INTS
     one = onnx.AttributeProto.INT
     if op == "QConv":
-        conv = h.make_node("ConvInteger", ["x", "w", "x_zp"], ["acc"])
+        conv = h.make_node("ConvInteger", ["x", "w", "x_zp", "w_zp"], ["acc"])
         for a in ("strides", "pads", "dilations"):
             _ref(conv, a, a, ints)
         _ref(conv, "group", "group", one)
@@ -308,7 +308,7 @@ def _body(op: str) -> list[onnx.NodeProto]:
         ]
     if op == "QMatMul":
         return [
-            h.make_node("MatMulInteger", ["x", "w", "x_zp"], ["acc"]),
+            h.make_node("MatMulInteger", ["x", "w", "x_zp", "w_zp"], ["acc"]),
             h.make_node("Add", ["acc", "bias"], ["acc_b"]),
             h.make_node("Cast", ["acc_b"], ["acc64"], to=TensorProto.INT64),
             h.make_node("Mul", ["acc64", "b"], ["v"]),
@@ -337,8 +337,9 @@ def _body(op: str) -> list[onnx.NodeProto]:
             _ref(h.make_node("Constant", [], ["ks"]), "value_ints", "kernel_shape", ints),
             _const("one_one", np.array([1, 1], np.int64)),
             h.make_node("Concat", ["one_one", "ks"], ["k_shape"], axis=0),
-            h.make_node("ConstantOfShape", ["k_shape"], ["k_ones"],
+            h.make_node("ConstantOfShape", ["k_shape"], ["k_ones_u8"],
                         value=nh.from_array(np.array([1], np.uint8))),
+            h.make_node("CastLike", ["k_ones_u8", "x"], ["k_ones"]),  # x's signedness (numerics.weight_storage)
             h.make_node("Shape", ["x"], ["x_shape"]),
             h.make_node("Shape", ["x"], ["nc"], start=0, end=2),
             h.make_node("Shape", ["x"], ["hw"], start=2),

@@ -37,7 +37,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from qcompiler import numerics
-from qcompiler.conditions import IS_QDQ
+from qcompiler.conditions import IS_QDQ, SAME_SIGN_PRODUCTS
 from qcompiler.errors import NumericsError, QCompileError
 from qcompiler.ir import value_shapes
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
@@ -338,7 +338,7 @@ class _Lowering:
             return False
         s_w, w_zp = sz
         w_int = w.q - w_zp.reshape(-1, 1, 1, 1)
-        if w_int.min(initial=0) < -128 or w_int.max(initial=0) > 127:
+        if w_int.min(initial=0) < -128 or w_int.max(initial=0) > 127 or x.dtype.itemsize != 1:
             return False
         s_acc = np.float64(x.scale) * s_w
         bias = self.bias(node, 2, s_acc)
@@ -347,8 +347,9 @@ class _Lowering:
         b, c = numerics.dyadic_array(s_acc / qt.scale, what=f"node '{node.name}': requantize multiplier")
         base = node.name
         acc, acc_b = self.unique(f"{base}.acc"), self.unique(f"{base}.acc_b")
-        self.emit("ConvInteger", [x.name, self.const(f"{base}.w_int8", w_int.astype(np.int8)),
-                                  self.zp_const(x, f"{base}.x")], [acc], base,
+        w_st, w_zp_st = numerics.store_weights(w_int, x.dtype)
+        self.emit("ConvInteger", [x.name, self.const(f"{base}.w_int8", w_st),
+                                  self.zp_const(x, f"{base}.x"), self.const(f"{base}.w_zp", w_zp_st)], [acc], base,
                   strides=list(attrs.get("strides", [1, 1])), pads=list(attrs.get("pads", [0, 0, 0, 0])),
                   dilations=list(attrs.get("dilations", [1, 1])), group=int(attrs.get("group", 1)))
         self.emit("Add", [acc, self.const(f"{base}.bias_i32", bias.astype(np.int32).reshape(m, 1, 1))],
@@ -363,8 +364,8 @@ class _Lowering:
         """Activation x activation MatMul (attention) -> QBatchMatMul: int32 accumulation, one requant."""
         a, bq = self.float_qt.get(node.input[0]), self.float_qt.get(node.input[1])
         out = self.take_output(node)
-        if a is None or bq is None or out is None or a.dtype.itemsize != 1 or bq.dtype.itemsize != 1:
-            return False
+        if a is None or bq is None or out is None or a.dtype.itemsize != 1 or a.dtype != bq.dtype:
+            return False  # mixed signedness (u8 x i8) saturates in ORT without VNNI: numerics.weight_storage
         k = (self.shapes.get(node.input[0]) or [0])[-1]
         if not k or k * 255 * 255 > numerics.INT32_MAX:
             return False
@@ -513,7 +514,8 @@ class _Lowering:
         gs = int(next((a.i for a in dq.attribute if a.name == "block_size"), 0))
         if (x is None or out is None or node.op_type != "Gemm" or not attrs.get("transB", 0)
                 or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0
-                or w.q.ndim != 2 or w.axis != 1 or gs <= 0 or w.q.shape[1] % gs or np.any(w.zp != 0)):
+                or w.q.ndim != 2 or w.axis != 1 or gs <= 0 or w.q.shape[1] % gs or np.any(w.zp != 0)
+                or x.dtype != np.int8):  # int8 weights need int8 activations (numerics.weight_storage)
             return False
         m, k = w.q.shape
         g = k // gs
@@ -571,7 +573,7 @@ class _Lowering:
             return False
         s_w, w_zp = sz
         w_int = w_km - w_zp.reshape(1, -1)
-        if w_int.min(initial=0) < -128 or w_int.max(initial=0) > 127:
+        if w_int.min(initial=0) < -128 or w_int.max(initial=0) > 127 or x.dtype.itemsize != 1:
             return False
         s_acc = np.float64(x.scale) * s_w
         bias = self.bias(node, 2, s_acc) if node.op_type == "Gemm" else np.zeros(m, np.int64)
@@ -581,8 +583,9 @@ class _Lowering:
         b, c = numerics.dyadic_array(s_acc / qt.scale, what=f"node '{node.name}': requantize multiplier")
         base = node.name
         acc, acc_b = self.unique(f"{base}.acc"), self.unique(f"{base}.acc_b")
-        self.emit("MatMulInteger", [x.name, self.const(f"{base}.w_int8", w_int.astype(np.int8)),
-                                    self.zp_const(x, f"{base}.x")], [acc], base)
+        w_st, w_zp_st = numerics.store_weights(w_int, x.dtype)
+        self.emit("MatMulInteger", [x.name, self.const(f"{base}.w_int8", w_st),
+                                    self.zp_const(x, f"{base}.x"), self.const(f"{base}.w_zp", w_zp_st)], [acc], base)
         self.emit("Add", [acc, self.const(f"{base}.bias_i32", bias.astype(np.int32))], [acc_b],
                   f"{base}.add_bias")
         self.requant(acc_b, self.const(f"{base}.acc_zp", np.array(0, np.int32)), b, c, qt,
@@ -871,7 +874,7 @@ class LowerToIntegerOps(Pass):
 
     name = "requantize"
     requires = (IS_QDQ,)
-    ensures = (INTEGER_ONLY,)
+    ensures = (INTEGER_ONLY, SAME_SIGN_PRODUCTS)
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         return PassResult(lower_to_integer(model, ctx.plan), True, dict(ctx.plan.stats["integer_lowering"]))

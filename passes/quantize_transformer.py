@@ -39,7 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler import numerics
 from qcompiler.calibration import RangeObserver
-from qcompiler.conditions import IS_QDQ, NO_QDQ
+from qcompiler.conditions import IS_QDQ, NO_QDQ, SAME_SIGN_PRODUCTS
 from qcompiler.ort_session import session
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
 from qcompiler.plan import TensorQuant
@@ -347,7 +347,7 @@ class QuantizeTransformer(Pass):
 
     name = "quantize_transformer"
     requires = (NO_QDQ, HAS_FEEDS)
-    ensures = (IS_QDQ,)
+    ensures = (IS_QDQ, SAME_SIGN_PRODUCTS)
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         feeds = list(ctx.calib.batches())

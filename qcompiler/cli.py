@@ -102,29 +102,53 @@ def _check_inputs_outside(out: Path, inputs: dict[str, str | None]) -> None:
 
 
 def _progress_factory(console, quiet: bool):
-    """(label, total) -> advance(n): a rich progress bar per long stage."""
+    """(label, total) -> advance(n): a rich progress bar per long stage.
+
+    Each bar counts its own steps and removes itself once ``total`` is reached; later
+    calls to a finished bar's ``advance`` do nothing. (Rich's ``Progress.tasks`` is a
+    list of the live tasks, not indexed by task id: after the first bar is removed,
+    ``tasks[id]`` of the next one is out of range.)
+    """
     if quiet or not console.is_terminal and os.environ.get("QCOMPILE_PROGRESS") != "1":
         return None
+    import threading
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     state: dict = {}
+    lock = threading.Lock()
 
     def start(label: str, total: int) -> Callable[[int], None]:
-        prog = state.get("progress")
-        if prog is None:
-            prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=True)
-            prog.start()
-            state["progress"] = prog
-        task = prog.add_task(label, total=total)
+        if total <= 0:  # nothing to count: no bar that would sit at 0/0 until the end
+            return lambda n=1: None
+        with lock:
+            prog = state.get("progress")
+            if prog is None:
+                prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=console, transient=True)
+                prog.start()
+                state["progress"] = prog
+            task = prog.add_task(label, total=total)
+        done = 0
 
         def advance(n: int = 1) -> None:
-            prog.advance(task, n)
-            if prog.tasks[task].finished:
-                prog.remove_task(task)
+            nonlocal done
+            with lock:
+                if done >= total or task not in prog.task_ids:  # finished (and removed) already
+                    return
+                done += n
+                prog.advance(task, n)
+                if done >= total:
+                    prog.remove_task(task)
         return advance
 
-    start.stop = lambda: state.get("progress") and state["progress"].stop()  # type: ignore[attr-defined]
+    def stop() -> None:
+        with lock:
+            prog = state.pop("progress", None)
+            if prog is not None:
+                prog.stop()
+
+    start.stop = stop  # type: ignore[attr-defined]
     return start
 
 

@@ -59,6 +59,13 @@ def _is_qdq(model: onnx.ModelProto, ctx: PassContext) -> str | None:
     return None if {"QuantizeLinear", "DequantizeLinear"} <= ops else "no QuantizeLinear/DequantizeLinear nodes"
 
 
+def _same_sign_products(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    from .products import mixed_sign_products
+
+    bad = mixed_sign_products(model)
+    return None if not bad else f"{len(bad)} uint8 x int8 product(s), e.g. {bad[0]} (see qcompiler/products.py)"
+
+
 OPSET_21 = Condition("opset 21", _opset21)
 STATIC_INPUT_SHAPES = Condition("static input shapes", _static_shapes)
 ALL_SHAPES_KNOWN = Condition("every tensor has a static shape", _all_shapes_known)
@@ -67,4 +74,5 @@ NO_IDENTITY = Condition("no Identity/Dropout", _no_ops("Identity", "Dropout"))
 UNIQUE_NODE_NAMES = Condition("unique node names", _unique_names)
 RANGES_KNOWN = Condition("activation ranges calibrated", _ranges_known)
 IS_QDQ = Condition("a QDQ model", _is_qdq)
+SAME_SIGN_PRODUCTS = Condition("no uint8 x int8 integer product", _same_sign_products)
 NO_QDQ = Condition("a float model (no QDQ yet)", _no_ops("QuantizeLinear", "DequantizeLinear"))

@@ -90,7 +90,7 @@ _BIAS: dict[str, tuple[int, int, int]] = {"QLinearConv": (8, 1, 4), "QGemm": (6,
 _DATA_POS: dict[str, set[int]] = {
     "QuantizeLinear": {0}, "DequantizeLinear": {0},
     **{op: set(m) | ({_BIAS[op][0]} if op in _BIAS else set()) for op, m in _IN_QPARAMS.items()},
-    "QConv": {0, 2, 3}, "QMatMul": {0, 2, 3}, "QAdd": {0, 2}, "QAvgPool": {0}, "QRequant": {0},
+    "QConv": {0, 2, 4}, "QMatMul": {0, 2, 4}, "QAdd": {0, 2}, "QAvgPool": {0}, "QRequant": {0},
 }
 # Activations that quantization folds into the producer's clamp: a quantized tensor may hold act(x).
 _FOLDED_ACTS = {"Relu", "Clip"}
@@ -782,11 +782,17 @@ class _Side:
                         s = np.asarray(sx, np.float64).reshape(-1)[:1] * np.asarray(sw, np.float64).reshape(-1)
                         return s, np.zeros_like(s), 0
         if depth == 0 and self.plan is not None:
+            # a fused layer's weight is stored around its own zero point (input 3: 128 next to uint8
+            # activations, numerics.weight_storage); the plan holds the signed grid's scales
+            w_zp = next((self._const(c.input[3]) for c in self.cons.get(name, [])
+                         if c.op_type in ("QConv", "QMatMul") and len(c.input) > 3 and c.input[2] == name), None)
             for key in [name, *self.origins(name)]:
                 tq = self.plan.tensors.get(key)
                 if tq is not None and tq.scale:
-                    return (np.asarray(tq.scale, np.float64), np.asarray(tq.zero_point, np.float64),
-                            tq.axis if tq.axis is not None else 1)
+                    zp = np.asarray(tq.zero_point, np.float64)
+                    if w_zp is not None:
+                        zp = zp + np.asarray(w_zp, np.float64).reshape(-1)[0]
+                    return np.asarray(tq.scale, np.float64), zp, tq.axis if tq.axis is not None else 1
         return None
 
     def as_float(self, name: str) -> np.ndarray | None:

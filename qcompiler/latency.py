@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import BudgetError, TargetError
 from .ir import infer_shapes, value_shapes
+from .numerics import weight_storage
 from .plan import QuantPlan
 from .quantize import quantize_weight, weight_scales
 
@@ -98,11 +99,15 @@ def layer_qdq_model(model: onnx.ModelProto, plan: QuantPlan, name: str, w_bits: 
     # the compile's own grid (max-scaled: timing does not depend on the clip search)
     wscale = weight_scales(w, w_bits, axis, mse=False)
     wq = quantize_weight(w, wscale, w_bits, axis)
+    # stored like the compile stores it (numerics.weight_storage): unsigned with a mid zero point
+    # next to unsigned activations, so ORT times the kernel the artifact gets (never u8 x s8)
+    w_signed = a_bits >= 16
+    _, wzp = weight_storage(np.int8 if w_signed else np.uint8, w_bits)
     inits = [
-        helper.make_tensor("wq", _elem(w_bits, True), list(wq.shape), wq.flatten().tolist()),
+        helper.make_tensor("wq", _elem(w_bits, w_signed), list(wq.shape),
+                           (wq.astype(np.int64) + wzp).flatten().tolist()),
         numpy_helper.from_array(wscale, "ws"),
-        numpy_helper.from_array(np.zeros(wscale.shape, np.int8), "wz") if w_bits > 4 else
-        helper.make_tensor("wz", TensorProto.INT4, list(wscale.shape), [0] * wscale.size),
+        helper.make_tensor("wz", _elem(w_bits, w_signed), list(wscale.shape), [wzp] * wscale.size),
     ]
     nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=axis)]
     x = "x"

@@ -37,6 +37,20 @@ added in uint64 (mod 2**64, which maps ``v`` monotonically onto
 ``floor(v / 2**c)`` for every int64 ``v``; unlike an int64 offset of ``2**62`` it
 cannot overflow.
 
+Integer products (the operand-signedness rule)
+----------------------------------------------
+Every integer product ONNX Runtime executes (ConvInteger, MatMulInteger and the
+QLinearConv/QLinearMatMul it fuses from a QDQ model) has operands of the same
+signedness: uint8 x uint8 or int8 x int8, never uint8 x int8. Without AVX-512 VNNI
+(AVX2-only x86, e.g. AMD Zen 3) ONNX Runtime's MLAS multiplies uint8 x int8 with
+``vpmaddubsw``, which saturates each pair sum at int16 (measured: off by up to
+1,040,384 under an emulated AVX2 CPU; S8S8 QDQ Conv is turned into the same kernel).
+So weights are *stored* in the type of the activations they multiply
+(:func:`weight_storage`): next to uint8 activations as uint8 with zero point
+``2**(bits-1)`` (128; 8 for a 4-bit container), next to int8 activations as int8
+with zero point 0. The values are the same signed symmetric weights either way:
+``w = stored - w_zp``; backends are free to hold them as int8 internally.
+
 Residual add
 ------------
 Both inputs are rescaled to the output scale with their own ``b`` and one shared
@@ -176,6 +190,36 @@ def requantize_exact(acc: int, b: int, c: int, zp: int, qmin: int, qmax: int) ->
 # Each mirrors one op of docs/INTEGER_GRAPH.md; outputs have y_zp's dtype.
 
 
+def weight_storage(act_dtype: np.dtype | type, bits: int = 8) -> tuple[np.dtype, int]:
+    """(storage dtype, zero point) of a weight that multiplies activations of ``act_dtype``.
+
+    Why: an integer product with mixed signedness (uint8 x int8) saturates in ONNX Runtime on
+    x86 CPUs without VNNI (see "Integer products" above). Weights therefore take the signedness
+    of their activations: uint8 with zero point 2^(bits-1) next to uint8, int8 with zero point 0
+    next to int8. ``bits`` is the weight's bit-width (2 and 4 share the 4-bit container grid).
+    """
+    dt = np.dtype(act_dtype)
+    if dt == np.uint8:
+        return np.dtype(np.uint8), 1 << (min(max(bits, 4), 8) - 1)
+    if dt == np.int8:
+        return np.dtype(np.int8), 0
+    raise ValueError(f"weights multiply 8-bit activations, not {dt}")
+
+
+def store_weights(w: np.ndarray, act_dtype: np.dtype | type, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Signed integer weights (in [-128, 127]) as stored next to ``act_dtype`` activations: (stored, zero point)."""
+    dt, zp = weight_storage(act_dtype, bits)
+    wi = np.asarray(w, dtype=np.int64)
+    if wi.size and (wi.min() < -128 or wi.max() > 127):
+        raise ValueError(f"weights must lie in the range of their {dt} storage with zero point {zp}")
+    return (wi + zp).astype(dt), np.array(zp, dt)
+
+
+def weight_values(w: np.ndarray, w_zp: int | np.ndarray = 0) -> np.ndarray:
+    """The signed weights (int64) of a stored weight tensor and its scalar zero point."""
+    return np.asarray(w, dtype=np.int64) - np.int64(np.asarray(w_zp).reshape(-1)[0] if np.size(w_zp) else 0)
+
+
 def _out(y: np.ndarray, y_zp: np.ndarray | int) -> np.ndarray:
     return y.astype(np.asarray(y_zp).dtype)
 
@@ -208,9 +252,10 @@ def conv_acc(x: np.ndarray, x_zp: int | np.ndarray, w: np.ndarray, *, strides: S
 
 def qconv(x: np.ndarray, x_zp: int | np.ndarray, w: np.ndarray, bias: np.ndarray, b: np.ndarray, c: np.ndarray,
           y_zp: int | np.ndarray, *, strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
-          dilations: Sequence[int] = (1, 1), group: int = 1, qmin: int = -128, qmax: int = 127) -> np.ndarray:
-    """Reference for ``qcompiler.QConv``: per-output-channel b, c of shape [M]."""
-    acc = conv_acc(x, x_zp, w, strides=strides, pads=pads, dilations=dilations, group=group)
+          dilations: Sequence[int] = (1, 1), group: int = 1, qmin: int = -128, qmax: int = 127,
+          w_zp: int | np.ndarray = 0) -> np.ndarray:
+    """Reference for ``qcompiler.QConv``: per-output-channel b, c of shape [M]; the weight is ``w - w_zp``."""
+    acc = conv_acc(x, x_zp, weight_values(w, w_zp), strides=strides, pads=pads, dilations=dilations, group=group)
     acc = acc + np.asarray(bias, dtype=np.int64).reshape(1, -1, 1, 1)
     _check_acc32(acc, "QConv")
     b = np.asarray(b, dtype=np.int64).reshape(1, -1, 1, 1)
@@ -219,9 +264,10 @@ def qconv(x: np.ndarray, x_zp: int | np.ndarray, w: np.ndarray, bias: np.ndarray
 
 
 def qmatmul(x: np.ndarray, x_zp: int | np.ndarray, w: np.ndarray, bias: np.ndarray, b: np.ndarray,
-            c: np.ndarray, y_zp: int | np.ndarray, *, qmin: int = -128, qmax: int = 127) -> np.ndarray:
-    """Reference for ``qcompiler.QMatMul``: w is [K, M], b and c per output column [M]."""
-    acc = (np.asarray(x, dtype=np.int64) - np.int64(np.asarray(x_zp).item())) @ np.asarray(w, dtype=np.int64)
+            c: np.ndarray, y_zp: int | np.ndarray, *, qmin: int = -128, qmax: int = 127,
+            w_zp: int | np.ndarray = 0) -> np.ndarray:
+    """Reference for ``qcompiler.QMatMul``: w is [K, M] (the weight is ``w - w_zp``), b and c per output column."""
+    acc = (np.asarray(x, dtype=np.int64) - np.int64(np.asarray(x_zp).item())) @ weight_values(w, w_zp)
     acc = acc + np.asarray(bias, dtype=np.int64)
     _check_acc32(acc, "QMatMul")
     return _out(requantize(acc, np.asarray(b, np.int64), np.asarray(c, np.int64), np.asarray(y_zp).item(),

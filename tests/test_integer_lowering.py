@@ -201,7 +201,10 @@ def test_qconv_function_matches_reference(xt, group, cin, cout, strides, pads, d
     x_zp, y_zp = np.array(info.min + 17, xt), np.array(-3, np.int8)
     attrs = dict(strides=strides, pads=pads, dilations=dil, group=group, qmin=-100, qmax=120)
     want = nm.qconv(x, x_zp, w, bias, b, c, y_zp, **attrs)
-    for got in _run_op("QConv", dict(x=x, x_zp=x_zp, w=w, bias=bias, b=b, c=c, y_zp=y_zp), attrs, ["x"], np.int8):
+    w_st, w_zp = nm.store_weights(w, xt)  # the weight in x's signedness (uint8 + 128 next to uint8)
+    assert w_st.dtype == np.dtype(xt) and np.array_equal(nm.weight_values(w_st, w_zp), w)
+    ins = dict(x=x, x_zp=x_zp, w=w_st, w_zp=w_zp, bias=bias, b=b, c=c, y_zp=y_zp)
+    for got in _run_op("QConv", ins, attrs, ["x"], np.int8):
         assert got.dtype == np.int8 and np.array_equal(got, want)
 
 
@@ -211,7 +214,8 @@ def test_qmatmul_qadd_qrequant_qavgpool_functions_match_reference() -> None:
     w = rng.integers(-8, 8, (20, 5)).astype(np.int8)  # 4-bit weights in an int8 container
     b, c = nm.dyadic_array(rng.uniform(1e-3, 1, 5))
     bias = rng.integers(-500, 500, 5).astype(np.int32)
-    ins = dict(x=x, x_zp=np.array(-2, np.int8), w=w, bias=bias, b=b, c=c, y_zp=np.array(128, np.uint8))
+    ins = dict(x=x, x_zp=np.array(-2, np.int8), w=w, w_zp=np.array(0, np.int8), bias=bias, b=b, c=c,
+               y_zp=np.array(128, np.uint8))
     want = nm.qmatmul(x, -2, w, bias, b, c, np.array(128, np.uint8), qmin=0, qmax=255)
     assert all(np.array_equal(g, want) for g in _run_op("QMatMul", ins, dict(qmin=0, qmax=255), ["x"], np.uint8))
 
@@ -254,8 +258,10 @@ def test_pipeline_qdq_lowers_to_integer_graph_close_to_qdq(w_bits, a_bits) -> No
     assert stats["output_within_1"] >= 0.99
     if w_bits == 4:
         qconv = next(n for n in int_model.graph.node if n.op_type == "QConv")
-        w = numpy_helper.to_array(next(t for t in int_model.graph.initializer if t.name == qconv.input[2]))
-        assert w.dtype == np.int8 and w.min() >= -8 and w.max() <= 7
+        init = {t.name: numpy_helper.to_array(t) for t in int_model.graph.initializer}
+        w_st, w_zp = init[qconv.input[2]], init[qconv.input[3]]
+        w = nm.weight_values(w_st, w_zp)  # uint8 next to uint8 activations: zero point 128
+        assert w_st.dtype == np.uint8 and w_zp.reshape(-1).tolist() == [128] and w.min() >= -8 and w.max() <= 7
 
 
 def test_ort_quantize_static_qdq_lowers_too(tmp_path) -> None:

@@ -281,6 +281,7 @@ def test_scoring_quantizes_a_layer_as_insert_qdq_compiles_it() -> None:
         axis = sens.weight_axis(nodes[name])
         shape = [1] * got[f"{name}.w_q"].ndim
         shape[axis] = -1
-        w = got[f"{name}.w_q"].astype(np.float32) * got[f"{name}.w_scale"].reshape(shape)
+        w_int = got[f"{name}.w_q"].astype(np.int16) - got[f"{name}.w_zp"].astype(np.int16).reshape(shape)
+        w = w_int.astype(np.float32) * got[f"{name}.w_scale"].reshape(shape)
         np.testing.assert_array_equal(w, want[name][0], err_msg=name)
         assert ctx.plan.tensors[lp.input].scale[0] == want[name][1], name

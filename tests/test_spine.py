@@ -126,9 +126,11 @@ def test_qdq_model_runs_in_ort_and_tracks_float():
     x = tiny_calib(8, seed=9)
     a, b = _run_all(runner(f), x), _run_all(runner(q), x)
     assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
-    # weights are int8 per channel, bias int32 at s_x*s_w
+    # weights are 8-bit per channel, stored uint8 around 128 next to uint8 activations (no u8 x s8
+    # product for ORT: numerics.weight_storage), bias int32 at s_x*s_w
     inits = {t.name: t for t in q.graph.initializer}
-    assert inits["conv1.w_q"].data_type == onnx.TensorProto.INT8
+    assert inits["conv1.w_q"].data_type == onnx.TensorProto.UINT8
+    assert set(onnx.numpy_helper.to_array(inits["conv1.w_zp"]).tolist()) == {128}
     assert inits["conv1.b_q"].data_type == onnx.TensorProto.INT32
     assert len(ctx.plan.tensors[ctx.plan.layers["conv1"].weight].scale) == 8
 
@@ -152,15 +154,16 @@ def test_calibration_observes_exactly_the_tensors_that_get_their_own_quantizer()
         assert ctx.plan.tensors[name].scale  # shares a calibrated quantizer
 
 
-def test_four_bit_weights_are_int4_and_run():
+def test_four_bit_weights_are_uint4_and_run():
     f, ctx = _canonical()
     ctx.settings["bits"] = [4]
     ctx.settings["act_bits"] = [8]
     ctx.calib = CalibrationData.from_source(tiny_calib(), input_specs(f))
     q = plan_and_quantize(f, ctx, CompileOptions())
     inits = {t.name: t for t in q.graph.initializer}
-    assert inits["conv2.w_q"].data_type == onnx.TensorProto.INT4
-    wq = onnx.numpy_helper.to_array(inits["conv2.w_q"]).astype(np.int8)
+    assert inits["conv2.w_q"].data_type == onnx.TensorProto.UINT4  # zero point 8 (numerics.weight_storage)
+    assert set(onnx.numpy_helper.to_array(inits["conv2.w_zp"]).astype(np.int16).tolist()) == {8}
+    wq = onnx.numpy_helper.to_array(inits["conv2.w_q"]).astype(np.int16) - 8
     assert wq.min() >= -8 and wq.max() <= 7
     assert runner(q)(tiny_calib(1)).shape == (1, 10)
 

@@ -91,11 +91,12 @@ def test_qconv_matches_numerics(case) -> None:
     bias = RNG.integers(-5000, 5000, M).astype(np.int32)
     b, c = _dyadic(M)
     y_zp = np.array(qmin + 5, np.uint8 if qmin >= 0 else np.int8)
-    node = helper.make_node("QConv", ["x", "x_zp", "w", "bias", "b", "c", "y_zp"], ["y"], domain="qcompiler",
+    node = helper.make_node("QConv", ["x", "x_zp", "w", "w_zp", "bias", "b", "c", "y_zp"], ["y"], domain="qcompiler",
                             name="qc", strides=[s, s], pads=pads, group=g, dilations=[d, d], qmin=qmin, qmax=qmax)
+    w_st, w_zp = numerics.store_weights(w, dt)  # stored in x's signedness (uint8 + 128 next to uint8)
     m = _model([node], [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)],
                [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(y_zp.dtype), None)],
-               {"x_zp": x_zp, "w": w, "bias": bias, "b": b, "c": c, "y_zp": y_zp})
+               {"x_zp": x_zp, "w": w_st, "w_zp": w_zp, "bias": bias, "b": b, "c": c, "y_zp": y_zp})
     ref = numerics.qconv(x, x_zp, w, bias, b, c, y_zp, strides=(s, s), pads=pads, dilations=(d, d), group=g,
                          qmin=qmin, qmax=qmax)
     want_bits = {2: 2, 7: 4, 8: 4}.get(wr)
@@ -130,9 +131,10 @@ def test_qmatmul_qadd_qrequant_qavgpool_match_numerics() -> None:
                          domain="qcompiler", qmin=0, qmax=127),
         helper.make_node("MaxPool", ["a"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Reshape", ["a", "shape"], ["f"]),
-        helper.make_node("QMatMul", ["f", "a_zp", "w", "bias", "m_b", "m_c", "m_zp"], ["y"], domain="qcompiler",
-                         qmin=-128, qmax=127),
+        helper.make_node("QMatMul", ["f", "a_zp", "w", "w_zp", "bias", "m_b", "m_c", "m_zp"], ["y"],
+                         domain="qcompiler", qmin=-128, qmax=127),
     ]
+    inits["w_zp"] = np.array(0, np.int8)  # f is int8: int8 weights, zero point 0
     m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)],
                [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits)
     i = inits
@@ -177,8 +179,11 @@ def test_int2_packing_round_trip() -> None:
     assert packed_bits(w) == 2 and packed_bits(w * 4) == 4 and packed_bits(w * 64) is None
 
 
-@pytest.mark.parametrize("k,m,vnni", [(32, 16, True), (32, 16, False), (10, 6, False)],
-                         ids=["vnni", "int16", "odd"])
+# "vnni" runs only where the CPU has AVX-512 VNNI; tests/test_cpu_paths.py builds that kernel on any CPU.
+@pytest.mark.parametrize("k,m,vnni", [
+    pytest.param(32, 16, True, id="vnni", marks=pytest.mark.cpu_feature("avx512_vnni")),
+    pytest.param(32, 16, False, id="int16"),
+    pytest.param(10, 6, False, id="odd")])
 def test_qmatmul_two_bit_weights_match_numerics(k, m, vnni) -> None:
     """Ternary matmul weights stored four per byte, on the VNNI layout ([M/16, K/4, 16, 4], packed after
     the reordering) and on the int16 path; 10 x 6 weights leave a partly padded last byte."""
@@ -192,8 +197,9 @@ def test_qmatmul_two_bit_weights_match_numerics(k, m, vnni) -> None:
     inits = {"x_zp": np.array(-3, np.int8), "w": RNG.integers(-1, 2, (k, m)).astype(np.int8),
              "bias": RNG.integers(-900, 900, m).astype(np.int32), "y_zp": np.array(2, np.int8)}
     inits["b"], inits["c"] = _dyadic(m)
-    node = helper.make_node("QMatMul", ["x", "x_zp", "w", "bias", "b", "c", "y_zp"], ["y"], domain="qcompiler",
-                            name="qm", qmin=-128, qmax=127)
+    inits["w_zp"] = np.array(0, np.int8)
+    node = helper.make_node("QMatMul", ["x", "x_zp", "w", "w_zp", "bias", "b", "c", "y_zp"], ["y"],
+                            domain="qcompiler", name="qm", qmin=-128, qmax=127)
     mdl = _model([node], [helper.make_tensor_value_info("x", TensorProto.INT8, x.shape)],
                  [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits)
     built = build_module(mdl, use_vnni=vnni)

@@ -352,7 +352,9 @@ def test_qmatmul_3d_matches_ort_and_numerics(case) -> None:
     x_zp = np.array(5 if xdt == np.int8 else 131, xdt)
     yi = np.iinfo(ydt)
     y_zp = np.array(int(yi.min) // 3, ydt)
-    ins = {"x": np.zeros(xs, xdt), "x_zp": x_zp, "w": w, "bias": bias, "b": b, "c": c, "y_zp": y_zp}
+    w_st, w_zp = nm.store_weights(w, xdt)  # stored in x's signedness (uint8 + 128 next to uint8)
+    ins = {"x": np.zeros(xs, xdt), "x_zp": x_zp, "w": w_st, "w_zp": w_zp, "bias": bias, "b": b, "c": c,
+           "y_zp": y_zp}
     lib = Compiled(fused_model("QMatMul", ins, ["x"], ydt, qmin=int(yi.min), qmax=int(yi.max) - 2))
     if wr == 8:
         assert lib.built.packed_weights == ["n0"]
@@ -382,7 +384,7 @@ def test_qmatmul_int16_input_matches_numerics() -> None:
     bias = rng.integers(-1000, 1000, m).astype(np.int32)
     x_zp, y_zp = np.array(-20000, np.int16), np.array(0, np.int16)
     b, c = nm.dyadic_array(np.full(m, 1.0 / (k * 127)))
-    ins = {"x": x, "x_zp": x_zp, "w": w, "bias": bias, "b": b, "c": c, "y_zp": y_zp}
+    ins = {"x": x, "x_zp": x_zp, "w": w, "w_zp": np.array(0, np.int8), "bias": bias, "b": b, "c": c, "y_zp": y_zp}
     model = fused_model("QMatMul", ins, ["x"], np.int16, qmin=-32768, qmax=32767)
     built = build_module(model)
     vm = relax.VirtualMachine(compile_module(built.mod, cpu_target()), tvm.cpu())

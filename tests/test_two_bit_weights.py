@@ -45,8 +45,12 @@ def _two_bit_weights(qdq: onnx.ModelProto, layers: list[str]) -> list[np.ndarray
     out = []
     for name in layers:
         t = inits[f"{name}.w_q"]
-        assert t.data_type == TensorProto.INT4  # INT2 DequantizeLinear needs opset 25; the pipeline is 21
-        out.append(numpy_helper.to_array(t).astype(np.int8))
+        # UINT4 around zero point 8 next to uint8 activations (numerics.weight_storage); INT2
+        # DequantizeLinear needs opset 25 and the pipeline is 21
+        assert t.data_type == TensorProto.UINT4
+        zp = numpy_helper.to_array(inits[f"{name}.w_zp"]).astype(np.int16)
+        assert np.all(zp == 8)
+        out.append((numpy_helper.to_array(t).astype(np.int16) - 8).astype(np.int8))
     return out
 
 
@@ -157,7 +161,8 @@ def test_tvm_library_stores_two_bit_weights_four_per_byte(tmp_path) -> None:
         inits = {t.name: t for t in int_model.graph.initializer}
         layers = {n.name: numpy_helper.to_array(inits[n.input[2]]) for n in int_model.graph.node
                   if n.op_type in ("QConv", "QMatMul")}
-        assert set(layers) == set(ctx.plan.layers) and all(w.dtype == np.int8 for w in layers.values())
+        # stored as uint8 + 128 next to the uint8 activations (numerics.weight_storage)
+        assert set(layers) == set(ctx.plan.layers) and all(w.dtype == np.uint8 for w in layers.values())
         sizes[bits] = {n: w.size for n, w in layers.items()}
         out = tmp_path / f"w{bits}"
         out.mkdir()

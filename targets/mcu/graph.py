@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from qcompiler import numerics
 from qcompiler.errors import TargetError, UnsupportedModelError
 from qcompiler.ir import DOMAIN, attr
 
@@ -317,6 +318,11 @@ class _Reader:
             raise _fail(self.name, node, f"input {idx} ('{nm}') must be an initializer for the MCU target")
         return self.inits[nm]
 
+    def signed_weight(self, node: onnx.NodeProto) -> np.ndarray:
+        """QConv/QMatMul weight values w - w_zp (int64): the graph stores them in their activations'
+        signedness (numerics.weight_storage); the C kernels take signed weights."""
+        return numerics.weight_values(self.const(node, 2), self.const(node, 3))
+
     def zp(self, node: onnx.NodeProto, idx: int) -> tuple[int, bool]:
         """A zero point and whether its type is signed (the type of the tensor it belongs to)."""
         t = next(t for t in self.model.graph.initializer if t.name == node.input[idx])
@@ -472,11 +478,11 @@ class _Reader:
     def op_QConv(self, node: onnx.NodeProto) -> None:
         x = self.as_nhwc(self.act(node, 0), node)
         x_zp, x_signed = self.zp(node, 1)
-        w = np.asarray(self.const(node, 2), np.int64)
-        bias = np.asarray(self.const(node, 3), np.int64).reshape(-1)
+        w = self.signed_weight(node)
+        bias = np.asarray(self.const(node, 4), np.int64).reshape(-1)
         m, cg, kh, kw = w.shape
-        b, c = self._requant_consts(node, 4, 5, m)
-        y_zp, y_signed, qmin, qmax = self._out(node, 6)
+        b, c = self._requant_consts(node, 5, 6, m)
+        y_zp, y_signed, qmin, qmax = self._out(node, 7)
         strides = list(attr(node, "strides", [1, 1]))
         pads = list(attr(node, "pads", [0, 0, 0, 0]))
         dil = list(attr(node, "dilations", [1, 1]))
@@ -553,13 +559,13 @@ class _Reader:
     def op_QMatMul(self, node: onnx.NodeProto) -> None:
         x = self.act(node, 0)
         x_zp, _ = self.zp(node, 1)
-        w = np.asarray(self.const(node, 2), np.int64)  # [K, M]
-        bias = np.asarray(self.const(node, 3), np.int64).reshape(-1)
+        w = self.signed_weight(node)  # [K, M]
+        bias = np.asarray(self.const(node, 4), np.int64).reshape(-1)
         if w.ndim != 2:
             raise _fail(self.name, node, f"weights of rank {w.ndim}; the MCU target needs [K, M]")
         k, m = w.shape
-        b, c = self._requant_consts(node, 4, 5, m)
-        y_zp, y_signed, qmin, qmax = self._out(node, 6)
+        b, c = self._requant_consts(node, 5, 6, m)
+        y_zp, y_signed, qmin, qmax = self._out(node, 7)
         if x.shape[-1] != k:
             raise _fail(self.name, node, f"input shape {list(x.shape)} does not end in K={k}")
         wt = w.T  # [M, K]

@@ -54,6 +54,7 @@ import onnx
 from onnx import numpy_helper
 from tvm import relax
 
+from qcompiler import numerics
 from qcompiler.errors import UnsupportedModelError
 
 from . import transformer, vnni
@@ -339,12 +340,20 @@ class _Builder:
         return self.emit(relax.op.reshape(inter, list(w.shape)))
 
     # ---- fused ops -----------------------------------------------------------------
+    def signed_weight(self, node: onnx.NodeProto) -> np.ndarray:
+        """QConv/QMatMul weight (inputs 2, 3: stored w, scalar w_zp) as signed int8 values w - w_zp.
+
+        The integer graph stores weights in their activations' signedness (uint8 + 128 next to uint8,
+        numerics.weight_storage) so ONNX Runtime never multiplies u8 x s8; the value is what counts here.
+        """
+        return numerics.weight_values(self.const_in(node, 2), self.const_in(node, 3)).astype(np.int8)
+
     def q_conv(self, node: onnx.NodeProto) -> relax.Expr:
         x = self.val(node.input[0])
         x_zp = int(self.const_in(node, 1).reshape(-1)[0])
-        w = self.const_in(node, 2)
-        bias = self.opt_const(node, 3)
-        b, c, y_zp = self.const_in(node, 4), self.const_in(node, 5), self.const_in(node, 6)
+        w = self.signed_weight(node)
+        bias = self.opt_const(node, 4)
+        b, c, y_zp = self.const_in(node, 5), self.const_in(node, 6), self.const_in(node, 7)
         if w.ndim != 4:
             raise self.err(node, f"QConv weight of rank {w.ndim}: only 2-D convolution is supported")
         m = w.shape[0]
@@ -383,9 +392,9 @@ class _Builder:
         """
         x = self.val(node.input[0])
         x_zp = int(self.const_in(node, 1).reshape(-1)[0])
-        w = self.const_in(node, 2)
-        bias = self.opt_const(node, 3)
-        b, c, y_zp = self.const_in(node, 4), self.const_in(node, 5), self.const_in(node, 6)
+        w = self.signed_weight(node)
+        bias = self.opt_const(node, 4)
+        b, c, y_zp = self.const_in(node, 5), self.const_in(node, 6), self.const_in(node, 7)
         if w.ndim != 2:
             raise self.err(node, f"QMatMul weight of rank {w.ndim}: expected [K, M]")
         k, m = w.shape

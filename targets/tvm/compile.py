@@ -12,28 +12,17 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import tvm
 from tvm import relax
 
+from qcompiler.cpuinfo import cpu_flags
 from qcompiler.errors import TargetError
 
 log = logging.getLogger(__name__)
 
 CUDA_ARCHS = {"sm_80": "nvidia/nvidia-a100", "sm_90": "nvidia/nvidia-h100"}
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """CPU feature flags of the host (first 'flags' line of /proc/cpuinfo)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    m = re.search(r"^flags\s*:\s*(.*)$", cpuinfo, re.M)
-    return set(m.group(1).split()) if m else set()
 
 
 def host_mcpu(flags: set[str] | None = None) -> str | None:

@@ -89,15 +89,16 @@ def single_node_model(int_model: onnx.ModelProto, node_name: str, w_bits: int = 
         raise TargetError(f"input of '{node_name}' has no known shape")
     x_zp = numpy_helper.to_array(inits[node.input[1]])
     new_inits = []
+    w_zp = int(numpy_helper.to_array(inits[node.input[3]]).reshape(-1)[0])
     for i, name in enumerate(node.input[1:], start=1):
         if not name:
             continue
         arr = numpy_helper.to_array(inits[name])
-        if i == 2 and w_bits < 8:
+        if i == 2 and w_bits < 8:  # narrow the signed values (stored + w_zp, numerics.weight_storage)
             lim = (1 << (w_bits - 1))
-            arr = np.clip(arr, -lim, lim - 1).astype(np.int8)
+            arr = (np.clip(arr.astype(np.int64) - w_zp, -lim, lim - 1) + w_zp).astype(arr.dtype)
         new_inits.append(numpy_helper.from_array(arr, name))
-    y_zp = numpy_helper.to_array(inits[node.input[6]])
+    y_zp = numpy_helper.to_array(inits[node.input[7]])
     g = helper.make_graph([node], f"layer_{node_name}",
                           [helper.make_tensor_value_info(node.input[0], helper.np_dtype_to_tensor_dtype(x_zp.dtype),
                                                          shape)],
@@ -135,7 +136,7 @@ def qdq_layer_to_integer(layer_model: onnx.ModelProto) -> onnx.ModelProto:
     The scales only decide the dyadic multipliers, which do not change the timing;
     the structure (shape, stride, group, weight bit width) is what is timed.
     """
-    from qcompiler.numerics import dyadic_array
+    from qcompiler.numerics import dyadic_array, store_weights
 
     g = layer_model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
@@ -146,7 +147,8 @@ def qdq_layer_to_integer(layer_model: onnx.ModelProto) -> onnx.ModelProto:
     wdq = prod.get(layer.input[1])
     if wdq is None or wdq.op_type != "DequantizeLinear":
         raise TargetError(f"layer '{layer.name}': weight is not a DequantizeLinear of an initializer")
-    wq = inits[wdq.input[0]].astype(np.int8)
+    wzp = inits[wdq.input[2]].astype(np.int64).reshape(-1) if len(wdq.input) > 2 and wdq.input[2] else 0
+    wq = (inits[wdq.input[0]].astype(np.int64) - (wzp[0] if np.size(wzp) else 0)).astype(np.int8)
     ws = inits[wdq.input[1]].astype(np.float64).reshape(-1)
     xs, x_zp = 4.0 / 255, np.array(128, np.uint8)
     xin = prod.get(layer.input[0])
@@ -170,9 +172,10 @@ def qdq_layer_to_integer(layer_model: onnx.ModelProto) -> onnx.ModelProto:
     ws = np.broadcast_to(ws, (m,))
     b, c = dyadic_array(xs * ws / 0.05)
     bq = np.zeros(m, np.int32) if bias is None else np.round(bias / (xs * ws)).astype(np.int32)
-    ini = {"x_zp": x_zp, "w": wq, "bias": bq, "b": b.astype(np.int64), "c": c.astype(np.int64),
+    w_st, w_zp = store_weights(wq, np.uint8)
+    ini = {"x_zp": x_zp, "w": w_st, "w_zp": w_zp, "bias": bq, "b": b.astype(np.int64), "c": c.astype(np.int64),
            "y_zp": np.array(128, np.uint8)}
-    node = helper.make_node(op, ["x", "x_zp", "w", "bias", "b", "c", "y_zp"], ["y"], domain="qcompiler",
+    node = helper.make_node(op, ["x", "x_zp", "w", "w_zp", "bias", "b", "c", "y_zp"], ["y"], domain="qcompiler",
                             name=layer.name or "layer", qmin=0, qmax=255, **kw)
     gg = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", TensorProto.UINT8, shape)],
                            [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],

@@ -26,7 +26,7 @@ from tvm import s_tir, te
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-from .compile import cpu_flags
+from qcompiler.cpuinfo import cpu_flags
 
 log = logging.getLogger(__name__)
 
