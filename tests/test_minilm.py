@@ -31,6 +31,7 @@ from models import minilm, sentences  # noqa: E402
 from qcompiler.ir import DOMAIN  # noqa: E402
 from qcompiler.ort_session import session  # noqa: E402
 from qcompiler.plan import QuantPlan  # noqa: E402
+from qcompiler.products import mixed_sign_products
 
 N_TEST, N_CALIB = 200, 256
 
@@ -51,6 +52,7 @@ def test_minilm_integer_only_graph(compiled) -> None:
     _, im, plan, _, _, stats = compiled
     assert plan.fallback_ops == []
     assert integer_only_violations(im, plan.fallback_ops) == []
+    assert mixed_sign_products(im) == []  # int8 activations x int8 weights only (numerics.weight_storage)
     ops = [n.op_type for n in im.graph.node if n.domain == DOMAIN]
     assert {"QSoftmax", "QGelu", "QLayerNorm", "QBatchMatMul", "QMatMul", "QAdd"} <= set(ops)
     assert ops.count("QMatMul") == 36  # every Gemm: q, k, v, attention output, FFN in and out x 6 layers

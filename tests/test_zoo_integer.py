@@ -29,6 +29,7 @@ from onnx.reference import ReferenceEvaluator
 from qcompiler.evaluate import predictions, runner
 from qcompiler.ort_session import session
 from qcompiler.pipeline import compile_model
+from qcompiler.products import mixed_sign_products
 from qcompiler.qdq_exact import compare_exact
 
 ZOO = ["mobilenet_v2", "efficientnet_lite0"]
@@ -60,6 +61,17 @@ def test_ort_and_onnx_reference_identical_on_100_inputs(compiled) -> None:
     for _ in range(100):
         x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
         np.testing.assert_array_equal(sess.run(None, {"input": x})[0], ref.run(None, {"input": x})[0])
+    # extreme inputs: the first quantizer's codes at their ends against weights at +-127, where a u8 x s8
+    # product would saturate in ORT without VNNI (tests/test_same_sign_products.py)
+    for sign in (1.0, -1.0):
+        x = np.sign(rng.standard_normal((1, 3, 224, 224))).astype(np.float32) * 1e4 * sign
+        np.testing.assert_array_equal(sess.run(None, {"input": x})[0], ref.run(None, {"input": x})[0])
+
+
+def test_no_artifact_multiplies_uint8_by_int8(compiled) -> None:
+    _, _, _, out, _ = compiled
+    for f in ("model.qdq.onnx", "model.int.onnx"):
+        assert mixed_sign_products(onnx.load(str(out / f))) == [], f
 
 
 @pytest.mark.slow
