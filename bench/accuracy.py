@@ -55,8 +55,11 @@ def ort_quantize(model_path: Path, calib: np.ndarray, out: Path, **kw) -> tuple[
             return next(self.it, None)
 
     t0, c0 = time.perf_counter(), time.process_time()
+    # U8S8 is ORT's default; "u8u8" rows take uint8 weights, which ORT's docs recommend on CPUs without
+    # VNNI (u8 x s8 saturates in vpmaddubsw there; docs/INTEGER_GRAPH.md, "Integer products")
+    weight_type = QuantType.QUInt8 if kw.pop("u8u8", False) else QuantType.QInt8
     quantize_static(str(model_path), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **kw)
+                    activation_type=QuantType.QUInt8, weight_type=weight_type, **kw)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -87,6 +90,8 @@ def bench_model(name: str, calib_n: int, work: Path) -> list[dict]:
         "ort_perchannel_minmax": {"per_channel": True},
         "ort_perchannel_entropy": {"per_channel": True, "calibrate_method": CalibrationMethod.Entropy},
         "ort_perchannel_percentile": {"per_channel": True, "calibrate_method": CalibrationMethod.Percentile},
+        "ort_perchannel_percentile_u8u8": {"per_channel": True, "calibrate_method": CalibrationMethod.Percentile,
+                                           "u8u8": True},
     }
     for k, kw in ort_variants.items():
         out = work / f"{name}_{k}.onnx"

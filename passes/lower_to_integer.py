@@ -141,6 +141,18 @@ class _Lowering:
     def zp_const(self, qt: QT, base: str) -> str:
         return self.const(f"{base}.zp", np.array(qt.zp, qt.dtype))
 
+    @staticmethod
+    def channel_dyadic(m: np.ndarray, node: onnx.NodeProto, what: str = ": requantize multiplier"
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel :func:`numerics.dyadic_array`; logs the dead channels (multiplier below 2^-32: b = 0,
+        their output is the zero point, docs/INTEGER_GRAPH.md)."""
+        b, c = numerics.dyadic_array(m, what=f"node '{node.name}'{what}")
+        dead = int(np.count_nonzero(b == 0))
+        if dead:
+            log.info("node %s: %d of %d output channels have a multiplier below 2^-32 (weights ~0); "
+                     "they output the zero point (b = 0)", node.name, dead, b.size)
+        return b, c
+
     def requant(self, x: str, x_zp: str, b: np.ndarray, c: np.ndarray, out: QT, base: str,
                 qmin: int, qmax: int) -> None:
         """Emit a QRequant node writing ``out.name``."""
@@ -344,7 +356,7 @@ class _Lowering:
         bias = self.bias(node, 2, s_acc)
         if bias is None or not self.acc_ok(node, x, np.abs(w_int).reshape(m, -1).sum(1), bias):
             return False
-        b, c = numerics.dyadic_array(s_acc / qt.scale, what=f"node '{node.name}': requantize multiplier")
+        b, c = self.channel_dyadic(s_acc / qt.scale, node)
         base = node.name
         acc, acc_b = self.unique(f"{base}.acc"), self.unique(f"{base}.acc_b")
         w_st, w_zp_st = numerics.store_weights(w_int, x.dtype)
@@ -461,8 +473,8 @@ class _Lowering:
         if in_scale.ndim == 0 and scale.ndim == 0:
             b, c = numerics.dyadic(x.scale * 2.0**-numerics.GELU_SIG_FRAC / qt.scale, what=f"node '{node.name}'")
         else:
-            b, c = numerics.dyadic_array(s_in.astype(np.float64) * 2.0**-numerics.GELU_SIG_FRAC * scale / qt.scale,
-                                         what=f"node '{node.name}'")
+            b, c = self.channel_dyadic(s_in.astype(np.float64) * 2.0**-numerics.GELU_SIG_FRAC * scale / qt.scale,
+                                       node, "")
         base = node.name
         self.out_nodes.append(fn.make_node(
             "QGelu", [x.name, self.zp_const(x, f"{base}.x"), self.const(f"{base}.m1", np.array(m1, np.int64)),
@@ -533,7 +545,7 @@ class _Lowering:
         if not self.acc_ok(node, x, w_abs.sum(0), bias):
             return False
         qt, qmin, qmax = out
-        b, c = numerics.dyadic_array(s_acc / qt.scale, what=f"node '{node.name}': requantize multiplier")
+        b, c = self.channel_dyadic(s_acc / qt.scale, node)
         base_name = node.name
         self.out_nodes.append(fn.make_node(
             "QGroupMatMul", [x.name, self.zp_const(x, f"{base_name}.x"),
@@ -580,7 +592,7 @@ class _Lowering:
         if bias is None or not self.acc_ok(node, x, np.abs(w_int).sum(0), bias):
             return False
         qt, qmin, qmax = out
-        b, c = numerics.dyadic_array(s_acc / qt.scale, what=f"node '{node.name}': requantize multiplier")
+        b, c = self.channel_dyadic(s_acc / qt.scale, node)
         base = node.name
         acc, acc_b = self.unique(f"{base}.acc"), self.unique(f"{base}.acc_b")
         w_st, w_zp_st = numerics.store_weights(w_int, x.dtype)

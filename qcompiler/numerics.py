@@ -16,6 +16,33 @@ Supported multipliers: ``2**-32 <= M < 2**30 - 2**-2``. Below, ``c`` would
 exceed 62; above, ``c`` would be 0. :func:`dyadic` refuses anything else with a
 :class:`~qcompiler.errors.NumericsError`.
 
+Dead channels (multiplier 0)
+----------------------------
+A per-channel multiplier (:func:`dyadic_array`: QConv, QMatMul, QGroupMatMul, per-channel
+QGelu) with ``0 <= M < 2**-32`` -- a channel whose weights are all (nearly) zero, common
+after pruning -- becomes ``b = 0, c = C_DEAD = 33``. With ``b = 0`` the requantization
+below gives ``(0 + 2**(c-1)) >> c = 0`` for any ``1 <= c <= 62``, so the channel's output
+is ``clamp(zp, qmin, qmax)``, whatever its accumulator and bias. Why 33: it is the
+smallest shift of the MCU kernels' one-multiply form (``c >= 33``, targets/mcu/graph.py
+``fast_requant``), so a dead channel never pushes its layer onto the slower 64-bit path;
+ONNX, TVM and the 64-bit C path take any ``c``. Multipliers above the range, negative,
+NaN or infinite still raise, naming the node; the scalar :func:`dyadic` (per-tensor
+multipliers: add, pool, rescale, softmax) still refuses an underflow unless asked
+(``underflow_to_zero``), because there it means a broken scale, not a dead channel.
+
+This is not an approximation: it is the exact requantization of the real ``M``. The
+lowering proves every accumulator (bias included) fits int32, ``|acc| <= 2**31``, so
+``M < 2**-32`` gives ``|acc * M| < 2**31 * 2**-32 = 1/2`` *strictly* (even at
+``acc = -2**31``), i.e. ``acc * M + 1/2`` lies in ``(0, 1)`` and round-half-up,
+``floor(acc * M + 1/2)``, is exactly 0: ``-1/2``, the one value where round half up
+would need care, cannot be reached. So b = 0 changes no result against the exact real
+multiplier (a normal channel's ``b / 2**c`` is only within ``2**-31`` of it). The bias of
+such a channel is therefore dropped without loss: its own contribution is below half an
+output step too (and a bias that matters keeps its channel's multiplier in range anyway:
+``quantize.bias_safe_scales`` bounds ``|bias| / (s_x s_w) <= 2**28``, so ``M < 2**-32``
+implies ``|bias| < s_y / 16``). The float QDQ model rounds the same ``|v| < 1/2`` (up to
+float32 noise, and to even at a tie) to 0, so it agrees.
+
 Requantization
 --------------
 For an int32 accumulator ``acc``::
@@ -25,7 +52,7 @@ For an int32 accumulator ``acc``::
 ``>>`` is an arithmetic (floor) shift on a 64-bit intermediate, so the result is
 ``acc * b / 2**c`` rounded half up (ties toward +inf), exactly.
 
-No overflow: ``|acc| <= 2**31`` and ``b < 2**31`` give ``|acc * b| < 2**62``;
+No overflow: ``|acc| <= 2**31`` and ``0 <= b < 2**31`` give ``|acc * b| < 2**62``;
 adding ``2**(c-1) <= 2**61`` stays below ``2**63``. So the int64 intermediate
 never overflows for any int32 accumulator and any supported ``(b, c)``.
 
@@ -76,6 +103,7 @@ C_MIN = 1
 C_MAX = 62
 M_MIN = 2.0**-32
 M_MAX = 2.0**30 - 2.0**-2  # exclusive
+C_DEAD = 33  # the shift paired with b = 0 (a per-channel multiplier below M_MIN: module docstring)
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 ADD_INPUT_MAX = 1 << 16  # |x - zp| bound assumed for QAdd / QRequant inputs (no overflow below it)
@@ -86,19 +114,25 @@ def _round_half_up(q: Fraction) -> int:
     return math.floor(q + Fraction(1, 2))
 
 
-def dyadic(m: float, *, what: str = "multiplier") -> tuple[int, int]:
+def dyadic(m: float, *, what: str = "multiplier", underflow_to_zero: bool = False) -> tuple[int, int]:
     """Replace a real multiplier by ``(b, c)`` with ``b / 2**c ~= m``.
 
     Exact rational arithmetic (``Fraction(m)`` is the float's exact value), so the
-    result does not depend on the platform's float rounding.
+    result does not depend on the platform's float rounding. With ``underflow_to_zero``
+    a multiplier in ``[0, 2**-32)`` gives ``(0, C_DEAD)`` (a dead channel, exact: see the
+    module docstring) instead of an error.
     """
     if not (isinstance(m, (int, float, np.floating, np.integer)) and math.isfinite(float(m))):
         raise NumericsError(f"{what} {m!r} is not a finite number")
     m = float(m)
+    if underflow_to_zero and 0.0 <= m < M_MIN:
+        return 0, C_DEAD
     if not (M_MIN <= m < M_MAX):
+        lo = "0" if underflow_to_zero else "2^-32"
         raise NumericsError(
-            f"{what} {m!r} is outside the supported range [2^-32, 2^30 - 2^-2) of the dyadic "
-            f"requantization (b in [2^30, 2^31), 1 <= c <= 62)",
+            f"{what} {m!r} is outside the supported range [{lo}, 2^30 - 2^-2) of the dyadic "
+            f"requantization (b in [2^30, 2^31), 1 <= c <= 62"
+            + ("; below 2^-32: b = 0, the output is the zero point)" if underflow_to_zero else ")"),
             hint="a scale is zero, tiny or huge: check calibration ranges and weight scales")
     _, e = math.frexp(m)  # m = f * 2**e, f in [0.5, 1)
     c = 31 - e
@@ -111,7 +145,10 @@ def dyadic(m: float, *, what: str = "multiplier") -> tuple[int, int]:
 
 
 def dyadic_array(m: Sequence[float] | np.ndarray, *, what: str = "multiplier") -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel :func:`dyadic`: int64 arrays ``b`` and ``c`` of the shape of ``m``.
+    """Per-channel :func:`dyadic` with ``underflow_to_zero``: int64 arrays ``b`` and ``c`` of the shape of ``m``.
+
+    A channel with ``0 <= m < 2**-32`` (dead weights) gets ``b = 0, c = C_DEAD``: its output is
+    the zero point, which is the exact requantization (module docstring, "Dead channels").
 
     Vectorised without rounding anywhere: ``m * 2**c`` only moves the exponent, so it is exact in
     float64, and for a value in [2^30, 2^31] adding 1/2 is exact too (its ulp is 2^-22), so
@@ -119,16 +156,21 @@ def dyadic_array(m: Sequence[float] | np.ndarray, *, what: str = "multiplier") -
     element). 18k channels of MobileNetV2 took 0.23 s in Fractions.
     """
     arr = np.asarray(m, dtype=np.float64)
-    bad = ~(np.isfinite(arr) & (arr >= M_MIN) & (arr < M_MAX))
+    bad = ~(np.isfinite(arr) & (arr >= 0.0) & (arr < M_MAX))
     if bad.any():  # the scalar path words the error (and names the element)
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        dyadic(float(arr[idx]), what=f"{what}[{','.join(map(str, idx))}]" if arr.ndim else what)
-    _, e = np.frexp(arr)
+        dyadic(float(arr[idx]), what=f"{what}[{','.join(map(str, idx))}]" if arr.ndim else what,
+               underflow_to_zero=True)
+    dead = arr < M_MIN
+    live = np.where(dead, 1.0, arr)  # any in-range value: its (b, c) are replaced below
+    _, e = np.frexp(live)
     c = (31 - e).astype(np.int64)
-    b = np.floor(np.ldexp(arr, c) + 0.5).astype(np.int64)
+    b = np.floor(np.ldexp(live, c) + 0.5).astype(np.int64)
     carry = b == B_MAX  # rounding carried into the next power of two
     b = np.where(carry, B_MIN, b)
     c = np.where(carry, c - 1, c)
+    b = np.where(dead, 0, b)
+    c = np.where(dead, C_DEAD, c)
     return b.astype(np.int64), c.astype(np.int64)
 
 
@@ -151,11 +193,15 @@ def dyadic_pair(ma: float, mb: float, *, what: str = "add") -> tuple[int, int, i
 
 
 def check_dyadic(b: np.ndarray | int, c: np.ndarray | int) -> None:
-    """Refuse ``(b, c)`` outside the proven ranges (backends call this on constants they read)."""
+    """Refuse ``(b, c)`` outside the proven ranges (backends call this on constants they read).
+
+    ``b = 0`` is valid (a dead channel: the output is the zero point, module docstring); so is any
+    ``b`` below 2^30 (the smaller multiplier of a residual add shares the larger one's shift).
+    """
     b_arr = np.asarray(b, dtype=np.int64)
     c_arr = np.asarray(c, dtype=np.int64)
-    if b_arr.size and (b_arr.min() < 1 or b_arr.max() >= B_MAX):
-        raise NumericsError(f"requantize multiplier b outside [1, 2^31): {b_arr.min()}..{b_arr.max()}")
+    if b_arr.size and (b_arr.min() < 0 or b_arr.max() >= B_MAX):
+        raise NumericsError(f"requantize multiplier b outside [0, 2^31): {b_arr.min()}..{b_arr.max()}")
     if c_arr.size and (c_arr.min() < C_MIN or c_arr.max() > C_MAX):
         raise NumericsError(f"requantize shift c outside [1, 62]: {c_arr.min()}..{c_arr.max()}")
 

@@ -62,6 +62,11 @@ def weight_scales(w: np.ndarray, bits: int, axis: int, *, mse: bool = True) -> n
 
     Results are memoised by the weight's bytes, so sensitivity (every layer at every
     candidate width) and InsertQDQ (the chosen width) search each weight once.
+
+    Every scale is a positive, finite, normal float32 (a valid DequantizeLinear scale): an
+    all-zero channel gets the grid of max 1 (any grid represents it), a channel of (nearly) zero
+    weights at least ``FLOAT32_TINY``. Such a channel's requantize multiplier may underflow 2^-32;
+    the integer graph then gives it b = 0, its output is the zero point (numerics, "Dead channels").
     """
     key = (hashlib.blake2b(np.ascontiguousarray(w).view(np.uint8).data, digest_size=16).digest(),
            w.shape, w.dtype.str, int(bits), int(axis), bool(mse))
@@ -107,7 +112,7 @@ def _weight_scales(w: np.ndarray, bits: int, axis: int, mse: bool) -> np.ndarray
     amax = np.abs(wc).max(axis=1).astype(np.float64)
     amax = np.where(amax > 0, amax, 1.0)
     if not mse:
-        return (amax / qmax).astype(np.float32)
+        return np.maximum(amax / qmax, FLOAT32_TINY).astype(np.float32)
     # At 2 bits the grid is ternary {-1, 0, 1} x scale: the MSE-best scale of a bell-shaped channel lies
     # near a third of its max (the threshold s/2 must cut most small weights to 0), below the 4/8-bit
     # range, so the search reaches down to 5% of the max there (other widths keep their grid).
@@ -125,7 +130,7 @@ def _weight_scales(w: np.ndarray, bits: int, axis: int, mse: bool) -> np.ndarray
         a = amax[r0:r0 + rows]
         b_s, b_err = best[r0:r0 + rows], best_err[r0:r0 + rows]  # views: updated in place
         for f in fr:
-            s64 = a * f / qmax
+            s64 = np.maximum(a * f / qmax, FLOAT32_TINY)  # a subnormal (or 0) float32 scale would divide by 0
             s = s64.astype(np.float32)[:, None]
             np.divide(blk, s, out=buf)
             np.round(buf, out=buf)
@@ -149,11 +154,20 @@ def bias_safe_scales(s_w: np.ndarray, bias: np.ndarray | None, s_x: float) -> np
     large bias; at s_x*s_w that bias saturates int32 and the layer could not be
     lowered to integers. A coarser weight grid on such a channel costs nothing
     (its weights are ~0) and keeps the accumulator exact.
+
+    The bias scale float32(s_x) * s_w is kept a normal float32 too (a channel of near-zero weights
+    has s_w near ``FLOAT32_TINY``; their product would underflow to a subnormal or 0, not a valid
+    DequantizeLinear scale). Through the headroom, a bias that matters keeps its channel's
+    requantize multiplier M = s_x s_w / s_y at 2^-32 or above: s_w >= |bias| / (s_x 2^28) gives
+    M >= |bias| / (2^28 s_y), so M < 2^-32 means |bias| < s_y / 16, and a dead channel (b = 0, output
+    the zero point) loses nothing to its bias (numerics, "Dead channels").
     """
     if bias is None:
         return s_w
-    need = np.abs(bias.astype(np.float64)) / (np.float64(np.float32(s_x)) * BIAS_HEADROOM)
-    return np.maximum(s_w, need.astype(np.float32)).astype(np.float32)
+    sx = np.float32(s_x)
+    need = np.abs(bias.astype(np.float64)) / (np.float64(sx) * BIAS_HEADROOM)
+    floor = np.nextafter(np.float32(FLOAT32_TINY / np.float64(sx)), np.float32(np.inf))  # sx * floor >= TINY
+    return np.maximum(np.maximum(s_w, need.astype(np.float32)), floor).astype(np.float32)
 
 
 def quantize_weight(w: np.ndarray, scales: np.ndarray, bits: int, axis: int) -> np.ndarray:

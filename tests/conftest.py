@@ -93,6 +93,65 @@ def make_tiny_cnn(seed: int = 0, opset: int = 13, batchnorm: bool = True) -> onn
     return model
 
 
+#: Output channels of :func:`make_dead_channel_cnn` whose weights are all zero or ~1e-20 (bias 0): each
+#: must output its zero point. Those with ~1e-20 weights have a requantize multiplier below 2^-32 (b = 0).
+DEAD_CHANNELS = {"conv1": [2, 5], "dw": [3], "pw": [1, 4], "fc": [2]}
+TINY_CHANNELS = {"conv1": [5], "dw": [3], "pw": [4], "fc": [2]}
+
+
+def make_dead_channel_cnn(seed: int = 0, alive_by_bias: bool = True) -> onnx.ModelProto:
+    """A small float CNN with dead output channels (issue 19: pruned weights stopped the compile).
+
+    conv1 3x3 (3 -> 8), dw 3x3 depthwise, pw 1x1 (8 -> 6), each under ReLU, GlobalAveragePool,
+    Flatten, Gemm (6 -> 5). :data:`DEAD_CHANNELS` lists the channels whose weights are all zero or
+    ~1e-20 (the Gemm's: ~1e-40, float32 subnormals) with a zero bias. conv1's channel 6 has ~1e-20
+    weights but a bias of 0.3, so it stays alive (a constant output); ``alive_by_bias=False`` makes it
+    an ordinary channel (its int32 bias sits at bias_safe_scales' 2^28 headroom, more than the MCU's
+    16x accumulators of 4-bit layers hold). Input [1, 3, 12, 12], opset 21.
+    """
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+
+    def layer(name: str, shape: tuple[int, ...], dead: list[int], tiny: list[int], tiny_w: float = 1e-20) -> None:
+        w = (rng.standard_normal(shape) * 0.3).astype(np.float32)
+        b = (rng.standard_normal(shape[0]) * 0.1).astype(np.float32)
+        for ch in dead:
+            w[ch] = rng.standard_normal(shape[1:]).astype(np.float32) * np.float32(tiny_w) if ch in tiny else 0.0
+            b[ch] = 0.0
+        arrays[f"{name}.w"], arrays[f"{name}.b"] = w, b
+
+    layer("conv1", (8, 3, 3, 3), DEAD_CHANNELS["conv1"], TINY_CHANNELS["conv1"])
+    if alive_by_bias:
+        arrays["conv1.w"][6] = rng.standard_normal((3, 3, 3)).astype(np.float32) * np.float32(1e-20)
+        arrays["conv1.b"][6] = 0.3
+    layer("dw", (8, 1, 3, 3), DEAD_CHANNELS["dw"], TINY_CHANNELS["dw"])
+    layer("pw", (6, 8, 1, 1), DEAD_CHANNELS["pw"], TINY_CHANNELS["pw"])
+    layer("fc", (5, 6), DEAD_CHANNELS["fc"], TINY_CHANNELS["fc"], tiny_w=1e-40)  # float32 subnormals
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.w", "conv1.b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "dw.w", "dw.b"], ["d"], name="dw", pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Relu", ["d"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "pw.w", "pw.b"], ["p"], name="pw"),
+        helper.make_node("Relu", ["p"], ["r3"], name="relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "dead_channel_cnn",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 12, 12])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+                              [numpy_helper.from_array(v, k) for k, v in arrays.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], producer_name="tests")
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    return model
+
+
+def dead_channel_calib(n: int = 16, seed: int = 1) -> list[np.ndarray]:
+    return list(np.random.default_rng(seed).uniform(-1, 1, (n, 1, 3, 12, 12)).astype(np.float32))
+
+
 def tiny_calib(n: int = 32, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, (n, 1, 16, 16)).astype(np.float32)
 

@@ -13,7 +13,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import EXAMPLE, EXAMPLE_CALIB, EXAMPLE_EVAL, run_fused_op
+from conftest import (
+    DEAD_CHANNELS,
+    EXAMPLE,
+    EXAMPLE_CALIB,
+    EXAMPLE_EVAL,
+    TINY_CHANNELS,
+    dead_channel_calib,
+    make_dead_channel_cnn,
+    run_fused_op,
+)
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from qcompiler.passes.fuse_integer_ops import FuseIntegerOps
@@ -25,7 +34,14 @@ from qcompiler.calibration import CalibrationData
 from qcompiler.errors import NumericsError
 from qcompiler.ir import DOMAIN
 from qcompiler.passmanager import PassContext, PassManager
-from qcompiler.pipeline import CompileOptions, canonicalize, input_specs, load_model, plan_and_quantize
+from qcompiler.pipeline import (
+    CompileOptions,
+    canonicalize,
+    compile_model,
+    input_specs,
+    load_model,
+    plan_and_quantize,
+)
 from qcompiler.plan import QuantPlan
 from qcompiler.qdq_exact import compare_exact
 
@@ -300,6 +316,112 @@ def test_passes_under_the_pass_manager_with_checker_and_strict_shapes() -> None:
     a, b = ort_session(unfused), ort_session(out)
     for i in range(len(x)):
         assert np.array_equal(a.run(None, {"x": x[i:i + 1]})[0], b.run(None, {"x": x[i:i + 1]})[0])
+
+
+def test_fused_ops_with_dead_channels_match_reference() -> None:
+    """QConv / QMatMul bodies with some b = 0 channels (any c, any bias): those channels are the zero point."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (2, 4, 6, 6)).astype(np.uint8)
+    w = rng.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8)
+    bias = rng.integers(-40000, 40000, 6).astype(np.int32)
+    b, c = nm.dyadic_array(np.array([1e-3, 0.0, 2e-3, 1e-12, 3e-4, 2.0**-33]))
+    assert b.tolist()[1::2] == [0, 0, 0] and c.tolist()[1::2] == [nm.C_DEAD] * 3
+    c[3] = 1  # any shift works with b = 0
+    w_st, w_zp = nm.store_weights(w, np.uint8)
+    attrs = dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, qmin=-100, qmax=120)
+    want = nm.qconv(x, 17, w, bias, b, c, np.array(-3, np.int8), **attrs)
+    assert np.all(want[:, 1::2] == -3)
+    ins = dict(x=x, x_zp=np.array(17, np.uint8), w=w_st, w_zp=w_zp, bias=bias, b=b, c=c, y_zp=np.array(-3, np.int8))
+    assert all(np.array_equal(g, want) for g in _run_op("QConv", ins, attrs, ["x"], np.int8))
+
+    xm = rng.integers(-128, 128, (3, 20)).astype(np.int8)
+    wm = rng.integers(-128, 128, (20, 4)).astype(np.int8)
+    b, c = nm.dyadic_array(np.array([0.0, 1e-3, 1e-30, 0.5]))
+    ins = dict(x=xm, x_zp=np.array(-2, np.int8), w=wm, w_zp=np.array(0, np.int8), bias=np.full(4, 9999, np.int32),
+               b=b, c=c, y_zp=np.array(200, np.uint8))
+    want = nm.qmatmul(xm, -2, wm, np.full(4, 9999), b, c, np.array(200, np.uint8), qmin=0, qmax=180)
+    assert np.all(want[:, [0, 2]] == 180)  # the zero point, clamped
+    assert all(np.array_equal(g, want) for g in _run_op("QMatMul", ins, dict(qmin=0, qmax=180), ["x"], np.uint8))
+
+
+def test_weight_scales_of_zero_and_tiny_channels_are_valid_dequantize_scales() -> None:
+    """All-zero, ~1e-20 and subnormal (~1e-40, ~1e-44) weight channels: every scale, and every bias scale
+    float32(s_x) * s_w, is a positive, finite, normal float32, computed without dividing by zero."""
+    from qcompiler.quantize import bias_safe_scales, quantize_bias, quantize_weight, weight_scales
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    w[1] = 0.0
+    for ch, mag in ((2, 1e-20), (3, 1e-40), (4, 1e-44)):
+        w[ch] = rng.standard_normal((3, 3, 3)).astype(np.float32) * np.float32(mag)
+    bias = np.array([0.1, 0.0, 0.0, 0.0, 0.2], np.float32)
+    tiny = np.finfo(np.float32).tiny
+    for mse in (True, False):
+        for bits in (2, 4, 8):
+            with np.errstate(divide="raise", invalid="raise", over="raise"):
+                s = weight_scales(w, bits, 0, mse=mse)
+                assert s.dtype == np.float32 and np.all(np.isfinite(s)) and np.all(s >= tiny), (mse, bits, s)
+                q = quantize_weight(w, s, bits, 0)
+                assert not q[1].any() and not q[3:].any()
+                for s_x in (1e-3, 0.05, 30.0):
+                    sb = bias_safe_scales(s, bias, s_x)
+                    assert np.all(sb >= s) and np.array_equal(sb[[0, 2]], s[[0, 2]])
+                    bs = np.float32(s_x) * sb
+                    assert bs.dtype == np.float32 and np.all(np.isfinite(bs)) and np.all(bs >= tiny), (s_x, bs)
+                    assert np.array_equal(quantize_bias(bias, s_x, sb)[1:4], [0, 0, 0])
+
+
+def _layer_outputs(m: onnx.ModelProto) -> tuple[dict[str, onnx.NodeProto], dict[str, np.ndarray]]:
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    layers = {n.name: n for n in m.graph.node if n.domain == DOMAIN and n.op_type in ("QConv", "QMatMul")}
+    return layers, inits
+
+
+def test_dead_channels_compile_and_output_the_zero_point(tmp_path) -> None:
+    """Issue 19: a channel of all-zero or ~1e-20 weights used to stop the compile ("requantize
+    multiplier ... outside the supported range"). Now the ~1e-20 channels get b = 0 and every dead
+    channel outputs its zero point, identically in ORT and onnx.reference; conv1's channel 6 (~1e-20
+    weights, bias 0.3) stays alive through its bias."""
+    out = tmp_path / "out"
+    compile_model(make_dead_channel_cnn(), out, calib=dead_channel_calib(),
+                  options=CompileOptions(target="ort-cpu"), name="dead")
+    m = onnx.load(str(out / "model.int.onnx"))
+    layers, inits = _layer_outputs(m)
+    assert set(layers) == set(DEAD_CHANNELS)
+    for name, n in layers.items():
+        b, c = inits[n.input[5]].reshape(-1), inits[n.input[6]].reshape(-1)
+        assert np.flatnonzero(b == 0).tolist() == TINY_CHANNELS[name], name
+        assert np.all(c[b == 0] == nm.C_DEAD) and b[b > 0].min() >= nm.B_MIN
+    assert inits[layers["conv1"].input[5]].reshape(-1)[6] > 0
+    # every DequantizeLinear scale of the QDQ model is a positive, finite, normal float32
+    qdq_model = onnx.load(str(out / "model.qdq.onnx"))
+    q_inits = {t.name: numpy_helper.to_array(t) for t in qdq_model.graph.initializer}
+    for n in qdq_model.graph.node:
+        if n.op_type == "DequantizeLinear":
+            s = q_inits[n.input[1]]
+            assert s.dtype == np.float32 and np.all(np.isfinite(s)) and np.all(s >= np.finfo(np.float32).tiny), n.name
+    # every layer's integer output exposed, in ORT and in onnx.reference
+    ext = onnx.ModelProto.FromString(m.SerializeToString())
+    for n in layers.values():
+        ext.graph.output.append(helper.make_tensor_value_info(
+            n.output[0], helper.np_dtype_to_tensor_dtype(inits[n.input[7]].dtype), None))
+    names = [o.name for o in ext.graph.output]
+    sess, ref = ort_session(ext), ReferenceEvaluator(ext)
+    qdq = ort_session(qdq_model)
+    rng = np.random.default_rng(5)
+    xs = list(dead_channel_calib(4, seed=9)) + [rng.standard_normal((1, 3, 12, 12)).astype(np.float32) * 3]
+    for x in xs:
+        got = dict(zip(names, sess.run(None, {"input": x})))
+        for k, v in zip(names, ref.run(None, {"input": x})):
+            assert np.array_equal(got[k], v), k
+        for name, n in layers.items():
+            y, zp = got[n.output[0]], inits[n.input[7]]
+            for ch in DEAD_CHANNELS[name]:
+                assert np.all(y[:, ch] == zp), (name, ch)
+        y1 = got[layers["conv1"].output[0]][:, 6]
+        assert np.all(y1 == y1.flat[0]) and y1.flat[0] > inits[layers["conv1"].input[7]]  # bias 0.3, alive
+        assert np.all(got["logits"][:, 2] == 0.0)
+        assert np.all(qdq.run(None, {"input": x})[0][:, 2] == 0.0)  # the QDQ model agrees
 
 
 def test_multiplier_outside_range_is_refused_with_node_name() -> None:

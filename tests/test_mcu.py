@@ -515,3 +515,52 @@ def test_packed_models_bit_exact(a4_models, name, tmp_path):
         for b in ("mps2-an386", "microbit"):
             r = toolchain.build(tmp_path / "mcu", b, build_dir=tmp_path / "b")
             assert toolchain.run_qemu(r.elf, b, ins, len(refs[0]), timeout=120).outputs == refs, b
+
+
+# ------------------------------------------------------------------ dead channels (issue 19)
+
+
+def _with_dead_shift(m: onnx.ModelProto, c_dead: int) -> onnx.ModelProto:
+    """The same graph with every b = 0 channel's shift set to ``c_dead`` (any shift gives the zero point)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    inits = {t.name: t for t in out.graph.initializer}
+    for n in out.graph.node:
+        if n.op_type in ("QConv", "QMatMul"):
+            b = onh.to_array(inits[n.input[5]])
+            c = onh.to_array(inits[n.input[6]]).copy()
+            c[b == 0] = c_dead
+            inits[n.input[6]].CopyFrom(onh.from_array(c, n.input[6]))
+    return out
+
+
+def test_dead_channels_bit_exact(tmp_path, monkeypatch):
+    """A CNN with all-zero and ~1e-20 weight channels (b = 0 in conv, depthwise and fully connected layers)
+    compiles for --target mcu at 8 and 4 bits and runs bit-exact on the host, M4 and M0, on the fast
+    requantization (hi32(acc * 0) + rnd) >> s and on the 64-bit path. A dead channel keeps its layer on
+    the fast path whatever shift the graph gives it (the plan uses c = 33)."""
+    from conftest import dead_channel_calib, make_dead_channel_cnn
+
+    from qcompiler import numerics
+
+    for bits in (8, 4):  # at 4 bits without conv1's ~0-weight channel kept alive by its bias (2^28 x 16 > int32)
+        compile_model(make_dead_channel_cnn(alive_by_bias=bits == 8), tmp_path / f"w{bits}", calib=dead_channel_calib(),
+                      options=CompileOptions(target="mcu", bits=[bits]), name=f"dead{bits}")
+    m8 = onnx.load(str(tmp_path / "w8" / "model.int.onnx"))
+    m4 = onnx.load(str(tmp_path / "w4" / "model.int.onnx"))
+    for m in (m8, m4):
+        inits = {t.name: onh.to_array(t) for t in m.graph.initializer}
+        layers = [n for n in m.graph.node if n.op_type in ("QConv", "QMatMul")]
+        assert sum(int((inits[n.input[5]] == 0).sum()) for n in layers) == 4
+        assert all(np.all(inits[n.input[6]][inits[n.input[5]] == 0] == numerics.C_DEAD) for n in layers)
+    for m in (m8, _with_dead_shift(m8, 1)):
+        prog, _ = mcu.plan(m)
+        kinds = {s.kind: s.params["rq_fast"] for s in prog.steps if s.kind in ("conv", "dw", "fc")}
+        assert kinds == {"conv": 1, "dw": 1, "fc": 1}
+    for name, m in (("dead8", m8), ("dead8_c1", _with_dead_shift(m8, 1)), ("dead4", m4)):
+        _check_variant(m, name, tmp_path, ("mps2-an386", "microbit"))
+    from qcompiler.targets.mcu import graph
+
+    monkeypatch.setattr(graph, "fast_requant", lambda *a, **k: None)
+    monkeypatch.setattr(graph, "fast_requant_channels", lambda *a, **k: None)
+    _check_variant(_with_dead_shift(m8, 62), "dead8_generic", tmp_path, ("mps2-an386",))

@@ -62,7 +62,61 @@ def test_vectorised_dyadic_array_at_the_carry_and_range_ends() -> None:
     b, c = nm.dyadic_array(np.array(ms))
     assert [(int(x), int(y)) for x, y in zip(b, c)] == [nm.dyadic(float(m)) for m in ms]
     with pytest.raises(NumericsError, match=r"w\[1\]"):
-        nm.dyadic_array(np.array([1.0, 0.0]), what="w")
+        nm.dyadic_array(np.array([1.0, -1.0]), what="w")
+
+
+# ----------------------------------------------------------------- dead channels: b = 0 (issue 19)
+# per-channel multipliers below the dyadic range, down to 0: all binades to the smallest subnormal, the edge
+DEAD = st.one_of(
+    st.builds(lambda e, f: f * 2.0**e, st.integers(-1074, -33), st.floats(1.0, 2.0, exclude_max=True)),
+    st.floats(0.0, nm.M_MIN, exclude_max=True),
+    st.sampled_from([0.0, -0.0, np.nextafter(nm.M_MIN, 0), 2.0**-33, 5e-324, 1.57e-17 * 2.0**-40]),
+)
+
+
+@SETTINGS
+@given(ACC, st.integers(nm.C_MIN, nm.C_MAX), st.integers(-128, 255), st.integers(-300, 300), st.integers(0, 300))
+def test_requantize_with_b_zero_is_the_clamped_zero_point(acc: int, c: int, zp: int, qmin: int, width: int) -> None:
+    """b = 0 with any legal shift: the output is clamp(zp, qmin, qmax) for every int32 accumulator."""
+    qmax = qmin + width
+    want = min(max(zp, qmin), qmax)
+    assert int(nm.requantize(np.array([acc]), 0, c, zp, qmin, qmax)[0]) == want
+    assert nm.requantize_exact(acc, 0, c, zp, qmin, qmax) == want
+    nm.check_dyadic(np.array([0, 1 << 30]), np.array([c, c]))  # b = 0 is a valid constant
+
+
+@SETTINGS
+@given(ACC, DEAD, st.integers(-128, 255), st.integers(-300, 300), st.integers(0, 300))
+def test_multiplier_below_2_pow_minus_32_becomes_b_zero_and_that_is_exact(acc: int, m: float, zp: int, qmin: int,
+                                                                          width: int) -> None:
+    """M < 2^-32 -> (0, C_DEAD), and the result equals round-half-up of acc * M with the *real* M:
+    |acc| <= 2^31 gives |acc * M| < 1/2 strictly, so acc * M + 1/2 lies in (0, 1) and its floor is 0."""
+    qmax = qmin + width
+    b, c = nm.dyadic_array(np.array([m]))
+    assert (int(b[0]), int(c[0])) == (0, nm.C_DEAD) == nm.dyadic(m, underflow_to_zero=True)
+    exact = Fraction(acc) * Fraction(m)
+    assert abs(exact) < Fraction(1, 2)
+    want = min(max(zp + int(np.floor(exact + Fraction(1, 2))), qmin), qmax)
+    assert want == min(max(zp, qmin), qmax)
+    assert int(nm.requantize(np.array([acc]), b, c, zp, qmin, qmax)[0]) == want
+
+
+@SETTINGS
+@given(st.lists(st.one_of(MULT, DEAD), min_size=1, max_size=32))
+def test_dyadic_array_mixes_live_and_dead_channels(ms: list[float]) -> None:
+    b, c = nm.dyadic_array(np.array(ms))
+    assert [(int(x), int(y)) for x, y in zip(b, c)] == [nm.dyadic(m, underflow_to_zero=True) for m in ms]
+    assert all((int(x) == 0) == (m < nm.M_MIN) for x, m in zip(b, ms))
+
+
+@pytest.mark.parametrize("m", [-1e-40, -0.5, float("nan"), float("inf"), nm.M_MAX, 2.0**31])
+def test_dead_channel_rule_still_refuses_huge_negative_and_non_finite(m: float) -> None:
+    with pytest.raises(NumericsError, match=r"node 'conv': requantize multiplier\[1\]"):
+        nm.dyadic_array(np.array([0.5, m, 0.0]), what="node 'conv': requantize multiplier")
+    with pytest.raises(NumericsError, match="multiplier"):
+        nm.dyadic(m, underflow_to_zero=True)
+    with pytest.raises(NumericsError, match="outside"):
+        nm.check_dyadic(np.array([-1, 1 << 30]), 33)
 
 
 @given(ACC, MULT, st.integers(-128, 255), st.integers(-300, 300), st.integers(0, 300))
@@ -123,6 +177,19 @@ def requant_runners():
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     ref = ReferenceEvaluator(m)
     return (lambda f: sess.run(None, f)[0]), (lambda f: ref.run(None, f)[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(ACC, st.integers(nm.C_MIN, nm.C_MAX)), min_size=1, max_size=64),
+       st.integers(-1000, 1000))
+def test_onnx_body_with_b_zero_gives_the_zero_point_in_ort_and_reference(requant_runners, pairs, zp) -> None:
+    """The QRequant body (the requantization every fused op shares) with b = 0 and any shift."""
+    ort_run, ref_run = requant_runners
+    acc = np.array([a for a, _ in pairs], np.int32)
+    feeds = {"x": acc, "x_zp": np.array(0, np.int32), "b": np.zeros(len(pairs), np.int64),
+             "c": np.array([c for _, c in pairs], np.int64), "y_zp": np.array(zp, np.int32)}
+    assert ort_run(feeds).tolist() == [zp] * len(pairs)
+    assert ref_run(feeds).tolist() == [zp] * len(pairs)
 
 
 @settings(max_examples=60, deadline=None)

@@ -148,6 +148,31 @@ def test_qmatmul_qadd_qrequant_qavgpool_match_numerics() -> None:
     np.testing.assert_array_equal(_run_tvm(m, x), ref)
 
 
+@pytest.mark.parametrize("dt,group", [("uint8", 1), ("int8", 6)])
+def test_qconv_dead_channels_match_numerics(dt, group) -> None:
+    """Channels with b = 0 (dead weights, docs/INTEGER_GRAPH.md) write the zero point whatever their
+    bias and shift; the live channels around them are unchanged (plain and depthwise)."""
+    info = np.iinfo(dt)
+    x = RNG.integers(info.min, info.max + 1, (2, 6, 7, 7)).astype(dt)
+    x_zp = np.array(info.min + 40, dt)
+    w = RNG.integers(-127, 128, (6, 6 // group, 3, 3)).astype(np.int8)
+    bias = RNG.integers(-50000, 50000, 6).astype(np.int32)
+    b, c = numerics.dyadic_array(np.array([3e-4, 0.0, 1e-3, 2.0**-40, 5e-4, 1e-25]))
+    assert b.tolist()[1::2] == [0, 0, 0]
+    c[3] = 1  # any shift works with b = 0
+    y_zp = np.array(-9, np.int8)
+    node = helper.make_node("QConv", ["x", "x_zp", "w", "w_zp", "bias", "b", "c", "y_zp"], ["y"], domain="qcompiler",
+                            name="qc", strides=[1, 1], pads=[1, 1, 1, 1], group=group, dilations=[1, 1], qmin=-100,
+                            qmax=127)
+    w_st, w_zp = numerics.store_weights(w, dt)
+    m = _model([node], [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)],
+               [helper.make_tensor_value_info("y", TensorProto.INT8, None)],
+               {"x_zp": x_zp, "w": w_st, "w_zp": w_zp, "bias": bias, "b": b, "c": c, "y_zp": y_zp})
+    ref = numerics.qconv(x, x_zp, w, bias, b, c, y_zp, pads=[1, 1, 1, 1], group=group, qmin=-100, qmax=127)
+    assert np.all(ref[:, 1::2] == -9) and len(np.unique(ref[:, 0::2])) > 10
+    np.testing.assert_array_equal(_run_tvm(m, x), ref)
+
+
 def test_boundary_quantize_dequantize_match_ort() -> None:
     """Round-half-to-even and saturation of QuantizeLinear, DequantizeLinear, on exact ties."""
     s = np.float32(0.05)
@@ -295,6 +320,27 @@ def test_measure_layer_latency(fashion_out) -> None:
     assert set(t) == set(names)
     for v in t.values():
         assert set(v) == {"w8a8", "w4a8"} and all(s > 0 for s in v.values())
+
+
+def test_dead_channels_model_bit_exact_with_ort(tmp_path) -> None:
+    """Issue 19 end to end through --target cpu: a CNN with all-zero and ~1e-20 weight channels
+    (b = 0 in conv, depthwise and Gemm layers) compiles and its library equals ORT on model.int.onnx."""
+    from conftest import dead_channel_calib, make_dead_channel_cnn
+
+    from qcompiler.pipeline import CompileOptions, compile_model
+
+    out = tmp_path / "out"
+    compile_model(make_dead_channel_cnn(), out, calib=dead_channel_calib(), options=CompileOptions(target="cpu"),
+                  name="dead")
+    m = onnx.load(str(out / "model.int.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    assert sum(int((inits[n.input[5]] == 0).sum()) for n in m.graph.node if n.op_type in ("QConv", "QMatMul")) == 4
+    run = runtime.load(out)
+    rng = np.random.default_rng(11)
+    for x in dead_channel_calib(6, seed=3) + [rng.standard_normal((1, 3, 12, 12)).astype(np.float32) * 3]:
+        y = run(x)
+        np.testing.assert_array_equal(y, _ort(out / "model.int.onnx", x))
+        assert np.all(y[:, 2] == 0.0)  # the dead Gemm row: its zero point, dequantized
 
 
 # ----------------------------------------------------------------------------- CUDA

@@ -451,14 +451,18 @@ class _Reader:
                        out_info[3])
 
     def _requant_consts(self, node: onnx.NodeProto, bi: int, ci: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (b int32, c uint8). A dead channel (b = 0, docs/INTEGER_GRAPH.md) writes the zero
+        point for every c; its c is set to numerics.C_DEAD (33) so that it never keeps its layer off the
+        fast requantization (c >= 33), whatever c the graph carries."""
         b = np.asarray(self.const(node, bi), np.int64).reshape(-1)
         c = np.asarray(self.const(node, ci), np.int64).reshape(-1)
         if b.size == 1:
             b = np.repeat(b, m)
         if c.size == 1:
             c = np.repeat(c, m)
-        if b.size != m or c.size != m or b.min() < 1 or b.max() > INT32_MAX or c.min() < 1 or c.max() > 62:
-            raise _fail(self.name, node, "requantization constants outside b in [1, 2^31), c in [1, 62]")
+        if b.size != m or c.size != m or b.min() < 0 or b.max() > INT32_MAX or c.min() < 1 or c.max() > 62:
+            raise _fail(self.name, node, "requantization constants outside b in [0, 2^31), c in [1, 62]")
+        c = np.where(b == 0, numerics.C_DEAD, c)
         return b.astype(np.int32), c.astype(np.uint8)
 
     def _out(self, node: onnx.NodeProto, yzp_idx: int) -> tuple[int, bool, int, int]:
@@ -622,8 +626,8 @@ class _Reader:
         x = self.act(node, 0)
         x_zp, _ = self.zp(node, 1)
         b, c = _scalar(self.const(node, 2)), _scalar(self.const(node, 3))
-        if not (1 <= b <= INT32_MAX and 1 <= c <= 62):
-            raise _fail(self.name, node, "QRequant constants outside b in [1, 2^31), c in [1, 62]")
+        if not (0 <= b <= INT32_MAX and 1 <= c <= 62):
+            raise _fail(self.name, node, "QRequant constants outside b in [0, 2^31), c in [1, 62]")
         y_zp, y_signed, qmin, qmax = self._out(node, 4)
         y = self.new(node.output[0], x.shape, y_signed, x.layout, x.src_chw, lo=qmin, hi=qmax)
         self.steps.append(Step("requant", node.name, [x.name], y.name,

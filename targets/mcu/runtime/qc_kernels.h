@@ -18,7 +18,9 @@
  *  - Requantization: y = clamp(zp + floor((acc * b + 2^(c-1)) / 2^c), qmin, qmax)
  *    with a 64-bit intermediate (QC_ASR64: portable floor shift where >> of a
  *    negative value is not known to be arithmetic); conv / fully connected use an
- *    equivalent one-multiply form when c >= 33 (graph.fast_requant).
+ *    equivalent one-multiply form when c >= 33 (graph.fast_requant). b may be 0 (a dead
+ *    channel: the output is clamp(zp), both forms give it exactly; the emitter gives such
+ *    a channel c = 33, so it never keeps its layer off the one-multiply form).
  *  - No malloc, no float, no libc beyond what the compiler inlines.
  *  - With __ARM_FEATURE_DSP (Cortex-M4/M7/M33/M55): conv / fully connected run 2 x 2
  *    register tiles in hand-written Thumb-2 assembly (LDM + SMLAD, SMMUL requant),
