@@ -5,7 +5,7 @@ best settings (per-channel + Entropy / Percentile); qcompiler INT8; qcompiler
 mixed 4/8 at 70% and mixed 2/4/8 at 50% of the INT8 artifact's bytes (the size budget counts weights,
 int32 biases, scales and zero points, as the size column does). Columns: size, top-1 accuracy
 (where labels exist), top-1 agreement with FP32, compile time. Writes JSON and
-prints the README's markdown table.
+prints the markdown table of docs/benchmarks.md.
 
 Every tool gets the same calibration array and is timed end to end (ORT:
 quantize_static; qcompiler: compile_model with target ort-cpu, i.e. import,
@@ -133,13 +133,13 @@ def bench_model(name: str, calib_n: int, work: Path) -> list[dict]:
 
 
 def machine(cpu: dict | None = None) -> str:
-    """The CPU's model name and core count (README's run line); the flags are in meta["cpu"]."""
+    """The CPU's model name and core count (docs/benchmarks.md's run line); the flags are in meta["cpu"]."""
     cpu = cpu_summary() if cpu is None else cpu
     return f"{cpu['model']}, {cpu['cores']} cores"
 
 
 def markdown(rows: list[dict]) -> str:
-    """The README's table: one line per model and configuration."""
+    """The table of docs/benchmarks.md: one line per model and configuration."""
     lines = ["| model | config | size (bytes) | size vs qcompiler INT8 | top-1 agreement | top-1 accuracy | "
              "compile (s) |", "|---|---|---:|---:|---:|---:|---:|"]
     int8 = {r["model"]: r["size_bytes"] for r in rows if r.get("config") == "qcompiler_int8" and "error" not in r}
