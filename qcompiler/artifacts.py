@@ -42,9 +42,32 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def _is_empty_dir(p: Path) -> bool:
+    """A real (not symlinked) directory with nothing in it, hidden files included."""
+    try:
+        return p.is_dir() and not p.is_symlink() and next(p.iterdir(), None) is None
+    except OSError:  # unreadable: not known to be empty
+        return False
+
+
+def _holds_cwd(p: Path) -> bool:
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the current directory was deleted
+        return False
+    r = p.resolve()
+    return r == cwd or r in cwd.parents
+
+
 def check_output_dir(out: Path, *, force: bool) -> None:
-    """Refuse before any work: an existing output without --force, or a parent we cannot write."""
-    if out.exists() and not force:
+    """Refuse before any work: an existing, non-empty output without --force, or a parent we cannot write.
+
+    An empty folder (made beforehand with mkdir, say) is taken as it is: there is nothing in it to lose.
+    """
+    if out.exists() and _holds_cwd(out):  # renaming it into place would leave the shell in a deleted folder
+        raise OutputError(f"output directory '{out}' is the current directory or holds it, and qcompile replaces "
+                          "its output directory as a whole", hint="choose a new directory with -o, e.g. -o out")
+    if out.exists() and not force and not _is_empty_dir(out):
         raise OutputError(f"output directory '{out}' already exists", hint="pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path '{out}' is a file", hint="choose a directory name with -o")
@@ -84,7 +107,15 @@ def atomic_output_dir(out: Path, *, force: bool) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o755)
-        if out.exists():
+        if out.exists() and not force:
+            # accepted only because it was empty (check_output_dir): rename(2) replaces an empty directory
+            # in one step and fails if anything was put into it meanwhile, which is then kept, not deleted
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                raise OutputError(f"output directory '{out}' already exists",
+                                  hint="pass --force to replace it") from None
+        elif out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
             os.replace(out, old / "x")
             os.replace(tmp, out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from .errors import FlagError, QCompileError
+
+log = logging.getLogger(__name__)
 
 
 def _time(fn: Callable[[], Any], repeat: int, warmup: int = 3) -> float:
@@ -51,9 +54,11 @@ def bench_output(out: Path, *, repeat: int = 50) -> dict[str, Any]:
         integer = session((out / "model.int.onnx").read_bytes(), spin=True)
         results["ort_integer_ms"] = _time(lambda: integer.run(None, feeds), repeat)
     if target in ("cpu", "cuda"):
+        from .native_log import native_stderr_to_log
         from .runtime import load
 
-        run = load(out)
+        with native_stderr_to_log(log):  # TVM prints a "Scope Loaded" warning per constant when it loads
+            run = load(out)
         args = [feeds[io["name"]] for io in run.inputs]
         results[f"tvm_{target}_ms"] = _time(lambda: run(*args), repeat)
     base = results["ort_qdq_ms"]
@@ -66,17 +71,22 @@ def main(argv: list[str]) -> int:
     p.add_argument("out")
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--json", default=None, help="also write the numbers here")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the debug log (what TVM prints, too)")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
         if e.code == 0:
             return 0
         raise FlagError("bad arguments to qcompile bench", hint="see qcompile bench --help") from None
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        logging.getLogger("qcompiler").setLevel(logging.DEBUG)
     res = bench_output(Path(args.out), repeat=args.repeat)
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"qcompile bench {args.out} (median of {args.repeat})")
+    title = f"qcompile bench {args.out} (median of {args.repeat})"
+    t = Table(title=title, min_width=len(title))  # the title on one line, not wrapped to the columns
     t.add_column("artifact")
     t.add_column("ms", justify="right")
     t.add_column("x ORT QDQ", justify="right")

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import FlagError, QCompileError
+from .native_log import third_party_to_log
 
 SUBCOMMANDS = ("diff", "inspect", "bench")
 BUDGET_FLAGS = ("size", "bops", "latency", "sram", "flash")
@@ -29,36 +30,84 @@ class _Parser(argparse.ArgumentParser):
         raise FlagError(message, hint="see qcompile --help")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' where X means something: not for switches, nor where the help says it itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("qcompiler")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return __version__
+
+
+# --X-budget: what it limits, in which units, and what a percentage is of
+_BUDGET_HELP = {
+    "size": ("the stored bytes of weights, biases and scales", "bytes: 2MiB, 512KiB, 1.5e6 (K/M/G = KiB/MiB/GiB)"),
+    "bops": ("the bit-operations per sample", "a count: 1.5e9, 2G (k/M/G/T = 1e3/1e6/1e9/1e12)"),
+    "latency": ("the latency per inference measured on the target", "a time with its unit: 3ms, 500us, 0.002s"),
+    "sram": ("the peak activation memory (--target mcu: the arena)", "bytes: 256KiB, 96000"),
+    "flash": ("the flash for weights (--target mcu; elsewhere the size budget)", "bytes: 1MiB, 512KiB"),
+}
+_BUDGET_METAVAR = {"size": "70%|2MiB", "bops": "70%|N", "latency": "70%|3ms", "sram": "70%|256KiB",
+                   "flash": "70%|1MiB"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="qcompile", description="Compile a float ONNX model to mixed-precision integer code.",
-                epilog="Also: qcompile diff A B | qcompile inspect OUT | qcompile bench OUT")
+                epilog="Also: qcompile diff A B | qcompile inspect OUT | qcompile bench OUT",
+                formatter_class=_HelpFormatter)
     p.add_argument("model", help="float ONNX model (.onnx)")
-    p.add_argument("--target", default="ort-cpu",
+    p.add_argument("--version", action="version", version=f"qcompile {version()}")
+    p.add_argument("--target", default="ort-cpu", metavar="TARGET",
                    help="ort-cpu (alias ort), ort-cuda, cpu (TVM LLVM), cuda (TVM CUDA), mcu (C99 for Cortex-M)")
-    p.add_argument("-o", "--output", default=None, help="output directory (default: <model>.qc next to it)")
-    p.add_argument("--force", action="store_true", help="replace an existing output directory")
-    p.add_argument("--calib", default=None, help="calibration data: folder of images/.npy/.npz, or one file; "
-                   "for a text encoder also a .txt of sentences (default: built-in sentences)")
-    p.add_argument("--calib-samples", type=int, default=None, help="use at most this many calibration samples")
-    p.add_argument("--eval", dest="eval_data", default=None, help=".npz with inputs and labels: report accuracy")
-    p.add_argument("--bits", default=None, help="candidate bit widths, e.g. 8, 4,8 or 2,4,8 (2: ternary weights only; "
-                   "default 8; 4,8 with a budget)")
+    p.add_argument("-o", "--output", default=None, metavar="OUT",
+                   help="output directory, new or empty (default: <model>.qc next to the model)")
+    p.add_argument("--force", action="store_true", help="replace an existing (non-empty) qcompile output directory")
+    p.add_argument("--calib", default=None, metavar="DATA",
+                   help="calibration data: folder of images/.npy/.npz, or one file; for a text encoder also a .txt "
+                        "of sentences (default: built-in sentences for a text encoder, else data distilled from "
+                        "the model's BatchNorm statistics)")
+    p.add_argument("--calib-samples", type=int, default=None, metavar="N",
+                   help="use at most N calibration samples (default: all of --calib)")
+    p.add_argument("--eval", dest="eval_data", default=None, metavar="DATA.npz",
+                   help=".npz with inputs and labels: report accuracy")
+    p.add_argument("--bits", default=None, metavar="8|4,8|2,4,8",
+                   help="candidate bit widths (2: ternary weights only) (default: 8; 4,8 with a budget or --pareto)")
     p.add_argument("--observer", default="mse", choices=["minmax", "percentile", "mse"],
                    help="activation range observer")
-    p.add_argument("--input-shape", action="append", default=[], help="NAME:1x3x224x224 for dynamic inputs")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:1x3x224x224",
+                   help="fix the shape of a dynamic input (repeat for each)")
     for b in BUDGET_FLAGS:
-        p.add_argument(f"--{b}-budget", default=None, help=f"{b} budget for the bit-assignment ILP")
+        what, forms = _BUDGET_HELP[b]
+        p.add_argument(f"--{b}-budget", default=None, metavar=_BUDGET_METAVAR[b],
+                       help=f"limit {what}: %% of the uniform INT8 plan, or {forms} (default: no limit)")
     p.add_argument("--sensitivity", default="kl", choices=["kl", "hessian"], help="layer sensitivity method")
     p.add_argument("--weight-only", action="store_true", help="keep activations at 8 bits")
-    p.add_argument("--group-size", type=int, default=128,
+    p.add_argument("--group-size", type=int, default=128, metavar="N",
                    help="transformer encoders: input channels per scale of 4-bit MatMul weights "
-                        "(default 128, or the layer's input size when smaller)")
-    p.add_argument("--pareto", type=int, default=0, help="sweep the budget over N points (pareto.json + plot)")
-    p.add_argument("--cuda-arch", default="sm_90", help="sm_80 or sm_90 for --target cuda")
-    p.add_argument("--tune", type=int, default=0, help="TVM meta_schedule trials (slow; records are cached)")
+                        "(default: 128, or the layer's input size when smaller)")
+    p.add_argument("--pareto", type=int, default=0, metavar="N",
+                   help="sweep the budget over N points (pareto.json + plot) (default: 0, off)")
+    p.add_argument("--cuda-arch", default="sm_90", metavar="sm_XX", help="sm_80 or sm_90 for --target cuda")
+    p.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="TVM meta_schedule trials (slow; records are cached) (default: 0, no tuning)")
     p.add_argument("--debug", action="store_true", help="check the model after every pass")
-    p.add_argument("--dump-stages", default=None, help="write the model after every pass into this folder")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress of every pass")
+    p.add_argument("--dump-stages", default=None, metavar="DIR",
+                   help="write the model after every pass into this folder")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log progress of every pass; -vv also the debug log, with what ONNX-GraphSurgeon "
+                        "and TVM print")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary table")
     return p
 
@@ -163,6 +212,10 @@ def compile_main(argv: Sequence[str]) -> int:
     console = Console(stderr=False)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose > 1:  # our debug log and what we route into it, not every library's (matplotlib's fonts)
+        for name in ("qcompiler", "onnx_graphsurgeon"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+    third_party_to_log()
     out = Path(args.output) if args.output else Path(args.model).with_suffix(".qc")
     opts = CompileOptions(
         target=args.target, bits=_parse_bits(args.bits), observer=args.observer,
@@ -223,9 +276,13 @@ def print_summary(console, result) -> None:
 def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         cmd, rest = argv[0], argv[1:]
+        if rest == ["--version"]:
+            print(f"qcompile {version()}")
+            return 0
         if cmd == "diff":
             from .diff import main as diff_main
 
+            third_party_to_log()
             return diff_main(rest)
         if cmd == "inspect":
             from .inspect_cmd import main as inspect_main
@@ -233,9 +290,13 @@ def _dispatch(argv: list[str]) -> int:
             return inspect_main(rest)
         from .bench_cmd import main as bench_main
 
+        third_party_to_log(graphsurgeon=False)  # bench runs ORT and TVM, never onnx-graphsurgeon
         return bench_main(rest)
     if argv and argv[0] in ("-h", "--help"):
         build_parser().print_help()
+        return 0
+    if argv and argv[0] == "--version":
+        print(f"qcompile {version()}")
         return 0
     if not argv:
         build_parser().print_usage(sys.stderr)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FlagError, TargetError
+from .native_log import native_stderr_to_log
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,9 @@ class CompiledModel:
         else:
             self.dev = tvm.cpu(0)
         try:
-            lib = tvm.runtime.load_module(str(self.out / "lib.so"))
-            self.vm = relax.VirtualMachine(lib, self.dev)
+            with native_stderr_to_log(log):  # TVM's "Warning: Scope Loaded" per constant: debug log, not the terminal
+                lib = tvm.runtime.load_module(str(self.out / "lib.so"))
+                self.vm = relax.VirtualMachine(lib, self.dev)
         except Exception as e:  # TVM's own error types
             raise TargetError(f"cannot load {self.out / 'lib.so'}: {str(e).splitlines()[-1][:300]}") from e
         self._main = self.vm["main"]
