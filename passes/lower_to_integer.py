@@ -131,7 +131,9 @@ class _Lowering:
 
     def const(self, base: str, arr: np.ndarray) -> str:
         name = self.unique(base)
-        self.new_inits.append(nh.from_array(np.ascontiguousarray(arr), name))
+        # np.require keeps a 0-d array 0-d (np.ascontiguousarray makes it [1]): scalar scales and zero
+        # points stay scalars, which ORT's fused QLinear* kernels require around a float fallback
+        self.new_inits.append(nh.from_array(np.require(arr, requirements="C"), name))
         return name
 
     def emit(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "",

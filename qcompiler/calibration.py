@@ -119,6 +119,51 @@ def _load_image(path: Path, spec: InputSpec) -> np.ndarray:
     return arr[None]
 
 
+def _header_shape(f: Any) -> tuple[int, ...]:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return tuple(int(d) for d in read(f, max_header_size=10000)[0])
+
+
+def array_shapes(source: Any) -> dict[str | None, tuple[int, ...]]:
+    """The shapes of the calibration arrays, by input name (None: an unnamed array), without loading them.
+
+    The importer fixes a model's dynamic dims from these. Only headers are read (a
+    .npz's members, a .npy, the first such file of a folder; an array, a dict, or the
+    first item of a list). Sources that cannot say (images, generators, text) or that
+    are unreadable give {}: the calibration loader reports a bad file itself, later.
+    """
+    try:
+        if isinstance(source, (str, Path)):
+            p = Path(source)
+            if p.is_dir():
+                files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (".npy", ".npz"))
+                if not files:
+                    return {}
+                p = files[0]
+            if p.suffix.lower() == ".npy" and p.is_file():
+                with open(p, "rb") as f:
+                    return {None: _header_shape(f)}
+            if p.suffix.lower() == ".npz" and p.is_file():
+                out: dict[str | None, tuple[int, ...]] = {}
+                with zipfile.ZipFile(p) as zf:
+                    for info in zf.infolist():
+                        if info.filename.endswith(".npy"):
+                            with zf.open(info) as f:
+                                out[info.filename[:-4]] = _header_shape(f)
+                return out
+            return {}
+        if isinstance(source, (list, tuple)) and source:
+            source = source[0]
+        if isinstance(source, np.ndarray):
+            return {None: tuple(source.shape)}
+        if isinstance(source, Mapping):
+            return {str(k): tuple(np.shape(v)) for k, v in source.items()}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError):
+        return {}
+    return {}
+
+
 class CalibrationData:
     """A re-iterable stream of model-input batches, checked against the model's inputs."""
 

@@ -1,7 +1,11 @@
-"""Importer: any ONNX file of opset >= 11 (or a PyTorch module) becomes one canonical model.
+"""Importer: any ONNX file of opset >= 7 (or a PyTorch module) becomes one canonical model.
 
 Canonical means: opset 21 (so int4 QDQ is legal), unique node names, static
 shapes, folded constants, BatchNorm folded into Conv/Gemm, no Identity/Dropout.
+Files from the wild are normalised first (:func:`normalize`): initializers that
+old (IR 3) exporters also list as graph inputs are constants again, and shapes
+written in the file (value_info, output shapes) are dropped and re-inferred,
+because a stale one stops strict shape inference on a node that is fine.
 Everything the user can get wrong here raises a ``QCompileError`` that names the
 model and says what to do, because this is where strangers' models enter.
 """
@@ -27,7 +31,8 @@ from .ir import OPSET
 
 log = logging.getLogger("qcompiler.importer")
 
-MIN_OPSET = 11
+# The oldest opset onnx's version converter brings to 21 (its adapters for 1-6 are not exercised here).
+MIN_OPSET = 7
 MAX_MODEL_BYTES = 2 * 1024**3  # protobuf's own limit
 # Refuse a tensor whose declared size would exhaust memory before anything allocates it.
 MAX_TENSOR_BYTES = 4 * 1024**3
@@ -211,10 +216,10 @@ def check_model(model: onnx.ModelProto, name: str) -> None:
     core = opset.get("", opset.get("ai.onnx"))
     if core is None:
         raise ModelLoadError("the model declares no default ONNX opset", model=name,
-                             hint="export the model again with an opset >= 11")
+                             hint=f"export the model again with an opset >= {MIN_OPSET}")
     if core < MIN_OPSET:
         raise UnsupportedModelError(f"opset {core} is older than {MIN_OPSET}", model=name,
-                                    hint="export the model with opset 11 or newer")
+                                    hint=f"export the model with opset {MIN_OPSET} or newer")
     local_funcs = {(f.domain, f.name) for f in model.functions}
     for n in g.node:
         if (n.domain, n.op_type) in local_funcs:
@@ -319,8 +324,96 @@ def _check_acyclic(model: onnx.ModelProto, name: str) -> None:
         g.node.extend(nodes)
 
 
+def normalize(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """Undo what old or careless exporters leave behind, before anything infers a shape.
+
+    - IR 3 files list every initializer as a graph input too (then a weight looks like
+      an input without a static shape): the initializers are constants again.
+    - Shapes written in the file (value_info, output dims) may be stale ("existing
+      shape differs" in strict inference) or say -1: they are dropped and re-inferred.
+      Tensors made by ops outside the ONNX domains keep theirs, which ONNX cannot infer.
+    """
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    listed = [i for i in g.input if i.name in inits]
+    if listed:
+        keep = [onnx.ValueInfoProto() for i in g.input if i.name not in inits]
+        for dst, src in zip(keep, (i for i in g.input if i.name not in inits)):
+            dst.CopyFrom(src)
+        del g.input[:]
+        g.input.extend(keep)
+        log.info("%s: %d initializers were also listed as graph inputs; they are constants", name, len(listed))
+    # from IR 4 on, initializers need not be graph inputs (onnx's converter and checker go by the IR version)
+    model.ir_version = max(model.ir_version, 4)
+    _drop_written_shapes(g)
+    return model
+
+
+def _drop_written_shapes(g: onnx.GraphProto) -> None:
+    """Forget value_info and output shapes (re-inferred later), except for ops ONNX cannot infer."""
+    foreign = {o for n in g.node if n.domain not in ("", "ai.onnx", "ai.onnx.ml") for o in n.output}
+    kept = [vi for vi in g.value_info if vi.name in foreign]
+    if len(kept) != len(g.value_info):
+        vis = [onnx.ValueInfoProto() for _ in kept]
+        for dst, src in zip(vis, kept):
+            dst.CopyFrom(src)
+        del g.value_info[:]
+        g.value_info.extend(vis)
+    for o in g.output:  # the rank stays (the checker wants a shape on graph outputs), the sizes go
+        if o.name not in foreign and o.type.HasField("tensor_type"):
+            for d in o.type.tensor_type.shape.dim:
+                d.Clear()
+
+
+def _converter_reason(e: Exception) -> str:
+    """The converter's C++ assertion text -> its own words ("Attribute spatial must have value 1")."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if " failed: " in text:
+        text = text.rsplit(" failed: ", 1)[1]
+    text = re.sub(r"^/\S+:\d+: (\w+(\(\))?: )?", "", text)  # "/project/onnx/...h:35: operator(): "
+    return text[:160]
+
+
+def _failing_node(model: onnx.ModelProto) -> onnx.NodeProto | None:
+    """Find the node the version converter stumbles on: convert each node alone.
+
+    Only on the error path; the types come from a lenient shape inference of the
+    original model so that no adapter trips over a made-up input type.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - the types are a courtesy here
+        inferred = model
+    types = {vi.name: vi.type for vi in list(inferred.graph.input) + list(inferred.graph.value_info)
+             + list(inferred.graph.output)}
+    inits = {t.name: t for t in model.graph.initializer}
+
+    def vinfo(tensor: str) -> onnx.ValueInfoProto:
+        vi = onnx.ValueInfoProto(name=tensor)
+        if tensor in types:
+            vi.type.CopyFrom(types[tensor])
+        elif tensor in inits:
+            vi.CopyFrom(onnx.helper.make_tensor_value_info(tensor, inits[tensor].data_type, list(inits[tensor].dims)))
+        else:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        return vi
+
+    for n in model.graph.node:
+        ins = [i for i in dict.fromkeys(n.input) if i]
+        small = [inits[i] for i in ins if i in inits and np.prod(inits[i].dims, dtype=np.int64) <= 1 << 16]
+        g = onnx.helper.make_graph([n], "one", [vinfo(i) for i in ins if i not in {t.name for t in small}],
+                                   [vinfo(o) for o in n.output if o], small)
+        one = onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
+        one.functions.extend(model.functions)
+        try:
+            version_converter.convert_version(one, OPSET)
+        except Exception:  # noqa: BLE001 - that is the answer
+            return n
+    return None
+
+
 def convert_opset(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
-    """Bring the default domain to opset 21 (int4 QDQ needs it)."""
+    """Bring the default domain to opset 21 (int4 QDQ needs it) with onnx's version converter."""
     opset = {o.domain: o.version for o in model.opset_import}
     core = opset.get("", opset.get("ai.onnx"))
     if core == OPSET:
@@ -328,14 +421,73 @@ def convert_opset(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     try:
         out = version_converter.convert_version(model, OPSET)
     except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
-        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise UnsupportedModelError(f"cannot convert opset {core} to {OPSET}: {first}", model=name,
-                                    hint=f"export the model with opset {OPSET}") from None
+        reason = _converter_reason(e)
+        bad = _failing_node(model)
+        what = f"op '{bad.op_type}' " if bad is not None else ""
+        raise UnsupportedModelError(f"cannot convert {what}from opset {core} to {OPSET}: {reason}", model=name,
+                                    node=(bad.name or bad.op_type) if bad is not None else None,
+                                    hint=f"export the model with opset {OPSET}"
+                                    + (f" or replace that {bad.op_type}" if bad is not None else "")) from None
+    # opset 21 needs IR 10; the converter keeps the file's IR version (3 for the old zoo files)
+    try:
+        need = onnx.helper.find_min_ir_version_for(list(out.opset_import), ignore_unknown=True)
+    except (TypeError, ValueError):
+        need = 10
+    out.ir_version = max(out.ir_version, need)
+    log.info("%s: converted opset %s to %d", name, core, OPSET)
     return out
 
 
-def set_static_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], name: str) -> onnx.ModelProto:
-    """Fix input dims from ``--input-shape``; refuse a model that stays dynamic."""
+def _shown(dims: Sequence[onnx.TensorShapeProto.Dimension], unknown: str | None = None) -> str:
+    """A shape as the model writes it: sizes, names of symbolic dims (or ``unknown``), '?' for none."""
+    return "x".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
+                    else (unknown or d.dim_param or "?") for d in dims)
+
+
+def _dynamic(dims: Sequence[onnx.TensorShapeProto.Dimension]) -> bool:
+    return any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims)
+
+
+def _dims_from_data(iname: str, dims: Sequence[onnx.TensorShapeProto.Dimension],
+                    data_shapes: Mapping[str | None, Sequence[int]], n_inputs: int) -> list[int] | None:
+    """The sizes of a dynamic input, read off its calibration array (None when the data cannot say).
+
+    Axis 0 of a calibration array counts samples (calibration splits it into model
+    batches), so a dynamic first dim becomes 1; an array without that axis (one
+    sample) gives every other dim. The model's static dims are kept: data that
+    contradicts them gets calibration's own shape error.
+    """
+    shape = data_shapes.get(iname)
+    if shape is None and n_inputs == 1 and len(data_shapes) == 1:
+        shape = next(iter(data_shapes.values()))
+    if shape is None or not dims:
+        return None
+    shape = [int(s) for s in shape]
+    if len(shape) == len(dims):
+        per = shape[1:]
+    elif len(shape) == len(dims) - 1:
+        per = shape
+    else:
+        return None
+    want = [1] + per
+    out = []
+    for d, w in zip(dims, want):
+        static = d.HasField("dim_value") and d.dim_value > 0
+        if not static and w <= 0:
+            return None
+        out.append(d.dim_value if static else w)
+    return out
+
+
+def set_static_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], name: str,
+                      data_shapes: Mapping[str | None, Sequence[int]] | None = None) -> onnx.ModelProto:
+    """Fix dynamic input dims; refuse a model that stays dynamic.
+
+    Sizes come from ``--input-shape`` (``shapes``) for the inputs it names, else
+    from the calibration arrays' shapes (``data_shapes``, see
+    ``calibration.array_shapes``): the data the model is calibrated on is the
+    shape it is compiled for.
+    """
     from .ir import graph_inputs
 
     inputs = {i.name: i for i in graph_inputs(model)}
@@ -344,9 +496,13 @@ def set_static_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]
             raise ShapeError(f"--input-shape names '{k}', which is not an input", model=name,
                              hint=f"inputs are: {', '.join(inputs) or 'none'}")
     for iname, vi in inputs.items():
-        dims = vi.type.tensor_type.shape.dim
+        tt = vi.type.tensor_type
+        dims = tt.shape.dim
         if iname in shapes:
             want = list(shapes[iname])
+            if not tt.HasField("shape"):  # rank unknown: the flag says it
+                for _ in want:
+                    tt.shape.dim.add()
             if len(want) != len(dims):
                 raise ShapeError(f"--input-shape gives {len(want)} dims for '{iname}', the model has {len(dims)}",
                                  model=name, hint="give one size per dimension")
@@ -356,18 +512,20 @@ def set_static_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]
                                      f"static shape", model=name, hint="leave out --input-shape for static dims")
                 d.Clear()
                 d.dim_value = w
-        elif any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
-            shown = "x".join(str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
-                             else (d.dim_param or "?") for d in dims)
-            raise ShapeError(f"input '{iname}' has dynamic shape {shown}", model=name,
-                             hint=f"give --input-shape {iname}:" + "x".join(
-                                 str(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else "1"
-                                 for d in dims))
+        elif not tt.HasField("shape"):
+            raise ShapeError(f"input '{iname}' has no shape (not even a rank)", model=name,
+                             hint=f"give --input-shape {iname}:DxDx... with one size per dimension")
+        elif _dynamic(dims):
+            got = _dims_from_data(iname, dims, data_shapes or {}, len(inputs))
+            if got is None:
+                raise ShapeError(f"input '{iname}' has dynamic shape {_shown(dims)}", model=name,
+                                 hint="give --calib arrays (.npz/.npy) to take the sizes from, or "
+                                 f"--input-shape {iname}:{_shown(dims, '?')} with each ? set to a size")
+            log.info("%s: input '%s' %s takes the calibration data's shape %s", name, iname, _shown(dims),
+                     "x".join(map(str, got)))
+            for d, w in zip(dims, got):
+                d.Clear()
+                d.dim_value = w
     # intermediate and output shapes are re-inferred from the fixed inputs
-    del model.graph.value_info[:]
-    for o in model.graph.output:
-        if o.type.tensor_type.HasField("shape"):
-            for d in o.type.tensor_type.shape.dim:
-                if not d.HasField("dim_value"):
-                    d.Clear()
+    _drop_written_shapes(model.graph)
     return model

@@ -19,7 +19,7 @@ import onnx
 
 from . import importer
 from .artifacts import atomic_output_dir, check_output_dir, sha256_file, write_json, write_manifest
-from .calibration import CalibrationData, InputSpec
+from .calibration import CalibrationData, InputSpec, array_shapes
 from .errors import CalibrationError, FlagError, QCompileError
 from .ir import graph_inputs, node_names_unique, value_shapes
 from .passmanager import PassContext, PassManager
@@ -76,8 +76,13 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 
 def load_model(source: Any, *, name: str | None = None, example_input: Any = None,
-               input_shapes: dict[str, list[int]] | None = None) -> tuple[onnx.ModelProto, str, str]:
-    """Any accepted model source -> (validated opset-21 ONNX model, display name, sha256)."""
+               input_shapes: dict[str, list[int]] | None = None,
+               calib: Any = None) -> tuple[onnx.ModelProto, str, str]:
+    """Any accepted model source -> (validated opset-21 ONNX model, display name, sha256).
+
+    ``calib`` (the calibration source, optional) fixes dynamic input dims that
+    ``input_shapes`` leaves open: its arrays' shapes are the shapes compiled for.
+    """
     if isinstance(source, onnx.ModelProto):
         model, mname = source, name or (source.graph.name or "model")
         digest = hashlib.sha256(source.SerializeToString()).hexdigest()
@@ -91,8 +96,10 @@ def load_model(source: Any, *, name: str | None = None, example_input: Any = Non
         mname = name or type(source).__name__
         digest = hashlib.sha256(model.SerializeToString()).hexdigest()
     importer.check_model(model, mname)
+    model = importer.normalize(model, mname)
     model = importer.convert_opset(model, mname)
-    model = importer.set_static_shapes(model, input_shapes or {}, mname)
+    data_shapes = array_shapes(calib) if calib is not None else None
+    model = importer.set_static_shapes(model, input_shapes or {}, mname, data_shapes)
     return node_names_unique(model), mname, digest
 
 
@@ -102,7 +109,9 @@ def canonicalize(model: onnx.ModelProto, ctx: PassContext, *, debug: bool = Fals
     from .passes.infer_static_shapes import InferStaticShapes
     from .passes.remove_identity_ops import RemoveIdentityOps
 
-    pm = PassManager([InferStaticShapes(), RemoveIdentityOps(), FoldConstants(), FoldBatchNorm(),
+    # constants first: weights and shape arithmetic computed from constants must be initializers
+    # before strict shape inference can see through them (old model-zoo files build every weight so)
+    pm = PassManager([FoldConstants(), InferStaticShapes(), RemoveIdentityOps(), FoldBatchNorm(),
                       InferStaticShapes()], debug=debug)
     return node_names_unique(pm.run(model, ctx))
 
@@ -163,7 +172,7 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
     if 2 in bits and target == "mcu":  # no 2-bit MCU kernels: refuse before anything is written
         raise FlagError("--target mcu supports 4- and 8-bit weights", hint="drop 2 from --bits, e.g. --bits 4,8")
     model, mname, digest = load_model(source, name=name, example_input=example_input,
-                                      input_shapes=opts.input_shapes)
+                                      input_shapes=opts.input_shapes, calib=calib)
     plan = QuantPlan(model=mname)
     plan.settings = {"bits": bits, "observer": opts.observer, "target": target}
     plan.budgets = dict(sorted((k, v) for k, v in opts.budgets.items() if v))
