@@ -104,15 +104,19 @@ def load_model(source: Any, *, name: str | None = None, example_input: Any = Non
 
 
 def canonicalize(model: onnx.ModelProto, ctx: PassContext, *, debug: bool = False) -> onnx.ModelProto:
+    from .passes.affine_to_conv import AffineToConv
     from .passes.fold_batchnorm import FoldBatchNorm
     from .passes.fold_constants import FoldConstants
     from .passes.infer_static_shapes import InferStaticShapes
     from .passes.remove_identity_ops import RemoveIdentityOps
+    from .passes.sum_to_add import SumToAdd
 
     # constants first: weights and shape arithmetic computed from constants must be initializers
     # before strict shape inference can see through them (old model-zoo files build every weight so)
-    pm = PassManager([FoldConstants(), InferStaticShapes(), RemoveIdentityOps(), FoldBatchNorm(),
-                      InferStaticShapes()], debug=debug)
+    # Sum -> Add and per-channel Mul/Add -> Conv: the ops old exporters use for residuals and
+    # written-out BatchNorms become the layers the quantizer and every backend know
+    pm = PassManager([FoldConstants(), InferStaticShapes(), SumToAdd(), RemoveIdentityOps(), FoldBatchNorm(),
+                      InferStaticShapes(), AffineToConv(), InferStaticShapes()], debug=debug)
     return node_names_unique(pm.run(model, ctx))
 
 
