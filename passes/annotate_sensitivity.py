@@ -43,7 +43,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -946,9 +946,3 @@ class AnnotateSensitivity(Pass):
         ctx.plan.settings.setdefault("sensitivity", method)
         return PassResult(model, changed=False, info=info)
 
-
-def iter_layer_formats(plan: QuantPlan) -> Iterator[tuple[str, int, int]]:
-    """(layer, w_bits, a_bits) for every candidate of every layer."""
-    for name, lp in plan.layers.items():
-        for w, a in lp.candidates:
-            yield name, w, a

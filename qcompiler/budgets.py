@@ -108,11 +108,6 @@ def _check_positive(kind: str, text: str, value: float) -> None:
                           hint=_EXAMPLES[kind])
 
 
-def parse_budgets(**flags: str | float | None) -> dict[str, Budget]:
-    """Parse every given budget flag (``size=``, ``bops=``, ``latency=``, ``sram=``); None is skipped."""
-    return {k: parse_budget(k, v) for k, v in flags.items() if v is not None}
-
-
 def format_value(kind: str, value: float) -> str:
     """Human form of an absolute value, the same unit family the flag accepts."""
     if kind in ("size", "sram", "flash"):

@@ -8,7 +8,6 @@ lists by hand.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -167,12 +166,3 @@ def node_names_unique(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def op_types(model: onnx.ModelProto) -> list[str]:
-    return [n.op_type for n in model.graph.node]
-
-
-def tensor_size_bytes(dims: Iterable[int], elem_type: int) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n * onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize

@@ -364,11 +364,6 @@ def qavgpool(x: np.ndarray, x_zp: int | np.ndarray, b: int, c: int, y_zp: int | 
     return _out(requantize(s, b, c, np.asarray(y_zp).item(), qmin, qmax), y_zp)
 
 
-def acc_bound(k: int, x_absmax: int, w_absmax: int, bias_absmax: int = 0) -> int:
-    """Worst-case |accumulator| of a dot product of length k; callers compare it with 2^31 - 1."""
-    return k * x_absmax * w_absmax + bias_absmax
-
-
 # =========================================================================== transformer ops (I-ViT)
 # Integer-only Softmax, GELU and LayerNorm in the spirit of I-ViT (Li & Gu, ICCV 2023): exponentials
 # by shifts (2^-q is a right shift) with a small fixed-point polynomial for the fractional part,
