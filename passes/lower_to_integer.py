@@ -666,12 +666,21 @@ class _Lowering:
             pads = list(attrs.get("pads", [0] * 2 * len(ks)))
             glob = 0
             if (len(ks) != 2 or attrs.get("ceil_mode", 0) or attrs.get("auto_pad", b"NOTSET") not in
-                    (b"NOTSET", "NOTSET") or any(d != 1 for d in attrs.get("dilations", [1, 1]))
-                    or (any(pads) and not attrs.get("count_include_pad", 0))):
-                return False  # a divisor that changes at the borders has no single dyadic multiplier
+                    (b"NOTSET", "NOTSET") or any(d != 1 for d in attrs.get("dilations", [1, 1]))):
+                return False
         qt, qmin, qmax = out
-        n = ks[0] * ks[1]
-        b, c = numerics.dyadic(x.scale / (qt.scale * n), what=f"node '{node.name}': average multiplier")
+        shape = self.shapes.get(node.input[0])
+        if glob or not any(pads) or attrs.get("count_include_pad", 0):
+            n = ks[0] * ks[1]
+            b, c = numerics.dyadic(x.scale / (qt.scale * n), what=f"node '{node.name}': average multiplier")
+        elif shape is not None and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            # count_include_pad=0 with padding: the divisor is the number of real inputs in each window,
+            # so one dyadic multiplier per output position ([OH, OW], broadcast over N and C)
+            counts = numerics.avgpool_counts(shape[2:], ks, strides, pads)
+            b, c = numerics.dyadic_array(x.scale / (qt.scale * counts.astype(np.float64)),
+                                         what=f"node '{node.name}': average multiplier")
+        else:
+            return False
         base = node.name
         self.out_nodes.append(fn.make_node(
             "QAvgPool", [x.name, self.zp_const(x, f"{base}.x"), self.const(f"{base}.b", np.array(b, np.int64)),

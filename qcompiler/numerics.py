@@ -355,6 +355,18 @@ def avgpool_sum(x: np.ndarray, x_zp: int | np.ndarray, *, kernel_shape: Sequence
     return win.sum(axis=(4, 5))
 
 
+def avgpool_counts(hw: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[int],
+                   pads: Sequence[int]) -> np.ndarray:
+    """How many real (unpadded) inputs each output window of a 2-D pool covers: [OH, OW] int64.
+
+    Why: AveragePool with ``count_include_pad=0`` divides each window's sum by this count, which is
+    smaller at the borders; the integer form takes one dyadic multiplier per output position.
+    """
+    ones = np.pad(np.ones(tuple(hw), np.int64), ((pads[0], pads[2]), (pads[1], pads[3])))
+    win = sliding_window_view(ones, tuple(kernel_shape))[::strides[0], ::strides[1]]
+    return win.sum(axis=(2, 3))
+
+
 def qavgpool(x: np.ndarray, x_zp: int | np.ndarray, b: int, c: int, y_zp: int | np.ndarray, *,
              kernel_shape: Sequence[int] | None = None, strides: Sequence[int] | None = None,
              pads: Sequence[int] = (0, 0, 0, 0), global_: bool = False, qmin: int = -128,

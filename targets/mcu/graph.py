@@ -671,6 +671,10 @@ class _Reader:
     def op_QAvgPool(self, node: onnx.NodeProto) -> None:
         x = self.as_nhwc(self.act(node, 0), node)
         x_zp, _ = self.zp(node, 1)
+        if np.asarray(self.const(node, 2)).size != 1:
+            raise _fail(self.name, node, "an average pool whose divisor changes at the borders (AveragePool with "
+                        "padding and count_include_pad=0) has no MCU kernel",
+                        hint="export the pool with count_include_pad=1, or compile for ort-cpu or cpu")
         b, c = _scalar(self.const(node, 2)), _scalar(self.const(node, 3))
         y_zp, y_signed, qmin, qmax = self._out(node, 4)
         if attr(node, "global", 0):

@@ -526,7 +526,8 @@ class _Builder:
                                              groups=ch, out_dtype="int32"))
         s64 = self.emit(relax.op.astype(s, "int64"))
         qmin, qmax = self.qminmax(node, y_zp)
-        return self.requant(s64, b, c, y_zp, qmin, qmax, [])
+        # b, c: scalars, or [OH, OW] (count_include_pad=0: one multiplier per output position)
+        return self.requant(s64, b, c, y_zp, qmin, qmax, [1, 1, *np.asarray(b).shape[-2:]])
 
     def q_requant(self, node: onnx.NodeProto) -> relax.Expr:
         x = self.val(node.input[0])
