@@ -499,9 +499,13 @@ def assign(p: BitProblem, budgets: Mapping[str, Budget], *, time_limit: float = 
 def _fewer_bits_hint(p: BitProblem, blocked: set[str], target: str) -> str:
     """What to do about an infeasible budget. A size budget below the 4-bit floor (int32 biases and
     per-channel scales keep all-4-bit weights at ~51% of INT8) is reachable with 2-bit weights,
-    which every target but the MCU compiles; say so when they were not candidates."""
+    which every target with 2-bit kernels compiles (``Target.weight_bits``: all but the MCU); say so
+    when they were not candidates."""
+    from qcompiler.targets import find_target
+
     lowest_w = min((w for fs in p.formats for w, _ in fs), default=8)
-    if blocked & {"size", "flash"} and lowest_w > 2 and target != "mcu":
+    tgt = find_target(target)
+    if blocked & {"size", "flash"} and lowest_w > 2 and (tgt is None or 2 in tgt.weight_bits):
         return "raise the budget or allow 2-bit weights with --bits 2,4,8"
     return "raise the budget or allow fewer bits with --bits"
 

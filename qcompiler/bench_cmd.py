@@ -53,14 +53,16 @@ def bench_output(out: Path, *, repeat: int = 50) -> dict[str, Any]:
     if (out / "model.int.onnx").is_file():
         integer = session((out / "model.int.onnx").read_bytes(), spin=True)
         results["ort_integer_ms"] = _time(lambda: integer.run(None, feeds), repeat)
-    if target in ("cpu", "cuda"):
+    from .targets import find_target
+
+    tgt = find_target(target) if isinstance(target, str) else None
+    if tgt is not None and tgt.has_runtime:  # a built library (TVM's lib.so), timed next to ORT
         from .native_log import native_stderr_to_log
-        from .runtime import load
 
         with native_stderr_to_log(log):  # TVM prints a "Scope Loaded" warning per constant when it loads
-            run = load(out)
-        args = [feeds[io["name"]] for io in run.inputs]
-        results[f"tvm_{target}_ms"] = _time(lambda: run(*args), repeat)
+            run = tgt.load(out)
+        args = [feeds[io["name"]] for io in run.inputs]  # type: ignore[attr-defined]
+        results[f"{tgt.family}_{tgt.name}_ms"] = _time(lambda: run(*args), repeat)
     base = results["ort_qdq_ms"]
     results["ratios_to_ort_qdq"] = {k: v / base for k, v in results.items() if k.endswith("_ms")}
     return results

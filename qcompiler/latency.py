@@ -8,9 +8,10 @@ alone on the chosen target. Measuring is slow-ish (a session per layer and
 format), so tables are cached on disk, keyed by target, model hash and formats.
 
 Measurers are pluggable: ``register_measurer(target, fn)`` with
-``fn(layer_model, feeds, target) -> seconds``. ``ort-cpu`` is built in (ONNX
-Runtime CPU); for TVM targets the measurer is looked up as
-``qcompiler.targets.tvm.measure_layer_latency`` with the same signature.
+``fn(layer_model, feeds, target) -> seconds``. Otherwise the target's own
+``Target.latency_measurer()`` times the layers (``qcompiler.targets``): ONNX
+Runtime CPU for ``ort-cpu`` (:func:`measure_ort_cpu`), the TVM build for
+``cpu`` / ``cuda``; a target without one cannot take a latency budget.
 
 The latency of a plan is the *sum of its layers' times* at batch 1; ops that are
 not quantizable layers (pooling, adds, reshapes) do not change with the bit
@@ -38,10 +39,10 @@ from .ir import infer_shapes, value_shapes
 from .numerics import weight_storage
 from .plan import QuantPlan
 from .quantize import quantize_weight, weight_scales
+from .targets.base import Measurer
 
 log = logging.getLogger("qcompiler.latency")
 
-Measurer = Callable[[onnx.ModelProto, dict[str, np.ndarray], str], float]
 _MEASURERS: dict[str, Measurer] = {}
 TABLE_VERSION = 1
 
@@ -52,19 +53,15 @@ def register_measurer(target: str, fn: Measurer) -> None:
 
 
 def get_measurer(target: str) -> Measurer:
-    """The measurer of a target: registered, built in (ort-*), or the TVM backend's."""
+    """The measurer of a target: one registered here, else the target's own (``Target.latency_measurer``)."""
     if target in _MEASURERS:
         return _MEASURERS[target]
-    if target in ("ort-cpu", "ort"):
-        return measure_ort_cpu
-    if target.startswith("tvm") or target in ("cpu", "cuda"):
-        try:
-            from qcompiler.targets.tvm import measure_layer_latency  # type: ignore[attr-defined]
-        except ImportError as e:
-            raise BudgetError(f"a latency budget needs per-layer timings on target '{target}', and the "
-                              f"TVM backend does not provide measure_layer_latency yet ({e})",
-                              hint="use --target ort-cpu for latency budgets, or drop --latency-budget") from e
-        return measure_layer_latency
+    from qcompiler.targets import find_target
+
+    t = find_target(target)
+    fn = t.latency_measurer() if t is not None else None
+    if fn is not None:
+        return fn
     raise BudgetError(f"target '{target}' cannot time layers, so a latency budget cannot be used",
                       hint="drop --latency-budget or pick a target that can (ort-cpu, cpu, cuda)")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +23,9 @@ from .errors import CalibrationError, FlagError, QCompileError
 from .ir import graph_inputs, node_names_unique, value_shapes
 from .passmanager import PassContext, PassManager
 from .plan import QuantPlan
+from .targets import EmitContext, Target, get_target
 
 log = logging.getLogger("qcompiler")
-
-TARGETS = ("ort-cpu", "ort-cuda", "cpu", "tvm-llvm", "cuda", "tvm-cuda", "mcu")
-ALIASES = {"tvm-llvm": "cpu", "tvm-cuda": "cuda", "ort": "ort-cpu"}
 
 
 @dataclass
@@ -159,9 +156,8 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
                   progress: Callable[[str, int], Callable[[int], None]] | None = None) -> CompileResult:
     """Compile one model into ``out_dir`` (atomically); see README for the flags' meaning."""
     opts = options or CompileOptions()
-    target = ALIASES.get(opts.target, opts.target)
-    if target not in TARGETS:
-        raise FlagError(f"unknown target '{opts.target}'", hint=f"use one of {', '.join(TARGETS)}")
+    tgt = get_target(opts.target)
+    target = tgt.name
     out = Path(out_dir)
     check_output_dir(out, force=opts.force)
     _import_in_background(["qcompiler.report"]
@@ -173,18 +169,13 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
     if 2 in bits and bits[-1] == 2:
         raise FlagError("--bits 2 needs a 4- or 8-bit candidate too (2 bits are for weights only; "
                         "activations stay 4/8-bit)", hint="use e.g. --bits 2,4,8")
-    if 2 in bits and target == "mcu":  # no 2-bit MCU kernels: refuse before anything is written
-        raise FlagError("--target mcu supports 4- and 8-bit weights", hint="drop 2 from --bits, e.g. --bits 4,8")
+    tgt.validate(opts, bits)
     model, mname, digest = load_model(source, name=name, example_input=example_input,
                                       input_shapes=opts.input_shapes, calib=calib)
     plan = QuantPlan(model=mname)
     plan.settings = {"bits": bits, "observer": opts.observer, "target": target}
     plan.budgets = dict(sorted((k, v) for k, v in opts.budgets.items() if v))
-    # ORT 1.32 cannot create a session for uint4 QuantizeLinear after a Relu (clip_quantizelinear.cc:
-    # "Unexpected data type for QuantizeLinear input y_zero_point of 21"), so ORT targets keep 8-bit
-    # activations; 4-bit activations are for the TVM and MCU targets, which run the integer graph.
-    # 2 bits are a weight-only width (ternary weights); activations choose among the 4/8 candidates
-    act_bits = [8] if opts.weight_only or target.startswith("ort-") else [b for b in bits if b >= 4]
+    act_bits = [8] if opts.weight_only else tgt.activation_bits(bits)
     ctx = PassContext(model_name=mname, plan=plan, target=target, debug=opts.debug, progress=progress,
                       settings={"bits": bits, "act_bits": act_bits, "observer": opts.observer,
                                 "budgets": plan.budgets, "sensitivity": opts.sensitivity,
@@ -227,7 +218,6 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
         ctx.artifacts["float_model"] = float_model
         with atomic_output_dir(out, force=opts.force) as tmp:
             ctx.settings["out_dir"] = tmp
-            ctx.settings["final_out_dir"] = str(out)
             qdq = plan_and_quantize(float_model, ctx, opts)
             onnx.save(float_model, str(tmp / "model.float.onnx"))  # canonical float: what diff compares with
             onnx.save(qdq, str(tmp / "model.qdq.onnx"))
@@ -236,7 +226,8 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
             if int_model is not None:
                 onnx.save(int_model, str(tmp / "model.int.onnx"))
                 stages["integer"] = int_model
-            target_info = emit_target(target, qdq, int_model, tmp, ctx, opts)
+            target_info = emit_target(tgt, {"qdq": qdq, "integer": int_model},
+                                      EmitContext(out_dir=tmp, final_dir=out, plan=plan, options=opts))
             summary = summarize(plan, float_model, stages, specs, eval_data, target_info, ctx)
             plan.stats["summary"] = summary
             plan.save(tmp / "plan.json")
@@ -260,29 +251,12 @@ def lower(qdq: onnx.ModelProto, ctx: PassContext, opts: CompileOptions) -> onnx.
     return lower_and_fuse(qdq, ctx.plan)
 
 
-def emit_target(target: str, qdq: onnx.ModelProto, int_model: onnx.ModelProto | None, out: Path,
-                ctx: PassContext, opts: CompileOptions) -> dict[str, Any]:
-    if target in ("ort-cpu", "ort-cuda"):
-        from .targets import ort
-
-        return ort.emit(qdq, out, target=target)
-    if int_model is None:
-        raise QCompileError(f"target {target} needs the integer graph", hint="use --target ort-cpu")
-    if target in ("cpu", "cuda"):
-        from .targets import tvm as tvm_target
-
-        final = Path(ctx.settings.get("final_out_dir", ""))
-        if opts.tune and (final / "tune").is_dir() and not (out / "tune").exists():
-            # the previous output's tuning records (same folder, --force) are reused, not re-measured;
-            # targets/tvm/tune.py checks they belong to this model, target and batch
-            shutil.copytree(final / "tune", out / "tune")
-
-        return tvm_target.emit(int_model, out, target=target, cuda_arch=opts.cuda_arch, tune=opts.tune)
-    if target == "mcu":
-        from .targets import mcu
-
-        return mcu.emit(int_model, out, plan=ctx.plan)
-    raise FlagError(f"unknown target '{target}'")
+def emit_target(tgt: Target, graphs: dict[str, onnx.ModelProto | None], ctx: EmitContext) -> dict[str, Any]:
+    """Hand the target the graph it consumes; what it returns is the manifest's "target" entry."""
+    graph = graphs.get(tgt.consumes)
+    if graph is None:
+        raise QCompileError(f"target {tgt.name} needs the {tgt.consumes} graph", hint="use --target ort-cpu")
+    return tgt.emit(graph, ctx)
 
 
 def weight_bytes(plan: QuantPlan, float_model: onnx.ModelProto) -> dict[str, int]:

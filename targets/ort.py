@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import onnx
 
 from qcompiler.errors import TargetError
 from qcompiler.ir import graph_inputs, value_shapes
-from qcompiler.ort_session import session
+
+from .base import EmitContext, GraphKind, Measurer, Target
 
 PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
 
@@ -21,6 +23,8 @@ def emit(qdq_model: onnx.ModelProto, out_dir: Path, *, target: str = "ort-cpu") 
     ort-cuda ships the same model: CUDA's provider is named in the manifest and
     the check runs on the CPU provider when no GPU is present here.
     """
+    from qcompiler.ort_session import session  # onnxruntime: imported when used, not with the registry
+
     path = out_dir / "model.qdq.onnx"
     if not path.exists():
         onnx.save(qdq_model, str(path))
@@ -37,3 +41,39 @@ def emit(qdq_model: onnx.ModelProto, out_dir: Path, *, target: str = "ort-cpu") 
                           hint="report this with the model; try --target ort-cpu with --bits 8") from None
     return {"target": target, "provider": PROVIDERS[target], "model": "model.qdq.onnx",
             "checked_with": "CPUExecutionProvider"}
+
+
+class OrtTarget(Target):
+    """ONNX Runtime runs the QDQ model itself: the artifact is ``model.qdq.onnx``, nothing is built."""
+
+    family = "ort"
+    consumes: GraphKind = "qdq"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def activation_bits(self, bits: Sequence[int]) -> list[int]:
+        """Always 8 bits, whatever the candidates.
+
+        Why: ORT 1.32 cannot create a session for uint4 QuantizeLinear after a Relu
+        (clip_quantizelinear.cc: "Unexpected data type for QuantizeLinear input y_zero_point of 21"),
+        so ORT targets keep 8-bit activations; 4-bit activations are for the TVM and MCU targets,
+        which run the integer graph.
+        """
+        return [8]
+
+    def emit(self, graph: onnx.ModelProto, ctx: EmitContext) -> dict[str, Any]:
+        return emit(graph, ctx.out_dir, target=self.name)
+
+    def latency_measurer(self) -> Measurer | None:
+        """ORT CPU times each layer in a session like the one users run; CUDA layers are not timed
+        (ort-cuda ships the same model, and its timings would need a GPU at compile time)."""
+        if self.name != "ort-cpu":
+            return None
+        from qcompiler.latency import measure_ort_cpu
+
+        return measure_ort_cpu
+
+
+ORT_CPU = OrtTarget("ort-cpu")
+ORT_CUDA = OrtTarget("ort-cuda")

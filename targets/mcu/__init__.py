@@ -16,18 +16,25 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from qcompiler.errors import FlagError
+
+from ..base import EmitContext, GraphKind, Target
 from .arena import ArenaPlan, plan_arena
 from .emit import const_bytes, write_sources
 from .graph import Program, read_program
 
+if TYPE_CHECKING:
+    from qcompiler.pipeline import CompileOptions
+
 log = logging.getLogger("qcompiler.targets.mcu")
 
-__all__ = ["emit", "arena_bytes_for", "const_bytes_for", "plan", "Program", "ArenaPlan"]
+__all__ = ["emit", "arena_bytes_for", "const_bytes_for", "plan", "Program", "ArenaPlan", "McuTarget", "MCU"]
 
 
 def plan(int_model: onnx.ModelProto, *, name: str | None = None) -> tuple[Program, ArenaPlan]:
@@ -102,3 +109,29 @@ def emit(int_model: onnx.ModelProto, out_dir: str | Path, *, plan: Any = None, n
     log.info("mcu: arena %d B (lower bound %d B), %d B of constants, %d MACs", ap.size, ap.lower_bound,
              report["const_bytes"], prog.macs)
     return report
+
+
+class McuTarget(Target):
+    """C99 sources for a Cortex-M (``mcu/``), built from the integer graph; run under QEMU by the tests.
+
+    No runtime loader here: the sources run on the board (or ``toolchain.run`` under QEMU), not in
+    this process. Its SRAM and flash budgets are measured on the planned program by the bit
+    assignment (``passes/assign_bits.py``: ``mcu_costs``), not through this class.
+    """
+
+    name = "mcu"
+    family = "mcu"
+    consumes: GraphKind = "integer"
+    weight_bits = (4, 8)  # the kernels unpack 4-bit pairs and widen 8-bit weights; there are no 2-bit kernels
+
+    def validate(self, options: CompileOptions, bits: Sequence[int]) -> None:
+        """2-bit weights refused before any work: there are no 2-bit kernels, and finding out in
+        ``emit`` would cost a whole calibration and bit assignment first."""
+        if any(b not in self.weight_bits for b in bits):
+            raise FlagError("--target mcu supports 4- and 8-bit weights", hint="drop 2 from --bits, e.g. --bits 4,8")
+
+    def emit(self, graph: onnx.ModelProto, ctx: EmitContext) -> dict[str, Any]:
+        return emit(graph, ctx.out_dir, plan=ctx.plan)
+
+
+MCU = McuTarget()

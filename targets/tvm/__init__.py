@@ -23,25 +23,87 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from qcompiler.errors import FlagError, OutputError, TargetError
+from qcompiler.errors import BudgetError, FlagError, OutputError, TargetError
 from qcompiler.native_log import native_stderr_to_log
 
-from .builder import BuildResult, build_module
-from .compile import compile_module, cpu_target, cuda_source, cuda_target, host_mcpu, nvcc_compile
+from ..base import EmitContext, GraphKind, Measurer, Target
+
+if TYPE_CHECKING:
+    from qcompiler.pipeline import CompileOptions
+
+    from .builder import BuildResult
+
+# builder and compile import TVM itself (seconds): they are imported where a build starts, so the
+# target registry (which imports this package for TVM_CPU / TVM_CUDA) stays cheap for other targets
 
 log = logging.getLogger(__name__)
 
 META_FILE = "tvm_meta.json"
 META_VERSION = 1
-TARGETS = ("cpu", "cuda")
 
-__all__ = ["emit", "measure_layer_latency", "TARGETS", "META_FILE"]
+__all__ = ["emit", "measure_layer_latency", "TARGETS", "META_FILE", "TvmTarget", "TVM_CPU", "TVM_CUDA"]
+
+
+class TvmTarget(Target):
+    """Apache TVM builds the integer graph into ``lib.so`` (LLVM for the host CPU, or CUDA)."""
+
+    family = "tvm"
+    consumes: GraphKind = "integer"
+    has_runtime = True
+
+    def __init__(self, name: str, aliases: tuple[str, ...]) -> None:
+        self.name = name
+        self.aliases = aliases
+
+    def validate(self, options: CompileOptions, bits: Sequence[int]) -> None:
+        """``--tune`` drives meta_schedule on this machine's CPU: refused for CUDA before any work
+        (``emit`` keeps the same check for direct callers)."""
+        if options.tune > 0 and self.name != "cpu":
+            raise FlagError("--tune is implemented for --target cpu only",
+                            hint="drop --tune; the CUDA build uses TVM's dlight schedules")
+
+    def emit(self, graph: onnx.ModelProto, ctx: EmitContext) -> dict[str, Any]:
+        opts = ctx.options
+        final, out = ctx.final_dir, ctx.out_dir
+        if opts.tune and (final / "tune").is_dir() and not (out / "tune").exists():
+            # the previous output's tuning records (same folder, --force) are reused, not re-measured;
+            # tune.py checks they belong to this model, target and batch
+            shutil.copytree(final / "tune", out / "tune")
+        return emit(graph, out, target=self.name, cuda_arch=opts.cuda_arch, tune=opts.tune)
+
+    def latency_measurer(self) -> Measurer | None:
+        """Each layer cut out of the integer graph, built as ``emit`` builds it and timed alone
+        (``latency.py``): a table of another runtime would misplace the ILP's latency budget."""
+        try:
+            from .latency import time_qdq_layer
+        except ImportError as e:
+            raise BudgetError(f"a latency budget needs per-layer timings on target '{self.name}', and the "
+                              f"TVM backend does not provide measure_layer_latency yet ({e})",
+                              hint="use --target ort-cpu for latency budgets, or drop --latency-budget") from e
+        name = self.name
+
+        def measure(layer_model: onnx.ModelProto, feeds: dict[str, Any], target: str) -> float:
+            return time_qdq_layer(layer_model, name)
+
+        return measure
+
+    def load(self, out_dir: str | Path) -> Callable[..., Any]:
+        from qcompiler.runtime import load
+
+        return load(out_dir)
+
+
+TVM_CPU = TvmTarget("cpu", ("tvm-llvm",))
+TVM_CUDA = TvmTarget("cuda", ("tvm-cuda",))
+TARGETS = (TVM_CPU.name, TVM_CUDA.name)  # what ``emit`` accepts (the canonical names)
 
 
 def _model_hash(model: onnx.ModelProto) -> str:
@@ -66,6 +128,9 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create {out_dir}: {e}") from e
+    from .builder import build_module
+    from .compile import compile_module, cpu_target, cuda_source, cuda_target, host_mcpu, nvcc_compile
+
     t0 = time.perf_counter()
     # AVX-512 VNNI matmuls on a CPU that has them (the library is built for this host's mcpu anyway)
     built: BuildResult = build_module(int_model, batch=batch, pack4=pack4, use_vnni=None if target == "cpu" else False)

@@ -183,12 +183,20 @@ def qdq_layer_to_integer(layer_model: onnx.ModelProto) -> onnx.ModelProto:
     return helper.make_model(gg, opset_imports=_opset(layer_model))
 
 
+def time_qdq_layer(layer_model: onnx.ModelProto, target: str, *, repeat: int = 20) -> float:
+    """Seconds of ``qcompiler.latency.layer_qdq_model``'s one-layer QDQ model, built for ``target``
+    ("cpu" or "cuda") as one fused integer node: what ``TvmTarget.latency_measurer`` times."""
+    if target not in ("cpu", "cuda"):
+        raise TargetError(f"TVM cannot time layers for target {target!r}", hint="use --target cpu or cuda")
+    return _time_model(qdq_layer_to_integer(layer_model), target, repeat=repeat)
+
+
 def measure_layer_latency(model: onnx.ModelProto, arg2: Sequence[str] | Mapping[str, Any],
                           arg3: Sequence[str] | str, *, repeat: int = 20, target: str | None = None
                           ) -> dict[str, dict[str, float]] | float:
     """See the module docstring: a table for an integer graph, or seconds for one QDQ layer."""
     if isinstance(arg2, Mapping):  # (layer_model, feeds, target): qcompiler.latency's measurer
-        tgt = str(arg3)
-        tgt = "cuda" if "cuda" in tgt else "cpu"
-        return _time_model(qdq_layer_to_integer(model), tgt, repeat=repeat)
+        from qcompiler.targets import get_target
+
+        return time_qdq_layer(model, get_target(str(arg3)).name, repeat=repeat)  # "tvm-cuda" -> "cuda"
     return measure_int_layers(model, list(arg2), list(arg3), target=target or "cpu", repeat=repeat)

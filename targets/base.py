@@ -1,0 +1,113 @@
+"""The interface every backend implements, so the compile driver holds no backend-specific rule.
+
+Why one interface: the driver (``qcompiler/pipeline.py``) used to know that ORT keeps 8-bit
+activations, that the MCU has no 2-bit kernels and where TVM keeps its tuning records, and the
+latency table guessed the backend from the target's spelling. Each of those is a fact about one
+backend, so it lives with that backend behind the methods below; the driver asks the target and
+stays the same when a backend is added or changes.
+
+The module imports nothing heavy: the registry (``qcompiler.targets``) imports every target to
+know their names, and ``--target ort-cpu`` must not pay for importing TVM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import onnx
+
+from qcompiler.errors import TargetError
+
+if TYPE_CHECKING:  # the driver imports the targets, never the reverse at run time
+    from qcompiler.pipeline import CompileOptions
+    from qcompiler.plan import QuantPlan
+
+#: which of the compiler's two graphs a target builds from (docs/INTEGER_GRAPH.md)
+GraphKind = Literal["qdq", "integer"]
+
+#: ``(one-layer QDQ model, feeds, target name) -> seconds``: the per-layer timer behind
+#: ``--latency-budget`` (the form ``qcompiler.latency`` caches tables of)
+Measurer = Callable[[onnx.ModelProto, dict[str, np.ndarray], str], float]
+
+
+@dataclass(frozen=True)
+class EmitContext:
+    """What ``emit`` may use besides the graph.
+
+    Why a context and not keyword arguments: the three backends need different things (the plan's
+    model name, the CUDA architecture, the tuning budget and the previous output), and one
+    signature lets the driver call every target the same way.
+    """
+
+    out_dir: Path  # the temporary folder being filled; renamed to ``final_dir`` when the compile succeeds
+    final_dir: Path  # where the artifacts will end up (it may hold a previous output, e.g. with --force)
+    plan: QuantPlan
+    options: CompileOptions
+
+
+class Target:
+    """One compile target: its names, the graph it consumes, its rules and its artifacts.
+
+    Subclasses set the attributes and override what they have; the defaults describe a target with
+    no extra rules, no latency model and no runtime loader.
+    """
+
+    #: the canonical name, recorded in plan.json and manifest.json (so renaming it changes artifacts)
+    name: str = ""
+    #: other accepted spellings, listed with the name in the unknown-target error
+    aliases: tuple[str, ...] = ()
+    #: the backend that builds it ("ort", "tvm", "mcu"): names its column in ``qcompile bench``
+    family: str = ""
+    #: the graph ``emit`` receives: "qdq" (model.qdq.onnx) or "integer" (model.int.onnx)
+    consumes: GraphKind = "integer"
+    #: weight widths the target has kernels for; the driver refuses others before any work
+    weight_bits: tuple[int, ...] = (2, 4, 8)
+    #: whether :meth:`load` can run the artifacts in this process
+    has_runtime: bool = False
+
+    def validate(self, options: CompileOptions, bits: Sequence[int]) -> None:
+        """Refuse options this target cannot honour, with the one-line user error, before any work.
+
+        Why here and not in ``emit``: a flag the target would reject at the end must not cost a
+        whole calibration first. ``bits`` are the candidate widths after the driver's defaults.
+        """
+
+    def activation_bits(self, bits: Sequence[int]) -> list[int]:
+        """The activation widths the bit assignment may choose among, given the candidate ``bits``.
+
+        The default: every candidate of 4 bits or more (2 bits are a weight-only width); a target
+        whose runtime cannot run some activation widths narrows this.
+        """
+        return [b for b in bits if b >= 4]
+
+    def emit(self, graph: onnx.ModelProto, ctx: EmitContext) -> dict[str, Any]:
+        """Write the target's artifacts into ``ctx.out_dir``; return what manifest.json records.
+
+        ``graph`` is the graph named by :attr:`consumes`. The returned dict goes into manifest.json
+        and summary.json, so it must hold no timings or paths (artifacts are byte-stable).
+        """
+        raise NotImplementedError(f"target {self.name} does not emit anything")
+
+    def latency_measurer(self) -> Measurer | None:
+        """The per-layer timer for ``--latency-budget``, or None when this target cannot time layers.
+
+        Why on the target: a latency table only means something measured on the hardware and
+        runtime that will run the model, which only the target knows.
+        """
+        return None
+
+    def load(self, out_dir: str | Path) -> Callable[..., Any]:
+        """The compiled artifacts in ``out_dir`` as a numpy function (with an ``inputs`` list of
+        name/shape/dtype dicts), for ``qcompile bench`` and the Python API.
+
+        Only targets with :attr:`has_runtime` have one; the others raise.
+        """
+        raise TargetError(f"target {self.name} has no runtime loader in qcompiler",
+                          hint="run the artifacts with the target's own tools")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
