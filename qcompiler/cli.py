@@ -268,7 +268,7 @@ def print_summary(console, result) -> None:
     if lat is not None:
         t.add_row("latency (ms)", f"{lat:.3f}")
     if s.get("fallback_ops"):
-        t.add_row("float fallback ops", ", ".join(s["fallback_ops"]))
+        t.add_row("float fallback ops", s.get("float_fallback", {}).get("line") or ", ".join(s["fallback_ops"]))
     t.add_row("artifacts", str(result.out_dir))
     console.print(t)
 

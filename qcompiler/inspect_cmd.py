@@ -85,8 +85,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any) -> None:
-    """Rich tables: layers, budgets, fallbacks, settings, manifest."""
+def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any,
+               summary: Mapping[str, Any] | None = None) -> None:
+    """Rich tables: layers, budgets, fallbacks (graph order and op types from summary.json), settings, manifest."""
     from rich.table import Table
 
     console.print(f"[bold]model[/] {plan.model or '?'}: {len(plan.layers)} quantizable layers, "
@@ -130,7 +131,11 @@ def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any
         console.print(b)
     else:
         console.print("budgets: none")
-    if plan.fallback_ops:
+    fb = (summary or {}).get("float_fallback") or {}
+    if plan.fallback_ops and fb.get("nodes"):
+        console.print(f"float fallback ops: {fb.get('line', '')}")
+        console.print("  in graph order: " + ", ".join(f"{n['name']} ({n['op_type']})" for n in fb["nodes"]))
+    elif plan.fallback_ops:
         console.print(f"float fallback ops ({len(plan.fallback_ops)}): " + ", ".join(sorted(plan.fallback_ops)))
     else:
         console.print("float fallback ops: none (integer-only)")
@@ -203,5 +208,10 @@ def main(argv: list[str]) -> int:
     if args.json:
         console.print_json(plan.dumps())
         return 0
-    print_plan(plan, manifest, console)
+    spath = (Path(args.out) if Path(args.out).is_dir() else Path(args.out).parent) / "summary.json"
+    try:
+        summary = json.loads(spath.read_text()) if spath.is_file() else None
+    except ValueError:
+        summary = None  # the plan is what inspect shows; a broken summary only loses the fallback order
+    print_plan(plan, manifest, console, summary)
     return 0

@@ -277,6 +277,7 @@ def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, o
               specs: list[InputSpec], eval_data: str | Path | None, target_info: dict[str, Any],
               ctx: PassContext) -> dict[str, Any]:
     from .evaluate import compare, runner
+    from .fallbacks import summarize as summarize_fallbacks
 
     bits_hist: dict[str, int] = {}
     for lp in plan.layers.values():
@@ -287,7 +288,11 @@ def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, o
                                "calibration": {"source": calib_source,
                                                "samples": plan.stats.get("calibration", {}).get("samples")},
                                "size_bytes": weight_bytes(plan, float_model),
-                               "fallback_ops": sorted(plan.fallback_ops), "target": target_info}
+                               "target": target_info}
+    # what stays in float, in graph order with op types and its share of the ops and MACs
+    fb = summarize_fallbacks(float_model, plan.fallback_ops)
+    summary["fallback_ops"] = [name for name, _ in fb.nodes]
+    summary["float_fallback"] = {"line": fb.line(), **fb.to_json()}
     if ctx.settings.get("encoder"):
         from .text_calibration import embedding_cosine
 

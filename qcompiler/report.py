@@ -449,9 +449,12 @@ def render_report(plan: QuantPlan, *, summary: Mapping[str, Any],
                                  numeric=(True, True, True)))
     parts.append("<h2>Budgets</h2>" + _budget_table(plan))
     if plan.fallback_ops:
-        items = "".join(f"<li><code>{esc(op)}</code></li>" for op in sorted(plan.fallback_ops))
+        fb = summary.get("float_fallback") or {}
+        nodes = fb.get("nodes") or [{"name": n, "op_type": "?"} for n in sorted(plan.fallback_ops)]
+        items = "".join(f"<li><code>{esc(n['name'])}</code> ({esc(n['op_type'])})</li>" for n in nodes)
         parts.append(f"<h2>Float fallback ops ({len(plan.fallback_ops)})</h2>"
-                     "<p>These run in float between DequantizeLinear and QuantizeLinear.</p>"
+                     f"<p>{esc(fb.get('line', ''))}</p>"
+                     "<p>These run in float between DequantizeLinear and QuantizeLinear, listed in graph order.</p>"
                      f"<ul>{items}</ul>")
     else:
         parts.append("<h2>Float fallback ops</h2><p class=\"ok\">None: the graph is integer-only.</p>")

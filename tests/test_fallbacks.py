@@ -33,3 +33,28 @@ def test_graph_order_types_and_shares() -> None:
 
 def test_integer_only() -> None:
     assert summarize(_model(), []).line() == "none: the graph is integer-only"
+
+
+def test_compile_reports_the_fallbacks_in_graph_order(tmp_path) -> None:
+    """summary.json, the terminal summary and inspect say what stays float, with op types, in graph order."""
+    import json
+    import subprocess
+    import sys
+
+    import onnx
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(), str(path))
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).uniform(0, 1, (4, 1, 3, 4, 4)).astype(np.float32)[:, 0])
+    out = tmp_path / "out"
+    cli = [sys.executable, "-m", "qcompiler"]
+    r = subprocess.run([*cli, str(path), "--target", "ort-cpu", "--calib", str(tmp_path / "c.npz"), "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["fallback_ops"][0] == "n2"  # the LRN (a final Softmax may stay float too), in graph order
+    fb = s["float_fallback"]
+    assert fb["by_type"]["LRN"] == 1 and fb["nodes"][0] == {"name": "n2", "op_type": "LRN"}
+    assert fb["line"] in " ".join(r.stdout.split()) and "LRN 1" in fb["line"]
+    r = subprocess.run([*cli, "inspect", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "n2 (LRN)" in " ".join(r.stdout.split())
