@@ -92,8 +92,10 @@ class CalibrateRanges(Pass):
         names = list(dict.fromkeys(tensors_with_own_range(model)))
         # Per-channel means of every layer input, gathered on the same pass: bias correction needs
         # E[x] and would otherwise run the float model over the data once more.
-        layer_inputs = {lp.input for lp in ctx.plan.layers.values()}
-        fetch = names + sorted(layer_inputs - set(names))  # e.g. a Flatten output: mean, no range
+        # input -> its channel axis: 1 for a Conv's input of any rank (NCL, NCHW, NCDHW), the last for Gemm/MatMul
+        layer_inputs = {lp.input: 1 if lp.op_type in ("Conv", "ConvTranspose") else -1
+                        for lp in ctx.plan.layers.values()}
+        fetch = names + sorted(set(layer_inputs) - set(names))  # e.g. a Flatten output: mean, no range
         try:
             sess = session(with_range_stats(with_outputs(model, fetch), names if method != "minmax" else []))
         except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors for models it cannot run
@@ -153,7 +155,7 @@ class CalibrateRanges(Pass):
 
     @staticmethod
     def _observe(outs: list[str], results: list[np.ndarray], obs: dict[str, RangeObserver], method: str,
-                 layer_inputs: set[str], sums: dict[str, np.ndarray]) -> None:
+                 layer_inputs: dict[str, int], sums: dict[str, np.ndarray]) -> None:
         got = dict(zip(outs, results))
         for name, arr in zip(outs, results):
             if name in obs:
@@ -163,7 +165,7 @@ class CalibrateRanges(Pass):
                     stats = tuple(got.get(f"{name}{suffix}") for suffix in STATS)
                     obs[name].update(arr, None if any(v is None for v in stats) else stats)
             if name in layer_inputs and arr.ndim >= 2:
-                ax = 1 if arr.ndim == 4 else arr.ndim - 1
+                ax = 1 if layer_inputs[name] == 1 else arr.ndim - 1
                 red = tuple(i for i in range(arr.ndim) if i != ax)
                 m = arr.mean(axis=red, dtype=np.float64)
                 sums[name] = sums[name] + m if name in sums else m

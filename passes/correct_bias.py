@@ -28,14 +28,15 @@ MAX_SAMPLES = 64
 
 
 def _input_channel_means(model: onnx.ModelProto, names: list[str], ctx: PassContext,
-                         limit: int) -> dict[str, np.ndarray]:
-    """Per-channel mean (axis 1 for NCHW, last axis for [N, K]) of each named tensor; O(channels) memory."""
+                         limit: int, conv_inputs: set[str]) -> dict[str, np.ndarray]:
+    """Per-channel mean of each named tensor (axis 1 for a Conv's input of any rank, the last axis for a
+    Gemm/MatMul's); O(channels) memory."""
     sess = session(with_outputs(model, names))
     sums: dict[str, np.ndarray] = {}
     n = 0
     for feed in ctx.calib.batches():
         for name, a in zip(names, sess.run(names, feed)):
-            ax = 1 if a.ndim == 4 else a.ndim - 1
+            ax = 1 if name in conv_inputs else a.ndim - 1
             red = tuple(i for i in range(a.ndim) if i != ax)
             sums[name] = sums.get(name, 0) + a.astype(np.float64).mean(axis=red)
         n += 1
@@ -78,7 +79,8 @@ class CorrectBias(Pass):
         wanted = sorted({lp.input for lp in layers.values()})
         means = ctx.artifacts.get("input_channel_means") or {}  # gathered by calibrate_ranges' pass
         if any(n not in means for n in wanted):
-            means = _input_channel_means(float_model, wanted, ctx, MAX_SAMPLES)
+            conv_inputs = {lp.input for lp in layers.values() if lp.op_type in ("Conv", "ConvTranspose")}
+            means = _input_channel_means(float_model, wanted, ctx, MAX_SAMPLES, conv_inputs)
         for lname, lp in layers.items():
             node = nodes[lname]
             w = numpy_helper.to_array(float_inits[lp.weight]).astype(np.float64)
