@@ -58,3 +58,24 @@ def test_compile_reports_the_fallbacks_in_graph_order(tmp_path) -> None:
     assert fb["line"] in " ".join(r.stdout.split()) and "LRN 1" in fb["line"]
     r = subprocess.run([*cli, "inspect", str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "n2 (LRN)" in " ".join(r.stdout.split())
+
+
+def test_tvm_error_names_the_users_file(tmp_path) -> None:
+    """An op the TVM target cannot run is refused in one line that names the user's file and the op's node,
+    not the graph's internal name ("main_graph", "torch-jit-export"); nothing is left in the output folder."""
+    import onnx
+    import pytest
+
+    from qcompiler.errors import QCompileError
+    from qcompiler.pipeline import CompileOptions, compile_model
+
+    m = _model()
+    m.graph.name = "main_graph"
+    path = tmp_path / "my_model.onnx"
+    onnx.save(m, str(path))
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).uniform(0, 1, (4, 3, 4, 4)).astype(np.float32))
+    with pytest.raises(QCompileError) as e:
+        compile_model(path, tmp_path / "out", calib=tmp_path / "c.npz", options=CompileOptions(target="cpu"))
+    msg = str(e.value)
+    assert msg.startswith("my_model.onnx: node 'n2'") and "LRN" in msg and "main_graph" not in msg
+    assert "\n" not in msg and not (tmp_path / "out").exists()

@@ -205,7 +205,6 @@ class _Builder:
 
     def __init__(self, model: onnx.ModelProto, *, batch: int | None, pack4: bool, use_vnni: bool) -> None:
         self.model = model
-        self.name = model.graph.name or "model"
         self.inits = {t.name: _np_int(numpy_helper.to_array(t)) for t in model.graph.initializer}
         self.batch = batch
         self.pack4 = pack4
@@ -221,7 +220,9 @@ class _Builder:
 
     # ---- helpers -------------------------------------------------------------------
     def err(self, node: onnx.NodeProto | None, msg: str, hint: str | None = None) -> UnsupportedModelError:
-        return UnsupportedModelError(msg, model=self.name, node=node.name if node else None,
+        # no model name here: the pipeline attaches the user's file name (the graph's own name is often
+        # "main_graph" or "torch-jit-export", which tells a user nothing)
+        return UnsupportedModelError(msg, node=node.name if node else None,
                                      hint=hint or "the TVM target supports the ops of docs/INTEGER_GRAPH.md")
 
     def const_in(self, node: onnx.NodeProto, i: int) -> np.ndarray:
@@ -242,7 +243,7 @@ class _Builder:
             e = _const(self.inits[name])
             self.env[name] = e
             return e
-        raise UnsupportedModelError(f"tensor '{name}' is used before it is produced", model=self.name)
+        raise UnsupportedModelError(f"tensor '{name}' is used before it is produced")
 
     def emit(self, expr: relax.Expr) -> relax.Expr:
         return self.bb.emit(expr)
@@ -798,7 +799,7 @@ class _Builder:
                     dims.append(int(self.batch or 1))
                 else:
                     raise UnsupportedModelError(f"input '{vi.name}' has a symbolic dimension {k}",
-                                                model=self.name, hint="give the model static shapes")
+                                                hint="give the model static shapes")
             dt = str(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
             v = relax.Var(vi.name, relax.TensorType(dims, dt))
             params.append(v)
