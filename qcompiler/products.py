@@ -19,6 +19,8 @@ import onnx
 import onnx.inliner
 from onnx import TensorProto
 
+from .ir import infer_shapes_light
+
 SIGNED = {TensorProto.INT8, TensorProto.INT4, TensorProto.INT16}
 UNSIGNED = {TensorProto.UINT8, TensorProto.UINT4, TensorProto.UINT16}
 # op -> positions of its two integer operands
@@ -30,8 +32,8 @@ _VIEWS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+    try:  # without handing the weights to ONNX: this check runs after four passes of every compile
+        inferred = infer_shapes_light(model)
     except Exception:  # noqa: BLE001 - types of initializers and inputs still decide most cases
         inferred = model
     g = inferred.graph

@@ -12,6 +12,7 @@ know their names, and ``--target ort-cpu`` must not pay for importing TVM.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +50,11 @@ class EmitContext:
     options: CompileOptions
 
 
-class Target:
+class Target(ABC):
     """One compile target: its names, the graph it consumes, its rules and its artifacts.
 
-    Subclasses set the attributes and override what they have; the defaults describe a target with
-    no extra rules, no latency model and no runtime loader.
+    Subclasses set the attributes, implement :meth:`emit` and override what else they have; the
+    defaults describe a target with no extra rules, no latency model and no runtime loader.
     """
 
     #: the canonical name, recorded in plan.json and manifest.json (so renaming it changes artifacts)
@@ -75,6 +76,7 @@ class Target:
         Why here and not in ``emit``: a flag the target would reject at the end must not cost a
         whole calibration first. ``bits`` are the candidate widths after the driver's defaults.
         """
+        return None  # the default target has no extra rules
 
     def activation_bits(self, bits: Sequence[int]) -> list[int]:
         """The activation widths the bit assignment may choose among, given the candidate ``bits``.
@@ -84,13 +86,13 @@ class Target:
         """
         return [b for b in bits if b >= 4]
 
+    @abstractmethod
     def emit(self, graph: onnx.ModelProto, ctx: EmitContext) -> dict[str, Any]:
         """Write the target's artifacts into ``ctx.out_dir``; return what manifest.json records.
 
         ``graph`` is the graph named by :attr:`consumes`. The returned dict goes into manifest.json
         and summary.json, so it must hold no timings or paths (artifacts are byte-stable).
         """
-        raise NotImplementedError(f"target {self.name} does not emit anything")
 
     def latency_measurer(self) -> Measurer | None:
         """The per-layer timer for ``--latency-budget``, or None when this target cannot time layers.

@@ -82,9 +82,6 @@ TVM_KNOWN: dict[str, str] = {
     "silero_vad": "op Pad has no TVM lowering",
 }
 
-#: Models whose integer graph takes onnx.reference longer than 60 s for one input: the comparison is skipped.
-REFERENCE_TOO_SLOW: dict[str, str] = {}
-
 #: Float-fallback ops whose result ORT and numpy (onnx.reference) may round differently (1 ulp).
 TRANSCENDENTAL = {"Sigmoid", "Softmax", "Exp", "Log", "Tanh", "Erf", "Pow", "HardSwish", "Resize", "LSTM",
                   "ReduceMean"}
@@ -187,18 +184,26 @@ def test_corpus_data_fits_the_model(name: str) -> None:
 
 
 # ---------------------------------------------------------------- compile and compare
+def _compile_or_known(name: str, out: Path, target: str, known: dict[str, str],
+                      capsys: pytest.CaptureFixture[str]) -> tuple:
+    """``_compile``, turning an error recorded in ``known`` into an xfail (any other error fails)."""
+    try:
+        return _compile(name, out, target)
+    except Exception as e:  # noqa: BLE001 - a known error is recorded, any other error fails
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        with capsys.disabled():
+            print(f"\ncorpus {name:<16} {target} failed: {type(e).__name__}: {first}")
+        if name in known and known[name] in str(e):
+            pytest.xfail(f"known: {type(e).__name__}: {first}")
+        raise
+
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", corpus.names())
 def test_corpus_model_compiles_and_tracks_fp32(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
-    try:
-        result, seconds = _compile(name, out, "ort-cpu")
-    except Exception as e:  # noqa: BLE001 - a known compiler bug is recorded, any other error fails
-        if name in ORT_KNOWN and ORT_KNOWN[name] in str(e):
-            pytest.xfail(f"known: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
-        raise
+    result, seconds = _compile_or_known(name, out, "ort-cpu", ORT_KNOWN, capsys)
     fmodel = onnx.load(str(out / "model.float.onnx"), load_external_data=False)
     f_sess, i_sess = _session(out / "model.float.onnx"), _session(out / "model.int.onnx")
     feeds = _feeds(name, corpus.get_eval(name, N_EVAL.get(name, N_EVAL_DEFAULT)), fmodel)
@@ -239,9 +244,6 @@ def test_corpus_model_compiles_and_tracks_fp32(name: str, tmp_path: Path, capsys
         pytest.xfail(f"known accuracy gap: {'; '.join(problems)}")
 
     # the integer graph computes the same in onnx.reference as in ORT, on one real input
-    if name in REFERENCE_TOO_SLOW:
-        assert not problems, f"{name}: " + "; ".join(problems)
-        pytest.skip(f"onnx.reference comparison skipped: {REFERENCE_TOO_SLOW[name]}")
     from onnx.reference import ReferenceEvaluator
 
     t = time.perf_counter()
@@ -272,14 +274,6 @@ def test_corpus_model_compiles_and_tracks_fp32(name: str, tmp_path: Path, capsys
 def test_corpus_model_tvm_cpu(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """target="cpu" (TVM) compiles, or stops with the recorded error (xfail); it never crashes otherwise."""
     out = tmp_path / "out"
-    try:
-        _, seconds = _compile(name, out, "cpu")
-    except Exception as e:  # noqa: BLE001 - a known refusal is recorded, any other error fails
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        with capsys.disabled():
-            print(f"\ncorpus {name:<16} cpu (TVM) failed: {type(e).__name__}: {first}")
-        if name in TVM_KNOWN and TVM_KNOWN[name] in str(e):
-            pytest.xfail(f"known: {first}")
-        raise
+    _, seconds = _compile_or_known(name, out, "cpu", TVM_KNOWN, capsys)
     with capsys.disabled():
         print(f"\ncorpus {name:<16} cpu (TVM) compiled in {seconds:5.1f} s")

@@ -197,18 +197,6 @@ def _build(model: onnx.ModelProto, mcpu: str, use_vnni: bool):  # noqa: ANN202 -
     return compile_module(built.mod, tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
 
 
-def _asm(ex) -> str:  # noqa: ANN001 - relax.VMExecutable
-    """x86 assembly of every LLVM module of an executable (host code and the kernels it imports)."""
-    mods, src = [ex.mod], []
-    while mods:
-        mod = mods.pop()
-        mods.extend(mod.imports)
-        if mod.kind == "llvm":
-            src.append(mod.inspect_source("asm"))
-    assert src, "no LLVM module in the executable"
-    return "\n".join(src)
-
-
 def _count(asm: str, mnemonic: str) -> int:
     return len(re.findall(rf"^\s*{mnemonic}\s", asm, re.M))
 
@@ -218,10 +206,10 @@ def _count(asm: str, mnemonic: str) -> int:
 def test_vnni_kernel_is_vpdpbusd(mcpu: str, xdt: type) -> None:
     """The VNNI layout built for a VNNI target (without running it: this CPU need not have VNNI)
     computes with ``vpdpbusd``, never the saturating ``vpdpbusds``."""
-    from qcompiler.targets.tvm.compile import host_mcpu
+    from qcompiler.targets.tvm.compile import cpu_assembly, host_mcpu
 
     assert host_mcpu(SPR_FLAGS) == "sapphirerapids"
-    asm = _asm(_build(_qmatmul_model(xdt), mcpu, use_vnni=True))
+    asm = cpu_assembly(_build(_qmatmul_model(xdt), mcpu, use_vnni=True))
     assert _count(asm, "vpdpbusd") > 0, f"no vpdpbusd in the {mcpu} build"
     assert _count(asm, "vpdpbusds") == 0
     assert _count(asm, "vpmaddubsw") == 0
@@ -233,7 +221,7 @@ def test_avx2_kernel_has_no_saturating_madd(mcpu: str, xdt: type) -> None:
     """On an AVX2-only CPU the builder takes the int16 path (no VNNI flag) with the -mcpu that
     host_mcpu derives from Zen 3's flags ('haswell'), or explicitly znver3: no ``vpmaddubsw``
     (u8 x s8 pair sums saturate at int16), no VNNI and no AVX-512 register in the code."""
-    from qcompiler.targets.tvm.compile import host_mcpu
+    from qcompiler.targets.tvm.compile import cpu_assembly, host_mcpu
     from qcompiler.targets.tvm.vnni import host_has_vnni
 
     use_vnni = host_has_vnni(ZEN3_FLAGS)
@@ -241,7 +229,7 @@ def test_avx2_kernel_has_no_saturating_madd(mcpu: str, xdt: type) -> None:
     if mcpu == "zen3-as-detected":
         mcpu = host_mcpu(ZEN3_FLAGS)
         assert mcpu == "haswell"
-    asm = _asm(_build(_qmatmul_model(xdt), mcpu, use_vnni=use_vnni))
+    asm = cpu_assembly(_build(_qmatmul_model(xdt), mcpu, use_vnni=use_vnni))
     assert _count(asm, "vpmaddubsw") == 0, f"vpmaddubsw (saturating) in the {mcpu} build"
     assert _count(asm, "vpdpbusd") == 0 and _count(asm, "vpdpbusds") == 0
     assert "%zmm" not in asm, f"AVX-512 registers in the {mcpu} build"

@@ -201,18 +201,13 @@ def test_tvm_avx2_build_of_the_example_is_exact(example) -> None:
     holds no ``vpmaddubsw`` (the saturating u8 x s8 pair multiply)."""
     import tvm
     from qcompiler.targets.tvm.builder import build_module
-    from qcompiler.targets.tvm.compile import compile_module, cpu_target
+    from qcompiler.targets.tvm.compile import compile_module, cpu_assembly, cpu_target
     from tvm import relax
 
     name, out, _ = example
     int_model = onnx.load(str(out / "model.int.onnx"))
     ex = compile_module(build_module(int_model, use_vnni=False).mod, cpu_target("haswell"))
-    mods, asm = [ex.mod], ""
-    while mods:
-        m = mods.pop()
-        mods.extend(m.imports)
-        if m.kind == "llvm":
-            asm += m.inspect_source("asm")
+    asm = cpu_assembly(ex)
     assert "vpmaddubsw" not in asm and "zmm" not in asm and "vpdpbusd" not in asm
     inp = int_model.graph.input[0]
     shape = tuple(d.dim_value or 1 for d in inp.type.tensor_type.shape.dim)

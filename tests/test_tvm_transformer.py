@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qcompiler.passes import integer_functions as fn
 from qcompiler.targets.tvm import emit
 from qcompiler.targets.tvm.builder import build_module
-from qcompiler.targets.tvm.compile import compile_module, cpu_target
+from qcompiler.targets.tvm.compile import compile_module, cpu_assembly, cpu_target
 
 from qcompiler import numerics as nm
 from qcompiler import runtime
@@ -327,16 +327,6 @@ MATMUL_CASES = {  # (x dtype, x shape, weight range, M, y dtype): M % 16 == 0 an
 }
 
 
-def _asm(lib: Compiled) -> str:
-    mods, src = [lib.ex.mod], ""
-    while mods:
-        m = mods.pop()
-        mods.extend(m.imports)
-        if m.kind == "llvm":
-            src += m.inspect_source("asm")
-    return src
-
-
 @pytest.mark.parametrize("case", list(MATMUL_CASES))
 def test_qmatmul_3d_matches_ort_and_numerics(case) -> None:
     from qcompiler.targets.tvm.vnni import host_has_vnni
@@ -359,7 +349,7 @@ def test_qmatmul_3d_matches_ort_and_numerics(case) -> None:
     if wr == 8:
         assert lib.built.packed_weights == ["n0"]
     if m % 16 == 0 and host_has_vnni():  # the kernel really is vpdpbusd, not the int16 fallback
-        assert "vpdpbusd" in _asm(lib)
+        assert "vpdpbusd" in cpu_assembly(lib.ex)
     for i in range(3):
         x = rand_q(rng, xs, xdt)
         if i == 1:  # every row at the input range's ends: the largest |x - x_zp| (u8 255 * s8 -128)

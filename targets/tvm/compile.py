@@ -190,18 +190,31 @@ def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target, *, fast: boo
         raise TargetError(f"TVM build for {target.kind.name} failed: {str(e).splitlines()[-1][:300]}") from e
 
 
-def cuda_source(ex: relax.VMExecutable) -> str:
-    """The generated CUDA C of an executable (the device module imported by the host module)."""
-    mods = [ex.mod]
-    seen = []
+def _modules(ex: relax.VMExecutable) -> list[Any]:
+    """The host module of an executable and every module it imports (kernels, device code)."""
+    mods, seen = [ex.mod], []
     while mods:
         m = mods.pop()
         seen.append(m)
         mods.extend(m.imports)
-    for m in seen:
+    return seen
+
+
+def cuda_source(ex: relax.VMExecutable) -> str:
+    """The generated CUDA C of an executable (the device module imported by the host module)."""
+    for m in _modules(ex):
         if m.kind == "cuda":
             return m.inspect_source("cuda")
     raise TargetError("the CUDA build produced no device module")
+
+
+def cpu_assembly(ex: relax.VMExecutable) -> str:
+    """The assembly of every LLVM module of an executable: how tests check which instructions a CPU
+    build chose (vpdpbusd with VNNI, never the saturating vpmaddubsw) without running it."""
+    src = [m.inspect_source("asm") for m in _modules(ex) if m.kind == "llvm"]
+    if not src:
+        raise TargetError("the build produced no LLVM module")
+    return "\n".join(src)
 
 
 def nvcc_compile(src: str, arch: str, fmt: str) -> bytes:
