@@ -40,7 +40,8 @@ from models import zoo  # noqa: E402
 from qcompiler.budgets import stored_bytes  # noqa: E402 - 2-bit weights (INT4 containers) at 2 bits via the plan
 from qcompiler.cpuinfo import cpu_line, cpu_summary  # noqa: E402
 from qcompiler.evaluate import compare, runner  # noqa: E402
-from qcompiler.pipeline import CompileOptions, compile_model  # noqa: E402
+from qcompiler.options import CompileOptions  # noqa: E402
+from qcompiler.pipeline import compile_model  # noqa: E402
 
 
 def ort_quantize(model_path: Path, calib: np.ndarray, out: Path, **kw) -> tuple[float, float]:

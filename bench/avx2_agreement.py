@@ -37,7 +37,8 @@ from accuracy import ort_quantize  # noqa: E402
 from models import zoo  # noqa: E402
 from qcompiler.cpuinfo import cpu_line, cpu_summary  # noqa: E402
 from qcompiler.evaluate import predictions, runner  # noqa: E402
-from qcompiler.pipeline import CompileOptions, compile_model  # noqa: E402
+from qcompiler.options import CompileOptions  # noqa: E402
+from qcompiler.pipeline import compile_model  # noqa: E402
 
 EMULATED_CPU = "EPYC-Milan"
 _RUN = """

@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from qcompiler.passes.assign_bits import assign, synthetic_problem
-
 from qcompiler.budgets import parse_budget
 from qcompiler.cpuinfo import cpu_line, cpu_summary
+from qcompiler.ilp import assign
+from qcompiler.synthetic_ilp import synthetic_problem
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,8 @@ from qcompiler.targets.mcu.reference import IntReference, quantize_input
 from qcompiler.targets.mcu.testmodels import small_mobilenet, small_mobilenet_calib
 
 from qcompiler.cpuinfo import cpu_line, cpu_summary
-from qcompiler.pipeline import CompileOptions, compile_model
+from qcompiler.options import CompileOptions
+from qcompiler.pipeline import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MBV2_SIZE = 128  # MobileNetV2's MCU input size (same ImageNet weights; FP32 top-1 on the photo views 0.708)

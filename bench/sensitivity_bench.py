@@ -31,20 +31,20 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qcompiler.passes.annotate_sensitivity import (  # noqa: E402
-    DEFAULT_MAX_SAMPLES,
-    AnnotateSensitivity,
-    iter_samples,
-    make_batchable,
-    plan_output_kl,
-    reference_outputs,
-)
-from qcompiler.passes.assign_bits import build_problem, solve  # noqa: E402
+from qcompiler.passes.annotate_sensitivity import AnnotateSensitivity  # noqa: E402
 
 from models import zoo  # noqa: E402
+from qcompiler import stages  # noqa: E402
+from qcompiler.cost_rows import build_problem  # noqa: E402
 from qcompiler.cpuinfo import cpu_line, cpu_summary  # noqa: E402
+from qcompiler.ilp import solve  # noqa: E402
+from qcompiler.ir import node_names_unique  # noqa: E402
+from qcompiler.options import CompileOptions  # noqa: E402
 from qcompiler.passmanager import PassContext, PassManager  # noqa: E402
-from qcompiler.pipeline import canonicalize, load_model  # noqa: E402
+from qcompiler.pipeline import load_model  # noqa: E402
+from qcompiler.sensitivity.outputs import reference_outputs  # noqa: E402
+from qcompiler.sensitivity.samples import DEFAULT_MAX_SAMPLES, iter_samples, make_batchable  # noqa: E402
+from qcompiler.sensitivity.whole_plan import plan_output_kl  # noqa: E402
 
 log = logging.getLogger("sensitivity_bench")
 
@@ -92,8 +92,8 @@ def main() -> None:
     path = zoo.get_model(args.model)
     calib = zoo.get_calib_data(args.model, args.calib).astype(np.float32)
     model, _, _ = load_model(path)
-    ctx0 = PassContext(settings={"bits": [4, 8]})
-    model = canonicalize(model, ctx0)
+    ctx0 = PassContext(options=CompileOptions(bits=[4, 8]))
+    model = node_names_unique(stages.manager(stages.CANONICALIZE, ctx0).run(model, ctx0))
     name = model.graph.input[0].name
     feeds = [{name: calib[i:i + 1]} for i in range(len(calib))]
 
@@ -105,15 +105,16 @@ def main() -> None:
     spec = InputSpec(name, tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim),
                      np.dtype(np.float32))
     ctx = PassContext(calib=CalibrationData.from_source(feeds, [spec]),
-                      settings={"bits": [4, 8], "act_bits": [4, 8], "observer": "minmax",
-                                "sensitivity_samples": args.samples or DEFAULT_MAX_SAMPLES})
+                      options=CompileOptions(bits=[4, 8], observer="minmax",
+                                             sensitivity_samples=args.samples or DEFAULT_MAX_SAMPLES),
+                      act_bits=[4, 8])
     t0 = time.perf_counter()
     model = PassManager([FindQuantizableLayers(), CalibrateRanges()]).run(model, ctx)
     t_calib = time.perf_counter() - t0
     # every candidate measured (the reference) vs one anchor measured and the others estimated
     t0 = time.perf_counter()
     PassManager([AnnotateSensitivity()]).run(model, dataclasses.replace(
-        ctx, settings={**ctx.settings, "sensitivity_estimate": False}))
+        ctx, options=dataclasses.replace(ctx.options, sensitivity_estimate=False)))
     t_full = time.perf_counter() - t0
     full = {n: dict(lp.sensitivity) for n, lp in ctx.plan.layers.items()}
     t0 = time.perf_counter()
@@ -127,8 +128,8 @@ def main() -> None:
 
     t_hess = None
     if args.hessian:
-        hctx = PassContext(calib=ctx.calib, plan=ctx.plan, settings={"sensitivity": "hessian",
-                                                                      "hutchinson_iters": 20})
+        hctx = PassContext(calib=ctx.calib, plan=ctx.plan,
+                           options=CompileOptions(sensitivity="hessian", hutchinson_iters=20))
         saved = {n: dict(lp.sensitivity) for n, lp in ctx.plan.layers.items()}
         t0 = time.perf_counter()
         PassManager([AnnotateSensitivity()]).run(model, hctx)

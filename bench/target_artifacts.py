@@ -1,5 +1,5 @@
-"""Byte-identity guard for refactors of the target code: compile the Fashion CNN for each target and
-record (or compare) the sha256 of every file in each output directory.
+"""Byte-identity guard for refactors: compile every zoo model (and MiniLM) for each target and pipeline
+branch, and record (or compare) the sha256 of every file in each output directory.
 
 Why a script and not only tests/test_determinism.py: that test compares two runs of the *same* code;
 a refactor must compare runs of *two* codes (before / after), so the hashes of the first are kept in
@@ -29,20 +29,54 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "fashion_cnn.onnx"
 CALIB = ROOT / "models" / "data" / "fashion_calib.npz"
+sys.path.insert(0, str(ROOT))  # models/ (the zoo) when run as ``python bench/target_artifacts.py``
 
-# case name -> qcompile flags (besides the model, --calib and -o)
-CASES: dict[str, list[str]] = {
-    "ort-cpu": ["--target", "ort-cpu"],
-    "cpu": ["--target", "cpu"],
-    "mcu": ["--target", "mcu"],
-    "ort-cpu-size60": ["--target", "ort-cpu", "--size-budget", "60%"],
-    "cuda": ["--target", "cuda"],  # builds lib.so + model.cu/.ptx/.cubin with nvcc; no GPU needed
+# case name -> (model, qcompile flags besides the model, --calib and -o). Models: the zoo (models/zoo.py)
+# and MiniLM (models/minilm.py, calibrated from its built-in sentences: no --calib file); the CNNs'
+# calibration files are written from models.zoo.get_calib_data. Each pipeline branch is covered:
+# plain 8-bit, budgets (sensitivity + ILP), the MCU cost model, the encoder with AWQ 4-bit weights.
+CASES: dict[str, tuple[str, list[str]]] = {
+    "ort-cpu": ("fashion_cnn", ["--target", "ort-cpu"]),
+    "cpu": ("fashion_cnn", ["--target", "cpu"]),
+    "mcu": ("fashion_cnn", ["--target", "mcu"]),
+    "ort-cpu-size60": ("fashion_cnn", ["--target", "ort-cpu", "--size-budget", "60%"]),
+    "cuda": ("fashion_cnn", ["--target", "cuda"]),  # builds lib.so + model.cu/.ptx/.cubin with nvcc
+    "mbv2-fashion-ort-cpu": ("fashion_mbv2", ["--target", "ort-cpu"]),
+    "mbv2-fashion-mcu-size70": ("fashion_mbv2", ["--target", "mcu", "--size-budget", "70%"]),
+    "mbv2-fashion-pareto": ("fashion_mbv2", ["--target", "ort-cpu", "--pareto", "3"]),
+    "mobilenet_v2-ort-cpu": ("mobilenet_v2", ["--target", "ort-cpu"]),
+    "mobilenet_v2-cpu": ("mobilenet_v2", ["--target", "cpu"]),
+    "mobilenet_v2-size60": ("mobilenet_v2", ["--target", "ort-cpu", "--size-budget", "60%"]),
+    "efficientnet_lite0-ort-cpu": ("efficientnet_lite0", ["--target", "ort-cpu"]),
+    "efficientnet_lite0-cpu": ("efficientnet_lite0", ["--target", "cpu"]),
+    "minilm-ort-cpu": ("minilm", ["--target", "ort-cpu"]),
+    "minilm-cpu": ("minilm", ["--target", "cpu"]),
+    "minilm-size60": ("minilm", ["--target", "ort-cpu", "--size-budget", "60%"]),
 }
 # run unless --case picks: the CUDA build only where nvcc is installed
 DEFAULT_CASES = [c for c in CASES if c != "cuda" or shutil.which("nvcc")]
+CALIB_SAMPLES = 16  # ImageNet models: enough for every pass, small enough for a quick guard
+
+
+def model_inputs(name: str, tmp: Path) -> tuple[Path, Path | None]:
+    """(model file, calibration file or None) for a case's model, built once per run into ``tmp``."""
+    if name in ("fashion_cnn", "fashion_mbv2"):  # both read the committed Fashion-MNIST calibration slice
+        return ROOT / "models" / f"{name}.onnx", CALIB
+    if name == "minilm":
+        from models import minilm
+
+        return minilm.onnx_path(), None
+    from models import zoo
+
+    calib = tmp / f"{name}_calib.npz"
+    if not calib.exists():
+        np.savez(calib, input=zoo.get_calib_data(name, n=CALIB_SAMPLES))
+    return zoo.get_model(name), calib
 
 
 def _package_tree(source: Path, into: Path) -> Path:
@@ -60,11 +94,13 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def compile_case(flags: list[str], out: Path, pythonpath: Path | None) -> dict[str, str]:
+def compile_case(model: Path, calib: Path | None, flags: list[str], out: Path,
+                 pythonpath: Path | None) -> dict[str, str]:
     env = {**os.environ, "PYTHONHASHSEED": "0", "QCOMPILE_PROGRESS": "0"}
     if pythonpath is not None:  # a plain sys.path entry is found before the editable install's finder
         env["PYTHONPATH"] = str(pythonpath)
-    cmd = [sys.executable, "-m", "qcompiler", str(MODEL), "--calib", str(CALIB), "-o", str(out), "-q", *flags]
+    cmd = [sys.executable, "-m", "qcompiler", str(model), *(["--calib", str(calib)] if calib else []),
+           "-o", str(out), "-q", *flags]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=out.parent)
     if r.returncode != 0:
         sys.exit(f"{' '.join(flags)}: qcompile failed (exit {r.returncode}):\n{r.stderr}")
@@ -88,7 +124,9 @@ def run_all(source: Path | None, cases: list[str]) -> dict[str, dict[str, str]]:
         result = {}
         for name in cases:
             out = tmp / name
-            result[name] = compile_case(CASES[name], out, pythonpath)
+            model_name, flags = CASES[name]
+            model, calib = model_inputs(model_name, tmp)
+            result[name] = compile_case(model, calib, flags, out, pythonpath)
             shutil.rmtree(out)
             print(f"{name}: {len(result[name])} files", file=sys.stderr)
         return result

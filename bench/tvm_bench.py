@@ -85,11 +85,12 @@ def _ort_int8(float_path: Path, calib: np.ndarray, out: Path) -> Path:
 
 
 def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[dict[str, Any]]:
-    from qcompiler.targets.tvm import emit
+    from qcompiler.targets.tvm.library import emit
+    from qcompiler.targets.tvm.runtime import CompiledModel
 
     from models import zoo
-    from qcompiler.pipeline import CompileOptions, compile_model
-    from qcompiler.runtime import CompiledModel
+    from qcompiler.options import CompileOptions
+    from qcompiler.pipeline import compile_model
 
     float_path = zoo.get_model(name)
     calib = zoo.get_calib_data(name, 32).astype(np.float32)

@@ -6,8 +6,8 @@ One run, one table; every number is also a ratio to ONNX Runtime on the same int
 * ``ort_fp32``: the float encoder in ORT (all graph optimizations);
 * ``ort_qdq``: the W8A8 QDQ model in ORT (ORT fuses QDQ into its own int8 kernels; float requantize);
 * ``ort_int``: ``model.int.onnx`` in ORT (the integer-only reference, all optimizations);
-* ``tvm_cpu``: ``qcompiler.targets.tvm.emit(model.int.onnx, target="cpu")``, called through
-  ``qcompiler.runtime`` with inputs already in TVM tensors.
+* ``tvm_cpu``: ``qcompiler.targets.tvm.library.emit(model.int.onnx, target="cpu")``, called through
+  ``qcompiler.targets.tvm.runtime`` with inputs already in TVM tensors.
 
 Inputs are real sentences (models/sentences.py); the TVM output is checked byte-identical to
 ``ort_int`` on each of them before timing. Writes JSON (``--json``).
@@ -64,22 +64,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from qcompiler.passes.lower_to_integer import lower_and_fuse
-    from qcompiler.passes.quantize_transformer import quantize_transformer
-    from qcompiler.targets.tvm import emit
     from qcompiler.targets.tvm.compile import host_mcpu
+    from qcompiler.targets.tvm.library import emit
+    from qcompiler.targets.tvm.runtime import CompiledModel
 
     from models import minilm, sentences
+    from qcompiler import stages
     from qcompiler.cpuinfo import cpu_line, cpu_summary
     from qcompiler.ort_session import session
+    from qcompiler.passmanager import PassContext
     from qcompiler.plan import QuantPlan
-    from qcompiler.runtime import CompiledModel
+    from qcompiler.transformer_qdq import quantize_transformer
 
     fm = onnx.load(str(minilm.onnx_path()))
     pre = minilm.Preprocessor()
     ss = sentences.sentences(256)
     qdq = quantize_transformer(fm, [pre(s) for s in ss[200:]])
-    im = lower_and_fuse(qdq, QuantPlan(model="minilm"))
+    ctx = PassContext(model_name="minilm", plan=QuantPlan(model="minilm"))
+    im = stages.manager(stages.TO_INTEGER, ctx).run(qdq, ctx)
     feeds = [pre(s) for s in ss[:8]]
     with tempfile.TemporaryDirectory(prefix="tvm-minilm-") as tmp:
         t = time.perf_counter()

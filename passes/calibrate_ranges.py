@@ -9,15 +9,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qcompiler.activation_stats import ChannelMeans, range_stats_of, tensor_batches
 from qcompiler.calibration import OBSERVERS, RangeObserver
 from qcompiler.conditions import ALL_SHAPES_KNOWN, NO_QDQ, RANGES_KNOWN
 from qcompiler.errors import CalibrationError, NumericsError, QCompileError, UnsupportedModelError
 from qcompiler.ir import graph_inputs
-from qcompiler.ort_session import session, with_outputs
-from qcompiler.overlap import ahead
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
 from qcompiler.plan import TensorQuant
+from qcompiler.qdq_layout import quantized_tensors
 from qcompiler.quantize import node_weight_axis, search_weight_scales_in_background
+from qcompiler.ties import SAME_SCALE_OPS, quantizer_roots
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ def tensors_with_own_range(model: onnx.ModelProto) -> list[str]:
     out for nothing: on MobileNetV2 65 of 152 tensors, a third of the values, and 40% less
     calibration time.
     """
-    from qcompiler.passes.insert_qdq import SAME_SCALE_OPS, quantized_tensors
-
     producer = {o: n for n in model.graph.node for o in n.output}
     graph_outputs = {o.name for o in model.graph.output}
     own: list[str] = []
@@ -86,44 +85,36 @@ class CalibrateRanges(Pass):
     ensures = (RANGES_KNOWN,)
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        method = ctx.settings.get("observer", "mse")
+        method = ctx.options.observer
         if method not in OBSERVERS:
             raise CalibrationError(f"unknown observer '{method}'", hint=f"use one of {', '.join(OBSERVERS)}")
         names = list(dict.fromkeys(tensors_with_own_range(model)))
         # Per-channel means of every layer input, gathered on the same pass: bias correction needs
         # E[x] and would otherwise run the float model over the data once more.
-        # input -> its channel axis: 1 for a Conv's input of any rank (NCL, NCHW, NCDHW), the last for Gemm/MatMul
-        layer_inputs = {lp.input: 1 if lp.op_type in ("Conv", "ConvTranspose") else -1
-                        for lp in ctx.plan.layers.values()}
-        fetch = names + sorted(set(layer_inputs) - set(names))  # e.g. a Flatten output: mean, no range
-        try:
-            sess = session(with_range_stats(with_outputs(model, fetch), names if method != "minmax" else []))
-        except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors for models it cannot run
-            raise _ort_error(model, e, "load") from None
-        outs = [o.name for o in sess.get_outputs()]
+        means = ChannelMeans({lp.input: 1 if lp.op_type in ("Conv", "ConvTranspose") else -1
+                              for lp in ctx.plan.layers.values()})
+        fetch = names + sorted(set(means.channel_axis) - set(names))  # e.g. a Flatten output: mean, no range
+        batches = tensor_batches(model, fetch, ctx.calib.batches(), range_stats=names if method != "minmax" else (),
+                                 errors=lambda e, what: _ort_error(model, e, what))
         obs = {n: RangeObserver() for n in names}
-        sums: dict[str, np.ndarray] = {}
         # len() streams the data once just to count it: only worth it for a progress bar
         advance = ctx.progress("calibrating", len(ctx.calib)) if ctx.progress else None
-        total = 0
-
-        def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-            try:
-                return sess.run(outs, feed)
-            except Exception as e:  # noqa: BLE001 - as above
-                raise _ort_error(model, e, "run") from None
-
         # One pass: min/max and a self-widening histogram together. ONNX Runtime computes the next
         # sample (GIL released) while numpy bins this one, and the weights' clip searches run
         # beside both: on 2 cores the calibration takes the time of its longest part, not the sum.
         with search_weight_scales_in_background(weight_jobs(model, ctx)):
-            for results in ahead(run, ctx.calib.batches()):
-                total += 1
-                self._observe(outs, results, obs, method, layer_inputs, sums)
+            for batch in batches:
+                for name, o in obs.items():
+                    if method == "minmax":
+                        o.update_minmax(batch[name])
+                    else:
+                        o.update(batch[name], range_stats_of(batch, name))
+                means.update(batch)
                 if advance:
                     advance(1)
+        total = means.batches
         ctx.artifacts["range_observers"] = obs  # histograms, O(bins) each: for sensitivity and reports
-        ctx.artifacts["input_channel_means"] = {k: v / max(total, 1) for k, v in sums.items()}
+        ctx.artifacts["input_channel_means"] = means.means()
         graph_outputs = {o.name for o in model.graph.output}
         producer = {o: nd for nd in model.graph.node for o in nd.output}
         for name, o in obs.items():
@@ -137,8 +128,6 @@ class CalibrateRanges(Pass):
             lo, hi = o.range("minmax" if name in graph_outputs else method)
             ctx.plan.tensors[name] = TensorQuant(bits=8, signed=False, scale=[], zero_point=[],
                                                  range=[float(np.float32(lo)), float(np.float32(hi))])
-        from qcompiler.passes.insert_qdq import quantizer_roots
-
         for name, root in quantizer_roots(model).items():  # MaxPool/view outputs: their quantizer's range
             if name not in obs and root in ctx.plan.tensors:
                 ctx.plan.tensors[name] = TensorQuant(bits=8, signed=False, scale=[], zero_point=[],
@@ -153,58 +142,13 @@ class CalibrateRanges(Pass):
         log.info("calibrated %d tensors on %d samples (%s)", len(names), total, method)
         return PassResult(model, False)
 
-    @staticmethod
-    def _observe(outs: list[str], results: list[np.ndarray], obs: dict[str, RangeObserver], method: str,
-                 layer_inputs: dict[str, int], sums: dict[str, np.ndarray]) -> None:
-        got = dict(zip(outs, results))
-        for name, arr in zip(outs, results):
-            if name in obs:
-                if method == "minmax":
-                    obs[name].update_minmax(arr)
-                else:
-                    stats = tuple(got.get(f"{name}{suffix}") for suffix in STATS)
-                    obs[name].update(arr, None if any(v is None for v in stats) else stats)
-            if name in layer_inputs and arr.ndim >= 2:
-                ax = 1 if layer_inputs[name] == 1 else arr.ndim - 1
-                red = tuple(i for i in range(arr.ndim) if i != ax)
-                m = arr.mean(axis=red, dtype=np.float64)
-                sums[name] = sums[name] + m if name in sums else m
-
-
-STATS = ("__qc_min", "__qc_max", "__qc_nonfinite")  # output suffixes of with_range_stats
-
-
-def with_range_stats(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """``model`` also returning, per tensor in ``names``, its min, its max and ``sum(x * 0)`` (NaN
-    exactly when the tensor holds a NaN or an infinity), as scalars.
-
-    Why: ONNX Runtime computes them on its own thread, next to the tensor it just wrote, while
-    numpy bins the previous sample; in numpy they were two of the histogram's five passes.
-    """
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    if not names:
-        return m
-    zero = "__qc_zero"
-    m.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), zero))
-    for t in names:
-        lo, hi, nf = (f"{t}{s}" for s in STATS)
-        m.graph.node.extend([
-            onnx.helper.make_node("ReduceMin", [t], [lo], keepdims=0, name=lo),
-            onnx.helper.make_node("ReduceMax", [t], [hi], keepdims=0, name=hi),
-            onnx.helper.make_node("Mul", [t, zero], [f"{nf}_x0"], name=f"{nf}_x0"),
-            onnx.helper.make_node("ReduceSum", [f"{nf}_x0"], [nf], keepdims=0, name=nf),
-        ])
-        m.graph.output.extend(onnx.helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, []) for v in (lo, hi, nf))
-    return m
-
 
 def weight_jobs(model: onnx.ModelProto, ctx: PassContext) -> list[tuple[np.ndarray, int, int]]:
     """(weight, bits, axis) of every planned layer at every weight width the compile may choose:
     the clip searches that sensitivity and InsertQDQ will ask :func:`weight_scales` for."""
     inits = {t.name: t for t in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
-    bits = sorted({int(b) for b in ctx.settings.get("bits", [8])} & {2, 4, 8}) or [8]
+    bits = sorted(set(ctx.bits) & {2, 4, 8}) or [8]
     jobs = []
     for name, lp in ctx.plan.layers.items():
         node, w = nodes.get(name), inits.get(lp.weight)

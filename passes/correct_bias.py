@@ -13,36 +13,19 @@ inputs (measured on MobileNetV2: agreement fell from 95% to 25%).
 from __future__ import annotations
 
 import logging
+from itertools import islice
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qcompiler.activation_stats import ChannelMeans, tensor_batches
 from qcompiler.conditions import IS_QDQ
-from qcompiler.ort_session import session, with_outputs
 from qcompiler.passmanager import Pass, PassContext, PassResult
 
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 64
-
-
-def _input_channel_means(model: onnx.ModelProto, names: list[str], ctx: PassContext,
-                         limit: int, conv_inputs: set[str]) -> dict[str, np.ndarray]:
-    """Per-channel mean of each named tensor (axis 1 for a Conv's input of any rank, the last axis for a
-    Gemm/MatMul's); O(channels) memory."""
-    sess = session(with_outputs(model, names))
-    sums: dict[str, np.ndarray] = {}
-    n = 0
-    for feed in ctx.calib.batches():
-        for name, a in zip(names, sess.run(names, feed)):
-            ax = 1 if name in conv_inputs else a.ndim - 1
-            red = tuple(i for i in range(a.ndim) if i != ax)
-            sums[name] = sums.get(name, 0) + a.astype(np.float64).mean(axis=red)
-        n += 1
-        if n >= limit:
-            break
-    return {k: v / n for k, v in sums.items()}
 
 
 def weight_shift(op_type: str, delta: np.ndarray, mean_x: np.ndarray, group: int = 1,
@@ -68,7 +51,7 @@ class CorrectBias(Pass):
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         float_model = ctx.artifacts.get("float_model")
-        if float_model is None or ctx.calib is None or ctx.settings.get("bias_correction") is False:
+        if float_model is None or ctx.calib is None or not ctx.options.bias_correction:
             return PassResult(model, False)
         inits = {t.name: t for t in model.graph.initializer}
         layers = {n: lp for n, lp in ctx.plan.layers.items() if f"{n}.b_q" in inits and f"{n}.w_q" in inits}
@@ -78,9 +61,12 @@ class CorrectBias(Pass):
         nodes = {n.name: n for n in float_model.graph.node}
         wanted = sorted({lp.input for lp in layers.values()})
         means = ctx.artifacts.get("input_channel_means") or {}  # gathered by calibrate_ranges' pass
-        if any(n not in means for n in wanted):
-            conv_inputs = {lp.input for lp in layers.values() if lp.op_type in ("Conv", "ConvTranspose")}
-            means = _input_channel_means(float_model, wanted, ctx, MAX_SAMPLES, conv_inputs)
+        if any(n not in means for n in wanted):  # run without calibrate_ranges: a pass of its own
+            stats = ChannelMeans({lp.input: 1 if lp.op_type in ("Conv", "ConvTranspose") else -1
+                                  for lp in layers.values()})
+            for batch in tensor_batches(float_model, wanted, islice(ctx.calib.batches(), MAX_SAMPLES)):
+                stats.update(batch)
+            means = stats.means()
         for lname, lp in layers.items():
             node = nodes[lname]
             w = numpy_helper.to_array(float_inits[lp.weight]).astype(np.float64)

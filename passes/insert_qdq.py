@@ -18,14 +18,12 @@ Layout (the lowering pass relies on it, see docs/INTEGER_GRAPH.md):
 - MaxPool, Reshape, Flatten, Transpose, Squeeze, Unsqueeze outputs reuse their
   input's scale and zero point (they move values, they do not change them; a max of
   quantized values is the quantized max, so the integer op is exact on either grid).
-  Such a chain is one quantizer (:func:`quantizer_roots`): its bit-width is the widest
+  Such a chain is one quantizer (:func:`qcompiler.ties.quantizer_roots`): its bit-width is the widest
   activation bits of the layers that read any tensor of it, so a layer behind a MaxPool
   gets the 4-bit input it was planned with, and the tensor before the MaxPool is 4-bit too.
 """
 
 from __future__ import annotations
-
-import logging
 
 import ml_dtypes
 import numpy as np
@@ -35,77 +33,21 @@ from onnx import TensorProto, helper
 
 from qcompiler.conditions import ALL_SHAPES_KNOWN, IS_QDQ, NO_QDQ, RANGES_KNOWN, SAME_SIGN_PRODUCTS
 from qcompiler.errors import NumericsError
-from qcompiler.ir import consumers, from_gs, graph_inputs, initializers, to_gs, value_dtypes
+from qcompiler.ir import from_gs, initializers, to_gs
 from qcompiler.numerics import weight_storage
 from qcompiler.passmanager import Pass, PassContext, PassResult
-from qcompiler.plan import QuantPlan, TensorQuant
+from qcompiler.plan import TensorQuant
+from qcompiler.qdq_layout import activation_bits, fused_activations, quantized_tensors
 from qcompiler.quantize import (
     activation_qparams,
     bias_safe_scales,
+    bias_scale,
+    node_weight_axis,
     quantize_bias,
     quantize_weight,
-    weight_axis,
     weight_scales,
 )
-
-log = logging.getLogger(__name__)
-
-SAME_SCALE_OPS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"}
-ACTIVATION_OPS = {"Relu", "Clip"}
-FUSES_ACTIVATION = {"Conv", "Gemm", "MatMul", "Add"}
-
-
-def fused_activations(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
-    """A Conv/Gemm/MatMul/Add output read only by one Relu/Clip (and not a graph output) -> (its
-    node, the Relu/Clip's output): the clamp becomes the integer clamp, so only the latter is
-    quantized."""
-    readers = consumers(model)
-    graph_outputs = {o.name for o in model.graph.output}
-    fused: dict[str, tuple[str, str]] = {}
-    for n in model.graph.node:
-        if n.op_type not in FUSES_ACTIVATION:
-            continue
-        for out in n.output:
-            users = readers.get(out, [])
-            if len(users) == 1 and users[0].op_type in ACTIVATION_OPS and out not in graph_outputs:
-                fused[out] = (n.name, users[0].output[0])
-    return fused
-
-
-def quantized_tensors(model: onnx.ModelProto) -> list[str]:
-    """The float tensors this pass puts a QuantizeLinear on, each with its own scale and zero point
-    initializers: graph inputs and every float node output but the fused pre-activation ones.
-    Calibration observes (a subset of) them and the size budget counts their qparams."""
-    dtypes = value_dtypes(model)
-    fused = fused_activations(model)
-    names = [vi.name for vi in graph_inputs(model)]
-    names += [o for n in model.graph.node for o in n.output
-              if o and dtypes.get(o) == TensorProto.FLOAT and o not in fused]
-    return names
-
-
-def quantizer_roots(model: onnx.ModelProto) -> dict[str, str]:
-    """Each tensor made by a same-scale op (MaxPool, views) -> the tensor whose quantizer it shares.
-
-    Why: those ops move values without changing them, so their output keeps the input's scale,
-    zero point and bit-width; the bit-assignment ILP ties the activation bits of the layers that
-    read one chain, and the MCU arena model maps packed tensors to those layers through it.
-    """
-    root: dict[str, str] = {}
-    for n in model.graph.node:  # topological order
-        if n.op_type in SAME_SCALE_OPS and n.input and n.input[0] and n.output:
-            root[n.output[0]] = root.get(n.input[0], n.input[0])
-    return root
-
-
-def activation_bits(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, int]:
-    """Bit-width of each quantizer root that a planned layer reads (the widest such layer's choice)."""
-    root = quantizer_roots(model)
-    bits: dict[str, int] = {}
-    for lp in plan.layers.values():
-        r = root.get(lp.input, lp.input)
-        bits[r] = max(bits.get(r, 0), lp.act_bits)
-    return bits
+from qcompiler.ties import SAME_SCALE_OPS, quantizer_roots
 
 
 def _act_type(bits: int, signed: bool) -> int:
@@ -141,6 +83,7 @@ class InsertQDQ(Pass):
         root = quantizer_roots(model)
         act_bits = activation_bits(model, plan)
         by_node = {n.name: n for n in graph.nodes}
+        onnx_nodes = {n.name: n for n in model.graph.node}
 
         # which float tensors carry a Q/DQ pair
         producer = {t.name: t.inputs[0] for t in tensors.values() if isinstance(t, gs.Variable) and t.inputs}
@@ -168,7 +111,7 @@ class InsertQDQ(Pass):
         for lname, lp in plan.layers.items():
             node = by_node[lname]
             w = inits[lp.weight]
-            axis = weight_axis(node.op, attr_trans_b(node))
+            axis = node_weight_axis(onnx_nodes[lname])
             s_w = weight_scales(w, lp.weight_bits, axis)
             has_bias = len(node.inputs) > 2 and node.inputs[2].name in inits
             s_w = bias_safe_scales(s_w, inits[node.inputs[2].name] if has_bias else None,
@@ -204,7 +147,7 @@ class InsertQDQ(Pass):
                 s_x = plan.tensors[lp.input].scale[0]
                 qb = quantize_bias(inits[bname], s_x, s_w)
                 b_dq = gs.Variable(f"{lname}.b_dq", dtype=np.float32, shape=list(qb.shape))
-                bs = (np.float32(s_x) * s_w).astype(np.float32)
+                bs = bias_scale(s_x, s_w)
                 graph.nodes.append(gs.Node("DequantizeLinear", name=f"{lname}.b_DQ", attrs={"axis": 0},
                                            inputs=[const(f"{lname}.b_q", qb), const(f"{lname}.b_scale", bs),
                                                    const(f"{lname}.b_zp", np.zeros(len(bs), np.int32))],
@@ -238,9 +181,3 @@ class InsertQDQ(Pass):
         out = from_gs(graph, model)
         out.graph.initializer.extend(new_inits)
         return PassResult(out, True)
-
-
-def attr_trans_b(node: gs.Node) -> int:
-    return int(node.attrs.get("transB", 0)) if node.op == "Gemm" else 0
-
-

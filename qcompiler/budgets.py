@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +109,11 @@ def _check_positive(kind: str, text: str, value: float) -> None:
                           hint=_EXAMPLES[kind])
 
 
+def parse_budgets(texts: Mapping[str, str | None]) -> dict[str, Budget]:
+    """The budgets the user gave (``CompileOptions.budgets``: {kind: text}), parsed; empty ones dropped."""
+    return {k: parse_budget(k, v) for k, v in texts.items() if v}
+
+
 def format_value(kind: str, value: float) -> str:
     """Human form of an absolute value, the same unit family the flag accepts."""
     if kind in ("size", "sram", "flash"):
@@ -139,7 +145,7 @@ def stored_bytes(model: Any, plan: Any = None, *, qparams: bool = True) -> int:
     2-bit weights sit in INT4 initializers (ONNX INT2 needs opset 25) and store at 2 bits.
     ``qparams=False`` leaves out the scales and zero points of QuantizeLinear/DequantizeLinear
     (weights, int32 biases and other constants only). The size budget counts them too
-    (passes/assign_bits.py ``_qparam_bytes``).
+    (``qcompiler.cost_rows.qparam_bytes``).
     """
     import numpy as np
     from onnx import TensorProto

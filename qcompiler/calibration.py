@@ -79,7 +79,12 @@ def _load_npy(path: Path) -> np.ndarray:
         raise _unreadable(path, ".npy") from None
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a .npz file, each member's header checked before numpy allocates it.
+
+    Why here: calibration and ``--eval`` data come from users; a pickle or an impossible size is
+    refused with a CalibrationError instead of being loaded.
+    """
     try:
         with zipfile.ZipFile(path) as zf:  # check every member's header before numpy allocates it
             for info in zf.infolist():
@@ -210,7 +215,7 @@ class CalibrationData:
             if s == ".npy":
                 yield _load_npy(f)
             elif s == ".npz":
-                yield _load_npz(f)
+                yield load_npz(f)
             else:
                 if len(specs) != 1:
                     raise CalibrationError("image calibration data needs a model with one input",
@@ -312,7 +317,7 @@ class RangeObserver:
         """Fold a batch into min/max and the self-widening histogram.
 
         ``stats``: the batch's (min, max, sum of a * 0) computed elsewhere (in the ONNX Runtime run,
-        :func:`passes.calibrate_ranges.with_range_stats`), so numpy does not pass over the data twice
+        :func:`qcompiler.activation_stats.with_range_stats`), so numpy does not pass over the data twice
         more; the last one is NaN exactly when the batch holds a NaN or an infinity.
         """
         a = np.asarray(a).ravel()

@@ -124,20 +124,6 @@ def _parse_bits(text: str | None) -> list[int] | None:
     return bits
 
 
-def _check_flags(args: argparse.Namespace) -> None:
-    """Refuse malformed numbers before any work, so a typo costs nothing and leaves nothing behind."""
-    from .budgets import KINDS, parse_budget
-
-    for kind in BUDGET_FLAGS:
-        text = getattr(args, f"{kind}_budget")
-        if text is not None and kind in KINDS:
-            parse_budget(kind, text)  # raises BudgetError naming the flag and a valid example
-    for flag, value, least in (("--calib-samples", args.calib_samples, 1), ("--pareto", args.pareto, 0),
-                               ("--tune", args.tune, 0), ("--group-size", args.group_size, 1)):
-        if value is not None and value < least:
-            raise FlagError(f"{flag} {value} must be at least {least}", hint="see qcompile --help")
-
-
 def _check_inputs_outside(out: Path, inputs: dict[str, str | None]) -> None:
     """The output directory is replaced as a whole: it must not be, or hold, one of the inputs."""
     o = out.resolve()
@@ -205,10 +191,10 @@ def compile_main(argv: Sequence[str]) -> int:
     from rich.console import Console
 
     from .importer import parse_input_shapes
-    from .pipeline import CompileOptions, compile_model
+    from .options import CompileOptions
+    from .pipeline import compile_model
 
     args = build_parser().parse_args(list(argv))
-    _check_flags(args)
     console = Console(stderr=False)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 
 from .ir import OPSET, graph_inputs, value_shapes
+from .layers import find_layers, fmt
 from .passmanager import Condition, PassContext
 
 
@@ -77,3 +78,50 @@ RANGES_KNOWN = Condition("activation ranges calibrated", _ranges_known)
 IS_QDQ = Condition("a QDQ model", _is_qdq)
 SAME_SIGN_PRODUCTS = Condition("no uint8 x int8 integer product", _same_sign_products)
 NO_QDQ = Condition("a float model (no QDQ yet)", _no_ops("QuantizeLinear", "DequantizeLinear"))
+
+
+def _layers_found(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    return None if ctx.plan.layers else "no Conv/Gemm/MatMul with constant weights"
+
+
+def _scored(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    if not ctx.plan.layers:
+        return "the plan has no layers (run annotate_sensitivity first)"
+    for name, lp in ctx.plan.layers.items():
+        if not lp.sensitivity:
+            return f"layer '{name}' has no sensitivity (run annotate_sensitivity first)"
+    return None
+
+
+def _solved(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    for name, lp in ctx.plan.layers.items():
+        if [lp.weight_bits, lp.act_bits] not in [list(c) for c in lp.candidates]:
+            return f"layer '{name}' got w{lp.weight_bits}a{lp.act_bits}, not one of its candidates"
+    return None
+
+
+def _has_layers(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    return None if ctx.plan.layers or find_layers(model) else "the model has no Conv/Gemm/MatMul with a weight"
+
+
+def _all_scored(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    for name, lp in ctx.plan.layers.items():
+        missing = [fmt(w, a) for w, a in lp.candidates if fmt(w, a) not in lp.sensitivity]
+        if missing:
+            return f"layer '{name}' has no score for {missing}"
+    return None
+
+
+def _integer_only(model: onnx.ModelProto, ctx: PassContext) -> str | None:
+    from .integer_checks import integer_only_violations
+
+    bad = integer_only_violations(model, ctx.plan.fallback_ops)
+    return bad[0] if bad else None
+
+
+LAYERS_FOUND = Condition("quantizable layers in the plan", _layers_found)
+SCORED = Condition("layers have sensitivities", _scored)
+HAS_LAYERS = Condition("model has quantizable layers", _has_layers)
+ALL_SCORED = Condition("every layer has a sensitivity for every candidate", _all_scored)
+BITS_ASSIGNED = Condition("every layer has one of its candidate formats", _solved)
+INTEGER_ONLY = Condition("integer-only outside listed fallbacks", _integer_only)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .calibration import InputSpec, _load_npz
+from .calibration import InputSpec, load_npz
 from .errors import CalibrationError
 from .ort_session import session
 
@@ -24,7 +24,7 @@ def load_eval(path: str | Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray
     if not p.is_file() or p.suffix.lower() != ".npz":
         raise CalibrationError(f"evaluation data '{p}' is not an .npz file",
                                hint="save inputs and labels with np.savez")
-    z = _load_npz(p)
+    z = load_npz(p)
     x = next((z[k] for k in (spec.name, "x", "input", "inputs") if k in z), None)
     if x is None:
         raise CalibrationError(f"evaluation data '{p.name}' has no array named '{spec.name}' or 'x'",

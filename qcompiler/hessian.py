@@ -31,12 +31,18 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import QCompileError, UnsupportedModelError
+from .layers import fmt, monotone
 from .plan import QuantPlan
+from .quantize import fake_quant_weight, node_weight_axis
+from .sensitivity.layer_quant import quantize_act
 
 log = logging.getLogger("qcompiler.hessian")
 
+HESSIAN_SAMPLES = 8  # Hutchinson's activation term is noisier: w8a4 and w8a8 tie on 4 samples of a toy CNN
 
-def _torch() -> Any:
+
+def import_torch() -> Any:
+    """torch, or a clear error: it is an optional dependency (Hessian sensitivity and ZeroQ only)."""
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the install
@@ -58,7 +64,7 @@ class OnnxTorch:
     """
 
     def __init__(self, model: onnx.ModelProto, params: Sequence[str] = ()) -> None:
-        torch = _torch()
+        torch = import_torch()
         self.torch = torch
         self.model = model
         self.consts: dict[str, Any] = {}
@@ -270,7 +276,7 @@ def hutchinson_traces(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence
     weight trace's standard error is below ``rel_tol`` of its mean.
     Returns also the element counts (``nw``, ``nx``) and the number of Hutchinson samples used.
     """
-    torch = _torch()
+    torch = import_torch()
     old_threads = torch.get_num_threads()
     if sum(lp.macs for lp in plan.layers.values()) < 20_000_000:
         torch.set_num_threads(1)  # tiny graphs: thread handoffs cost more than the math (10x under load)
@@ -360,8 +366,6 @@ def hessian_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: Sequen
                         iters: int = 50, module: Any = None,
                         progress: Callable[[str, int], Callable[[int], None]] | None = None) -> None:
     """Fill ``plan.layers[*].sensitivity`` with HAWQ-V2 scores (weight term + activation term)."""
-    from qcompiler.passes.annotate_sensitivity import fmt, monotone, quantize_act, quantize_weight, weight_axis
-
     if module is not None:
         model = model_with_module_weights(model, plan, module)
     t0 = time.perf_counter()
@@ -377,14 +381,14 @@ def hessian_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: Sequen
     for name, lp in plan.layers.items():
         tr = traces[name]
         w = inits[lp.weight]
-        axis = weight_axis(nodes[name], w.ndim)
+        axis = node_weight_axis(nodes[name])
         hw = max(tr["tw"], 0.0) / max(tr["nw"], 1.0)
         hx = max(tr["tx"], 0.0) / max(tr["nx"], 1.0)
         rng = plan.tensors[lp.input].range if lp.input in plan.tensors and plan.tensors[lp.input].range else [
             min(float(k[lp.input].min()) for k in kept), max(float(k[lp.input].max()) for k in kept)]
         scores = {}
         for wb, ab in lp.candidates:
-            dw = float(np.sum((quantize_weight(w, wb, axis) - w).astype(np.float64) ** 2))
+            dw = float(np.sum((fake_quant_weight(w, wb, axis) - w).astype(np.float64) ** 2))
             dx = 0.0
             if ab < 16:
                 for k in kept:
@@ -398,7 +402,7 @@ def hessian_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: Sequen
 
 def model_with_module_weights(model: onnx.ModelProto, plan: QuantPlan, module: Any) -> onnx.ModelProto:
     """Take the layer weights from the user's ``nn.Module`` (Conv/Linear in graph order, shapes checked)."""
-    torch = _torch()
+    torch = import_torch()
     mods = [m for m in module.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
                                                           torch.nn.Linear))]
     order = [n.name for n in model.graph.node if n.name in plan.layers]

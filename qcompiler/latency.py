@@ -7,9 +7,8 @@ with quantized weight -> quantized output) for every candidate format, and timed
 alone on the chosen target. Measuring is slow-ish (a session per layer and
 format), so tables are cached on disk, keyed by target, model hash and formats.
 
-Measurers are pluggable: ``register_measurer(target, fn)`` with
-``fn(layer_model, feeds, target) -> seconds``. Otherwise the target's own
-``Target.latency_measurer()`` times the layers (``qcompiler.targets``): ONNX
+The target's own ``Target.latency_measurer()`` (``fn(layer_model, feeds, target) -> seconds``)
+times the layers: the compile passes it in (``measurer=``; None: the target cannot time layers). ONNX
 Runtime CPU for ``ort-cpu`` (:func:`measure_ort_cpu`), the TVM build for
 ``cpu`` / ``cuda``; a target without one cannot take a latency budget.
 
@@ -28,6 +27,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -36,34 +36,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import BudgetError, TargetError
 from .ir import infer_shapes, value_shapes
+from .layers import fmt
 from .numerics import weight_storage
 from .plan import QuantPlan
-from .quantize import quantize_weight, weight_scales
-from .targets.base import Measurer
+from .quantize import node_weight_axis, quantize_weight, weight_scales
+
+if TYPE_CHECKING:
+    from .targets.base import Measurer
 
 log = logging.getLogger("qcompiler.latency")
 
-_MEASURERS: dict[str, Measurer] = {}
 TABLE_VERSION = 1
-
-
-def register_measurer(target: str, fn: Measurer) -> None:
-    """Make ``fn`` the latency measurer of ``target`` (a backend calls this at import)."""
-    _MEASURERS[target] = fn
-
-
-def get_measurer(target: str) -> Measurer:
-    """The measurer of a target: one registered here, else the target's own (``Target.latency_measurer``)."""
-    if target in _MEASURERS:
-        return _MEASURERS[target]
-    from qcompiler.targets import find_target
-
-    t = find_target(target)
-    fn = t.latency_measurer() if t is not None else None
-    if fn is not None:
-        return fn
-    raise BudgetError(f"target '{target}' cannot time layers, so a latency budget cannot be used",
-                      hint="drop --latency-budget or pick a target that can (ort-cpu, cpu, cuda)")
 
 
 # ----------------------------------------------------------------------------- single-layer models
@@ -82,8 +65,6 @@ def layer_qdq_model(model: onnx.ModelProto, plan: QuantPlan, name: str, w_bits: 
     pattern ONNX Runtime fuses into an integer kernel where it has one. Activations that stay float
     (a_bits >= 16) skip the input Q/DQ.
     """
-    from qcompiler.passes.annotate_sensitivity import weight_axis
-
     node = next(n for n in model.graph.node if n.name == name)
     lp = plan.layers[name]
     shapes = shapes if shapes is not None else value_shapes(model)
@@ -92,7 +73,7 @@ def layer_qdq_model(model: onnx.ModelProto, plan: QuantPlan, name: str, w_bits: 
     if not ishape:
         raise TargetError(f"layer '{name}' input '{lp.input}' has no known shape; cannot time it alone")
     ishape[0] = 1
-    axis = weight_axis(node, w.ndim)
+    axis = node_weight_axis(node)
     # the compile's own grid (max-scaled: timing does not depend on the clip search)
     wscale = weight_scales(w, w_bits, axis, mse=False)
     wq = quantize_weight(w, wscale, w_bits, axis)
@@ -166,7 +147,7 @@ def default_cache_dir() -> Path:
 
 def latency_table(model: onnx.ModelProto, plan: QuantPlan, target: str, *,
                   formats: Sequence[Sequence[int]] | None = None,
-                  cache_dir: str | Path | None = None, measurer: Measurer | None = None,
+                  measurer: Measurer | None, cache_dir: str | Path | None = None,
                   progress: Callable[[str, int], Callable[[int], None]] | None = None,
                   ) -> dict[str, dict[str, float]]:
     """Seconds per layer and format ("w4a8"), measured on ``target`` and cached on disk.
@@ -174,8 +155,6 @@ def latency_table(model: onnx.ModelProto, plan: QuantPlan, target: str, *,
     ``formats`` defaults to every layer's candidates plus w8a8 (the reference a "70%" latency
     budget is relative to). Entries already in the cache are not measured again.
     """
-    from qcompiler.passes.annotate_sensitivity import fmt
-
     key = f"{target}-{model_hash(model)[:20]}"
     cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cdir / f"{key}.json"
@@ -194,7 +173,10 @@ def latency_table(model: onnx.ModelProto, plan: QuantPlan, target: str, *,
             if fmt(w, a) not in table.get(name, {}):
                 todo.append((name, w, a))
     if todo:
-        measure = measurer or get_measurer(target)
+        if measurer is None:
+            raise BudgetError(f"target '{target}' cannot time layers, so a latency budget cannot be used",
+                              hint="drop the latency budget or pick a target that can (ort-cpu, cpu, cuda)")
+        measure = measurer
         shapes = value_shapes(infer_shapes(model))
         advance = progress(f"latency table ({target})", len(todo)) if progress else None
         t0 = time.perf_counter()

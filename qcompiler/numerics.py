@@ -1,68 +1,9 @@
-"""Integer-only numerics: dyadic multipliers, requantization, and bit-exact references.
+"""Bit-exact integer references of the fused ops, and how weights are stored for them.
 
-This module is the single Python implementation of the arithmetic that every
-backend (ONNX functions, TVM, MCU C) must reproduce bit for bit. Passes use it
-to compute constants, tests use it as the oracle.
-
-Dyadic multiplier
------------------
-A positive real multiplier ``M`` (for example ``s_x * s_w / s_y``) is replaced
-by ``b * 2**-c`` with ``b`` an integer in ``[2**30, 2**31)`` (so it fits an
-int32, stored as int64) and ``1 <= c <= 62``. ``b`` is ``M * 2**c`` rounded half
-up, computed with exact rational arithmetic, so the relative error is at most
-``2**-31`` (below ``2**-30`` for every supported ``M``).
-
-Supported multipliers: ``2**-32 <= M < 2**30 - 2**-2``. Below, ``c`` would
-exceed 62; above, ``c`` would be 0. :func:`dyadic` refuses anything else with a
-:class:`~qcompiler.errors.NumericsError`.
-
-Dead channels (multiplier 0)
-----------------------------
-A per-channel multiplier (:func:`dyadic_array`: QConv, QMatMul, QGroupMatMul, per-channel
-QGelu) with ``0 <= M < 2**-32`` -- a channel whose weights are all (nearly) zero, common
-after pruning -- becomes ``b = 0, c = C_DEAD = 33``. With ``b = 0`` the requantization
-below gives ``(0 + 2**(c-1)) >> c = 0`` for any ``1 <= c <= 62``, so the channel's output
-is ``clamp(zp, qmin, qmax)``, whatever its accumulator and bias. Why 33: it is the
-smallest shift of the MCU kernels' one-multiply form (``c >= 33``, targets/mcu/graph.py
-``fast_requant``), so a dead channel never pushes its layer onto the slower 64-bit path;
-ONNX, TVM and the 64-bit C path take any ``c``. Multipliers above the range, negative,
-NaN or infinite still raise, naming the node; the scalar :func:`dyadic` (per-tensor
-multipliers: add, pool, rescale, softmax) still refuses an underflow unless asked
-(``underflow_to_zero``), because there it means a broken scale, not a dead channel.
-
-This is not an approximation: it is the exact requantization of the real ``M``. The
-lowering proves every accumulator (bias included) fits int32, ``|acc| <= 2**31``, so
-``M < 2**-32`` gives ``|acc * M| < 2**31 * 2**-32 = 1/2`` *strictly* (even at
-``acc = -2**31``), i.e. ``acc * M + 1/2`` lies in ``(0, 1)`` and round-half-up,
-``floor(acc * M + 1/2)``, is exactly 0: ``-1/2``, the one value where round half up
-would need care, cannot be reached. So b = 0 changes no result against the exact real
-multiplier (a normal channel's ``b / 2**c`` is only within ``2**-31`` of it). The bias of
-such a channel is therefore dropped without loss: its own contribution is below half an
-output step too (and a bias that matters keeps its channel's multiplier in range anyway:
-``quantize.bias_safe_scales`` bounds ``|bias| / (s_x s_w) <= 2**28``, so ``M < 2**-32``
-implies ``|bias| < s_y / 16``). The float QDQ model rounds the same ``|v| < 1/2`` (up to
-float32 noise, and to even at a tie) to 0, so it agrees.
-
-Requantization
---------------
-For an int32 accumulator ``acc``::
-
-    y = clamp(zp + ((acc * b + 2**(c-1)) >> c), qmin, qmax)
-
-``>>`` is an arithmetic (floor) shift on a 64-bit intermediate, so the result is
-``acc * b / 2**c`` rounded half up (ties toward +inf), exactly.
-
-No overflow: ``|acc| <= 2**31`` and ``0 <= b < 2**31`` give ``|acc * b| < 2**62``;
-adding ``2**(c-1) <= 2**61`` stays below ``2**63``. So the int64 intermediate
-never overflows for any int32 accumulator and any supported ``(b, c)``.
-
-The ONNX function bodies (passes/fuse_integer_ops.py) do the floor shift with an
-unsigned shift: ``v`` (int64) is cast to uint64 (two's complement), ``2**63`` is
-added in uint64 (mod 2**64, which maps ``v`` monotonically onto
-``v + 2**63 in [0, 2**64)``), shifted right logically by ``c``, cast back to int64
-(it is below ``2**(64-c) <= 2**63``) and ``2**(63-c)`` is subtracted. This equals
-``floor(v / 2**c)`` for every int64 ``v``; unlike an int64 offset of ``2**62`` it
-cannot overflow.
+Each function mirrors one op of docs/INTEGER_GRAPH.md on numpy integers; every backend (ONNX
+functions, TVM, MCU C) must reproduce them bit for bit, and the tests use them as the oracle.
+The arithmetic they share -- dyadic multipliers and the requantization -- is
+:mod:`qcompiler.dyadic`.
 
 Integer products (the operand-signedness rule)
 ----------------------------------------------
@@ -77,13 +18,6 @@ So weights are *stored* in the type of the activations they multiply
 ``2**(bits-1)`` (128; 8 for a 4-bit container), next to int8 activations as int8
 with zero point 0. The values are the same signed symmetric weights either way:
 ``w = stored - w_zp``; backends are free to hold them as int8 internally.
-
-Residual add
-------------
-Both inputs are rescaled to the output scale with their own ``b`` and one shared
-shift ``c`` (chosen from the larger multiplier, whose ``b`` lies in
-``[2**30, 2**31)``; the other ``b`` is smaller). With 8-bit (or narrower)
-inputs ``|x - zp| <= 255``, so ``|da*ba + db*bb + 2**(c-1)| < 2**41``: no overflow.
 """
 
 from __future__ import annotations
@@ -95,141 +29,10 @@ from fractions import Fraction
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .dyadic import B_MAX, INT32_MAX, INT32_MIN, check_dyadic, requantize, round_half_up, shift_round
 from .errors import NumericsError
 
-B_MIN = 1 << 30
-B_MAX = 1 << 31  # exclusive
-C_MIN = 1
-C_MAX = 62
-M_MIN = 2.0**-32
-M_MAX = 2.0**30 - 2.0**-2  # exclusive
-C_DEAD = 33  # the shift paired with b = 0 (a per-channel multiplier below M_MIN: module docstring)
-INT32_MIN = -(1 << 31)
-INT32_MAX = (1 << 31) - 1
 ADD_INPUT_MAX = 1 << 16  # |x - zp| bound assumed for QAdd / QRequant inputs (no overflow below it)
-
-
-def _round_half_up(q: Fraction) -> int:
-    """floor(q + 1/2): the rounding every integer path in qcompiler uses."""
-    return math.floor(q + Fraction(1, 2))
-
-
-def dyadic(m: float, *, what: str = "multiplier", underflow_to_zero: bool = False) -> tuple[int, int]:
-    """Replace a real multiplier by ``(b, c)`` with ``b / 2**c ~= m``.
-
-    Exact rational arithmetic (``Fraction(m)`` is the float's exact value), so the
-    result does not depend on the platform's float rounding. With ``underflow_to_zero``
-    a multiplier in ``[0, 2**-32)`` gives ``(0, C_DEAD)`` (a dead channel, exact: see the
-    module docstring) instead of an error.
-    """
-    if not (isinstance(m, (int, float, np.floating, np.integer)) and math.isfinite(float(m))):
-        raise NumericsError(f"{what} {m!r} is not a finite number")
-    m = float(m)
-    if underflow_to_zero and 0.0 <= m < M_MIN:
-        return 0, C_DEAD
-    if not (M_MIN <= m < M_MAX):
-        lo = "0" if underflow_to_zero else "2^-32"
-        raise NumericsError(
-            f"{what} {m!r} is outside the supported range [{lo}, 2^30 - 2^-2) of the dyadic "
-            f"requantization (b in [2^30, 2^31), 1 <= c <= 62"
-            + ("; below 2^-32: b = 0, the output is the zero point)" if underflow_to_zero else ")"),
-            hint="a scale is zero, tiny or huge: check calibration ranges and weight scales")
-    _, e = math.frexp(m)  # m = f * 2**e, f in [0.5, 1)
-    c = 31 - e
-    b = _round_half_up(Fraction(m) * (1 << c)) if c >= 0 else 0
-    if b == B_MAX:  # rounding carried into the next power of two
-        b, c = B_MIN, c - 1
-    if not (B_MIN <= b < B_MAX and C_MIN <= c <= C_MAX):  # pragma: no cover - excluded by the range check
-        raise NumericsError(f"{what} {m!r} gives b={b}, c={c} outside the supported ranges")
-    return b, c
-
-
-def dyadic_array(m: Sequence[float] | np.ndarray, *, what: str = "multiplier") -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel :func:`dyadic` with ``underflow_to_zero``: int64 arrays ``b`` and ``c`` of the shape of ``m``.
-
-    A channel with ``0 <= m < 2**-32`` (dead weights) gets ``b = 0, c = C_DEAD``: its output is
-    the zero point, which is the exact requantization (module docstring, "Dead channels").
-
-    Vectorised without rounding anywhere: ``m * 2**c`` only moves the exponent, so it is exact in
-    float64, and for a value in [2^30, 2^31] adding 1/2 is exact too (its ulp is 2^-22), so
-    ``floor(x + 1/2)`` is :func:`dyadic`'s rational round-half-up (a test checks it element by
-    element). 18k channels of MobileNetV2 took 0.23 s in Fractions.
-    """
-    arr = np.asarray(m, dtype=np.float64)
-    bad = ~(np.isfinite(arr) & (arr >= 0.0) & (arr < M_MAX))
-    if bad.any():  # the scalar path words the error (and names the element)
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        dyadic(float(arr[idx]), what=f"{what}[{','.join(map(str, idx))}]" if arr.ndim else what,
-               underflow_to_zero=True)
-    dead = arr < M_MIN
-    live = np.where(dead, 1.0, arr)  # any in-range value: its (b, c) are replaced below
-    _, e = np.frexp(live)
-    c = (31 - e).astype(np.int64)
-    b = np.floor(np.ldexp(live, c) + 0.5).astype(np.int64)
-    carry = b == B_MAX  # rounding carried into the next power of two
-    b = np.where(carry, B_MIN, b)
-    c = np.where(carry, c - 1, c)
-    b = np.where(dead, 0, b)
-    c = np.where(dead, C_DEAD, c)
-    return b.astype(np.int64), c.astype(np.int64)
-
-
-def dyadic_pair(ma: float, mb: float, *, what: str = "add") -> tuple[int, int, int]:
-    """Two multipliers with one shared shift (residual add): ``(ba, bb, c)``.
-
-    ``c`` comes from the larger multiplier so that its ``b`` uses the full 31 bits;
-    the smaller one is rounded half up at the same ``c`` and must not vanish.
-    """
-    big = max(ma, mb)
-    _, c = dyadic(big, what=f"{what} multiplier")
-    ba = _round_half_up(Fraction(float(ma)) * (1 << c))
-    bb = _round_half_up(Fraction(float(mb)) * (1 << c))
-    if min(ba, bb) < 1 << 8:  # fewer than 8 significant bits left: the scales are absurdly far apart
-        raise NumericsError(
-            f"{what}: input scale ratio {max(ma, mb) / min(ma, mb):.3g} is too large for one shared "
-            "shift (the smaller multiplier keeps fewer than 8 bits)",
-            hint="the two inputs of the add have wildly different ranges; keep this add in float")
-    return ba, bb, c
-
-
-def check_dyadic(b: np.ndarray | int, c: np.ndarray | int) -> None:
-    """Refuse ``(b, c)`` outside the proven ranges (backends call this on constants they read).
-
-    ``b = 0`` is valid (a dead channel: the output is the zero point, module docstring); so is any
-    ``b`` below 2^30 (the smaller multiplier of a residual add shares the larger one's shift).
-    """
-    b_arr = np.asarray(b, dtype=np.int64)
-    c_arr = np.asarray(c, dtype=np.int64)
-    if b_arr.size and (b_arr.min() < 0 or b_arr.max() >= B_MAX):
-        raise NumericsError(f"requantize multiplier b outside [0, 2^31): {b_arr.min()}..{b_arr.max()}")
-    if c_arr.size and (c_arr.min() < C_MIN or c_arr.max() > C_MAX):
-        raise NumericsError(f"requantize shift c outside [1, 62]: {c_arr.min()}..{c_arr.max()}")
-
-
-def shift_round(v: np.ndarray, c: np.ndarray | int) -> np.ndarray:
-    """``(v + 2**(c-1)) >> c`` on int64 (floor shift): ``v / 2**c`` rounded half up."""
-    v = np.asarray(v, dtype=np.int64)
-    c = np.asarray(c, dtype=np.int64)
-    return (v + np.left_shift(np.int64(1), c - 1)) >> c
-
-
-def requantize(acc: np.ndarray, b: np.ndarray | int, c: np.ndarray | int, zp: int | np.ndarray,
-               qmin: int, qmax: int) -> np.ndarray:
-    """The requantization of every fused op, on an int32-range accumulator; returns int64.
-
-    ``b`` and ``c`` broadcast against ``acc`` (per tensor or per channel).
-    """
-    acc = np.asarray(acc, dtype=np.int64)
-    if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
-        raise NumericsError(f"accumulator {acc.min()}..{acc.max()} outside int32")
-    check_dyadic(b, c)
-    y = np.asarray(zp, dtype=np.int64) + shift_round(acc * np.asarray(b, dtype=np.int64), c)
-    return np.clip(y, qmin, qmax)
-
-
-def requantize_exact(acc: int, b: int, c: int, zp: int, qmin: int, qmax: int) -> int:
-    """Python-int oracle: ``clamp(zp + round_half_up(acc * b / 2**c))`` with no fixed width at all."""
-    return min(max(zp + _round_half_up(Fraction(acc * b, 1 << c)), qmin), qmax)
 
 
 # --------------------------------------------------------------------------- fused-op references
@@ -383,7 +186,7 @@ def qavgpool(x: np.ndarray, x_zp: int | np.ndarray, b: int, c: int, y_zp: int | 
 # iterations on integers. Every intermediate is int64 and proven below 2^63; every division and
 # right shift here acts on non-negative numbers except the explicitly floor-shifted ones, so C-style
 # truncating division (ONNX Div on integers) and floor division agree. The ONNX bodies in
-# passes/integer_functions.py reproduce these functions step by step; docs/INTEGER_GRAPH.md has the
+# qcompiler/lowering/functions.py reproduce these functions step by step; docs/INTEGER_GRAPH.md has the
 # table. Deviations from the paper, on purpose and documented there:
 # - log2(e) * s_x is one dyadic-free integer constant (round(s_x * log2 e * 2^16)) instead of the
 #   shift sum x + x>>1 - x>>4 (1.4375 vs 1.4427: a 0.4 % error in the exponent);
@@ -425,7 +228,7 @@ def exp2_neg(t: np.ndarray) -> np.ndarray:
 
 def softmax_exp_multiplier(s_x: float, *, what: str = "softmax") -> int:
     """``round(s_x * log2(e) * 2^16)``: turns an 8-bit logit difference into a Q16 base-2 exponent."""
-    m = _round_half_up(Fraction(float(s_x)) * Fraction(LOG2E) * (1 << EXP_FRAC))
+    m = round_half_up(Fraction(float(s_x)) * Fraction(LOG2E) * (1 << EXP_FRAC))
     if not 1 <= m < 1 << 40:
         raise NumericsError(f"{what}: input scale {s_x!r} is outside [2^-16, 2^20) for the integer exp",
                             hint="keep this Softmax in float")
@@ -456,8 +259,8 @@ def gelu_multipliers(s_x: float, *, shift_gelu: bool = False, what: str = "gelu"
     """``(m1, m3)``: the sigmoid argument in Q16 base-2 units is ``a (m1 + ((a^2 m3) >> 32))``, a = |dx|."""
     k1, k3 = (SHIFTGELU_K1, 0.0) if shift_gelu else (GELU_K1, GELU_K3)
     s = Fraction(float(s_x))
-    m1 = _round_half_up(s * Fraction(k1 * LOG2E) * (1 << EXP_FRAC))
-    m3 = _round_half_up(s ** 3 * Fraction(k3 * LOG2E) * (1 << (EXP_FRAC + GELU_M3_FRAC)))
+    m1 = round_half_up(s * Fraction(k1 * LOG2E) * (1 << EXP_FRAC))
+    m3 = round_half_up(s ** 3 * Fraction(k3 * LOG2E) * (1 << (EXP_FRAC + GELU_M3_FRAC)))
     if not (1 <= m1 < 1 << 40 and 0 <= m3 < 1 << 46):
         raise NumericsError(f"{what}: input scale {s_x!r} is outside the range of the integer GELU",
                             hint="keep this GELU in float")
@@ -524,13 +327,13 @@ def layernorm_constants(gamma: np.ndarray, beta: np.ndarray, s_x: float, s_y: fl
         s_shift, k = s_shift - 1, k - 1
     if s_shift < 1:
         raise NumericsError(f"{what}: output scale {s_y!r} too small for gamma (shift {s_shift})")
-    g = np.array([_round_half_up(Fraction(float(v)) * Fraction(math.sqrt(n)) / Fraction(float(s_y))
+    g = np.array([round_half_up(Fraction(float(v)) * Fraction(math.sqrt(n)) / Fraction(float(s_y))
                                  * Fraction(2) ** k) for v in gamma], np.int64)
-    bi = np.array([_round_half_up(Fraction(float(v)) / Fraction(float(s_y)) * (1 << s_shift)) for v in beta],
+    bi = np.array([round_half_up(Fraction(float(v)) / Fraction(float(s_y)) * (1 << s_shift)) for v in beta],
                   np.int64)
     if np.abs(g).max() >= B_MAX or np.abs(bi).max(initial=0) >= 1 << 61:
         raise NumericsError(f"{what}: constants overflow (beta / s_y too large)")
-    eps_i = min(_round_half_up(Fraction(float(eps)) * n ** 3 / Fraction(float(s_x)) ** 2), 1 << 40)
+    eps_i = min(round_half_up(Fraction(float(eps)) * n ** 3 / Fraction(float(s_x)) ** 2), 1 << 40)
     return g, bi, s_shift, eps_i
 
 

@@ -19,8 +19,13 @@ import numpy as np
 import onnx
 
 from .budgets import Budget, format_value
+from .cost_rows import build_problem
 from .errors import BudgetError
+from .ilp import min_cost, solve
+from .layers import fmt
 from .plan import QuantPlan
+from .sensitivity.outputs import reference_outputs
+from .sensitivity.whole_plan import plan_output_kl
 
 log = logging.getLogger("qcompiler.pareto")
 
@@ -37,9 +42,6 @@ def pareto_sweep(model: onnx.ModelProto, plan: QuantPlan, out_dir: str | Path, *
     dicts) turn on the measured output KL per point; ``chosen`` (layer -> (w, a)) marks the plan
     the compile picked. Returns the JSON data.
     """
-    from qcompiler.passes.annotate_sensitivity import fmt, plan_output_kl, reference_outputs
-    from qcompiler.passes.assign_bits import build_problem, min_cost, solve
-
     others = {k: b for k, b in (budgets or {}).items() if k != kind}
     kinds = sorted({"size", "bops", kind, *others})
     p = build_problem(model, plan, kinds, latency=latency)

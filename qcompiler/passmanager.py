@@ -12,32 +12,55 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from .errors import QCompileError
+from .options import CompileOptions
 from .plan import QuantPlan
+
+if TYPE_CHECKING:
+    from .bit_problem import CostModel
 
 log = logging.getLogger("qcompiler.passes")
 
 
 @dataclass
 class PassContext:
-    """State shared by the passes of one compile."""
+    """State shared by the passes of one compile.
+
+    ``options`` holds what the user asked for; the fields below it are what the driver derived
+    from the options, the model and the target before the passes run (one place decides each).
+    """
 
     model_name: str = "model"
     plan: QuantPlan = field(default_factory=QuantPlan)
     calib: Any = None  # a calibration.CalibrationData, or None
     target: str = "ort-cpu"
-    settings: dict[str, Any] = field(default_factory=dict)
+    options: CompileOptions = field(default_factory=CompileOptions)
+    act_bits: list[int] = field(default_factory=lambda: [8])  # activation widths the target runs
+    encoder: bool = False  # a transformer encoder: the encoder pass list (qcompiler/stages.py)
+    float_model_path: str | None = None  # the user's file: ZeroQ reads BatchNorm statistics from it
+    calib_source: str | None = None  # where the calibration data came from, for the summary
+    out_dir: Path | None = None  # the (temporary) output directory passes may write extra files into
     debug: bool = False
     dump_dir: Path | None = None
     progress: Callable[[str, int], Callable[[int], None]] | None = None  # (label, total) -> advance(n)
-    artifacts: dict[str, Any] = field(default_factory=dict)  # extra results passes hand on (stages, reports)
+    artifacts: dict[str, Any] = field(default_factory=dict)  # extra results passes hand on (reports, tables)
+    stages: dict[str, onnx.ModelProto] = field(default_factory=dict)  # graphs kept by name ("qdq", "integer")
+    backend: Any = None  # the targets.base.Target of this compile: its emission and cost model
+    costs: CostModel | None = None  # the target's measured budget costs (Target.cost_model), for assign_bits
+    final_dir: Path | None = None  # where the output folder ends up (the target may read a previous one)
+    dumped: int = 0  # --dump-stages files written so far: the next one's number
+
+    @property
+    def bits(self) -> list[int]:
+        """The candidate weight widths (``options.candidate_bits()``)."""
+        return self.options.candidate_bits()
 
 
 @dataclass(frozen=True)
@@ -81,13 +104,24 @@ class ContractError(RuntimeError):
     """A pass was run without its precondition, or broke its postcondition: a qcompiler bug."""
 
 
+def dump_model(model: onnx.ModelProto, folder: Path, stage: str, ctx: PassContext) -> Path:
+    """``--dump-stages``: write ``model`` as the next numbered file, so the folder reads in compile order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ctx.dumped:02d}_{stage}.onnx"
+    onnx.save(model, str(path))
+    ctx.dumped += 1
+    return path
+
+
 class PassManager:
     """Runs passes in order and checks each one's contract."""
 
-    def __init__(self, passes: Sequence[Pass], *, debug: bool = False, dump_dir: Path | None = None) -> None:
+    def __init__(self, passes: Sequence[Pass], *, debug: bool = False, dump_dir: Path | None = None,
+                 keep: Mapping[int, str] | None = None) -> None:
         self.passes = list(passes)
         self.debug = debug
         self.dump_dir = dump_dir
+        self.keep = dict(keep or {})  # pass index -> name its output is kept under in ``ctx.stages``
         self.timings: dict[str, float] = {}
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
@@ -111,10 +145,11 @@ class PassManager:
                     raise ContractError(f"pass '{p.name}' did not ensure '{cond.name}': {why}")
             if self.debug or ctx.debug:
                 self._debug_check(model, p)
+            if i in self.keep:
+                ctx.stages[self.keep[i]] = model
             dump = self.dump_dir or ctx.dump_dir
             if dump is not None:
-                dump.mkdir(parents=True, exist_ok=True)
-                onnx.save(model, str(dump / f"{i:02d}_{p.name}.onnx"))
+                dump_model(model, dump, p.name, ctx)
         return model
 
     @staticmethod

@@ -26,26 +26,38 @@ def qrange(bits: int, signed: bool) -> tuple[int, int]:
 
 def activation_qparams(lo: float, hi: float, bits: int, signed: bool = False) -> tuple[float, int]:
     """Asymmetric grid covering [lo, hi] and 0 exactly; scale rounded to float32 (what ORT stores)."""
-    qmin, qmax = qrange(bits, signed)
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if hi - lo <= 1e-12:
         hi = lo + 1.0  # constant tensor: any grid represents it; keep the multiplier sane
-    scale = float(np.float32((hi - lo) / (qmax - qmin)))
+    return _grid(lo, hi - lo, *qrange(bits, signed))
+
+
+def encoder_activation_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
+    """The signed (int8 / int16) grid of the transformer QDQ model: :func:`activation_qparams`'s
+    grid, except that a (nearly) constant tensor keeps a span of 1e-8 instead of 1.
+
+    Why a second entry point and not a flag: the encoders' compiled models were made with this
+    floor, and their bytes must not change; the grid formula itself is the one :func:`_grid`.
+    """
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    return _grid(lo, max(hi - lo, 1e-8), *qrange(bits, True))
+
+
+def _grid(lo: float, span: float, qmin: int, qmax: int) -> tuple[float, int]:
+    scale = float(np.float32(span / (qmax - qmin)))
     zp = int(np.clip(np.round(qmin - lo / scale), qmin, qmax))
     return scale, zp
 
 
-def weight_axis(op_type: str, trans_b: int = 0) -> int:
-    """Output-channel axis of the weight: Conv [M,C,kh,kw] and Gemm(transB) [N,K] -> 0; MatMul [K,N] -> 1."""
-    if op_type == "Conv" or (op_type == "Gemm" and trans_b):
-        return 0
-    return 1
-
-
 def node_weight_axis(node) -> int:  # node: onnx.NodeProto (onnx is not imported here)
-    """:func:`weight_axis` of a layer node, reading Gemm's transB: the one place passes ask it."""
+    """Output-channel axis of a layer's weight: Conv [M,C,kh,kw] and Gemm(transB) [N,K] -> 0;
+    MatMul [K,N] (and Gemm without transB) -> 1.
+
+    The one definition: the scales are per output channel, so calibration's clip searches,
+    sensitivity scoring, InsertQDQ and the size budget must all pick the same axis.
+    """
     trans_b = next((int(a.i) for a in node.attribute if a.name == "transB"), 0)
-    return weight_axis(node.op_type, trans_b)
+    return 0 if node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b) else 1
 
 
 _BLOCK = 1 << 16  # float64 elements per block of the clip search (stays in cache with its buffer)
@@ -181,8 +193,25 @@ def quantize_weight(w: np.ndarray, scales: np.ndarray, bits: int, axis: int) -> 
 
 def quantize_bias(b: np.ndarray, s_x: float, s_w: np.ndarray) -> np.ndarray:
     """int32 bias at scale s_x * s_w[c] (zero point 0), saturated."""
-    s = (np.float32(s_x) * s_w.astype(np.float32)).astype(np.float64)
-    q = np.round(b.astype(np.float64) / s)
+    return quantize_bias_at(b, bias_scale(s_x, s_w))
+
+
+def bias_scale(s_x: float, s_w: np.ndarray) -> np.ndarray:
+    """float32(s_x) * s_w[c] in float32: the scale of the accumulator, hence of the int32 bias.
+
+    Computed in float32 because that is what the QDQ model stores as the bias DequantizeLinear's
+    scale; the bias is rounded against exactly that stored value.
+    """
+    return (np.float32(s_x) * s_w.astype(np.float32)).astype(np.float32)
+
+
+def quantize_bias_at(b: np.ndarray, s_b: np.ndarray) -> np.ndarray:
+    """int32 bias on the per-channel scale ``s_b`` (zero point 0), rounded half to even, saturated.
+
+    The one rounding of a bias: :func:`quantize_bias` for per-channel weights, the transformer's
+    4-bit groups (whose accumulator scale is s_x times the group base) call it directly.
+    """
+    q = np.round(b.astype(np.float64) / np.asarray(s_b).astype(np.float64))
     return np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
 
 

@@ -7,7 +7,7 @@ those running statistics; the result is a small batch whose activations look lik
 data's, good enough for ranges and sensitivity. Needs torch (the optional extra) and a
 model that still has its BatchNormalization nodes: our importer folds BN into Conv, so
 the pipeline passes the model before canonicalisation, or the original file
-(``ctx.settings["float_model_path"]``).
+(``ctx.float_model_path``).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ def distill(model: onnx.ModelProto, n: int = 16, iters: int = 200, *, lr: float 
     Loss (ZeroQ): sum over BN layers of ||mu_batch - mu_running||_2 + ||sigma_batch - sigma_running||_2,
     each divided by the channel count; Adam on the input pixels.
     """
-    from .hessian import OnnxTorch, _torch
+    from .hessian import OnnxTorch, import_torch
 
-    torch = _torch()
+    torch = import_torch()
     torch.manual_seed(seed)
     inits = {t.name for t in model.graph.initializer}
     ins = [i for i in model.graph.input if i.name not in inits]
@@ -102,8 +102,7 @@ def _optimise(torch: Any, net: Any, name: str, stats: list, n: int, dims: tuple[
 
 def distill_calibration(model: onnx.ModelProto, specs: list[Any], ctx: Any) -> list[dict[str, np.ndarray]]:
     """The pipeline's fallback when ``--calib`` is missing: ZeroQ data, or a clear error asking for --calib."""
-    settings = getattr(ctx, "settings", {}) or {}
-    src = bn_model(model, settings.get("float_model_path"))
+    src = bn_model(model, ctx.float_model_path)
     if src is None:
         raise CalibrationError("no calibration data given, and the model has no BatchNorm statistics to "
                                "distill data from (ZeroQ)",
@@ -115,7 +114,7 @@ def distill_calibration(model: onnx.ModelProto, specs: list[Any], ctx: Any) -> l
                                "needs PyTorch", hint="give --calib DIR|NPZ, or pip install 'qcompiler[torch]'"
                                ) from None
     shape = tuple(specs[0].shape) if specs else None
-    n = int(settings.get("zeroq_samples", 16))
+    n = ctx.options.zeroq_samples
     log.warning("no --calib: distilling %d ZeroQ samples from BatchNorm statistics (real data gives better "
                 "ranges)", n)
-    return distill(src, n=n, iters=int(settings.get("zeroq_iters", 200)), input_shape=shape)
+    return distill(src, n=n, iters=ctx.options.zeroq_iters, input_shape=shape)

@@ -24,7 +24,8 @@ import onnx
 from qcompiler.errors import TargetError
 
 if TYPE_CHECKING:  # the driver imports the targets, never the reverse at run time
-    from qcompiler.pipeline import CompileOptions
+    from qcompiler.bit_problem import CostModel
+    from qcompiler.options import CompileOptions
     from qcompiler.plan import QuantPlan
 
 #: which of the compiler's two graphs a target builds from (docs/INTEGER_GRAPH.md)
@@ -33,6 +34,10 @@ GraphKind = Literal["qdq", "integer"]
 #: ``(one-layer QDQ model, feeds, target name) -> seconds``: the per-layer timer behind
 #: ``--latency-budget`` (the form ``qcompiler.latency`` caches tables of)
 Measurer = Callable[[onnx.ModelProto, dict[str, np.ndarray], str], float]
+
+#: ``(float model, plan, options) -> integer graph``: the compile's own lowering of a plan
+#: (``qcompiler.stages.qdq_to_integer``), handed to a cost model by the driver
+ToInteger = Callable[[onnx.ModelProto, "QuantPlan", "CompileOptions"], onnx.ModelProto]
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,16 @@ class Target(ABC):
 
         Why on the target: a latency table only means something measured on the hardware and
         runtime that will run the model, which only the target knows.
+        """
+        return None
+
+    def cost_model(self, options: CompileOptions, to_integer: ToInteger) -> CostModel | None:
+        """The target's real numbers for some budgets (e.g. the MCU's arena and flash), or None.
+
+        Why on the target: what ``--sram-budget`` bounds is what the backend allocates, which only
+        it can measure; the bit assignment uses these in place of its generic rows. ``to_integer``
+        is the compile's lowering, passed in so that no target imports the pipeline. None: the
+        generic rows of ``qcompiler.cost_rows`` are the target's costs.
         """
         return None
 

@@ -170,6 +170,33 @@ def tiny_calib_path(tmp_path: Path) -> Path:
     return p
 
 
+def canonical_model(model: onnx.ModelProto, ctx) -> onnx.ModelProto:  # ctx: qcompiler.passmanager.PassContext
+    """The float model as a compile sees it: the CANONICALIZE steps of qcompiler/stages.py, node names unique."""
+    from qcompiler import stages
+    from qcompiler.ir import node_names_unique
+
+    return node_names_unique(stages.manager(stages.CANONICALIZE, ctx).run(model, ctx))
+
+
+def quantize_by_stages(float_model: onnx.ModelProto, ctx) -> onnx.ModelProto:
+    """The QDQ model a compile writes (model.qdq.onnx): the steps of qcompiler/stages.py before the lowering
+    (CNN or ENCODER by ``ctx.encoder``; sensitivity and ILP when ``ctx.options`` has a budget). Needs ``ctx.calib``."""
+    from qcompiler import stages
+
+    family = stages.ENCODER if ctx.encoder else stages.CNN
+    return stages.manager(family[:family.index(stages.TO_INTEGER[0])], ctx).run(float_model, ctx)
+
+
+def to_integer(qdq: onnx.ModelProto, plan) -> onnx.ModelProto:  # plan: qcompiler.plan.QuantPlan
+    """QDQ model -> model.int.onnx as a compile builds it: the integer steps of qcompiler/stages.py
+    (lower_to_integer, fuse_integer_ops) under the PassManager, conditions checked; updates ``plan``."""
+    from qcompiler import stages
+    from qcompiler.passmanager import PassContext
+
+    ctx = PassContext(model_name=plan.model, plan=plan)
+    return stages.manager(stages.TO_INTEGER, ctx).run(qdq, ctx)
+
+
 def run_fused_op(op: str, inputs: dict[str, np.ndarray], feeds: list[str], out_dtype,
                  **attrs) -> tuple[np.ndarray, np.ndarray]:
     """One qcompiler fused op as a one-node model: (ONNX Runtime output, onnx.reference output).
@@ -177,8 +204,8 @@ def run_fused_op(op: str, inputs: dict[str, np.ndarray], feeds: list[str], out_d
     Inputs not in ``feeds`` become initializers, as the lowering writes them.
     """
     from onnx.reference import ReferenceEvaluator
-    from qcompiler.passes import integer_functions as fn
 
+    from qcompiler.lowering import functions as fn
     from qcompiler.ort_session import session
 
     node = fn.make_node(op, list(inputs), "y", "n0", **attrs)

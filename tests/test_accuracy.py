@@ -17,7 +17,8 @@ from conftest import EXAMPLE, EXAMPLE_CALIB, EXAMPLE_EVAL, ROOT
 
 from qcompiler.calibration import RangeObserver
 from qcompiler.evaluate import compare, runner
-from qcompiler.pipeline import CompileOptions, compile_model
+from qcompiler.options import CompileOptions
+from qcompiler.pipeline import compile_model
 
 
 def _score(out, float_path, x, y) -> dict:

@@ -10,19 +10,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from qcompiler.passes.annotate_sensitivity import (
-    AnnotateSensitivity,
-    fmt,
-    iter_samples,
-    make_batchable,
-    plan_output_kl,
-    reference_outputs,
-)
-from qcompiler.passes.assign_bits import AssignBits, assign, build_problem, min_cost, solve, synthetic_problem
+from qcompiler.passes.annotate_sensitivity import AnnotateSensitivity
+from qcompiler.passes.assign_bits import AssignBits
+from qcompiler.targets import get_target
 
+from qcompiler import stages
 from qcompiler.budgets import parse_budget
+from qcompiler.cost_rows import build_problem
 from qcompiler.errors import BudgetError
+from qcompiler.ilp import assign, min_cost, solve
+from qcompiler.ir import node_names_unique
+from qcompiler.layers import fmt
+from qcompiler.options import CompileOptions
 from qcompiler.passmanager import PassContext, PassManager
+from qcompiler.sensitivity.outputs import reference_outputs
+from qcompiler.sensitivity.samples import iter_samples, make_batchable
+from qcompiler.sensitivity.whole_plan import plan_output_kl
+from qcompiler.synthetic_ilp import synthetic_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 FM = [(4, 4), (4, 8), (8, 4), (8, 8)]
@@ -96,6 +100,11 @@ def test_infeasible_budget_names_smallest_feasible_value() -> None:
         assign(p, {"size": parse_budget("size", "52%"), "bops": parse_budget("bops", "20%")})
 
 
+def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    ctx = PassContext()
+    return node_names_unique(stages.manager(stages.CANONICALIZE, ctx).run(model, ctx))
+
+
 def _toy():  # noqa: ANN202
     import sys
 
@@ -107,7 +116,7 @@ def _toy():  # noqa: ANN202
 
 def test_ties_and_sram_from_graph() -> None:
     model, x = _toy()
-    ctx = PassContext(calib=[{"x": x}], settings={"sram_budget": "90%", "size_budget": "75%"})
+    ctx = PassContext(calib=[{"x": x}], options=CompileOptions(budgets={"sram": "90%", "size": "75%"}))
     model = PassManager([AnnotateSensitivity(), AssignBits()]).run(model, ctx)
     lps = ctx.plan.layers
     # conv3's output meets conv1's (through relu1) at the residual Add: one format
@@ -121,19 +130,20 @@ def test_ties_and_sram_from_graph() -> None:
     assert used["int8"] == pytest.approx(3 * 1152)
     assert lps["conv2"].act_bits == 4 and used["used"] == pytest.approx(2880)
     with pytest.raises(BudgetError, match=r"smallest feasible sram is 2.812KiB \(83.3% of INT8\)"):
-        PassManager([AssignBits()]).run(model, PassContext(plan=ctx.plan, settings={"sram_budget": "80%"}))
+        PassManager([AssignBits()]).run(model, PassContext(plan=ctx.plan,
+                                                           options=CompileOptions(budgets={"sram": "80%"})))
 
 
 @pytest.fixture(scope="module")
 def fashion():  # noqa: ANN201
-    from qcompiler.pipeline import canonicalize, load_model
+    from qcompiler.pipeline import load_model
 
     path = ROOT / "models" / "fashion_cnn.onnx"
     calib = ROOT / "models" / "data" / "fashion_calib.npz"
     if not path.exists() or not calib.exists():
         pytest.skip("bundled example not present")
     model, _, _ = load_model(path)
-    model = canonicalize(model, PassContext())
+    model = canonicalize(model)
     x = np.load(calib)
     x = x[list(x.keys())[0]][:64].astype(np.float32)
     name = model.graph.input[0].name
@@ -150,7 +160,7 @@ def mobilenet():  # noqa: ANN201
     import sys
 
     from qcompiler.calibration import CalibrationData
-    from qcompiler.pipeline import canonicalize, input_specs, load_model
+    from qcompiler.pipeline import input_specs, load_model
 
     sys.path.insert(0, str(ROOT))
     try:
@@ -160,9 +170,9 @@ def mobilenet():  # noqa: ANN201
     except Exception as e:  # noqa: BLE001 - the zoo needs the torch extra and weight packages
         pytest.skip(f"mobilenet_v2 unavailable: {e}")
     model, _, _ = load_model(path)
-    model = canonicalize(model, PassContext())
+    model = canonicalize(model)
     calib = CalibrationData.from_source(zoo.get_calib_data("mobilenet_v2", 8), input_specs(model))
-    ctx = PassContext(calib=calib, settings={"bits": [4, 8], "act_bits": [8]})
+    ctx = PassContext(calib=calib, options=CompileOptions(bits=[4, 8]), act_bits=[8])
     from qcompiler.passes.calibrate_ranges import CalibrateRanges
     from qcompiler.passes.find_quantizable_layers import FindQuantizableLayers
 
@@ -175,7 +185,7 @@ def test_ilp_beats_random_and_greedy_on_output_kl(mobilenet) -> None:  # noqa: A
     """At equal size, the ILP plan has lower measured output KL than 20 random plans and the greedy plan."""
     model, calib, plan0 = mobilenet
     ctx = PassContext(calib=calib, plan=plan0,
-                      settings={"bits": [4, 8], "weight_only": False, "sensitivity_samples": 8})
+                      options=CompileOptions(bits=[4, 8], sensitivity_samples=8))
     model = PassManager([AnnotateSensitivity()]).run(model, ctx)
     plan = ctx.plan
     for lp in plan.layers.values():  # weights only vary: a size budget is about weights
@@ -221,7 +231,7 @@ def test_pareto_sweep_writes_json_and_plot(fashion, tmp_path) -> None:  # noqa: 
     from qcompiler.pareto import pareto_sweep
 
     model, calib = fashion
-    ctx = PassContext(calib=calib, settings={"bits": [4, 8]})
+    ctx = PassContext(calib=calib, options=CompileOptions(bits=[4, 8]))
     model = PassManager([AnnotateSensitivity()]).run(model, ctx)
     work, samples = make_batchable(model, iter_samples(calib, 32))
     data = pareto_sweep(work, ctx.plan, tmp_path, n=5, samples=samples)
@@ -238,19 +248,21 @@ def test_pareto_sweep_writes_json_and_plot(fashion, tmp_path) -> None:  # noqa: 
 
 def test_latency_budget_on_ort_cpu(tmp_path) -> None:
     model, x = _toy()
-    ctx = PassContext(calib=[{"x": x}], settings={"latency_budget": "100%", "cache_dir": str(tmp_path)})
+    ort_cpu = get_target("ort-cpu")  # the driver hands the pass its target: it times the layers
+    ctx = PassContext(calib=[{"x": x}], backend=ort_cpu,
+                      options=CompileOptions(budgets={"latency": "100%"}, cache_dir=tmp_path))
     PassManager([AnnotateSensitivity(), AssignBits()]).run(model, ctx)
     lat = ctx.plan.budgets["latency"]
     assert 0 < lat["used"] <= lat["limit"]
     assert list(tmp_path.glob("ort-cpu-*.json"))
     with pytest.raises(BudgetError, match="smallest feasible latency"):
-        PassManager([AssignBits()]).run(model, PassContext(plan=ctx.plan, settings={
-            "latency_budget": "1us", "cache_dir": str(tmp_path)}))
+        PassManager([AssignBits()]).run(model, PassContext(plan=ctx.plan, backend=ort_cpu, options=CompileOptions(
+            budgets={"latency": "1us"}, cache_dir=tmp_path)))
 
 
 def test_budgets_met_by_the_pass_on_the_example(fashion) -> None:  # noqa: ANN001
     model, calib = fashion
-    ctx = PassContext(calib=calib, settings={"bits": [4, 8], "budgets": {"size": "70%", "bops": "90%"}})
+    ctx = PassContext(calib=calib, options=CompileOptions(bits=[4, 8], budgets={"size": "70%", "bops": "90%"}))
     PassManager([AnnotateSensitivity(), AssignBits()]).run(model, ctx)
     for k in ("size", "bops"):
         b = ctx.plan.budgets[k]

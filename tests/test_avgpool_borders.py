@@ -15,8 +15,9 @@ from onnx.reference import ReferenceEvaluator
 
 from qcompiler import numerics
 from qcompiler.errors import QCompileError
+from qcompiler.options import CompileOptions
 from qcompiler.ort_session import session
-from qcompiler.pipeline import CompileOptions, compile_model
+from qcompiler.pipeline import compile_model
 
 RNG = np.random.default_rng(11)
 
@@ -72,7 +73,7 @@ def test_tvm_equals_ort_and_mcu_refuses_in_one_line(tmp_path) -> None:
     calib = tmp_path / "c.npz"
     np.savez(calib, x=RNG.uniform(-1, 1, (8, 3, 9, 9)).astype(np.float32))
     compile_model(path, tmp_path / "cpu", calib=calib, options=CompileOptions(target="cpu"))  # self-checks vs ORT
-    from qcompiler import runtime
+    from qcompiler.targets.tvm import runtime
 
     run = runtime.load(tmp_path / "cpu")
     im = onnx.load(str(tmp_path / "cpu" / "model.int.onnx"))

@@ -13,17 +13,17 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import run_fused_op
+from conftest import run_fused_op, to_integer
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from qcompiler.passes.integer_checks import integer_only_violations
-from qcompiler.passes.lower_to_integer import lower_and_fuse
-from qcompiler.passes.quantize_transformer import quantize_transformer
-from qcompiler.passes.search_awq_scales import quantize_groups
 
+from qcompiler import dyadic as dy
 from qcompiler import numerics as nm
+from qcompiler.awq import quantize_groups
+from qcompiler.integer_checks import integer_only_violations
 from qcompiler.ort_session import session
 from qcompiler.plan import QuantPlan
+from qcompiler.transformer_qdq import quantize_transformer
 
 
 @pytest.mark.parametrize("x_dtype,x_zp", [(np.int8, -3), (np.uint8, 131)])
@@ -38,7 +38,7 @@ def test_qgroupmatmul_bit_exact(x_dtype, x_zp) -> None:
     u = rng.integers(1, 256, (g, m)).astype(np.uint8)
     u[:, 0] = 255
     bias = rng.integers(-50000, 50000, m).astype(np.int32)
-    b, c = nm.dyadic_array(rng.uniform(1e-6, 1e-4, m))
+    b, c = dy.dyadic_array(rng.uniform(1e-6, 1e-4, m))
     ins = {"x": x, "x_zp": np.array(x_zp, x_dtype), "w": w, "u": u, "bias": bias, "b": b, "c": c,
            "y_zp": np.array(7, np.int8)}
     a, r = run_fused_op("QGroupMatMul", ins, ["x"], np.int8, qmin=-128, qmax=127)
@@ -83,7 +83,7 @@ def test_blocked_int4_gemm_lowers_to_qgroupmatmul() -> None:
     dq = next(n for n in qdq.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == "fc.w_dq")
     assert any(a.name == "block_size" and a.i == 32 for a in dq.attribute)
     plan = QuantPlan(model="gemm")
-    im = lower_and_fuse(qdq, plan)
+    im = to_integer(qdq, plan)
     assert plan.fallback_ops == [] and integer_only_violations(im, []) == []
     assert [n.op_type for n in im.graph.node if n.domain == "qcompiler"] == ["QGroupMatMul"]
     sq, si, ref = session(qdq, optimize=False), session(im, optimize=False), ReferenceEvaluator(im)
@@ -117,16 +117,18 @@ def minilm_awq():
     from qcompiler.passes.search_awq_scales import SearchAWQScales
 
     from models import minilm, sentences
+    from qcompiler import stages
+    from qcompiler.options import CompileOptions
     from qcompiler.passmanager import PassContext, PassManager
-    from qcompiler.pipeline import canonicalize, load_model
+    from qcompiler.pipeline import load_model
 
     pre = minilm.Preprocessor()
     ss = sentences.sentences(264)
     model, _, _ = load_model(str(minilm.onnx_path()))
     ctx = PassContext(model_name="minilm", plan=QuantPlan(model="minilm"),
-                      settings={"bits": [4, 8], "act_bits": [8], "weight_only": True, "group_size": 128})
+                      options=CompileOptions(bits=[4, 8], weight_only=True, group_size=128), act_bits=[8])
     ctx.calib = _Feeds([pre(s) for s in ss[200:264]])
-    fm = canonicalize(model, ctx)
+    fm = stages.manager(stages.CANONICALIZE, ctx).run(model, ctx)
     PassManager([FindQuantizableLayers(), SearchAWQScales()]).run(fm, ctx)
     return fm, ctx, [pre(s) for s in ss[:48]]
 
@@ -164,7 +166,7 @@ def test_minilm_awq_beats_round_to_nearest(minilm_awq) -> None:
     assert cos["awq"].min() >= cos["rtn"].min() + 0.01, cos
     assert cos["awq"].mean() >= 0.95, cos
     plan = QuantPlan(model="minilm")
-    im = lower_and_fuse(qdqs["awq"], plan)
+    im = to_integer(qdqs["awq"], plan)
     assert plan.fallback_ops == [] and integer_only_violations(im, []) == []
     assert sum(n.op_type == "QGroupMatMul" for n in im.graph.node) == 36
     si, ref = session(im, optimize=False), ReferenceEvaluator(im)

@@ -14,9 +14,10 @@ from qcompiler.passes.affine_to_conv import AffineToConv
 from qcompiler.passes.infer_static_shapes import InferStaticShapes
 from qcompiler.passes.sum_to_add import SumToAdd
 
+from qcompiler.options import CompileOptions
 from qcompiler.ort_session import session
 from qcompiler.passmanager import PassContext, PassManager
-from qcompiler.pipeline import CompileOptions, compile_model
+from qcompiler.pipeline import compile_model
 
 RNG = np.random.default_rng(7)
 

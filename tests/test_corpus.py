@@ -34,7 +34,8 @@ import onnxruntime as ort
 import pytest
 
 from models import corpus
-from qcompiler.pipeline import CompileOptions, compile_model
+from qcompiler.options import CompileOptions
+from qcompiler.pipeline import compile_model
 
 #: Calibration samples per model (real ones; the first of the model's list), and held-out evaluation inputs.
 N_CALIB = {"ppocr_rec": 12, "ppocr_cls": 16, "text_orientation": 12, "silero_vad": 48}

@@ -163,9 +163,8 @@ def test_ort_matmul_integer_on_this_cpu(matmul_integer_models: Path) -> None:
 def _qmatmul_model(xdt: type, *, rows: int = 8, k: int = 64, m: int = 32, seed: int = 0) -> onnx.ModelProto:
     """One QMatMul (x [rows, K], 8-bit weights at the int8 extremes) with its ONNX function body,
     so ONNX Runtime runs it too. The weight is stored as the integer graph stores it next to x."""
-    from qcompiler.passes import integer_functions as fn
-
     from qcompiler import numerics
+    from qcompiler.lowering import functions as fn
 
     rng = np.random.default_rng(seed)
     w = rng.integers(-128, 128, (k, m)).astype(np.int8)

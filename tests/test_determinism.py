@@ -101,3 +101,20 @@ def test_bundled_example_is_byte_identical(tmp_path: Path) -> None:
     files, roots = _two_runs(tmp_path, EXAMPLE, EXAMPLE_CALIB)
     assert "model.int.onnx" in files
     _assert_no_host_details(files, roots)
+
+
+def test_many_outputs_are_byte_identical_across_hash_seeds(tmp_path: Path) -> None:
+    """Graph outputs are lowered in graph order: a model with several outputs (detectors, VAD state,
+    feature pyramids) once got its final DequantizeLinear nodes in Python set order, so two runs
+    with two hash seeds wrote two different model.int.onnx files."""
+    model = make_tiny_cnn()
+    extra = ["p1", "r2", "c3", "r3", "r4", "g"]  # intermediate tensors exposed as outputs too
+    shapes = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    model.graph.output.extend(shapes[n] for n in extra)
+    d = tmp_path / "src"
+    d.mkdir()
+    onnx.save(model, str(d / "many.onnx"))
+    np.savez(d / "calib.npz", input=tiny_calib(16))
+    files, _ = _two_runs(tmp_path, d / "many.onnx", d / "calib.npz")
+    int_model = onnx.load_from_string(files["model.int.onnx"])
+    assert [o.name for o in int_model.graph.output] == ["logits", *extra]

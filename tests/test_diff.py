@@ -3,7 +3,7 @@
 Stages come from two real sources: ONNX Runtime's own quantizer (QDQ and
 QOperator formats) on a small helper-built model, and qcompiler's pipeline on
 the bundled example. Expected SQNRs are recomputed here with numpy from
-separate ONNX Runtime runs, not taken from diff.py.
+separate ONNX Runtime runs, not taken from qcompiler.diff.
 """
 
 from __future__ import annotations
@@ -285,7 +285,8 @@ def test_plan_diff(tmp_path):
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> Path:
-    from qcompiler.pipeline import CompileOptions, compile_model
+    from qcompiler.options import CompileOptions
+    from qcompiler.pipeline import compile_model
 
     out = tmp_path_factory.mktemp("diffc") / "fashion"
     compile_model(EXAMPLE, out, calib=EXAMPLE_CALIB, options=CompileOptions(target="ort-cpu"))

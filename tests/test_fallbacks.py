@@ -67,7 +67,8 @@ def test_tvm_error_names_the_users_file(tmp_path) -> None:
     import pytest
 
     from qcompiler.errors import QCompileError
-    from qcompiler.pipeline import CompileOptions, compile_model
+    from qcompiler.options import CompileOptions
+    from qcompiler.pipeline import compile_model
 
     m = _model()
     m.graph.name = "main_graph"

@@ -19,29 +19,28 @@ from conftest import (
     EXAMPLE_CALIB,
     EXAMPLE_EVAL,
     TINY_CHANNELS,
+    canonical_model,
     dead_channel_calib,
     make_dead_channel_cnn,
+    quantize_by_stages,
     run_fused_op,
+    to_integer,
 )
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from qcompiler.passes.fuse_integer_ops import FuseIntegerOps
-from qcompiler.passes.integer_checks import integer_only_violations
-from qcompiler.passes.lower_to_integer import LowerToIntegerOps, lower_and_fuse, lower_to_integer
+from qcompiler.passes.lower_to_integer import LowerToInteger
 
+from qcompiler import dyadic as dy
 from qcompiler import numerics as nm
 from qcompiler.calibration import CalibrationData
 from qcompiler.errors import NumericsError
+from qcompiler.integer_checks import integer_only_violations
 from qcompiler.ir import DOMAIN
+from qcompiler.lowering.lower import lower_to_integer
+from qcompiler.options import CompileOptions
 from qcompiler.passmanager import PassContext, PassManager
-from qcompiler.pipeline import (
-    CompileOptions,
-    canonicalize,
-    compile_model,
-    input_specs,
-    load_model,
-    plan_and_quantize,
-)
+from qcompiler.pipeline import compile_model, input_specs, load_model
 from qcompiler.plan import QuantPlan
 from qcompiler.qdq_exact import compare_exact
 
@@ -104,10 +103,10 @@ def qdq_by_pipeline(model: onnx.ModelProto, data: np.ndarray, w_bits: int = 8,
                     a_bits: int = 8) -> tuple[onnx.ModelProto, QuantPlan]:
     """The project's own QDQ model (passes/insert_qdq.py) and plan."""
     m, name, _ = load_model(model)
-    ctx = PassContext(model_name=name, settings={"bits": [w_bits], "act_bits": [a_bits]})
-    f = canonicalize(m, ctx)
+    ctx = PassContext(model_name=name, options=CompileOptions(bits=[w_bits]), act_bits=[a_bits])
+    f = canonical_model(m, ctx)
     ctx.calib = CalibrationData.from_source(data, input_specs(f))
-    return plan_and_quantize(f, ctx, CompileOptions()), ctx.plan
+    return quantize_by_stages(f, ctx), ctx.plan
 
 
 def qdq_by_ort(model: onnx.ModelProto, data: np.ndarray, tmp_path) -> onnx.ModelProto:
@@ -213,7 +212,7 @@ def test_qconv_function_matches_reference(xt, group, cin, cout, strides, pads, d
     x = rng.integers(info.min, info.max + 1, (2, cin, 7, 7)).astype(xt)
     w = rng.integers(-128, 128, (cout, cin // group, 3, 3)).astype(np.int8)
     bias = rng.integers(-4000, 4000, cout).astype(np.int32)
-    b, c = nm.dyadic_array(rng.uniform(1e-4, 1e-2, cout))
+    b, c = dy.dyadic_array(rng.uniform(1e-4, 1e-2, cout))
     x_zp, y_zp = np.array(info.min + 17, xt), np.array(-3, np.int8)
     attrs = dict(strides=strides, pads=pads, dilations=dil, group=group, qmin=-100, qmax=120)
     want = nm.qconv(x, x_zp, w, bias, b, c, y_zp, **attrs)
@@ -228,7 +227,7 @@ def test_qmatmul_qadd_qrequant_qavgpool_functions_match_reference() -> None:
     rng = np.random.default_rng(1)
     x = rng.integers(-128, 128, (3, 20)).astype(np.int8)
     w = rng.integers(-8, 8, (20, 5)).astype(np.int8)  # 4-bit weights in an int8 container
-    b, c = nm.dyadic_array(rng.uniform(1e-3, 1, 5))
+    b, c = dy.dyadic_array(rng.uniform(1e-3, 1, 5))
     bias = rng.integers(-500, 500, 5).astype(np.int32)
     ins = dict(x=x, x_zp=np.array(-2, np.int8), w=w, w_zp=np.array(0, np.int8), bias=bias, b=b, c=c,
                y_zp=np.array(128, np.uint8))
@@ -237,20 +236,20 @@ def test_qmatmul_qadd_qrequant_qavgpool_functions_match_reference() -> None:
 
     a = rng.integers(0, 256, (2, 3, 4, 4)).astype(np.uint8)
     bb = rng.integers(0, 256, (2, 3, 4, 4)).astype(np.uint8)
-    ma, mb, cc = nm.dyadic_pair(0.7, 1.3)
+    ma, mb, cc = dy.dyadic_pair(0.7, 1.3)
     ins = dict(a=a, a_zp=np.array(10, np.uint8), b_in=bb, b_zp=np.array(200, np.uint8), ma=np.array(ma),
                mb=np.array(mb), c=np.array(cc), y_zp=np.array(50, np.uint8))
     want = nm.qadd(a, 10, bb, 200, ma, mb, cc, np.array(50, np.uint8), qmin=50, qmax=255)
     assert all(np.array_equal(g, want) for g in _run_op("QAdd", ins, dict(qmin=50, qmax=255), ["a", "b_in"], np.uint8))
 
-    bq, cq = nm.dyadic(0.37)
+    bq, cq = dy.dyadic(0.37)
     ins = dict(x=a, x_zp=np.array(10, np.uint8), b=np.array(bq), c=np.array(cq), y_zp=np.array(0, np.int8))
     want = nm.qrequant(a, 10, bq, cq, np.array(0, np.int8), qmin=-8, qmax=7)  # 4-bit output
     assert all(np.array_equal(g, want) for g in _run_op("QRequant", ins, dict(qmin=-8, qmax=7), ["x"], np.int8))
 
     x = rng.integers(0, 256, (2, 3, 7, 7)).astype(np.uint8)
     for glob, ks, st, pd in [(1, [7, 7], [1, 1], [0] * 4), (0, [3, 3], [2, 2], [1] * 4), (0, [2, 2], [2, 2], [0] * 4)]:
-        bq, cq = nm.dyadic(0.9 / (ks[0] * ks[1]))
+        bq, cq = dy.dyadic(0.9 / (ks[0] * ks[1]))
         ins = dict(x=x, x_zp=np.array(100, np.uint8), b=np.array(bq), c=np.array(cq), y_zp=np.array(5, np.uint8))
         attrs = {"kernel_shape": ks, "strides": st, "pads": pd, "global": glob, "qmin": 0, "qmax": 255}
         want = nm.qavgpool(x, 100, bq, cq, np.array(5, np.uint8), kernel_shape=ks, strides=st, pads=pd,
@@ -264,7 +263,7 @@ def test_qmatmul_qadd_qrequant_qavgpool_functions_match_reference() -> None:
 @pytest.mark.parametrize("w_bits,a_bits", [(8, 8), (4, 8), (4, 4)])
 def test_pipeline_qdq_lowers_to_integer_graph_close_to_qdq(w_bits, a_bits) -> None:
     qdq, plan = qdq_by_pipeline(make_zoo_cnn(), calib(), w_bits, a_bits)
-    int_model = lower_and_fuse(qdq, plan)
+    int_model = to_integer(qdq, plan)
     ops = [n.op_type for n in int_model.graph.node]
     assert plan.fallback_ops == []
     assert ops.count("QConv") == 4 and ops.count("QMatMul") == 2 and "QAdd" in ops and "QAvgPool" in ops
@@ -284,7 +283,7 @@ def test_ort_quantize_static_qdq_lowers_too(tmp_path) -> None:
     model = make_zoo_cnn(seed=3)
     qdq = qdq_by_ort(model, calib(seed=4), tmp_path)
     plan = QuantPlan()
-    int_model = lower_and_fuse(qdq, plan)
+    int_model = to_integer(qdq, plan)
     ops = [n.op_type for n in int_model.graph.node]
     assert ops.count("QConv") == 4 and "QAdd" in ops, ops
     check_integer_model(qdq, int_model, plan, calib(8, seed=5))
@@ -292,7 +291,7 @@ def test_ort_quantize_static_qdq_lowers_too(tmp_path) -> None:
 
 def test_unsupported_op_stays_float_and_is_listed() -> None:
     qdq, plan = qdq_by_pipeline(make_zoo_cnn(fallback=True), calib())
-    int_model = lower_and_fuse(qdq, plan)
+    int_model = to_integer(qdq, plan)
     assert plan.fallback_ops == ["sigmoid"]
     sig = next(n for n in int_model.graph.node if n.name == "sigmoid")
     prod = {o: n for n in int_model.graph.node for o in n.output}
@@ -307,7 +306,7 @@ def test_unsupported_op_stays_float_and_is_listed() -> None:
 def test_passes_under_the_pass_manager_with_checker_and_strict_shapes() -> None:
     qdq, plan = qdq_by_pipeline(make_zoo_cnn(), calib())
     ctx = PassContext(model_name="zoo", plan=plan)
-    out = PassManager([LowerToIntegerOps(), FuseIntegerOps()], debug=True).run(qdq, ctx)
+    out = PassManager([LowerToInteger(), FuseIntegerOps()], debug=True).run(qdq, ctx)
     assert {f.name for f in out.functions} == {"QConv", "QMatMul", "QAdd", "QAvgPool", "QRequant"}
     assert any(o.domain == DOMAIN for o in out.opset_import)
     # fusion changes no integer: unfused and fused graphs agree exactly
@@ -324,8 +323,8 @@ def test_fused_ops_with_dead_channels_match_reference() -> None:
     x = rng.integers(0, 256, (2, 4, 6, 6)).astype(np.uint8)
     w = rng.integers(-128, 128, (6, 4, 3, 3)).astype(np.int8)
     bias = rng.integers(-40000, 40000, 6).astype(np.int32)
-    b, c = nm.dyadic_array(np.array([1e-3, 0.0, 2e-3, 1e-12, 3e-4, 2.0**-33]))
-    assert b.tolist()[1::2] == [0, 0, 0] and c.tolist()[1::2] == [nm.C_DEAD] * 3
+    b, c = dy.dyadic_array(np.array([1e-3, 0.0, 2e-3, 1e-12, 3e-4, 2.0**-33]))
+    assert b.tolist()[1::2] == [0, 0, 0] and c.tolist()[1::2] == [dy.C_DEAD] * 3
     c[3] = 1  # any shift works with b = 0
     w_st, w_zp = nm.store_weights(w, np.uint8)
     attrs = dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, qmin=-100, qmax=120)
@@ -336,7 +335,7 @@ def test_fused_ops_with_dead_channels_match_reference() -> None:
 
     xm = rng.integers(-128, 128, (3, 20)).astype(np.int8)
     wm = rng.integers(-128, 128, (20, 4)).astype(np.int8)
-    b, c = nm.dyadic_array(np.array([0.0, 1e-3, 1e-30, 0.5]))
+    b, c = dy.dyadic_array(np.array([0.0, 1e-3, 1e-30, 0.5]))
     ins = dict(x=xm, x_zp=np.array(-2, np.int8), w=wm, w_zp=np.array(0, np.int8), bias=np.full(4, 9999, np.int32),
                b=b, c=c, y_zp=np.array(200, np.uint8))
     want = nm.qmatmul(xm, -2, wm, np.full(4, 9999), b, c, np.array(200, np.uint8), qmin=0, qmax=180)
@@ -391,7 +390,7 @@ def test_dead_channels_compile_and_output_the_zero_point(tmp_path) -> None:
     for name, n in layers.items():
         b, c = inits[n.input[5]].reshape(-1), inits[n.input[6]].reshape(-1)
         assert np.flatnonzero(b == 0).tolist() == TINY_CHANNELS[name], name
-        assert np.all(c[b == 0] == nm.C_DEAD) and b[b > 0].min() >= nm.B_MIN
+        assert np.all(c[b == 0] == dy.C_DEAD) and b[b > 0].min() >= dy.B_MIN
     assert inits[layers["conv1"].input[5]].reshape(-1)[6] > 0
     # every DequantizeLinear scale of the QDQ model is a positive, finite, normal float32
     qdq_model = onnx.load(str(out / "model.qdq.onnx"))
@@ -431,7 +430,7 @@ def test_multiplier_outside_range_is_refused_with_node_name() -> None:
         if t.name == q.input[1]:
             t.CopyFrom(numpy_helper.from_array(np.array(1e-30, np.float32), t.name))
     with pytest.raises(NumericsError, match="conv"):
-        lower_and_fuse(qdq, plan)
+        to_integer(qdq, plan)
 
 
 @pytest.mark.skipif(not (EXAMPLE.exists() and EXAMPLE_EVAL.exists()), reason="bundled example not built")
@@ -440,7 +439,7 @@ def test_bundled_fashion_cnn_integer_graph_tracks_qdq(w_bits) -> None:
     data = np.load(EXAMPLE_CALIB)
     x_cal = data[data.files[0]][:32].astype(np.float32)
     qdq, plan = qdq_by_pipeline(onnx.load(str(EXAMPLE)), x_cal, w_bits)
-    int_model = lower_and_fuse(qdq, plan)
+    int_model = to_integer(qdq, plan)
     assert plan.fallback_ops == []
     assert [n.op_type for n in int_model.graph.node].count("QConv") == 5
     ev = np.load(EXAMPLE_EVAL)

@@ -24,7 +24,8 @@ from qcompiler.targets.mcu.reference import IntReference, quantize_input
 from qcompiler.targets.mcu.testmodels import small_mobilenet, small_mobilenet_calib
 
 from qcompiler.errors import TargetError
-from qcompiler.pipeline import CompileOptions, compile_model
+from qcompiler.options import CompileOptions
+from qcompiler.pipeline import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = ROOT / "models" / "fashion_cnn.onnx"
@@ -142,6 +143,19 @@ def test_model_h_documents_io(emitted):
         assert not re.search(r"\b(float|double|malloc|free)\b", code), f
 
 
+def test_kernels_amalgamation(emitted):
+    """The emitted qc_kernels.c is the parts of runtime/kernels/ concatenated in KERNEL_PARTS order, all of
+    them and nothing else, and no part is over 600 lines."""
+    from qcompiler.targets.mcu.runtime_sources import KERNEL_PARTS, RUNTIME, kernels_source
+
+    parts = [RUNTIME / "kernels" / p for p in KERNEL_PARTS]
+    assert sorted(p.name for p in (RUNTIME / "kernels").glob("*.c")) == sorted(KERNEL_PARTS)
+    assert (emitted["fashion_w8"][0] / "qc_kernels.c").read_bytes() == b"".join(p.read_bytes() for p in parts)
+    assert kernels_source() == b"".join(p.read_bytes() for p in parts)
+    assert all(p.read_bytes().endswith(b"\n") and p.read_text().count("\n") <= 600 for p in parts)
+    assert not (RUNTIME / "qc_kernels.c").exists()  # one source of truth: the parts
+
+
 def test_unsupported_float_op_is_a_target_error(models):
     m = onnx.ModelProto()
     m.CopyFrom(models["small_w8"])
@@ -158,7 +172,9 @@ def test_unsupported_float_op_is_a_target_error(models):
 @needs_cc
 def test_requant_matches_numerics_exactly(tmp_path):
     """qc_requant1 (both the c >= 33 high-word path and the 64-bit path) against the Python-int oracle."""
-    from qcompiler.numerics import requantize_exact
+    from qcompiler.targets.mcu.runtime_sources import kernels_source
+
+    from qcompiler.dyadic import requantize_exact
 
     rng = np.random.default_rng(3)
     cases = [(int(a), int(b), int(c), int(z)) for a, b, c, z in zip(
@@ -171,9 +187,11 @@ def test_requant_matches_numerics_exactly(tmp_path):
                      for a, b, c, z in cases)
     src.write_text(f'#include <stdio.h>\n#include "qc_kernels.h"\nint main(void)\n{{\n{body}\n    return 0;\n}}\n')
     rt = Path(mcu.__file__).parent / "runtime"
+    kernels = tmp_path / "qc_kernels.c"
+    kernels.write_bytes(kernels_source())
     exe = tmp_path / "t"
     subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", f"-I{rt}", str(src),
-                    str(rt / "qc_kernels.c"), "-o", str(exe)], check=True)
+                    str(kernels), "-o", str(exe)], check=True)
     got = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
     want = [requantize_exact(a, b, c, z, -(1 << 31), (1 << 31) - 1) for a, b, c, z in cases]
     assert got == want
@@ -246,9 +264,9 @@ def test_tools_present_or_skipped_reason():
 def test_fast_requant_matches_numerics():
     """The kernels' fast requantization (hi word of acc * b, rounding and zero point folded into
     one add, one shift) against the Python-int oracle, also for the 16x accumulators of 4-bit layers."""
-    from qcompiler.targets.mcu.graph import fast_requant
+    from qcompiler.targets.mcu.weight_stream import fast_requant
 
-    from qcompiler.numerics import requantize_exact
+    from qcompiler.dyadic import requantize_exact
 
     rng = np.random.default_rng(5)
     for _ in range(300):
@@ -317,10 +335,10 @@ def test_odd_channels_bit_exact_on_m4_m0(models, tmp_path):
 
 def test_generic_requant_path_bit_exact(models, tmp_path, monkeypatch):
     """Layers whose requantization cannot take the fast form (c < 33) use the 64-bit one."""
-    from qcompiler.targets.mcu import graph
+    from qcompiler.targets.mcu import weight_stream
 
-    monkeypatch.setattr(graph, "fast_requant", lambda *a, **k: None)
-    monkeypatch.setattr(graph, "fast_requant_channels", lambda *a, **k: None)
+    monkeypatch.setattr(weight_stream, "fast_requant", lambda *a, **k: None)
+    monkeypatch.setattr(weight_stream, "fast_requant_channels", lambda *a, **k: None)
     for name in ("fashion_w4", "small_odd_w8"):
         prog, _ = mcu.plan(models[name])
         assert all(s.params.get("rq_fast", 0) == 0 for s in prog.steps)
@@ -541,7 +559,7 @@ def test_dead_channels_bit_exact(tmp_path, monkeypatch):
     the fast path whatever shift the graph gives it (the plan uses c = 33)."""
     from conftest import dead_channel_calib, make_dead_channel_cnn
 
-    from qcompiler import numerics
+    from qcompiler import dyadic
 
     for bits in (8, 4):  # at 4 bits without conv1's ~0-weight channel kept alive by its bias (2^28 x 16 > int32)
         compile_model(make_dead_channel_cnn(alive_by_bias=bits == 8), tmp_path / f"w{bits}", calib=dead_channel_calib(),
@@ -552,15 +570,15 @@ def test_dead_channels_bit_exact(tmp_path, monkeypatch):
         inits = {t.name: onh.to_array(t) for t in m.graph.initializer}
         layers = [n for n in m.graph.node if n.op_type in ("QConv", "QMatMul")]
         assert sum(int((inits[n.input[5]] == 0).sum()) for n in layers) == 4
-        assert all(np.all(inits[n.input[6]][inits[n.input[5]] == 0] == numerics.C_DEAD) for n in layers)
+        assert all(np.all(inits[n.input[6]][inits[n.input[5]] == 0] == dyadic.C_DEAD) for n in layers)
     for m in (m8, _with_dead_shift(m8, 1)):
         prog, _ = mcu.plan(m)
         kinds = {s.kind: s.params["rq_fast"] for s in prog.steps if s.kind in ("conv", "dw", "fc")}
         assert kinds == {"conv": 1, "dw": 1, "fc": 1}
     for name, m in (("dead8", m8), ("dead8_c1", _with_dead_shift(m8, 1)), ("dead4", m4)):
         _check_variant(m, name, tmp_path, ("mps2-an386", "microbit"))
-    from qcompiler.targets.mcu import graph
+    from qcompiler.targets.mcu import weight_stream
 
-    monkeypatch.setattr(graph, "fast_requant", lambda *a, **k: None)
-    monkeypatch.setattr(graph, "fast_requant_channels", lambda *a, **k: None)
+    monkeypatch.setattr(weight_stream, "fast_requant", lambda *a, **k: None)
+    monkeypatch.setattr(weight_stream, "fast_requant_channels", lambda *a, **k: None)
     _check_variant(_with_dead_shift(m8, 62), "dead8_generic", tmp_path, ("mps2-an386",))

@@ -19,7 +19,8 @@ import pytest
 from qcompiler.budgets import format_value
 from qcompiler.cli import main
 from qcompiler.errors import BudgetError
-from qcompiler.pipeline import CompileOptions, compile_model
+from qcompiler.options import CompileOptions
+from qcompiler.pipeline import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = ROOT / "models" / "fashion_cnn.onnx"
@@ -113,9 +114,11 @@ def _scored(name: str):
     from qcompiler.passes.find_quantizable_layers import FindQuantizableLayers
     from qcompiler.targets.mcu.testmodels import small_mobilenet, small_mobilenet_calib
 
+    from qcompiler import stages
     from qcompiler.calibration import CalibrationData
+    from qcompiler.ir import node_names_unique
     from qcompiler.passmanager import PassContext, PassManager
-    from qcompiler.pipeline import canonicalize, input_specs, load_model
+    from qcompiler.pipeline import input_specs, load_model
     from qcompiler.plan import QuantPlan
 
     if name == "small_mobilenet":
@@ -124,8 +127,8 @@ def _scored(name: str):
         src, data = ROOT / "models" / f"{name}.onnx", None
     model, mname, _ = load_model(src)
     ctx = PassContext(model_name=mname, plan=QuantPlan(model=mname), target="mcu",
-                      settings={"bits": [4, 8], "act_bits": [4, 8]})
-    model = canonicalize(model, ctx)
+                      options=CompileOptions(target="mcu", bits=[4, 8]), act_bits=[4, 8])
+    model = node_names_unique(stages.manager(stages.CANONICALIZE, ctx).run(model, ctx))
     if data is None:
         x = np.load(CALIB)
         x = x[x.files[0]][:32].astype(np.float32)
@@ -142,14 +145,21 @@ def test_ilp_sram_rows_equal_the_planned_arena(name):
     import copy
 
     import numpy as np
-    from qcompiler.passes.assign_bits import apply_solution, build_problem, mcu_costs, mcu_program, solve
+    from qcompiler.targets.mcu import MCU
     from qcompiler.targets.mcu.arena import plan_arena
+    from qcompiler.targets.mcu.cost import mcu_costs
+
+    from qcompiler.bit_problem import apply_solution
+    from qcompiler.cost_rows import build_problem
+    from qcompiler.ilp import solve
+    from qcompiler.stages import qdq_to_integer
 
     model, ctx = _scored(name)
     plan = ctx.plan
-    p = build_problem(model, plan, ["size", "sram"], target="mcu")
-    prog = lambda pl: mcu_program(model, pl, ctx.settings)  # noqa: E731
-    mcu_costs(p, plan, None, {"sram"}, program=prog, model=model)
+    p = build_problem(model, plan, ["size", "sram"])
+    costs = MCU.cost_model(ctx.options, qdq_to_integer)
+    prog = lambda pl: costs.program(model, pl)  # noqa: E731
+    mcu_costs(p, plan, {"sram"}, prog, model)
     rng = np.random.default_rng(0)
     values = set()
     for _ in range(8):
@@ -170,13 +180,17 @@ def test_sram_plan_is_optimal_against_brute_force():
     arena (18.8 KB for INT8 where the MCU needs 13.4 KB) and lose this at the tighter budgets."""
     import itertools
 
-    from qcompiler.passes.assign_bits import AssignBits, build_problem, mcu_measure
+    from qcompiler.passes.assign_bits import AssignBits
+    from qcompiler.targets.mcu import MCU
 
+    from qcompiler.cost_rows import build_problem
     from qcompiler.passmanager import PassContext, PassManager
+    from qcompiler.stages import qdq_to_integer
 
     model, ctx = _scored("fashion_cnn")
     plan = ctx.plan
-    p = build_problem(model, plan, ["size"], target="mcu")
+    p = build_problem(model, plan, ["size"])
+    costs = MCU.cost_model(ctx.options, qdq_to_integer)
     tie_of = {i: min(g) for g in p.ties for i in g}
     arena: dict[tuple[int, ...], float] = {}
     best: dict[float, float] = {}  # arena -> least perturbation among plans with exactly that arena
@@ -188,13 +202,14 @@ def test_sram_plan_is_optimal_against_brute_force():
         if acts not in arena:  # the arena depends on the activation bits only
             for name, f in zip(p.layers, fs):
                 plan.layers[name].weight_bits, plan.layers[name].act_bits = f
-            arena[acts] = mcu_measure(model, plan, ctx.settings)["sram"]
+            arena[acts] = costs.measure(model, plan)["sram"]
         obj = float(sum(p.omega[i][c] for i, c in enumerate(choice)))
         best[arena[acts]] = min(best.get(arena[acts], float("inf")), obj)
     assert len(best) >= 3
     for budget in sorted(best)[:-1]:
         optimum = min(v for a, v in best.items() if a <= budget)
-        sub = PassContext(plan=plan, target="mcu", settings={"sram_budget": str(int(budget))})
+        sub = PassContext(plan=plan, target="mcu", backend=MCU, costs=costs,
+                          options=CompileOptions(target="mcu", budgets={"sram": str(int(budget))}))
         PassManager([AssignBits()]).run(model, sub)
         got = sub.plan.stats["assign_bits"]["objective"]
         assert got == pytest.approx(optimum, rel=1e-9, abs=1e-15), (budget, got, optimum)

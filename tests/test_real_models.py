@@ -30,7 +30,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler import cli
 from qcompiler.errors import QCompileError
-from qcompiler.pipeline import CompileOptions, compile_model
+from qcompiler.options import CompileOptions
+from qcompiler.pipeline import compile_model
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 ZOO = ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet", "squeezenet",

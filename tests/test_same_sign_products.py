@@ -21,8 +21,9 @@ from onnx.reference import ReferenceEvaluator
 from test_cpu_paths import run_python_on_avx2
 
 from qcompiler import numerics
+from qcompiler.options import CompileOptions
 from qcompiler.ort_session import session
-from qcompiler.pipeline import CompileOptions, compile_model
+from qcompiler.pipeline import compile_model
 from qcompiler.products import mixed_sign_products
 
 PLANS = {"int8": CompileOptions(target="ort-cpu"),

@@ -10,12 +10,17 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from qcompiler.passes import annotate_sensitivity as sens
 from qcompiler.passes.annotate_sensitivity import AnnotateSensitivity
 
 from qcompiler.errors import CalibrationError
+from qcompiler.layers import ensure_layers, fmt
+from qcompiler.options import CompileOptions
 from qcompiler.passmanager import PassContext, PassManager
 from qcompiler.plan import QuantPlan
+from qcompiler.sensitivity.layer_quant import layer_input_range, layer_weight
+from qcompiler.sensitivity.outputs import reference_outputs
+from qcompiler.sensitivity.samples import iter_samples, make_batchable
+from qcompiler.sensitivity.whole_plan import plan_output_kl
 
 
 def residual_cnn(seed: int = 0, c: int = 8, hw: int = 12, batch: int | str = "N", bn: bool = False) -> onnx.ModelProto:
@@ -68,15 +73,15 @@ def test_kl_scores_match_independent_single_layer_runs() -> None:
     """The suffix/probe engine must give, per layer and format, the same KL as quantizing that one layer
     in a whole rebuilt model (a different code path: ONNX float QDQ chain, one full session)."""
     model = residual_cnn()
-    ctx = PassContext(calib=[{"x": _data()}], settings={"sensitivity_estimate": False})
+    ctx = PassContext(calib=[{"x": _data()}], options=CompileOptions(sensitivity_estimate=False))
     model = PassManager([AnnotateSensitivity()]).run(model, ctx)
-    samples = sens.iter_samples(ctx.calib)
-    ref = sens.reference_outputs(model, samples)
+    samples = iter_samples(ctx.calib)
+    ref = reference_outputs(model, samples)
     for name, lp in ctx.plan.layers.items():
         one = QuantPlan(layers={name: lp}, tensors=ctx.plan.tensors)
         for w, a in ([4, 8], [8, 4]):
-            direct = sens.plan_output_kl(model, one, samples, {name: (w, a)}, reference=ref)
-            assert lp.sensitivity[sens.fmt(w, a)] == pytest.approx(direct, rel=1e-3, abs=1e-9), (name, w, a)
+            direct = plan_output_kl(model, one, samples, {name: (w, a)}, reference=ref)
+            assert lp.sensitivity[fmt(w, a)] == pytest.approx(direct, rel=1e-3, abs=1e-9), (name, w, a)
     for lp in ctx.plan.layers.values():  # fewer bits, more perturbation (monotone after denoising)
         s = lp.sensitivity
         assert s["w4a4"] >= s["w4a8"] >= s["w8a8"] >= 0 and s["w8a4"] >= s["w8a8"]
@@ -89,7 +94,7 @@ def test_estimated_scores_measure_anchors_and_scale_the_rest() -> None:
     all-measured scores; the 8-bit-weight formats must stay within the stated error."""
     scores = {}
     for est in (False, True):
-        ctx = PassContext(calib=[{"x": _data()}], settings={"sensitivity_estimate": est})
+        ctx = PassContext(calib=[{"x": _data()}], options=CompileOptions(sensitivity_estimate=est))
         PassManager([AnnotateSensitivity()]).run(residual_cnn(), ctx)
         scores[est] = {n: lp.sensitivity for n, lp in ctx.plan.layers.items()}
         assert ctx.plan.stats["sensitivity"]["runs"] == (16 if not est else 8)
@@ -110,7 +115,8 @@ def test_size_budget_spends_runs_where_they_can_change_the_plan() -> None:
     model = residual_cnn()
     full = PassContext(calib=[{"x": _data()}])
     PassManager([AnnotateSensitivity()]).run(model, full)
-    ctx = PassContext(calib=[{"x": _data()}], settings={"budgets": {"size": "70%"}, "sensitivity_min_share": 0.06})
+    ctx = PassContext(calib=[{"x": _data()}],
+                      options=CompileOptions(budgets={"size": "70%"}, sensitivity_min_share=0.06))
     PassManager([AnnotateSensitivity()]).run(model, ctx)
     stats = ctx.plan.stats["sensitivity"]
     assert stats["light_layers"] == 1 and stats["candidates_dropped"] == 8 and stats["runs"] == 4
@@ -131,7 +137,7 @@ def test_static_batch_model_is_batched_and_agrees() -> None:
         ctx = PassContext(calib=calib)
         PassManager([AnnotateSensitivity()]).run(m, ctx)
         scores.append({n: lp.sensitivity for n, lp in ctx.plan.layers.items()})
-    work, merged = sens.make_batchable(static, [{"x": x[i:i + 1]} for i in range(len(x))])
+    work, merged = make_batchable(static, [{"x": x[i:i + 1]} for i in range(len(x))])
     assert len(merged) == 2 and merged[0]["x"].shape[0] == 16
     for n in scores[0]:
         for k in scores[0][n]:
@@ -144,13 +150,11 @@ def test_hutchinson_matches_exact_hessian_trace() -> None:
     is chosen (and checked) to make the 5% bar at least 2.5 standard errors wide: a biased
     estimator would fail, noise should not."""
     torch = pytest.importorskip("torch")
-    from qcompiler.passes.annotate_sensitivity import ensure_layers
-
     from qcompiler.hessian import OnnxTorch, hutchinson_traces, pseudo_label_loss
 
     model = residual_cnn(c=2, hw=5)
     plan = QuantPlan()
-    ensure_layers(model, plan, {})
+    ensure_layers(model, plan, CompileOptions())
     samples = [{"x": _data(8, 5)}]
     iters = 3000
     plan = QuantPlan(layers={k: plan.layers[k] for k in ("conv3", "fc")})  # only the layers checked
@@ -178,7 +182,7 @@ def test_hutchinson_matches_exact_hessian_trace() -> None:
 def test_hessian_method_scores() -> None:
     pytest.importorskip("torch")
     model = residual_cnn()
-    ctx = PassContext(calib=[{"x": _data(32)}], settings={"sensitivity": "hessian", "hutchinson_iters": 30})
+    ctx = PassContext(calib=[{"x": _data(32)}], options=CompileOptions(sensitivity="hessian", hutchinson_iters=30))
     PassManager([AnnotateSensitivity()]).run(model, ctx)
     for lp in ctx.plan.layers.values():
         s = lp.sensitivity
@@ -219,7 +223,7 @@ def test_zeroq_distils_bn_statistics_and_feeds_sensitivity() -> None:
     after = err(x)
     assert after < 0.1 * before, (before, after)
     # the pass distils on its own when no calibration data is given
-    ctx = PassContext(calib=None, settings={"zeroq_samples": 8, "zeroq_iters": 60})
+    ctx = PassContext(calib=None, options=CompileOptions(zeroq_samples=8, zeroq_iters=60))
     PassManager([AnnotateSensitivity()]).run(model, ctx)
     assert all(lp.sensitivity["w4a8"] > lp.sensitivity["w8a8"] for lp in ctx.plan.layers.values())
     with pytest.raises(CalibrationError, match="--calib"):
@@ -229,21 +233,19 @@ def test_zeroq_distils_bn_statistics_and_feeds_sensitivity() -> None:
 
 
 def test_latency_table_is_measured_and_cached(tmp_path) -> None:  # noqa: ANN001
-    from qcompiler.passes.annotate_sensitivity import ensure_layers
-
-    from qcompiler.latency import latency_table
+    from qcompiler.latency import latency_table, measure_ort_cpu
 
     model = residual_cnn(c=16, hw=24)
     plan = QuantPlan()
-    ensure_layers(model, plan, {})
+    ensure_layers(model, plan, CompileOptions())
     t0 = time.perf_counter()
-    tab = latency_table(model, plan, "ort-cpu", cache_dir=tmp_path)
+    tab = latency_table(model, plan, "ort-cpu", measurer=measure_ort_cpu, cache_dir=tmp_path)
     first = time.perf_counter() - t0
     assert set(tab) == set(plan.layers) and all(set(v) >= {"w4a4", "w4a8", "w8a4", "w8a8"} for v in tab.values())
     assert all(0 < t < 0.1 for v in tab.values() for t in v.values())
     assert len(list(tmp_path.glob("ort-cpu-*.json"))) == 1
     t0 = time.perf_counter()
-    again = latency_table(model, plan, "ort-cpu", cache_dir=tmp_path)
+    again = latency_table(model, plan, "ort-cpu", measurer=measure_ort_cpu, cache_dir=tmp_path)
     assert again == tab and time.perf_counter() - t0 < first / 3
 
 
@@ -262,7 +264,7 @@ def test_scoring_quantizes_a_layer_as_insert_qdq_compiles_it() -> None:
     calib = CalibrationData.from_source([{"x": x[i:i + 1]} for i in range(len(x))],
                                         [InputSpec("x", (1, 1, 12, 12), np.dtype(np.float32))])
     ctx = PassContext(calib=calib,
-                      settings={"bits": [4, 8], "act_bits": [4, 8], "observer": "minmax"})
+                      options=CompileOptions(bits=[4, 8], observer="minmax"), act_bits=[4, 8])
     model = PassManager([FindQuantizableLayers(), CalibrateRanges()]).run(model, ctx)
     nodes = {n.name: n for n in model.graph.node}
     inits = initializers(model)
@@ -271,14 +273,14 @@ def test_scoring_quantizes_a_layer_as_insert_qdq_compiles_it() -> None:
     want = {}
     for name, lp in ctx.plan.layers.items():
         node = nodes[name]
-        rng = sens.layer_input_range(model, ctx.plan, name)
-        w = sens.layer_weight(inits[lp.weight], lp.weight_bits, lp.act_bits, sens.weight_axis(node),
+        rng = layer_input_range(model, ctx.plan, name)
+        w = layer_weight(inits[lp.weight], lp.weight_bits, lp.act_bits, quant.node_weight_axis(node),
                               inits.get(node.input[2]), rng)
         want[name] = (w, quant.activation_qparams(rng[0], rng[1], lp.act_bits)[0])
     qdq = PassManager([InsertQDQ()]).run(model, ctx)
     got = initializers(qdq)
     for name, lp in ctx.plan.layers.items():
-        axis = sens.weight_axis(nodes[name])
+        axis = quant.node_weight_axis(nodes[name])
         shape = [1] * got[f"{name}.w_q"].ndim
         shape[axis] = -1
         w_int = got[f"{name}.w_q"].astype(np.int16) - got[f"{name}.w_zp"].astype(np.int16).reshape(shape)

@@ -1,4 +1,4 @@
-"""SmoothQuant-style smoothing (passes/smooth_activations.py) and the per-channel QGelu it relies on.
+"""SmoothQuant-style smoothing (qcompiler/smoothing.py) and the per-channel QGelu it relies on.
 
 - QGelu with per-channel m1, m3, b, c (a smoothed GELU input and output): ONNX Runtime ==
   onnx.reference == numpy reference, and within the per-op bound of GELU on each channel's grid;
@@ -14,16 +14,16 @@ import math
 import numpy as np
 import onnx
 import pytest
-from conftest import run_fused_op
+from conftest import run_fused_op, to_integer
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from qcompiler.passes.lower_to_integer import lower_and_fuse
-from qcompiler.passes.quantize_transformer import quantize_transformer
-from qcompiler.passes.smooth_activations import smooth_activations
 
+from qcompiler import dyadic as dy
 from qcompiler import numerics as nm
 from qcompiler.ort_session import session
 from qcompiler.plan import QuantPlan
+from qcompiler.smoothing import smooth_activations
+from qcompiler.transformer_qdq import quantize_transformer
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
@@ -41,7 +41,7 @@ def test_per_channel_qgelu_bit_exact_and_close_to_float() -> None:
     y_zp = np.array(-100, np.int8)
     m = [nm.gelu_multipliers(float(s)) for s in s_in]
     m1, m3 = np.array([a for a, _ in m], np.int64), np.array([b for _, b in m], np.int64)
-    b, c = nm.dyadic_array(s_in * 2.0**-16 / s_out)
+    b, c = dy.dyadic_array(s_in * 2.0**-16 / s_out)
     ins = {"x": x, "x_zp": np.array(zp, np.int8), "m1": m1, "m3": m3, "b": b, "c": c, "y_zp": y_zp}
     a, r = run_fused_op("QGelu", ins, ["x"], np.int8, qmin=-128, qmax=127)
     ref = nm.qgelu(x, np.array(zp, np.int8), m1, m3, b, c, y_zp)
@@ -103,7 +103,7 @@ def test_smoothed_block_integer_graph(smooth: bool) -> None:
     m, cal, test = block(), feeds(32, 1), feeds(8, 3)
     qdq = quantize_transformer(m, cal, smooth=smooth)
     plan = QuantPlan(model="block")
-    im = lower_and_fuse(qdq, plan)
+    im = to_integer(qdq, plan)
     assert plan.fallback_ops == []
     gelus = [n for n in im.graph.node if n.op_type == "QGelu"]
     assert len(gelus) == 1

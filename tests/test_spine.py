@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import make_tiny_cnn, tiny_calib
+from conftest import canonical_model, make_tiny_cnn, quantize_by_stages, tiny_calib
 
 from qcompiler.calibration import CalibrationData, InputSpec, RangeObserver, mse_range
 from qcompiler.errors import CalibrationError, ExternalDataError, ShapeError
 from qcompiler.evaluate import runner
 from qcompiler.importer import load_onnx
+from qcompiler.options import CompileOptions
 from qcompiler.passmanager import ContractError, PassContext, PassManager
-from qcompiler.pipeline import CompileOptions, canonicalize, input_specs, load_model, plan_and_quantize
+from qcompiler.pipeline import input_specs, load_model
 from qcompiler.plan import QuantPlan
 
 
@@ -22,8 +23,10 @@ def _run_all(f, x):
 
 def _canonical(model=None, **kw):
     m, name, _ = load_model(model or make_tiny_cnn(), **kw)
-    ctx = PassContext(model_name=name, settings={"bits": [8], "act_bits": [8]})
-    return canonicalize(m, ctx, debug=True), ctx
+    ctx = PassContext(model_name=name, debug=True)  # checker and strict shapes after each canonical pass
+    f = canonical_model(m, ctx)
+    ctx.debug = False
+    return f, ctx
 
 
 def test_import_converts_opset_and_folds_batchnorm_exactly():
@@ -120,7 +123,8 @@ def test_calibration_refuses_pickle_and_wrong_shape(tmp_path):
 def test_qdq_model_runs_in_ort_and_tracks_float():
     f, ctx = _canonical()
     ctx.calib = CalibrationData.from_source(tiny_calib(), input_specs(f))
-    q = plan_and_quantize(f, ctx, CompileOptions(debug=True))
+    ctx.debug = True
+    q = quantize_by_stages(f, ctx)
     ops = [n.op_type for n in q.graph.node]
     assert ops.count("Relu") == 4  # Relu kept, quantized after it
     x = tiny_calib(8, seed=9)
@@ -138,11 +142,11 @@ def test_qdq_model_runs_in_ort_and_tracks_float():
 def test_calibration_observes_exactly_the_tensors_that_get_their_own_quantizer():
     # A conv output that only feeds its Relu is never quantized, and a MaxPool/view output shares its
     # input's quantizer: observing them would cost ORT its Conv+Relu fusion and copy them out for nothing.
-    from qcompiler.passes.insert_qdq import SAME_SCALE_OPS
+    from qcompiler.ties import SAME_SCALE_OPS
 
     f, ctx = _canonical()
     ctx.calib = CalibrationData.from_source(tiny_calib(), input_specs(f))
-    q = plan_and_quantize(f, ctx, CompileOptions())
+    q = quantize_by_stages(f, ctx)
     producer = {o: n.op_type for n in q.graph.node for o in n.output}
     own = {n.input[0].removesuffix(".float") for n in q.graph.node  # a graph output's float twin
            if n.op_type == "QuantizeLinear" and producer.get(n.input[0]) not in SAME_SCALE_OPS}
@@ -156,10 +160,9 @@ def test_calibration_observes_exactly_the_tensors_that_get_their_own_quantizer()
 
 def test_four_bit_weights_are_uint4_and_run():
     f, ctx = _canonical()
-    ctx.settings["bits"] = [4]
-    ctx.settings["act_bits"] = [8]
+    ctx.options, ctx.act_bits = CompileOptions(bits=[4]), [8]
     ctx.calib = CalibrationData.from_source(tiny_calib(), input_specs(f))
-    q = plan_and_quantize(f, ctx, CompileOptions())
+    q = quantize_by_stages(f, ctx)
     inits = {t.name: t for t in q.graph.initializer}
     assert inits["conv2.w_q"].data_type == onnx.TensorProto.UINT4  # zero point 8 (numerics.weight_storage)
     assert set(onnx.numpy_helper.to_array(inits["conv2.w_zp"]).astype(np.int16).tolist()) == {8}
@@ -171,7 +174,7 @@ def test_four_bit_weights_are_uint4_and_run():
 def test_plan_round_trips(tmp_path):
     f, ctx = _canonical()
     ctx.calib = CalibrationData.from_source(tiny_calib(), input_specs(f))
-    plan_and_quantize(f, ctx, CompileOptions())
+    quantize_by_stages(f, ctx)
     ctx.plan.save(tmp_path / "plan.json")
     again = QuantPlan.load(tmp_path / "plan.json")
     assert again.dumps() == ctx.plan.dumps()

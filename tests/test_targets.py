@@ -9,14 +9,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import onnx
 import pytest
 from conftest import EXAMPLE, EXAMPLE_CALIB
 from qcompiler.targets import ALL_TARGETS, TARGETS, Target, find_target, get_target
 
 from qcompiler.cli import main
 from qcompiler.errors import BudgetError, FlagError, TargetError
-from qcompiler.latency import get_measurer, measure_ort_cpu
-from qcompiler.pipeline import CompileOptions
+from qcompiler.latency import latency_table, measure_ort_cpu
+from qcompiler.options import CompileOptions
+from qcompiler.plan import LayerPlan, QuantPlan
 
 
 def test_names_aliases_and_graphs() -> None:
@@ -55,11 +57,14 @@ def test_cuda_tune_refused_by_the_cli_without_compiling(tmp_path, capsys) -> Non
 
 
 def test_latency_timers_come_from_the_target() -> None:
-    assert get_measurer("ort-cpu") is measure_ort_cpu and get_measurer("ort") is measure_ort_cpu
-    assert callable(get_measurer("tvm-llvm"))
-    for name in ("ort-cuda", "mcu", "fpga9000"):
+    assert get_target("ort-cpu").latency_measurer() is measure_ort_cpu
+    assert get_target("ort").latency_measurer() is measure_ort_cpu
+    assert callable(get_target("tvm-llvm").latency_measurer())
+    for name in ("ort-cuda", "mcu"):
+        assert get_target(name).latency_measurer() is None
         with pytest.raises(BudgetError, match=f"target '{name}' cannot time layers"):
-            get_measurer(name)
+            plan = QuantPlan(layers={"x": LayerPlan(op_type="Conv", weight="w", input="i", output="o")})
+            latency_table(onnx.ModelProto(), plan, name, measurer=None, cache_dir="/nonexistent")
 
 
 def test_runtime_loaders() -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import run_fused_op
 
+from qcompiler import dyadic as dy
 from qcompiler import numerics as nm
 
 
@@ -51,7 +52,7 @@ def test_qsoftmax_bit_exact_and_close_to_float(dtype, s_x) -> None:
     mask[0, 0] = 1
     s_y, y_zp = 1 / 255, np.array(-128, np.int8)
     m_exp = nm.softmax_exp_multiplier(s_x)
-    b, c = nm.dyadic(2.0**-16 / s_y)
+    b, c = dy.dyadic(2.0**-16 / s_y)
     ins = {"x": x, "mask": mask, "m_exp": np.array(m_exp, np.int64), "b": np.array(b, np.int64),
            "c": np.array(c, np.int64), "y_zp": y_zp}
     a, r = run_both("QSoftmax", ins, ["x", "mask"], -128, 127, np.int8)
@@ -67,7 +68,7 @@ def test_qsoftmax_bit_exact_and_close_to_float(dtype, s_x) -> None:
 def test_qsoftmax_fully_masked_row_is_zero_not_a_crash() -> None:
     x = np.zeros((2, 4), np.int8)
     mask = np.zeros((1, 4), np.uint8)
-    b, c = nm.dyadic(2.0**-16 * 255)
+    b, c = dy.dyadic(2.0**-16 * 255)
     ins = {"x": x, "mask": mask, "m_exp": np.array(nm.softmax_exp_multiplier(0.1), np.int64),
            "b": np.array(b, np.int64), "c": np.array(c, np.int64), "y_zp": np.array(0, np.uint8)}
     a, r = run_both("QSoftmax", ins, ["x", "mask"], 0, 255, np.uint8)
@@ -94,7 +95,7 @@ def test_qgelu_bit_exact_and_close_to_float(dtype, s_x, zp) -> None:
     s_y = (want.max() - min(want.min(), 0)) / 255
     y_zp = np.array(int(round(-128 - min(want.min(), 0) / s_y)), np.int8)
     m1, m3 = nm.gelu_multipliers(s_x)
-    b, c = nm.dyadic(s_x * 2.0**-16 / s_y)
+    b, c = dy.dyadic(s_x * 2.0**-16 / s_y)
     ins = {"x": x, "x_zp": np.array(zp, dtype), "m1": np.array(m1, np.int64), "m3": np.array(m3, np.int64),
            "b": np.array(b, np.int64), "c": np.array(c, np.int64), "y_zp": y_zp}
     a, r = run_both("QGelu", ins, ["x"], -128, 127, np.int8)
@@ -112,7 +113,7 @@ def test_shiftgelu_variant_is_ivit_sigmoid_form() -> None:
     m1, m3 = nm.gelu_multipliers(s_x, shift_gelu=True)
     assert m3 == 0
     s_y = 5.3 / 255
-    b, c = nm.dyadic(s_x * 2.0**-16 / s_y)
+    b, c = dy.dyadic(s_x * 2.0**-16 / s_y)
     y = nm.qgelu(x, 0, m1, m3, b, c, np.array(-118, np.int8))
     got = (y.astype(np.float64) + 118) * s_y
     assert np.abs(got - gelu(x * s_x)).max() <= 0.0204 + s_y / 2 + 1e-3
@@ -174,7 +175,7 @@ def test_qbatchmatmul_bit_exact(ta, tb) -> None:
     rng = np.random.default_rng(3)
     a, bx = rand_q(rng, (4, 8, 32), ta), rand_q(rng, (4, 32, 8), tb)
     a_zp, b_zp = np.array(5, ta), np.array(7, tb)
-    b, c = nm.dyadic(0.02 * 0.03 / 0.5)
+    b, c = dy.dyadic(0.02 * 0.03 / 0.5)
     ins = {"a": a, "a_zp": a_zp, "b_in": bx, "b_zp": b_zp, "b": np.array(b, np.int64),
            "c": np.array(c, np.int64), "y_zp": np.array(-3, np.int8)}
     o, r = run_both("QBatchMatMul", ins, ["a", "b_in"], -128, 127, np.int8)

@@ -18,18 +18,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from qcompiler.targets.tvm import emit
-from qcompiler.targets.tvm.builder import (
-    build_module,
+from qcompiler.targets.tvm.builder import build_module
+from qcompiler.targets.tvm.compile import compile_module, cpu_target, host_mcpu, nvcc_path
+from qcompiler.targets.tvm.library import emit
+from qcompiler.targets.tvm.weight_packing import (
     pack_int2,
     pack_int4,
     packed_bits,
     unpack_int2_np,
     unpack_int4_np,
 )
-from qcompiler.targets.tvm.compile import compile_module, cpu_target, host_mcpu, nvcc_path
 
-from qcompiler import numerics, runtime
+from qcompiler import dyadic, numerics, runtime
 from qcompiler.errors import QCompileError, TargetError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +157,7 @@ def test_qconv_dead_channels_match_numerics(dt, group) -> None:
     x_zp = np.array(info.min + 40, dt)
     w = RNG.integers(-127, 128, (6, 6 // group, 3, 3)).astype(np.int8)
     bias = RNG.integers(-50000, 50000, 6).astype(np.int32)
-    b, c = numerics.dyadic_array(np.array([3e-4, 0.0, 1e-3, 2.0**-40, 5e-4, 1e-25]))
+    b, c = dyadic.dyadic_array(np.array([3e-4, 0.0, 1e-3, 2.0**-40, 5e-4, 1e-25]))
     assert b.tolist()[1::2] == [0, 0, 0]
     c[3] = 1  # any shift works with b = 0
     y_zp = np.array(-9, np.int8)
@@ -254,7 +254,8 @@ def test_host_mcpu_from_cpu_flags() -> None:
 def fashion_out(tmp_path_factory) -> dict[str, Path]:
     """The bundled example compiled by the real pipeline for --target cpu, at W8A8 and at 4 bits."""
     from models import zoo
-    from qcompiler.pipeline import CompileOptions, compile_model
+    from qcompiler.options import CompileOptions
+    from qcompiler.pipeline import compile_model
 
     outs = {}
     for tag, bits in (("w8", [8]), ("w4", [4])):
@@ -312,7 +313,7 @@ def test_runtime_bench_and_shape_errors(fashion_out) -> None:
 
 
 def test_measure_layer_latency(fashion_out) -> None:
-    from qcompiler.targets.tvm import measure_layer_latency
+    from qcompiler.targets.tvm.library import measure_layer_latency
 
     m = onnx.load(str(fashion_out["w8"] / "model.int.onnx"))
     names = [n.name for n in m.graph.node if n.op_type in ("QConv", "QMatMul")][:2]
@@ -327,7 +328,8 @@ def test_dead_channels_model_bit_exact_with_ort(tmp_path) -> None:
     (b = 0 in conv, depthwise and Gemm layers) compiles and its library equals ORT on model.int.onnx."""
     from conftest import dead_channel_calib, make_dead_channel_cnn
 
-    from qcompiler.pipeline import CompileOptions, compile_model
+    from qcompiler.options import CompileOptions
+    from qcompiler.pipeline import compile_model
 
     out = tmp_path / "out"
     compile_model(make_dead_channel_cnn(), out, calib=dead_channel_calib(), options=CompileOptions(target="cpu"),
@@ -374,7 +376,7 @@ def test_cuda_code_compiles_with_nvcc(cuda_outs, arch) -> None:
     src = (out / "model.cu").read_text()
     assert "__global__" in src
     # packed 4-bit weights are unpacked without an int8 left shift: C promotes signed char to int, so the
-    # inlined ``(p << 4) >> 4`` would be p itself on the GPU, not its low nibble (builder.py docstring)
+    # inlined ``(p << 4) >> 4`` would be p itself on the GPU, not its low nibble (weight_packing.py docstring)
     assert "bitwise_xor" in src and not re.search(r"param_\d+_ptr\[[^\]]*\]\s*<<", src)
     assert f".target {arch}" in (out / "model.ptx").read_text()
     assert (out / "model.cubin").read_bytes()[:4] == b"\x7fELF"
@@ -412,7 +414,8 @@ def test_cuda_bit_exact_on_gpu(fashion_out, tmp_path) -> None:
 @pytest.mark.parametrize("name", ["fashion_cnn", "mobilenet_v2", "efficientnet_lite0"])
 def test_zoo_cpu_bit_exact_100_inputs(name, tmp_path) -> None:
     from models import zoo
-    from qcompiler.pipeline import CompileOptions, compile_model
+    from qcompiler.options import CompileOptions
+    from qcompiler.pipeline import compile_model
 
     try:
         path = zoo.get_model(name)

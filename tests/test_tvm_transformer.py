@@ -26,13 +26,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
-from qcompiler.passes import integer_functions as fn
-from qcompiler.targets.tvm import emit
+from qcompiler.targets.tvm import runtime
 from qcompiler.targets.tvm.builder import build_module
 from qcompiler.targets.tvm.compile import compile_module, cpu_assembly, cpu_target
+from qcompiler.targets.tvm.library import emit
 
+from qcompiler import dyadic as dy
 from qcompiler import numerics as nm
-from qcompiler import runtime
+from qcompiler.lowering import functions as fn
 from qcompiler.ort_session import session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ SOFTMAX_CASES = {
 def softmax_lib(case: str) -> tuple[Compiled, tuple]:
     xdt, xs, ms, s_x, ydt, y_zp, s_y = SOFTMAX_CASES[case]
     m_exp = (1 << 40) - 1 if s_x is None else nm.softmax_exp_multiplier(s_x)
-    b, c = nm.dyadic(2.0**-16 / s_y)
+    b, c = dy.dyadic(2.0**-16 / s_y)
     consts = (m_exp, b, c, np.array(y_zp, ydt))
     ins = {"x": np.zeros(xs, xdt), "mask": np.ones(ms, np.uint8), "m_exp": i64(m_exp), "b": i64(b), "c": i64(c),
            "y_zp": consts[3]}
@@ -188,9 +189,9 @@ def test_qgelu_whole_input_domain() -> None:
         y_zp = np.array(int(yi.min) + 10, ydt)
         m1, m3 = nm.gelu_multipliers(s_x, shift_gelu=shift)
         if per_channel:
-            b, c = nm.dyadic_array(s_x * 2.0**-16 / s_y * np.geomspace(0.3, 1.0, ch))
+            b, c = dy.dyadic_array(s_x * 2.0**-16 / s_y * np.geomspace(0.3, 1.0, ch))
         else:
-            b, c = (i64(v) for v in nm.dyadic(s_x * 2.0**-16 / s_y))
+            b, c = (i64(v) for v in dy.dyadic(s_x * 2.0**-16 / s_y))
         consts = {"x_zp": np.array(zp, xdt), "m1": i64(m1), "m3": i64(m3), "b": b, "c": c, "y_zp": y_zp}
         nodes.append(fn.make_node("QGelu", [f"{case}.x", *[f"{case}.{k}" for k in consts]], f"{case}.y", case,
                                   qmin=int(yi.min), qmax=int(yi.max)))
@@ -286,7 +287,7 @@ def bmm_lib(case: str) -> tuple[Compiled, tuple]:
     a_zp, b_zp = np.array(rng.integers(-5, 6) + (128 if ta == np.uint8 else 0), ta), \
         np.array(rng.integers(-5, 6) + (128 if tb == np.uint8 else 0), tb)
     yi = np.iinfo(ty)
-    b, c = nm.dyadic(255.0 / (sa[-1] * 255 * 255) * (int(yi.max) - int(yi.min)))
+    b, c = dy.dyadic(255.0 / (sa[-1] * 255 * 255) * (int(yi.max) - int(yi.min)))
     y_zp = np.array(int(yi.min) // 2 + 3, ty)
     ins = {"a": np.zeros(sa, ta), "a_zp": a_zp, "b_in": np.zeros(sb, tb), "b_zp": b_zp, "b": i64(b), "c": i64(c),
            "y_zp": y_zp}
@@ -373,7 +374,7 @@ def test_qmatmul_int16_input_matches_numerics() -> None:
     w[:, 0] = 127
     bias = rng.integers(-1000, 1000, m).astype(np.int32)
     x_zp, y_zp = np.array(-20000, np.int16), np.array(0, np.int16)
-    b, c = nm.dyadic_array(np.full(m, 1.0 / (k * 127)))
+    b, c = dy.dyadic_array(np.full(m, 1.0 / (k * 127)))
     ins = {"x": x, "x_zp": x_zp, "w": w, "w_zp": np.array(0, np.int8), "bias": bias, "b": b, "c": c, "y_zp": y_zp}
     model = fused_model("QMatMul", ins, ["x"], np.int16, qmin=-32768, qmax=32767)
     built = build_module(model)
@@ -381,7 +382,7 @@ def test_qmatmul_int16_input_matches_numerics() -> None:
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     acc = (x.astype(np.int64) - int(x_zp)) @ w.astype(np.int64) + bias
     assert np.abs(acc).max() >= 2**31  # the case this test is for
-    want = np.clip(int(y_zp) + nm.shift_round(acc * b, c), -32768, 32767).astype(np.int16)
+    want = np.clip(int(y_zp) + dy.shift_round(acc * b, c), -32768, 32767).astype(np.int16)
     assert np.array_equal(got, want)
 
 
@@ -588,14 +589,14 @@ def _tiny_feeds(rng: np.random.Generator, n: int, seq: int = 8, hidden: int = 32
 
 def test_tiny_encoder_emit_bit_exact_with_ort(tmp_path) -> None:
     """The transformer path through ``emit`` (self-check on two inputs, lib.so, runtime.load) on a graph
-    made by the real quantize_transformer + lower_and_fuse passes; runs without the MiniLM weights."""
-    from qcompiler.passes.lower_to_integer import lower_and_fuse
-    from qcompiler.passes.quantize_transformer import quantize_transformer
+    made by the real quantize_transformer, lower_to_integer and fuse_integer_ops passes; needs no MiniLM weights."""
+    from conftest import to_integer
 
     from qcompiler.plan import QuantPlan
+    from qcompiler.transformer_qdq import quantize_transformer
 
     rng = np.random.default_rng(3)
-    im = lower_and_fuse(quantize_transformer(tiny_encoder(), _tiny_feeds(rng, 16)), QuantPlan(model="tiny"))
+    im = to_integer(quantize_transformer(tiny_encoder(), _tiny_feeds(rng, 16)), QuantPlan(model="tiny"))
     ops = {n.op_type for n in im.graph.node}
     assert {"QSoftmax", "QGelu", "QLayerNorm", "QBatchMatMul", "QMatMul"} <= ops, ops
     # "fast": the hand-written CPU schedules passed emit's self-check (no fallback to default loops)

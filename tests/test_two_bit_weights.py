@@ -16,17 +16,26 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import EXAMPLE, EXAMPLE_CALIB, EXAMPLE_EVAL, make_tiny_cnn, tiny_calib
+from conftest import (
+    EXAMPLE,
+    EXAMPLE_CALIB,
+    EXAMPLE_EVAL,
+    canonical_model,
+    make_tiny_cnn,
+    quantize_by_stages,
+    tiny_calib,
+    to_integer,
+)
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from qcompiler.passes.lower_to_integer import lower_and_fuse
 
 from qcompiler.budgets import stored_bytes
 from qcompiler.calibration import CalibrationData
 from qcompiler.cli import main
 from qcompiler.errors import BudgetError
+from qcompiler.options import CompileOptions
 from qcompiler.passmanager import PassContext
-from qcompiler.pipeline import CompileOptions, canonicalize, compile_model, input_specs, load_model, plan_and_quantize
+from qcompiler.pipeline import compile_model, input_specs, load_model
 from qcompiler.quantize import quantize_weight, weight_scales
 
 
@@ -68,10 +77,10 @@ def test_ternary_grid_is_mse_clipped() -> None:
 def _tiny_plan(w_bits: int, a_bits: int) -> tuple[PassContext, onnx.ModelProto]:
     """The tiny CNN quantized uniformly at ``w_bits`` weights / ``a_bits`` activations: (context, QDQ model)."""
     m, name, _ = load_model(make_tiny_cnn())
-    ctx = PassContext(model_name=name, settings={"bits": [w_bits], "act_bits": [a_bits]})
-    f = canonicalize(m, ctx)
+    ctx = PassContext(model_name=name, options=CompileOptions(bits=[w_bits]), act_bits=[a_bits])
+    f = canonical_model(m, ctx)
     ctx.calib = CalibrationData.from_source(tiny_calib(16), input_specs(f))
-    return ctx, plan_and_quantize(f, ctx, CompileOptions())
+    return ctx, quantize_by_stages(f, ctx)
 
 
 @pytest.mark.parametrize("a_bits", [8, 4])
@@ -80,14 +89,13 @@ def test_uniform_two_bit_plan_lowers_bit_exact(a_bits, tmp_path) -> None:
     assert {lp.weight_bits for lp in ctx.plan.layers.values()} == {2}
     for q in _two_bit_weights(qdq, list(ctx.plan.layers)):
         assert q.min() >= -1 and q.max() <= 1 and q.max() > q.min()
-    int_model = lower_and_fuse(qdq, ctx.plan)
+    int_model = to_integer(qdq, ctx.plan)
     assert ctx.plan.fallback_ops == []
     x = tiny_calib(6, seed=3)
     sess = _ort_equals_reference(int_model, x)
     if a_bits == 4:  # the TVM CPU target on the same graph (4-bit activations too): one small build
-        from qcompiler.targets.tvm import emit
-
-        from qcompiler import runtime
+        from qcompiler.targets.tvm import runtime
+        from qcompiler.targets.tvm.library import emit
 
         onnx.save(int_model, str(tmp_path / "model.int.onnx"))
         emit(int_model, tmp_path, target="cpu")
@@ -148,16 +156,15 @@ def test_tvm_library_stores_two_bit_weights_four_per_byte(tmp_path) -> None:
     w4 (a quarter of int8), the executable's constant pool holds each weight as ceil(n/4) packed bytes,
     and its output equals ONNX Runtime on the integer graph."""
     import tvm
-    from qcompiler.targets.tvm import emit
+    from qcompiler.targets.tvm import runtime
+    from qcompiler.targets.tvm.library import emit
     from tvm import relax
-
-    from qcompiler import runtime
 
     x = tiny_calib(4, seed=5)
     meta, sizes = {}, {}
     for bits in (2, 4):
         ctx, qdq = _tiny_plan(bits, 8)
-        int_model = lower_and_fuse(qdq, ctx.plan)
+        int_model = to_integer(qdq, ctx.plan)
         inits = {t.name: t for t in int_model.graph.initializer}
         layers = {n.name: numpy_helper.to_array(inits[n.input[2]]) for n in int_model.graph.node
                   if n.op_type in ("QConv", "QMatMul")}

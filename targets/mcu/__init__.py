@@ -24,13 +24,16 @@ import onnx
 
 from qcompiler.errors import FlagError
 
-from ..base import EmitContext, GraphKind, Target
+from ..base import EmitContext, GraphKind, Target, ToInteger
 from .arena import ArenaPlan, plan_arena
 from .emit import const_bytes, write_sources
-from .graph import Program, read_program
+from .graph import read_program
+from .program import Program
 
 if TYPE_CHECKING:
-    from qcompiler.pipeline import CompileOptions
+    from qcompiler.options import CompileOptions
+
+    from .cost import McuCostModel
 
 log = logging.getLogger("qcompiler.targets.mcu")
 
@@ -115,8 +118,7 @@ class McuTarget(Target):
     """C99 sources for a Cortex-M (``mcu/``), built from the integer graph; run under QEMU by the tests.
 
     No runtime loader here: the sources run on the board (or ``toolchain.run`` under QEMU), not in
-    this process. Its SRAM and flash budgets are measured on the planned program by the bit
-    assignment (``passes/assign_bits.py``: ``mcu_costs``), not through this class.
+    this process. Its SRAM and flash budgets are measured on the planned program (:meth:`cost_model`).
     """
 
     name = "mcu"
@@ -132,6 +134,12 @@ class McuTarget(Target):
 
     def emit(self, graph: onnx.ModelProto, ctx: EmitContext) -> dict[str, Any]:
         return emit(graph, ctx.out_dir, plan=ctx.plan)
+
+    def cost_model(self, options: CompileOptions, to_integer: ToInteger) -> McuCostModel:
+        """The arena and constant bytes of each plan's MCU program (:mod:`.cost`)."""
+        from .cost import McuCostModel
+
+        return McuCostModel(options, to_integer)
 
 
 MCU = McuTarget()

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
-from .graph import Program
+from .program import Program
 
 ALIGN = 4  # word loads of int8 quads and int16 pairs
 

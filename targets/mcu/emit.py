@@ -1,7 +1,7 @@
 """C source generation: ``model.c``, ``model.h``, the kernels, harness and Makefile.
 
 The generated code is one function, ``qc_run``, that calls the kernels of
-``runtime/qc_kernels.c`` in graph order on offsets of one static arena, with
+``qc_kernels.c`` (runtime_sources.py) in graph order on offsets of one static arena, with
 every constant (weights, folded biases, requantization multipliers and shifts,
 kernel parameters) in ``const`` arrays so that the linker puts them in flash.
 Output is a pure function of the program: same model, byte-identical C.
@@ -9,19 +9,16 @@ Output is a pure function of the program: same model, byte-identical C.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .arena import ArenaPlan
-from .graph import Program, Step, dyadic_info
+from qcompiler.dyadic import dyadic
 
-RUNTIME = Path(__file__).resolve().parent / "runtime"
-RUNTIME_FILES = ("qc_kernels.c", "qc_kernels.h")
-HARNESS_FILES = ("startup.c", "semihost.h", "qc_libc.c", "board_main.c", "host_main.c")
-BOARD_FILES = ("common.ld", "mps2-an386.ld", "mps2-an500.ld", "mps3-an547.ld", "microbit.ld")
+from .arena import ArenaPlan
+from .program import Program, Step
+from .runtime_sources import copy_runtime
 
 PARAM_FIELDS = {
     "conv": ("qc_conv_params", ["in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride_h",
@@ -199,7 +196,7 @@ def model_c(prog: Program, plan: ArenaPlan) -> str:
 
 def model_h(prog: Program, plan: ArenaPlan, report: dict[str, Any]) -> str:
     def scale_lines(tag: str, scale: float, zp: int, signed: bool, shape: tuple[int, ...]) -> list[str]:
-        mult, shift = dyadic_info(scale)
+        mult, shift = dyadic(scale, what=f"{tag.lower()} scale")
         size = int(np.prod(shape, dtype=np.int64))
         return [
             f"#define QC_{tag}_SIZE {size}",
@@ -363,22 +360,12 @@ def config_h(prog: Program) -> str:
 
 def write_sources(out: Path, prog: Program, plan: ArenaPlan, report: dict[str, Any]) -> list[Path]:
     """Write everything into ``out`` (the mcu/ folder); returns the files written."""
-    (out / "harness" / "boards").mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     for name, text in (("model.c", model_c(prog, plan)), ("model.h", model_h(prog, plan, report)),
                        ("qc_config.h", config_h(prog)), ("Makefile", MAKEFILE)):
         (out / name).write_text(text)
         files.append(out / name)
-    for f in RUNTIME_FILES:
-        shutil.copyfile(RUNTIME / f, out / f)
-        files.append(out / f)
-    for f in HARNESS_FILES:
-        shutil.copyfile(RUNTIME / "harness" / f, out / "harness" / f)
-        files.append(out / "harness" / f)
-    for f in BOARD_FILES:
-        shutil.copyfile(RUNTIME / "harness" / "boards" / f, out / "harness" / "boards" / f)
-        files.append(out / "harness" / "boards" / f)
-    return files
+    return files + copy_runtime(out)
 
 
 def const_bytes(prog: Program) -> int:

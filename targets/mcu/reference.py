@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from .graph import Program
+from .program import Program
 
 
 def quantize_input(prog: Program, x: np.ndarray) -> bytes:

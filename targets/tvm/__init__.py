@@ -1,55 +1,34 @@
 """TVM backend: the integer ONNX graph -> Relax -> a shared library for the CPU (LLVM) or CUDA.
 
-``emit`` writes, into ``out_dir``:
-
-* ``lib.so``: the Relax VM executable (host code + device module). It takes and
-  returns float32 like ``model.int.onnx``: the boundary QuantizeLinear /
-  DequantizeLinear are compiled in, bit-exact with ONNX Runtime.
-* ``tvm_meta.json``: target, input/output names, shapes, dtypes, boundary
-  quantization parameters, the layers whose weights are stored packed at 4 and at
-  2 bits, ``weight_bytes`` (the bytes the library's conv/matmul weight constants
-  take as stored: packed bytes for sub-byte weights, one byte per int8 weight),
-  and (CUDA) the sha256 of the device source.
-* CUDA only: ``model.cu`` (the generated device code, for inspection),
-  ``model.ptx`` and ``model.cubin`` built with this machine's nvcc. TVM 0.27
-  stores the device code of ``lib.so`` as CUDA *source* when the build machine has
-  no GPU driver, and compiles it when the library is loaded; ``qcompiler.runtime``
-  hands TVM the prebuilt cubin instead (matched by the source's sha256), so a GPU
-  machine needs no CUDA compiler.
+The target class lives here; the build and its artifacts are in ``library.py``, the loader and
+timer of a built library in ``runtime.py``.
 """
+
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from qcompiler.errors import BudgetError, FlagError, OutputError, TargetError
-from qcompiler.native_log import native_stderr_to_log
+from qcompiler.errors import BudgetError, FlagError
 
 from ..base import EmitContext, GraphKind, Measurer, Target
 
 if TYPE_CHECKING:
-    from qcompiler.pipeline import CompileOptions
+    from qcompiler.options import CompileOptions
 
-    from .builder import BuildResult
 
 # builder and compile import TVM itself (seconds): they are imported where a build starts, so the
 # target registry (which imports this package for TVM_CPU / TVM_CUDA) stays cheap for other targets
 
 log = logging.getLogger(__name__)
 
-META_FILE = "tvm_meta.json"
-META_VERSION = 1
-
-__all__ = ["emit", "measure_layer_latency", "TARGETS", "META_FILE", "TvmTarget", "TVM_CPU", "TVM_CUDA"]
+__all__ = ["TvmTarget", "TVM_CPU", "TVM_CUDA"]
 
 
 class TvmTarget(Target):
@@ -77,6 +56,8 @@ class TvmTarget(Target):
             # the previous output's tuning records (same folder, --force) are reused, not re-measured;
             # tune.py checks they belong to this model, target and batch
             shutil.copytree(final / "tune", out / "tune")
+        from .library import emit
+
         return emit(graph, out, target=self.name, cuda_arch=opts.cuda_arch, tune=opts.tune)
 
     def latency_measurer(self) -> Measurer | None:
@@ -96,175 +77,12 @@ class TvmTarget(Target):
         return measure
 
     def load(self, out_dir: str | Path) -> Callable[..., Any]:
-        from qcompiler.runtime import load
+        from .runtime import load
 
         return load(out_dir)
 
 
 TVM_CPU = TvmTarget("cpu", ("tvm-llvm",))
 TVM_CUDA = TvmTarget("cuda", ("tvm-cuda",))
-TARGETS = (TVM_CPU.name, TVM_CUDA.name)  # what ``emit`` accepts (the canonical names)
 
 
-def _model_hash(model: onnx.ModelProto) -> str:
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-
-
-def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda_arch: str = "sm_90",
-         tune: int = 0, batch: int | None = None, pack4: bool = True,
-         tune_dir: Path | None = None) -> dict[str, Any]:
-    """Compile the integer graph with TVM and write the artifacts into ``out_dir``.
-
-    ``batch`` overrides the model's first input dimension (a static batch lets TVM
-    specialise every loop nest). ``tune`` > 0 (CPU only) tunes the kernels with
-    meta_schedule for that many trials in all, keeping the records in ``tune_dir``
-    (default ``out_dir/tune``) and reusing them when they match (see ``tune.py``).
-    Returns a summary for the CLI's table and the manifest.
-    """
-    if target not in TARGETS:
-        raise FlagError(f"unknown TVM target {target!r}", hint=f"use one of {', '.join(TARGETS)}")
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create {out_dir}: {e}") from e
-    from .builder import build_module
-    from .compile import compile_module, cpu_target, cuda_source, cuda_target, host_mcpu, nvcc_compile
-
-    t0 = time.perf_counter()
-    # AVX-512 VNNI matmuls on a CPU that has them (the library is built for this host's mcpu anyway)
-    built: BuildResult = build_module(int_model, batch=batch, pack4=pack4, use_vnni=None if target == "cpu" else False)
-    tgt = cuda_target(cuda_arch) if target == "cuda" else cpu_target()
-    mod = built.mod
-    if tune > 0 and target != "cpu":
-        raise FlagError("--tune is implemented for --target cpu only",
-                        hint="drop --tune; the CUDA build uses TVM's dlight schedules")
-    tuned: dict[str, Any] | None = None
-    ex = None
-    schedule = "fast"
-    if tune > 0:
-        from .tune import tune_cpu, tune_key, tuning_target
-
-        tgt = tuning_target()  # meta_schedule needs num-cores in the target; same LLVM code otherwise
-        key = tune_key(_model_hash(int_model), tgt, batch, pack4)
-        db, tuned = tune_cpu(mod, tgt, tune, Path(tune_dir) if tune_dir else out_dir / "tune", key)
-        if not tuned["measured"]:  # every trial failed: nothing to apply (tune.py keeps the logs)
-            tuned["bit_exact"] = None
-        elif self_check(ex := compile_module(mod, tgt, database=db), int_model, built):
-            tuned["bit_exact"] = True
-            schedule = "tuned"
-        else:
-            log.warning("meta_schedule-tuned build is not bit-exact on this model; using the built-in schedules")
-            tuned["bit_exact"] = False
-            ex = None
-    if ex is None:
-        ex = compile_module(mod, tgt)
-    if target == "cpu" and schedule == "fast" and not self_check(ex, int_model, built):
-        # The hand-written schedules gave different integers than the reference on this model
-        # (seen on EfficientNet-Lite0's 1x1 convs). Ship TVM's default loops instead: slower, exact.
-        log.warning("TVM fast CPU schedules are not bit-exact on this model; using default schedules")
-        ex = compile_module(mod, tgt, fast=False)
-        schedule = "default"
-        if not self_check(ex, int_model, built):
-            raise TargetError("the TVM build does not reproduce the integer graph bit for bit",
-                              hint="report this model; use --target ort-cpu meanwhile")
-    files = ["lib.so", META_FILE]
-    if tuned is not None and tune_dir is None:
-        from .tune import DB_FILES, TUNE_META
-
-        files += [f"tune/{f}" for f in (TUNE_META, *DB_FILES)]
-    meta: dict[str, Any] = {
-        "version": META_VERSION,
-        "target": target,
-        "tvm_target": str(tgt),
-        "mcpu": host_mcpu() if target == "cpu" else None,
-        "cuda_arch": cuda_arch if target == "cuda" else None,
-        "model_sha256": _model_hash(int_model),
-        "inputs": [io.to_dict() for io in built.inputs],
-        "outputs": [io.to_dict() for io in built.outputs],
-        "packed_int4_layers": [n for n in built.packed_weights if built.packed_bits.get(n) == 4],
-        "packed_int2_layers": [n for n in built.packed_weights if built.packed_bits.get(n) == 2],
-        "packed_bytes_saved": built.packed_bytes_saved,
-        "weight_bytes": built.weight_bytes,
-        "tuned_trials": tune,
-        "tuning": tuned,
-        "schedule": schedule,
-    }
-    if target == "cuda":
-        src = cuda_source(ex)
-        (out_dir / "model.cu").write_text(src)
-        ptx = nvcc_compile(src, cuda_arch, "ptx")
-        cubin = nvcc_compile(src, cuda_arch, "cubin")
-        (out_dir / "model.ptx").write_bytes(ptx)
-        (out_dir / "model.cubin").write_bytes(cubin)
-        meta["cuda_source_sha256"] = hashlib.sha256(src.encode()).hexdigest()
-        meta["cubin"] = "model.cubin"
-        files += ["model.cu", "model.ptx", "model.cubin"]
-    with native_stderr_to_log(log):  # TVM prints a warning per constant it saves
-        ex.export_library(str(out_dir / "lib.so"))
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    dt = time.perf_counter() - t0
-    log.info("TVM %s build of %d layers took %.1f s", target, len(built.layers), dt)
-    # no timings here: this dict goes into manifest.json, which must be byte-stable
-    return {"target": target, "files": files, "schedule": schedule, "layers": len(built.layers),
-            "packed_int4_layers": sum(b == 4 for b in built.packed_bits.values()),
-            "packed_int2_layers": sum(b == 2 for b in built.packed_bits.values()),
-            "packed_bytes_saved": built.packed_bytes_saved, "weight_bytes": built.weight_bytes,
-            "tvm_target": str(tgt), "tuning": tuned}
-
-
-SELF_CHECK_INPUTS = 3
-
-
-def self_check_feeds(built: BuildResult, seed: int = 0) -> list[dict[str, Any]]:
-    """Seeded inputs for the self-check, one dict per run: float inputs standard normal (the same
-    draws as before multi-input graphs were checked), integer inputs (token ids, masks) in {0, 1}."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for _ in range(SELF_CHECK_INPUTS):
-        f = {}
-        for io in built.inputs:
-            if np.dtype(io.dtype).kind == "f":
-                f[io.name] = rng.standard_normal(io.shape).astype(io.dtype)
-            else:
-                f[io.name] = rng.integers(0, 2, io.shape).astype(io.dtype)
-        feeds.append(f)
-    return feeds
-
-
-def self_check(ex: Any, int_model: onnx.ModelProto, built: BuildResult) -> bool:
-    """Run the build and ONNX Runtime (the integer reference) on a few seeded inputs; equal bit for bit?"""
-    import numpy as np
-    import tvm
-    from tvm import relax
-
-    from qcompiler.ort_session import session
-
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    ref = session(int_model, optimize=False)
-    ref_inputs = ref.get_inputs()
-    for feed in self_check_feeds(built):
-        got = vm["main"](*[tvm.runtime.tensor(feed[io.name]) for io in built.inputs])
-        gots = [got.numpy()] if hasattr(got, "numpy") else [g.numpy() for g in got]
-        x0 = feed[built.inputs[0].name]
-        if len(ref_inputs) == 1 and ref_inputs[0].shape[0] == 1 and x0.shape[0] != 1:
-            # the reference keeps the model's own batch; a rebuilt batch is checked sample by sample
-            name = ref_inputs[0].name
-            wants = [np.concatenate([ref.run(None, {name: x0[i:i + 1]})[k] for i in range(x0.shape[0])])
-                     for k in range(len(gots))]
-        else:
-            wants = ref.run(None, feed)
-        if len(wants) != len(gots) or not all(np.array_equal(g, w) for g, w in zip(gots, wants)):
-            return False
-    return True
-
-
-def measure_layer_latency(model: onnx.ModelProto, arg2: Any, arg3: Any, **kw: Any) -> Any:
-    """Per-layer latency for the bit-assignment ILP; both call forms are described in latency.py:
-    ``(int_model, layer_node_names, formats) -> {node: {fmt: s}}`` and
-    ``(layer_qdq_model, feeds, target) -> s`` (the ``qcompiler.latency`` measurer interface)."""
-    from .latency import measure_layer_latency as _m
-
-    return _m(model, arg2, arg3, **kw)

@@ -7,12 +7,12 @@ uses the same layer with its weights narrowed to [-8, 7], which the builder
 stores packed two per byte, so the table sees the real cost (or gain) of
 unpacking.
 
-Two call forms, one function (``measure_layer_latency``):
+Two entry points:
 
-* ``(int_model, layer_node_names, formats) -> {node: {fmt: seconds}}`` on an
-  integer graph (``model.int.onnx``);
-* ``(layer_model, feeds, target) -> seconds`` on the single-layer QDQ model that
-  ``qcompiler.latency.layer_qdq_model`` builds: the measurer interface of
+* :func:`measure_int_layers`: ``(int_model, layer_node_names, formats) -> {node: {fmt: seconds}}``
+  on an integer graph (``model.int.onnx``);
+* :func:`time_qdq_layer`: seconds of the single-layer QDQ model that
+  ``qcompiler.latency.layer_qdq_model`` builds, what ``TvmTarget.latency_measurer`` times for
   ``qcompiler.latency`` (the cache there is keyed by target and model hash).
 """
 
@@ -21,8 +21,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -136,7 +135,9 @@ def qdq_layer_to_integer(layer_model: onnx.ModelProto) -> onnx.ModelProto:
     The scales only decide the dyadic multipliers, which do not change the timing;
     the structure (shape, stride, group, weight bit width) is what is timed.
     """
-    from qcompiler.numerics import dyadic_array, store_weights
+    from qcompiler.dyadic import dyadic_array
+    from qcompiler.numerics import store_weights
+    from qcompiler.quantize import quantize_bias
 
     g = layer_model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
@@ -171,7 +172,8 @@ def qdq_layer_to_integer(layer_model: onnx.ModelProto) -> onnx.ModelProto:
             shape = [1, wq.shape[0]]
     ws = np.broadcast_to(ws, (m,))
     b, c = dyadic_array(xs * ws / 0.05)
-    bq = np.zeros(m, np.int32) if bias is None else np.round(bias / (xs * ws)).astype(np.int32)
+    # the pipeline's own bias quantizer (round half to even, saturated), as the integer graph stores it
+    bq = np.zeros(m, np.int32) if bias is None else quantize_bias(bias, xs, ws)
     w_st, w_zp = store_weights(wq, np.uint8)
     ini = {"x_zp": x_zp, "w": w_st, "w_zp": w_zp, "bias": bq, "b": b.astype(np.int64), "c": c.astype(np.int64),
            "y_zp": np.array(128, np.uint8)}
@@ -189,14 +191,3 @@ def time_qdq_layer(layer_model: onnx.ModelProto, target: str, *, repeat: int = 2
     if target not in ("cpu", "cuda"):
         raise TargetError(f"TVM cannot time layers for target {target!r}", hint="use --target cpu or cuda")
     return _time_model(qdq_layer_to_integer(layer_model), target, repeat=repeat)
-
-
-def measure_layer_latency(model: onnx.ModelProto, arg2: Sequence[str] | Mapping[str, Any],
-                          arg3: Sequence[str] | str, *, repeat: int = 20, target: str | None = None
-                          ) -> dict[str, dict[str, float]] | float:
-    """See the module docstring: a table for an integer graph, or seconds for one QDQ layer."""
-    if isinstance(arg2, Mapping):  # (layer_model, feeds, target): qcompiler.latency's measurer
-        from qcompiler.targets import get_target
-
-        return time_qdq_layer(model, get_target(str(arg3)).name, repeat=repeat)  # "tvm-cuda" -> "cuda"
-    return measure_int_layers(model, list(arg2), list(arg3), target=target or "cpu", repeat=repeat)

@@ -31,23 +31,9 @@ from tvm.s_tir.dlight.base import ApplyDefaultSchedule, ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
 from . import vnni
+from .loop_tiling import loop_extent, schedule_elementwise, tile_factor
 
 log = logging.getLogger(__name__)
-
-
-def _extent(sch: s_tir.Schedule, loop) -> int | None:
-    ext = sch.get(loop).extent
-    return int(ext) if isinstance(ext, tirx.IntImm) else None
-
-
-def _factor(extent: int | None, options: tuple[int, ...]) -> int:
-    """The largest tile in ``options`` that divides ``extent`` (no tail, no predicate)."""
-    if extent is None:
-        return 1
-    for f in options:
-        if extent % f == 0:
-            return f
-    return 1
 
 
 MATMUL_ROW_TILES = (4, 2)  # rows of the register tile (unrolled)
@@ -117,12 +103,12 @@ def _chunked(sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
     trial = sch.copy()
     try:
         *rows, last = trial.get_loops(blocks[-1])
-        ext = _extent(trial, last)
+        ext = loop_extent(trial, last)
         if ext is None:
             return None
         # chunks along the last axis only: a chunk that straddles rows (fused loops, floordiv indices)
         # made compute_at's region analysis run for minutes on a [256, 6] QGelu
-        f = _factor(ext, (CHUNK, 32, 16, 8)) if ext > CHUNK else ext
+        f = tile_factor(ext, (CHUNK, 32, 16, 8)) if ext > CHUNK else ext
         if f == 1:
             return None
         outer_last, inner = trial.split(last, [None, f])
@@ -135,7 +121,7 @@ def _chunked(sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
             bl = trial.get_loops(b)[1:]  # the loops under the chunk loop
             if bl:
                 inner_b = trial.fuse(*bl) if len(bl) > 1 else bl[0]
-                if _extent(trial, inner_b) == f:
+                if loop_extent(trial, inner_b) == f:
                     trial.vectorize(inner_b)
         return trial
     except Exception as e:  # noqa: BLE001 - TVM's schedule errors: per-block loops instead
@@ -171,22 +157,6 @@ def _downstream(sch: s_tir.Schedule, block) -> set[str]:
     return seen
 
 
-def _schedule_elementwise(sch: s_tir.Schedule, block) -> None:
-    """Outer loops fused and parallel; the innermost (contiguous) loop vectorised when it tiles evenly."""
-    loops = sch.get_loops(block)
-    inner = loops[-1]
-    ext = _extent(sch, inner)
-    vec = _factor(ext, (16, 8, 4))
-    if vec > 1 and ext is not None and ext > vec:
-        _, vi = sch.split(inner, [None, vec])
-        sch.vectorize(vi)
-    elif vec > 1:
-        sch.vectorize(inner)
-    if len(loops) > 1:
-        outer = sch.fuse(*loops[:-1])
-        sch.parallel(outer)
-
-
 class IntegerKernelCPU(ScheduleRule):
     """One rule for the kernels our builder produces (see module docstring)."""
 
@@ -216,7 +186,7 @@ class IntegerKernelCPU(ScheduleRule):
             if chunked is not None:
                 return chunked
             for b in infos:
-                _schedule_elementwise(sch, b.block_rv)
+                schedule_elementwise(sch, b.block_rv)
             return sch
         if len(reds) != 1:
             return None
@@ -246,7 +216,7 @@ class IntegerKernelCPU(ScheduleRule):
             *pre, f, y, x = sp
             opts: tuple[int, ...] = (16, 14, 8, 7, 4, 2)
             if len(rd) == 1:  # 1x1 kernel: y and x together are one contiguous row
-                w = _extent(sch, x) or 0
+                w = loop_extent(sch, x) or 0
                 # a tile must not straddle rows: the epilogue placed under it covers whole rows
                 # of a compacted accumulator, and a straddling tile would read unwritten values
                 opts = tuple(o for o in opts if w and (w % o == 0 or o % w == 0))
@@ -259,21 +229,21 @@ class IntegerKernelCPU(ScheduleRule):
                 # tile); the default schedule is exact. Exact first, fast second: 1x1 convs, which
                 # carry most MACs in these networks, keep the fast rule.
                 return None
-            fo, fi = sch.split(f, [None, _factor(_extent(sch, f), (8, 4, 2))])
-            xo, xi = sch.split(x, [None, _factor(_extent(sch, x), opts)])
+            fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), (8, 4, 2))])
+            xo, xi = sch.split(x, [None, tile_factor(loop_extent(sch, x), opts)])
             outer_loops = [*pre, fo] + ([y] if y is not None else [])
             sch.reorder(*outer_loops, xo, *rd, fi, xi)
             outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
             anchor = xo
         elif len(sp) >= 2:  # matmul: (b,) i, j ; global sum: n, c
             *pre, i, j = sp
-            io, fi = sch.split(i, [None, _factor(_extent(sch, i), MATMUL_ROW_TILES)])
-            jo, xi = sch.split(j, [None, _factor(_extent(sch, j), MATMUL_COL_TILES)])
+            io, fi = sch.split(i, [None, tile_factor(loop_extent(sch, i), MATMUL_ROW_TILES)])
+            jo, xi = sch.split(j, [None, tile_factor(loop_extent(sch, j), MATMUL_COL_TILES)])
             sch.reorder(*pre, io, jo, *rd, fi, xi)
             outer = sch.fuse(*pre, io, jo)
             anchor = outer
         elif len(sp) == 1:
-            jo, xi = sch.split(sp[0], [None, _factor(_extent(sch, sp[0]), (16, 8, 4, 2))])
+            jo, xi = sch.split(sp[0], [None, tile_factor(loop_extent(sch, sp[0]), (16, 8, 4, 2))])
             fi = None
             sch.reorder(jo, *rd, xi)
             outer = anchor = jo
@@ -282,7 +252,7 @@ class IntegerKernelCPU(ScheduleRule):
         for b in rest:  # the epilogue (requantize + clip + cast) right after each register tile
             sch.reverse_compute_at(b.block_rv, anchor, preserve_unit_loops=True)
         for b in ahead:
-            _schedule_elementwise(sch, b.block_rv)
+            schedule_elementwise(sch, b.block_rv)
         sch.parallel(outer)
         sch.vectorize(xi)
         if fi is not None:

@@ -41,10 +41,10 @@ from qcompiler.numerics import (
     SOFTMAX_MASK_PENALTY,
 )
 
+from .relax_emitter import RelaxEmitter, relax_const
+
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
-
-    from .builder import _Builder
 
 R = relax.op
 INT32_MAX = (1 << 31) - 1
@@ -52,12 +52,10 @@ INT32_MAX = (1 << 31) - 1
 
 def i64(v: int | np.ndarray) -> relax.Expr:
     """An int64 Relax constant (``relax.const`` would make a Python int int32)."""
-    from .builder import _const
-
-    return _const(np.asarray(v, np.int64))
+    return relax_const(np.asarray(v, np.int64))
 
 
-def scalar(bld: _Builder, node: onnx.NodeProto, i: int) -> int:
+def scalar(bld: RelaxEmitter, node: onnx.NodeProto, i: int) -> int:
     """A per-tensor constant input (zero points); anything else is refused rather than misread."""
     a = bld.const_in(node, i)
     if a.size != 1:
@@ -65,17 +63,17 @@ def scalar(bld: _Builder, node: onnx.NodeProto, i: int) -> int:
     return int(a.reshape(-1)[0])
 
 
-def const64(bld: _Builder, node: onnx.NodeProto, i: int) -> relax.Constant:
+def const64(bld: RelaxEmitter, node: onnx.NodeProto, i: int) -> relax.Constant:
     """A constant input as int64, in its own shape: the bodies broadcast it (scalar or per channel)."""
     return i64(bld.const_in(node, i).astype(np.int64))
 
 
-def minus_zp(bld: _Builder, x: relax.Expr, zp: int) -> relax.Expr:
+def minus_zp(bld: RelaxEmitter, x: relax.Expr, zp: int) -> relax.Expr:
     """``int64(x) - zp`` (the bodies' Cast, Cast, Sub)."""
     return bld.emit(R.subtract(R.astype(x, "int64"), i64(zp)))
 
 
-def shift_round_clamp(bld: _Builder, v: relax.Expr, c: np.ndarray, y_zp: np.ndarray, qmin: int,
+def shift_round_clamp(bld: RelaxEmitter, v: relax.Expr, c: np.ndarray, y_zp: np.ndarray, qmin: int,
                       qmax: int) -> relax.Expr:
     """``CastLike(clip(y_zp + ((v + 2^(c-1)) >> c), qmin, qmax), y_zp)``, ``>>`` a floor shift on int64.
 
@@ -94,12 +92,12 @@ def shift_round_clamp(bld: _Builder, v: relax.Expr, c: np.ndarray, y_zp: np.ndar
     return bld.emit(R.astype(t, bld.tvm_dtype(np.asarray(y_zp).dtype)))
 
 
-def times_b(bld: _Builder, v: relax.Expr, b: np.ndarray) -> relax.Expr:
+def times_b(bld: RelaxEmitter, v: relax.Expr, b: np.ndarray) -> relax.Expr:
     """``v * b`` with the body's broadcasting (b a scalar or a per-channel vector)."""
     return bld.emit(R.multiply(v, i64(np.asarray(b, np.int64))))
 
 
-def exp2_neg(bld: _Builder, t: relax.Expr) -> relax.Expr:
+def exp2_neg(bld: RelaxEmitter, t: relax.Expr) -> relax.Expr:
     """``2^(-t / 2^16)`` in Q32 for int64 ``t >= 0`` (numerics.exp2_neg, the body's ``_exp2_neg``)."""
     k16 = i64(1 << EXP_FRAC)
     q0 = bld.emit(R.divide(t, k16))
@@ -110,7 +108,7 @@ def exp2_neg(bld: _Builder, t: relax.Expr) -> relax.Expr:
     return bld.emit(R.right_shift(p, q))
 
 
-def q_softmax(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
+def q_softmax(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     """Shiftmax over the last axis with a 0/1 mask (broadcast), one division per row."""
     x = bld.val(node.input[0])
     mask = bld.val(node.input[1])
@@ -134,7 +132,7 @@ def q_softmax(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
 GELU_SIG_BITS = GELU_SIG_FRAC + 1  # the Q16 sigmoid is at most 2^16: a 17-bit quotient
 
 
-def sigmoid_divide(bld: _Builder, num: relax.Expr, den: relax.Expr) -> relax.Expr:
+def sigmoid_divide(bld: RelaxEmitter, num: relax.Expr, den: relax.Expr) -> relax.Expr:
     """``num // den`` for QGelu's sigmoid by restoring long division over its 17 quotient bits.
 
     Why not ``divide``: that is a scalar 64-bit ``idiv`` per element (AVX-512 has no integer division),
@@ -153,11 +151,11 @@ def sigmoid_divide(bld: _Builder, num: relax.Expr, den: relax.Expr) -> relax.Exp
     return q
 
 
-def q_gelu(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
+def q_gelu(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     """ShiftGELU / tanh-GELU: ``dx * sigmoid`` with the shift exponential and one division per element.
 
     8-bit inputs (the contract): the division by long division (:func:`sigmoid_divide`), and the op is
-    a kernel of its own (``_Builder.isolated``; FuseOps cut its ~130 ops into ~200 tiny kernels),
+    a kernel of its own (``RelaxEmitter.isolated``; FuseOps cut its ~130 ops into ~200 tiny kernels),
     which the schedule computes in chunks. Wider inputs (outside the bounds that proof needs) keep
     the body's truncating ``Div``.
     """
@@ -186,7 +184,7 @@ def q_gelu(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
     return bld.isolated("qgelu", [x], body) if narrow else body([x])
 
 
-def isqrt_newton(bld: _Builder, v: relax.Expr) -> relax.Expr:
+def isqrt_newton(bld: RelaxEmitter, v: relax.Expr) -> relax.Expr:
     """floor(sqrt(v)) for int64 ``1 <= v < 2^62``: power-of-two start, ISQRT_ITERS Newton steps (truncating)."""
     pw = i64(np.left_shift(np.int64(1), 2 * np.arange(1, 32, dtype=np.int64)))
     ge = bld.emit(R.astype(R.greater_equal(R.expand_dims(v, [-1]), pw), "int64"))
@@ -198,10 +196,10 @@ def isqrt_newton(bld: _Builder, v: relax.Expr) -> relax.Expr:
     return x
 
 
-def q_layernorm(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
+def q_layernorm(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     """I-LayerNorm over the last axis: n-scaled centring, integer variance, Newton isqrt, one division per row.
 
-    Emitted as a kernel of its own (``_Builder.isolated``) so that its row-wise work is not fused into
+    Emitted as a kernel of its own (``RelaxEmitter.isolated``) so that its row-wise work is not fused into
     the QMatMul/QAdd kernel that reads its output.
     """
     x_zp = scalar(bld, node, 1)
@@ -230,7 +228,7 @@ def _absmax_minus(dtype: str, zp: int) -> int:
     return max(abs(int(info.min) - zp), abs(int(info.max) - zp))
 
 
-def q_batchmatmul(bld: _Builder, node: onnx.NodeProto) -> relax.Expr:
+def q_batchmatmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     """Activation x activation matmul: ``(a - a_zp) @ (b - b_zp)`` accumulated exactly, one requantize.
 
     8-bit operands: int16 differences, int32 accumulators (what MatMulInteger computes). Wider

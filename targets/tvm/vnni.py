@@ -28,6 +28,8 @@ from tvm.script import tirx as T
 
 from qcompiler.cpuinfo import cpu_flags
 
+from .loop_tiling import loop_extent, schedule_elementwise, tile_factor
+
 log = logging.getLogger(__name__)
 
 BLOCK = "qmm_vnni"  # name of the TE block; the schedule rule recognises the kernel by it
@@ -109,10 +111,8 @@ ROW_TILE = 8  # rows per register tile (8 x 16 int32 accumulators: 8 zmm registe
 def schedule(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> None:
     """Tile rows x 16 columns, reduction in steps of 4 tensorized with vpdpbusd; the epilogue blocks go under
     the tile, blocks that only feed the epilogue stay ahead at the root."""
-    from .schedule import _extent, _factor, _schedule_elementwise
-
     i, j, k = sch.get_loops(red)
-    io, ii = sch.split(i, [None, _factor(_extent(sch, i), (ROW_TILE, 4, 2))])
+    io, ii = sch.split(i, [None, tile_factor(loop_extent(sch, i), (ROW_TILE, 4, 2))])
     jo, ji = sch.split(j, [None, LANES])
     ko, ki = sch.split(k, [None, STEP])
     sch.reorder(io, jo, ko, ii, ji, ki)
@@ -120,7 +120,7 @@ def schedule(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> None:
     for b in epilogue:
         sch.reverse_compute_at(b, outer, preserve_unit_loops=True)
     for b in ahead:
-        _schedule_elementwise(sch, b)
+        schedule_elementwise(sch, b)
     sch.parallel(outer)
     init = sch.decompose_reduction(red, ko)
     sch.vectorize(sch.get_loops(init)[-1])

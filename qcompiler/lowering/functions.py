@@ -3,7 +3,7 @@
 One job: build the ``FunctionProto`` of each op of docs/INTEGER_GRAPH.md from
 standard ONNX ops only, so that stock ONNX Runtime and ``onnx.reference`` run
 the integer graph as it is. The lowering and fusion passes add the functions
-their nodes use with :func:`add_functions`.
+their nodes use with :func:`add_functions` (qcompiler/lowering/lower.py, fusion.py).
 
 Attributes (strides, pads, qmin, ...) are passed with attribute references
 (``ref_attr_name``); checked to work inside model-local functions with
@@ -13,7 +13,7 @@ attribute its op declares (the pass always writes all of them).
 The floor shift: ``v`` int64 -> Cast uint64 (two's complement) -> Add 2^63
 (uint64, mod 2^64) -> BitShift RIGHT c -> Cast int64 -> Sub 2^(63-c). Exact
 ``floor(v / 2^c)`` for every int64 ``v`` and 1 <= c <= 63; no intermediate can
-overflow (see qcompiler/numerics.py).
+overflow (see qcompiler/dyadic.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pass ``smooth_activations``: SmoothQuant-style per-channel smoothing of encoder activations that feed Gemms.
+"""SmoothQuant-style per-channel smoothing of encoder activations that feed Gemms.
 
 Why: in BERT-style encoders a few channels of the LayerNorm outputs (MiniLM-L6: channel 99, up to
 28 against a median channel range of 1.8) and of the GELU outputs carry most of the range, so one
@@ -31,8 +31,10 @@ graph cosine to FP32 sentence embeddings, mean / min: 0.9896 / 0.981 without smo
 with it. The search picks alpha 0.8-1.0 there (1.0 makes the activation grid per channel in effect;
 with 56 instead of 256 calibration sentences that overfits: min 0.988).
 
-Runs on the float model, before ``quantize_transformer`` (which calls :func:`smooth_activations`
-unless ``smooth=False``). Reference: Xiao et al., SmoothQuant (ICML 2023).
+Runs on the float model, inside :func:`qcompiler.transformer_qdq.quantize_transformer` (unless
+``smooth=False``); the AWQ search (passes/search_awq_scales.py) reuses the site discovery and the
+scale search. The activations are summarised per batch (:class:`qcompiler.activation_stats.ChannelSample`),
+never held whole. Reference: Xiao et al., SmoothQuant (ICML 2023).
 """
 
 from __future__ import annotations
@@ -43,13 +45,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-from qcompiler.calibration import RangeObserver
-from qcompiler.ir import consumers, prune_initializers
-from qcompiler.ort_session import session
-from qcompiler.passmanager import Pass, PassContext, PassResult
-from qcompiler.quantize import activation_qparams
+from .activation_stats import ChannelSample, channel_samples
+from .calibration import RangeObserver
+from .ir import consumers, prune_initializers
+from .quantize import activation_qparams
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ SITES = ("LayerNormalization", "Gelu", "Gelu.input")  # LayerNorm outputs, GELU 
 
 
 @dataclass
-class _Reader:
+class GemmReader:
     """A Gemm reading the smoothed tensor as its A input; ``w`` as [N, K] (K = smoothed channels)."""
 
     node: onnx.NodeProto
@@ -72,7 +73,7 @@ def _attrs(n: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in n.attribute}
 
 
-def _gemm_reader(n: onnx.NodeProto, t: str, inits: dict[str, np.ndarray]) -> _Reader | None:
+def gemm_reader(n: onnx.NodeProto, t: str, inits: dict[str, np.ndarray]) -> GemmReader | None:
     """``n`` as a Gemm/MatMul with constant 2-D weights that reads ``t`` as its first input, or None."""
     if n.op_type not in ("Gemm", "MatMul") or len(n.input) < 2 or n.input[0] != t or n.input[1] == t:
         return None
@@ -83,18 +84,14 @@ def _gemm_reader(n: onnx.NodeProto, t: str, inits: dict[str, np.ndarray]) -> _Re
     if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0:
         return None
     trans_b = bool(a.get("transB", 0))
-    return _Reader(n, w if trans_b else w.T, trans_b)
-
-
-def act_grid(lo: float, hi: float) -> tuple[float, int]:
-    return activation_qparams(lo, hi, 8, signed=True)
+    return GemmReader(n, w if trans_b else w.T, trans_b)
 
 
 def _quant_act(x: np.ndarray, method: str) -> tuple[np.ndarray, float, int]:
     """8-bit per-tensor asymmetric quantization with the QDQ pass's range choice: (q, scale, zp)."""
     obs = RangeObserver()
     obs.update(x)
-    scale, zp = act_grid(*obs.range(method))
+    scale, zp = activation_qparams(*obs.range(method), 8, signed=True)
     q = np.clip(np.rint(x / np.float32(scale)) + zp, -128, 127)
     return q, scale, zp
 
@@ -104,16 +101,20 @@ def _fake_quant_act(x: np.ndarray, method: str) -> np.ndarray:
     return (q - zp) * np.float32(scale)
 
 
-def _fake_quant_w(w: np.ndarray) -> np.ndarray:
-    """8-bit symmetric per-output-channel (rows of [N, K]) fake quantization, as quantize_transformer does."""
+def fake_quant_w8(w: np.ndarray) -> np.ndarray:
+    """8-bit symmetric per-output-channel (rows of [N, K]) fake quantization, max clip.
+
+    The searches score many candidate scales with it, so it skips the MSE clip the compiled
+    weights get (qcompiler.quantize.weight_scales); close enough to rank the candidates.
+    """
     s = np.maximum(np.abs(w).max(1, keepdims=True), 1e-12) / 127
     return np.clip(np.rint(w / s), -127, 127) * s
 
 
-def search_scale(x: np.ndarray, ws: Sequence[np.ndarray], *, alphas: Sequence[float] = ALPHAS,
+def search_scale(x: ChannelSample, ws: Sequence[np.ndarray], *, alphas: Sequence[float] = ALPHAS,
                  method: str = "mse", weight_quant: Callable[[np.ndarray], np.ndarray] | None = None,
                  form: str = "smoothquant") -> tuple[np.ndarray, float, float, float]:
-    """Per-channel ``s`` for activations ``x`` [rows, K] read by weights ``ws`` ([N, K] each).
+    """Per-channel ``s`` for activations ``x`` ([rows, K], summarised) read by weights ``ws`` ([N, K] each).
 
     ``form``: ``"smoothquant"`` (s = max|x|^alpha / max|W|^(1 - alpha)) or ``"awq"`` (s = mean|x|^alpha,
     AWQ's activation-aware form); ``weight_quant`` fake-quantizes a scaled weight [N, K] (default
@@ -123,17 +124,15 @@ def search_scale(x: np.ndarray, ws: Sequence[np.ndarray], *, alphas: Sequence[fl
     the residual stream has its own outlier channel (MiniLM: 194 against ~1) that would otherwise
     hide the error of every other channel.
     """
-    wq = weight_quant or _fake_quant_w
-    ax = np.abs(x)
-    xstat = np.maximum((ax.max(0) if form == "smoothquant" else ax.mean(0)).astype(np.float64), 1e-5)
+    wq = weight_quant or fake_quant_w8
+    xstat = np.maximum((x.absmax if form == "smoothquant" else x.absmean()).astype(np.float64), 1e-5)
     wmax = np.maximum(np.max([np.abs(w).max(0) for w in ws], axis=0).astype(np.float64), 1e-5)
-    step = -(-len(x) // SEARCH_ROWS)
-    x = x[::step].astype(np.float32)  # the error is estimated on a strided subset of the rows
-    refs = [x @ w.T.astype(np.float32) for w in ws]
+    rows = x.rows().astype(np.float32)  # the error is estimated on a strided subset of the rows
+    refs = [rows @ w.T.astype(np.float32) for w in ws]
 
     def err(s: np.ndarray) -> float:
         s32 = s.astype(np.float32)
-        xq = _fake_quant_act(x / s32, method).astype(np.float32)
+        xq = _fake_quant_act(rows / s32, method).astype(np.float32)
         total = 0.0
         for w, r in zip(ws, refs, strict=True):
             d = xq @ wq(w * s32).T.astype(np.float32) - r
@@ -156,22 +155,21 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))
 
 
-def search_input_scale(x: np.ndarray, *, alphas: Sequence[float] = ALPHAS,
+def search_input_scale(x: ChannelSample, *, alphas: Sequence[float] = ALPHAS,
                        method: str = "mse") -> tuple[np.ndarray, float, float, float]:
-    """Per-channel ``s`` for a GELU input ``x`` [rows, N] written by a Gemm (whose per-channel weight
-    scales absorb ``1/s`` exactly): ``s_n = max|x_n|^alpha``, scored by the mean over channels of
+    """Per-channel ``s`` for a GELU input ``x`` ([rows, N], summarised) written by a Gemm (whose
+    per-channel weight scales absorb ``1/s`` exactly): ``s_n = max|x_n|^alpha``, scored by the mean over channels of
     ||GELU(s Q(x/s)) - GELU(x)||^2 / ||GELU(x)||^2. Returns (s, alpha, error, error without)."""
-    xmax = np.maximum(np.abs(x).max(0).astype(np.float64), 1e-5)
-    step = -(-len(x) // SEARCH_ROWS)
-    x = x[::step].astype(np.float32)
-    ref = _gelu(x)
+    xmax = np.maximum(x.absmax.astype(np.float64), 1e-5)
+    rows = x.rows().astype(np.float32)
+    ref = _gelu(rows)
     den = np.maximum(np.sum(ref * ref, 0, dtype=np.float64), 1e-30)
 
-    cols = np.arange(x.shape[1])
+    cols = np.arange(rows.shape[1])
 
     def err(s: np.ndarray) -> float:
         s32 = s.astype(np.float32)
-        q, scale, zp = _quant_act(x / s32, method)
+        q, scale, zp = _quant_act(rows / s32, method)
         # 256 levels per channel: GELU of each level once, then a gather
         table = _gelu(((np.arange(-128, 128) - zp) * scale)[:, None].astype(np.float32) * s32[None, :])
         got = table[q.astype(np.intp) + 128, cols]
@@ -188,24 +186,14 @@ def search_input_scale(x: np.ndarray, *, alphas: Sequence[float] = ALPHAS,
     return best[0].astype(np.float32), best[1], best[2], base
 
 
-def _collect(model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]],
-             tensors: list[str]) -> dict[str, np.ndarray]:
-    """Rows ([*, last axis]) of the named float tensors over the calibration feeds."""
-    m = onnx.ModelProto.FromString(model.SerializeToString())
-    known = {o.name for o in m.graph.output}
-    for t in tensors:
-        if t not in known:
-            m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    sess = session(m, optimize=False)
-    rows: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    for feed in feeds:
-        for t, v in zip(tensors, sess.run(tensors, feed), strict=True):
-            rows[t].append(v.reshape(-1, v.shape[-1]))
-    return {t: np.concatenate(v) for t, v in rows.items()}
-
-
-Sites = dict[str, tuple[onnx.NodeProto, list[_Reader]]]
+Sites = dict[str, tuple[onnx.NodeProto, list[GemmReader]]]
 InputSites = dict[str, tuple[onnx.NodeProto, onnx.NodeProto]]
+
+
+def sites_sample(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]],
+                 sites: Sequence[str]) -> dict[str, ChannelSample]:
+    """What the scale searches need of each site's activations over the feeds (:class:`ChannelSample`)."""
+    return channel_samples(model, feeds, sites, SEARCH_ROWS) if sites else {}
 
 
 def find_sites(model: onnx.ModelProto, ops: Iterable[str] = SITES) -> tuple[Sites, InputSites]:
@@ -218,12 +206,12 @@ def find_sites(model: onnx.ModelProto, ops: Iterable[str] = SITES) -> tuple[Site
     readers = consumers(model)
     outputs = {o.name for o in g.output}
     ops = set(ops)
-    sites: dict[str, tuple[onnx.NodeProto, list[_Reader]]] = {}
+    sites: dict[str, tuple[onnx.NodeProto, list[GemmReader]]] = {}
     for n in g.node:
         if n.op_type not in ops or len(n.output) != 1:
             continue
         y = n.output[0]
-        rs = [_gemm_reader(r, y, inits) for r in readers.get(y, [])]
+        rs = [gemm_reader(r, y, inits) for r in readers.get(y, [])]
         gemms = [r for r in rs if r is not None]
         if not gemms:
             continue
@@ -239,7 +227,7 @@ def find_sites(model: onnx.ModelProto, ops: Iterable[str] = SITES) -> tuple[Site
         for n in g.node:
             p = prod.get(n.input[0]) if n.op_type == "Gelu" else None
             if (p is not None and p.op_type == "Gemm" and len(readers.get(n.input[0], [])) == 1
-                    and n.input[0] not in outputs and _gemm_reader(p, p.input[0], inits) is not None
+                    and n.input[0] not in outputs and gemm_reader(p, p.input[0], inits) is not None
                     and len(p.input) > 2 and p.input[2] in inits and inits[p.input[2]].ndim == 1):
                 in_sites[n.input[0]] = (p, n)
     return sites, in_sites
@@ -265,7 +253,7 @@ def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndar
     if not sites and not in_sites:
         return m, {}
     need = [t for t in list(sites) + list(in_sites) if t not in fixed]
-    acts = _collect(m, feeds, need) if need else {}
+    acts = sites_sample(m, feeds, need)
     report: dict[str, dict] = {}
     new_inits: list[onnx.TensorProto] = []
     extra: dict[int, list[onnx.NodeProto]] = {}
@@ -319,7 +307,7 @@ def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndar
             log.info("smoothed GELU input %s (alpha %.1f): error %.3g -> %.3g", x, alpha, e0, e)
         if alpha == 0.0:
             continue
-        r = _gemm_reader(gemm, gemm.input[0], inits)
+        r = gemm_reader(gemm, gemm.input[0], inits)
         assert r is not None
         w = (r.w / s[:, None]).astype(np.float32)  # output channel n of the Gemm divided by s_n
         wn = put(fresh(f"{gemm.input[1]}{SMOOTH_SUFFIX}"), w if r.trans_b else np.ascontiguousarray(w.T))
@@ -342,14 +330,3 @@ def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndar
     g.initializer.extend(new_inits)
     prune_initializers(g)
     return m, report
-
-
-class SmoothActivations(Pass):
-    """Move per-channel activation outliers into Gemm weights; ``ctx.settings['calib_feeds']`` holds the feeds."""
-
-    name = "smooth_activations"
-
-    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        out, report = smooth_activations(model, list(ctx.settings["calib_feeds"]))
-        ctx.plan.stats["smoothing"] = report
-        return PassResult(out, bool(report), {"sites": len(report)})

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FlagError, TargetError
-from .native_log import native_stderr_to_log
+from qcompiler.errors import FlagError, TargetError
+from qcompiler.native_log import native_stderr_to_log
+
+from .library import META_FILE
 
 log = logging.getLogger(__name__)
 
-META_FILE = "tvm_meta.json"
 
 _PREBUILT: dict[str, bytes] = {}  # sha256(cuda source) -> cubin
 _HOOK_LOCK = threading.Lock()
@@ -156,7 +157,7 @@ def bench(out: str | Path, batch: int | None = None, repeat: int = 50) -> dict[s
                             f"for batch {batch}")
         import onnx
 
-        from qcompiler.targets.tvm import emit
+        from .library import emit
 
         tmp = tempfile.TemporaryDirectory(prefix="qc-bench-")
         emit(onnx.load(str(src)), Path(tmp.name), target=meta["target"],

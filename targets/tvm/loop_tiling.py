@@ -1,0 +1,41 @@
+"""Loop helpers shared by the CPU schedule rules (``schedule.py``) and the VNNI matmul schedule (``vnni.py``).
+
+Kept apart so that both can use them without importing each other: the generic rule dispatches to
+the VNNI schedule, and the VNNI schedule tiles and vectorises with the same helpers.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+
+def loop_extent(sch: s_tir.Schedule, loop) -> int | None:
+    """The static trip count of ``loop``; None when it is symbolic (then nothing is tiled by it)."""
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def tile_factor(extent: int | None, options: tuple[int, ...]) -> int:
+    """The largest tile in ``options`` that divides ``extent`` (no tail, no predicate)."""
+    if extent is None:
+        return 1
+    for f in options:
+        if extent % f == 0:
+            return f
+    return 1
+
+
+def schedule_elementwise(sch: s_tir.Schedule, block) -> None:
+    """Outer loops fused and parallel; the innermost (contiguous) loop vectorised when it tiles evenly."""
+    loops = sch.get_loops(block)
+    inner = loops[-1]
+    ext = loop_extent(sch, inner)
+    vec = tile_factor(ext, (16, 8, 4))
+    if vec > 1 and ext is not None and ext > vec:
+        _, vi = sch.split(inner, [None, vec])
+        sch.vectorize(vi)
+    elif vec > 1:
+        sch.vectorize(inner)
+    if len(loops) > 1:
+        outer = sch.fuse(*loops[:-1])
+        sch.parallel(outer)

@@ -1,0 +1,224 @@
+"""The state of one integer graph's lowering to Relax, and the helpers every op rule shares.
+
+Each op rule (``fused_ops.py``, ``standard_ops.py``, ``transformer.py``) is a function of a
+:class:`RelaxEmitter` and an ONNX node: it reads the node's initializers and the Relax values its
+inputs already have, emits Relax bindings into the one dataflow block, and returns the value(s) of
+the node's outputs. The graph walk that calls them is ``builder.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from tvm import relax
+
+from qcompiler.errors import UnsupportedModelError
+from qcompiler.ir import attr
+
+from .weight_packing import pack_int2, pack_int4, packed_bits
+
+NP2TVM = {
+    np.dtype("int8"): "int8",
+    np.dtype("uint8"): "uint8",
+    np.dtype("int16"): "int16",
+    np.dtype("uint16"): "uint16",
+    np.dtype("int32"): "int32",
+    np.dtype("uint32"): "uint32",
+    np.dtype("int64"): "int64",
+    np.dtype("uint64"): "uint64",
+    np.dtype("float32"): "float32",
+    np.dtype("float64"): "float64",
+    np.dtype("bool"): "bool",
+}
+
+
+def int4_widened(a: np.ndarray) -> np.ndarray:
+    """int4/uint4 initializers (ml_dtypes) in int8/uint8 containers: Relax has no 4-bit dtype."""
+    if a.dtype.name in ("int4", "uint4"):
+        return a.astype(np.int8 if a.dtype.name == "int4" else np.uint8)
+    return a
+
+
+# While an isolated kernel is built (``RelaxEmitter.isolated``), constants become parameters of its
+# function: FuseTIR refuses tensor constants inside a Primitive function (FuseOps lifts them the same way).
+_lifted: list[tuple[relax.Var, relax.Constant]] | None = None
+
+
+@contextlib.contextmanager
+def lifting_constants() -> Iterator[list[tuple[relax.Var, relax.Constant]]]:
+    """Within the block, :func:`relax_const` returns a fresh parameter and records (parameter, constant)
+    in the yielded list, for ``RelaxEmitter.isolated`` to pass the constants in from outside."""
+    global _lifted
+    _lifted = []
+    try:
+        yield _lifted
+    finally:
+        _lifted = None
+
+
+def relax_const(arr: np.ndarray) -> relax.Expr:
+    """A Relax constant that keeps its numpy dtype (int64 would silently become int32 otherwise)."""
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype not in NP2TVM:
+        raise UnsupportedModelError(f"constant of dtype {arr.dtype} has no TVM lowering")
+    c = relax.const(arr, dtype=NP2TVM[arr.dtype])
+    if _lifted is None:
+        return c
+    v = relax.Var(f"k{len(_lifted)}", relax.TensorType(list(arr.shape), NP2TVM[arr.dtype]))
+    _lifted.append((v, c))
+    return v
+
+
+class RelaxEmitter:
+    """The initializers, the Relax value of every tensor produced so far, the BlockBuilder that the
+    op rules emit into, and the bookkeeping the build reports (packed weights, layers)."""
+
+    def __init__(self, model: onnx.ModelProto, *, batch: int | None, pack4: bool, use_vnni: bool) -> None:
+        self.model = model
+        self.inits = {t.name: int4_widened(numpy_helper.to_array(t)) for t in model.graph.initializer}
+        self.batch = batch
+        self.pack4 = pack4
+        self.vnni = use_vnni
+        self.env: dict[str, relax.Expr] = {}
+        self.bb = relax.BlockBuilder()
+        self.packed: list[str] = []
+        self.packed_bits: dict[str, int] = {}
+        self.saved = 0
+        self.weight_bytes = 0
+        self.layers: list[str] = []
+        self.isolated_funcs: list[str] = []
+
+    def err(self, node: onnx.NodeProto | None, msg: str, hint: str | None = None) -> UnsupportedModelError:
+        """The user's error for a node the TVM target cannot lower.
+
+        No model name here: the pipeline attaches the user's file name (the graph's own name is
+        often "main_graph" or "torch-jit-export", which tells a user nothing).
+        """
+        return UnsupportedModelError(msg, node=node.name if node else None,
+                                     hint=hint or "the TVM target supports the ops of docs/INTEGER_GRAPH.md")
+
+    def const_in(self, node: onnx.NodeProto, i: int) -> np.ndarray:
+        """Input ``i`` of ``node``, which the lowering needs at build time: refused unless an initializer."""
+        name = node.input[i] if i < len(node.input) else ""
+        if name not in self.inits:
+            raise self.err(node, f"input {i} ('{name}') must be an initializer")
+        return self.inits[name]
+
+    def opt_const(self, node: onnx.NodeProto, i: int) -> np.ndarray | None:
+        """An optional initializer input (absent or empty name: None)."""
+        if i >= len(node.input) or not node.input[i]:
+            return None
+        return self.const_in(node, i)
+
+    def val(self, name: str) -> relax.Expr:
+        """The Relax value of a tensor; an initializer becomes a constant the first time it is read."""
+        if name in self.env:
+            return self.env[name]
+        if name in self.inits:
+            e = relax_const(self.inits[name])
+            self.env[name] = e
+            return e
+        raise UnsupportedModelError(f"tensor '{name}' is used before it is produced")
+
+    def emit(self, expr: relax.Expr) -> relax.Expr:
+        """Bind ``expr`` in the current block (a kernel's own block inside :meth:`isolated`)."""
+        return self.bb.emit(expr)
+
+    def isolated(self, name: str, inputs: list[relax.Expr],
+                 body: Callable[[list[relax.Expr]], relax.Expr]) -> relax.Expr:
+        """Emit ``body(inputs)`` as its own kernel: a Relax function marked ``Primitive`` that FuseOps
+        leaves alone and FuseTIR turns into one PrimFunc.
+
+        Why: FuseOps otherwise merges a row-wise op (LayerNorm's reductions, its per-row integer square
+        root) into whatever elementwise op reads it next, e.g. the residual QAdd that already holds a
+        QMatMul. That kernel has the matmul plus dozens of unrelated blocks; no schedule rule fits it
+        and it ran TVM's naive loops (12 ms per MiniLM layer instead of well under 1 ms).
+        """
+        params = [relax.Var(f"x{i}", e.ty) for i, e in enumerate(inputs)]
+        outer, inner = self.bb, relax.BlockBuilder()
+        fname = f"{name}_{len(self.isolated_funcs)}"
+        self.bb = inner
+        try:
+            with lifting_constants() as lifted:
+                with inner.function(fname, attrs={"Primitive": True}, private=True):
+                    with inner.dataflow():
+                        out = inner.emit_output(body(params))
+                    inner.emit_func_output(out, params=params + [v for v, _ in lifted])
+        finally:
+            self.bb = outer
+        gv = outer.add_func(inner.get()[fname], fname)
+        self.isolated_funcs.append(fname)
+        inputs = inputs + [c for _, c in lifted]
+        return outer.emit(relax.Call(gv, inputs))
+
+    @staticmethod
+    def tvm_dtype(dt: Any) -> str:
+        """The Relax dtype name of a numpy dtype (refused clearly when Relax has none)."""
+        d = np.dtype(dt)
+        if d not in NP2TVM:
+            raise UnsupportedModelError(f"dtype {d} has no TVM lowering")
+        return NP2TVM[d]
+
+    @staticmethod
+    def dtype_of(e: relax.Expr) -> str:
+        """The dtype of a Relax tensor value."""
+        return str(e.ty.dtype)
+
+    @staticmethod
+    def shape_of(e: relax.Expr) -> list[int]:
+        """The static shape of a Relax tensor value (every build is static-shaped)."""
+        return [int(d) for d in e.ty.shape]
+
+    def requant(self, acc64: relax.Expr, b: np.ndarray, c: np.ndarray, y_zp: np.ndarray, qmin: int,
+                qmax: int, bshape: list[int]) -> relax.Expr:
+        """The dyadic requantize of INTEGER_GRAPH.md on an int64 tensor; returns y_zp's dtype."""
+        b = np.asarray(b, np.int64).reshape(bshape if np.asarray(b).size > 1 else [])
+        c = np.asarray(c, np.int64).reshape(bshape if np.asarray(c).size > 1 else [])
+        if np.any(c < 1) or np.any(c > 62):
+            raise self.err(None, f"requantize shift outside [1, 62]: {c.min()}..{c.max()}")
+        rnd = (np.int64(1) << (c - 1)).astype(np.int64)
+        bb = self.bb
+        t = bb.emit(relax.op.multiply(acc64, relax_const(b)))
+        t = bb.emit(relax.op.add(t, relax_const(rnd)))
+        t = bb.emit(relax.op.right_shift(t, relax_const(c)))
+        t = bb.emit(relax.op.add(t, relax_const(np.asarray(int(np.asarray(y_zp).reshape(-1)[0]), np.int64))))
+        t = bb.emit(relax.op.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
+        return bb.emit(relax.op.astype(t, NP2TVM[np.asarray(y_zp).dtype]))
+
+    def qminmax(self, node: onnx.NodeProto, y_zp: np.ndarray) -> tuple[int, int]:
+        """The node's output clamp: its qmin/qmax attributes (a fused activation), else y_zp's dtype range."""
+        info = np.iinfo(np.asarray(y_zp).dtype)
+        return int(attr(node, "qmin", info.min)), int(attr(node, "qmax", info.max))
+
+    def weight_expr(self, node: onnx.NodeProto, w: np.ndarray) -> relax.Expr:
+        """int8 weight as a Relax expr: packed four per byte when every value fits in 2 bits, two per
+        byte when they fit in 4 bits (``weight_packing.packed_bits``), unpacked with shifts in the graph."""
+        bits = packed_bits(w) if self.pack4 and w.size >= 16 else None
+        if bits is None:
+            self.weight_bytes += int(w.nbytes)
+            return relax_const(w)
+        n = w.size
+        per = 8 // bits
+        p = pack_int4(w) if bits == 4 else pack_int2(w)
+        pc = relax_const(p)
+        i8 = lambda v: relax_const(np.asarray(v, np.int8))  # noqa: E731
+        mask, half = (1 << bits) - 1, 1 << (bits - 1)
+        parts = []
+        for j in range(per - 1):  # element j: its bits moved down and masked, then sign-extended
+            v = relax.op.right_shift(pc, i8(bits * j)) if j else pc
+            v = relax.op.bitwise_xor(relax.op.bitwise_and(v, i8(mask)), i8(half))
+            parts.append(self.emit(relax.op.subtract(v, i8(half))))
+        parts.append(self.emit(relax.op.right_shift(pc, i8(8 - bits))))  # the top element: one arithmetic shift
+        inter = self.emit(relax.op.reshape(relax.op.stack(parts, axis=1), [p.size * per]))
+        if p.size * per != n:
+            inter = self.emit(relax.op.strided_slice(inter, axes=[0], begin=[0], end=[n]))
+        self.packed.append(node.name)
+        self.packed_bits[node.name] = bits
+        self.saved += n - p.size
+        self.weight_bytes += int(p.nbytes)
+        return self.emit(relax.op.reshape(inter, list(w.shape)))

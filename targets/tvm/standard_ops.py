@@ -1,0 +1,230 @@
+"""Relax lowering of the standard ONNX ops an integer graph keeps: the graph-boundary
+QuantizeLinear / DequantizeLinear, pooling, shape ops, and the exact tensor ops around a
+transformer's fused ops.
+
+The boundary Q/DQ are compiled too, so the library takes and returns float32 like
+``model.int.onnx`` does; the rounding is written out as round-half-to-even with exact float32
+steps (floor, compare) because TVM's ``round`` is not guaranteed to be half-even on every backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from tvm import relax
+
+from qcompiler.ir import attr
+
+from .relax_emitter import NP2TVM, RelaxEmitter, relax_const
+
+
+def quantize(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
+    """QuantizeLinear exactly like ORT: saturate(rint_half_even(x / scale) + zp)."""
+    x = bld.val(node.input[0])
+    scale = bld.const_in(node, 1).astype(np.float32)
+    zp = bld.opt_const(node, 2)
+    zp = np.zeros((), np.uint8) if zp is None else zp
+    if scale.size != 1 or zp.size != 1:
+        raise bld.err(node, "per-axis QuantizeLinear on activations is not supported")
+    info = np.iinfo(zp.dtype)
+    z = int(zp.reshape(-1)[0])
+    f32 = lambda v: relax_const(np.asarray(v, np.float32))  # noqa: E731
+    v = bld.emit(relax.op.divide(x, f32(scale.reshape(-1)[0])))
+    fl = bld.emit(relax.op.floor(v))
+    d = bld.emit(relax.op.subtract(v, fl))  # exact in float32
+    half = bld.emit(relax.op.floor(relax.op.multiply(fl, f32(0.5))))
+    odd = bld.emit(relax.op.not_equal(relax.op.multiply(half, f32(2.0)), fl))
+    up = bld.emit(relax.op.logical_or(relax.op.greater(d, f32(0.5)),
+                                      relax.op.logical_and(relax.op.equal(d, f32(0.5)), odd)))
+    r = bld.emit(relax.op.add(fl, relax.op.astype(up, "float32")))
+    r = bld.emit(relax.op.clip(r, relax.prim_value(float(info.min - z)), relax.prim_value(float(info.max - z))))
+    q = bld.emit(relax.op.add(relax.op.astype(r, "int32"), relax_const(np.asarray(z, np.int32))))
+    return bld.emit(relax.op.astype(q, NP2TVM[zp.dtype]))
+
+
+def dequantize(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
+    """DequantizeLinear like ORT: float(int32(q) - zp) * scale."""
+    x = bld.val(node.input[0])
+    scale = bld.const_in(node, 1).astype(np.float32)
+    zp = bld.opt_const(node, 2)
+    if scale.size != 1:
+        axis = int(attr(node, "axis", 1))
+        rank = len(bld.shape_of(x))
+        shp = [1] * rank
+        shp[axis % rank] = scale.size
+        scale = scale.reshape(shp)
+        zp = None if zp is None else zp.reshape(shp)
+    else:
+        scale = scale.reshape(())
+        zp = None if zp is None else zp.reshape(())
+    t = bld.emit(relax.op.astype(x, "int32"))
+    if zp is not None:
+        t = bld.emit(relax.op.subtract(t, relax_const(zp.astype(np.int32))))
+    return bld.emit(relax.op.multiply(relax.op.astype(t, "float32"), relax_const(scale)))
+
+
+def standard(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr | list[relax.Expr]:
+    """A standard ONNX node of a CNN graph (pooling, shape ops, Clip, Relu, float arithmetic), then
+    :func:`standard_tensor_op`; any other op is refused with the node named."""
+    op = node.op_type
+    R = relax.op
+    if op == "MaxPool":
+        x = bld.val(node.input[0])
+        k = list(attr(node, "kernel_shape"))
+        pads = list(attr(node, "pads", [0] * 2 * len(k)))
+        return bld.emit(R.nn.max_pool2d(x, k, list(attr(node, "strides", [1, 1])),
+                                        [pads[0], pads[1], pads[2], pads[3]],
+                                        list(attr(node, "dilations", [1, 1])),
+                                        ceil_mode=bool(attr(node, "ceil_mode", 0))))
+    if op == "Identity":
+        return bld.val(node.input[0])
+    if op == "Reshape":
+        x = bld.val(node.input[0])
+        shp = [int(s) for s in bld.const_in(node, 1)]
+        cur = bld.shape_of(x)
+        shp = [cur[i] if (s == 0 and not attr(node, "allowzero", 0)) else s for i, s in enumerate(shp)]
+        if bld.batch and shp and shp[0] == 1 and cur and cur[0] == bld.batch != 1:
+            # a constant [1, ...] (the flatten before a classifier, exported at batch 1) keeps
+            # the overridden batch; without this [1, -1] would fold the batch into the features
+            shp[0] = bld.batch
+        if -1 in shp:
+            known = int(np.prod([s for s in shp if s != -1]))
+            shp[shp.index(-1)] = int(np.prod(cur)) // known
+        return bld.emit(R.reshape(x, shp))
+    if op == "Flatten":
+        x = bld.val(node.input[0])
+        cur = bld.shape_of(x)
+        ax = int(attr(node, "axis", 1)) % (len(cur) + 1)
+        return bld.emit(R.reshape(x, [int(np.prod(cur[:ax])), int(np.prod(cur[ax:]))]))
+    if op == "Transpose":
+        x = bld.val(node.input[0])
+        perm = attr(node, "perm")
+        return bld.emit(R.permute_dims(x, list(perm) if perm is not None else None))
+    if op in ("Squeeze", "Unsqueeze"):
+        x = bld.val(node.input[0])
+        axes = bld.opt_const(node, 1)
+        axes = [int(a) for a in (axes if axes is not None else attr(node, "axes", []))]
+        if op == "Squeeze":
+            return bld.emit(R.squeeze(x, axes or None))
+        return bld.emit(R.expand_dims(x, axes))
+    if op == "Concat":
+        xs = [bld.val(i) for i in node.input]
+        return bld.emit(R.concat(xs, axis=int(attr(node, "axis"))))
+    if op == "Clip":  # e.g. the 4-bit range clamp right after the input QuantizeLinear
+        x = bld.val(node.input[0])
+        lo, hi = bld.opt_const(node, 1), bld.opt_const(node, 2)
+        dt = bld.dtype_of(x)
+        if dt.startswith(("int", "uint")):
+            info = np.iinfo(dt)
+            lo_v = int(info.min if lo is None else lo.reshape(-1)[0])
+            hi_v = int(info.max if hi is None else hi.reshape(-1)[0])
+        else:
+            lo_v = float(-np.inf if lo is None else lo.reshape(-1)[0])
+            hi_v = float(np.inf if hi is None else hi.reshape(-1)[0])
+        return bld.emit(R.clip(x, relax.prim_value(lo_v), relax.prim_value(hi_v)))
+    if op == "Relu":
+        return bld.emit(R.nn.relu(bld.val(node.input[0])))
+    if op == "Sigmoid":
+        return bld.emit(R.sigmoid(bld.val(node.input[0])))
+    if op == "Softmax":
+        return bld.emit(R.nn.softmax(bld.val(node.input[0]), axis=int(attr(node, "axis", -1))))
+    if op in ("Add", "Sub", "Mul", "Div"):
+        fn = {"Add": R.add, "Sub": R.subtract, "Mul": R.multiply, "Div": R.divide}[op]
+        return bld.emit(fn(bld.val(node.input[0]), bld.val(node.input[1])))
+    return standard_tensor_op(bld, node)
+
+
+# Only ops whose results are exact (equal to ORT's bit for bit): no transcendental float op here,
+# since TVM's exp/erf/tanh approximations are not ORT's.
+BINARY_OPS = {"Equal": "equal", "Less": "less", "Greater": "greater", "LessOrEqual": "less_equal",
+              "GreaterOrEqual": "greater_equal", "And": "logical_and", "Or": "logical_or",
+              "Xor": "logical_xor"}
+UNARY_OPS = {"Abs": "abs", "Neg": "negative", "Not": "logical_not", "Sign": "sign", "Floor": "floor",
+             "Ceil": "ceil"}
+REDUCE_OPS = {"ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min", "ReduceMean": "mean",
+              "ReduceProd": "prod"}
+
+
+def standard_tensor_op(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
+    """The standard ops a transformer graph carries around the fused ops: gathers, masks, casts,
+    elementwise integer arithmetic, slicing, reductions. Integer semantics follow ONNX (Div on
+    integers truncates, as Relax ``divide`` does; Cast between integers wraps)."""
+    op = node.op_type
+    R = relax.op
+    if op in BINARY_OPS:
+        return bld.emit(getattr(R, BINARY_OPS[op])(bld.val(node.input[0]), bld.val(node.input[1])))
+    if op in UNARY_OPS:
+        return bld.emit(getattr(R, UNARY_OPS[op])(bld.val(node.input[0])))
+    if op in ("Min", "Max"):
+        fn = R.minimum if op == "Min" else R.maximum
+        e = bld.val(node.input[0])
+        for i in node.input[1:]:
+            e = fn(e, bld.val(i))
+        return bld.emit(e)
+    if op == "Where":
+        return bld.emit(R.where(bld.val(node.input[0]), bld.val(node.input[1]), bld.val(node.input[2])))
+    if op == "Cast":
+        to = onnx.helper.tensor_dtype_to_np_dtype(int(attr(node, "to")))
+        return bld.emit(R.astype(bld.val(node.input[0]), bld.tvm_dtype(to)))
+    if op == "CastLike":
+        return bld.emit(R.astype(bld.val(node.input[0]), bld.dtype_of(bld.val(node.input[1]))))
+    if op == "BitShift":
+        fn = R.left_shift if attr(node, "direction") in (b"LEFT", "LEFT") else R.right_shift
+        return bld.emit(fn(bld.val(node.input[0]), bld.val(node.input[1])))
+    if op == "Gather":
+        x = bld.val(node.input[0])
+        axis = int(attr(node, "axis", 0)) % len(bld.shape_of(x))
+        dim = bld.shape_of(x)[axis]
+        if node.input[1] in bld.inits:  # constant indices: ONNX's negative indices resolved here
+            idx = bld.inits[node.input[1]].astype(np.int64)
+            if idx.size and (idx.min() < -dim or idx.max() >= dim):
+                raise bld.err(node, f"Gather index outside [-{dim}, {dim})")
+            return bld.emit(R.take(x, relax_const(np.where(idx < 0, idx + dim, idx)), axis=axis))
+        idx = bld.val(node.input[1])
+        # run-time indices (token ids): negative ones count from the end, as in ONNX
+        idt = bld.dtype_of(idx)
+        idx = bld.emit(R.where(R.less(idx, relax_const(np.zeros((), idt))),
+                               R.add(idx, relax_const(np.asarray(dim, idt))), idx))
+        return bld.emit(R.take(x, idx, axis=axis, mode="clip"))
+    if op == "Expand":
+        x = bld.val(node.input[0])
+        shp = [int(v) for v in bld.const_in(node, 1)]
+        out = list(np.broadcast_shapes(tuple(bld.shape_of(x)), tuple(shp)))
+        return bld.emit(R.broadcast_to(x, out))
+    if op == "Slice":
+        x = bld.val(node.input[0])
+        cur = bld.shape_of(x)
+        starts, ends = bld.const_in(node, 1), bld.const_in(node, 2)
+        axes = bld.opt_const(node, 3)
+        steps = bld.opt_const(node, 4)
+        axes = list(range(len(starts))) if axes is None else [int(a) % len(cur) for a in axes]
+        steps = [1] * len(starts) if steps is None else [int(v) for v in steps]
+        b, e = [], []
+        for ax, st, en, sp in zip(axes, starts, ends, steps):
+            lo, hi, _ = slice(int(st), int(en), sp).indices(cur[ax])
+            b.append(lo)
+            e.append(hi)
+        return bld.emit(R.strided_slice(x, axes, b, e, steps))
+    if op in REDUCE_OPS:
+        x = bld.val(node.input[0])
+        axes = bld.opt_const(node, 1)
+        axes = attr(node, "axes") if axes is None else axes
+        keep = bool(attr(node, "keepdims", 1))
+        if axes is None or len(axes) == 0:
+            if attr(node, "noop_with_empty_axes", 0):
+                return x
+            axes = list(range(len(bld.shape_of(x))))
+        return bld.emit(getattr(R, REDUCE_OPS[op])(x, axis=[int(a) for a in axes], keepdims=keep))
+    if op == "Split":
+        x = bld.val(node.input[0])
+        axis = int(attr(node, "axis", 0))
+        sizes = bld.opt_const(node, 1)
+        n = len(node.output)
+        dim = bld.shape_of(x)[axis]
+        sizes = [dim // n] * n if sizes is None else [int(v) for v in sizes]
+        cuts = list(np.cumsum(sizes)[:-1])
+        res = bld.emit(R.split(x, [int(v) for v in cuts], axis=axis))
+        return [bld.emit(relax.TupleGetItem(res, i)) for i in range(n)]
+    if op == "Tile":
+        return bld.emit(R.tile(bld.val(node.input[0]), [int(v) for v in bld.const_in(node, 1)]))
+    raise bld.err(node, f"op {op} has no TVM lowering")
