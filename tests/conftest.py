@@ -218,3 +218,76 @@ def run_fused_op(op: str, inputs: dict[str, np.ndarray], feeds: list[str], out_d
     m = fn.add_functions(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
     f = {k: inputs[k] for k in feeds}
     return session(m, optimize=False).run(None, f)[0], ReferenceEvaluator(m).run(None, f)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# headless Chromium: pages rendered and measured as a person's browser lays them out
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--hide-scrollbars", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]
+
+# Measures the laid-out page: the document's width, every element that scrolls sideways or ends
+# past the window, and every SVG text whose box leaves its SVG (a cut label). Appended to a copy of
+# the page (the pages themselves carry no script); the result lands in a <pre> that --dump-dom prints.
+_LAYOUT_JS = """<script>(function(){
+const W=document.documentElement.clientWidth,out={width:W,scroll_width:document.documentElement.scrollWidth,
+svgs:0,texts:0,clipped:[],overflowing:[]};
+for(const svg of document.querySelectorAll('svg')){out.svgs++;const r=svg.getBoundingClientRect();
+ for(const t of svg.querySelectorAll('text')){if(!t.textContent.trim())continue;out.texts++;
+  const b=t.getBoundingClientRect();
+  if(b.left<r.left-1||b.right>r.right+1||b.top<r.top-1||b.bottom>r.bottom+1)out.clipped.push(t.textContent);}}
+for(const el of document.body.querySelectorAll('*')){if(el.closest('svg'))continue;const b=el.getBoundingClientRect();
+ if(el.scrollWidth>el.clientWidth+1&&getComputedStyle(el).overflowX!=='visible'||b.right>W+1)
+  out.overflowing.push(el.tagName+(el.className?'.'+el.className:'')+': '+(el.textContent||'').slice(0,60));}
+const pre=document.createElement('pre');pre.id='layout-result';pre.textContent=JSON.stringify(out);
+document.body.appendChild(pre);})();</script>"""
+
+
+def chromium(*args: str, timeout: float = 90) -> str:
+    """Run headless Chromium once with a throw-away profile (``CHROMIUM_FLAGS`` plus ``args``); its stdout."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+                              text=True, timeout=timeout, check=True).stdout
+
+
+def chromium_screenshot(page: Path, png: Path, width: int, height: int) -> np.ndarray:
+    """``page`` rendered at ``width`` x ``height`` px, as an RGB float array."""
+    from matplotlib.image import imread
+
+    chromium(f"--screenshot={png}", f"--window-size={width},{height}", page.resolve().as_uri())
+    img = imread(png)[..., :3]
+    assert img.shape[:2] == (height, width)
+    return img
+
+
+def chromium_layout(page: Path, width: int, height: int = 1600) -> dict:
+    """How Chromium lays ``page`` out at ``width`` px: see ``_LAYOUT_JS`` for the keys."""
+    import html
+    import json
+    import re
+
+    probe = page.with_name(page.stem + ".layout-probe.html")
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _LAYOUT_JS + "</body>"), encoding="utf-8")
+    try:
+        dom = chromium("--dump-dom", f"--window-size={width},{height}", probe.resolve().as_uri())
+    finally:
+        probe.unlink()
+    m = re.search(r'<pre id="layout-result">(.*?)</pre>', dom, re.S)
+    assert m, "the layout probe did not run"
+    return json.loads(html.unescape(m.group(1)))
+
+
+def keep_png(png: Path, dest: Path) -> None:
+    """A small copy of a screenshot for the docs: 64 colours (pages are flat colours and text)."""
+    from PIL import Image
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(png).convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(dest, optimize=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,9 +175,11 @@ def test_qdq_sqnr_matches_numpy(stages):
     row = _row(res, "w2", "w2_quantized")
     assert row.sqnr_db == pytest.approx(_sqnr(_init(stages["float"], "w2"), wq * ws.reshape(-1, 1, 1, 1)),
                                         abs=1e-6)
-    # worst first
-    finite = [t.sqnr_db for t in res.tensors]
-    assert finite == sorted(finite)
+    # graph order (depth in A), each row with the op that makes it (a weight: the op that reads it)
+    assert [t.pos for t in res.tensors] == sorted(t.pos for t in res.tensors)
+    assert (row.pos, row.op, row.kind) == (3, "Conv", "weight")
+    assert (_row(res, "r2", "r2_QuantizeLinear_Output").op, _row(res, "y", "y").kind) == ("Relu", "output")
+    assert res.input_source == "1 given input" and res.samples == 1
 
 
 def test_integer_sqnr_matches_numpy(stages):
@@ -222,6 +226,8 @@ def test_cli_json_and_html(stages, tmp_path, capsys):
     d = json.loads(j.read_text())
     assert d["a_stage"] == "float" and d["b_stage"] == "integer"
     assert d["inputs"]["x"]["source"] == "random (seed 3)"
+    assert d["input_source"] == "1 random input (seed 3)" and d["samples"] == 1
+    assert "Measured on 1 random input (seed 3)" in out.splitlines()[1]
     assert any(t["b"] == "y" and isinstance(t["sqnr_db"], float) for t in d["tensors"])
     page = h.read_text()
     assert "<script" not in page and "conv1_quant" in page and "<svg" in page
@@ -321,3 +327,149 @@ def test_pipeline_diff_html(compiled, tmp_path):
                       plan_a=QuantPlan.load(compiled / "plan.json"), plan_b=QuantPlan.load(compiled / "plan.json"))
     page = render_html(res)
     assert "QConv" in page and page.count("<svg") >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the inputs: stated, and read from everything --eval and --calib accept (issue 23)
+
+
+def _sqnr_over(samples: list[np.ndarray], a: Path, b: Path, name: str = "y") -> float:
+    """SQNR of B's tensor against A's over several samples: summed signal over summed noise."""
+    sig = noise = 0.0
+    for x in samples:
+        ra, rb = _run(a, x)[name].astype(np.float64), _run(b, x)[name].astype(np.float64)
+        sig += float(np.sum(ra ** 2))
+        noise += float(np.sum((ra - rb) ** 2))
+    return 10 * math.log10(sig / noise)
+
+
+def test_inputs_in_every_eval_and_calib_format(stages, tmp_path):
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(0, 256, (10, 8, 8), dtype=np.uint8)  # as --eval data: uint8 x, input_scale, labels
+    np.savez(tmp_path / "eval.npz", x=pixels, y=rng.integers(0, 10, 10), input_scale=np.float32(1 / 255))
+    xs = [(pixels[i].astype(np.float32) / np.float32(255)).reshape(SHAPE) for i in range(10)]
+    expected4 = _sqnr_over(xs[:4], stages["float"], stages["qdq"])
+    res = diff(stages["float"], stages["qdq"], inputs=tmp_path / "eval.npz", limit=4)
+    assert (res.samples, res.input_source) == (4, "4 of 10 samples from eval.npz")
+    assert _row(res, "y", "y").sqnr_db == pytest.approx(expected4, abs=1e-6)
+    assert res.inputs["x"]["shape"] == list(SHAPE) and res.inputs["x"]["max"] <= 1.0
+    res_all = diff(stages["float"], stages["qdq"], inputs=tmp_path / "eval.npz", limit=None)
+    assert res_all.input_source == "10 samples from eval.npz"
+    assert _row(res_all, "y", "y").sqnr_db == pytest.approx(_sqnr_over(xs, stages["float"], stages["qdq"]),
+                                                            abs=1e-6)
+    # the calibration formats: one .npy, a folder of .npz files, a folder of images: the same numbers
+    np.save(tmp_path / "x.npy", np.concatenate(xs[:4]))
+    (tmp_path / "parts").mkdir()
+    np.savez(tmp_path / "parts" / "a.npz", x=np.concatenate(xs[:2]))
+    np.savez(tmp_path / "parts" / "b.npz", x=np.concatenate(xs[2:4]))
+    for src, words in ((tmp_path / "x.npy", "4 samples from x.npy"), (tmp_path / "parts", "4 samples from parts")):
+        got = diff(stages["float"], stages["qdq"], inputs=src)
+        assert got.input_source == words
+        assert _row(got, "y", "y").sqnr_db == pytest.approx(expected4, abs=1e-6)
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        Image.fromarray(pixels[i]).save(tmp_path / "images" / f"{i}.png")
+    got = diff(stages["float"], stages["qdq"], inputs=tmp_path / "images")
+    assert got.input_source == "3 samples from images"
+    assert _row(got, "y", "y").sqnr_db == pytest.approx(_sqnr_over(xs[:3], stages["float"], stages["qdq"]),
+                                                        abs=1e-4)
+
+
+def test_inputs_errors_name_the_flag(stages, tmp_path):
+    np.savez(tmp_path / "raw.npz", x=np.zeros((3, 1, 8, 8), np.uint8))  # uint8 pixels, no input_scale
+    for src, words in ((tmp_path / "nope.npz", "does not exist"), (tmp_path / "raw.npz", "uint8")):
+        with pytest.raises(CalibrationError, match=words) as e:
+            main([str(stages["float"]), str(stages["qdq"]), "--inputs", str(src)])
+        assert str(e.value).startswith("--inputs") and "check --calib" not in str(e.value)
+    with pytest.raises(FlagError, match="--limit needs --inputs"):
+        main([str(stages["float"]), str(stages["qdq"]), "--limit", "5"])
+    with pytest.raises(FlagError, match="negative"):
+        main([str(stages["float"]), str(stages["qdq"]), "--inputs", str(tmp_path / "raw.npz"), "--limit", "-1"])
+
+
+def test_the_eval_data_of_a_compile_is_accepted(compiled, capsys):
+    """The defect as met: `--inputs` refused the .npz that `--eval` takes (uint8 x, input_scale, y)."""
+    from conftest import EXAMPLE_EVAL
+
+    assert main([str(compiled / "model.float.onnx"), str(compiled / "model.int.onnx"),
+                 "--inputs", str(EXAMPLE_EVAL), "--limit", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "Measured on 8 of 2,000 samples from fashion_eval.npz (--limit N: more)."
+
+
+# ---------------------------------------------------------------------------------------------
+# the terminal, as a person reads it: 80 columns, in a pseudo-terminal and piped (issue 23)
+
+
+@pytest.fixture(scope="module")
+def mbv2(tmp_path_factory) -> Path:
+    from qcompiler.options import CompileOptions
+    from qcompiler.pipeline import compile_model
+
+    out = tmp_path_factory.mktemp("diffm") / "mbv2"
+    compile_model(EXAMPLE.parent / "fashion_mbv2.onnx", out, calib=EXAMPLE_CALIB,
+                  options=CompileOptions(target="ort-cpu"))
+    return out
+
+
+def _diff_cli(args: list[str], how: str, cwd: Path, monkeypatch) -> list[str]:
+    """``qcompile diff ARGS`` at 80 columns, on a pseudo-terminal or piped; the lines it printed."""
+    import os
+    import subprocess
+
+    import test_cli_pty
+
+    if how == "terminal":
+        monkeypatch.setattr(test_cli_pty, "COLS", 80)
+        rc, text = test_cli_pty.run_in_terminal(["diff", *args], cwd=cwd)
+    else:
+        env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS")}
+        exe = Path(sys.executable).parent / "qcompile"
+        p = subprocess.run([str(exe), "diff", *args], capture_output=True, text=True, cwd=cwd,
+                           env={**env, "COLUMNS": "80"}, timeout=300)
+        rc, text = p.returncode, p.stdout + p.stderr
+        assert "\x1b[" not in text  # no colour codes in a pipe
+    assert rc == 0 and "Traceback" not in text, text[-3000:]
+    return text.rstrip("\n").split("\n")
+
+
+@pytest.mark.parametrize("how", ["terminal", "piped"])
+def test_terminal_error_table_first_in_80_columns(mbv2, tmp_path, monkeypatch, how):
+    from conftest import EXAMPLE_EVAL
+    from rich.cells import cell_len
+
+    lines = _diff_cli([str(mbv2 / "model.float.onnx"), str(mbv2 / "model.int.onnx"), "--inputs", str(EXAMPLE_EVAL)],
+                      how, tmp_path, monkeypatch)
+    assert max(cell_len(s) for s in lines) <= 80, max(lines, key=cell_len)
+    assert len(lines) <= 45, "\n".join(lines)  # was 952 lines (438 on the fashion CNN)
+    assert lines[0] == "A model.float.onnx (float, the reference) vs B model.int.onnx (integer)"
+    assert lines[1] == "Measured on 64 of 2,000 samples from fashion_eval.npz (--limit N: more)."
+    head = next(i for i, s in enumerate(lines) if "SQNR dB" in s and "max |Δ|" in s)
+    nodes = next(i for i, s in enumerate(lines) if s.startswith("Nodes: "))
+    assert head <= 4 < nodes
+    rows = [re.match(r" *(\d+)  (\S+) ", s) for s in lines[head + 2:nodes]]
+    rows = [(int(m.group(1)), m.group(2)) for m in rows if m]
+    assert len(rows) >= 20
+    assert [d for d, _ in rows] == sorted(d for d, _ in rows)  # graph order, not worst first
+    assert {"Conv", "Add", "Clip", "Gemm"} <= {op for _, op in rows}  # op types on every row
+    assert "21 lowered (Conv→QConv 16" in " ".join(lines[nodes:])
+    assert not any(s.startswith("Nodes that differ") for s in lines)  # details only with -v / --all
+
+
+def test_terminal_verbose_and_all(mbv2, tmp_path, monkeypatch):
+    from rich.cells import cell_len
+
+    args = [str(mbv2 / "model.float.onnx"), str(mbv2 / "model.int.onnx"), "--rows", "6"]
+    short = _diff_cli(args, "piped", tmp_path, monkeypatch)
+    verbose = _diff_cli([*args, "-v"], "piped", tmp_path, monkeypatch)
+    full = _diff_cli([*args, "--all"], "piped", tmp_path, monkeypatch)
+    for lines in (short, verbose, full):
+        assert max(cell_len(s) for s in lines) <= 80
+    assert any("… " in s and " more, " in s for s in short)  # hidden stretches of the error table summarised
+    assert len(short) < len(verbose) < len(full)
+    verbose = [s.rstrip() for s in verbose]
+    assert "Nodes that differ, in B's graph order" in verbose and "… 29 more nodes (--all, --json or --html)" in verbose
+    for name in ("features.3/conv.2/Conv", "classifier/Gemm", "GlobalAveragePool"):
+        assert any(name in s for s in full), name

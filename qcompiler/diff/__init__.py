@@ -12,7 +12,9 @@ accuracy", so the diff has two halves:
   nodes are added or removed. Initializers, graph inputs/outputs and local
   functions are diffed by name.
 * **Numeric**: both models run in ONNX Runtime (all graph optimisations off, so
-  the graph runs as written) on the same inputs, with every graph-level tensor
+  the graph runs as written) on the same inputs (one seeded random input, or up
+  to ``--limit`` samples of ``--inputs`` data in any form ``--eval`` or ``--calib``
+  takes; every output states which), with every graph-level tensor
   exposed as an extra output. Tensors are paired by name, and an integer tensor
   is also paired with the float tensor it quantizes (through the
   QuantizeLinear/DequantizeLinear chain, the ``_quantized``-style suffixes of
@@ -21,6 +23,8 @@ accuracy", so the diff has two halves:
   QLinear* op that consumes it, or ``plan.json``. A is the reference: SQNR is
   ``10*log10(sum(a^2)/sum((a-b)^2))``.
 
+Rows are listed and plotted in A's graph order (depth, with op types), since error builds up
+with depth; the terminal shows that table first (:mod:`.terminal`), the HTML as bars (:mod:`.html_plot`).
 Tensors inside fused ``qcompiler`` functions are not exposed (graph level only).
 """
 

@@ -7,6 +7,8 @@ tables below say at which input positions each op carries them.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 
@@ -64,6 +66,13 @@ class Side:
         self.prod = producers(model)
         self.cons = consumers(model)
         self._float: dict[str, np.ndarray | None] = {}
+
+    def with_values(self, values: dict[str, np.ndarray]) -> Side:
+        """The same graph facts for another sample's values (the producer/consumer maps are built once)."""
+        other = copy.copy(self)
+        other.values = values
+        other._float = {}
+        return other
 
     def order(self) -> list[str]:
         """Graph inputs, then node outputs in graph order, then initializers: a stable row order."""

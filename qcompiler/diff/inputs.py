@@ -1,15 +1,20 @@
-"""The inputs both models run on: seeded random ones in the quantized range, or an .npz."""
+"""The inputs both models run on: seeded random ones in the quantized range, or the user's samples."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from ..calibration import CalibrationData, InputSpec
 from ..errors import CalibrationError
+from ..evaluate import load_eval
 from ..ir import graph_inputs
 from ..plan import QuantPlan
 
@@ -72,25 +77,67 @@ def make_inputs(a: onnx.ModelProto, b: onnx.ModelProto, *, seed: int = 0,
     return feeds
 
 
-def load_inputs(path: str | Path, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Inputs from an .npz whose keys are the model's input names (a single array may be unnamed)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CalibrationError(f"--inputs file {p} does not exist", hint="give an .npz of the model's inputs")
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's inputs as the data loaders want them (dynamic dims set to 1)."""
+    return [InputSpec(vi.name, tuple(_dims(vi)), _np_dtype(vi.type.tensor_type.elem_type))
+            for vi in graph_inputs(model)]
+
+
+_HINT = ("give an .npz with an 'x' array (as for --eval) or one array per input, a .npy, "
+         "or a folder of .npy/.npz/images (as for --calib)")
+
+
+def _as_inputs_error(e: CalibrationError, name: str) -> CalibrationError:
+    """A loader's error, reworded for --inputs (the loaders speak of --calib and --eval)."""
+    detail = e.detail.replace("calibration ", "").replace("evaluation ", "")
+    hint = (e.hint or "").replace("--calib", "--inputs").replace("--eval", "--inputs") or _HINT
+    return CalibrationError(f"--inputs {name}: {detail}", hint=hint)
+
+
+@dataclass
+class Samples:
+    """Input samples for both models: an iterator of feeds, where they come from, how many there are."""
+
+    feeds: Iterator[dict[str, np.ndarray]]
+    origin: str  # a file or folder name, "random", "given"
+    total: int | None = None  # samples available (None: not known without reading them all)
+
+
+def load_samples(source: str | Path | Any, model: onnx.ModelProto, *, limit: int | None = None) -> Samples:
+    """Samples from what ``--eval`` and ``--calib`` accept, at most ``limit`` of them.
+
+    Why both: a user who evaluates with ``eval.npz`` (an ``x`` array, optional labels and
+    ``input_scale``) or calibrates with a folder should diff on the same data without converting it.
+    An .npz with an ``x``/``input`` array (or one named after the input) is read as ``--eval``
+    reads it; anything else (.npy, .npz with one array per input, folders, arrays, iterables) as
+    ``--calib`` reads it.
+    """
+    specs = input_specs(model)
+    is_path = isinstance(source, (str, Path))
+    name = Path(source).name if is_path else "given arrays"
+    if is_path and not Path(source).exists():
+        raise CalibrationError(f"--inputs {source} does not exist", hint=_HINT)
     try:
-        with np.load(p, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001
-        raise CalibrationError(f"cannot read {p} as .npz: {e}", hint="save inputs with numpy.savez") from None
-    names = [vi.name for vi in graph_inputs(model)]
-    if len(names) == 1 and len(data) == 1 and names[0] not in data:
-        data = {names[0]: next(iter(data.values()))}
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise CalibrationError(f"{p} has no array for input(s) {', '.join(missing)} (has {', '.join(data)})",
-                               hint="name the arrays after the model's inputs")
-    out = {}
-    for vi in graph_inputs(model):
-        dt = _np_dtype(vi.type.tensor_type.elem_type)
-        out[vi.name] = np.asarray(data[vi.name]).astype(dt, copy=False)
-    return out
+        if is_path and Path(source).suffix.lower() == ".npz" and Path(source).is_file() and len(specs) == 1:
+            spec = specs[0]
+            with zipfile.ZipFile(source) as zf:
+                keys = {f.filename[:-4] for f in zf.infolist() if f.filename.endswith(".npy")}
+            if keys & {spec.name, "x", "input", "inputs"}:
+                x, _labels = load_eval(source, spec)
+                b = spec.shape[0] if spec.shape else 1
+                total = len(x) // b if b else 0
+                n = total if limit is None else min(total, limit)
+                return Samples(iter([{spec.name: x[i * b:(i + 1) * b]} for i in range(n)]), name, total)
+        data = CalibrationData.from_source(source, specs, limit=limit)
+        return Samples(_reworded(data.batches(), name), name)
+    except CalibrationError as e:
+        raise _as_inputs_error(e, name) from None
+    except zipfile.BadZipFile:
+        raise CalibrationError(f"--inputs {name} is not a readable .npz file", hint=_HINT) from None
+
+
+def _reworded(it: Iterator[dict[str, np.ndarray]], name: str) -> Iterator[dict[str, np.ndarray]]:
+    try:
+        yield from it
+    except CalibrationError as e:
+        raise _as_inputs_error(e, name) from None

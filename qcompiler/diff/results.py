@@ -42,10 +42,21 @@ class TensorDiff:
     sqnr_db: float  # +inf when identical
     cosine: float
     aliases: list[str] = field(default_factory=list)  # other B tensors with the same values vs a
+    pos: int = 0  # place in A's graph: 0 graph inputs, then 1 + topological index of the producer
+    op: str = ""  # A's op that makes a (for a weight: the op that reads it)
+    b_op: str = ""  # B's op that makes b ("" for an initializer or a graph input)
+    node: str = ""  # A's node that makes (or reads) a
+    kind: str = "activation"  # input, activation, output, weight
 
     @property
     def exact(self) -> bool:
         return self.max_abs == 0.0
+
+    @property
+    def trivial(self) -> bool:
+        """A graph input fed to both models as it is: an "exact" row that says nothing (left out of
+        the terminal table and the plot, kept in the JSON and the HTML table)."""
+        return self.kind == "input" and self.exact and self.a == self.b
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -69,6 +80,8 @@ class DiffResult:
     tensors: list[TensorDiff] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    input_source: str = ""  # in words: "1 random input (seed 0)", "64 samples from eval.npz"
+    samples: int = 0  # how many samples both models ran on (0: not run)
 
     def node_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -85,6 +98,8 @@ class DiffResult:
             "tensors": [t.to_dict() for t in self.tensors],
             "skipped": self.skipped,
             "inputs": self.inputs,
+            "input_source": self.input_source,
+            "samples": self.samples,
         }
 
 

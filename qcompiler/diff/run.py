@@ -34,54 +34,73 @@ def _value_dtypes(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def run_all(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, label: str = "model") -> dict[str, np.ndarray]:
-    """Run ``model`` in ONNX Runtime with every graph-level tensor exposed as an output.
+class Runner:
+    """One ONNX Runtime session of ``model`` with every graph-level tensor exposed as an output.
 
-    Optimisations are off so that the graph runs as written (fusions would hide
-    the intermediate tensors the diff is about). Returns outputs, feeds and
-    initializers by name.
+    Why a class: the diff runs both models on many samples, and building the session (with
+    hundreds of extra outputs) costs far more than one run. Optimisations are off so that the
+    graph runs as written (fusions would hide the intermediate tensors the diff is about).
     """
-    import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    dtypes = _value_dtypes(m)
-    present = {o.name for o in m.graph.output}
-    inputs = {vi.name for vi in m.graph.input}
-    for n in m.graph.node:
-        for o in n.output:
-            if not o or o in present or o in inputs:
-                continue
-            dt = dtypes.get(o)
-            if dt is not None and dt not in _RUNNABLE:
-                continue  # int4, float8, sequences: ORT cannot hand them to numpy
-            present.add(o)
-            m.graph.output.append(onnx.helper.make_tensor_value_info(o, dt, None) if dt
-                                  else onnx.ValueInfoProto(name=o))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        want = {i.name for i in sess.get_inputs()}
-        missing = want - set(feeds)
-        if missing:
-            raise CalibrationError(f"no value for input(s) {', '.join(sorted(missing))}", model=label,
-                                   hint="A and B must take the same inputs; give --inputs with every name")
-        res = sess.run(names, {k: v for k, v in feeds.items() if k in want})
-    except QCompileError:
-        raise
-    except Exception as e:  # noqa: BLE001  (ORT raises its own exception types)
-        msg = " ".join(str(e).split())[:300]
-        raise ModelLoadError(f"ONNX Runtime cannot run it: {msg}", model=label,
-                             hint="check that the model runs with onnxruntime and the inputs match") from None
-    out: dict[str, np.ndarray] = {}
-    for t in model.graph.initializer:
+    def __init__(self, model: onnx.ModelProto, *, label: str = "model") -> None:
+        import onnxruntime as ort
+
+        self.label = label
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        dtypes = _value_dtypes(m)
+        present = {o.name for o in m.graph.output}
+        inputs = {vi.name for vi in m.graph.input}
+        for n in m.graph.node:
+            for o in n.output:
+                if not o or o in present or o in inputs:
+                    continue
+                dt = dtypes.get(o)
+                if dt is not None and dt not in _RUNNABLE:
+                    continue  # int4, float8, sequences: ORT cannot hand them to numpy
+                present.add(o)
+                m.graph.output.append(onnx.helper.make_tensor_value_info(o, dt, None) if dt
+                                      else onnx.ValueInfoProto(name=o))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
         try:
-            out[t.name] = numpy_helper.to_array(t)
-        except Exception:  # noqa: BLE001, S112
-            continue
-    out.update({k: np.asarray(v) for k, v in feeds.items() if k in want})
-    out.update({k: np.asarray(v) for k, v in zip(names, res) if isinstance(v, np.ndarray)})
-    return out
+            self.sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001  (ORT raises its own exception types)
+            raise _cannot_run(e, label) from None
+        self.names = [o.name for o in self.sess.get_outputs()]
+        self.want = {i.name for i in self.sess.get_inputs()}
+        self.consts: dict[str, np.ndarray] = {}
+        for t in model.graph.initializer:
+            try:
+                self.consts[t.name] = numpy_helper.to_array(t)
+            except Exception:  # noqa: BLE001, S112
+                continue
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs, feeds and initializers by name, for one sample."""
+        missing = self.want - set(feeds)
+        if missing:
+            raise CalibrationError(f"no value for input(s) {', '.join(sorted(missing))}", model=self.label,
+                                   hint="A and B must take the same inputs; give --inputs with every name")
+        try:
+            res = self.sess.run(self.names, {k: v for k, v in feeds.items() if k in self.want})
+        except Exception as e:  # noqa: BLE001  (ORT raises its own exception types)
+            raise _cannot_run(e, self.label) from None
+        out = dict(self.consts)
+        out.update({k: np.asarray(v) for k, v in feeds.items() if k in self.want})
+        out.update({k: np.asarray(v) for k, v in zip(self.names, res) if isinstance(v, np.ndarray)})
+        return out
+
+
+def _cannot_run(e: Exception, label: str) -> QCompileError:
+    if isinstance(e, QCompileError):
+        return e
+    msg = " ".join(str(e).split())[:300]
+    return ModelLoadError(f"ONNX Runtime cannot run it: {msg}", model=label,
+                          hint="check that the model runs with onnxruntime and the inputs match")
+
+
+def run_all(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, label: str = "model") -> dict[str, np.ndarray]:
+    """Run ``model`` once with every graph-level tensor exposed (see :class:`Runner`)."""
+    return Runner(model, label=label).run(feeds)
