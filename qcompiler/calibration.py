@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CalibrationError
+from .errors import CalibrationError, FlagError, spell
+from .image_preprocess import ImagePreprocess
 
 log = logging.getLogger("qcompiler.calibration")
 
@@ -27,6 +28,8 @@ STREAM_BINS = 4096  # one-pass histogram: the range always spans 2048..4096 bins
 HIST_SAMPLE = 1 << 17  # at most this many values per tensor and batch go into its histogram (2^18: same
 # agreement on EfficientNet-Lite0, one image less on MobileNetV2, 0.3-0.4 s more per compile; 2^16 lost 2 images)
 OBSERVERS = ("minmax", "percentile", "mse")
+# the keys of a batch dict that are labels, not inputs (a one-input model's dataset yielding {"image", "label"})
+LABEL_KEYS = frozenset({"label", "labels", "target", "targets", "y", "class", "classes", "class_id"})
 
 
 @dataclass(frozen=True)
@@ -104,26 +107,6 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         raise _unreadable(path, ".npz") from None
 
 
-def _load_image(path: Path, spec: InputSpec) -> np.ndarray:
-    """Decode, resize to the model's HxW and scale to [0, 1]; layout NCHW or NHWC from the spec."""
-    from PIL import Image
-
-    nchw = len(spec.shape) == 4 and spec.shape[1] in (1, 3)
-    h, w = (spec.shape[2], spec.shape[3]) if nchw else (spec.shape[1], spec.shape[2])
-    ch = spec.shape[1] if nchw else spec.shape[3]
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if ch == 1 else "RGB").resize((w, h), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except OSError:
-        raise CalibrationError(f"'{path.name}' is not a readable image", hint="remove it from the folder") from None
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if nchw:
-        arr = arr.transpose(2, 0, 1)
-    return arr[None]
-
-
 def _header_shape(f: Any) -> tuple[int, ...]:
     version = np.lib.format.read_magic(f)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -169,20 +152,43 @@ def array_shapes(source: Any) -> dict[str | None, tuple[int, ...]]:
     return {}
 
 
+def _numpy(a: Any) -> Any:
+    """A torch tensor (CPU or GPU, with or without grad) as numpy; anything else as it is."""
+    if hasattr(a, "detach") and hasattr(a, "cpu") and hasattr(a, "numpy"):
+        return a.detach().cpu().numpy()
+    return a
+
+
+def _is_batch(e: Any) -> bool:
+    """An array-like batch (numpy, torch, ...) or a dict/tuple of them, as opposed to a number or a nested list."""
+    return hasattr(e, "shape") or isinstance(e, (Mapping, tuple)) or (isinstance(e, list) and e != [] and
+                                                                       all(hasattr(x, "shape") for x in e))
+
+
 class CalibrationData:
     """A re-iterable stream of model-input batches, checked against the model's inputs."""
 
     def __init__(self, factory: Callable[[], Iterator[Any]], specs: list[InputSpec], origin: str,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, preprocess: ImagePreprocess | None = None) -> None:
         self._factory = factory
         self.specs = specs
         self.origin = origin
         self.limit = limit
         self.count: int | None = None
+        self._preprocess = preprocess
+        self.preprocess: ImagePreprocess | None = None  # what images were given, resolved; None: no images
+        self._told_labels = False
+        self._told_scaling = False
 
     @classmethod
-    def from_source(cls, source: Any, specs: list[InputSpec], *, limit: int | None = None) -> CalibrationData:
-        """Accept a path (folder, .npy, .npz) or an iterable of arrays / dicts of arrays."""
+    def from_source(cls, source: Any, specs: list[InputSpec], *, limit: int | None = None,
+                    preprocess: ImagePreprocess | None = None) -> CalibrationData:
+        """Accept a path (folder, .npy, .npz, image) or an iterable of arrays / dicts / (x, y) batches.
+
+        ``preprocess``: how images become inputs (the flag, or the model's metadata); images
+        without it are scaled to [0, 1] with a warning. Given by the user for data without images,
+        it is refused: arrays are fed as they are.
+        """
         if isinstance(source, (str, Path)):
             p = Path(source)
             if not p.exists():
@@ -193,23 +199,52 @@ class CalibrationData:
                 if not files:
                     raise CalibrationError(f"calibration folder '{p}' has no images, .npy or .npz files",
                                            hint="put calibration samples in the folder")
-                return cls(lambda: cls._iter_files(files, specs), specs, str(p.name), limit)
-            if p.suffix.lower() in (".npy", ".npz"):
-                return cls(lambda: cls._iter_files([p], specs), specs, p.name, limit)
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                return cls(lambda: cls._iter_files([p], specs), specs, p.name, limit)
-            raise CalibrationError(f"calibration data '{p.name}' is not a folder, .npy, .npz or image",
-                                   hint="see qcompile --help for --calib")
+            elif p.suffix.lower() in (".npy", ".npz") + IMAGE_SUFFIXES:
+                files = [p]
+            else:
+                raise CalibrationError(f"calibration data '{p.name}' is not a folder, .npy, .npz or image",
+                                       hint="see qcompile --help for --calib")
+            cls._check_preprocess(preprocess, p.name, any(f.suffix.lower() in IMAGE_SUFFIXES for f in files))
+            data = cls(lambda: iter(()), specs, str(p.name), limit, preprocess)
+            data._factory = lambda: data._iter_files(files)
+            return data
+        cls._check_preprocess(preprocess, "the calibration arrays", False)
         if isinstance(source, np.ndarray) or isinstance(source, Mapping):
             return cls(lambda: iter([source]), specs, "array", limit)
         if isinstance(source, Iterable):
-            items = source if isinstance(source, (list, tuple)) else list(source)  # inputs only, bounded by caller
-            return cls(lambda: iter(items), specs, "iterable", limit)
+            kind = "iterable" if isinstance(source, (list, tuple)) else type(source).__name__  # "DataLoader"
+            data = cls(lambda: iter(()), specs, kind, limit)
+            items = data._collect(source)
+            data._factory = lambda: iter(items)
+            return data
         raise CalibrationError(f"calibration source of type {type(source).__name__} is not supported",
                                hint="pass a folder, a .npy/.npz file or an iterable of arrays")
 
     @staticmethod
-    def _iter_files(files: list[Path], specs: list[InputSpec]) -> Iterator[Any]:
+    def _check_preprocess(pp: ImagePreprocess | None, what: str, images: bool) -> None:
+        if pp is not None and pp.origin == "given" and not images:
+            raise FlagError(f"--calib-preprocess is for images, and {what} holds none: arrays are fed to the "
+                            "model as they are", hint="drop --calib-preprocess, or give a folder of images")
+
+    def _collect(self, source: Iterable[Any]) -> list[Any]:
+        """The items of an iterable (a DataLoader, a generator), labels dropped and tensors made numpy.
+
+        Kept in memory so every pass sees the same samples (a shuffling DataLoader would not); with
+        ``limit``, only as many items as that many samples need are read.
+        """
+        items, samples = [], 0
+        for item in source:
+            x = self._inputs_of(item)
+            items.append(x)
+            if self.limit is not None and self.specs:
+                s = self.specs[0]
+                a = self._as_feed(x)[s.name]
+                samples += (a.shape[0] if a.ndim == len(s.shape) else 1) // max(1, s.shape[0])
+                if samples >= self.limit:
+                    break
+        return items
+
+    def _iter_files(self, files: list[Path]) -> Iterator[Any]:
         for f in files:
             s = f.suffix.lower()
             if s == ".npy":
@@ -217,12 +252,65 @@ class CalibrationData:
             elif s == ".npz":
                 yield load_npz(f)
             else:
-                if len(specs) != 1:
-                    raise CalibrationError("image calibration data needs a model with one input",
-                                           hint="use .npz files with one array per input")
-                yield _load_image(f, specs[0])
+                pp = self._image_preprocess()
+                arr = pp.load(f)
+                if not pp.normalized and not self._told_scaling:  # after the first image that loads
+                    self._told_scaling = True
+                    log.warning(spell(f"calibration images '{self.origin}' are only scaled to [0, 1]: no mean/std "
+                                      "was applied, and the model's metadata states none. If the model was trained "
+                                      "on normalised pixels, give --calib-preprocess 'mean=R,G,B,std=R,G,B' "
+                                      "(ImageNet's: --calib-preprocess imagenet); --calib-preprocess 'mean=0,std=1' "
+                                      "confirms [0, 1]"))
+                yield arr
+
+    def _image_preprocess(self) -> ImagePreprocess:
+        """The preprocessing of this source's images, resolved against the model input; logged once."""
+        if self.preprocess is not None:
+            return self.preprocess
+        if len(self.specs) != 1:
+            raise CalibrationError("image calibration data needs a model with one input",
+                                   hint="use .npz files with one array per input")
+        pp = self._preprocess or ImagePreprocess(origin="default")
+        self.preprocess = pp = pp.for_input(self.specs[0].name, self.specs[0].shape)
+        log.info("calibration images '%s' -> input '%s': %s (%s)", self.origin, self.specs[0].name, pp.text(),
+                 pp.origin)
+        return pp
+
+    def _inputs_of(self, item: Any) -> Any:
+        """One batch without its labels: the first element of an (x, y) tuple, the input names' entries of a
+        dict with extra keys; torch tensors become numpy arrays (``.numpy()``, no torch import)."""
+        dropped: list[str] = []
+        if isinstance(item, Mapping):
+            names = [s.name for s in self.specs]
+            keep = [k for k in item if k in names]
+            if not keep and len(self.specs) == 1 and len(item) > 1:  # one input, other names: all but labels
+                rest = [k for k in item if str(k).lower() not in LABEL_KEYS]
+                keep = rest if len(rest) == 1 else []
+            if keep and len(keep) < len(item):
+                dropped = [f"'{k}'" for k in item if k not in keep]
+                item = {k: item[k] for k in keep}
+            item = {k: _numpy(v) for k, v in item.items()}
+        elif isinstance(item, (list, tuple)) and item and _is_batch(item[0]):  # labels may be plain ints
+            per_input = len(self.specs) > 1 and len(item) == len(self.specs) and not any(
+                isinstance(e, (Mapping, list, tuple)) for e in item)
+            if per_input:
+                item = [_numpy(e) for e in item]
+            else:  # (x, y, ...): inputs first, then labels
+                dropped = [f"element {i}" for i in range(1, len(item))]
+                return self._note_dropped(dropped, self._inputs_of(item[0]))
+        else:
+            item = _numpy(item)
+        return self._note_dropped(dropped, item)
+
+    def _note_dropped(self, dropped: list[str], item: Any) -> Any:
+        if dropped and not self._told_labels:
+            self._told_labels = True
+            log.info("calibration data '%s': batches carry more than the model's inputs; %s ignored (labels)",
+                     self.origin, ", ".join(dropped))
+        return item
 
     def _as_feed(self, item: Any) -> dict[str, np.ndarray]:
+        item = self._inputs_of(item)
         if isinstance(item, Mapping):
             feed = dict(item)
             if len(self.specs) == 1 and self.specs[0].name not in feed and len(feed) == 1:

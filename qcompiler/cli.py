@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import FlagError, QCompileError
+from .errors import FlagError, QCompileError, caller
 from .native_log import third_party_to_log
 
 SUBCOMMANDS = ("diff", "inspect", "bench")
@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration data: folder of images/.npy/.npz, or one file; for a text encoder also a .txt "
                         "of sentences (default: built-in sentences for a text encoder, else data distilled from "
                         "the model's BatchNorm statistics)")
+    p.add_argument("--calib-preprocess", default=None, metavar="SPEC",
+                   help="how calibration images become inputs, comma-separated: size=HxW|model, mean=R,G,B and "
+                        "std=R,G,B (in the scale of range), range=0-1 (pixels/255, default)|0-255, "
+                        "layout=NCHW|NHWC (default: from the input shape), order=RGB|BGR, "
+                        "resize=none|resize|center-crop[:0.875] (none: images of another size are an error); "
+                        "'imagenet' = ImageNet mean/std. Example: imagenet,resize=center-crop:0.875 (default: "
+                        "the model's metadata if it states it, else pixels/255 with a warning)")
     p.add_argument("--calib-samples", type=int, default=None, metavar="N",
                    help="use at most N calibration samples (default: all of --calib)")
     p.add_argument("--eval", dest="eval_data", default=None, metavar="DATA.npz",
@@ -208,7 +215,8 @@ def compile_main(argv: Sequence[str]) -> int:
         input_shapes=parse_input_shapes(args.input_shape),
         budgets={b: getattr(args, f"{b}_budget") for b in BUDGET_FLAGS if getattr(args, f"{b}_budget")},
         sensitivity=args.sensitivity, weight_only=args.weight_only, pareto=args.pareto,
-        calib_limit=args.calib_samples, cuda_arch=args.cuda_arch, tune=args.tune, group_size=args.group_size,
+        calib_limit=args.calib_samples, calib_preprocess=args.calib_preprocess,
+        cuda_arch=args.cuda_arch, tune=args.tune, group_size=args.group_size,
         force=args.force,
         debug=args.debug, dump_dir=Path(args.dump_stages) if args.dump_stages else None)
     _check_inputs_outside(out, {"model": args.model, "--calib": args.calib, "--eval": args.eval_data})
@@ -224,7 +232,9 @@ def compile_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def print_summary(console, result) -> None:
+def print_summary(console, result) -> None:  # noqa: ANN001 - a rich Console and a CompileResult
+    """The compile in one table: sizes in the one size accounting, accuracy rows named for the model they
+    measured and the artifact that ships, the Pareto sweep's count of plans."""
     from rich.table import Table
 
     s = result.summary
@@ -237,15 +247,19 @@ def print_summary(console, result) -> None:
     if cal.get("source"):
         t.add_row("calibration", f"{cal['source']} ({cal.get('samples') or '?'} samples)")
     sz = s["size_bytes"]
-    t.add_row("weights fp32 / int8 / plan", f"{sz['fp32']:,} / {sz['int8']:,} / {sz['quantized']:,} B")
+    t.add_row("size fp32 / int8 / plan", f"{sz['fp32']:,} / {sz['int8']:,} / {sz['quantized']:,} B")
+    if "weights" in sz:  # the one size accounting, in parts (what --size-budget counts)
+        t.add_row("plan = weights + consts + qparams", f"{sz['weights']:,} + {sz['constants']:,} + {sz['qparams']:,}")
     ev = s.get("eval")
     if ev:
+        t.add_row("eval data", f"{ev['samples']:,} samples" + (f" of {ev['data']}" if ev.get("data") else ""))
+        if ev.get("ships"):
+            t.add_row("ships", str(ev["ships"]))
         for k in ("fp32", "int8", "integer"):
             if k in ev:
                 e = ev[k]
                 acc = f"{100 * e['accuracy']:.2f}%" if "accuracy" in e else "-"
-                t.add_row(f"{k} accuracy ({ev['samples']} samples)",
-                          f"{acc}  (agrees with fp32: {100 * e['agreement_with_fp32']:.2f}%)")
+                t.add_row(e.get("label", f"{k} accuracy"), f"{acc}; {100 * e['agreement_with_fp32']:.2f}% same as fp32")
     cos = s.get("embedding_cosine")
     if cos:
         t.add_row(f"embedding cosine to fp32 ({cos['sentences']} sentences)",
@@ -255,8 +269,13 @@ def print_summary(console, result) -> None:
         t.add_row("latency (ms)", f"{lat:.3f}")
     if s.get("fallback_ops"):
         t.add_row("float fallback ops", s.get("float_fallback", {}).get("line") or ", ".join(s["fallback_ops"]))
+    par = s.get("pareto")
+    if par and par.get("asked"):
+        t.add_row("pareto sweep", f"{par['asked']} asked, {par['distinct']} distinct plans")
     t.add_row("artifacts", str(result.out_dir))
     console.print(t)
+    if ev and ev.get("note"):
+        console.print(ev["note"])
 
 
 def _dispatch(argv: list[str]) -> int:
@@ -294,7 +313,8 @@ def _dispatch(argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _dispatch(argv)
+        with caller("cli"):  # error messages name flags, not the Python API's arguments
+            return _dispatch(argv)
     except QCompileError as e:
         print(f"qcompile: error: {e}", file=sys.stderr)
         return 2

@@ -2,9 +2,10 @@
 
 Costs, any combination at once (see :class:`~qcompiler.bit_problem.BitProblem`):
 
-- size: ``sum params_i * w_c / 8`` bytes (2-bit weights at 2 bits: their INT4 container in the QDQ
-  model is a storage detail) + every other stored byte (int32 biases, float constants), or a
-  fraction of the same total for uniform INT8;
+- size: ``sum params_i * w_c / 8 + channels_i * zp_bits(w_c) / 8`` bytes (2-bit weights at 2 bits:
+  their INT4 container in the QDQ model is a storage detail) + every other stored byte (int32
+  biases, float constants, scales), or a fraction of the same total for uniform INT8: the one size
+  accounting, :mod:`qcompiler.budgets` (``size_account``) gives the same number for a chosen plan;
 - BOPs: ``sum MACs_i * w_c * a_c`` (per sample);
 - latency: ``sum t[i,c]`` from a table measured on the target (:mod:`qcompiler.latency`);
 - SRAM: peak activation bytes. A tensor's bytes are linear in the activation bits of the
@@ -27,52 +28,16 @@ import onnx
 from scipy.sparse import coo_array, csr_array
 
 from .bit_problem import BitProblem, Cost
+from .budgets import fixed_bytes, layer_bytes, layer_channels, qparam_bytes
 from .errors import NumericsError, QCompileError
 from .ir import infer_shapes, value_shapes
 from .layers import act_width, fmt
 from .plan import QuantPlan
-from .qdq_layout import quantized_tensors
-from .quantize import node_weight_axis
 from .ties import plan_ties
 
 #: ops whose output shares its input's buffer after fusion (fused activations and pure views)
 TRANSPARENT = {"Relu", "Clip", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "MaxPool",
                "Transpose", "LeakyRelu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh"}
-
-
-def fixed_bytes(model: onnx.ModelProto, plan: QuantPlan) -> float:
-    """Stored bytes that do not depend on the bit assignment (biases as int32, other constants)."""
-    weights = {lp.weight for lp in plan.layers.values()}
-    total = 0.0
-    for t in model.graph.initializer:
-        if t.name in weights:
-            continue
-        n = int(np.prod(t.dims)) if t.dims else 1
-        total += n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    return total
-
-
-def qparam_bytes(model: onnx.ModelProto, plan: QuantPlan) -> float:
-    """Stored bytes of the scales and zero points InsertQDQ writes (passes/insert_qdq.py), which do not
-    depend on the bit assignment either: per layer and output channel a float32 weight scale, a weight
-    zero point (int8; int4 below 8 bits, counted at a byte: an upper bound), and with a bias a float32
-    bias scale and an int32 bias zero point; per activation quantizer a float32 scale and an 8-bit zero
-    point.
-
-    Why: the size a user budgets is the artifact's, and on MobileNetV2 these are 6% of the INT8
-    model (235 KB of 3.78 MB); left out, "50%" compiled to 53% of the INT8 artifact.
-    """
-    inits = {t.name: t for t in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
-    total = 5 * len(quantized_tensors(model))
-    for name, lp in plan.layers.items():
-        w, node = inits.get(lp.weight), nodes.get(name)
-        if w is None or node is None:
-            continue
-        channels = int(w.dims[node_weight_axis(node)])
-        has_bias = len(node.input) > 2 and node.input[2] in inits
-        total += channels * (5 + (8 if has_bias else 0))
-    return float(total)
 
 
 def sram_rows(model: onnx.ModelProto, plan: QuantPlan, names: list[str], formats: list[list[tuple[int, int]]],
@@ -191,8 +156,11 @@ def build_problem(model: onnx.ModelProto, plan: QuantPlan, kinds: Sequence[str] 
     lps = [plan.layers[n] for n in names]
     if "size" in kinds or "flash" in kinds:
         fixed = fixed_bytes(model, plan) + (qparam_bytes(model, plan) if qparams else 0.0)
-        p.per_layer_cost("size", [np.array([lp.params * w / 8.0 for w, _ in fs]) for lp, fs in zip(lps, formats)],
-                         fixed, int8=fixed + sum(lp.params for lp in lps))
+        ch = layer_channels(model, plan)
+        per = [np.array([layer_bytes(lp.params, ch.get(n, 0), w, qparams=qparams) for w, _ in fs])
+               for n, lp, fs in zip(names, lps, formats)]
+        p.per_layer_cost("size", per, fixed, int8=fixed + sum(layer_bytes(lp.params, ch.get(n, 0), 8, qparams=qparams)
+                                                              for n, lp in zip(names, lps)))
     if "flash" in kinds:  # the same stored bytes, budgeted under the MCU's name
         p.costs["flash"] = p.costs["size"]
     if "bops" in kinds:

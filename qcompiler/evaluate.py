@@ -78,3 +78,46 @@ def compare(models: dict[str, Callable[[np.ndarray], np.ndarray]], x: np.ndarray
             entry["accuracy"] = float(np.mean(p == y[:n]))
         out[k] = entry
     return out
+
+
+#: the file each evaluated model is, by its key in ``summary["eval"]`` (keys kept for scripts)
+ARTIFACTS = {"fp32": "model.float.onnx", "int8": "model.qdq.onnx", "integer": "model.int.onnx"}
+KINDS = {"fp32": "FP32", "int8": "QDQ", "integer": "integer"}
+
+#: why the QDQ model and the integer graph can disagree (qcompiler/qdq_exact.py has the measurements)
+QDQ_VS_INTEGER = ("QDQ and integer differ because ONNX Runtime runs the QDQ model in float32 arithmetic "
+                  "(every dequantized product and partial sum rounded to 24 bits, so a value near a "
+                  "rounding step can flip it); the integer graph computes exactly.")
+
+
+def accuracy_label(key: str, target: str, ships: str) -> str:
+    """A row name that says what was measured: "QDQ (model.qdq.onnx, what ort-cpu ships)".
+
+    Why: "int8 accuracy" was the QDQ model even when layers had 4-bit weights, and nothing said
+    which of the three models the target ships.
+    """
+    kind, file = KINDS.get(key, key), ARTIFACTS.get(key)
+    if file is None:
+        return kind
+    role = ""
+    if key == "int8" and ships == "int8":
+        role = f", what {target} ships"
+    elif key == "integer":
+        role = f", what {target} runs" if ships == "integer" else ", what cpu/mcu run"
+    return f"{kind} ({file}{role})"
+
+
+def describe_eval(ev: dict[str, Any], target: str, ships: str) -> None:
+    """Name every model of a ``compare`` result for what it is (``label``, ``artifact``), say which one
+    ships for ``target`` (``ships``: the file) and, when the QDQ model and the integer graph disagree,
+    why (``note``)."""
+    for key, entry in ev.items():
+        if isinstance(entry, dict) and key in ARTIFACTS:
+            entry["artifact"] = ARTIFACTS[key]
+            entry["label"] = accuracy_label(key, target, ships)
+    ev["ships"] = ARTIFACTS.get(ships, ships)
+    qdq, integer = ev.get("int8"), ev.get("integer")
+    if isinstance(qdq, dict) and isinstance(integer, dict):
+        fields = ("accuracy", "agreement_with_fp32")
+        if any(qdq.get(f) != integer.get(f) for f in fields):
+            ev["note"] = QDQ_VS_INTEGER

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .budgets import whole_bytes
 from .errors import FlagError, ModelLoadError, QCompileError
 from .plan import QuantPlan
 from .report import budget_usage, chosen_sensitivity, layer_bops, layer_size_bytes
@@ -85,6 +86,20 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+#: budgets counted in bytes: shown in whole bytes, as the summary and pareto.json show them
+BYTE_BUDGETS = ("size", "sram", "flash")
+
+
+def _size_bytes(plan: QuantPlan, summary: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """The compile's size in parts (summary.json's ``size_bytes``, also kept in plan.json's stats)."""
+    for src in (summary or {}, plan.stats.get("summary") or {}):
+        sizes = src.get("size_bytes") if isinstance(src, Mapping) else None
+        if isinstance(sizes, Mapping) and all(isinstance(sizes.get(k), int) for k in
+                                              ("quantized", "weights", "constants", "qparams", "int8", "fp32")):
+            return dict(sizes)
+    return None
+
+
 def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any,
                summary: Mapping[str, Any] | None = None) -> None:
     """Rich tables: layers, budgets, fallbacks (graph order and op types from summary.json), settings, manifest."""
@@ -92,10 +107,10 @@ def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any
 
     console.print(f"[bold]model[/] {plan.model or '?'}: {len(plan.layers)} quantizable layers, "
                   f"{len(plan.tensors)} quantized tensors")
-    t = Table(title="Layers (cost: weight bytes at the chosen bits; BOPs = MACs x w bits x a bits)")
+    t = Table(title="Layers (weight bytes: the layer's weights at the chosen bits; BOPs = MACs x w bits x a bits)")
     for col, just in (("layer", "left"), ("op", "left"), ("bits", "left"), ("weight scale", "left"),
                       ("out scale", "left"), ("Ω chosen", "right"), ("Ω other candidates", "left"),
-                      ("bytes", "right"), ("BOPs", "right"), ("tie", "right")):
+                      ("weight bytes", "right"), ("BOPs", "right"), ("tie", "right")):
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     tot_size = tot_bops = tot_params = 0.0
     for name in sorted(plan.layers):
@@ -112,10 +127,17 @@ def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any
                   "-" if lp.group is None else str(lp.group))
     if plan.layers:
         t.add_section()
-        t.add_row("total", "", "", "", "", "", "", f"{tot_size:,.0f}", _si(tot_bops), "")
+        t.add_row("total", "", "", "", "", "", "", f"{whole_bytes(tot_size):,}", _si(tot_bops), "")
     console.print(t)
-    console.print(f"weights: {_human_bytes(tot_size)} at the chosen bit-widths "
-                  f"({_human_bytes(tot_params * 4)} in float32)")
+    sizes = _size_bytes(plan, summary)
+    if sizes:
+        console.print(f"size (stored bytes, what --size-budget counts): {sizes['quantized']:,} B = layer weights "
+                      f"{sizes['weights']:,} + biases and constants {sizes['constants']:,} + scales and zero points "
+                      f"{sizes['qparams']:,}; {100 * sizes['quantized'] / sizes['int8']:.1f}% of INT8 "
+                      f"({sizes['int8']:,} B); FP32 {sizes['fp32']:,} B")
+    else:
+        console.print(f"layer weights: {_human_bytes(whole_bytes(tot_size))} at the chosen bit-widths "
+                      f"({_human_bytes(tot_params * 4)} in float32)")
 
     usage = budget_usage(plan)
     if usage:
@@ -127,6 +149,8 @@ def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any
             if frac is not None:
                 color = "red" if frac > 1.0 + 1e-9 else "green"
                 pct = f"[{color}]{frac * 100:.1f}%[/]"
+            if isinstance(used, (int, float)) and key in BYTE_BUDGETS:
+                used = whole_bytes(used)
             b.add_row(key, _fmt(limit), "-" if used is None else _fmt(used), pct)
         console.print(b)
     else:

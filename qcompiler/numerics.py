@@ -23,7 +23,7 @@ with zero point 0. The values are the same signed symmetric weights either way:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -399,3 +399,71 @@ def qgroupmatmul(x: np.ndarray, x_zp: int | np.ndarray, w: np.ndarray, u: np.nda
     _check_acc32(acc, "QGroupMatMul")
     return _out(requantize(acc, np.asarray(b, np.int64), np.asarray(c, np.int64), np.asarray(y_zp).item(),
                            qmin, qmax), y_zp)
+
+
+# ----------------------------------------------------------------------------- lookup tables (issue 19)
+# An 8-bit (or 4-bit) activation has at most 256 codes, so any function of one such tensor is exactly a
+# 256-entry table: table[code] = quantize_out(f(dequantize_in(code))). The table is indexed by the
+# code's byte (two's complement: int8 -1 is entry 255), so one layout serves uint8 and int8 inputs.
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(x.astype(np.float64)).astype(np.float32)
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(np.float32(0), x).astype(np.float32)
+
+
+def _a(attrs: dict[str, float], name: str, default: float) -> np.float32:
+    return np.float32(attrs.get(name, default))
+
+
+#: The elementwise ops of one tensor that the lowering turns into ``QLut``: op type -> float32 function
+#: of (x, attributes); the ONNX definition of each op (opset 21 defaults). The one list: the lowering,
+#: the tests and docs/INTEGER_GRAPH.md read it here.
+LUT_OPS: dict[str, Callable[[np.ndarray, dict[str, float]], np.ndarray]] = {
+    "HardSigmoid": lambda x, a: np.clip(_a(a, "alpha", 0.2) * x + _a(a, "beta", 0.5), 0, 1),
+    "HardSwish": lambda x, a: x * np.clip(x * np.float32(1 / 6) + np.float32(0.5), 0, 1),
+    "Sigmoid": lambda x, a: np.float32(1) / (np.float32(1) + np.exp(-x)),
+    "Tanh": lambda x, a: np.tanh(x),
+    "LeakyRelu": lambda x, a: np.where(x >= 0, x, _a(a, "alpha", 0.01) * x),
+    "Elu": lambda x, a: np.where(x >= 0, x, _a(a, "alpha", 1.0) * (np.exp(x) - np.float32(1))),
+    "Selu": lambda x, a: _a(a, "gamma", 1.0507009873554805) * np.where(
+        x > 0, x, _a(a, "alpha", 1.6732632423543772) * (np.exp(x) - np.float32(1))),
+    "Celu": lambda x, a: np.maximum(np.float32(0), x) + np.minimum(
+        np.float32(0), _a(a, "alpha", 1.0) * (np.exp(x / _a(a, "alpha", 1.0)) - np.float32(1))),
+    "ThresholdedRelu": lambda x, a: np.where(x > _a(a, "alpha", 1.0), x, np.float32(0)),
+    "Softplus": lambda x, a: _softplus(x),
+    "Softsign": lambda x, a: x / (np.float32(1) + np.abs(x)),
+    "Mish": lambda x, a: x * np.tanh(_softplus(x)),
+    "Exp": lambda x, a: np.exp(x),
+    "Erf": lambda x, a: _erf(x),
+    "Abs": lambda x, a: np.abs(x),
+    "Neg": lambda x, a: -x,
+}
+
+
+def lut_table(op: str, attrs: dict[str, float], x_scale: float, x_zp: int, x_dtype: np.dtype | type,
+              y_scale: float, y_zp: int, y_dtype: np.dtype | type, qmin: int, qmax: int) -> np.ndarray:
+    """The 256 entries of ``QLut`` for ``op`` between two grids, in the output's dtype.
+
+    Why numpy and float32: the table *is* the op's integer semantics, so it is computed once, here, the
+    way the QDQ model computes it: DequantizeLinear ((code - zp) * scale in float32), the float function
+    in float32, QuantizeLinear (round half to even, saturate) clamped to [qmin, qmax] (a 4-bit grid or a
+    folded Relu/Clip). Entry k belongs to the code whose byte is k (``code & 0xFF``).
+    """
+    xd = np.dtype(x_dtype)
+    codes = np.arange(256, dtype=np.int64).astype(np.uint8).view(xd).astype(np.int64)
+    x = ((codes - np.int64(x_zp)).astype(np.float32) * np.float32(x_scale)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        f = np.asarray(LUT_OPS[op](x, attrs), dtype=np.float32)
+        q = np.rint(f / np.float32(y_scale))
+    q = np.nan_to_num(q, nan=0.0, posinf=2.0**40, neginf=-2.0**40)
+    return np.clip(q + np.float64(y_zp), qmin, qmax).astype(np.dtype(y_dtype))
+
+
+def qlut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Reference for ``qcompiler.QLut``: ``y = table[x & 0xFF]`` (x uint8 or int8, table [256])."""
+    idx = np.asarray(x).astype(np.int64) & 0xFF
+    return np.asarray(table)[idx]

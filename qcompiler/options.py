@@ -16,6 +16,7 @@ from typing import Any
 
 from .calibration import OBSERVERS
 from .errors import FlagError
+from .image_preprocess import ImagePreprocess, coerce
 
 SENSITIVITY_METHODS = ("kl", "hessian")
 WEIGHT_BITS = (2, 4, 8)
@@ -34,6 +35,9 @@ class CompileOptions:
     weight_only: bool = False
     pareto: int = 0
     calib_limit: int | None = None
+    # how calibration images become inputs: --calib-preprocess text or an ImagePreprocess (None: the model's
+    # metadata, else pixels / 255 with a warning); validate() parses text once into an ImagePreprocess
+    calib_preprocess: str | ImagePreprocess | None = None
     cuda_arch: str = "sm_90"
     tune: int = 0
     group_size: int = 128  # 4-bit MatMul weights of transformer encoders: input channels per scale
@@ -93,6 +97,7 @@ class CompileOptions:
             raise FlagError(f"--observer {self.observer!r} is unknown", hint=f"use one of {', '.join(OBSERVERS)}")
         if self.sensitivity not in SENSITIVITY_METHODS:
             raise FlagError(f"--sensitivity {self.sensitivity!r} is unknown", hint="use kl or hessian")
+        self.calib_preprocess = coerce(self.calib_preprocess)  # raises FlagError naming the bad part
         return bits
 
     def flags(self) -> dict[str, Any]:
@@ -103,4 +108,5 @@ class CompileOptions:
             "sensitivity": self.sensitivity, "weight_only": self.weight_only, "pareto": self.pareto,
             "calib_limit": self.calib_limit, "cuda_arch": self.cuda_arch, "tune": self.tune,
             "group_size": self.group_size,
+            "calib_preprocess": pp.text() if (pp := coerce(self.calib_preprocess)) is not None else None,
         }

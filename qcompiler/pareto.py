@@ -9,16 +9,17 @@ data), since the ILP's objective is only an additive model of the perturbation.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
-from .budgets import Budget, format_value
+from .budgets import Budget, format_value, whole_bytes
 from .cost_rows import build_problem
 from .errors import BudgetError
 from .ilp import min_cost, solve
@@ -27,9 +28,28 @@ from .plan import QuantPlan
 from .sensitivity.outputs import reference_outputs
 from .sensitivity.whole_plan import plan_output_kl
 
+if TYPE_CHECKING:
+    from .passmanager import PassContext
+
 log = logging.getLogger("qcompiler.pareto")
 
 UNIT_KEY = {"size": "size_bytes", "bops": "bops", "latency": "latency_s", "sram": "sram_bytes", "flash": "flash_bytes"}
+BYTE_KINDS = ("size", "sram", "flash")
+
+
+def _value(kind: str, v: float) -> float | int:
+    """Byte quantities in whole bytes (as every other view shows them); BOPs and seconds as they are."""
+    return whole_bytes(v) if kind in BYTE_KINDS else v
+
+
+def found_text(asked: int, distinct: int, chosen_added: bool = False) -> str:
+    """"5 asked, 4 distinct plans": budgets that give the same plan are merged, said in so many words."""
+    text = f"{asked} asked, {distinct} distinct plan{'s' if distinct != 1 else ''}"
+    if distinct < asked:
+        text += " (budgets that give the same plan are merged)"
+    if chosen_added:
+        text += "; the compile's own plan added"
+    return text
 
 
 def pareto_sweep(model: onnx.ModelProto, plan: QuantPlan, out_dir: str | Path, *, kind: str = "size",
@@ -65,7 +85,7 @@ def pareto_sweep(model: onnx.ModelProto, plan: QuantPlan, out_dir: str | Path, *
         pt: dict[str, Any] = {"budget": budget, "perturbation": objective, "formats": dict(sorted(hist.items())),
                               "assignment": {k: fmt(*v) for k, v in sorted(asg.items())}}
         for k, v in vals.items():
-            pt[UNIT_KEY[k]] = v
+            pt[UNIT_KEY[k]] = _value(k, v)
             pt[f"{k}_vs_int8"] = v / p.costs[k].int8 if p.costs[k].int8 else None
         if ref is not None and samples:
             pt["output_kl"] = plan_output_kl(model, plan, list(samples), asg, reference=ref)
@@ -81,8 +101,9 @@ def pareto_sweep(model: onnx.ModelProto, plan: QuantPlan, out_dir: str | Path, *
         key = tuple(sol.choice)
         if key in seen:
             continue
-        seen[key] = record(sol.choice, sol.objective, sol.values, v)
+        seen[key] = record(sol.choice, sol.objective, sol.values, _value(kind, v))
         points.append(seen[key])
+    distinct, added = len(points), False
     chosen_idx = None
     if chosen is not None:
         choice = [p.formats[i].index(tuple(chosen[name])) for i, name in enumerate(p.layers)]
@@ -93,20 +114,69 @@ def pareto_sweep(model: onnx.ModelProto, plan: QuantPlan, out_dir: str | Path, *
             ev = p.evaluate(choice)
             obj = ev.pop("objective")
             points.append(record(choice, obj, ev, None, True))
+            added = True
     points.sort(key=lambda q: (q[UNIT_KEY[kind]], q["perturbation"]))
     for i, q in enumerate(points):
         if q.get("chosen"):
             chosen_idx = i
-    data = {"kind": kind, "unit": UNIT_KEY[kind], "int8": p.costs[kind].int8, "min_feasible": lo,
-            "fixed_budgets": {k: str(b) for k, b in others.items()}, "points": points, "chosen": chosen_idx}
+    data = {"kind": kind, "unit": UNIT_KEY[kind], "int8": _value(kind, p.costs[kind].int8),
+            "min_feasible": _value(kind, lo), "fixed_budgets": {k: str(b) for k, b in others.items()},
+            "points": points, "chosen": chosen_idx, "asked": n, "distinct": distinct,
+            "found": found_text(n, distinct, added)}
+    write_pareto(data, out_dir, plot=plot)
+    log.info("pareto: %s between %s and %s", data["found"], format_value(kind, lo), format_value(kind, hi))
+    return data
+
+
+def write_pareto(data: Mapping[str, Any], out_dir: str | Path, *, plot: bool = True) -> None:
+    """pareto.json (and pareto.png) in ``out_dir``; written again once the points have accuracies."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pareto.json").write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n")
     if plot:
         plot_pareto(data, out / "pareto.png")
-    log.info("pareto: %d distinct plans between %s and %s", len(points), format_value(kind, lo),
-             format_value(kind, hi))
-    return data
+
+
+def point_qdq(float_model: onnx.ModelProto, plan: QuantPlan, assignment: Mapping[str, str],
+              ctx: PassContext) -> onnx.ModelProto:
+    """The QDQ model of one point's bit assignment, built by the compile's own steps (insert_qdq, then
+    correct_bias with the compile's calibration data) on a copy of the plan.
+
+    Why the real steps: a point's accuracy must be the accuracy of the model that point would ship,
+    not of a simulation of it (``stages.qdq_to_integer`` builds candidate plans the same way).
+    """
+    from . import stages
+    from .passmanager import PassContext as Context
+
+    p = copy.deepcopy(plan)
+    for name, lp in p.layers.items():
+        lp.weight_bits, lp.act_bits = next(tuple(c) for c in lp.candidates if fmt(*c) == assignment[name])
+    keep = {k: ctx.artifacts[k] for k in ("float_model", "input_channel_means") if k in ctx.artifacts}
+    c = Context(model_name=ctx.model_name, plan=p, calib=ctx.calib, target=ctx.target, options=ctx.options,
+                act_bits=ctx.act_bits, backend=ctx.backend, artifacts=keep)
+    return stages.manager((stages.Step("insert_qdq"), stages.Step("correct_bias")), c).run(float_model, c)
+
+
+def evaluate_points(data: dict[str, Any], float_model: onnx.ModelProto, plan: QuantPlan, ctx: PassContext,
+                    x: np.ndarray, y: np.ndarray | None, batch: int, source: str) -> None:
+    """Give every point of a sweep its top-1 accuracy (with labels) and agreement with FP32 on ``x``.
+
+    Why: the ILP's perturbation and the output KL are proxies; with ``--eval`` the user picks a point
+    by what it does on their data. Each point's QDQ model (:func:`point_qdq`) runs in ONNX Runtime,
+    as ``model.qdq.onnx`` is evaluated for the summary, so the chosen point's numbers are that row's.
+    """
+    from .evaluate import predictions, runner
+
+    ref = predictions(runner(float_model), x, batch)
+    for pt in data["points"]:
+        pred = predictions(runner(point_qdq(float_model, plan, pt["assignment"], ctx)), x, batch)
+        pt["agreement_with_fp32"] = float(np.mean(pred == ref))
+        if y is not None:
+            pt["accuracy"] = float(np.mean(pred == y[:len(pred)]))
+    if y is not None:
+        data["fp32_accuracy"] = float(np.mean(ref == y[:len(ref)]))
+    data["accuracy_of"] = (f"each point's QDQ model (insert_qdq + correct_bias, as model.qdq.onnx is built) "
+                           f"run by ONNX Runtime on {len(ref):,} samples of {source}")
 
 
 def plot_pareto(data: Mapping[str, Any], path: str | Path) -> None:

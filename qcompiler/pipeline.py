@@ -20,7 +20,8 @@ import onnx
 from . import importer, stages
 from .artifacts import atomic_output_dir, check_output_dir, sha256_file, write_json, write_manifest
 from .calibration import CalibrationData, InputSpec, array_shapes
-from .errors import CalibrationError, FlagError, QCompileError
+from .errors import CalibrationError, FlagError, QCompileError, caller
+from .image_preprocess import coerce, from_metadata
 from .ir import graph_inputs, node_names_unique, value_shapes
 from .options import CompileOptions
 from .passmanager import PassContext, dump_model
@@ -76,7 +77,19 @@ def load_model(source: Any, *, name: str | None = None, example_input: Any = Non
 def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_data: str | Path | None = None,
                   options: CompileOptions | None = None, example_input: Any = None, name: str | None = None,
                   progress: Callable[[str, int], Callable[[int], None]] | None = None) -> CompileResult:
-    """Compile one model into ``out_dir`` (atomically); see README for the flags' meaning."""
+    """Compile one model into ``out_dir`` (atomically); see README for the flags' meaning.
+
+    Errors raised here name this function's arguments (``calib=...``, ``force=True``), not the CLI's
+    flags, unless the CLI is the caller (:func:`qcompiler.errors.caller`).
+    """
+    with caller("api"):
+        return _compile(source, out_dir, calib=calib, eval_data=eval_data, options=options,
+                        example_input=example_input, name=name, progress=progress)
+
+
+def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | Path | None,
+             options: CompileOptions | None, example_input: Any, name: str | None,
+             progress: Callable[[str, int], Callable[[int], None]] | None) -> CompileResult:
     opts = options or CompileOptions()
     bits = opts.validate()
     tgt = get_target(opts.target)
@@ -127,9 +140,12 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
         if data is None:
             from .zeroq import distill_calibration  # ZeroQ: only with BatchNorm statistics (torch extra)
 
-            data = distill_calibration(model, specs, ctx)
+            module = opts.torch_module if isinstance(source, (str, Path, onnx.ModelProto)) else source
+            data = distill_calibration(model, specs, ctx, module=module)
             ctx.calib_source = "ZeroQ distilled data (no --calib given)"
-        ctx.calib = CalibrationData.from_source(data, specs, limit=opts.calib_limit)
+        # how images become inputs: the option, else what the model's metadata states (None: pixels / 255)
+        preprocess = coerce(opts.calib_preprocess) or from_metadata(model)
+        ctx.calib = CalibrationData.from_source(data, specs, limit=opts.calib_limit, preprocess=preprocess)
         ctx.artifacts["float_model"] = float_model
         with atomic_output_dir(out, force=opts.force) as tmp:
             ctx.out_dir = tmp
@@ -155,24 +171,24 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
     return CompileResult(out, plan, summary)
 
 
-def weight_bytes(plan: QuantPlan, float_model: onnx.ModelProto) -> dict[str, int]:
-    """Bytes of weights in float and as quantized by the plan (other initializers stay float)."""
-    from .ir import initializers
+def weight_bytes(plan: QuantPlan, float_model: onnx.ModelProto, *, qparams: bool = True) -> dict[str, int]:
+    """summary.json's ``size_bytes``: the FP32 model, the uniform-INT8 plan and the chosen plan
+    (``quantized``) in the one size accounting (:func:`qcompiler.budgets.size_account`: what
+    ``--size-budget`` constrains), with the chosen plan's parts (weights, constants, qparams).
 
-    inits = initializers(float_model)
-    fp32 = sum(int(a.size) * 4 for a in inits.values() if a.dtype == np.float32)
-    layer_w = {lp.weight for lp in plan.layers.values()}
-    q = sum(int(a.size) * 4 for k, a in inits.items() if a.dtype == np.float32 and k not in layer_w)
-    q += sum((lp.params * lp.weight_bits + 7) // 8 for lp in plan.layers.values())
-    int8 = sum(int(a.size) * 4 for k, a in inits.items() if a.dtype == np.float32 and k not in layer_w)
-    int8 += sum(lp.params for lp in plan.layers.values())
-    return {"fp32": fp32, "quantized": q, "int8": int8}
+    Why not weights alone: a second "size" that left out biases and scales disagreed with the budget
+    table, inspect and pareto.json by 10-15% on the example model.
+    """
+    from .budgets import size_account
+
+    return size_account(float_model, plan, qparams=qparams).to_json()
 
 
 def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, onnx.ModelProto],
               specs: list[InputSpec], eval_data: str | Path | None, target_info: dict[str, Any],
               ctx: PassContext) -> dict[str, Any]:
-    from .evaluate import compare, runner
+    from .budgets import SIZE_MEANING
+    from .evaluate import compare, describe_eval, runner
     from .fallbacks import summarize as summarize_fallbacks
 
     bits_hist: dict[str, int] = {}
@@ -182,9 +198,11 @@ def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, o
     calib_source = ctx.calib_source or getattr(ctx.calib, "origin", None)
     summary: dict[str, Any] = {"layers": len(plan.layers), "formats": dict(sorted(bits_hist.items())),
                                "calibration": {"source": calib_source,
-                                               "samples": plan.stats.get("calibration", {}).get("samples")},
-                               "size_bytes": weight_bytes(plan, float_model),
-                               "target": target_info}
+                                               "samples": plan.stats.get("calibration", {}).get("samples"),
+                                               "preprocess": pp.to_json() if (pp := getattr(
+                                                   ctx.calib, "preprocess", None)) is not None else None},
+                               "size_bytes": weight_bytes(plan, float_model, qparams=not ctx.encoder),
+                               "size_meaning": SIZE_MEANING, "target": target_info}
     # what stays in float, in graph order with op types and its share of the ops and MACs
     fb = summarize_fallbacks(float_model, plan.fallback_ops)
     summary["fallback_ops"] = [name for name, _ in fb.nodes]
@@ -199,6 +217,18 @@ def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, o
         runners = {k: runner(m) for k, m in stages.items()}
         summary["eval"] = compare(runners, x, y, batch)
         summary["eval"]["data"] = Path(eval_data).name
+        ships = "int8" if getattr(ctx.backend, "consumes", "integer") == "qdq" else "integer"
+        describe_eval(summary["eval"], str(target_info.get("target") or ctx.target), ships)
+    pareto = ctx.artifacts.get("pareto")
+    if pareto:
+        if eval_data is not None and ctx.out_dir is not None:
+            from .pareto import evaluate_points, write_pareto
+
+            x, y = ctx.artifacts["eval"]
+            evaluate_points(pareto, float_model, plan, ctx, x, y, specs[0].shape[0], Path(eval_data).name)
+            write_pareto(pareto, ctx.out_dir)
+        summary["pareto"] = {"found": pareto.get("found"), "asked": pareto.get("asked"),
+                             "distinct": pareto.get("distinct"), "file": "pareto.json"}
     return summary
 
 

@@ -173,7 +173,8 @@ def svg(fig: Figure, *, alt: str) -> str:
 
 
 def layer_size_bytes(lp: LayerPlan) -> float:
-    """Weight storage at the chosen bit-width (the quantity the size budget constrains)."""
+    """The layer's weights at the chosen bit-width: its part of the size, not the size the budget
+    constrains (that adds biases, constants, scales and zero points: ``qcompiler.budgets.size_account``)."""
     return lp.params * lp.weight_bits / 8.0
 
 

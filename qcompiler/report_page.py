@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .budgets import whole_bytes
 from .plan import QuantPlan
 from .report import (
     CONTENT_PX,
@@ -87,6 +88,8 @@ def _budget_table(plan: QuantPlan) -> str:
         if frac is not None:
             cls = "bad" if frac > 1.0 + 1e-9 else "ok"
             pct = Raw(f'<span class="{cls}">{frac * 100:.1f}%</span>')
+        if isinstance(used, (int, float)) and key in ("size", "sram", "flash"):
+            used = whole_bytes(used)  # as the summary, inspect and pareto.json show it
         rows.append((key, limit, "–" if used is None else used, pct))
     return table(["budget", "limit", "used", "used %"], rows, numeric=(False, True, True, True))
 
@@ -95,13 +98,22 @@ def _pareto_section(pareto: Mapping[str, Any]) -> str:
     points = [p for p in pareto.get("points", []) if isinstance(p, Mapping)]
     distinct = {(p.get("size_bytes"), p.get("perturbation"),
                  tuple(sorted((p.get("assignment") or p.get("formats") or {}).items()))) for p in points}
-    parts = [f"<p>The sweep found {len(distinct)} distinct plan{'s' if len(distinct) != 1 else ''}.</p>"]
+    if isinstance(pareto.get("found"), str):  # "5 asked, 4 distinct plans": said by the sweep itself
+        found = f"The sweep: {pareto['found']}."
+    else:
+        found = f"The sweep found {len(distinct)} distinct plan{'s' if len(distinct) != 1 else ''}."
+    parts = [f"<p>{esc(found)} Sizes are stored bytes, as in the summary and the budget table.</p>"]
+    if isinstance(pareto.get("accuracy_of"), str):
+        fp32 = pareto.get("fp32_accuracy")
+        ref = f" (FP32: {100 * fp32:.2f}%)" if isinstance(fp32, (int, float)) else ""
+        parts.append(f"<p>Accuracy is {esc(pareto['accuracy_of'])}{esc(ref)}.</p>")
     plot = pareto_plot(pareto)
     if plot:
         parts.append(plot)
     # a column only when some point carries it: a column of dashes says nothing
     extra = [(k, h) for k, h in (("output_kl", "output KL (measured)"), ("accuracy", "accuracy"),
-                                 ("proxy", "accuracy proxy")) if any(k in p for p in points)]
+                                 ("agreement_with_fp32", "same top-1 as FP32"), ("proxy", "accuracy proxy"))
+             if any(k in p for p in points)]
     rows = []
     for p in sorted(points, key=lambda p: float(p.get("size_bytes") or 0)):
         vs = p.get("size_vs_int8")
@@ -113,8 +125,8 @@ def _pareto_section(pareto: Mapping[str, Any]) -> str:
                              p.get("perturbation", "–")]
         for k, _ in extra:
             v = p.get(k)
-            row.append(f"{100 * v:.2f}%" if k == "accuracy" and isinstance(v, (int, float)) else
-                       ("–" if v is None else v))
+            percent = k in ("accuracy", "agreement_with_fp32") and isinstance(v, (int, float))
+            row.append(f"{100 * v:.2f}%" if percent else ("–" if v is None else v))
         row.append("★ chosen" if p.get("chosen") or p.get("selected") else "")
         rows.append(row)
     parts.append(table(["size bytes", "of INT8", "formats", "perturbation ΣΩ", *(h for _, h in extra), ""],

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .budgets import whole_bytes
 from .plan import QuantPlan
 from .report import budget_usage, esc, fmt
 
@@ -72,8 +73,13 @@ def _accuracy_rows(ev: Mapping[str, Any], ship_key: str | None, known: bool) -> 
         agree = m.get("agreement_with_fp32")
         if isinstance(agree, (int, float)) and key != "fp32":
             text += f"; same top-1 as FP32 on {pct(agree)} of samples"
+        if isinstance(m.get("label"), str):  # named by the compile: "QDQ (model.qdq.onnx, what ort-cpu ships)"
+            rows.append((f"Accuracy: {m['label']}", text))
+            continue
         label = ARTIFACTS.get(key, key)
         rows.append((f"Accuracy of the {label}" + (" (ships)" if known and key == ship_key else ""), text))
+    if isinstance(ev.get("note"), str):
+        rows.append(("QDQ vs integer", ev["note"]))
     return rows
 
 
@@ -104,15 +110,23 @@ def summary_rows(plan: QuantPlan, summary: Mapping[str, Any]) -> list[tuple[str,
         rows.append(("Embedding cosine to FP32", fmt(cos) if not isinstance(cos, Mapping) else
                      ", ".join(f"{k} {fmt(v)}" for k, v in sorted(cos.items()))))
     sizes = summary.get("size_bytes")
+    # "Size" when the compile stated its one size accounting (qcompiler.budgets); an older summary
+    # counted weights alone, and says so
+    what = "Size (stored bytes)" if summary.get("size_meaning") else "Weight size"
     if isinstance(sizes, Mapping):
         parts = [f"{label} {size_text(sizes[k])}" for k, label in (("fp32", "FP32"), ("int8", "all-INT8"),
                                                                    ("quantized", "chosen")) if k in sizes]
         q, i8, f32 = sizes.get("quantized"), sizes.get("int8"), sizes.get("fp32")
         if q and i8:
             parts.append(f"chosen = {pct(q / i8)} of INT8" + (f", {pct(q / f32)} of FP32" if f32 else ""))
-        rows.append(("Weight size", "; ".join(parts)))
+        if all(isinstance(sizes.get(k), int) for k in ("weights", "constants", "qparams")):
+            parts.append(f"chosen = layer weights {sizes['weights']:,} + biases and constants "
+                         f"{sizes['constants']:,} + scales and zero points {sizes['qparams']:,} B")
+        rows.append((what, "; ".join(parts)))
+        if summary.get("size_meaning"):
+            rows.append(("Size counts", f"{summary['size_meaning']}: what --size-budget constrains"))
     elif isinstance(sizes, (int, float)):
-        rows.append(("Weight size", size_text(sizes)))
+        rows.append((what, size_text(sizes)))
     calib = summary.get("calibration")
     if isinstance(calib, Mapping) and (calib.get("source") or calib.get("samples")):
         text = str(calib.get("source") or "")
@@ -120,6 +134,11 @@ def summary_rows(plan: QuantPlan, summary: Mapping[str, Any]) -> list[tuple[str,
             text += f"{', ' if text else ''}{calib['samples']:,} samples"
         if plan.settings.get("observer"):
             text += f"; ranges by the {plan.settings['observer']} observer"
+        pre = calib.get("preprocess")
+        if isinstance(pre, Mapping) and pre.get("text"):  # images: what was done to them, and who said so
+            origin = str(pre.get("origin") or "default")
+            said = {"given": "as given", "default": "the default: no mean/std given"}.get(origin, f"from the {origin}")
+            text += f"; images preprocessed as {pre['text']} ({said})"
         rows.append(("Calibration", text))
     fb = summary.get("float_fallback")
     if isinstance(fb, Mapping) and fb.get("line"):
@@ -128,8 +147,13 @@ def summary_rows(plan: QuantPlan, summary: Mapping[str, Any]) -> list[tuple[str,
         rows.append(("Float fallbacks", f"{len(plan.fallback_ops)} ops"))
     else:
         rows.append(("Float fallbacks", "none: the graph is integer-only"))
+    par = summary.get("pareto")
+    if isinstance(par, Mapping) and par.get("found"):
+        rows.append(("Pareto sweep", f"{par['found']} (pareto.json; the Pareto section below)"))
     budgets = []
     for key, limit, used, frac in budget_usage(plan):
+        if isinstance(used, (int, float)) and key in ("size", "sram", "flash"):
+            used = whole_bytes(used)  # as the size row, inspect and pareto.json show it
         text = f"{key}: {used:,.0f}" if isinstance(used, (int, float)) else f"{key}: ?"
         budgets.append(f"{text} used of {fmt(limit)}" + (f" ({100 * frac:.2f}%)" if frac is not None else ""))
     if budgets:

@@ -768,10 +768,11 @@ def test_large_logits_with_a_budget_do_not_crash(tmp_path: Path, capsys: pytest.
 # ---------------------------------------------------------------- float fallback
 
 FALLBACK_OPS = {
-    # (Softmax now has an integer form, QSoftmax, so it no longer falls back.)
-    "Tanh": helper.make_node("Tanh", ["logits_pre"], ["logits"], name="tanh"),
-    "Sigmoid": helper.make_node("Sigmoid", ["logits_pre"], ["logits"], name="sigmoid"),
-    "LeakyRelu": helper.make_node("LeakyRelu", ["logits_pre"], ["logits"], name="leaky", alpha=0.1),
+    # (Softmax has an integer form, QSoftmax, and Tanh/Sigmoid/LeakyRelu... are 256-entry tables, QLut:
+    # numerics.LUT_OPS; these have neither.)
+    "Sin": helper.make_node("Sin", ["logits_pre"], ["logits"], name="sin"),
+    "Cos": helper.make_node("Cos", ["logits_pre"], ["logits"], name="cos"),
+    "Floor": helper.make_node("Floor", ["logits_pre"], ["logits"], name="floor"),
 }
 
 

@@ -118,7 +118,7 @@ def test_real_compile_report_at_1400px(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert write_report(again, plan, summary=summary).read_bytes() == page.read_bytes()
     # words and percents, the artifact that ships, the score explained
-    for text in ("What ships", "model.qdq.onnx", "(ships)", "points) on 2,000 samples", "% of INT8",
+    for text in ("What ships", "model.qdq.onnx", "what ort-cpu ships)", "points) on 2,000 samples", "% of INT8",
                  "fashion_calib.npz, 256 samples", "integer-only", "KL divergence", "70% ="):
         assert text in html, text
     # layers in graph order: the layer table follows the float model's node order

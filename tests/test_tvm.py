@@ -18,6 +18,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from qcompiler.targets.tvm import runtime
 from qcompiler.targets.tvm.builder import build_module
 from qcompiler.targets.tvm.compile import compile_module, cpu_target, host_mcpu, nvcc_path
 from qcompiler.targets.tvm.library import emit
@@ -29,7 +30,7 @@ from qcompiler.targets.tvm.weight_packing import (
     unpack_int4_np,
 )
 
-from qcompiler import dyadic, numerics, runtime
+from qcompiler import dyadic, numerics
 from qcompiler.errors import QCompileError, TargetError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,6 +47,7 @@ SIGNATURES: dict[str, tuple[list[str], list[str]]] = {
     "QAdd": (["a", "a_zp", "b_in", "b_zp", "ma", "mb", "c", "y_zp"], ["qmin", "qmax"]),
     "QAvgPool": (["x", "x_zp", "b", "c", "y_zp"], ["kernel_shape", "strides", "pads", "global", "qmin", "qmax"]),
     "QRequant": (["x", "x_zp", "b", "c", "y_zp"], ["qmin", "qmax"]),
+    "QLut": (["x", "table"], []),  # y = table[x & 0xFF] (numerics.qlut)
     # transformer ops (I-ViT style; references in qcompiler/numerics.py, section "transformer ops")
     "QSoftmax": (["x", "mask", "m_exp", "b", "c", "y_zp"], ["qmin", "qmax"]),
     "QGelu": (["x", "x_zp", "m1", "m3", "b", "c", "y_zp"], ["qmin", "qmax"]),
@@ -329,6 +330,11 @@ def _body(op: str) -> list[onnx.NodeProto]:
             h.make_node("Mul", ["d", "b"], ["v"]),
             *_shift_round_clamp("v", "c", "y_zp", "y"),
         ]
+    if op == "QLut":
+        # the table is indexed by the code's byte; Gather takes negative indices from the end, so an
+        # int8 code -1 reads entry 255 = -1 & 0xFF: one body for uint8 and int8 inputs
+        return [h.make_node("Cast", ["x"], ["idx"], to=TensorProto.INT32),
+                h.make_node("Gather", ["table", "idx"], ["y"], axis=0)]
     if op == "QAvgPool":
         # Window sums of (x - x_zp) as a ConvInteger of x, reshaped to [N*C, 1, H, W], with a
         # ones kernel [1, 1, kh, kw]; its padding is x_zp, i.e. contributes 0. A global pool is

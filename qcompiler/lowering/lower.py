@@ -4,7 +4,8 @@ Why one walk: every ``DQ -> op [-> Relu/Clip] -> Q`` group is decided once, in t
 order, so each rule sees the integer grids its inputs already got. A rule that finds no exact
 integer form returns False and the op stays in float between DequantizeLinear and
 QuantizeLinear, listed in ``plan.fallback_ops``. The rules: linear.py (Conv, Gemm, MatMul),
-elementwise.py (Add, Concat, value-moving ops, rescales), pooling.py, transformer.py.
+elementwise.py (Add, Concat, value-moving ops, rescales), pooling.py, transformer.py, lut.py
+(elementwise functions of one tensor as 256-entry tables).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from . import functions as fn
 from .elementwise import PASS_THROUGH, lower_add, lower_concat, lower_pass_through, lower_quantize
 from .graph import live_nodes, toposort
 from .linear import lower_conv, lower_matmul
+from .lut import LUT_OPS, lower_lut
 from .pooling import lower_avgpool
 from .state import ACTIVATIONS, Lowering
 from .transformer import lower_gelu, lower_layernorm, lower_softmax
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 RULES: dict[str, Callable[[Lowering, onnx.NodeProto], bool]] = {
     "Conv": lower_conv, "Gemm": lower_matmul, "MatMul": lower_matmul, "Add": lower_add, "Concat": lower_concat,
     "AveragePool": lower_avgpool, "GlobalAveragePool": lower_avgpool, "Softmax": lower_softmax,
-    "Gelu": lower_gelu, "LayerNormalization": lower_layernorm,
+    "Gelu": lower_gelu, "LayerNormalization": lower_layernorm, **dict.fromkeys(LUT_OPS, lower_lut),
 }
 
 

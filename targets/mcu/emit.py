@@ -133,6 +133,8 @@ def _call(i: int, s: Step, prog: Program, plan: ArenaPlan) -> list[str]:
         return [f"qc_add(&qc_p{i}, {a(s.inputs[0])}, {a(s.inputs[1])}, {a(s.output)});"]
     if k == "requant":
         return [f"qc_requant(&qc_p{i}, {a(s.inputs[0])}, {a(s.output)});"]
+    if k == "lut":
+        return [f"qc_lut(qc_w{i}.v, {a(s.inputs[0])}, {a(s.output)}, {s.params['n']});"]
     if k == "clip":
         p = s.params
         return [f"qc_clip({a(s.inputs[0])}, {a(s.output)}, {p['n']}, {p['lo']}, {p['hi']});"]

@@ -1,4 +1,4 @@
-"""Op handlers of the MCU reader for pools and elementwise ops: QAdd, QRequant, MaxPool, QAvgPool, Clip.
+"""Op handlers of the MCU reader for pools and elementwise ops: QAdd, QRequant, QLut, MaxPool, QAvgPool, Clip.
 
 Pools and elementwise kernels may write over their input (``Step.inplace``) where the
 access order allows it; the arena planner uses that.
@@ -17,7 +17,23 @@ from .program import Step, Tensor
 
 
 class PoolElementwiseOps(GraphReader):
-    """QAdd, QRequant, MaxPool, QAvgPool and Clip."""
+    """QAdd, QRequant, QLut, MaxPool, QAvgPool and Clip."""
+
+    def op_QLut(self, node: onnx.NodeProto) -> None:
+        """``table[x & 0xFF]`` as ``qc_lut``: the table re-indexed by the held int8 byte and holding the
+        held output (uint8 graph values are held as value - 128), so the kernel is one load per element."""
+        x = self.act(node, 0)
+        table = np.asarray(self.const(node, 1))
+        if table.shape != (256,) or table.dtype not in (np.int8, np.uint8):
+            raise self.fail(node, f"QLut table of {table.dtype} {list(table.shape)}, expected 256 8-bit entries")
+        signed = table.dtype == np.int8
+        off_out = 0 if signed else 128
+        held_in = np.arange(256, dtype=np.int64).astype(np.uint8).view(np.int8).astype(np.int64)
+        held_out = table.astype(np.int64)[(held_in + x.offset) & 0xFF] - off_out
+        y = self.new(node.output[0], x.shape, signed, x.layout, x.src_chw, lo=int(held_out.min()),
+                     hi=int(held_out.max()))
+        self.steps.append(Step("lut", node.name, [x.name], y.name, params={"n": x.size},
+                               consts={"w": held_out.astype(np.int8)}, inplace=(0,)))
 
     def op_QAdd(self, node: onnx.NodeProto) -> None:
         a, bt = self.act(node, 0), self.act(node, 2)

@@ -55,7 +55,7 @@ class Tensor:
 class Step:
     """One kernel call (or a view, which emits no code)."""
 
-    kind: str  # input, output, conv, dw, fc, maxpool, avgpool, add, requant, view, concat, relayout
+    kind: str  # input, output, conv, dw, fc, maxpool, avgpool, add, requant, lut, view, concat, relayout
     name: str  # ONNX node name (comments, errors)
     inputs: list[str]
     output: str

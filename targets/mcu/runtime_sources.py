@@ -15,7 +15,7 @@ RUNTIME = Path(__file__).resolve().parent / "runtime"
 
 #: The parts of qc_kernels.c in the order they are concatenated (each uses what the earlier ones define).
 KERNEL_PARTS = ("prelude.c", "conv_tiles.c", "matmul.c", "im2col.c", "conv_fc.c", "depthwise.c", "pool.c",
-                "elementwise.c", "data_movement.c")
+                "elementwise.c", "data_movement.c", "lut.c")
 HEADER_FILES = ("qc_kernels.h",)
 HARNESS_FILES = ("startup.c", "semihost.h", "qc_libc.c", "board_main.c", "host_main.c")
 BOARD_FILES = ("common.ld", "mps2-an386.ld", "mps2-an500.ld", "mps3-an547.ld", "microbit.ld")

@@ -6,7 +6,7 @@ conv + requantize + clamp kernel). So each node of the integer graph is mapped b
 hand onto Relax ops that implement docs/INTEGER_GRAPH.md exactly. This module walks
 the graph; the per-op rules are
 
-* ``fused_ops.py``: QConv, QMatMul, QGroupMatMul, QAdd, QAvgPool, QRequant;
+* ``fused_ops.py``: QConv, QMatMul, QGroupMatMul, QAdd, QAvgPool, QRequant, QLut;
 * ``transformer.py``: QSoftmax, QGelu, QLayerNorm, QBatchMatMul;
 * ``standard_ops.py``: the graph-boundary QuantizeLinear / DequantizeLinear (compiled too, so
   the library takes and returns float32 like ``model.int.onnx`` does) and the standard ops;
@@ -36,7 +36,7 @@ from . import fused_ops, standard_ops, transformer, vnni
 from .relax_emitter import RelaxEmitter, int4_widened
 
 FUSED_OPS = ("QConv", "QMatMul", "QAdd", "QAvgPool", "QRequant", "QSoftmax", "QGelu", "QLayerNorm", "QBatchMatMul",
-             "QGroupMatMul")
+             "QGroupMatMul", "QLut")
 
 HANDLERS = {**fused_ops.HANDLERS, "QuantizeLinear": standard_ops.quantize,
             "DequantizeLinear": standard_ops.dequantize, **transformer.HANDLERS}

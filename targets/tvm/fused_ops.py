@@ -1,5 +1,5 @@
 """Relax lowering of the fused integer ops of the CNN graphs: QConv, QMatMul, QGroupMatMul, QAdd,
-QAvgPool, QRequant (the contract: docs/INTEGER_GRAPH.md).
+QAvgPool, QRequant, QLut (the contract: docs/INTEGER_GRAPH.md).
 
 * QConv / QMatMul: the input is padded with its own zero point, the 8-bit
   product is accumulated in int32 (``out_dtype="int32"``), the zero-point term
@@ -238,5 +238,17 @@ def q_requant(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     return bld.requant(t, b, c, y_zp, qmin, qmax, [])
 
 
+def q_lut(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
+    """``table[x & 0xFF]`` (numerics.qlut): a ``take`` from the constant 256-entry table; the mask turns an
+    int8 code into its byte, the entry the table keeps for it, so uint8 and int8 share one form."""
+    x = bld.val(node.input[0])
+    table = np.asarray(bld.const_in(node, 1))
+    if table.shape != (256,):
+        raise bld.err(node, f"QLut table of shape {list(table.shape)}, expected [256]")
+    idx = bld.emit(relax.op.bitwise_and(relax.op.astype(x, "int32"), relax_const(np.asarray(0xFF, np.int32))))
+    return bld.emit(relax.op.take(relax_const(table), idx, axis=0, mode="clip"))  # in bounds; no "fast" warning
+
+
 HANDLERS = {"QConv": q_conv, "QMatMul": q_matmul, "QGroupMatMul": q_groupmatmul, "QAdd": q_add,
-            "QAvgPool": q_avgpool, "QRequant": q_requant}
+            "QAvgPool": q_avgpool, "QRequant": q_requant,
+            "QLut": q_lut}

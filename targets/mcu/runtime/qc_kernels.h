@@ -156,6 +156,10 @@ void qc_requant(const qc_requant_params *p, const int8_t *in, int8_t *out);
  * 4-bit input clamp). Safe in place. */
 void qc_clip(const int8_t *in, int8_t *out, int32_t n, int32_t lo, int32_t hi);
 
+/* y = table[(uint8_t)x]: QLut, any function of one 8-bit tensor (HardSigmoid, HardSwish,
+ * Sigmoid, Tanh, ...) as a 256-entry table indexed by the held byte. Safe in place. */
+void qc_lut(const int8_t *table, const int8_t *in, int8_t *out, int32_t n);
+
 /* Plain copies used at the graph boundary and for layout changes.
  * xor_mask 0x80 converts between uint8 bytes and the int8 internal form. */
 void qc_copy(const int8_t *src, int8_t *dst, int32_t n, uint8_t xor_mask);
