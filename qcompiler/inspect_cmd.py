@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -100,9 +102,89 @@ def _size_bytes(plan: QuantPlan, summary: Mapping[str, Any] | None) -> dict[str,
     return None
 
 
+def layer_order(plan: QuantPlan, out_dir: Path | None) -> list[str]:
+    """The plan's layers in graph order, read from ``model.float.onnx`` beside plan.json.
+
+    Why: plan.json is sorted JSON, so its layer names come in name order (n0, n10, n102, ...);
+    a person reads a model from input to output. Layers the float model lacks (or every layer,
+    when it is missing or unreadable) follow in natural name order (n2 before n10).
+    """
+    order: list[str] = []
+    path = out_dir / "model.float.onnx" if out_dir is not None else None
+    if path is not None and path.is_file():
+        import onnx
+
+        from .report_graph import graph_order
+
+        try:
+            order = [name for name, _ in graph_order(onnx.load(str(path), load_external_data=False))]
+        except Exception:  # noqa: BLE001 - a damaged float model only loses the order, not the plan
+            order = []
+    pos = {name: i for i, name in enumerate(order)}
+    natural = lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]  # noqa: E731
+    return sorted(plan.layers, key=lambda n: (pos.get(n, len(pos)), natural(n)))
+
+
+#: manifest flags that only mean something for some targets (the rest: shown when not at their default)
+_CUDA_TARGETS = ("cuda",)
+_TVM_TARGETS = ("cpu", "cuda")
+
+
+def applicable_flags(flags: Mapping[str, Any], plan: QuantPlan | None = None) -> dict[str, Any]:
+    """The manifest's flags that took part in this compile: no ``cuda_arch`` unless the target is
+    cuda, no ``tune`` unless > 0 on a TVM target, no unset, empty, false or zero values.
+
+    Why: manifest.json records every flag so the compile can be repeated, but a reader who sees
+    ``cuda_arch sm_90`` under an ORT compile concludes the model was built for a GPU.
+    """
+    target = str(flags.get("target", ""))
+    out: dict[str, Any] = {}
+    for k, v in flags.items():
+        if v is None or v is False or v == 0 or v == {} or v == []:
+            continue
+        if k == "cuda_arch" and target not in _CUDA_TARGETS:
+            continue
+        if k == "tune" and target not in _TVM_TARGETS:
+            continue
+        if k == "group_size" and plan is not None and v == 128 and not any(
+                lp.op_type == "MatMul" and lp.weight_bits == 4 for lp in plan.layers.values()):
+            continue  # the default, and no 4-bit MatMul weights it could apply to
+        out[k] = v
+    return out
+
+
+def _plain(v: Any) -> str:
+    """One value as words: numbers with separators, mappings as ``k v, k v``, lists comma-joined."""
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k} {_plain(v[k])}" for k in v) if v else "none"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_plain(x) for x in v) if v else "none"
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 1e6:
+        return _si(v)
+    if isinstance(v, float) and v.is_integer():
+        return f"{int(v):,}"
+    if v is None:
+        return "-"
+    return _fmt(v)
+
+
+def stats_lines(stats: Mapping[str, Any]) -> list[str]:
+    """plan.json's ``stats`` as one readable line per pass (``summary`` is left out: inspect shows it
+    as the size line and the fallback list)."""
+    lines = []
+    for name in sorted(stats):
+        if name == "summary":
+            continue
+        v = stats[name]
+        body = "; ".join(f"{k} {_plain(v[k])}" for k in sorted(v)) if isinstance(v, Mapping) else _plain(v)
+        lines.append(f"  {name}: {body}")
+    return lines
+
+
 def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any,
-               summary: Mapping[str, Any] | None = None) -> None:
-    """Rich tables: layers, budgets, fallbacks (graph order and op types from summary.json), settings, manifest."""
+               summary: Mapping[str, Any] | None = None, out_dir: Path | None = None) -> None:
+    """Rich tables: layers in graph order, budgets, fallbacks (graph order and op types from summary.json),
+    settings, stats, the flags that applied, and the artifacts with their sizes on disk (``out_dir``)."""
     from rich.table import Table
 
     console.print(f"[bold]model[/] {plan.model or '?'}: {len(plan.layers)} quantizable layers, "
@@ -113,7 +195,7 @@ def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any
                       ("weight bytes", "right"), ("BOPs", "right"), ("tie", "right")):
         t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
     tot_size = tot_bops = tot_params = 0.0
-    for name in sorted(plan.layers):
+    for name in layer_order(plan, out_dir):
         lp = plan.layers[name]
         s = chosen_sensitivity(lp)
         chosen = f"w{lp.weight_bits}a{lp.act_bits}"
@@ -165,17 +247,23 @@ def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any
         console.print("float fallback ops: none (integer-only)")
     if plan.settings:
         console.print("settings: " + ", ".join(f"{k}={_fmt(plan.settings[k])}" for k in sorted(plan.settings)))
-    if plan.stats:
-        console.print("stats: " + ", ".join(f"{k}={_fmt(plan.stats[k])}" for k in sorted(plan.stats)))
+    lines = stats_lines(plan.stats) if plan.stats else []
+    if lines:
+        console.print("stats (per pass):")
+        for line in lines:
+            console.print(line, highlight=False)
     if manifest:
-        _print_manifest(manifest, console)
+        _print_manifest(manifest, console, plan, out_dir)
 
 
-def _print_manifest(manifest: Mapping[str, Any], console: Any) -> None:
+def _print_manifest(manifest: Mapping[str, Any], console: Any, plan: QuantPlan | None = None,
+                    out_dir: Path | None = None) -> None:
     from rich.table import Table
 
     files = manifest.get("files")
     rest = {k: v for k, v in manifest.items() if k != "files"}
+    if isinstance(rest.get("flags"), Mapping):
+        rest["flags"] = applicable_flags(rest["flags"], plan)
     if rest:
         m = Table(title="Manifest")
         m.add_column("key")
@@ -184,23 +272,33 @@ def _print_manifest(manifest: Mapping[str, Any], console: Any) -> None:
             v = rest[k]
             if isinstance(v, Mapping):
                 for kk in sorted(v):
-                    m.add_row(f"{k}.{kk}", _fmt(v[kk]))
+                    m.add_row(f"{k}.{kk}", _manifest_value(v[kk]))
             else:
                 m.add_row(k, _fmt(v))
         console.print(m)
+    def size(name: str, recorded: Any) -> str:
+        """The file's size on disk (what a person copies), else what the manifest recorded, else "missing"."""
+        f = out_dir / name if out_dir is not None else None
+        if f is not None and f.is_file():
+            n = f.stat().st_size
+            return f"{n:,} B" if n < 1024 else f"{_human_bytes(n)} ({n:,} B)"
+        if isinstance(recorded, int):
+            return f"{recorded:,} B"
+        return "missing" if out_dir is not None else "-"
+
     rows: list[tuple[str, str, str]] = []
     if isinstance(files, Mapping):
         for name in sorted(files):
             v = files[name]
             if isinstance(v, Mapping):
-                rows.append((name, _fmt(v.get("size", v.get("bytes", ""))), str(v.get("sha256", ""))[:16]))
+                rows.append((name, size(name, v.get("size", v.get("bytes"))), str(v.get("sha256", ""))[:16]))
             else:
-                rows.append((name, "", str(v)[:16]))
+                rows.append((name, size(name, None), str(v)[:16]))
     elif isinstance(files, list):
         for v in files:
             if isinstance(v, Mapping):
-                rows.append((str(v.get("path", v.get("name", "?"))), _fmt(v.get("size", v.get("bytes", ""))),
-                             str(v.get("sha256", ""))[:16]))
+                name = str(v.get("path", v.get("name", "?")))
+                rows.append((name, size(name, v.get("size", v.get("bytes"))), str(v.get("sha256", ""))[:16]))
     if rows:
         f = Table(title="Artifacts")
         for col, just in (("file", "left"), ("size", "right"), ("sha256", "left")):
@@ -208,6 +306,33 @@ def _print_manifest(manifest: Mapping[str, Any], console: Any) -> None:
         for r in rows:
             f.add_row(*r)
         console.print(f)
+
+
+def _manifest_value(v: Any) -> str:
+    """A manifest entry in words: an input as ``name (sha256 abcd1234...)``, a mapping as ``k v, k v``."""
+    if isinstance(v, Mapping) and "name" in v:
+        sha = f" (sha256 {str(v['sha256'])[:16]})" if v.get("sha256") else ""
+        return f"{v['name']}{sha}"
+    return _plain(v) if isinstance(v, (Mapping, list, tuple)) else _fmt(v)
+
+
+def make_console(file: Any = None) -> Any:
+    """A rich Console that draws readable tables on a terminal and in a pipe.
+
+    Why: piped, rich assumes 80 columns and folds every cell into 5-letter pieces. Off a terminal
+    the width is fixed (``$COLUMNS``, else :data:`PIPE_WIDTH`) and no colour codes are written."""
+    from rich.console import Console
+
+    probe = Console(file=file)
+    if probe.is_terminal:
+        return probe
+    cols = os.environ.get("COLUMNS", "")
+    return Console(file=file, width=int(cols) if cols.isdigit() and int(cols) > 0 else PIPE_WIDTH,
+                   no_color=True, highlight=False, soft_wrap=False)
+
+
+#: columns of piped output: wide enough for the layer table of a transformer's long node names
+PIPE_WIDTH = 200
 
 
 class _Parser(argparse.ArgumentParser):
@@ -219,8 +344,6 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str]) -> int:
     """Entry point for ``qcompile inspect OUT``."""
-    from rich.console import Console
-
     p = _Parser(prog="qcompile inspect",
                 description="Print the quantization plan of a compiled output directory: bits, scales, "
                             "sensitivities and cost per layer, budget use, fallback ops, manifest.")
@@ -228,7 +351,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print plan.json as is (for scripts)")
     args = p.parse_args(argv)
     plan, manifest = load_out_dir(args.out)
-    console = Console()
+    console = make_console()
     if args.json:
         console.print_json(plan.dumps())
         return 0
@@ -237,5 +360,5 @@ def main(argv: list[str]) -> int:
         summary = json.loads(spath.read_text()) if spath.is_file() else None
     except ValueError:
         summary = None  # the plan is what inspect shows; a broken summary only loses the fallback order
-    print_plan(plan, manifest, console, summary)
+    print_plan(plan, manifest, console, summary, spath.parent)
     return 0

@@ -178,3 +178,48 @@ def test_no_progress_when_quiet_or_piped():
     assert _progress_factory(Console(file=io.StringIO(), force_terminal=True), quiet=True) is None
     if os.environ.get("QCOMPILE_PROGRESS") != "1":
         assert _progress_factory(Console(file=io.StringIO(), force_terminal=False), quiet=False) is None
+
+
+@_no_tvm
+def test_tvm_refusal_is_one_line_on_stderr(tmp_path):
+    """An op the TVM target cannot lower: exit 2, one line on stderr, nothing on stdout, and no
+    "BlockBuilder destroyed with remaining blocks!" from TVM's C++ builder after it."""
+    import numpy as np
+    import onnx
+    from test_fallbacks import _model
+
+    onnx.save(_model(), str(tmp_path / "lrn.onnx"))
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).uniform(0, 1, (4, 3, 4, 4)).astype(np.float32))
+    r = subprocess.run([*_qcompile(), str(tmp_path / "lrn.onnx"), "--target", "cpu", "--calib",
+                        str(tmp_path / "c.npz"), "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and "LRN" in r.stderr and "BlockBuilder" not in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_piped_and_in_a_terminal(tmp_path):
+    """inspect piped: fixed width, no escape codes, layers whole and in graph order, no raw JSON,
+    no flags that did not apply, artifact sizes from disk; under a terminal: fits its width."""
+    from qcompiler.options import CompileOptions
+    from qcompiler.pipeline import compile_model
+    from qcompiler.plan import QuantPlan
+
+    out = tmp_path / "out"
+    compile_model(EXAMPLE, out, calib=EXAMPLE_CALIB, options=CompileOptions(target="ort-cpu", budgets={"size": "60%"}))
+    env = {k: v for k, v in os.environ.items() if k not in _TERMINAL_ENV}
+    r = subprocess.run([*_qcompile(), "inspect", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout
+    assert "\x1b[" not in text and max(len(line) for line in text.splitlines()) <= 200
+    layers = list(QuantPlan.load(out / "plan.json").layers)
+    pos = [text.find(f"│ {name} ") for name in layers]
+    assert all(p >= 0 for p in pos), text
+    assert sorted(pos) != pos  # name order (plan.json) is not the graph order the table uses
+    assert text.find("/features/features.0/Conv ") < text.find("/classifier/Gemm ")
+    assert '{"' not in text and "cuda_arch" not in text and "tune" not in text, text
+    size = (out / "model.qdq.onnx").stat().st_size
+    assert f"({size:,} B)" in text
+    rc, term = run_in_terminal(["inspect", str(out)], cwd=tmp_path)
+    assert rc == 0 and "Artifacts" in term
+    assert max(len(line) for line in term.splitlines()) <= COLS

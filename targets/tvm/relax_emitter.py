@@ -74,6 +74,29 @@ def relax_const(arr: np.ndarray) -> relax.Expr:
     return v
 
 
+class ScopedBlockBuilder(relax.BlockBuilder):
+    """A Relax BlockBuilder whose ``function`` scope closes its open block and variable scope when
+    the body raises.
+
+    Why: TVM's own scope leaves them open on an exception, and the C++ builder then prints
+    "Warning: BlockBuilder destroyed with remaining blocks!" on stderr when it is freed, after
+    our one-line error (an op the target cannot lower): noise a user cannot act on.
+    """
+
+    @contextlib.contextmanager
+    def function(self, name: str, params: Any = None, attrs: Any = None, pure: bool = True,
+                 private: bool = False) -> Iterator[None]:
+        """``relax.BlockBuilder.function``, cleaned up on an exception (see the class)."""
+        with super().function(name, params, attrs, pure, private):
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(Exception):  # already ended if emit_func_output itself failed
+                    self._end_block()
+                    self.end_scope()
+                raise
+
+
 class RelaxEmitter:
     """The initializers, the Relax value of every tensor produced so far, the BlockBuilder that the
     op rules emit into, and the bookkeeping the build reports (packed weights, layers)."""
@@ -85,7 +108,7 @@ class RelaxEmitter:
         self.pack4 = pack4
         self.vnni = use_vnni
         self.env: dict[str, relax.Expr] = {}
-        self.bb = relax.BlockBuilder()
+        self.bb = ScopedBlockBuilder()
         self.packed: list[str] = []
         self.packed_bits: dict[str, int] = {}
         self.saved = 0
@@ -140,7 +163,7 @@ class RelaxEmitter:
         and it ran TVM's naive loops (12 ms per MiniLM layer instead of well under 1 ms).
         """
         params = [relax.Var(f"x{i}", e.ty) for i, e in enumerate(inputs)]
-        outer, inner = self.bb, relax.BlockBuilder()
+        outer, inner = self.bb, ScopedBlockBuilder()
         fname = f"{name}_{len(self.isolated_funcs)}"
         self.bb = inner
         try:
