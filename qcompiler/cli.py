@@ -160,7 +160,7 @@ def _progress_factory(console, quiet: bool):
     state: dict = {}
     lock = threading.Lock()
 
-    def start(label: str, total: int) -> Callable[[int], None]:
+    def start(label: str, total: int) -> Callable[..., None]:
         if total <= 0:  # nothing to count: no bar that would sit at 0/0 until the end
             return lambda n=1: None
         with lock:
@@ -173,11 +173,13 @@ def _progress_factory(console, quiet: bool):
             task = prog.add_task(label, total=total)
         done = 0
 
-        def advance(n: int = 1) -> None:
+        def advance(n: int = 1, description: str | None = None) -> None:
             nonlocal done
             with lock:
                 if done >= total or task not in prog.task_ids:  # finished (and removed) already
                     return
+                if description is not None:
+                    prog.update(task, description=description)
                 done += n
                 prog.advance(task, n)
                 if done >= total:

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("qcompiler.passes")
 
 
+#: ``progress(label, total)`` starts a bar and returns ``advance(n, description=None)``; ``description``
+#: (optional) replaces the bar's label, e.g. with the step running now. The CLI draws these with rich.
+Progress = Callable[[str, int], Callable[..., None]]
+
+
 @dataclass
 class PassContext:
     """State shared by the passes of one compile.
@@ -49,7 +54,7 @@ class PassContext:
     out_dir: Path | None = None  # the (temporary) output directory passes may write extra files into
     debug: bool = False
     dump_dir: Path | None = None
-    progress: Callable[[str, int], Callable[[int], None]] | None = None  # (label, total) -> advance(n)
+    progress: Progress | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)  # extra results passes hand on (reports, tables)
     stages: dict[str, onnx.ModelProto] = field(default_factory=dict)  # graphs kept by name ("qdq", "integer")
     backend: Any = None  # the targets.base.Target of this compile: its emission and cost model
@@ -117,25 +122,32 @@ class PassManager:
     """Runs passes in order and checks each one's contract."""
 
     def __init__(self, passes: Sequence[Pass], *, debug: bool = False, dump_dir: Path | None = None,
-                 keep: Mapping[int, str] | None = None) -> None:
+                 keep: Mapping[int, str] | None = None, label: str = "") -> None:
         self.passes = list(passes)
+        self.label = label  # names the progress bar of this list (none without a label)
         self.debug = debug
         self.dump_dir = dump_dir
         self.keep = dict(keep or {})  # pass index -> name its output is kept under in ``ctx.stages``
         self.timings: dict[str, float] = {}
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
+        # one bar per labelled list of steps; steps with countable work (calibration, sensitivity) add their own
+        bar = ctx.progress(self.label, len(self.passes)) if ctx.progress is not None and self.label else None
         for i, p in enumerate(self.passes):
             for cond in p.requires:
                 why = cond(model, ctx)
                 if why:
                     raise ContractError(f"pass '{p.name}' requires '{cond.name}': {why}")
+            if bar is not None:  # the step running now, with the list's elapsed time: no silent phase
+                bar(0, f"{self.label}: {p.name.replace('_', ' ')}")
             t0 = time.perf_counter()
             try:
                 result = p.run(model, ctx)
             except QCompileError as e:
                 raise e.with_model(ctx.model_name) from None
             self.timings[p.name] = time.perf_counter() - t0
+            if bar is not None:
+                bar(1)
             model = result.model
             log.info("pass %s: %s in %.2fs", p.name, "changed" if result.changed else "no change",
                      self.timings[p.name])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from .errors import CalibrationError, FlagError, QCompileError, caller
 from .image_preprocess import coerce, from_metadata
 from .ir import graph_inputs, node_names_unique, value_shapes
 from .options import CompileOptions
-from .passmanager import PassContext, dump_model
+from .passmanager import PassContext, Progress, dump_model
 from .plan import QuantPlan
 from .targets import get_target
 from .transformer_qdq import is_encoder
@@ -76,7 +76,7 @@ def load_model(source: Any, *, name: str | None = None, example_input: Any = Non
 
 def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_data: str | Path | None = None,
                   options: CompileOptions | None = None, example_input: Any = None, name: str | None = None,
-                  progress: Callable[[str, int], Callable[[int], None]] | None = None) -> CompileResult:
+                  progress: Progress | None = None) -> CompileResult:
     """Compile one model into ``out_dir`` (atomically); see README for the flags' meaning.
 
     Errors raised here name this function's arguments (``calib=...``, ``force=True``), not the CLI's
@@ -89,7 +89,7 @@ def compile_model(source: Any, out_dir: str | Path, *, calib: Any = None, eval_d
 
 def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | Path | None,
              options: CompileOptions | None, example_input: Any, name: str | None,
-             progress: Callable[[str, int], Callable[[int], None]] | None) -> CompileResult:
+             progress: Progress | None) -> CompileResult:
     opts = options or CompileOptions()
     bits = opts.validate()
     tgt = get_target(opts.target)
@@ -112,7 +112,7 @@ def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | P
     try:
         if opts.dump_dir is not None:
             dump_model(model, opts.dump_dir, "import", ctx)
-        float_model = node_names_unique(stages.manager(stages.CANONICALIZE, ctx).run(model, ctx))
+        float_model = node_names_unique(stages.manager(stages.CANONICALIZE, ctx, "canonicalize").run(model, ctx))
         specs = input_specs(float_model)
         if eval_data is not None:  # fail fast: a bad --eval must not cost a whole compile
             from .evaluate import load_eval
@@ -149,7 +149,7 @@ def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | P
         ctx.artifacts["float_model"] = float_model
         with atomic_output_dir(out, force=opts.force) as tmp:
             ctx.out_dir = tmp
-            stages.manager(stages.ENCODER if ctx.encoder else stages.CNN, ctx).run(float_model, ctx)
+            stages.manager(stages.ENCODER if ctx.encoder else stages.CNN, ctx, "compile").run(float_model, ctx)
             graphs = {"fp32": float_model, "int8": ctx.stages["qdq"], "integer": ctx.stages["integer"]}
             onnx.save(float_model, str(tmp / "model.float.onnx"))  # canonical float: what diff compares with
             onnx.save(graphs["int8"], str(tmp / "model.qdq.onnx"))

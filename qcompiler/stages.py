@@ -103,11 +103,11 @@ ENCODER: tuple[Step, ...] = (
 )
 
 
-def manager(steps: tuple[Step, ...], ctx: PassContext) -> PassManager:
-    """The PassManager for the steps that apply to ``ctx.options``."""
+def manager(steps: tuple[Step, ...], ctx: PassContext, label: str = "") -> PassManager:
+    """The PassManager for the steps that apply to ``ctx.options``; ``label`` names its progress bar."""
     chosen = [s for s in steps if s.when(ctx.options)]
     return PassManager([s.pass_class() for s in chosen], debug=ctx.debug, dump_dir=ctx.dump_dir,
-                       keep={i: s.keep for i, s in enumerate(chosen) if s.keep})
+                       keep={i: s.keep for i, s in enumerate(chosen) if s.keep}, label=label)
 
 
 def qdq_to_integer(float_model: onnx.ModelProto, plan: QuantPlan, options: CompileOptions) -> onnx.ModelProto:
