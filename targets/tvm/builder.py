@@ -9,7 +9,8 @@ the graph; the per-op rules are
 * ``fused_ops.py``: QConv, QMatMul, QGroupMatMul, QAdd, QAvgPool, QRequant, QLut;
 * ``transformer.py``: QSoftmax, QGelu, QLayerNorm, QBatchMatMul;
 * ``standard_ops.py``: the graph-boundary QuantizeLinear / DequantizeLinear (compiled too, so
-  the library takes and returns float32 like ``model.int.onnx`` does) and the standard ops;
+  the library takes and returns float32 like ``model.int.onnx`` does), the standard ops, and Pad /
+  Resize (nearest) as exact data movement on integer or fallback-island float tensors;
 
 all of them emit through one ``relax_emitter.RelaxEmitter``. Sub-byte weights are stored
 packed (``weight_packing.py``).
@@ -39,7 +40,8 @@ FUSED_OPS = ("QConv", "QMatMul", "QAdd", "QAvgPool", "QRequant", "QSoftmax", "QG
              "QGroupMatMul", "QLut")
 
 HANDLERS = {**fused_ops.HANDLERS, "QuantizeLinear": standard_ops.quantize,
-            "DequantizeLinear": standard_ops.dequantize, **transformer.HANDLERS}
+            "DequantizeLinear": standard_ops.dequantize, "Pad": standard_ops.pad, "Resize": standard_ops.resize,
+            "Upsample": standard_ops.resize, **transformer.HANDLERS}
 """The op rules by op type; every other node goes to ``standard_ops.standard``."""
 
 

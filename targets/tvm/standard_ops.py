@@ -131,7 +131,27 @@ def standard(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr | list[relax
     if op in ("Add", "Sub", "Mul", "Div"):
         fn = {"Add": R.add, "Sub": R.subtract, "Mul": R.multiply, "Div": R.divide}[op]
         return bld.emit(fn(bld.val(node.input[0]), bld.val(node.input[1])))
+    if op == "Sqrt":  # correctly rounded in IEEE float32, like ORT's
+        return bld.emit(R.sqrt(bld.val(node.input[0])))
+    if op == "Pow":
+        return power(bld, node)
     return standard_tensor_op(bld, node)
+
+
+def power(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
+    """Pow of a float fallback island (x**2 of a decomposed LayerNorm, an STFT's power spectrum).
+    A constant exponent 2 or 3 is multiplied out, as ONNX Runtime does (Eigen square / cube), so
+    the result is bit-exact; any other exponent goes to TVM's ``power`` (libm-like, may differ by
+    an ulp from ORT's std::pow)."""
+    x = bld.val(node.input[0])
+    y = bld.opt_const(node, 1)
+    if y is not None and y.size == 1 and float(y.reshape(-1)[0]) in (2.0, 3.0):
+        sq = bld.emit(relax.op.multiply(x, x))
+        return sq if float(y.reshape(-1)[0]) == 2.0 else bld.emit(relax.op.multiply(sq, x))
+    e = bld.val(node.input[1])
+    if bld.dtype_of(e) != bld.dtype_of(x):
+        e = bld.emit(relax.op.astype(e, bld.dtype_of(x)))
+    return bld.emit(relax.op.power(x, e))
 
 
 # Only ops whose results are exact (equal to ORT's bit for bit): no transcendental float op here,
@@ -228,3 +248,163 @@ def standard_tensor_op(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     if op == "Tile":
         return bld.emit(R.tile(bld.val(node.input[0]), [int(v) for v in bld.const_in(node, 1)]))
     raise bld.err(node, f"op {op} has no TVM lowering")
+
+
+# ------------------------------------------------------------------ data movement: Pad, Resize
+# Both are exact on any dtype (integer tensors, or the float tensors of a DequantizeLinear ->
+# op -> QuantizeLinear fallback island): every output element is an input element (or Pad's
+# constant), chosen by indices computed here at build time with ONNX Runtime's float32 formulas.
+
+
+def _text(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _opset(bld: RelaxEmitter) -> int:
+    return max([o.version for o in bld.model.opset_import if o.domain in ("", "ai.onnx")] or [21])
+
+
+def pad(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
+    """Pad, every mode of ONNX: ``constant`` pads with the node's constant_value (default 0, as
+    ONNX Runtime does; a Pad that the quantizer kept on an integer tensor carries the zero point
+    there); ``reflect`` / ``edge`` / ``wrap`` are a gather with build-time indices; negative pads crop."""
+    x = bld.val(node.input[0])
+    shp = bld.shape_of(x)
+    rank = len(shp)
+    pads = bld.opt_const(node, 1) if _opset(bld) >= 11 else None
+    pads = [int(p) for p in (pads if pads is not None else attr(node, "pads", []))]
+    axes = bld.opt_const(node, 3)
+    axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+    if len(pads) != 2 * len(axes):
+        raise bld.err(node, f"Pad has {len(pads)} pads for {len(axes)} axes", hint="give 2 pads per axis")
+    before, after = [0] * rank, [0] * rank
+    for k, ax in enumerate(axes):
+        before[ax], after[ax] = pads[k], pads[k + len(axes)]
+    mode = _text(attr(node, "mode", "constant"))
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise bld.err(node, f"Pad mode {mode!r} has no TVM lowering", hint="use constant, reflect, edge or wrap")
+    if any(p < 0 for p in before + after):  # crop first (ONNX: a negative pad removes elements)
+        b = [max(-p, 0) for p in before]
+        e = [n - max(-p, 0) for n, p in zip(shp, after)]
+        x = bld.emit(relax.op.strided_slice(x, list(range(rank)), b, e))
+        shp = bld.shape_of(x)
+        before, after = [max(p, 0) for p in before], [max(p, 0) for p in after]
+    if not any(before + after):
+        return x
+    dt = bld.dtype_of(x)
+    if mode == "constant":
+        cv = bld.opt_const(node, 2) if _opset(bld) >= 11 else None
+        cv = np.asarray(attr(node, "value", 0.0) if cv is None else cv.reshape(-1)[0])
+        value = int(cv) if dt.startswith(("int", "uint")) else float(cv)
+        width = [w for b, a in zip(before, after) for w in (b, a)]
+        return bld.emit(relax.op.nn.pad(x, width, "constant", value))
+    for ax in range(rank):
+        if not (before[ax] or after[ax]):
+            continue
+        n = shp[ax]
+        i = np.arange(-before[ax], n + after[ax], dtype=np.int64)
+        if mode == "edge":
+            idx = np.clip(i, 0, n - 1)
+        elif mode == "wrap":
+            idx = np.mod(i, n)
+        else:  # reflect: mirror without repeating the edge, as ONNX Runtime (which needs pad < n)
+            if n < 2 or max(before[ax], after[ax]) >= n:
+                raise bld.err(node, f"Pad reflect by {max(before[ax], after[ax])} on an axis of length {n}",
+                              hint="reflect padding must be shorter than the axis")
+            j = np.mod(i, 2 * (n - 1))
+            idx = np.where(j < n, j, 2 * (n - 1) - j)
+        x = bld.emit(relax.op.take(x, relax_const(idx.astype(np.int64)), axis=ax))
+    return x
+
+
+def _nearest_indices(out_n: int, in_n: int, scale: np.float32, ctm: str, nearest: str) -> np.ndarray:
+    """ONNX Runtime's nearest-neighbour source index of every output position along one axis
+    (upsamplebase.h: the coordinate transformation in float32, then the rounding, then the clamp)."""
+    f = np.float32
+    xr = np.arange(out_n, dtype=np.float32)
+    if ctm == "asymmetric":
+        xo = xr / scale
+    elif ctm in ("half_pixel", "pytorch_half_pixel"):
+        xo = (xr + f(0.5)) / scale - f(0.5)
+        if ctm == "pytorch_half_pixel" and out_n <= 1:
+            xo = np.zeros_like(xr)
+    elif ctm == "half_pixel_symmetric":
+        adjustment = f(out_n) / (scale * f(in_n))
+        offset = f(in_n) / f(2) * (f(1) - adjustment)
+        xo = offset + ((xr + f(0.5)) / scale - f(0.5))
+    elif ctm == "tf_half_pixel_for_nn":
+        xo = (xr + f(0.5)) / scale
+    elif ctm == "align_corners":
+        xo = np.zeros_like(xr) if out_n == 1 else xr * f(in_n - 1) / f(out_n - 1)
+    else:
+        raise ValueError(ctm)
+    xo = xo.astype(np.float32)
+    if nearest == "floor":
+        idx = np.floor(xo)
+    elif nearest == "ceil":
+        idx = np.ceil(xo)
+    elif nearest == "simple":  # Resize-10 / Upsample: truncate, or ceil when downsampling
+        idx = np.ceil(xo) if scale < 1 else np.trunc(xo)
+    else:  # std::round (half away from zero), except that round_prefer_floor takes floor at .5
+        t = np.trunc(xo)
+        idx = t + np.where(np.abs(xo - t) >= f(0.5), np.sign(xo), f(0))
+        if nearest == "round_prefer_floor":
+            idx = np.where(xo == t + f(0.5), np.floor(xo), idx)
+    return np.clip(idx.astype(np.int64), 0, in_n - 1)
+
+
+CTMS = ("asymmetric", "half_pixel", "pytorch_half_pixel", "half_pixel_symmetric", "tf_half_pixel_for_nn",
+        "align_corners")
+
+
+def resize(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
+    """Resize / Upsample in mode ``nearest``: one gather per resized axis with the indices ONNX
+    Runtime computes, so integer and float tensors come out bit-exact. Linear and cubic modes
+    interpolate (not data movement) and are refused with the node named."""
+    x = bld.val(node.input[0])
+    shp = bld.shape_of(x)
+    rank = len(shp)
+    mode = _text(attr(node, "mode", "nearest"))
+    if mode != "nearest":
+        raise bld.err(node, f"{node.op_type} mode {mode!r} has no TVM lowering",
+                      hint="only mode 'nearest' (exact data movement) lowers to TVM; use --target ort-cpu")
+    old = node.op_type == "Upsample" or _opset(bld) < 11
+    if old:
+        scales, sizes = (attr(node, "scales") if len(node.input) < 2 else bld.const_in(node, 1)), None
+        ctm, nearest = "asymmetric", "simple"
+    else:
+        scales, sizes = bld.opt_const(node, 2), bld.opt_const(node, 3)
+        ctm = _text(attr(node, "coordinate_transformation_mode", "half_pixel"))
+        nearest = _text(attr(node, "nearest_mode", "round_prefer_floor"))
+        if scales is not None and scales.size == 0:
+            scales = None
+        if sizes is not None and sizes.size == 0:
+            sizes = None
+        policy = _text(attr(node, "keep_aspect_ratio_policy", "stretch"))
+        if sizes is not None and policy != "stretch":
+            raise bld.err(node, f"Resize keep_aspect_ratio_policy {policy!r} has no TVM lowering",
+                          hint="use 'stretch' (the default)")
+    if ctm not in CTMS:
+        raise bld.err(node, f"Resize coordinate_transformation_mode {ctm!r} has no TVM lowering",
+                      hint=f"use one of {', '.join(CTMS)}")
+    if nearest not in ("floor", "ceil", "round_prefer_floor", "round_prefer_ceil", "simple"):
+        raise bld.err(node, f"Resize nearest_mode {nearest!r} is not an ONNX nearest mode")
+    axes = attr(node, "axes", None)
+    axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+    given = sizes if sizes is not None else scales
+    if given is None or len(given) != len(axes):
+        raise bld.err(node, f"{node.op_type} needs constant scales or sizes, one per axis",
+                      hint="export the model with static scales/sizes")
+    for k, ax in enumerate(axes):
+        in_n = shp[ax]
+        if sizes is not None:
+            out_n = int(sizes[k])
+            scale = np.float32(out_n) / np.float32(in_n)
+        else:
+            scale = np.float32(given[k])
+            out_n = int(np.float32(scale * np.float32(in_n)))
+        if out_n == in_n and scale == 1:
+            continue
+        idx = _nearest_indices(out_n, in_n, np.float32(scale), ctm, nearest)
+        x = bld.emit(relax.op.take(x, relax_const(idx), axis=ax))
+    return x
