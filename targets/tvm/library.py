@@ -98,7 +98,8 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         ex = compile_module(mod, tgt)
     if target == "cpu" and schedule == "fast" and not self_check(ex, int_model, built):
         # The hand-written schedules gave different integers than the reference on this model
-        # (seen on EfficientNet-Lite0's 1x1 convs). Ship TVM's default loops instead: slower, exact.
+        # (EfficientNet-Lite0 once did: a 1x1 conv with the next conv's padding fused in, fixed in
+        # schedule.py, see _grown_tails). Ship TVM's default loops instead: slower, exact.
         log.warning("TVM fast CPU schedules are not bit-exact on this model; using default schedules")
         ex = compile_module(mod, tgt, fast=False)
         schedule = "default"

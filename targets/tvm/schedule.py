@@ -157,6 +157,31 @@ def _downstream(sch: s_tir.Schedule, block) -> set[str]:
     return seen
 
 
+def _numel(sch: s_tir.Schedule, block) -> int | None:
+    """Elements of the buffer ``block`` writes; None when a dimension is symbolic."""
+    n = 1
+    for d in sch.get(block).writes[0].source.shape:
+        if not isinstance(d, tirx.IntImm):
+            return None
+        n *= int(d)
+    return n
+
+
+def _grown_tails(sch: s_tir.Schedule, red, blocks: list) -> set[str]:
+    """Blocks downstream of the reduction ``red`` that write more (or fewer) elements than it: the
+    next conv's zero padding fused into this kernel (EfficientNet-Lite0: a 1x1 conv's output padded
+    [0, 0, 1, 1] for the stride-2 depthwise conv after it, 112x112 -> 113x113).
+
+    Such a block must not go under the reduction's register tile: there it computes only the tile's
+    part of its domain and the pad border is never written (uninitialised bytes, which is why the
+    whole-model self-check failed only on some runs and some models). It keeps its own loops at the root.
+    """
+    down = _downstream(sch, red)
+    want = _numel(sch, red)
+    return {sch.get(b).name_hint for b in blocks
+            if sch.get(b).name_hint in down and _numel(sch, b) != want}
+
+
 class IntegerKernelCPU(ScheduleRule):
     """One rule for the kernels our builder produces (see module docstring)."""
 
@@ -176,10 +201,21 @@ class IntegerKernelCPU(ScheduleRule):
         infos = normalize_prim_func(sch)
         if infos is None:
             return None
+        pre_reds = [b for b in infos if b.is_reduction()]
+        tails = _grown_tails(sch, pre_reds[0].block_rv, [b.block_rv for b in infos]) if len(pre_reds) == 1 else set()
+        # a grown tail and its direct producers stay blocks of their own: inlined into the tail,
+        # the epilogue would leave the register tile with it (see _grown_tails)
+        fixed = set(tails)
+        for b in infos:
+            if sch.get(b.block_rv).name_hint in tails:
+                fixed.update(sch.get(p).name_hint for p in sch.get_producers(b.block_rv))
+        pinned = [b for b in infos if sch.get(b.block_rv).name_hint in fixed]
+        movable = [b for b in infos if not any(b is p for p in pinned)]
         if _inlined_size(sch, infos) > INLINE_SIZE_LIMIT:
-            infos = _inline_single_use(sch, infos)
+            kept = _inline_single_use(sch, movable)
         else:
-            infos = try_inline(sch, infos)
+            kept = try_inline(sch, movable)
+        infos = [b for b in infos if any(b is k for k in [*kept, *pinned])]
         reds = [b for b in infos if b.is_reduction()]
         if not reds:
             chunked = _chunked(sch, [b.block_rv for b in infos]) if len(infos) > 1 else None
@@ -249,8 +285,14 @@ class IntegerKernelCPU(ScheduleRule):
             outer = anchor = jo
         else:
             return None
+        grown = [b for b in rest if sch.get(b.block_rv).name_hint in tails]
+        rest = [b for b in rest if b not in grown]
+        if any(_downstream(sch, g.block_rv) & {sch.get(b.block_rv).name_hint for b in rest} for g in grown):
+            return None  # an epilogue block after the padding: no tile placement is exact
         for b in rest:  # the epilogue (requantize + clip + cast) right after each register tile
             sch.reverse_compute_at(b.block_rv, anchor, preserve_unit_loops=True)
+        for b in grown:  # the padding: whole output, own loops, after the reduction's loop nest
+            schedule_elementwise(sch, b.block_rv)
         for b in ahead:
             schedule_elementwise(sch, b.block_rv)
         sch.parallel(outer)
@@ -274,8 +316,15 @@ class IntegerKernelCPU(ScheduleRule):
         if not _inline_all(sch, [b for i, b in others if i > at]):
             return None
         ahead = [b for i, b in others if i < at]
-        epilogue = [b for b, n in zip(blocks, names) if n in down]
+        grown = _grown_tails(sch, red, blocks)
+        epilogue = [b for b, n in zip(blocks, names) if n in down and n not in grown]
+        if any(_downstream(sch, b) & {sch.get(e).name_hint for e in epilogue}
+               for b, n in zip(blocks, names) if n in grown):
+            return None  # an epilogue block after a grown tail: no tile placement is exact
         vnni.schedule(sch, red, epilogue, ahead)
+        for n in names:
+            if n in grown:  # own loops after the matmul's loop nest (see _grown_tails)
+                schedule_elementwise(sch, sch.get_sblock(n))
         return sch
 
 
