@@ -7,7 +7,9 @@ lists by hand.
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -166,3 +168,30 @@ def node_names_unique(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+
+
+def topological_order(nodes: Sequence[onnx.NodeProto]) -> list[int]:
+    """Indices of ``nodes`` in topological order, the smallest index first among the ready ones.
+
+    Why this rule (Kahn's algorithm with a heap): a graph already in order keeps its order, so views
+    in "graph order" (the report, ``qcompile diff``) follow the file; a cycle (invalid ONNX) is kept last
+    instead of failing a view.
+    """
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    preds = [{producer[x] for x in n.input if x in producer and producer[x] != i} for i, n in enumerate(nodes)]
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, ps in enumerate(preds):
+        for p in ps:
+            users[p].append(i)
+    waiting = [len(ps) for ps in preds]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    return order + [i for i in range(len(nodes)) if waiting[i] > 0]

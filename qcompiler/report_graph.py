@@ -18,12 +18,12 @@ Every node has a fixed size with its op type (and format) as label, and its name
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
 
+from .ir import topological_order
 from .plan import QuantPlan
 from .report import esc
 
@@ -59,22 +59,7 @@ def graph_ops(model: onnx.ModelProto) -> list[Op]:
     producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
     preds = [sorted({producer[x] for x in n.input if x in producer and producer[x] != i})
              for i, n in enumerate(nodes)]
-    users: list[list[int]] = [[] for _ in nodes]
-    for i, ps in enumerate(preds):
-        for p in ps:
-            users[p].append(i)
-    waiting = [len(ps) for ps in preds]
-    ready = [i for i, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:  # Kahn's algorithm, smallest graph index first: the graph's own order when it is sorted
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users[i]:
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, u)
-    order += [i for i in range(len(nodes)) if waiting[i] > 0]  # a cycle (invalid ONNX): drawn anyway
+    order = topological_order(nodes)  # graph order where the file is sorted already
     pos = {old: new for new, old in enumerate(order)}
     return [Op(nodes[i].name or f"#{i}", nodes[i].op_type,
                sorted(pos[p] for p in preds[i] if pos[p] < pos[i])) for i in order]
