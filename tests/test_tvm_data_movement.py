@@ -72,7 +72,7 @@ RESIZE_CASES = [  # (coordinate_transformation_mode, nearest_mode, scales or Non
 ]
 
 
-def test_resize_nearest_on_int8_is_bit_exact_for_every_coordinate_mode() -> None:
+def test_resize_nearest_on_int8_is_bit_exact_for_every_coordinate_mode(capfd: pytest.CaptureFixture[str]) -> None:
     nodes, outs, inits = [], [], []
     for k, (ctm, nearest, scales, sizes) in enumerate(RESIZE_CASES):
         ins = ["x", ""]
@@ -88,6 +88,9 @@ def test_resize_nearest_on_int8_is_bit_exact_for_every_coordinate_mode() -> None
     m = _model(nodes, ("x", TensorProto.INT8, [1, 2, 5, 7]), outs, inits, 19)
     want = _check(m, {"x": _int8_input((1, 2, 5, 7))})
     assert want[0].shape == (1, 2, 10, 14) and want[5].shape == (1, 2, 1, 11)
+    # TOPI warns "Fast mode segfaults when there are out-of-bounds indices" once per gather it lowers: the
+    # build routes what TVM's C++ prints into our debug log, so nothing reaches the user's terminal
+    assert "Fast mode" not in capfd.readouterr().err
 
 
 def test_resize_refuses_interpolation_naming_the_node() -> None:

@@ -19,6 +19,7 @@ from tvm import relax
 
 from qcompiler.cpuinfo import cpu_flags
 from qcompiler.errors import TargetError
+from qcompiler.native_log import native_stderr_to_log
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +182,12 @@ def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target, *, fast: boo
         if is_cuda:
             if nvcc_path() is None:
                 raise TargetError("nvcc not found", hint="install the CUDA toolkit or put nvcc on PATH")
-            with _nvcc_mode(), target:
+            with _nvcc_mode(), target, native_stderr_to_log(log):
                 return tvm.compile(mod, target=target, relax_pipeline=gpu_pipeline(target))
-        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fast=fast, database=database))
+        # TOPI's "Fast mode segfaults when there are out-of-bounds indices" for every take/gather on a constant
+        # table (our indices are in range by construction): debug log (-vv), not the user's terminal
+        with native_stderr_to_log(log):
+            return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fast=fast, database=database))
     except TargetError:
         raise
     except Exception as e:  # TVM raises its own error types; wrap them for the CLI
