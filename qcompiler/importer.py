@@ -12,7 +12,6 @@ model and says what to do, because this is where strangers' models enter.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import version_converter
 
 from .errors import ExternalDataError, ModelLoadError, ShapeError, UnsupportedModelError
-from .ir import OPSET
+from .ir import OPSET, kahn_order
 
 log = logging.getLogger("qcompiler.importer")
 
@@ -293,26 +292,9 @@ def _check_acyclic(model: onnx.ModelProto, name: str) -> None:
     (stable: ties keep the file's order), since the fix is mechanical.
     """
     g = model.graph
-    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
-    indeg = [0] * len(g.node)
-    users: dict[int, list[int]] = {}
-    for j, n in enumerate(g.node):
-        deps = {producer[i] for i in n.input if i in producer}
-        indeg[j] = len(deps)
-        for d in deps:
-            users.setdefault(d, []).append(j)
-    ready = [j for j, d in enumerate(indeg) if d == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        j = heapq.heappop(ready)
-        order.append(j)
-        for u in users.get(j, []):
-            indeg[u] -= 1
-            if indeg[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) != len(g.node):
-        stuck = next(g.node[j] for j, d in enumerate(indeg) if d > 0)
+    order, stuck_at = kahn_order(g.node)
+    if stuck_at:
+        stuck = g.node[stuck_at[0]]
         raise ModelLoadError("the graph has a cycle", model=name, node=stuck.name or stuck.op_type,
                              hint="ONNX graphs must be acyclic; export the model again")
     if order != sorted(order):

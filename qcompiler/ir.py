@@ -170,15 +170,16 @@ def node_names_unique(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 
-def topological_order(nodes: Sequence[onnx.NodeProto]) -> list[int]:
-    """Indices of ``nodes`` in topological order, the smallest index first among the ready ones.
+def kahn_order(nodes: Sequence[onnx.NodeProto]) -> tuple[list[int], list[int]]:
+    """(indices of ``nodes`` in topological order, indices left on or behind a cycle).
 
-    Why this rule (Kahn's algorithm with a heap): a graph already in order keeps its order, so views
-    in "graph order" (the report, ``qcompile diff``) follow the file; a cycle (invalid ONNX) is kept last
-    instead of failing a view.
+    Why this rule (Kahn's algorithm with a heap, smallest index first among the ready ones): a graph
+    already in order keeps its order, so the importer sorts only what is out of order and views in
+    "graph order" (the report, ``qcompile diff``) follow the file. A node reading its own output is a
+    cycle.
     """
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    preds = [{producer[x] for x in n.input if x in producer and producer[x] != i} for i, n in enumerate(nodes)]
+    preds = [{producer[x] for x in n.input if x in producer} for n in nodes]
     users: list[list[int]] = [[] for _ in nodes]
     for i, ps in enumerate(preds):
         for p in ps:
@@ -194,4 +195,10 @@ def topological_order(nodes: Sequence[onnx.NodeProto]) -> list[int]:
             waiting[u] -= 1
             if waiting[u] == 0:
                 heapq.heappush(ready, u)
-    return order + [i for i in range(len(nodes)) if waiting[i] > 0]
+    return order, [i for i in range(len(nodes)) if waiting[i] > 0]
+
+
+def topological_order(nodes: Sequence[onnx.NodeProto]) -> list[int]:
+    """:func:`kahn_order` for views: a cycle (invalid ONNX) is kept last instead of failing the view."""
+    order, stuck = kahn_order(nodes)
+    return order + stuck
