@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -181,20 +182,116 @@ def stats_lines(stats: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any,
-               summary: Mapping[str, Any] | None = None, out_dir: Path | None = None) -> None:
-    """Rich tables: layers in graph order, budgets, fallbacks (graph order and op types from summary.json),
-    settings, stats, the flags that applied, and the artifacts with their sizes on disk (``out_dir``)."""
+#: the layer table's columns, and the order in which a narrow terminal drops them (first dropped first):
+#: the per-channel scale ranges are the widest and the least read; name, op, bits, bytes and Ω stay
+LAYER_COLUMNS = (("layer", "left"), ("op", "left"), ("bits", "left"), ("weight scale", "left"),
+                 ("out scale", "left"), ("Ω chosen", "right"), ("Ω other candidates", "left"),
+                 ("weight bytes", "right"), ("BOPs", "right"), ("tie", "right"))
+DROP_ORDER = ("weight scale", "out scale", "Ω other candidates", "BOPs", "tie")
+#: a layer name is shortened to no fewer characters than this before another column is dropped
+MIN_NAME = 28
+_SEPARATORS = "/.:_-"
+
+
+def middle_ellipsis(name: str, width: int) -> str:
+    """``name`` in at most ``width`` characters, its start and its end kept, "…" for what is left out.
+
+    Why the middle: a layer's start says where it sits and its end what it is (``conv.0.0/Conv``).
+    A ``/`` path loses whole segments first: those the next segment repeats (PyTorch's ``conv`` before
+    ``conv.0``), then those without a digit (``attention``), so the numbered parts that tell layers
+    apart (``features.3``, ``layer.11``) stay; only then are characters cut, at a separator if near.
+    """
+    if len(name) <= width:
+        return name
+    segs = name.split("/")
+    if len(segs) > 2:
+        middle = range(1, len(segs) - 1)  # the first (often empty: a leading /) and the last stay
+        order = [i for i in middle if segs[i + 1].startswith(segs[i])]
+        order += [i for i in middle if i not in order and not any(ch.isdigit() for ch in segs[i])]
+        order += [i for i in middle if i not in order]
+        numbered = [i for i in range(1, len(segs)) if any(ch.isdigit() for ch in segs[i])]
+        dropped: set[int] = set()
+        for i in order:
+            dropped.add(i)
+            if numbered and set(numbered) <= dropped:
+                break  # "…/Conv" tells no layer apart: cut characters instead
+            text = _join_kept(segs, dropped)
+            if len(text) <= width:
+                return text
+    return _cut_middle(name, width)
+
+
+def _join_kept(segs: list[str], dropped: set[int]) -> str:
+    parts: list[str] = []
+    for i, seg in enumerate(segs):
+        if i not in dropped:
+            parts.append(seg)
+        elif not parts or parts[-1] != "…":
+            parts.append("…")
+    if len(parts) > 1 and parts[0] == "" and parts[1] == "…":
+        parts = parts[1:]  # "…/features.2", not "/…/features.2"
+    return "/".join(parts)
+
+
+def _cut_middle(name: str, width: int) -> str:
+    keep = max(width - 1, 2)
+    tail_n = keep - keep // 3
+    tail = name[-tail_n:]
+    cut = next((i for i, ch in enumerate(tail) if ch in _SEPARATORS), None)
+    if cut is not None and cut <= tail_n // 3:
+        tail = tail[cut:]
+    return f"{name[:keep - len(tail)]}…{tail}"
+
+
+def wrap_at_separators(text: str, width: int, indent: str = "    ") -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken only after a separator or a space,
+    continuation lines indented: a long layer name stays readable, never folded inside a word."""
+    lines: list[str] = []
+    rest, first = text, True
+    while rest:
+        room = width - (0 if first else len(indent))
+        if len(rest) <= room:
+            piece = rest
+        else:
+            cut = max((i for i, ch in enumerate(rest[:room]) if ch in _SEPARATORS or ch == " "), default=-1)
+            piece = rest[:cut + 1] if cut > 0 else rest[:room]  # no separator at all: a hard cut
+        lines.append(piece if first else indent + piece)
+        rest, first = rest[len(piece):], False
+    return lines
+
+
+def fit_layer_columns(rows: list[list[str]], width: int) -> tuple[list[int], int | None]:
+    """Which of :data:`LAYER_COLUMNS` fit in ``width`` terminal columns, and the width the layer
+    names get (None: they fit whole). Drops columns in :data:`DROP_ORDER` only while the names
+    would otherwise get fewer than :data:`MIN_NAME` characters."""
+    def natural(c: int) -> int:
+        cells = max((len(line) for r in rows for line in r[c].split("\n")), default=0)
+        return max([cells, *(len(w) for w in LAYER_COLUMNS[c][0].split())])
+
+    nat = [natural(c) for c in range(len(LAYER_COLUMNS))]
+    keep = list(range(len(LAYER_COLUMNS)))
+    drop = [next(i for i, (h, _) in enumerate(LAYER_COLUMNS) if h == name) for name in DROP_ORDER]
+
+    def others(cols: list[int], numbered: bool) -> int:  # everything but the name: borders, padding, cells
+        extra = len(str(len(rows))) + 3 if numbered else 0
+        return sum(nat[c] for c in cols if c) + 3 * len(cols) + 1 + extra
+
+    while True:
+        if others(keep, False) + nat[0] <= width:
+            return keep, None
+        room = width - others(keep, True)
+        if room >= MIN_NAME or not drop:
+            return keep, max(room, 8)
+        keep.remove(drop.pop(0))
+
+
+def _layer_table(plan: QuantPlan, out_dir: Path | None, width: int) -> tuple[Any, list[tuple[int, str]], list[str]]:
+    """The rich Table of layers at ``width`` columns, the (number, full name) of the layers whose name
+    it shortens, and the columns it leaves out."""
     from rich.table import Table
 
-    console.print(f"[bold]model[/] {plan.model or '?'}: {len(plan.layers)} quantizable layers, "
-                  f"{len(plan.tensors)} quantized tensors")
-    t = Table(title="Layers (weight bytes: the layer's weights at the chosen bits; BOPs = MACs x w bits x a bits)")
-    for col, just in (("layer", "left"), ("op", "left"), ("bits", "left"), ("weight scale", "left"),
-                      ("out scale", "left"), ("Ω chosen", "right"), ("Ω other candidates", "left"),
-                      ("weight bytes", "right"), ("BOPs", "right"), ("tie", "right")):
-        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
-    tot_size = tot_bops = tot_params = 0.0
+    rows: list[list[str]] = []
+    tot_size = tot_bops = 0.0
     for name in layer_order(plan, out_dir):
         lp = plan.layers[name]
         s = chosen_sensitivity(lp)
@@ -203,14 +300,63 @@ def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any
         size, bops = layer_size_bytes(lp), layer_bops(lp)
         tot_size += size
         tot_bops += bops
-        tot_params += lp.params
-        t.add_row(name, lp.op_type, chosen, _scales(plan, lp.weight), _scales(plan, lp.result),
-                  "-" if s is None else f"{s:.3g}", others or "-", f"{size:,.0f}", _si(bops),
-                  "-" if lp.group is None else str(lp.group))
-    if plan.layers:
+        rows.append([name, lp.op_type, chosen, _scales(plan, lp.weight), _scales(plan, lp.result),
+                     "-" if s is None else f"{s:.3g}", others or "-", f"{size:,.0f}", _si(bops),
+                     "-" if lp.group is None else str(lp.group)])
+    total = ["total", "", "", "", "", "", "", f"{whole_bytes(tot_size):,}", _si(tot_bops), ""]
+    cols, name_w = fit_layer_columns([*rows, total], width)
+    t = Table(title="Layers", expand=False)
+    if name_w is not None:
+        t.add_column("#", justify="right", no_wrap=True)
+    for c in cols:
+        head, just = LAYER_COLUMNS[c]
+        cells = [r[c] for r in rows] + [total[c]]
+        w = name_w if c == 0 and name_w is not None else max(
+            [len(line) for cell in cells for line in cell.split("\n")] + [len(x) for x in head.split()])
+        t.add_column(head, justify=just, width=w, no_wrap=c == 0, overflow="ellipsis" if c == 0 else "fold")  # type: ignore[arg-type]
+    shortened: list[tuple[int, str]] = []
+    for i, r in enumerate(rows, 1):
+        cells = [r[c] for c in cols]
+        if name_w is not None:
+            cells[0] = middle_ellipsis(r[0], name_w)
+            if cells[0] != r[0]:
+                shortened.append((i, r[0]))
+            cells.insert(0, str(i))
+        t.add_row(*cells)
+    if rows:
         t.add_section()
-        t.add_row("total", "", "", "", "", "", "", f"{whole_bytes(tot_size):,}", _si(tot_bops), "")
+        t.add_row(*([""] if name_w is not None else []), *(total[c] for c in cols))
+    return t, shortened, [LAYER_COLUMNS[c][0] for c in range(len(LAYER_COLUMNS)) if c not in cols]
+
+
+def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any,
+               summary: Mapping[str, Any] | None = None, out_dir: Path | None = None) -> None:
+    """Rich tables: layers in graph order, budgets, fallbacks (graph order and op types from summary.json),
+    settings, stats, the flags that applied, and the artifacts with their sizes on disk (``out_dir``).
+
+    The layer table fits the console: on a narrow terminal long layer names are shortened in the
+    middle (a numbered key below gives them whole) and the widest, least read columns are left out,
+    said in a line; no cell is folded inside a word."""
+    from rich.table import Table
+
+    console.print(f"[bold]model[/] {plan.model or '?'}: {len(plan.layers)} quantizable layers, "
+                  f"{len(plan.tensors)} quantized tensors")
+    width = console.width
+    t, shortened, dropped = _layer_table(plan, out_dir, width)
     console.print(t)
+    console.print("weight bytes: the layer's weights at the chosen bits; BOPs = MACs x w bits x a bits",
+                  highlight=False)
+    if dropped:
+        console.print(f"not shown at {width} columns: {', '.join(dropped)} (a wider terminal, or "
+                      "qcompile inspect DIR | less -S, shows them)", highlight=False)
+    if shortened:
+        console.print("layer names shortened above, in full:", highlight=False)
+        pad = len(str(shortened[-1][0]))
+        for i, name in shortened:
+            for line in wrap_at_separators(f"{i:>{pad}}  {name}", width, " " * (pad + 4)):
+                console.print(line, highlight=False, markup=False, overflow="ignore", crop=False)
+    tot_size = sum(layer_size_bytes(lp) for lp in plan.layers.values())
+    tot_params = sum(lp.params for lp in plan.layers.values())
     sizes = _size_bytes(plan, summary)
     if sizes:
         console.print(f"size (stored bytes, what --size-budget counts): {sizes['quantized']:,} B = layer weights "
@@ -250,8 +396,9 @@ def print_plan(plan: QuantPlan, manifest: Mapping[str, Any] | None, console: Any
     lines = stats_lines(plan.stats) if plan.stats else []
     if lines:
         console.print("stats (per pass):")
-        for line in lines:
-            console.print(line, highlight=False)
+        for line in lines:  # a long pass line goes on indented, broken between words
+            console.print(textwrap.fill(line, console.width, subsequent_indent="      ", break_long_words=False,
+                                        break_on_hyphens=False), highlight=False, markup=False)
     if manifest:
         _print_manifest(manifest, console, plan, out_dir)
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+#: one redirection of fd 2 at a time: two threads swapping it would restore each other's temp file
+_FD2 = threading.RLock()
+_depth = 0
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # ONNX Runtime colours its lines even into a file
 
 
 @contextmanager
@@ -18,21 +25,33 @@ def native_stderr_to_log(logger: logging.Logger, level: int = logging.DEBUG) -> 
     saves a VM executable (47 lines for the bundled example): noise in front of a user that says
     nothing they can act on. The library logs, it does not print; ``qcompile -vv`` shows these lines. Wrap
     only native calls: Python writes to ``sys.stderr`` in the block are captured too.
+
+    fd 2 belongs to the whole process: blocks on other threads wait for this one (a lock), and a block
+    inside another on the same thread writes into the outer one's capture.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
+    global _depth
+    with _FD2:
+        if _depth:  # already captured further up this thread's stack
             yield
+            return
+        sys.stderr.flush()
+        saved = os.dup(2)
+        _depth += 1
+        try:
+            with tempfile.TemporaryFile() as tmp:
+                os.dup2(tmp.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    sys.stderr.flush()
+                    os.dup2(saved, 2)
+                    tmp.seek(0)
+                    text = _ANSI.sub("", tmp.read().decode(errors="replace")).strip()
+                    if text:
+                        logger.log(level, "native library output:\n%s", text)
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
+            _depth -= 1
             os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode(errors="replace").strip()
-            if text:
-                logger.log(level, "native library output:\n%s", text)
 
 
 def third_party_to_log(*, graphsurgeon: bool = True, onnxruntime: bool = True) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
+
+from .native_log import native_stderr_to_log
+
+log = logging.getLogger("qcompiler.ort")
 
 
 def session(model: onnx.ModelProto | bytes | str, *, providers: list[str] | None = None,
@@ -22,20 +27,29 @@ def session(model: onnx.ModelProto | bytes | str, *, providers: list[str] | None
     thousands of short runs next to numpy work: spinning threads steal that core (MobileNetV2's
     calibration runs: 0.59 s without, 0.68-1.28 s with, on 2 cores). Latency benchmarks of ONNX
     Runtime as a peer pass ``spin=True``, its default.
+
+    ONNX Runtime's warnings (graph optimizer, "Removing initializer ... not used by any node": 26 of
+    them on one user's model) never reach the terminal. Normally the session keeps errors only; with
+    the ``qcompiler`` logger at DEBUG (``qcompile -vv``) it keeps warnings, and what it writes to fd 2
+    while it builds goes to this module's log at DEBUG.
     """
     so = ort.SessionOptions()
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if shared:
         so.add_external_initializers(list(shared), list(shared.values()))
-    so.log_severity_level = 3
+    verbose = log.isEnabledFor(logging.DEBUG)
+    so.log_severity_level = 2 if verbose else 3
     if threads:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
+    if not verbose:
+        return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
+    with native_stderr_to_log(log):
+        return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
