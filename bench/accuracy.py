@@ -2,9 +2,10 @@
 
 One run, one table: FP32; ORT quantize_static with its defaults and with its
 best settings (per-channel + Entropy / Percentile); qcompiler INT8; qcompiler
-mixed 4/8 at 70% and mixed 2/4/8 at 50% of the INT8 artifact's bytes (the size budget counts weights,
-int32 biases, scales and zero points, as the size column does). Columns: size, top-1 accuracy
-(where labels exist), top-1 agreement with FP32, compile time. Writes JSON and
+mixed 4/8 at 70% and mixed 2/4/8 at 50% of the INT8 artifact's bytes; all-FP8 (E4M3) and the
+per-layer search over INT4/INT8/FP8 at 70% (issue 22); MiniLM-L6 scored by embedding cosine to FP32
+(the size budget counts weights, int32 biases, scales and zero points, as the size column does).
+Columns: size, top-1 accuracy (where labels exist), top-1 agreement with FP32, compile time. Writes JSON and
 prints the markdown table of docs/benchmarks.md.
 
 Every tool gets the same calibration array and is timed end to end (ORT:
@@ -16,7 +17,7 @@ int32 biases included), the same rule for every row. Quantized models are
 scored as deployed: qcompiler's integer-only graph, ORT's QDQ model, both in
 ONNX Runtime. Fashion-MNIST is scored on the full 10k test set.
 
-    python bench/accuracy.py [--models fashion_cnn,mobilenet_v2,efficientnet_lite0] [--json out.json]
+    python bench/accuracy.py [--models fashion_cnn,mobilenet_v2,efficientnet_lite0,minilm_l6] [--json out.json]
 """
 
 from __future__ import annotations
@@ -64,6 +65,43 @@ def ort_quantize(model_path: Path, calib: np.ndarray, out: Path, **kw) -> tuple[
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+# (row, --size-budget, --bits). 50%: all-4-bit weights floor at ~51% of INT8 (int32 biases do not shrink), so
+# that row may also choose 2-bit (ternary) weights. The FP8 rows (issue 22): every layer FP8 (E4M3), and the
+# ILP choosing per layer among INT4, INT8 and FP8 at 70% of the INT8 bytes.
+QCOMPILER_CONFIGS = (("qcompiler_int8", None, None), ("qcompiler_mixed_70", "70%", None),
+                     ("qcompiler_mixed_50", "50%", [2, 4, 8]), ("qcompiler_fp8", None, ["fp8"]),
+                     ("qcompiler_mixed_fp8_70", "70%", [4, 8, "fp8"]))
+ENCODER_CONFIGS = (("qcompiler_int8", None, None), ("qcompiler_mixed_70", "70%", [4, 8]),
+                   ("qcompiler_fp8", None, ["fp8"]), ("qcompiler_mixed_fp8_70", "70%", [4, 8, "fp8"]))
+
+
+def bench_encoder(name: str, calib_n: int, work: Path) -> list[dict]:
+    """MiniLM-L6: no labels; the score is the cosine of mean-pooled sentence embeddings to FP32 on the
+    held-out built-in sentences (summary.json's ``embedding_cosine``), next to the size."""
+    from models import minilm
+
+    path = work / f"{name}.onnx"
+    path.write_bytes(minilm.onnx_path().read_bytes())
+    rows: list[dict] = [{"model": name, "config": "fp32", "size_bytes": stored_bytes(onnx.load(str(path))),
+                         "embedding_cosine_mean": 1.0, "embedding_cosine_min": 1.0, "compile_s": 0.0}]
+    for k, budget, bits in ENCODER_CONFIGS:
+        out = work / f"{name}_{k}"
+        opts = CompileOptions(target="ort-cpu", force=True, budgets={"size": budget} if budget else {}, bits=bits,
+                              calib_limit=calib_n)
+        t0 = time.perf_counter()
+        try:
+            res = compile_model(path, out, options=opts)
+        except Exception as e:  # noqa: BLE001 - a config that fails is reported, not fatal
+            rows.append({"model": name, "config": k, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
+            continue
+        cos = res.summary.get("embedding_cosine") or {}
+        rows.append({"model": name, "config": k, "size_bytes": res.summary["size_bytes"]["quantized"],
+                     "embedding_cosine_mean": cos.get("mean"), "embedding_cosine_min": cos.get("min"),
+                     "sentences": cos.get("sentences"), "calib_samples": calib_n,
+                     "compile_s": round(time.perf_counter() - t0, 2), "formats": res.summary.get("formats", {})})
+    return rows
+
+
 def eval_data(name: str) -> tuple[np.ndarray, np.ndarray | None]:
     if name == "fashion_cnn":
         from models.fashion_mnist import load_test_full
@@ -103,10 +141,7 @@ def bench_model(name: str, calib_n: int, work: Path) -> list[dict]:
             continue
         stages[k] = onnx.load(str(out))
         sizes[k] = stored_bytes(stages[k])
-    # 50%: all-4-bit weights floor at ~51% of INT8 (int32 biases do not shrink), so that row may also
-    # choose 2-bit (ternary) weights
-    for k, budget, bits in (("qcompiler_int8", None, None), ("qcompiler_mixed_70", "70%", None),
-                            ("qcompiler_mixed_50", "50%", [2, 4, 8])):
+    for k, budget, bits in QCOMPILER_CONFIGS:
         out = work / f"{name}_{k}"
         opts = CompileOptions(target="ort-cpu", force=True, budgets={"size": budget} if budget else {}, bits=bits)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -148,6 +183,12 @@ def markdown(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['config']} | - | - | error: {r['error'][:80]} | - | - |")
             continue
+        if "embedding_cosine_mean" in r:  # the encoder: cosine to FP32 embeddings instead of top-1
+            rel = f"{100 * r['size_bytes'] / int8[r['model']]:.0f}%" if r["model"] in int8 else "-"
+            lines.append(f"| {r['model']} | {r['config']} | {r['size_bytes']:,} | {rel} | cosine mean "
+                         f"{r['embedding_cosine_mean']:.4f}, min {r['embedding_cosine_min']:.4f} | - | "
+                         f"{r['compile_s']:.1f} |")
+            continue
         rel = f"{100 * r['size_bytes'] / int8[r['model']]:.0f}%" if r["model"] in int8 else "-"
         acc = f"{100 * r['accuracy']:.2f}%" if r["accuracy"] is not None else "-"
         lines.append(f"| {r['model']} | {r['config']} | {r['size_bytes']:,} | {rel} | "
@@ -157,14 +198,16 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="fashion_cnn,mobilenet_v2,efficientnet_lite0")
+    p.add_argument("--models", default="fashion_cnn,mobilenet_v2,efficientnet_lite0,minilm_l6")
     p.add_argument("--calib", type=int, default=64, help="calibration samples (same set for every tool)")
     p.add_argument("--json", default="bench/accuracy.json")
     args = p.parse_args(argv)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as d:
         for name in args.models.split(","):
-            rows += bench_model(name.strip(), args.calib, Path(d))
+            name = name.strip()
+            rows += (bench_encoder(name, args.calib, Path(d)) if name == "minilm_l6"
+                     else bench_model(name, args.calib, Path(d)))
     from rich.console import Console
     from rich.table import Table
 
@@ -174,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if "error" in r:
             t.add_row(r["model"], r["config"], "-", "error", r["error"], "-")
+            continue
+        if "embedding_cosine_mean" in r:
+            t.add_row(r["model"], r["config"], f"{r['size_bytes']:,}",
+                      f"cos {r['embedding_cosine_mean']:.4f} (min {r['embedding_cosine_min']:.4f})", "-",
+                      f"{r['compile_s']:.1f}")
             continue
         acc = f"{100 * r['accuracy']:.2f}%" if r["accuracy"] is not None else "-"
         t.add_row(r["model"], r["config"], f"{r['size_bytes']:,}", f"{100 * r['top1_agreement']:.1f}%", acc,

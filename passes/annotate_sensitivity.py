@@ -22,6 +22,7 @@ import onnx
 from qcompiler import hessian, zeroq
 from qcompiler.conditions import ALL_SCORED, HAS_LAYERS
 from qcompiler.errors import CalibrationError, QCompileError
+from qcompiler.executor import make_executor
 from qcompiler.ir import node_names_unique
 from qcompiler.layers import ensure_layers
 from qcompiler.passmanager import Pass, PassContext, PassResult
@@ -80,9 +81,10 @@ class AnnotateSensitivity(Pass):
         info: dict[str, Any] = {"method": method, "samples": sum(len(next(iter(s.values()))) for s in samples),
                                 **pruned}
         if method == "kl":
-            t = kl_sensitivity(work, ctx.plan, samples, threads=threads, progress=ctx.progress,
-                               cache_mib=ctx.options.sensitivity_cache_mib,
-                               estimate=ctx.options.sensitivity_estimate, light=light)
+            with make_executor(ctx.options.workers, ctx.options.ray) as executor:  # --workers / --ray
+                t = kl_sensitivity(work, ctx.plan, samples, threads=threads, progress=ctx.progress,
+                                   cache_mib=ctx.options.sensitivity_cache_mib,
+                                   estimate=ctx.options.sensitivity_estimate, light=light, executor=executor)
             info.update(seconds=t.total, runs=t.candidates)
         else:
             t0 = time.perf_counter()

@@ -51,7 +51,8 @@ class AssignBits(Pass):
             table = latency_table(model, ctx.plan, ctx.target, cache_dir=ctx.options.cache_dir,
                                   measurer=measurer, progress=ctx.progress)
             ctx.artifacts["latency_table"] = table
-        p = build_problem(model, ctx.plan, kinds, latency=table, qparams=not ctx.encoder)
+        p = build_problem(model, ctx.plan, kinds, latency=table, qparams=not ctx.encoder,
+                          fp_mac_cost=ctx.options.fp8_mac_cost)
         costs = ctx.costs
         measured = set(costs.kinds) & set(budgets) if costs is not None else set()
         floor = costs.refine(model, p, ctx.plan, measured) if measured else {}
@@ -90,4 +91,4 @@ class AssignBits(Pass):
         chosen = {n: (lp.weight_bits, lp.act_bits) for n, lp in ctx.plan.layers.items()}
         ctx.artifacts["pareto"] = pareto_sweep(work, ctx.plan, out, kind=kind, n=ctx.options.pareto,
                                                samples=samples or None, budgets=budgets, latency=table,
-                                               chosen=chosen)
+                                               chosen=chosen, fp_mac_cost=ctx.options.fp8_mac_cost)

@@ -6,7 +6,8 @@ import onnx
 
 from qcompiler.conditions import ALL_SHAPES_KNOWN, LAYERS_FOUND, UNIQUE_NODE_NAMES
 from qcompiler.errors import UnsupportedModelError
-from qcompiler.layers import find_layers
+from qcompiler.formats import is_fp, sort_key
+from qcompiler.layers import combine, find_layers, widest
 from qcompiler.passmanager import Pass, PassContext, PassResult
 from qcompiler.ties import tie_groups
 
@@ -25,9 +26,11 @@ class FindQuantizableLayers(Pass):
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         wbits = ctx.bits
-        abits = sorted(set(ctx.act_bits)) if not ctx.options.weight_only else [8]
-        cands = [[w, a] for w in wbits for a in abits]
-        default_w, default_a = max(wbits), max(abits)
+        abits = sorted(set(ctx.act_bits), key=sort_key)
+        if ctx.options.weight_only:  # activations stay 8-bit; an FP8 layer's stay FP8 where the target says so
+            abits = [8, *(b for b in abits if is_fp(b))]
+        cands = combine(wbits, abits)
+        default_w, default_a = widest(cands)
         for name, lp in find_layers(model).items():
             lp.weight_bits, lp.act_bits = default_w, default_a
             lp.candidates = [list(c) for c in cands]

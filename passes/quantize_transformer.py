@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from qcompiler.conditions import IS_QDQ, NO_QDQ, SAME_SIGN_PRODUCTS
+from qcompiler.formats import FLOAT_FORMATS
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
 from qcompiler.plan import TensorQuant
 from qcompiler.transformer_qdq import quantize_transformer
@@ -58,8 +59,13 @@ class QuantizeTransformer(Pass):
                           for k, v in sorted(stats.get("smoothing", {}).items())},
             "act_bits": dict(sorted(stats["act_bits"].items()))}
         inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+        fp_names = {f.onnx_type: f.name for f in FLOAT_FORMATS.values()}
         for n in out.graph.node:
-            if n.op_type == "QuantizeLinear" and n.input[1] in inits and n.input[2] in inits:
+            fp = fp_names.get(next((a.i for a in n.attribute if a.name == "output_dtype"), None))
+            if n.op_type == "QuantizeLinear" and fp is not None and n.input[1] in inits:  # an FP8 pair
+                ctx.plan.tensors[n.output[0]] = TensorQuant(bits=fp, signed=True, zero_point=[0],
+                                                            scale=[float(inits[n.input[1]].reshape(()))])
+            elif n.op_type == "QuantizeLinear" and n.input[1] in inits and len(n.input) > 2 and n.input[2] in inits:
                 zp = inits[n.input[2]]
                 ctx.plan.tensors[n.output[0]] = TensorQuant(
                     bits=8 * zp.dtype.itemsize, signed=zp.dtype.kind == "i",

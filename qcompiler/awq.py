@@ -28,9 +28,11 @@ from onnx import TensorProto, helper
 
 from . import numerics
 from .activation_stats import ChannelSample, Feed
+from .formats import is_fp
+from .layers import fmt
 from .ort_session import session
 from .plan import QuantPlan
-from .quantize import weight_scales
+from .quantize import fake_quant_weight, weight_scales
 from .smoothing import GemmReader, fake_quant_w8, search_scale
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,10 @@ def layer_sensitivities(base: onnx.ModelProto, plan: QuantPlan, samples: Sequenc
             s = (s4 if bits == 4 else s8).get(site) if site else None
             s = np.ones(wt.shape[1], np.float32) if s is None else s
             ws = wt * s[None, :]
-            q = fake_quant_groups(ws, gsz[name], mse=True) if bits == 4 else fake_quant_w8(ws)
+            if is_fp(bits):  # FP8 rows (per output channel), MSE scales as quantize_transformer writes them
+                q = fake_quant_weight(ws.astype(np.float32), bits, 0)
+            else:
+                q = fake_quant_groups(ws, gsz[name], mse=True) if bits == 4 else fake_quant_w8(ws)
             eff = (q / s[None, :]).astype(np.float32)
             feed_w = {**weights, lp.weight: eff if trans_b else np.ascontiguousarray(eff.T)}
             err = 0.0
@@ -128,6 +133,6 @@ def layer_sensitivities(base: onnx.ModelProto, plan: QuantPlan, samples: Sequenc
                 got = sess.run(None, {**f, **feed_w})
                 err += sum(float(np.sum((g.astype(np.float64) - r) ** 2))
                            for g, r in zip(got, ref, strict=True)) / d
-            lp.sensitivity[f"w{bits}a{a_bits}"] = err / len(samples)
+            lp.sensitivity[fmt(bits, a_bits)] = err / len(samples)
         if advance:
             advance(1)

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from scipy.sparse import csr_array
 
+from .formats import is_fp, stored_bits
 from .layers import act_width
 from .plan import QuantPlan
 
@@ -96,14 +97,20 @@ def apply_solution(plan: QuantPlan, p: BitProblem, sol: Solution) -> None:
 
 
 def low_choice(p: BitProblem) -> list[int]:
-    """Every layer at its fewest weight bits, then fewest activation bits."""
-    return [min(range(len(fs)), key=lambda c, fs=fs: (fs[c][0], act_width(fs[c][1]))) for fs in p.formats]
+    """Every layer at its fewest weight bits, then fewest activation bits (integer before FP8)."""
+    return [min(range(len(fs)), key=lambda c, fs=fs: (stored_bits(fs[c][0]), act_width(fs[c][1]), is_fp(fs[c][0])))
+            for fs in p.formats]
+
+
+def int8_index(fs: Sequence[tuple]) -> int:
+    """The index of the format closest to w8a8 among ``fs`` (an integer format before an FP8 one)."""
+    return min(range(len(fs)), key=lambda c: (abs(act_width(fs[c][1]) - 8) * 100 + abs(stored_bits(fs[c][0]) - 8),
+                                              is_fp(fs[c][0]) or is_fp(fs[c][1])))
 
 
 def int8_choice(p: BitProblem) -> list[int]:
     """Every layer at the format closest to w8a8 (what "70%" budgets refer to)."""
-    return [min(range(len(fs)), key=lambda c, fs=fs: abs(act_width(fs[c][1]) - 8) * 100 + abs(fs[c][0] - 8))
-            for fs in p.formats]
+    return [int8_index(fs) for fs in p.formats]
 
 
 class CostModel(Protocol):

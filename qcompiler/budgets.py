@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BudgetError
+from .formats import stored_bits
 
 KINDS = ("size", "bops", "latency", "sram", "flash")  # flash: the size budget under its MCU name
 
@@ -131,7 +132,8 @@ def format_value(kind: str, value: float) -> str:
 
 
 _STORED_BITS = {
-    "INT2": 2, "UINT2": 2, "INT4": 4, "UINT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16, "UINT16": 16,
+    "FLOAT8E4M3FN": 8, "FLOAT8E5M2": 8, "INT2": 2, "UINT2": 2, "INT4": 4, "UINT4": 4, "INT8": 8, "UINT8": 8,
+    "INT16": 16, "UINT16": 16,
     "FLOAT16": 16, "BFLOAT16": 16, "INT32": 32, "UINT32": 32, "FLOAT": 32, "INT64": 64, "DOUBLE": 64,
 }
 
@@ -149,10 +151,10 @@ def whole_bytes(x: float) -> int:
     return int(math.ceil(float(x) - 1e-6))
 
 
-def weight_zero_point_bits(weight_bits: int) -> int:
+def weight_zero_point_bits(weight_bits: int | str) -> int:
     """Stored width of a layer's weight zero points: InsertQDQ writes INT4/UINT4 at 4 bits or fewer
-    (2-bit weights sit in an INT4 container, passes/insert_qdq.py), INT8/UINT8 otherwise."""
-    return 4 if weight_bits <= 4 else 8
+    (2-bit weights sit in an INT4 container, passes/insert_qdq.py), INT8/UINT8 or FP8 otherwise."""
+    return 4 if stored_bits(weight_bits) <= 4 else 8
 
 
 def _used_initializers(model: Any) -> list[Any]:
@@ -218,11 +220,11 @@ def qparam_bytes(model: Any, plan: Any) -> float:
     return float(total)
 
 
-def layer_bytes(params: int, channels: int, weight_bits: int, *, qparams: bool = True) -> float:
+def layer_bytes(params: int, channels: int, weight_bits: int | str, *, qparams: bool = True) -> float:
     """A layer's bytes that depend on its weight bits: its weights at those bits and (``qparams``)
     its weight zero points at their stored width (:func:`weight_zero_point_bits`)."""
     zp = channels * weight_zero_point_bits(weight_bits) / 8 if qparams else 0.0
-    return params * weight_bits / 8 + zp
+    return params * stored_bits(weight_bits) / 8 + zp
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,7 @@ def size_account(model: Any, plan: Any, *, qparams: bool = True) -> SizeAccount:
     channels = layer_channels(model, plan)
     constants = fixed_bytes(model, plan)
     fixed_q = qparam_bytes(model, plan) if qparams else 0.0
-    weights = sum(lp.params * lp.weight_bits / 8 for lp in plan.layers.values())
+    weights = sum(lp.params * stored_bits(lp.weight_bits) / 8 for lp in plan.layers.values())
     zps = sum(layer_bytes(lp.params, channels.get(n, 0), lp.weight_bits, qparams=qparams)
               for n, lp in plan.layers.items()) - weights
     int8 = constants + fixed_q + sum(layer_bytes(lp.params, channels.get(n, 0), 8, qparams=qparams)
@@ -279,7 +281,7 @@ def stored_bytes(model: Any, plan: Any = None, *, qparams: bool = True) -> int:
     (ONNX INT2 needs opset 25) and store at 2 bits. ``qparams=False`` leaves out the scales and zero
     points of QuantizeLinear/DequantizeLinear (weights, int32 biases and other constants only).
     """
-    override = {f"{name}.w_q": int(lp.weight_bits) for name, lp in plan.layers.items()} if plan else {}
+    override = {f"{name}.w_q": stored_bits(lp.weight_bits) for name, lp in plan.layers.items()} if plan else {}
     skip: set[str] = set()
     if not qparams:
         for n in model.graph.node:

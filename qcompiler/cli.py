@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import FlagError, QCompileError, caller
+from .formats import Bits, norm, sort_key
 from .native_log import third_party_to_log
 
 SUBCOMMANDS = ("diff", "inspect", "bench")
@@ -89,8 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use at most N calibration samples (default: all of --calib)")
     p.add_argument("--eval", dest="eval_data", default=None, metavar="DATA.npz",
                    help=".npz with inputs and labels: report accuracy")
-    p.add_argument("--bits", default=None, metavar="8|4,8|2,4,8",
-                   help="candidate bit widths (2: ternary weights only) (default: 8; 4,8 with a budget or --pareto)")
+    p.add_argument("--bits", default=None, metavar="8|4,8|2,4,8|4,8,fp8",
+                   help="candidate formats: integer widths (2: ternary weights only) and 8-bit floats fp8 "
+                        "(E4M3) / fp8e5m2 (ort-cpu only) (default: 8; 4,8 with a budget or --pareto)")
+    p.add_argument("--fp8-mac-cost", type=float, default=None, metavar="X",
+                   help="BOPs of an FP8 multiply-accumulate relative to an INT8 one (default: 1.5)")
     p.add_argument("--observer", default="mse", choices=["minmax", "percentile", "mse"],
                    help="activation range observer")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:1x3x224x224",
@@ -100,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{b}-budget", default=None, metavar=_BUDGET_METAVAR[b],
                        help=f"limit {what}: %% of the uniform INT8 plan, or {forms} (default: no limit)")
     p.add_argument("--sensitivity", default="kl", choices=["kl", "hessian"], help="layer sensitivity method")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="score KL sensitivity on N local processes, one layer per task; plan.json is the same "
+                        "for any N (default: 1, in this process)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="score KL sensitivity on a Ray cluster: ADDRESS (host:port) or auto joins a running one, "
+                        "--ray alone starts a local one (with --workers N: of N CPUs) (default: off)")
     p.add_argument("--weight-only", action="store_true", help="keep activations at 8 bits")
     p.add_argument("--group-size", type=int, default=128, metavar="N",
                    help="transformer encoders: input channels per scale of 4-bit MatMul weights "
@@ -119,15 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_bits(text: str | None) -> list[int] | None:
+def _parse_bits(text: str | None) -> list[Bits] | None:
     if text is None:
         return None
     try:
-        bits = sorted({int(b) for b in text.split(",") if b.strip()})
+        bits = sorted({norm(b) for b in text.split(",") if b.strip()}, key=sort_key)
     except ValueError:
         bits = []
     if not bits:
-        raise FlagError(f"--bits '{text}' is malformed", hint="write e.g. --bits 8 or --bits 4,8")
+        raise FlagError(f"--bits '{text}' is malformed", hint="write e.g. --bits 8, --bits 4,8 or --bits 4,8,fp8")
     return bits
 
 
@@ -219,7 +229,8 @@ def compile_main(argv: Sequence[str]) -> int:
         sensitivity=args.sensitivity, weight_only=args.weight_only, pareto=args.pareto,
         calib_limit=args.calib_samples, calib_preprocess=args.calib_preprocess,
         cuda_arch=args.cuda_arch, tune=args.tune, group_size=args.group_size,
-        force=args.force,
+        force=args.force, **({"fp8_mac_cost": args.fp8_mac_cost} if args.fp8_mac_cost is not None else {}),
+        workers=args.workers, ray=args.ray,
         debug=args.debug, dump_dir=Path(args.dump_stages) if args.dump_stages else None)
     _check_inputs_outside(out, {"model": args.model, "--calib": args.calib, "--eval": args.eval_data})
     progress = _progress_factory(console, args.quiet)
@@ -271,6 +282,8 @@ def print_summary(console, result) -> None:  # noqa: ANN001 - a rich Console and
         t.add_row("latency (ms)", f"{lat:.3f}")
     if s.get("fallback_ops"):
         t.add_row("float fallback ops", s.get("float_fallback", {}).get("line") or ", ".join(s["fallback_ops"]))
+        if s.get("fp8_layers"):
+            t.add_row("FP8 layers", s["fp8_layers"]["line"])
     par = s.get("pareto")
     if par and par.get("asked"):
         t.add_row("pareto sweep", f"{par['asked']} asked, {par['distinct']} distinct plans")

@@ -115,7 +115,8 @@ def _all_scored(model: onnx.ModelProto, ctx: PassContext) -> str | None:
 def _integer_only(model: onnx.ModelProto, ctx: PassContext) -> str | None:
     from .integer_checks import integer_only_violations
 
-    bad = integer_only_violations(model, ctx.plan.fallback_ops)
+    fp8 = ctx.plan.stats.get("integer_lowering", {}).get("fp8_layers", [])  # float by design (--bits fp8)
+    bad = integer_only_violations(model, [*ctx.plan.fallback_ops, *fp8])
     return bad[0] if bad else None
 
 

@@ -27,9 +27,10 @@ import numpy as np
 import onnx
 from scipy.sparse import coo_array, csr_array
 
-from .bit_problem import BitProblem, Cost
+from .bit_problem import BitProblem, Cost, int8_index
 from .budgets import fixed_bytes, layer_bytes, layer_channels, qparam_bytes
 from .errors import NumericsError, QCompileError
+from .formats import FP8_MAC_COST, is_fp, norm, stored_bits
 from .ir import infer_shapes, value_shapes
 from .layers import act_width, fmt
 from .plan import QuantPlan
@@ -128,14 +129,16 @@ def sram_rows(model: onnx.ModelProto, plan: QuantPlan, names: list[str], formats
 
 
 def build_problem(model: onnx.ModelProto, plan: QuantPlan, kinds: Sequence[str] = ("size", "bops"), *,
-                  latency: Mapping[str, Mapping[str, float]] | None = None, qparams: bool = True) -> BitProblem:
+                  latency: Mapping[str, Mapping[str, float]] | None = None, qparams: bool = True,
+                  fp_mac_cost: float = FP8_MAC_COST) -> BitProblem:
     """The ILP data for a plan whose layers carry sensitivities (and, for latency, a measured table).
 
     ``qparams``: count InsertQDQ's scales and zero points in the size (:func:`qparam_bytes`); the
     transformer path (per-group scales, qcompiler/transformer_qdq.py) lays them out differently.
+    ``fp_mac_cost``: BOPs of an FP8 MAC relative to an INT8 one (``--fp8-mac-cost``).
     """
     names = sorted(plan.layers, key={n.name: i for i, n in enumerate(model.graph.node)}.get)
-    formats = [[(int(w), int(a)) for w, a in plan.layers[n].candidates] for n in names]
+    formats = [[(norm(w), norm(a)) for w, a in plan.layers[n].candidates] for n in names]
     omega = []
     for n, fs in zip(names, formats):
         sens = plan.layers[n].sensitivity
@@ -164,8 +167,8 @@ def build_problem(model: onnx.ModelProto, plan: QuantPlan, kinds: Sequence[str] 
     if "flash" in kinds:  # the same stored bytes, budgeted under the MCU's name
         p.costs["flash"] = p.costs["size"]
     if "bops" in kinds:
-        p.per_layer_cost("bops", [np.array([lp.macs * w * act_width(a) for w, a in fs])
-                                  for lp, fs in zip(lps, formats)],
+        p.per_layer_cost("bops", [np.array([lp.macs * stored_bits(w) * act_width(a) * (fp_mac_cost if is_fp(w) else 1.0)
+                                            for w, a in fs]) for lp, fs in zip(lps, formats)],
                          0.0, int8=float(sum(lp.macs * 64 for lp in lps)))
     if "latency" in kinds:
         if latency is None:
@@ -178,7 +181,7 @@ def build_problem(model: onnx.ModelProto, plan: QuantPlan, kinds: Sequence[str] 
         A, fixed = sram_rows(model, plan, names, formats, p.offsets, p.nvars)
         x8 = np.zeros(p.nvars)
         for i, fs in enumerate(formats):  # INT8 reference: every activation at 8 bits
-            best = min(range(len(fs)), key=lambda c: abs(act_width(fs[c][1]) - 8) * 100 + abs(fs[c][0] - 8))
+            best = int8_index(fs)
             x8[p.var(i, best)] = 1
         A8 = A.copy()
         p.costs["sram"] = Cost(A, fixed, float(np.max(A8 @ x8 + fixed)))

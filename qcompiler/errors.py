@@ -26,11 +26,12 @@ _ARGUMENTS = {
     "--target": "target={v}", "--bits": "bits={v}", "--observer": "observer={v}", "--sensitivity": "sensitivity={v}",
     "--pareto": "pareto={v}", "--cuda-arch": "cuda_arch={v}", "--tune": "tune={v}", "--group-size": "group_size={v}",
     "--force": "force=True", "--weight-only": "weight_only=True", "--debug": "debug=True",
+    "--workers": "workers={v}", "--ray": "ray={v}",
     **{f"--{k}-budget": f'budgets={{{{"{k}": {{v}}}}}}' for k in ("size", "bops", "latency", "sram", "flash")},
 }
 _CHOICES = {"--target": ("ort-cpu", "ort-cuda", "ort", "cpu", "cuda", "mcu"), "--sensitivity": ("kl", "hessian"),
             "--observer": ("minmax", "percentile", "mse"), "--calib-preprocess": ("imagenet",),
-            "-o": ("out",)}
+            "-o": ("out",), "--ray": ("auto", "local")}
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-o(?![\w-]))(?: ([^\s()]+))?")
 
 

@@ -20,6 +20,7 @@ from scipy.sparse import coo_array, csr_array, hstack
 from .bit_problem import BitProblem, Cost, Solution, apply_solution
 from .budgets import Budget, format_value
 from .errors import BudgetError
+from .formats import stored_bits
 from .plan import QuantPlan
 
 log = logging.getLogger("qcompiler.assign_bits")
@@ -145,7 +146,7 @@ def _fewer_bits_hint(p: BitProblem, blocked: set[str], weight_bits: Sequence[int
     per-channel scales keep all-4-bit weights at ~51% of INT8) is reachable with 2-bit weights,
     which every target with 2-bit kernels compiles (``Target.weight_bits``: all but the MCU); say so
     when they were not candidates."""
-    lowest_w = min((w for fs in p.formats for w, _ in fs), default=8)
+    lowest_w = min((stored_bits(w) for fs in p.formats for w, _ in fs), default=8)
     if blocked & {"size", "flash"} and lowest_w > 2 and 2 in weight_bits:
         return "raise the budget or allow 2-bit weights with --bits 2,4,8"
     return "raise the budget or allow fewer bits with --bits"

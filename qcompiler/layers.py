@@ -8,11 +8,12 @@ on which nodes are layers and on their MACs, since those MACs are the BOPs budge
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
+from .formats import Bits, at_most, is_fp, norm, sort_key, stored_bits
 from .ir import QUANTIZABLE, attr, infer_shapes, value_shapes
 from .options import CompileOptions
 from .plan import LayerPlan, QuantPlan
@@ -21,15 +22,16 @@ FLOAT_BITS = 32  # an activation "bit-width" >= 16 means: leave the activation i
 DEFAULT_BITS = (4, 8)
 
 
-def fmt(w_bits: int, a_bits: int) -> str:
-    """Key of one candidate format in ``LayerPlan.sensitivity`` ("w4a8"; "w4af" when activations stay float)."""
-    return f"w{w_bits}a{a_bits if a_bits < 16 else 'f'}"
+def fmt(w_bits: Bits, a_bits: Bits) -> str:
+    """Key of one candidate format in ``LayerPlan.sensitivity`` ("w4a8"; "w4af" when activations stay
+    float; "wfp8afp8" for FP8 weights and activations)."""
+    return f"w{w_bits}a{a_bits if is_fp(a_bits) or a_bits < 16 else 'f'}"
 
 
-def parse_fmt(key: str) -> tuple[int, int]:
+def parse_fmt(key: str) -> tuple[Bits, Bits]:
     """(w_bits, a_bits) of a :func:`fmt` key; float activations read back as :data:`FLOAT_BITS`."""
     w, a = key[1:].split("a")
-    return int(w), (FLOAT_BITS if a == "f" else int(a))
+    return norm(w), (FLOAT_BITS if a == "f" else norm(a))
 
 
 def monotone(scores: Mapping[str, float]) -> dict[str, float]:
@@ -42,12 +44,14 @@ def monotone(scores: Mapping[str, float]) -> dict[str, float]:
     parsed = {k: parse_fmt(k) for k in scores}
     out = {}
     for k, (w, a) in parsed.items():
-        out[k] = max(v for k2, v in scores.items() if parsed[k2][0] >= w and parsed[k2][1] >= a)
+        out[k] = max(v for k2, v in scores.items() if at_most(w, parsed[k2][0]) and at_most(a, parsed[k2][1]))
     return out
 
 
-def act_width(a_bits: int) -> int:
-    """The activation bits a cost counts: :data:`FLOAT_BITS` for any float (>= 16-bit) activation."""
+def act_width(a_bits: Bits) -> int:
+    """The activation bits a cost counts: :data:`FLOAT_BITS` for any float (>= 16-bit) activation, 8 for FP8."""
+    if is_fp(a_bits):
+        return stored_bits(a_bits)
     return FLOAT_BITS if a_bits >= 16 else a_bits
 
 
@@ -87,13 +91,37 @@ def find_layers(model: onnx.ModelProto) -> dict[str, LayerPlan]:
     return out
 
 
-def candidate_formats(options: CompileOptions) -> list[list[int]]:
-    """Candidate formats [w_bits, a_bits] from ``--bits`` (default 4,8) and ``--weight-only``."""
-    bits = sorted({int(b) for b in options.bits or DEFAULT_BITS})
+def candidate_formats(options: CompileOptions) -> list[list[Bits]]:
+    """Candidate formats [w_bits, a_bits] from ``--bits`` (default 4,8) and ``--weight-only``.
+
+    Integer widths combine freely (w4a8, w8a4, ...); an FP8 format is one candidate, FP8 weights
+    with FP8 activations of the same format (FLIQS's per-layer choice: the layer computes in that
+    format), or FP8 weights with float activations under ``--weight-only``.
+    """
+    given = sorted({norm(b) for b in options.bits or DEFAULT_BITS}, key=sort_key)
     if options.weight_only:
-        return [[w, FLOAT_BITS] for w in bits]
-    a_bits = [b for b in bits if b >= 4] or bits  # 2 bits: a weight width only (ternary weights)
-    return [[w, a] for w, a in itertools.product(bits, a_bits)]
+        return combine(given, [FLOAT_BITS])
+    ints = [b for b in given if not is_fp(b)]
+    a_bits = [b for b in ints if b >= 4] or ints  # 2 bits: a weight width only (ternary weights)
+    return combine(given, a_bits + [b for b in given if is_fp(b)])
+
+
+def combine(w_bits: Sequence[Bits], a_bits: Sequence[Bits]) -> list[list[Bits]]:
+    """The candidate [w, a] pairs of weight and activation formats: integer widths combine freely;
+    an FP weight format pairs with its own activation format, or with whatever activations a
+    weight-only compile keeps (no other format among ``a_bits``)."""
+    ints_a = [a for a in a_bits if not is_fp(a)]
+    out = [[w, a] for w, a in itertools.product([w for w in w_bits if not is_fp(w)], ints_a)]
+    for f in (w for w in w_bits if is_fp(w)):
+        out += [[f, f]] if f in a_bits else [[f, a] for a in ints_a]
+    return out
+
+
+def widest(candidates: Sequence[Sequence[Bits]]) -> tuple[Bits, Bits]:
+    """The format a layer gets when nothing chooses (no budget): the most bits, an integer format
+    before an FP8 one of the same width."""
+    w, a = max(candidates, key=lambda c: (stored_bits(c[0]), act_width(c[1]), not is_fp(c[0])))
+    return w, a
 
 
 def ensure_layers(model: onnx.ModelProto, plan: QuantPlan, options: CompileOptions) -> None:

@@ -9,6 +9,7 @@ and tests, and keep the CLI's defaults.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from .calibration import OBSERVERS
 from .errors import FlagError
+from .formats import FP8_MAC_COST, Bits, is_fp, norm, sort_key
 from .image_preprocess import ImagePreprocess, coerce
 
 SENSITIVITY_METHODS = ("kl", "hessian")
@@ -27,7 +29,8 @@ class CompileOptions:
     """Everything a compile depends on besides the model and its data."""
 
     target: str = "ort-cpu"
-    bits: Sequence[int] | None = None  # candidates; None -> 8, or 4,8 when a budget or --pareto is given
+    bits: Sequence[Bits] | None = None  # candidates (ints, "fp8", "fp8e5m2"); None -> 8, or 4,8 with a budget
+    fp8_mac_cost: float = FP8_MAC_COST  # BOPs of an FP8 MAC relative to an INT8 one (qcompiler.formats)
     observer: str = "mse"
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     budgets: dict[str, str] = field(default_factory=dict)  # budget kind -> text ("70%", "2MiB", ...)
@@ -41,6 +44,8 @@ class CompileOptions:
     cuda_arch: str = "sm_90"
     tune: int = 0
     group_size: int = 128  # 4-bit MatMul weights of transformer encoders: input channels per scale
+    workers: int = 1  # --workers: local processes that score sensitivity layers (1: this process)
+    ray: str | None = None  # --ray: a Ray cluster's address or "auto" to join, "local" to start one; None: no Ray
     force: bool = False
     debug: bool = False
     dump_dir: Path | None = None
@@ -64,11 +69,19 @@ class CompileOptions:
         """Whether the bits are chosen by the ILP (a budget or a Pareto sweep) or fixed by --bits."""
         return any(v for v in self.budgets.values()) or self.pareto > 0
 
-    def candidate_bits(self) -> list[int]:
-        """The bit widths the compile chooses from: --bits, else 8, else 4,8 when the ILP chooses."""
+    def candidate_bits(self) -> list[Bits]:
+        """The formats the compile chooses from: --bits, else 8, else 4,8 when the ILP chooses
+        (integer widths ascending, then FP formats)."""
         if self.bits:
-            return sorted({int(b) for b in self.bits})
+            try:
+                return sorted({norm(b) for b in self.bits}, key=sort_key)
+            except ValueError as e:
+                raise FlagError(f"--bits {list(self.bits)}: {e}", hint="use 2, 4, 8, fp8 or fp8e5m2") from None
         return [4, 8] if self.budgets_given() else [8]
+
+    def fp_formats(self) -> list[str]:
+        """The floating-point formats among the candidates (empty for an integer-only compile)."""
+        return [b for b in self.candidate_bits() if is_fp(b)]
 
     def validate(self) -> list[int]:
         """Refuse malformed values before any work, so a typo costs nothing and leaves nothing behind.
@@ -79,9 +92,14 @@ class CompileOptions:
 
         bits = self.candidate_bits()
         for b in bits:
-            if b not in WEIGHT_BITS:
-                raise FlagError(f"--bits {b} is not supported", hint="use 2, 4 and/or 8, e.g. --bits 4,8")
-        if bits[-1] == 2:
+            if not is_fp(b) and b not in WEIGHT_BITS:
+                raise FlagError(f"--bits {b} is not supported", hint="use 2, 4, 8, fp8 and/or fp8e5m2, e.g. --bits 4,8")
+        if any(is_fp(b) for b in bits) and self.budgets.get("latency"):
+            raise FlagError("--latency-budget with FP8 candidates: FP8 layers have no latency model yet",
+                            hint="use --size-budget or --bops-budget with --bits fp8")
+        if not self.fp8_mac_cost > 0:
+            raise FlagError(f"--fp8-mac-cost {self.fp8_mac_cost} must be positive", hint="e.g. --fp8-mac-cost 1.5")
+        if all(not is_fp(b) and b <= 2 for b in bits):
             raise FlagError("--bits 2 needs a 4- or 8-bit candidate too (2 bits are for weights only; "
                             "activations stay 4/8-bit)", hint="use e.g. --bits 2,4,8")
         for kind, text in self.budgets.items():
@@ -98,10 +116,18 @@ class CompileOptions:
         if self.sensitivity not in SENSITIVITY_METHODS:
             raise FlagError(f"--sensitivity {self.sensitivity!r} is unknown", hint="use kl or hessian")
         self.calib_preprocess = coerce(self.calib_preprocess)  # raises FlagError naming the bad part
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise FlagError(f"--workers {self.workers} must be a whole number of at least 1", hint="e.g. --workers 4")
+        if self.ray is not None and (not isinstance(self.ray, str) or not self.ray.strip() or " " in self.ray):
+            raise FlagError(f"--ray {self.ray!r} is not a Ray address",
+                            hint="give host:port, auto, or local (start a local cluster)")
+        if self.ray is not None and importlib.util.find_spec("ray") is None:
+            raise FlagError("--ray needs the ray package, which is not installed", hint="pip install ray")
         return bits
 
     def flags(self) -> dict[str, Any]:
-        """The user-facing flags, as manifest.json records them."""
+        """The user-facing flags, as manifest.json records them; where sensitivity ran (--workers, --ray)
+        only when given, so a default compile's manifest stays byte-identical."""
         return {
             "target": self.target, "bits": list(self.bits) if self.bits else None, "observer": self.observer,
             "input_shapes": self.input_shapes, "budgets": dict(sorted(self.budgets.items())),
@@ -109,4 +135,4 @@ class CompileOptions:
             "calib_limit": self.calib_limit, "cuda_arch": self.cuda_arch, "tune": self.tune,
             "group_size": self.group_size,
             "calib_preprocess": pp.text() if (pp := coerce(self.calib_preprocess)) is not None else None,
-        }
+        } | {k: v for k, v, default in (("workers", self.workers, 1), ("ray", self.ray, None)) if v != default}

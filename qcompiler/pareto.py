@@ -1,4 +1,4 @@
-"""The Pareto frontier of bit assignments: perturbation (and measured output KL) vs a budget.
+"""The Pareto frontier of bit assignments: accuracy (with ``--eval``), else measured output KL, vs a budget.
 
 One ILP solve gives the best plan for one budget; sweeping the budget from the smallest
 feasible value to the value of the most precise plan shows the whole trade-off, so a user
@@ -22,6 +22,7 @@ import onnx
 from .budgets import Budget, format_value, whole_bytes
 from .cost_rows import build_problem
 from .errors import BudgetError
+from .formats import FP8_MAC_COST
 from .ilp import min_cost, solve
 from .layers import fmt
 from .plan import QuantPlan
@@ -55,7 +56,8 @@ def found_text(asked: int, distinct: int, chosen_added: bool = False) -> str:
 def pareto_sweep(model: onnx.ModelProto, plan: QuantPlan, out_dir: str | Path, *, kind: str = "size",
                  n: int = 8, samples: Sequence[Mapping[str, np.ndarray]] | None = None,
                  budgets: Mapping[str, Budget] | None = None, latency: Mapping[str, Mapping[str, float]] | None = None,
-                 chosen: Mapping[str, Sequence[int]] | None = None, plot: bool = True) -> dict[str, Any]:
+                 chosen: Mapping[str, Sequence[int]] | None = None, plot: bool = True,
+                 fp_mac_cost: float = FP8_MAC_COST) -> dict[str, Any]:
     """Solve the ILP at ``n`` budgets of ``kind`` and write ``pareto.json`` (and ``pareto.png``) into ``out_dir``.
 
     ``plan`` must carry sensitivities; other ``budgets`` stay fixed during the sweep; ``samples`` (feed
@@ -64,7 +66,7 @@ def pareto_sweep(model: onnx.ModelProto, plan: QuantPlan, out_dir: str | Path, *
     """
     others = {k: b for k, b in (budgets or {}).items() if k != kind}
     kinds = sorted({"size", "bops", kind, *others})
-    p = build_problem(model, plan, kinds, latency=latency)
+    p = build_problem(model, plan, kinds, latency=latency, fp_mac_cost=fp_mac_cost)
     limits = {k: b.resolve(p.costs[k].int8) for k, b in others.items()}
     lo = min_cost(p, kind, limits)
     top = solve(p, limits)
@@ -175,40 +177,86 @@ def evaluate_points(data: dict[str, Any], float_model: onnx.ModelProto, plan: Qu
             pt["accuracy"] = float(np.mean(pred == y[:len(pred)]))
     if y is not None:
         data["fp32_accuracy"] = float(np.mean(ref == y[:len(ref)]))
+    data["eval_samples"], data["eval_source"] = len(ref), source
     data["accuracy_of"] = (f"each point's QDQ model (insert_qdq + correct_bias, as model.qdq.onnx is built) "
                            f"run by ONNX Runtime on {len(ref):,} samples of {source}")
 
 
-def plot_pareto(data: Mapping[str, Any], path: str | Path) -> None:
-    """Perturbation (ILP objective) and measured output KL against the swept budget quantity."""
-    import matplotlib
+#: the swept quantity on the x axis: (label, divisor to its unit)
+_X_AXIS = {"size": ("model size (KiB, stored bytes)", 1024.0), "sram": ("SRAM (KiB)", 1024.0),
+           "flash": ("flash (KiB)", 1024.0), "bops": ("BOPs (G)", 1e9), "latency": ("latency (ms)", 1e-3)}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    kind, unit = data["kind"], data["unit"]
-    pts = data["points"]
-    xs = [q[unit] / data["int8"] * 100 for q in pts]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(xs, [q["perturbation"] for q in pts], "-o", color="#1f77b4", label="ILP perturbation ΣΩ")
-    ax.set_xlabel(f"{kind} (% of uniform INT8)")
-    ax.set_ylabel("perturbation ΣΩ")
-    if all(q["perturbation"] > 0 for q in pts):
+def pareto_axes(data: Mapping[str, Any]) -> dict[str, Any]:
+    """What pareto.png plots, decided from the data: the y quantity, its label, title and series.
+
+    Why: with ``--eval`` a user picks a point by what it does on their data, so the y axis is each
+    point's top-1 accuracy (or its agreement with FP32's top-1 when the data has no labels), higher
+    is better, as report.html's accuracy plot. Without it the best there is is the measured output KL
+    against FP32 on calibration samples (or the ILP's predicted perturbation ΣΩ when not measured),
+    lower is better: the axis says which, so no one reads a KL curve as accuracy.
+    """
+    kind, unit, pts = data["kind"], data["unit"], data["points"]
+    xlabel, div = _X_AXIS.get(kind, (kind, 1.0))
+    n = data.get("eval_samples")
+    on = f" on {n:,} samples of {data['eval_source']}" if n and data.get("eval_source") else ""
+    if pts and all(isinstance(q.get("accuracy"), (int, float)) for q in pts):
+        y, scale, what, better = "accuracy", 100.0, "top-1 accuracy", "higher"
+        ylabel, why = "top-1 accuracy (%)", ""
+    elif pts and all(isinstance(q.get("agreement_with_fp32"), (int, float)) for q in pts):
+        y, scale, what, better = "agreement_with_fp32", 100.0, "agreement with FP32", "higher"
+        ylabel, why = "agreement with FP32's top-1 (%)", " (no labels)"
+    elif pts and all(isinstance(q.get("output_kl"), (int, float)) for q in pts):
+        y, scale, what, better = "output_kl", 1.0, "output KL", "lower"
+        ylabel, why, on = "output KL vs FP32", " (no --eval: no accuracy)", " on calibration samples"
+    else:
+        y, scale, what, better = "perturbation", 1.0, "predicted perturbation", "lower"
+        ylabel, why, on = "predicted perturbation ΣΩ", " (no --eval: no accuracy)", ""
+    ys = [float(q[y]) * scale for q in pts]
+    return {"x": unit, "y": y, "xs": [float(q[unit]) / div for q in pts], "ys": ys,
+            "xlabel": xlabel, "ylabel": f"{ylabel}, {better} is better",
+            "title": f"Pareto frontier: {what} vs {xlabel.split(' (')[0]}{why}",
+            "note": "; ".join(t for t in (data.get("found"), f"{what}{on}" if on else "") if t),
+            "chosen": [i for i, q in enumerate(pts) if q.get("chosen")],
+            "fp32": 100.0 * float(data["fp32_accuracy"]) if y == "accuracy" and isinstance(
+                data.get("fp32_accuracy"), (int, float)) else None,
+            "log": y in ("output_kl", "perturbation") and len(ys) > 1 and min(ys) > 0 and max(ys) / min(ys) > 50,
+            "int8": float(data["int8"]) / div if data.get("int8") else None}
+
+
+def pareto_figure(data: Mapping[str, Any]) -> Any:
+    """The matplotlib Figure of pareto.png (see :func:`pareto_axes` for what it plots)."""
+    from matplotlib.figure import Figure
+
+    a = pareto_axes(data)
+    fig = Figure(figsize=(7, 4.2), dpi=100)
+    ax = fig.subplots()
+    ax.plot(a["xs"], a["ys"], "-o", color="#2ca02c" if a["y"] in ("accuracy", "agreement_with_fp32") else "#ff7f0e",
+            label=a["ylabel"].split(",")[0])
+    for i in a["chosen"]:
+        ax.plot([a["xs"][i]], [a["ys"][i]], "*", color="#d62728", markersize=14, label="the compile's plan")
+    if a["fp32"] is not None:
+        ax.axhline(a["fp32"], color="#555555", linestyle="--", linewidth=1, label=f"FP32 {a['fp32']:.2f}%")
+    if a["log"]:
         ax.set_yscale("log")
-    lines = ax.get_lines()
-    if any("output_kl" in q for q in pts):
-        ax2 = ax.twinx()
-        ax2.plot(xs, [q.get("output_kl", np.nan) for q in pts], "-s", color="#ff7f0e", label="measured output KL")
-        ax2.set_ylabel("output KL vs float")
-        if all(q.get("output_kl", 1) > 0 for q in pts):
-            ax2.set_yscale("log")
-        lines = lines + ax2.get_lines()
-    for i, q in enumerate(pts):
-        if q.get("chosen"):
-            ax.plot([xs[i]], [q["perturbation"]], "*", color="#d62728", markersize=14)
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
-    ax.set_title(f"Pareto frontier: perturbation vs {kind}")
+    if a["int8"]:  # the same x as % of uniform INT8, on top
+        int8 = a["int8"]
+        top = ax.secondary_xaxis("top", functions=(lambda v: v / int8 * 100, lambda p: p * int8 / 100))
+        top.set_xlabel("% of uniform INT8")
+    ax.set_xlabel(a["xlabel"])
+    ax.set_ylabel(a["ylabel"])
+    ax.set_title(a["title"], fontsize=11)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(str(path), metadata={"Software": None})
-    plt.close(fig)
+    ax.legend(loc="best", fontsize=8)
+    if a["note"]:
+        fig.text(0.01, 0.01, a["note"], fontsize=7.5, color="#444444")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def plot_pareto(data: Mapping[str, Any], path: str | Path) -> None:
+    """pareto.png: accuracy per point against the swept quantity when ``--eval`` gave it, else the
+    measured output KL (lower is better); the axis labels are also kept as PNG text (Title, Description)."""
+    a = pareto_axes(data)
+    pareto_figure(data).savefig(str(path), metadata={"Software": None, "Title": a["title"],
+                                                     "Description": f"x: {a['xlabel']}; y: {a['ylabel']}"})

@@ -98,6 +98,7 @@ def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | P
     check_output_dir(out, force=opts.force)
     _import_in_background(["qcompiler.report_page"]
                           + (["qcompiler.passes.assign_bits"] if opts.budgets_given() else []))
+    tgt.check_formats(bits)
     tgt.validate(opts, bits)
     model, mname, digest = load_model(source, name=name, example_input=example_input,
                                       input_shapes=opts.input_shapes, calib=calib)
@@ -132,7 +133,8 @@ def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | P
                 raise FlagError("2-bit weights are not supported for transformer encoders",
                                 hint="drop 2 from --bits, e.g. --bits 4,8")
             # weight-only choices: activations stay 8-bit (16-bit on the residual stream)
-            ctx.encoder, ctx.act_bits = True, [8]
+            # (FP8 layers read FP8 activations: qcompiler/transformer_qdq.py)
+            ctx.encoder, ctx.act_bits = True, [8, *opts.fp_formats()]
             ctx.options = replace(opts, weight_only=True)
             got = sentence_feeds(model, calib, limit=opts.calib_limit)
             if got is not None:
@@ -207,6 +209,12 @@ def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, o
     fb = summarize_fallbacks(float_model, plan.fallback_ops)
     summary["fallback_ops"] = [name for name, _ in fb.nodes]
     summary["float_fallback"] = {"line": fb.line(), **fb.to_json()}
+    fp8 = plan.stats.get("integer_lowering", {}).get("fp8_layers")
+    if fp8:  # FP8 layers run in float between FP8 Q/DQ pairs in every graph: said apart from fallbacks
+        order = {n.name: i for i, n in enumerate(float_model.graph.node)}
+        summary["fp8_layers"] = {"count": len(fp8), "layers": sorted(fp8, key=lambda n: order.get(n, len(order))),
+                                 "line": f"{len(fp8)} of {len(plan.layers)} layers: FP8 weights and inputs, "
+                                         "float op between DequantizeLinear and QuantizeLinear"}
     if ctx.encoder:
         from .text_calibration import embedding_cosine
 

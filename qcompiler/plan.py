@@ -19,7 +19,7 @@ PLAN_VERSION = 1
 class TensorQuant:
     """How one tensor is quantized: q = clamp(round(x / scale) + zero_point)."""
 
-    bits: int
+    bits: int | str  # an integer width, or an FP8 format name (qcompiler.formats)
     signed: bool
     scale: list[float]
     zero_point: list[int]
@@ -28,10 +28,17 @@ class TensorQuant:
 
     @property
     def qmin(self) -> int:
+        """The smallest value of the grid (an FP8 format's: minus its largest finite value)."""
+        if isinstance(self.bits, str):
+            return -self.qmax
         return -(1 << (self.bits - 1)) if self.signed else 0
 
     @property
     def qmax(self) -> int:
+        if isinstance(self.bits, str):
+            from .formats import float_format
+
+            return int(float_format(self.bits).max)
         return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto
 
+from .formats import is_fp
 from .ir import consumers, graph_inputs, value_dtypes
 from .plan import QuantPlan
 from .ties import quantizer_roots
@@ -47,11 +48,16 @@ def quantized_tensors(model: onnx.ModelProto) -> list[str]:
     return names
 
 
-def activation_bits(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, int]:
-    """Bit-width of each quantizer root that a planned layer reads (the widest such layer's choice)."""
+def activation_bits(model: onnx.ModelProto, plan: QuantPlan) -> dict[str, int | str]:
+    """Format of each quantizer root that a planned layer reads: the widest such layer's choice, an
+    FP8 format where a reader computes in FP8 (the ILP's activation ties make all readers agree)."""
     root = quantizer_roots(model)
-    bits: dict[str, int] = {}
+    bits: dict[str, int | str] = {}
     for lp in plan.layers.values():
         r = root.get(lp.input, lp.input)
-        bits[r] = max(bits.get(r, 0), lp.act_bits)
+        cur = bits.get(r, 0)
+        if is_fp(lp.act_bits) or is_fp(cur):
+            bits[r] = lp.act_bits if is_fp(lp.act_bits) else cur
+        else:
+            bits[r] = max(cur, lp.act_bits)
     return bits

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .formats import Bits, fake_quant_fp8, float_format, fp8_activation_scale, is_fp, quantize_fp8, to_fp8
+
 log = logging.getLogger(__name__)
 
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
@@ -65,7 +67,7 @@ _SCALES: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (weight digest, bits,
 _SCALES_MAX = 1024
 
 
-def weight_scales(w: np.ndarray, bits: int, axis: int, *, mse: bool = True) -> np.ndarray:
+def weight_scales(w: np.ndarray, bits: Bits, axis: int, *, mse: bool = True) -> np.ndarray:
     """Symmetric per-channel scales; with ``mse`` the clip per channel minimises ||W - Q(W)||^2.
 
     Clipping matters at 4 bits (a few outliers would otherwise waste the grid) and decides everything
@@ -81,7 +83,7 @@ def weight_scales(w: np.ndarray, bits: int, axis: int, *, mse: bool = True) -> n
     the integer graph then gives it b = 0, its output is the zero point (numerics, "Dead channels").
     """
     key = (hashlib.blake2b(np.ascontiguousarray(w).view(np.uint8).data, digest_size=16).digest(),
-           w.shape, w.dtype.str, int(bits), int(axis), bool(mse))
+           w.shape, w.dtype.str, bits if is_fp(bits) else int(bits), int(axis), bool(mse))
     hit = _SCALES.get(key)
     if hit is None:
         hit = _weight_scales(w, bits, axis, mse)
@@ -118,9 +120,11 @@ def search_weight_scales_in_background(jobs: Sequence[tuple[np.ndarray, int, int
         thread.join()
 
 
-def _weight_scales(w: np.ndarray, bits: int, axis: int, mse: bool) -> np.ndarray:
-    qmax = (1 << (bits - 1)) - 1
+def _weight_scales(w: np.ndarray, bits: Bits, axis: int, mse: bool) -> np.ndarray:
     wc = np.moveaxis(w.astype(np.float32), axis, 0).reshape(w.shape[axis], -1)
+    if is_fp(bits):
+        return _fp8_weight_scales(wc, bits, mse)
+    qmax = (1 << (bits - 1)) - 1
     amax = np.abs(wc).max(axis=1).astype(np.float64)
     amax = np.where(amax > 0, amax, 1.0)
     if not mse:
@@ -156,6 +160,38 @@ def _weight_scales(w: np.ndarray, bits: int, axis: int, mse: bool) -> np.ndarray
     return np.maximum(best, FLOAT32_TINY).astype(np.float32)
 
 
+def _fp8_weight_scales(wc: np.ndarray, name: str, mse: bool) -> np.ndarray:
+    """Per-channel FP8 scales of channels-by-rows weights: max-based (the channel's largest magnitude
+    on the format's max) or, with ``mse``, the clip in [0.5, 1] x max that minimises ||W - Q(W)||^2
+    through the saturating FP8 cast (:func:`qcompiler.formats.to_fp8`).
+
+    FP8's relative precision is the same across its range, so clipping trades little resolution
+    for the outliers it cuts; the search mostly keeps the max, and lowers it where a channel has a
+    few large outliers whose rounding error outweighs the clipped tail.
+    """
+    fmax = float_format(name).max
+    amax = np.abs(wc).max(axis=1).astype(np.float64)
+    amax = np.where(amax > 0, amax, 1.0)
+    best = amax / fmax
+    if not mse:
+        return np.maximum(best, FLOAT32_TINY).astype(np.float32)
+    best_err = np.full(len(amax), np.inf)
+    rows = max(1, _BLOCK // max(wc.shape[1], 1))
+    for r0 in range(0, len(amax), rows):
+        blk = wc[r0:r0 + rows]
+        a = amax[r0:r0 + rows]
+        b_s, b_err = best[r0:r0 + rows], best_err[r0:r0 + rows]
+        for f in np.linspace(0.5, 1.0, 26):
+            s64 = np.maximum(a * f / fmax, FLOAT32_TINY)
+            s = s64.astype(np.float32)[:, None]
+            d = blk - to_fp8(np.divide(blk, s, dtype=np.float32), name).astype(np.float32) * s
+            err = np.einsum("ij,ij->i", d, d, dtype=np.float64)
+            better = err < b_err
+            b_s[better] = s64[better]
+            b_err[better] = err[better]
+    return np.maximum(best, FLOAT32_TINY).astype(np.float32)
+
+
 BIAS_HEADROOM = 2**28  # |int32 bias| stays below this, leaving room for the conv sum in the accumulator
 
 
@@ -182,8 +218,11 @@ def bias_safe_scales(s_w: np.ndarray, bias: np.ndarray | None, s_x: float) -> np
     return np.maximum(np.maximum(s_w, need.astype(np.float32)), floor).astype(np.float32)
 
 
-def quantize_weight(w: np.ndarray, scales: np.ndarray, bits: int, axis: int) -> np.ndarray:
-    """Round to the symmetric grid [-(2^(b-1)-1), 2^(b-1)-1], held in int8."""
+def quantize_weight(w: np.ndarray, scales: np.ndarray, bits: Bits, axis: int) -> np.ndarray:
+    """Round to the symmetric grid [-(2^(b-1)-1), 2^(b-1)-1], held in int8; FP8 formats: the
+    saturating cast of w / scale (an ml_dtypes float8 array)."""
+    if is_fp(bits):
+        return quantize_fp8(w, scales, bits, axis)
     qmax = (1 << (bits - 1)) - 1
     shape = [1] * w.ndim
     shape[axis] = -1
@@ -215,7 +254,7 @@ def quantize_bias_at(b: np.ndarray, s_b: np.ndarray) -> np.ndarray:
     return np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
 
 
-def fake_quant_weight(w: np.ndarray, bits: int, axis: int, *, bias: np.ndarray | None = None,
+def fake_quant_weight(w: np.ndarray, bits: Bits, axis: int, *, bias: np.ndarray | None = None,
                       s_x: float | None = None) -> np.ndarray:
     """W -> Q(W) in float: what the layer computes with after quantization (sensitivity, tests).
 
@@ -227,6 +266,12 @@ def fake_quant_weight(w: np.ndarray, bits: int, axis: int, *, bias: np.ndarray |
     shape = [1] * w.ndim
     shape[axis] = -1
     return (quantize_weight(w, s, bits, axis).astype(np.float32) * s.reshape(shape)).astype(np.float32)
+
+
+def fake_quant_act_fp8(x: np.ndarray, lo: float, hi: float, name: str) -> np.ndarray:
+    """x -> DQ(Q(x)) through the FP8 format ``name`` on the per-tensor scale of [lo, hi]
+    (:func:`qcompiler.formats.fp8_activation_scale`), as InsertQDQ's FP8 pair computes it."""
+    return fake_quant_fp8(x, fp8_activation_scale(lo, hi, name), name)
 
 
 def fake_quant_act(x: np.ndarray, lo: float, hi: float, bits: int, signed: bool = False) -> np.ndarray:

@@ -28,6 +28,7 @@ matplotlib.use("Agg")  # headless: never pick an interactive backend from the en
 
 from matplotlib.figure import Figure  # noqa: E402
 
+from .formats import stored_bits  # noqa: E402
 from .plan import LayerPlan, QuantPlan  # noqa: E402
 
 REPORT_NAME = "report.html"
@@ -175,12 +176,13 @@ def svg(fig: Figure, *, alt: str) -> str:
 def layer_size_bytes(lp: LayerPlan) -> float:
     """The layer's weights at the chosen bit-width: its part of the size, not the size the budget
     constrains (that adds biases, constants, scales and zero points: ``qcompiler.budgets.size_account``)."""
-    return lp.params * lp.weight_bits / 8.0
+    return lp.params * stored_bits(lp.weight_bits) / 8.0
 
 
 def layer_bops(lp: LayerPlan) -> int:
-    """Bit operations: MACs × weight bits × activation bits (HAWQ-V3's BOPs)."""
-    return lp.macs * lp.weight_bits * lp.act_bits
+    """Bit operations: MACs × weight bits × activation bits (HAWQ-V3's BOPs). An FP8 MAC counts 8 × 8
+    here; the BOPs budget weighs it by ``--fp8-mac-cost`` on top (qcompiler/cost_rows.py)."""
+    return lp.macs * stored_bits(lp.weight_bits) * stored_bits(lp.act_bits)
 
 
 def chosen_sensitivity(lp: LayerPlan) -> float | None:

@@ -40,7 +40,8 @@ FLOAT_FILL, FLOAT_STROKE = "#ffd8d3", "#cf222e"
 OTHER_FILL, OTHER_STROKE = "#f2f4f7", "#8c959f"
 # fixed colours for the usual formats (light fills: the black label stays readable), then a cycle
 FORMAT_FILLS = {"w8a8": "#9ecae1", "w4a8": "#a1d99b", "w2a8": "#fdd49e", "w8a16": "#6baed6",
-                "w4a16": "#74c476", "w4a4": "#bcbddc", "w2a4": "#fdae6b", "w8a4": "#c6dbef"}
+                "w4a16": "#74c476", "w4a4": "#bcbddc", "w2a4": "#fdae6b", "w8a4": "#c6dbef",
+                "wfp8afp8": "#f4a6c6", "wfp8e5m2afp8e5m2": "#e7a0f0"}  # FP8: pink/violet, apart from the blues
 EXTRA_FILLS = ("#d4b9da", "#fcbba1", "#c7e9c0", "#dadaeb", "#fee391", "#d9d9d9")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.patches import Rectangle
 
+from .formats import stored_bits
 from .plan import QuantPlan
 from .report import CHAR_IN, CONTENT_PX, chosen_sensitivity, figure, layer_size_bytes, svg
 from .report_graph import format_fills
@@ -46,12 +47,12 @@ def bits_plot(plan: QuantPlan, order: Sequence[str]) -> str:
     fig = figure(min(MAX_WIDTH_IN, label_in + 5.2), height, left=label_in, bottom=0.2, top=0.7, right=1.6)
     ax = fig.add_subplot()
     ys = list(range(rows))
-    bits = [plan.layers[n].weight_bits for n in order]
+    bits = [stored_bits(plan.layers[n].weight_bits) for n in order]
     ax.barh(ys, bits, height=0.72, color=[fills[layer_format(plan, n)] for n in order], edgecolor="#1b1f24",
             linewidth=0.5)
-    for y, n in zip(ys, order):
+    for y, n, b in zip(ys, order, bits):
         lp = plan.layers[n]
-        ax.text(lp.weight_bits + 0.15, y, f"{layer_format(plan, n)} · {lp.op_type} · {_bytes(layer_size_bytes(lp))}",
+        ax.text(b + 0.15, y, f"{layer_format(plan, n)} · {lp.op_type} · {_bytes(layer_size_bytes(lp))}",
                 va="center", fontsize=8, clip_on=False)
     ax.set_yticks(ys, labels)
     ax.set_ylim(rows - 0.5, -0.5)  # first layer on top

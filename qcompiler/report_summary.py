@@ -147,6 +147,9 @@ def summary_rows(plan: QuantPlan, summary: Mapping[str, Any]) -> list[tuple[str,
         rows.append(("Float fallbacks", f"{len(plan.fallback_ops)} ops"))
     else:
         rows.append(("Float fallbacks", "none: the graph is integer-only"))
+    fp8 = summary.get("fp8_layers")
+    if isinstance(fp8, Mapping) and fp8.get("line"):
+        rows.append(("FP8 layers", str(fp8["line"])))
     par = summary.get("pareto")
     if isinstance(par, Mapping) and par.get("found"):
         rows.append(("Pareto sweep", f"{par['found']} (pareto.json; the Pareto section below)"))

@@ -31,6 +31,7 @@ min 0.9923 on 200 sentences (W8A8, 256 calibration sentences).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -40,6 +41,7 @@ from . import numerics
 from .activation_stats import tensor_batches
 from .awq import group_size_for, quantize_groups
 from .calibration import RangeObserver
+from .formats import float_format, fp8_activation_scale, is_fp
 from .quantize import (
     bias_safe_scales,
     bias_scale,
@@ -130,6 +132,19 @@ def _feeds_matmul(g: onnx.GraphProto, t: str) -> bool:
     return False
 
 
+def _fp_reader_format(g: onnx.GraphProto, t: str, weight_bits: Mapping[str, Any]) -> str | None:
+    """The FP8 format of the layers that read ``t`` (directly or through Reshape/Transpose/the smoothing
+    Mul), or None when they compute in integers. The layers reading one tensor share a format (their
+    site's tie group in the AWQ search, the ILP's activation ties)."""
+    for c in g.node:
+        if t in c.input:
+            if c.op_type == "Gemm" and is_fp(weight_bits.get(c.name, 8)):
+                return weight_bits[c.name]
+            if c.op_type in ("Reshape", "Transpose", "Mul") and (f := _fp_reader_format(g, c.output[0], weight_bits)):
+                return f
+    return None
+
+
 def _mask_inputs(g: onnx.GraphProto) -> set[str]:
     """Graph inputs used only through Sub/Mul chains that end in an Add feeding a Softmax."""
     cons: dict[str, list[onnx.NodeProto]] = {}
@@ -210,24 +225,35 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
         return name
 
     def qdq(t: str, scale: float, zp: int, dtype=np.int8) -> None:
+        """A Q/DQ pair on ``t``; ``dtype`` an integer type or an FP8 format name (qcompiler.formats),
+        whose QuantizeLinear takes its type from output_dtype (passes/insert_qdq.py says why)."""
         grid[t], dtypes[t] = (scale, zp), dtype
-        act_bits[t] = 8 * np.dtype(dtype).itemsize
-        s, z = const(f"{t}.q_scale", np.array(scale, np.float32)), const(f"{t}.q_zp", np.array(zp, dtype))
+        fp = float_format(dtype) if is_fp(dtype) else None
+        act_bits[t] = dtype if fp else 8 * np.dtype(dtype).itemsize
+        s = const(f"{t}.q_scale", np.array(scale, np.float32))
+        z = const(f"{t}.q_zp", np.array(zp, fp.dtype if fp else dtype))
+        q_in = [s] if fp else [s, z]
+        q_attr = {"output_dtype": fp.onnx_type} if fp else {}
         if t in outputs:  # the graph output keeps its name: the float result is renamed
             src = f"{t}.float"
             for n in nodes:
                 n.output[:] = [src if o == t else o for o in n.output]
-            nodes.append(helper.make_node("QuantizeLinear", [src, s, z], [f"{t}.q"], name=f"{t}.Q"))
+            nodes.append(helper.make_node("QuantizeLinear", [src, *q_in], [f"{t}.q"], name=f"{t}.Q", **q_attr))
             nodes.append(helper.make_node("DequantizeLinear", [f"{t}.q", s, z], [t], name=f"{t}.DQ"))
             rename[t] = t  # readers inside the graph read the dequantized output itself
             return
-        nodes.append(helper.make_node("QuantizeLinear", [t, s, z], [f"{t}.q"], name=f"{t}.Q"))
+        nodes.append(helper.make_node("QuantizeLinear", [t, *q_in], [f"{t}.q"], name=f"{t}.Q", **q_attr))
         nodes.append(helper.make_node("DequantizeLinear", [f"{t}.q", s, z], [f"{t}.dq"], name=f"{t}.DQ"))
         rename[t] = f"{t}.dq"
 
     def qdq_act(t: str) -> None:
         """8 bits where a MatMul/Gemm/Gelu reads the tensor; 16 bits (residual stream, LayerNorm and
         Softmax inputs, outputs) elsewhere. The range is the observer's choice for that bit-width."""
+        fp = _fp_reader_format(g, t, weight_bits)
+        if fp is not None:  # read by FP8 layers: their format, on the largest magnitude seen (max range)
+            lo, hi = observers[t].range("minmax")
+            qdq(t, fp8_activation_scale(lo, hi, fp), 0, fp)
+            return
         bits = 16 if residual_bits == 16 and not _feeds_matmul(g, t) else 8
         lo, hi = observers[t].range(method, bits=bits) if bits == 8 else observers[t].range("minmax")
         qdq(t, *encoder_activation_qparams(lo, hi, bits), np.int16 if bits == 16 else np.int8)
@@ -247,7 +273,17 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
                 w, bias, s_x = inits[n.input[1]], inits[n.input[2]], grid[src][0]  # w: [N, K]
                 base = n.name or n.output[0]
                 gs = group_size_for(w.shape[1], group_size)
-                if weight_bits.get(n.name, 8) == 4 and gs is not None:
+                fmt = weight_bits.get(n.name, 8)
+                if is_fp(fmt):  # FP8 rows, per output channel; the int32 bias at s_x * s_w as for 8 bits
+                    s_w32 = bias_safe_scales(weight_scales(w, fmt, 0, mse=weight_mse), bias, s_x)
+                    s_b = bias_scale(s_x, s_w32)
+                    bq = quantize_bias_at(bias, s_b)
+                    nodes.append(helper.make_node(
+                        "DequantizeLinear", [const(f"{base}.w_q", quantize_weight(w, s_w32, fmt, 0)),
+                                             const(f"{base}.w_scale", s_w32),
+                                             const(f"{base}.w_zp", np.zeros(len(s_w32), float_format(fmt).dtype))],
+                        [f"{base}.w_dq"], name=f"{base}.w_DQ", axis=0))
+                elif fmt == 4 and gs is not None:
                     wq, s_g = quantize_groups(w, gs)
                     s_acc, _ = numerics.group_scales(s_g)  # the accumulator's scale is s_x * base[n]
                     s_b = (np.float64(np.float32(s_x)) * s_acc).astype(np.float32)

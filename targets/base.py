@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import onnx
 
-from qcompiler.errors import TargetError
+from qcompiler.errors import FlagError, TargetError
+from qcompiler.formats import is_fp
 
 if TYPE_CHECKING:  # the driver imports the targets, never the reverse at run time
     from qcompiler.bit_problem import CostModel
@@ -72,6 +73,8 @@ class Target(ABC):
     consumes: GraphKind = "integer"
     #: weight widths the target has kernels for; the driver refuses others before any work
     weight_bits: tuple[int, ...] = (2, 4, 8)
+    #: whether the target runs FP8 layers (``--bits fp8``): DequantizeLinear -> float op -> QuantizeLinear
+    runs_fp8: bool = False
     #: whether :meth:`load` can run the artifacts in this process
     has_runtime: bool = False
 
@@ -83,13 +86,23 @@ class Target(ABC):
         """
         return None  # the default target has no extra rules
 
+    def check_formats(self, bits: Sequence[int | str]) -> None:
+        """Refuse FP8 candidates on a target without FP8 layers, in one line before any work.
+
+        Why not in :meth:`validate`: targets override that one, and this rule holds for all of them.
+        """
+        fps = [b for b in bits if is_fp(b)]
+        if fps and not self.runs_fp8:
+            raise FlagError(f"--bits {fps[0]}: --target {self.name} has no floating-point (FP8) layers",
+                            hint="use integer widths (e.g. --bits 4,8) or --target ort-cpu")
+
     def activation_bits(self, bits: Sequence[int]) -> list[int]:
         """The activation widths the bit assignment may choose among, given the candidate ``bits``.
 
         The default: every candidate of 4 bits or more (2 bits are a weight-only width); a target
         whose runtime cannot run some activation widths narrows this.
         """
-        return [b for b in bits if b >= 4]
+        return [b for b in bits if is_fp(b) or b >= 4]
 
     @abstractmethod
     def emit(self, graph: onnx.ModelProto, ctx: EmitContext) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from qcompiler.errors import TargetError
+from qcompiler.formats import is_fp
 from qcompiler.ir import graph_inputs, value_shapes
 
 from .base import EmitContext, GraphKind, Measurer, Target
@@ -51,6 +52,8 @@ class OrtTarget(Target):
 
     def __init__(self, name: str) -> None:
         self.name = name
+        # FP8 QDQ runs on ORT's CPU kernels (tested); ORT's CUDA FP8 kernels need sm_89+ and are untested here
+        self.runs_fp8 = name == "ort-cpu"
 
     def activation_bits(self, bits: Sequence[int]) -> list[int]:
         """Always 8 bits, whatever the candidates.
@@ -58,9 +61,10 @@ class OrtTarget(Target):
         Why: ORT 1.32 cannot create a session for uint4 QuantizeLinear after a Relu
         (clip_quantizelinear.cc: "Unexpected data type for QuantizeLinear input y_zero_point of 21"),
         so ORT targets keep 8-bit activations; 4-bit activations are for the TVM and MCU targets,
-        which run the integer graph.
+        which run the integer graph. FP8 candidates keep their own activation format (ORT runs FP8
+        QuantizeLinear/DequantizeLinear from opset 19 on the CPU).
         """
-        return [8]
+        return [8] + [b for b in bits if is_fp(b)]
 
     def emit(self, graph: onnx.ModelProto, ctx: EmitContext) -> dict[str, Any]:
         return emit(graph, ctx.out_dir, target=self.name)

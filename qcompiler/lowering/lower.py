@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper as h
 
+from qcompiler.formats import is_fp
 from qcompiler.ir import DOMAIN
 from qcompiler.plan import QuantPlan
 
@@ -42,9 +43,14 @@ def lower_to_integer(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto
     """QDQ model -> integer model (unfused); records float fallbacks in ``plan.fallback_ops``."""
     low = Lowering(onnx.shape_inference.infer_shapes(model), plan)
     out = walk(low)
+    # FP8 layers (--bits fp8) stay DequantizeLinear -> float op -> QuantizeLinear by design: listed as
+    # such, not as fallbacks (ops that had no integer form)
+    fp8 = {n for n in low.fallback if n in plan.layers and is_fp(plan.layers[n].weight_bits)}
+    low.fallback = [n for n in low.fallback if n not in fp8]
     plan.fallback_ops = sorted(set(plan.fallback_ops) | set(low.fallback))
     plan.stats["integer_lowering"] = {"lowered": dict(sorted(low.lowered.items())),
-                                      "fallback": sorted(low.fallback)}
+                                      "fallback": sorted(low.fallback),
+                                      **({"fp8_layers": sorted(fp8)} if fp8 else {})}
     log.info("integer lowering: %s lowered, %d float fallbacks", low.lowered, len(low.fallback))
     try:
         out = onnx.shape_inference.infer_shapes(out)

@@ -30,6 +30,7 @@ from . import functions as fn
 
 log = logging.getLogger(__name__)
 
+FLOAT8_TYPES = {TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2}
 ACTIVATIONS = {"Relu", "Clip"}  # folded into the clamp of the op they follow
 CONTAINER = {  # Q/DQ element type -> (container numpy dtype, type range)
     TensorProto.UINT8: (np.dtype(np.uint8), 0, 255),
@@ -164,8 +165,11 @@ class Lowering:
         if len(q.input) > 2 and q.input[2]:
             zp = self.scalar(q.input[2])
             ttype = self.init_types.get(q.input[2])
-        else:
-            zp, ttype = 0, TensorProto.UINT8
+        else:  # no zero point: the type is output_dtype's (an FP8 pair, passes/insert_qdq.py) or uint8
+            zp = 0
+            ttype = next((a.i for a in q.attribute if a.name == "output_dtype"), TensorProto.UINT8)
+            if q.op_type == "DequantizeLinear" and q.input[0] in self.init_types:
+                ttype = self.init_types[q.input[0]]
         if zp is None or ttype not in CONTAINER:
             return None
         dtype, lo, hi = CONTAINER[ttype]
@@ -179,8 +183,8 @@ class Lowering:
         return QT(name, float(np.float32(scale)), int(zp), dtype, int(lo), int(hi))
 
     def weight(self, dq: onnx.NodeProto) -> Weight | None:
-        if dq.input[0] not in self.inits:
-            return None
+        if dq.input[0] not in self.inits or self.init_types[dq.input[0]] in FLOAT8_TYPES:
+            return None  # FP8 weights have no integer form: their layer stays in float
         q = self.inits[dq.input[0]]
         scale = self.inits.get(dq.input[1])
         if scale is None:

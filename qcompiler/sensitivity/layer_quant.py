@@ -9,20 +9,32 @@ import onnx
 
 from qcompiler import quantize as quant
 from qcompiler.errors import QCompileError
+from qcompiler.formats import Bits, fp8_activation_scale, is_fp
 from qcompiler.plan import QuantPlan
 from qcompiler.ties import SAME_SCALE_OPS
 
 
-def layer_weight(w: np.ndarray, w_bits: int, a_bits: int, axis: int, bias: np.ndarray | None,
+def input_scale(rng: Sequence[float] | None, a_bits: Bits) -> float | None:
+    """The scale InsertQDQ gives a layer's input quantizer of format ``a_bits`` (None: float input)."""
+    if not rng or (not is_fp(a_bits) and a_bits >= 16):
+        return None
+    if is_fp(a_bits):
+        return fp8_activation_scale(rng[0], rng[1], a_bits)
+    return quant.activation_qparams(rng[0], rng[1], a_bits)[0]
+
+
+def layer_weight(w: np.ndarray, w_bits: Bits, a_bits: Bits, axis: int, bias: np.ndarray | None,
                  rng: Sequence[float] | None) -> np.ndarray:
     """Q(W) of a layer as InsertQDQ compiles it: MSE-clipped per-channel scales, raised where the int32
     bias at the input scale of ``a_bits`` would saturate."""
-    s_x = quant.activation_qparams(rng[0], rng[1], a_bits)[0] if rng and a_bits < 16 and bias is not None else None
+    s_x = input_scale(rng, a_bits) if bias is not None else None
     return quant.fake_quant_weight(w, w_bits, axis, bias=bias, s_x=s_x)
 
 
-def quantize_act(x: np.ndarray, rng: Sequence[float], bits: int) -> np.ndarray:
+def quantize_act(x: np.ndarray, rng: Sequence[float], bits: Bits) -> np.ndarray:
     """Q(x) in float on the calibrated range's grid (identity when activations stay float)."""
+    if is_fp(bits):
+        return quant.fake_quant_act_fp8(x, rng[0], rng[1], bits)
     return x if bits >= 16 else quant.fake_quant_act(x, rng[0], rng[1], bits)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qcompiler.formats import is_fp
 from qcompiler.options import CompileOptions
 from qcompiler.plan import QuantPlan
 
@@ -30,8 +31,8 @@ def prune_candidates(plan: QuantPlan, options: CompileOptions) -> tuple[dict[str
     share = options.sensitivity_min_share
     dropped = 0
     for lp in plan.layers.values():
-        top_a = max(a for _, a in lp.candidates)
-        keep = [c for c in lp.candidates if c[1] == top_a]
+        top_a = max((a for _, a in lp.candidates if not is_fp(a)), default=None)
+        keep = [c for c in lp.candidates if c[1] == top_a or is_fp(c[1])]  # an FP8 format has one activation format
         dropped += len(lp.candidates) - len(keep)
         lp.candidates = keep
     names = sorted(plan.layers, key=lambda n: (plan.layers[n].params, n))

@@ -34,7 +34,8 @@ def suffix_cut(model: onnx.ModelProto, node_index: int, inits: Iterable[str] | N
     """The tensors a suffix from node ``node_index`` reads but does not make: what must be fed.
 
     The layer's own input and weight (inputs 0 and 1 of that node) are fed separately and are
-    in the list only when a later node reads them too.
+    in the list only when a later node reads them too. A graph output made before the layer (a
+    parallel branch that ends earlier) is in the list too: the suffix passes it through.
     """
     nodes = model.graph.node[node_index:]
     init_names = set(inits) if inits is not None else {t.name for t in model.graph.initializer}
@@ -45,6 +46,9 @@ def suffix_cut(model: onnx.ModelProto, node_index: int, inits: Iterable[str] | N
             if (j == 0 and k < 2) or not i or i in produced or i in init_names:
                 continue
             cut.setdefault(i)
+    for o in model.graph.output:  # an output made before the layer (another branch) passes through unchanged
+        if o.name not in produced and o.name not in init_names:
+            cut.setdefault(o.name)
     return list(cut)
 
 
