@@ -71,7 +71,8 @@ th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums;wh
 .bad{color:#b42318;font-weight:600}.ok{color:#1a7f37}.muted{color:#57606a}
 .plot{margin:8px 0;max-width:100%;overflow-x:auto}.plot svg{max-width:100%;height:auto}
 .scroll{display:inline-block;max-width:100%;overflow:auto;border:1px solid #d0d7de;margin:8px 0;vertical-align:top}
-.scroll svg{display:block}.wide td{white-space:nowrap}table.summary th{font-weight:600;white-space:nowrap}
+.scroll svg{display:block}.wide td{white-space:nowrap}.wide .brk{white-space:normal;overflow-wrap:anywhere}
+table.summary th{font-weight:600;white-space:nowrap}
 .caption{color:#57606a;font-size:13px;margin:4px 0 12px}
 ul{margin:4px 0}code{font-size:12px}
 """

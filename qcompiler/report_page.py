@@ -68,13 +68,17 @@ def _layer_table(plan: QuantPlan, order: Sequence[str]) -> str:
         wscale = f"{min(wq.scale):.3g}…{max(wq.scale):.3g}" if wq and wq.scale else "–"
         ascale = f"{aq.scale[0]:.3g} zp {aq.zero_point[0]}" if aq and aq.scale else "–"
         s = chosen_sensitivity(lp)
-        others = " · ".join(f"{k} {v:.2g}" for k, v in sorted(lp.sensitivity.items())) or "–"
-        rows.append((i, name, lp.op_type, layer_format(plan, name), lp.params, lp.macs,
+        # one candidate per line, and long layer names broken after their path separators: the 12 columns
+        # fit the 1100 px page instead of scrolling sideways (a 233-op YOLOv8n report did)
+        others = Raw("<br>".join(f"{esc(k)} {v:.2g}" for k, v in sorted(lp.sensitivity.items())) or "–")
+        label = Raw('<span class="brk">' + "".join(esc(c) + ("<wbr>" if c in "/._" else "") for c in name)
+                    + "</span>")
+        rows.append((i, label, lp.op_type, layer_format(plan, name), lp.params, lp.macs,
                      int(round(layer_size_bytes(lp))), wscale, ascale,
                      "–" if s is None else s, others, "–" if lp.group is None else lp.group))
     return '<div class="wide">' + table(
         ["#", "layer", "op", "format", "params", "MACs", "weight bytes", "weight scale", "output scale",
-         "Ω (chosen)", "Ω per candidate", "tie group"], rows,
+         "Ω (chosen)", "Ω per candidate", "tie"], rows,
         numeric=(True, False, False, False, True, True, True, False, False, True, False, False)) + "</div>"
 
 
