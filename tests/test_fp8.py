@@ -118,12 +118,15 @@ def _two_branch_model(path, seed: int = 0) -> np.ndarray:
     return {"xh": xh, "xp": xp}
 
 
-def test_ilp_picks_fp8_for_outliers_and_int8_for_even_values(tmp_path) -> None:
+@pytest.mark.parametrize("method", ["kl", "hessian"])
+def test_ilp_picks_fp8_for_outliers_and_int8_for_even_values(tmp_path, method: str) -> None:
+    if method == "hessian":
+        pytest.importorskip("torch", reason="Hessian sensitivity needs the torch extra")
     model = tmp_path / "two.onnx"
     data = _two_branch_model(model)
     np.savez(tmp_path / "calib.npz", **{k: v[:, 0] for k, v in data.items()})
     res = compile_model(model, tmp_path / "out", calib=tmp_path / "calib.npz",
-                        options=CompileOptions(bits=[8, "fp8"], budgets={"size": "100%"}))
+                        options=CompileOptions(bits=[8, "fp8"], budgets={"size": "100%"}, sensitivity=method))
     plan = json.loads((res.out_dir / "plan.json").read_text())
     heavy, plain = plan["layers"]["heavy"], plan["layers"]["plain"]
     assert heavy["sensitivity"]["wfp8afp8"] < heavy["sensitivity"]["w8a8"], heavy["sensitivity"]
