@@ -205,3 +205,15 @@ def test_fp8_mlp_dtypes_agree_on_e5m2_range() -> None:
     assert float(dequantize_fp8(quantize_fp8(x, 1.0, "fp8"), 1.0)[0]) == 448.0
     assert float(dequantize_fp8(quantize_fp8(x, 1.0, "fp8e5m2"), 1.0)[0]) == float(
         np.float32(1000.0).astype(ml_dtypes.float8_e5m2).astype(np.float32))
+
+
+def test_pareto_sweep_measures_plans_with_fp8_layers(tmp_path) -> None:
+    """--pareto with FP8 candidates: each point's whole plan is simulated with FP8 Q/DQ pairs and measured."""
+    model = tmp_path / "two.onnx"
+    data = _two_branch_model(model)
+    np.savez(tmp_path / "calib.npz", **{k: v[:, 0] for k, v in data.items()})
+    res = compile_model(model, tmp_path / "out", calib=tmp_path / "calib.npz",
+                        options=CompileOptions(bits=[4, 8, "fp8"], pareto=2))
+    pareto = json.loads((res.out_dir / "pareto.json").read_text())
+    assert any("wfp8afp8" in (p.get("formats") or {}) for p in pareto["points"]), pareto["points"]
+    assert all(np.isfinite(p["perturbation"]) for p in pareto["points"])

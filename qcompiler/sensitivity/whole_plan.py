@@ -14,10 +14,11 @@ from onnx import helper, numpy_helper
 
 from qcompiler import ort_session
 from qcompiler import quantize as quant
+from qcompiler.formats import float_format, is_fp
 from qcompiler.ir import initializers
 from qcompiler.plan import QuantPlan
 
-from .layer_quant import layer_input_range, layer_weight
+from .layer_quant import input_scale, layer_input_range, layer_weight
 from .outputs import OutputReference, reference_outputs
 
 
@@ -44,14 +45,22 @@ def fake_quant_model(model: onnx.ModelProto, plan: QuantPlan,
             continue
         wb, ab = assignment[name] if assignment is not None else (lp.weight_bits, lp.act_bits)
         w = inits[lp.weight]
-        rng = None if ab >= 16 else (ranges or {}).get(lp.input) or layer_input_range(model, plan, name)
+        rng = None if not is_fp(ab) and ab >= 16 else (ranges or {}).get(lp.input) or layer_input_range(
+            model, plan, name)
         node.input[1] = f"{lp.weight}__q{wb}_{name}"
         bias = inits.get(node.input[2]) if len(node.input) > 2 else None
         qweights[node.input[1]] = layer_weight(w, wb, ab, quant.node_weight_axis(node), bias, rng)
+        p = f"__qc_fq_{name}"
+        if is_fp(ab):  # an FP8 input: the Q/DQ pair itself (ORT runs FP8 QuantizeLinear on every CPU)
+            qweights[f"{p}_s"] = np.array(input_scale(rng, ab), np.float32)
+            before[name] = [helper.make_node("QuantizeLinear", [node.input[0], f"{p}_s"], [f"{p}_q"], name=f"{p}_q",
+                                             output_dtype=float_format(ab).onnx_type),
+                            helper.make_node("DequantizeLinear", [f"{p}_q", f"{p}_s"], [f"{p}_dq"], name=f"{p}_dq")]
+            node.input[0] = f"{p}_dq"
+            continue
         if ab >= 16:
             continue
         s, z = quant.activation_qparams(rng[0], rng[1], ab)
-        p = f"__qc_fq_{name}"
         consts = {f"{p}_s": s, f"{p}_z": z, f"{p}_lo": 0.0, f"{p}_hi": quant.qrange(ab, False)[1]}
         qweights.update({k: np.array(v, np.float32) for k, v in consts.items()})
         chain = [("Div", [node.input[0], f"{p}_s"]), ("Round", []), ("Add", [f"{p}_z"]),
