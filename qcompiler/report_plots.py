@@ -122,7 +122,8 @@ def sensitivity_plot(plan: QuantPlan, order: Sequence[str]) -> str | None:
     labelled = len(order) <= LABELLED_ROWS
     label_in = CHAR_IN * max(len(s) for s in labels) + 0.2
     row_in = 0.3 if labelled else 0.17
-    fig = figure(min(MAX_WIDTH_IN, max(6.0, label_in + 1.8 + 0.9 * len(keys))), 1.3 + row_in * len(order),
+    # at least 2.8 in tall: the colour bar's label runs along its height (a 2-layer model cut it off)
+    fig = figure(min(MAX_WIDTH_IN, max(6.0, label_in + 1.8 + 0.9 * len(keys))), max(2.8, 1.3 + row_in * len(order)),
                  left=label_in, bottom=0.55, right=1.3, top=0.35)
     ax = fig.add_subplot()
     im = ax.imshow(grid, aspect="auto", norm=LogNorm(vmin=lo, vmax=hi), cmap="viridis", interpolation="nearest")
@@ -141,7 +142,8 @@ def sensitivity_plot(plan: QuantPlan, order: Sequence[str]) -> str | None:
                                        linewidth=3.0))
                 ax.add_patch(Rectangle((j - 0.46, i - 0.42), 0.92, 0.84, fill=False, edgecolor="white",
                                        linewidth=1.3))
-    ax.set_xlabel("candidate format (wXaY: X-bit weights, Y-bit activations)")
+    ax.set_xlabel("candidate format (wXaY: X-bit weights, Y-bit activations"
+                  + ("; fp8: 8-bit float)" if any("fp8" in k for k in keys) else ")"))
     ax.set_title("Ω per layer and candidate (boxed: chosen)")
     fig.colorbar(im, ax=ax, label="Ω (log scale, lower is better)", pad=0.02)
     return svg(fig, alt="sensitivity heatmap")
