@@ -21,6 +21,7 @@ from .artifacts import atomic_output_dir, check_output_dir, sha256_file, write_j
 from .calibration import CalibrationData, InputSpec, array_shapes
 from .errors import CalibrationError, FlagError, QCompileError, caller
 from .external_data import model_digest, save_model
+from .formats import is_fp
 from .image_preprocess import coerce, from_metadata
 from .ir import graph_inputs, node_names_unique, value_shapes
 from .options import CompileOptions
@@ -217,8 +218,9 @@ def summarize(plan: QuantPlan, float_model: onnx.ModelProto, stages: dict[str, o
     if fp8:  # FP8 layers run in float between FP8 Q/DQ pairs in every graph: said apart from fallbacks
         order = {n.name: i for i, n in enumerate(float_model.graph.node)}
         summary["fp8_layers"] = {"count": len(fp8), "layers": sorted(fp8, key=lambda n: order.get(n, len(order))),
-                                 "line": f"{len(fp8)} of {len(plan.layers)} layers: FP8 weights and inputs, "
-                                         "float op between DequantizeLinear and QuantizeLinear"}
+                                 "line": f"{len(fp8)} of {len(plan.layers)} layers: FP8 weights"
+                                         + (" and inputs" if all(is_fp(plan.layers[n].act_bits) for n in fp8)
+                                            else "") + ", float op between DequantizeLinear and QuantizeLinear"}
     if ctx.encoder:
         from .text_calibration import embedding_cosine
 
