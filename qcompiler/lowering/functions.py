@@ -48,6 +48,8 @@ SIGNATURES: dict[str, tuple[list[str], list[str]]] = {
     "QAvgPool": (["x", "x_zp", "b", "c", "y_zp"], ["kernel_shape", "strides", "pads", "global", "qmin", "qmax"]),
     "QRequant": (["x", "x_zp", "b", "c", "y_zp"], ["qmin", "qmax"]),
     "QLut": (["x", "table"], []),  # y = table[x & 0xFF] (numerics.qlut)
+    # product of two activations, broadcast as ONNX Mul (qcompiler/lowering/product.py)
+    "QMul": (["a", "a_zp", "b_in", "b_zp", "b", "c", "y_zp"], ["qmin", "qmax"]),
     # transformer ops (I-ViT style; references in qcompiler/numerics.py, section "transformer ops")
     "QSoftmax": (["x", "mask", "m_exp", "b", "c", "y_zp"], ["qmin", "qmax"]),
     "QGelu": (["x", "x_zp", "m1", "m3", "b", "c", "y_zp"], ["qmin", "qmax"]),
@@ -322,6 +324,16 @@ def _body(op: str) -> list[onnx.NodeProto]:
             h.make_node("Mul", ["da", "ma"], ["pa"]),
             h.make_node("Mul", ["db", "mb"], ["pb"]),
             h.make_node("Add", ["pa", "pb"], ["v"]),
+            *_shift_round_clamp("v", "c", "y_zp", "y"),
+        ]
+    if op == "QMul":
+        # |a - a_zp| * |b - b_zp| <= 255 * 255 (8-bit inputs): the product is exact in int64, then the
+        # one dyadic requantization of every op (b < 2^31: acc * b < 2^47)
+        return [
+            *_minus_zp("a", "a_zp", "da"),
+            *_minus_zp("b_in", "b_zp", "db"),
+            h.make_node("Mul", ["da", "db"], ["acc"]),
+            h.make_node("Mul", ["acc", "b"], ["v"]),
             *_shift_round_clamp("v", "c", "y_zp", "y"),
         ]
     if op == "QRequant":

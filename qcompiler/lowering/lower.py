@@ -5,7 +5,8 @@ order, so each rule sees the integer grids its inputs already got. A rule that f
 integer form returns False and the op stays in float between DequantizeLinear and
 QuantizeLinear, listed in ``plan.fallback_ops``. The rules: linear.py (Conv, Gemm, MatMul),
 elementwise.py (Add, Concat, value-moving ops, rescales), pooling.py, transformer.py, lut.py
-(elementwise functions of one tensor as 256-entry tables).
+(elementwise functions of one tensor as 256-entry tables), single_source.py (Mul / Div of functions
+of one tensor as tables) and product.py (Mul of two activations as QMul, for the targets that run it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from .graph import live_nodes, toposort
 from .linear import lower_conv, lower_matmul
 from .lut import LUT_OPS, lower_lut
 from .pooling import lower_avgpool
+from .product import lower_mul
+from .single_source import SINGLE_SOURCE_OPS, lower_single_source
 from .state import ACTIVATIONS, Lowering
 from .transformer import lower_gelu, lower_layernorm, lower_softmax
 
@@ -36,6 +39,7 @@ RULES: dict[str, Callable[[Lowering, onnx.NodeProto], bool]] = {
     "Conv": lower_conv, "Gemm": lower_matmul, "MatMul": lower_matmul, "Add": lower_add, "Concat": lower_concat,
     "AveragePool": lower_avgpool, "GlobalAveragePool": lower_avgpool, "Softmax": lower_softmax,
     "Gelu": lower_gelu, "LayerNormalization": lower_layernorm, **dict.fromkeys(LUT_OPS, lower_lut),
+    **dict.fromkeys(SINGLE_SOURCE_OPS, lower_single_source), "Mul": lower_mul,
 }
 
 

@@ -135,6 +135,10 @@ def standard(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr | list[relax
         return bld.emit(R.sqrt(bld.val(node.input[0])))
     if op == "Pow":
         return power(bld, node)
+    if op in ("Conv", "ConvTranspose"):  # float convolutions of fallback islands
+        from . import float_conv
+
+        return float_conv.conv(bld, node) if op == "Conv" else float_conv.conv_transpose(bld, node)
     return standard_tensor_op(bld, node)
 
 
