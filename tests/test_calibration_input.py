@@ -321,7 +321,7 @@ def test_api_errors_name_arguments_cli_errors_flags(tmp_path, capsys) -> None:
     assert "calib=DIR|NPZ" in str(e.value) and "--" not in str(e.value)
     with pytest.raises(FlagError) as e:
         compile_model(model, tmp_path / "new", options=CompileOptions(bits=[3]))
-    assert str(e.value) == "bits=3 is not supported (use 2, 4 and/or 8, e.g. bits=[4, 8])"
+    assert str(e.value) == "bits=3 is not supported (use 2, 4, 8, fp8 and/or fp8e5m2, e.g. bits=[4, 8])"
     # the same errors from the command line name its flags
     assert cli.main([str(model), "-o", str(tmp_path / "out"), "-q"]) == 2
     assert "pass --force to replace it" in capsys.readouterr().err
