@@ -61,6 +61,12 @@ def is_fp(b: Bits) -> bool:
     return isinstance(b, str)
 
 
+def float_activation(a_bits: Bits) -> bool:
+    """Whether an activation "width" means the activation is not quantized at all (16 bits or more:
+    ``--weight-only`` keeps float activations); an FP8 format is quantized."""
+    return not is_fp(a_bits) and int(a_bits) >= 16
+
+
 def norm(b: Bits | float) -> Bits:
     """One spelling per format: ints for integer widths (from JSON, numpy or text), names for FP."""
     if isinstance(b, str):

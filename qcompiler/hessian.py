@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import QCompileError, UnsupportedModelError
-from .formats import is_fp
+from .formats import float_activation
 from .layers import fmt, monotone
 from .plan import QuantPlan
 from .quantize import fake_quant_weight, node_weight_axis
@@ -391,7 +391,7 @@ def hessian_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: Sequen
         for wb, ab in lp.candidates:
             dw = float(np.sum((fake_quant_weight(w, wb, axis) - w).astype(np.float64) ** 2))
             dx = 0.0
-            if is_fp(ab) or ab < 16:
+            if not float_activation(ab):
                 for k in kept:
                     x = k[lp.input].numpy()
                     dx += float(np.sum((quantize_act(x, rng, ab) - x).astype(np.float64) ** 2))

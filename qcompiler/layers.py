@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from .formats import Bits, at_most, is_fp, norm, sort_key, stored_bits
+from .formats import Bits, at_most, float_activation, is_fp, norm, sort_key, stored_bits
 from .ir import QUANTIZABLE, attr, infer_shapes, value_shapes
 from .options import CompileOptions
 from .plan import LayerPlan, QuantPlan
@@ -25,7 +25,7 @@ DEFAULT_BITS = (4, 8)
 def fmt(w_bits: Bits, a_bits: Bits) -> str:
     """Key of one candidate format in ``LayerPlan.sensitivity`` ("w4a8"; "w4af" when activations stay
     float; "wfp8afp8" for FP8 weights and activations)."""
-    return f"w{w_bits}a{a_bits if is_fp(a_bits) or a_bits < 16 else 'f'}"
+    return f"w{w_bits}a{'f' if float_activation(a_bits) else a_bits}"
 
 
 def parse_fmt(key: str) -> tuple[Bits, Bits]:
@@ -50,9 +50,7 @@ def monotone(scores: Mapping[str, float]) -> dict[str, float]:
 
 def act_width(a_bits: Bits) -> int:
     """The activation bits a cost counts: :data:`FLOAT_BITS` for any float (>= 16-bit) activation, 8 for FP8."""
-    if is_fp(a_bits):
-        return stored_bits(a_bits)
-    return FLOAT_BITS if a_bits >= 16 else a_bits
+    return FLOAT_BITS if float_activation(a_bits) else stored_bits(a_bits)
 
 
 def _positive_product(dims: Iterable[int | str]) -> int:

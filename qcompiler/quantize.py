@@ -10,7 +10,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -122,45 +122,28 @@ def search_weight_scales_in_background(jobs: Sequence[tuple[np.ndarray, int, int
 
 def _weight_scales(w: np.ndarray, bits: Bits, axis: int, mse: bool) -> np.ndarray:
     wc = np.moveaxis(w.astype(np.float32), axis, 0).reshape(w.shape[axis], -1)
-    if is_fp(bits):
-        return _fp8_weight_scales(wc, bits, mse)
-    qmax = (1 << (bits - 1)) - 1
     amax = np.abs(wc).max(axis=1).astype(np.float64)
     amax = np.where(amax > 0, amax, 1.0)
+    if is_fp(bits):
+        return _fp8_weight_scales(wc, amax, bits, mse)
+    qmax = (1 << (bits - 1)) - 1
     if not mse:
         return np.maximum(amax / qmax, FLOAT32_TINY).astype(np.float32)
+
+    def roundtrip(blk: np.ndarray, s: np.ndarray, buf: np.ndarray) -> None:
+        np.divide(blk, s, out=buf)
+        np.round(buf, out=buf)
+        np.clip(buf, -qmax, qmax, out=buf)
+        buf *= s
+
     # At 2 bits the grid is ternary {-1, 0, 1} x scale: the MSE-best scale of a bell-shaped channel lies
     # near a third of its max (the threshold s/2 must cut most small weights to 0), below the 4/8-bit
     # range, so the search reaches down to 5% of the max there (other widths keep their grid).
     fr = np.linspace(0.05, 1.0, 96) if bits <= 2 else np.linspace(0.5, 1.0, 51)
-    best = amax / qmax
-    best_err = np.full(len(amax), np.inf)
-    # A cache-sized block of channels at a time, in place, in float32: the weights are float32, the
-    # rounding error of a float32 square-sum (~1e-7 relative) is far below the differences
-    # between neighbouring clips, and it halves the memory traffic of the search (3.5M weights x
-    # 51 clips x every candidate width on MobileNetV2), the bulk of a compile's weight handling.
-    rows = max(1, _BLOCK // max(wc.shape[1], 1))
-    for r0 in range(0, len(amax), rows):
-        blk = wc[r0:r0 + rows]
-        buf = np.empty_like(blk)
-        a = amax[r0:r0 + rows]
-        b_s, b_err = best[r0:r0 + rows], best_err[r0:r0 + rows]  # views: updated in place
-        for f in fr:
-            s64 = np.maximum(a * f / qmax, FLOAT32_TINY)  # a subnormal (or 0) float32 scale would divide by 0
-            s = s64.astype(np.float32)[:, None]
-            np.divide(blk, s, out=buf)
-            np.round(buf, out=buf)
-            np.clip(buf, -qmax, qmax, out=buf)
-            buf *= s
-            np.subtract(blk, buf, out=buf)
-            err = np.einsum("ij,ij->i", buf, buf, dtype=np.float64)
-            better = err < b_err
-            b_s[better] = s64[better]
-            b_err[better] = err[better]
-    return np.maximum(best, FLOAT32_TINY).astype(np.float32)
+    return _search_clip(wc, amax, qmax, fr, roundtrip)
 
 
-def _fp8_weight_scales(wc: np.ndarray, name: str, mse: bool) -> np.ndarray:
+def _fp8_weight_scales(wc: np.ndarray, amax: np.ndarray, name: str, mse: bool) -> np.ndarray:
     """Per-channel FP8 scales of channels-by-rows weights: max-based (the channel's largest magnitude
     on the format's max) or, with ``mse``, the clip in [0.5, 1] x max that minimises ||W - Q(W)||^2
     through the saturating FP8 cast (:func:`qcompiler.formats.to_fp8`).
@@ -170,22 +153,39 @@ def _fp8_weight_scales(wc: np.ndarray, name: str, mse: bool) -> np.ndarray:
     few large outliers whose rounding error outweighs the clipped tail.
     """
     fmax = float_format(name).max
-    amax = np.abs(wc).max(axis=1).astype(np.float64)
-    amax = np.where(amax > 0, amax, 1.0)
-    best = amax / fmax
     if not mse:
-        return np.maximum(best, FLOAT32_TINY).astype(np.float32)
+        return np.maximum(amax / fmax, FLOAT32_TINY).astype(np.float32)
+
+    def roundtrip(blk: np.ndarray, s: np.ndarray, buf: np.ndarray) -> None:
+        buf[...] = to_fp8(np.divide(blk, s, dtype=np.float32), name).astype(np.float32) * s
+
+    return _search_clip(wc, amax, fmax, np.linspace(0.5, 1.0, 26), roundtrip)
+
+
+def _search_clip(wc: np.ndarray, amax: np.ndarray, top: float, fracs: np.ndarray,
+                 roundtrip: Callable[[np.ndarray, np.ndarray, np.ndarray], None]) -> np.ndarray:
+    """Per channel (row of ``wc``) the scale ``amax * f / top`` over ``fracs`` whose ``roundtrip`` (Q then DQ,
+    written into its third argument) is closest to the weights in squared error: one search for every grid.
+
+    A cache-sized block of channels at a time, in place, in float32: the weights are float32, the
+    rounding error of a float32 square-sum (~1e-7 relative) is far below the differences
+    between neighbouring clips, and it halves the memory traffic of the search (3.5M weights x
+    51 clips x every candidate width on MobileNetV2), the bulk of a compile's weight handling.
+    """
+    best = amax / top
     best_err = np.full(len(amax), np.inf)
     rows = max(1, _BLOCK // max(wc.shape[1], 1))
     for r0 in range(0, len(amax), rows):
         blk = wc[r0:r0 + rows]
+        buf = np.empty_like(blk)
         a = amax[r0:r0 + rows]
-        b_s, b_err = best[r0:r0 + rows], best_err[r0:r0 + rows]
-        for f in np.linspace(0.5, 1.0, 26):
-            s64 = np.maximum(a * f / fmax, FLOAT32_TINY)
+        b_s, b_err = best[r0:r0 + rows], best_err[r0:r0 + rows]  # views: updated in place
+        for f in fracs:
+            s64 = np.maximum(a * f / top, FLOAT32_TINY)  # a subnormal (or 0) float32 scale would divide by 0
             s = s64.astype(np.float32)[:, None]
-            d = blk - to_fp8(np.divide(blk, s, dtype=np.float32), name).astype(np.float32) * s
-            err = np.einsum("ij,ij->i", d, d, dtype=np.float64)
+            roundtrip(blk, s, buf)
+            np.subtract(blk, buf, out=buf)
+            err = np.einsum("ij,ij->i", buf, buf, dtype=np.float64)
             better = err < b_err
             b_s[better] = s64[better]
             b_err[better] = err[better]

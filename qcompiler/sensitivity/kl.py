@@ -19,7 +19,7 @@ from qcompiler import ort_session
 from qcompiler import quantize as quant
 from qcompiler.errors import QCompileError
 from qcompiler.executor import Executor
-from qcompiler.formats import is_fp, norm
+from qcompiler.formats import float_activation, is_fp, norm
 from qcompiler.ir import initializers
 from qcompiler.layers import fmt, monotone
 from qcompiler.overlap import ahead
@@ -95,7 +95,7 @@ def _layer_task(model: onnx.ModelProto, plan: QuantPlan, name: str, *, index: Ma
     node = model.graph.node[index[name]]
     cands, source, anchors, others = _split_formats(lp, estimate)
     sm, cut = suffix_model(model, index[name], local=1 + len(others), stub={k: inits[k] for k in stubs})
-    rng = layer_input_range(model, plan, name) if any(is_fp(ab) or ab < 16 for _, ab in cands) else None
+    rng = layer_input_range(model, plan, name) if any(not float_activation(ab) for _, ab in cands) else None
     max_samples = light_samples if name in light else None
     bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
     small = {n: inits[n] for n in (lp.weight, bias) if n and n not in stubs}

@@ -9,14 +9,14 @@ import onnx
 
 from qcompiler import quantize as quant
 from qcompiler.errors import QCompileError
-from qcompiler.formats import Bits, fp8_activation_scale, is_fp
+from qcompiler.formats import Bits, float_activation, fp8_activation_scale, is_fp
 from qcompiler.plan import QuantPlan
 from qcompiler.ties import SAME_SCALE_OPS
 
 
 def input_scale(rng: Sequence[float] | None, a_bits: Bits) -> float | None:
     """The scale InsertQDQ gives a layer's input quantizer of format ``a_bits`` (None: float input)."""
-    if not rng or (not is_fp(a_bits) and a_bits >= 16):
+    if not rng or float_activation(a_bits):
         return None
     if is_fp(a_bits):
         return fp8_activation_scale(rng[0], rng[1], a_bits)

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 
 from qcompiler import ort_session
 from qcompiler import quantize as quant
-from qcompiler.formats import float_format, is_fp
+from qcompiler.formats import float_activation, float_format, is_fp
 from qcompiler.ir import initializers
 from qcompiler.plan import QuantPlan
 
@@ -45,8 +45,7 @@ def fake_quant_model(model: onnx.ModelProto, plan: QuantPlan,
             continue
         wb, ab = assignment[name] if assignment is not None else (lp.weight_bits, lp.act_bits)
         w = inits[lp.weight]
-        rng = None if not is_fp(ab) and ab >= 16 else (ranges or {}).get(lp.input) or layer_input_range(
-            model, plan, name)
+        rng = None if float_activation(ab) else (ranges or {}).get(lp.input) or layer_input_range(model, plan, name)
         node.input[1] = f"{lp.weight}__q{wb}_{name}"
         bias = inits.get(node.input[2]) if len(node.input) > 2 else None
         qweights[node.input[1]] = layer_weight(w, wb, ab, quant.node_weight_axis(node), bias, rng)
