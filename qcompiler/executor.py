@@ -25,6 +25,7 @@ import pickle
 import shutil
 import socket
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -38,16 +39,16 @@ log = logging.getLogger("qcompiler.executor")
 LOCAL = "local"  # --ray without an address: start a local cluster (Ray's own spelling)
 
 
-class Shared:
+class Shared(ABC):
     """A picklable handle on values stored once by :meth:`Executor.share`; tasks read what they need."""
 
+    @abstractmethod
     def get(self, names: Iterable[str]) -> dict[str, Any]:
         """The values of ``names`` (arrays may be read-only views of shared memory: do not write them)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def names(self) -> list[str]:
         """Every name the handle holds."""
-        raise NotImplementedError
 
 
 class LocalShared(Shared):
