@@ -39,9 +39,10 @@ def tensor_batches(model: onnx.ModelProto, names: Sequence[str], feeds: Iterable
     The session is made at the call (a model ONNX Runtime cannot load fails here), the batches
     run as the iterator is consumed.
     """
-    m = with_range_stats(with_outputs(model, list(names)), list(range_stats))
+    # (a large model's copy refers to its weights instead of copying them: external_data.weightless_copy)
+    m = with_range_stats(with_outputs(model, list(names), weightless=True), list(range_stats), copy=False)
     try:
-        sess = session(m, optimize=optimize)
+        sess = session(m, optimize=optimize, weights_from=model)
     except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors for models it cannot run
         if errors is None:
             raise
@@ -59,15 +60,17 @@ def tensor_batches(model: onnx.ModelProto, names: Sequence[str], feeds: Iterable
     return ahead(run, feeds)
 
 
-def with_range_stats(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+def with_range_stats(model: onnx.ModelProto, names: list[str], *, copy: bool = True) -> onnx.ModelProto:
     """``model`` also returning, per tensor in ``names``, its min, its max and ``sum(x * 0)`` (NaN
     exactly when the tensor holds a NaN or an infinity), as scalars.
 
     Why: ONNX Runtime computes them on its own thread, next to the tensor it just wrote, while
     numpy bins the previous sample; in numpy they were two of the histogram's five passes.
     """
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = model  # ``copy=False``: the caller's own copy is extended (one copy of the weights less)
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     if not names:
         return m
     zero = "__qc_zero"

@@ -26,7 +26,8 @@ from google.protobuf.message import DecodeError, Message
 from onnx import version_converter
 
 from .errors import ExternalDataError, ModelLoadError, ShapeError, UnsupportedModelError
-from .ir import OPSET, kahn_order
+from .external_data import is_large, light_model, restore_from_light, return_freed_memory_to_the_system
+from .ir import OPSET, infer_shapes, kahn_order
 
 log = logging.getLogger("qcompiler.importer")
 
@@ -182,6 +183,8 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     except (OSError, ValueError, onnx.checker.ValidationError) as e:
         raise ExternalDataError(f"cannot read external data ({' '.join(str(e).split())[:200]})", model=name,
                                 hint="put the data files next to the model") from None
+    if is_large(model):
+        return_freed_memory_to_the_system()
     return model
 
 
@@ -252,8 +255,8 @@ def check_model(model: onnx.ModelProto, name: str) -> None:
                                      model=name, node=n.name or n.op_type,
                                      hint="the graph is broken; export the model again")
     _check_acyclic(model, name)
-    try:
-        onnx.checker.check_model(model, full_check=False)
+    try:  # a large model's weights cannot be serialised for the checker: it checks the rest
+        onnx.checker.check_model(light_model(model)[0] if is_large(model) else model, full_check=False)
     except onnx.checker.ValidationError as e:
         text = " ".join(str(e).split())
         m = re.search(r"[Nn]ame: (\S+) OpType", text) or re.search(r"Node\(([^)]+)\)", text)
@@ -363,7 +366,7 @@ def _failing_node(model: onnx.ModelProto) -> onnx.NodeProto | None:
     original model so that no adapter trips over a made-up input type.
     """
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = infer_shapes(model) if is_large(model) else onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - the types are a courtesy here
         inferred = model
     types = {vi.name: vi.type for vi in list(inferred.graph.input) + list(inferred.graph.value_info)
@@ -400,8 +403,10 @@ def convert_opset(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     core = opset.get("", opset.get("ai.onnx"))
     if core == OPSET:
         return model
+    # a large model is converted without its weights (typed inputs meanwhile), which no adapter rewrites
+    light, moved = light_model(model) if is_large(model) else (model, [])
     try:
-        out = version_converter.convert_version(model, OPSET)
+        out = version_converter.convert_version(light, OPSET)
     except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
         reason = _converter_reason(e)
         bad = _failing_node(model)
@@ -410,6 +415,8 @@ def convert_opset(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
                                     node=(bad.name or bad.op_type) if bad is not None else None,
                                     hint=f"export the model with opset {OPSET}"
                                     + (f" or replace that {bad.op_type}" if bad is not None else "")) from None
+    if moved:
+        out = restore_from_light(out, moved, model)
     # opset 21 needs IR 10; the converter keeps the file's IR version (3 for the old zoo files)
     try:
         need = onnx.helper.find_min_ir_version_for(list(out.opset_import), ignore_unknown=True)

@@ -14,11 +14,13 @@ from collections.abc import Iterable
 import onnx
 from onnx import TensorProto
 
+from .ir import infer_shapes_any_size
+
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = infer_shapes_any_size(model)
     out: dict[str, int] = {}
     for vi in list(inferred.graph.input) + list(inferred.graph.output) + list(inferred.graph.value_info):
         if vi.type.tensor_type.elem_type:

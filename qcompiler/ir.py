@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import Message
 from onnx import numpy_helper
+
+from .external_data import is_large
 
 OPSET = 21
 DOMAIN = "qcompiler"  # domain of fused integer ops (model-local functions)
@@ -45,7 +47,36 @@ def from_gs(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+class LazyInitializers(Mapping[str, np.ndarray]):
+    """The initializers of a large model by name, each decoded when it is read (and not kept).
+
+    Why: a dict of every weight decoded is a second copy of the weights next to the model's own;
+    a pass reads one layer's at a time. Reading a name twice decodes it twice.
+    """
+
+    def __init__(self, model: onnx.ModelProto, base_dir: str = "") -> None:
+        self._tensors = {t.name: t for t in model.graph.initializer}
+        self._base_dir = base_dir  # where tensors left in external data are read from (a model's folder)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self._tensors[name], self._base_dir)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+def initializers(model: onnx.ModelProto, *, base_dir: str = "") -> Mapping[str, np.ndarray]:
+    """Every initializer as an array by name: a dict, or for a large model (``external_data.is_large``)
+    a :class:`LazyInitializers` that decodes one weight at a time (reading tensors that a model
+    loaded with ``load_external_data=False`` left on disk from ``base_dir``)."""
+    if is_large(model):
+        return LazyInitializers(model, base_dir)
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
@@ -107,7 +138,17 @@ def attr(node: onnx.NodeProto, name: str, default=None):
 
 
 def infer_shapes(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
-    """Shape inference that also sees inside model-local functions."""
+    """Shape inference that also sees inside model-local functions.
+
+    A large model (``external_data.is_large``) goes through :func:`infer_shapes_light`: ONNX's
+    inference serialises what it is given, and a model past 2 GB cannot be.
+    """
+    if is_large(model):
+        return infer_shapes_light(model, strict=strict)
+    return _infer(model, strict)
+
+
+def _infer(model: onnx.ModelProto, strict: bool) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict, data_prop=True)
 
 
@@ -133,10 +174,31 @@ def infer_shapes_light(model: onnx.ModelProto, *, strict: bool = False) -> onnx.
     ONNX's inference serializes the whole model and parses its answer back (10 s a call
     for VGG-19's 574 MB). Only small constants carry values it propagates (shapes,
     axes), so big initializers go in as typed graph inputs and come back afterwards.
+
+    A large model (``external_data.is_large``) is not copied: ``model`` itself is returned with the
+    inferred value_info and output types written into it (the same holds for :func:`infer_shapes`
+    and :func:`infer_shapes_any_size`, which take this path for large models).
     """
+    return _without_weights(model, lambda m: _infer(m, strict))
+
+
+def infer_shapes_any_size(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes(model)`` with ONNX's defaults, for a model of any size.
+
+    Why: that call serialises the model, which fails past 2 GB; a large model
+    (``external_data.is_large``) goes through :func:`infer_shapes_light`'s copy without weights.
+    Below the threshold it is exactly ONNX's call.
+    """
+    if not is_large(model):
+        return onnx.shape_inference.infer_shapes(model)
+    return _without_weights(model, onnx.shape_inference.infer_shapes)
+
+
+def _without_weights(model: onnx.ModelProto,
+                     infer: Callable[[onnx.ModelProto], onnx.ModelProto]) -> onnx.ModelProto:
     big = [t for t in model.graph.initializer if math.prod(t.dims) > _LIGHT_ELEMENTS]
     if not big:
-        return infer_shapes(model, strict=strict)
+        return infer(model)
     light = onnx.ModelProto()
     _copy_fields(light, model, skip="graph")
     _copy_fields(light.graph, model.graph, skip="initializer")
@@ -145,13 +207,27 @@ def infer_shapes_light(model: onnx.ModelProto, *, strict: bool = False) -> onnx.
     listed = {i.name for i in model.graph.input}  # (an IR-3 file may list an initializer as an input already)
     light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
                              for t in big if t.name not in listed)
-    out = infer_shapes(light, strict=strict)
+    out = infer(light)
+    if is_large(model):  # annotated in place: a copy would be one more copy of the weights at the peak
+        _take_shapes(model, out)
+        return model
     keep = list(out.graph.input)[:n_inputs]
     del out.graph.input[:]
     out.graph.input.extend(keep)
     del out.graph.initializer[:]
     out.graph.initializer.extend(model.graph.initializer)  # all of them, in the file's order
     return out
+
+
+def _take_shapes(model: onnx.ModelProto, inferred: onnx.ModelProto) -> None:
+    """Give ``model`` what inference found (value_info, graph output types); nodes and weights untouched,
+    so a caller's references into the model stay valid."""
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    types = {o.name: o.type for o in inferred.graph.output}
+    for o in model.graph.output:
+        if o.name in types:
+            o.type.CopyFrom(types[o.name])
 
 
 def node_names_unique(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -35,6 +35,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import BudgetError, TargetError
+from .external_data import is_large, model_digest
 from .ir import infer_shapes, value_shapes
 from .layers import fmt
 from .numerics import weight_storage
@@ -136,6 +137,8 @@ def measure_ort_cpu(layer_model: onnx.ModelProto, feeds: dict[str, np.ndarray], 
 # ----------------------------------------------------------------------------- the cached table
 
 def model_hash(model: onnx.ModelProto) -> str:
+    if is_large(model):  # past protobuf's 2 GB: its light graph, then each weight's bytes
+        return model_digest(model)
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 

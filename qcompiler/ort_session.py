@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from .external_data import is_large, threshold, weightless_copy, write_with_external_data
 from .native_log import native_stderr_to_log
 
 log = logging.getLogger("qcompiler.ort")
@@ -17,7 +21,8 @@ log = logging.getLogger("qcompiler.ort")
 
 def session(model: onnx.ModelProto | bytes | str, *, providers: list[str] | None = None,
             threads: int = 0, optimize: bool = True,
-            shared: Mapping[str, ort.OrtValue] | None = None, spin: bool = False) -> ort.InferenceSession:
+            shared: Mapping[str, ort.OrtValue] | None = None, spin: bool = False,
+            weights_from: onnx.ModelProto | None = None, low_memory: bool = False) -> ort.InferenceSession:
     """Create a quiet session; ``optimize=False`` keeps the graph exactly as written (integer reference).
 
     ``shared`` supplies the data of initializers that ``model`` holds as :func:`stub_initializer`
@@ -32,12 +37,23 @@ def session(model: onnx.ModelProto | bytes | str, *, providers: list[str] | None
     them on one user's model) never reach the terminal. Normally the session keeps errors only; with
     the ``qcompiler`` logger at DEBUG (``qcompile -vv``) it keeps warnings, and what it writes to fd 2
     while it builds goes to this module's log at DEBUG.
+
+    A large model (``external_data.is_large``: past protobuf's 2 GB, or ``$QCOMPILER_EXTERNAL_DATA_BYTES``)
+    is never serialised: it is written with external data into a temporary folder and loaded from
+    there, ONNX Runtime maps the weights from that file instead of copying them, and the folder is
+    gone once the session is built. Such sessions, and those given large ``shared`` weights, do not
+    prepack MatMul weights (a second copy of every weight): slower runs, bounded memory.
+    ``weights_from`` is the model that a ``with_outputs(..., weightless=True)`` copy took its graph from.
+    ``low_memory=True`` asks the same of a model given as a path (a large artifact's file).
     """
     so = ort.SessionOptions()
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if shared:
         so.add_external_initializers(list(shared), list(shared.values()))
+    large = isinstance(model, onnx.ModelProto) and is_large(model)
+    if large or low_memory or (shared and sum(_ortvalue_bytes(v) for v in shared.values()) >= threshold()):
+        so.add_session_config_entry("session.disable_prepacking", "1")
     verbose = log.isEnabledFor(logging.DEBUG)
     so.log_severity_level = 2 if verbose else 3
     if threads:
@@ -45,17 +61,42 @@ def session(model: onnx.ModelProto | bytes | str, *, providers: list[str] | None
     so.inter_op_num_threads = 1
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if large:
+        with tempfile.TemporaryDirectory(prefix="qcompiler-ort-") as folder:
+            path = Path(folder) / "model.onnx"
+            write_with_external_data(model, path, weights_from=weights_from)
+            return _create(str(path), so, providers, verbose)
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return _create(data, so, providers, verbose)
+
+
+def _create(data: bytes | str, so: ort.SessionOptions, providers: list[str] | None,
+            verbose: bool) -> ort.InferenceSession:
     if not verbose:
         return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
     with native_stderr_to_log(log):
         return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
 
 
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also returns the given intermediate tensors."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+def _ortvalue_bytes(v: ort.OrtValue) -> int:
+    try:
+        return math.prod(v.shape()) * 4
+    except Exception:  # noqa: BLE001 - a value whose shape ORT cannot give counts as small
+        return 0
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str], *, weightless: bool = False) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the given intermediate tensors.
+
+    ``weightless=True``: a large model's copy holds no weights, only references to ``model``'s
+    (``external_data.weightless_copy``); run it as ``session(copy, weights_from=model)``. A copy of a
+    2.4 GB model's weights was the peak of its calibration.
+    """
+    if weightless and is_large(model):
+        m = weightless_copy(model)
+    else:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
     vi = {v.name: v for v in m.graph.value_info}
     for n in names:

@@ -10,6 +10,7 @@ ONNX checker and shape inference after each pass and can dump every stage.
 from __future__ import annotations
 
 import abc
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from .errors import QCompileError
+from .external_data import is_large, light_model, save_model
 from .options import CompileOptions
 from .plan import QuantPlan
 
@@ -113,7 +115,7 @@ def dump_model(model: onnx.ModelProto, folder: Path, stage: str, ctx: PassContex
     """``--dump-stages``: write ``model`` as the next numbered file, so the folder reads in compile order."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ctx.dumped:02d}_{stage}.onnx"
-    onnx.save(model, str(path))
+    save_model(model, path)  # a large model's tensors go to "<file>.data" next to it
     ctx.dumped += 1
     return path
 
@@ -149,6 +151,8 @@ class PassManager:
             if bar is not None:
                 bar(1)
             model = result.model
+            if is_large(model):  # graphsurgeon graphs are reference cycles holding the model they read: free
+                gc.collect()     # an old large model now, not some passes later (one more copy at the peak)
             log.info("pass %s: %s in %.2fs", p.name, "changed" if result.changed else "no change",
                      self.timings[p.name])
             for cond in p.ensures:
@@ -166,8 +170,9 @@ class PassManager:
 
     @staticmethod
     def _debug_check(model: onnx.ModelProto, p: Pass) -> None:
-        try:
-            onnx.checker.check_model(model, full_check=False)
-            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        try:  # a large model is checked without its weights (it cannot be serialised past 2 GB)
+            light = light_model(model)[0] if is_large(model) else model
+            onnx.checker.check_model(light, full_check=False)
+            onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)
         except Exception as e:  # noqa: BLE001 - any checker failure is a pass bug
             raise ContractError(f"pass '{p.name}' produced an invalid model: {str(e).splitlines()[0]}") from e

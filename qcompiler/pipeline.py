@@ -7,7 +7,6 @@ loads the calibration data, and owns the output directory (written atomically).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from . import importer, stages
 from .artifacts import atomic_output_dir, check_output_dir, sha256_file, write_json, write_manifest
 from .calibration import CalibrationData, InputSpec, array_shapes
 from .errors import CalibrationError, FlagError, QCompileError, caller
+from .external_data import model_digest, save_model
 from .formats import is_fp
 from .image_preprocess import coerce, from_metadata
 from .ir import graph_inputs, node_names_unique, value_shapes
@@ -57,7 +57,7 @@ def load_model(source: Any, *, name: str | None = None, example_input: Any = Non
     """
     if isinstance(source, onnx.ModelProto):
         model, mname = source, name or (source.graph.name or "model")
-        digest = hashlib.sha256(source.SerializeToString()).hexdigest()
+        digest = model_digest(source)
     elif isinstance(source, (str, Path)):
         model, mname = importer.load_onnx(source), name or Path(source).name
         digest = sha256_file(Path(source))
@@ -66,7 +66,7 @@ def load_model(source: Any, *, name: str | None = None, example_input: Any = Non
             raise FlagError("a PyTorch module needs an example input", hint="pass example_input=torch.randn(...)")
         model = importer.load_torch(source, example_input)
         mname = name or type(source).__name__
-        digest = hashlib.sha256(model.SerializeToString()).hexdigest()
+        digest = model_digest(model)
     importer.check_model(model, mname)
     model = importer.normalize(model, mname)
     model = importer.convert_opset(model, mname)
@@ -148,15 +148,17 @@ def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | P
             ctx.calib_source = "ZeroQ distilled data (no --calib given)"
         # how images become inputs: the option, else what the model's metadata states (None: pixels / 255)
         preprocess = coerce(opts.calib_preprocess) or from_metadata(model)
+        del model  # the imported graph: float_model replaces it (one copy of the weights less from here on)
         ctx.calib = CalibrationData.from_source(data, specs, limit=opts.calib_limit, preprocess=preprocess)
         ctx.artifacts["float_model"] = float_model
         with atomic_output_dir(out, force=opts.force) as tmp:
             ctx.out_dir = tmp
             stages.manager(stages.ENCODER if ctx.encoder else stages.CNN, ctx, "compile").run(float_model, ctx)
             graphs = {"fp32": float_model, "int8": ctx.stages["qdq"], "integer": ctx.stages["integer"]}
-            onnx.save(float_model, str(tmp / "model.float.onnx"))  # canonical float: what diff compares with
-            onnx.save(graphs["int8"], str(tmp / "model.qdq.onnx"))
-            onnx.save(graphs["integer"], str(tmp / "model.int.onnx"))
+            # canonical float: what diff compares with; a large graph's tensors go to "<file>.data" next to it
+            save_model(float_model, tmp / "model.float.onnx")
+            save_model(graphs["int8"], tmp / "model.qdq.onnx")
+            save_model(graphs["integer"], tmp / "model.int.onnx")
             target_info = ctx.artifacts["target"]
             summary = summarize(plan, float_model, graphs, specs, eval_data, target_info, ctx)
             plan.stats["summary"] = summary

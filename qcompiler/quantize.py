@@ -10,7 +10,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -96,7 +96,7 @@ def weight_scales(w: np.ndarray, bits: Bits, axis: int, *, mse: bool = True) -> 
 
 
 @contextmanager
-def search_weight_scales_in_background(jobs: Sequence[tuple[np.ndarray, int, int]]) -> Iterator[None]:
+def search_weight_scales_in_background(jobs: Iterable[tuple[np.ndarray, int, int]]) -> Iterator[None]:
     """Run :func:`weight_scales` for ``jobs`` ((weight, bits, axis), MSE clip) on a second thread
     while the body runs; joined on exit, so nothing outlives the caller.
 

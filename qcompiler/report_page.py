@@ -20,6 +20,8 @@ import onnx
 from onnx import numpy_helper
 
 from .budgets import whole_bytes
+from .external_data import is_large
+from .ir import initializers
 from .plan import QuantPlan
 from .report import (
     CONTENT_PX,
@@ -156,15 +158,18 @@ def _fallback_section(plan: QuantPlan, summary: Mapping[str, Any], model: onnx.M
             + table(["#", "node", "op"], rows, numeric=(True, False, False)))
 
 
-def _weights(model: onnx.ModelProto | None, plan: QuantPlan, order: Sequence[str]) -> dict[str, np.ndarray]:
+def _weights(model: onnx.ModelProto | None, plan: QuantPlan, order: Sequence[str],
+             weights_dir: Path | None = None) -> Mapping[str, np.ndarray]:
     if model is None:
         return {}
+    if is_large(model):  # decoded when drawn (a few layers), not a copy of every weight at once
+        return initializers(model, base_dir=str(weights_dir or ""))
     wanted = {plan.layers[n].weight for n in order}
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
 
 
 def render_report(plan: QuantPlan, *, summary: Mapping[str, Any], pareto: Mapping[str, Any] | None = None,
-                  model: onnx.ModelProto | None = None) -> str:
+                  model: onnx.ModelProto | None = None, weights_dir: Path | None = None) -> str:
     """The report page as a string (pure function of its arguments); ``model`` is the canonical float
     model the plan's layer names refer to, for the graph view, graph order and weight histograms."""
     order = layer_order(plan, model)
@@ -182,7 +187,7 @@ def render_report(plan: QuantPlan, *, summary: Mapping[str, Any], pareto: Mappin
     sens = sensitivity_plot(plan, order)
     parts.append("<h2>Sensitivity</h2>" + (f"<p>{esc(sensitivity_explanation(plan))}</p>{sens}" if sens else
                                            '<p class="muted">No sensitivity scores in the plan.</p>'))
-    weights = _weights(model, plan, order)
+    weights = _weights(model, plan, order, weights_dir)  # (weights_dir: where a large model's data file is)
     names, why = histogram_layers(plan, order, weights)
     hist = weight_histograms(plan, names, weights)
     if hist:
@@ -212,8 +217,9 @@ def write_report(out_dir: Path, plan: QuantPlan, *, summary: dict, pareto: dict 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     float_path = out_dir / FLOAT_MODEL
-    model = onnx.load(str(float_path)) if float_path.is_file() else None
-    page = render_report(plan, summary=summary, pareto=pareto, model=model)
+    # a large model's weights stay in its data file: the few drawn are read from there (external_data.py)
+    model = onnx.load(str(float_path), load_external_data=False) if float_path.is_file() else None
+    page = render_report(plan, summary=summary, pareto=pareto, model=model, weights_dir=out_dir)
     path = out_dir / REPORT_NAME
     path.write_text(page, encoding="utf-8")
     log.info("wrote %s (%d bytes)", path, len(page))

@@ -24,18 +24,20 @@ def emit(qdq_model: onnx.ModelProto, out_dir: Path, *, target: str = "ort-cpu") 
     ort-cuda ships the same model: CUDA's provider is named in the manifest and
     the check runs on the CPU provider when no GPU is present here.
     """
+    from qcompiler.external_data import is_large, save_model
     from qcompiler.ort_session import session  # onnxruntime: imported when used, not with the registry
 
     path = out_dir / "model.qdq.onnx"
     if not path.exists():
-        onnx.save(qdq_model, str(path))
+        save_model(qdq_model, path)  # a large graph's tensors in "model.qdq.onnx.data" next to it
     shapes = value_shapes(qdq_model)
     feed = {}
     for vi in graph_inputs(qdq_model):
         dt = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         feed[vi.name] = np.zeros(shapes[vi.name], dtype=dt)
     try:
-        sess = session(path.read_bytes())
+        # by path: ORT reads external data from the file's folder (mapped, not prepacked when large)
+        sess = session(str(path), low_memory=is_large(qdq_model))
         sess.run(None, feed)
     except Exception as e:  # noqa: BLE001 - report any ORT failure as a target error
         raise TargetError(f"ONNX Runtime cannot run the QDQ model: {str(e).splitlines()[0][:200]}",

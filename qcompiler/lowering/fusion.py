@@ -22,7 +22,7 @@ import onnx
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from qcompiler.ir import DOMAIN
+from qcompiler.ir import DOMAIN, infer_shapes_any_size
 
 from . import functions as fn
 
@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 def fuse_integer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fuse every matching chain; returns a new model (the input is not modified)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # (not a round trip through bytes: that stops at protobuf's 2 GB)
+    model = copy
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     cons: dict[str, list[onnx.NodeProto]] = {}
@@ -112,7 +114,7 @@ def fuse_integer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     fn.add_functions(model)
     log.info("fused %s", counts)
     try:
-        model = onnx.shape_inference.infer_shapes(model)
+        model = infer_shapes_any_size(model)
     except Exception as e:  # noqa: BLE001 - shapes are informative only
         log.debug("shape inference after fusion failed: %s", e)
     return model

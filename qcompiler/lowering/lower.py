@@ -19,7 +19,7 @@ import onnx
 from onnx import helper as h
 
 from qcompiler.formats import is_fp
-from qcompiler.ir import DOMAIN
+from qcompiler.ir import DOMAIN, infer_shapes_any_size
 from qcompiler.plan import QuantPlan
 
 from . import functions as fn
@@ -45,7 +45,7 @@ RULES: dict[str, Callable[[Lowering, onnx.NodeProto], bool]] = {
 
 def lower_to_integer(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """QDQ model -> integer model (unfused); records float fallbacks in ``plan.fallback_ops``."""
-    low = Lowering(onnx.shape_inference.infer_shapes(model), plan)
+    low = Lowering(infer_shapes_any_size(model), plan)
     out = walk(low)
     # FP8 layers (--bits fp8) stay DequantizeLinear -> float op -> QuantizeLinear by design: listed as
     # such, not as fallbacks (ops that had no integer form)
@@ -57,7 +57,7 @@ def lower_to_integer(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto
                                       **({"fp8_layers": sorted(fp8)} if fp8 else {})}
     log.info("integer lowering: %s lowered, %d float fallbacks", low.lowered, len(low.fallback))
     try:
-        out = onnx.shape_inference.infer_shapes(out)
+        out = infer_shapes_any_size(out)
     except Exception as e:  # noqa: BLE001 - shape info is a convenience; the model is valid without it
         log.debug("shape inference of the integer graph failed: %s", e)
     return out
