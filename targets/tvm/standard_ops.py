@@ -3,8 +3,8 @@ QuantizeLinear / DequantizeLinear, pooling, shape ops, and the exact tensor ops 
 transformer's fused ops.
 
 The boundary Q/DQ are compiled too, so the library takes and returns float32 like
-``model.int.onnx`` does; the rounding is written out as round-half-to-even with exact float32
-steps (floor, compare) because TVM's ``round`` is not guaranteed to be half-even on every backend.
+``model.int.onnx`` does; the rounding is ``nearbyint`` (round half to even under the default
+rounding mode, on every backend), not TVM's ``round`` (ties away from zero).
 """
 
 from __future__ import annotations
@@ -30,16 +30,26 @@ def quantize(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     z = int(zp.reshape(-1)[0])
     f32 = lambda v: relax_const(np.asarray(v, np.float32))  # noqa: E731
     v = bld.emit(relax.op.divide(x, f32(scale.reshape(-1)[0])))
-    fl = bld.emit(relax.op.floor(v))
-    d = bld.emit(relax.op.subtract(v, fl))  # exact in float32
-    half = bld.emit(relax.op.floor(relax.op.multiply(fl, f32(0.5))))
-    odd = bld.emit(relax.op.not_equal(relax.op.multiply(half, f32(2.0)), fl))
-    up = bld.emit(relax.op.logical_or(relax.op.greater(d, f32(0.5)),
-                                      relax.op.logical_and(relax.op.equal(d, f32(0.5)), odd)))
-    r = bld.emit(relax.op.add(fl, relax.op.astype(up, "float32")))
+    r = round_half_even(bld, v)
     r = bld.emit(relax.op.clip(r, relax.prim_value(float(info.min - z)), relax.prim_value(float(info.max - z))))
     q = bld.emit(relax.op.add(relax.op.astype(r, "int32"), relax_const(np.asarray(z, np.int32))))
     return bld.emit(relax.op.astype(q, NP2TVM[zp.dtype]))
+
+
+def round_half_even(bld: RelaxEmitter, v: relax.Expr) -> relax.Expr:
+    """``rint`` of float32 values, ties to even, as ORT's QuantizeLinear rounds.
+
+    Why ``nearbyint``: it is one instruction (``vroundps`` under the default rounding mode on x86,
+    ``nearbyintf`` on CUDA), where the former floor-and-compare form took ten ops and its boolean
+    temporaries broke LLVM's instruction selection once a schedule kept them in a buffer (PP-OCRv4
+    rec's LayerNorm islands: ``or <8 x i1>, <8 x i8>``). TVM's ``round`` rounds ties away from zero.
+    """
+    from tvm import te, tirx
+
+    def rint(t: te.Tensor) -> te.Tensor:  # named: the kernel's name is made from it
+        return te.compute(t.shape, lambda *i: tirx.nearbyint(t(*i)), name="rint")
+
+    return bld.bb.emit_te(rint, v)
 
 
 def dequantize(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
@@ -139,6 +149,14 @@ def standard(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr | list[relax
         from . import float_conv
 
         return float_conv.conv(bld, node) if op == "Conv" else float_conv.conv_transpose(bld, node)
+    if op == "LRN":  # AlexNet, Inception v1, ZFNet: float islands between Q/DQ
+        from . import float_lrn
+
+        return float_lrn.lrn(bld, node)
+    if op == "LSTM":  # Silero VAD's decoder
+        from . import float_lstm
+
+        return float_lstm.lstm(bld, node)
     return standard_tensor_op(bld, node)
 
 
@@ -203,7 +221,9 @@ def standard_tensor_op(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
             idx = bld.inits[node.input[1]].astype(np.int64)
             if idx.size and (idx.min() < -dim or idx.max() >= dim):
                 raise bld.err(node, f"Gather index outside [-{dim}, {dim})")
-            return bld.emit(R.take(x, relax_const(np.where(idx < 0, idx + dim, idx)), axis=axis))
+            # a scalar index drops the axis; relax_const makes a 0-d array 1-d, so take [i] and squeeze
+            t = bld.emit(R.take(x, relax_const(np.where(idx < 0, idx + dim, idx).reshape(-1)), axis=axis))
+            return t if idx.ndim else bld.emit(R.squeeze(t, [axis]))
         idx = bld.val(node.input[1])
         # run-time indices (token ids): negative ones count from the end, as in ONNX
         idt = bld.dtype_of(idx)
