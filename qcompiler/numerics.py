@@ -137,6 +137,18 @@ def qadd(a: np.ndarray, a_zp: int | np.ndarray, bx: np.ndarray, b_zp: int | np.n
     return _out(np.clip(y, qmin, qmax), y_zp)
 
 
+def qmul(a: np.ndarray, a_zp: int | np.ndarray, bx: np.ndarray, b_zp: int | np.ndarray, b: int, c: int,
+         y_zp: int | np.ndarray, *, qmin: int = -128, qmax: int = 127) -> np.ndarray:
+    """Reference for ``qcompiler.QMul`` (numpy broadcasting, as ONNX Mul): the product of two 8-bit
+    activations, exact in int64 (|product| <= 255 * 255), requantized once by the dyadic b / 2^c."""
+    da = np.asarray(a, dtype=np.int64) - np.int64(np.asarray(a_zp).item())
+    db = np.asarray(bx, dtype=np.int64) - np.int64(np.asarray(b_zp).item())
+    for d in (da, db):
+        if d.size and np.abs(d).max() > 255:
+            raise NumericsError("QMul input outside the proven range |x - zp| <= 255 (8-bit inputs)")
+    return _out(requantize(da * db, b, c, np.asarray(y_zp).item(), qmin, qmax), y_zp)
+
+
 def qrequant(x: np.ndarray, x_zp: int | np.ndarray, b: int | np.ndarray, c: int | np.ndarray,
              y_zp: int | np.ndarray, *, qmin: int = -128, qmax: int = 127) -> np.ndarray:
     """Reference for ``qcompiler.QRequant``: one tensor to another scale and zero point."""

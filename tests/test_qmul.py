@@ -6,7 +6,7 @@ zero-point-corrected codes exactly and requantizes once with a dyadic multiplier
 ONNX function body equals a Python-int oracle and ``onnx.reference`` bit for bit (broadcasting
 included); the lowered graph against the float island it replaces (the QDQ semantics on the same
 integer inputs) differs by at most one code, on few values (the island rounds DQ(a) * DQ(b) in
-float32, QMul does not); and the targets without a QMul kernel (TVM, MCU) keep the Mul in float.
+float32, QMul does not); and every target gets QMul (a graph lowered without one keeps the float Mul).
 """
 
 from __future__ import annotations
@@ -120,8 +120,11 @@ def test_squeeze_excite_product_lowers_to_qmul_close_to_the_float_island() -> No
 
 
 @pytest.mark.parametrize("target", ["cpu", "cuda", "mcu", None])
-def test_targets_without_a_qmul_kernel_keep_the_float_mul(target: str | None) -> None:
-    """TVM and the MCU do not run QMul yet: for them the product stays a float fallback, as before."""
+def test_every_target_gets_qmul_an_unknown_one_keeps_the_float_mul(target: str | None) -> None:
+    """TVM and the MCU run QMul too (tests/test_qmul_targets.py); without a target the product stays float."""
     model, plan = _lower(target)
     ops = [n.op_type for n in model.graph.node]
-    assert "QMul" not in ops and "Mul" in ops and plan.fallback_ops == ["se_mul"]
+    if target is None:
+        assert "QMul" not in ops and "Mul" in ops and plan.fallback_ops == ["se_mul"]
+    else:
+        assert "QMul" in ops and "Mul" not in ops and plan.fallback_ops == []

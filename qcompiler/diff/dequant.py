@@ -40,7 +40,7 @@ _BIAS: dict[str, tuple[int, int, int]] = {"QLinearConv": (8, 1, 4), "QGemm": (6,
 _DATA_POS: dict[str, set[int]] = {
     "QuantizeLinear": {0}, "DequantizeLinear": {0},
     **{op: set(m) | ({_BIAS[op][0]} if op in _BIAS else set()) for op, m in _IN_QPARAMS.items()},
-    "QConv": {0, 2, 4}, "QMatMul": {0, 2, 4}, "QAdd": {0, 2}, "QAvgPool": {0}, "QRequant": {0},
+    "QConv": {0, 2, 4}, "QMatMul": {0, 2, 4}, "QAdd": {0, 2}, "QMul": {0, 2}, "QAvgPool": {0}, "QRequant": {0},
 }
 # Activations that quantization folds into the producer's clamp: a quantized tensor may hold act(x).
 _FOLDED_ACTS = {"Relu", "Clip"}

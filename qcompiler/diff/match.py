@@ -18,7 +18,7 @@ for _fam, _ops in {
     "matmul": ("MatMul", "Gemm", "QLinearMatMul", "MatMulInteger", "QMatMul", "QGemm",
                "MatMulIntegerToFloat", "DynamicQuantizeMatMul"),
     "add": ("Add", "QLinearAdd", "QAdd"),
-    "mul": ("Mul", "QLinearMul"),
+    "mul": ("Mul", "QLinearMul", "QMul"),
     "avgpool": ("AveragePool", "GlobalAveragePool", "QLinearAveragePool", "QLinearGlobalAveragePool",
                 "QAvgPool"),
     "concat": ("Concat", "QLinearConcat"),

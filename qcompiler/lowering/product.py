@@ -10,9 +10,11 @@ as the dyadic ``b / 2^c`` of every requantization here (docs/INTEGER_GRAPH.md), 
 divides by ``s_y``, an output may be one code apart where the exact value lies within float32's
 error of a rounding boundary; the integer graph itself is exact in every runtime.
 
-Which targets: QMul runs in ONNX Runtime (and ``onnx.reference``) through its function body. The TVM
-and MCU targets have no QMul kernel yet, so for them the rule keeps the Mul in float (a fallback,
-as before) instead of emitting an op they would refuse: :data:`QMUL_TARGETS`.
+Which targets (:data:`QMUL_TARGETS`): every one. ONNX Runtime (and ``onnx.reference``) run the
+function body; TVM (cpu, cuda) lowers it to an int32 product and the int64 requantize of every op
+(targets/tvm/fused_ops.py ``q_mul``); the MCU runs ``qc_mul`` (targets/mcu/runtime/kernels/elementwise.c),
+which reads a per-channel gate along an NHWC feature map without a transpose. A target left out of the
+tuple keeps the Mul in float (a fallback) instead of getting an op it would refuse.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from .state import Lowering
 log = logging.getLogger(__name__)
 
 #: The targets (``plan.settings["target"]``, canonical names) whose runtime executes QMul: ONNX Runtime
-#: through the function body. TVM (cpu, cuda) and the MCU get the float Mul until they implement it.
-QMUL_TARGETS = ("ort-cpu", "ort-cuda")
+#: through the function body, TVM (cpu, cuda) and the MCU with their own kernels, all bit-exact with it.
+QMUL_TARGETS = ("ort-cpu", "ort-cuda", "cpu", "cuda", "mcu")
 
 
 def lower_mul(low: Lowering, node: onnx.NodeProto) -> bool:

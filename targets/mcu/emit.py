@@ -34,6 +34,8 @@ PARAM_FIELDS = {
                                    "shift", "in_pk", "out_pk"]),
     "add": ("qc_add_params", ["n", "a_zp", "b_zp", "ma", "mb", "shift", "out_zp", "qmin", "qmax", "a_pk", "b_pk",
                               "out_pk"]),
+    "mul": ("qc_mul_params", ["outer", "mid", "inner", "a_mode", "b_mode", "a_zp", "b_zp", "mult", "shift",
+                              "out_zp", "qmin", "qmax"]),
     "requant": ("qc_requant_params", ["n", "in_zp", "out_zp", "qmin", "qmax", "mult", "shift"]),
 }
 PARAM_FIELDS["avgpool"] = PARAM_FIELDS["maxpool"]
@@ -131,6 +133,8 @@ def _call(i: int, s: Step, prog: Program, plan: ArenaPlan) -> list[str]:
         return [f"qc_{k}(&qc_p{i}, {a(s.inputs[0])}, {a(s.output)});"]
     if k == "add":
         return [f"qc_add(&qc_p{i}, {a(s.inputs[0])}, {a(s.inputs[1])}, {a(s.output)});"]
+    if k == "mul":
+        return [f"qc_mul(&qc_p{i}, {a(s.inputs[0])}, {a(s.inputs[1])}, {a(s.output)});"]
     if k == "requant":
         return [f"qc_requant(&qc_p{i}, {a(s.inputs[0])}, {a(s.output)});"]
     if k == "lut":

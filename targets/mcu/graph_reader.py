@@ -191,8 +191,8 @@ class GraphReader:
             if handler is None or (node.domain not in ("", "ai.onnx", DOMAIN)):
                 raise self.fail(node, f"op {node.domain + '.' if node.domain else ''}{node.op_type} "
                                 "has no MCU kernel",
-                                hint="the MCU target runs QConv, QMatMul, QAdd, QAvgPool, QRequant, QLut, MaxPool, "
-                                     "Concat and views; float fallback ops cannot run without float")
+                                hint="the MCU target runs QConv, QMatMul, QAdd, QAvgPool, QRequant, QLut, QMul, "
+                                     "MaxPool, Concat and views; float fallback ops cannot run without float")
             handler(node)
         if q_in is None:
             raise self.fail(None, "the input is not quantized by a QuantizeLinear",

@@ -1,4 +1,5 @@
-"""Op handlers of the MCU reader for pools and elementwise ops: QAdd, QRequant, QLut, MaxPool, QAvgPool, Clip.
+"""Op handlers of the MCU reader for pools and elementwise ops: QAdd, QMul, QRequant, QLut, MaxPool, QAvgPool,
+Clip.
 
 Pools and elementwise kernels may write over their input (``Step.inplace``) where the
 access order allows it; the arena planner uses that.
@@ -17,7 +18,7 @@ from .program import Step, Tensor
 
 
 class PoolElementwiseOps(GraphReader):
-    """QAdd, QRequant, QLut, MaxPool, QAvgPool and Clip."""
+    """QAdd, QMul, QRequant, QLut, MaxPool, QAvgPool and Clip."""
 
     def op_QLut(self, node: onnx.NodeProto) -> None:
         """``table[x & 0xFF]`` as ``qc_lut``: the table re-indexed by the held int8 byte and holding the
@@ -53,6 +54,83 @@ class PoolElementwiseOps(GraphReader):
                                        "ma": ma, "mb": mb, "shift": c, **self.out_domain(y, y_zp, qmin, qmax),
                                        "a_pk": int(a.packed), "b_pk": int(bt.packed)},
                                inplace=(0, 1)))
+
+    def _broadcast(self, node: onnx.NodeProto, a: Tensor, bt: Tensor) -> tuple[Tensor, Tensor, dict[str, int]]:
+        """The loop nest of ``qc_mul`` for ONNX broadcasting: ``outer x mid x inner`` elements in the output's
+        held order, each input read whole (mode 0), by the mid index (1) or by the inner index (2).
+
+        Why three levels: the squeeze-excite gate [1, C, 1, 1] is indexed by the channel, the innermost
+        axis of an NHWC feature map (mode 2, no relayout) and the middle one of an NCHW one (mode 1); a
+        spatial map [1, 1, H, W] by the pixel, NHWC's outer axis (mode 1); any other broadcast is one
+        contiguous block of the full input's axes in ONNX order (mode 1).
+        """
+        try:
+            out = tuple(int(d) for d in np.broadcast_shapes(a.shape, bt.shape))
+        except ValueError:
+            raise self.fail(node, f"QMul inputs {list(a.shape)} and {list(bt.shape)} do not broadcast") from None
+        if a.shape == bt.shape:
+            if (a.layout, a.src_chw) != (bt.layout, bt.src_chw):
+                a, bt = self.as_logical(a, node), self.as_logical(bt, node)
+            return a, bt, {"outer": 1, "mid": 1, "inner": a.size, "a_mode": 0, "b_mode": 0}
+        if out not in (a.shape, bt.shape):
+            raise self.fail(node, f"QMul of {list(a.shape)} and {list(bt.shape)} broadcasts both inputs: "
+                            "no MCU kernel", hint="one input must have the output's shape")
+        full_is_a = a.shape == out
+        full, small = (a, bt) if full_is_a else (bt, a)
+        rank = len(out)
+        sm = (1,) * (rank - len(small.shape)) + small.shape
+        if small.size == 1:
+            dims = {"outer": 1, "mid": 1, "inner": full.size}
+        elif full.layout == "nhwc" and rank == 4 and sm in ((1, out[1], 1, 1), (1, 1, out[2], out[3])):
+            small = small if small.layout != "hwc-flat" else self.as_logical(small, node)
+            if sm[1] == 1:  # a spatial map [1, 1, H, W]: one value per held pixel of C channels
+                return self._modes(full_is_a, full, small, {"outer": 1, "mid": out[2] * out[3], "inner": out[1]}, 1)
+            dims = {"outer": out[2] * out[3], "mid": 1, "inner": out[1]}  # the gate runs along the held channels
+            return self._modes(full_is_a, full, small, dims, 2)
+        else:
+            full, small = self.as_logical(full, node), self.as_logical(small, node)
+            axes = [j for j in range(rank) if sm[j] != 1]
+            k, last = axes[0], axes[-1]
+            if any(sm[j] != out[j] for j in range(k, last + 1)):
+                raise self.fail(node, f"QMul broadcast of {list(small.shape)} against {list(out)} is not one "
+                                "block of axes: no MCU kernel")
+            dims = {"outer": int(np.prod(out[:k], dtype=np.int64)),
+                    "mid": int(np.prod(out[k:last + 1], dtype=np.int64)),
+                    "inner": int(np.prod(out[last + 1:], dtype=np.int64))}
+        return self._modes(full_is_a, full, small, dims, 1)
+
+    @staticmethod
+    def _modes(full_is_a: bool, full: Tensor, small: Tensor, dims: dict[str, int],
+               mode: int) -> tuple[Tensor, Tensor, dict[str, int]]:
+        a, b = (full, small) if full_is_a else (small, full)
+        return a, b, {**dims, "a_mode": 0 if full_is_a else mode, "b_mode": mode if full_is_a else 0}
+
+    def op_QMul(self, node: onnx.NodeProto) -> None:
+        """``qc_mul``: the product of two 8-bit activations (docs/INTEGER_GRAPH.md), broadcast as ONNX Mul.
+
+        The output takes the full input's layout, so a squeeze-excite ``x * gate`` on an NHWC feature map
+        needs no transpose. Only the full input may be overwritten (the broadcast one is read again)."""
+        a, bt, loops = self._broadcast(node, self.act(node, 0), self.act(node, 2))
+        if a.packed or bt.packed:
+            raise self.fail(node, "QMul of a packed 4-bit tensor has no MCU kernel")
+        a_zp, _ = self.zp(node, 1)
+        b_zp, _ = self.zp(node, 3)
+        try:
+            m, c = scalar(self.const(node, 4)), scalar(self.const(node, 5))
+        except ValueError:
+            raise self.fail(node, "QMul multiplier and shift must be scalars") from None
+        if not (0 <= m <= dyadic.INT32_MAX and 1 <= c <= 62):
+            raise self.fail(node, "QMul constants outside b in [0, 2^31), c in [1, 62]")
+        y_zp, y_signed, qmin, qmax = self.out_quant(node, 6)
+        full = a if loops["a_mode"] == 0 else bt
+        shape = tuple(int(d) for d in np.broadcast_shapes(a.shape, bt.shape))
+        y = self.new(node.output[0], shape, y_signed, full.layout, full.src_chw, lo=qmin, hi=qmax)
+        if y.packed:
+            raise self.fail(node, "QMul writing a packed 4-bit tensor has no MCU kernel")
+        self.steps.append(Step("mul", node.name, [a.name, bt.name], y.name,
+                               params={**loops, "a_zp": a_zp - a.shift, "b_zp": b_zp - bt.shift, "mult": m,
+                                       "shift": c, **self.out_domain(y, y_zp, qmin, qmax)},
+                               inplace=tuple(i for i, k in enumerate(("a_mode", "b_mode")) if loops[k] == 0)))
 
     def op_QRequant(self, node: onnx.NodeProto) -> None:
         x = self.act(node, 0)

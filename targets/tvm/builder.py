@@ -36,8 +36,8 @@ from qcompiler.ir import DOMAIN, attr
 from . import fused_ops, standard_ops, transformer, vnni
 from .relax_emitter import RelaxEmitter, int4_widened
 
-FUSED_OPS = ("QConv", "QMatMul", "QAdd", "QAvgPool", "QRequant", "QSoftmax", "QGelu", "QLayerNorm", "QBatchMatMul",
-             "QGroupMatMul", "QLut")
+FUSED_OPS = ("QConv", "QMatMul", "QAdd", "QMul", "QAvgPool", "QRequant", "QSoftmax", "QGelu", "QLayerNorm",
+             "QBatchMatMul", "QGroupMatMul", "QLut")
 
 HANDLERS = {**fused_ops.HANDLERS, "QuantizeLinear": standard_ops.quantize,
             "DequantizeLinear": standard_ops.dequantize, "Pad": standard_ops.pad, "Resize": standard_ops.resize,

@@ -1,5 +1,5 @@
 """Relax lowering of the fused integer ops of the CNN graphs: QConv, QMatMul, QGroupMatMul, QAdd,
-QAvgPool, QRequant, QLut (the contract: docs/INTEGER_GRAPH.md).
+QMul, QAvgPool, QRequant, QLut (the contract: docs/INTEGER_GRAPH.md).
 
 * QConv / QMatMul: the input is padded with its own zero point, the 8-bit
   product is accumulated in int32 (``out_dtype="int32"``), the zero-point term
@@ -204,6 +204,35 @@ def q_add(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     return bld.requant(s, np.asarray(1, np.int64), c, y_zp, qmin, qmax, [])
 
 
+def q_mul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
+    """``(a - a_zp) * (b_in - b_zp)`` of two 8-bit activations, broadcast as ONNX Mul (the squeeze-excite
+    ``x * gate``), then the one dyadic requantize.
+
+    Why int32 for the product: |a - a_zp|, |b - b_zp| <= 255 make it at most 65025 in magnitude, exact;
+    only the requantize (``acc * b``, b < 2^31) needs int64, as for every other op.
+    """
+    a, b_in = bld.val(node.input[0]), bld.val(node.input[2])
+    for e in (a, b_in):
+        if bld.dtype_of(e) not in ("uint8", "int8"):
+            raise bld.err(node, f"QMul input of dtype {bld.dtype_of(e)}: only 8-bit activations are supported")
+    sa, sb = bld.shape_of(a), bld.shape_of(b_in)
+    try:
+        np.broadcast_shapes(tuple(sa), tuple(sb))
+    except ValueError:
+        raise bld.err(node, f"QMul inputs of shapes {sa} and {sb} do not broadcast") from None
+    a_zp = int(bld.const_in(node, 1).reshape(-1)[0])
+    b_zp = int(bld.const_in(node, 3).reshape(-1)[0])
+    b, c, y_zp = bld.const_in(node, 4), bld.const_in(node, 5), bld.const_in(node, 6)
+    if np.asarray(b).size != 1 or np.asarray(c).size != 1:
+        raise bld.err(node, "QMul multiplier and shift must be scalars")
+    i32 = lambda v: relax_const(np.asarray(v, np.int32))  # noqa: E731
+    da = bld.emit(relax.op.subtract(relax.op.astype(a, "int32"), i32(a_zp)))
+    db = bld.emit(relax.op.subtract(relax.op.astype(b_in, "int32"), i32(b_zp)))
+    acc64 = bld.emit(relax.op.astype(relax.op.multiply(da, db), "int64"))
+    qmin, qmax = bld.qminmax(node, y_zp)
+    return bld.requant(acc64, b, c, y_zp, qmin, qmax, [])
+
+
 def q_avgpool(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     """The int32 window sum of ``x - x_zp`` (a depthwise conv of ones when not global); the division
     by the window size is part of the dyadic multiplier, so no integer division is emitted."""
@@ -250,5 +279,5 @@ def q_lut(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
 
 
 HANDLERS = {"QConv": q_conv, "QMatMul": q_matmul, "QGroupMatMul": q_groupmatmul, "QAdd": q_add,
-            "QAvgPool": q_avgpool, "QRequant": q_requant,
+            "QMul": q_mul, "QAvgPool": q_avgpool, "QRequant": q_requant,
             "QLut": q_lut}

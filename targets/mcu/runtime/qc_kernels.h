@@ -143,6 +143,20 @@ typedef struct {
 
 void qc_add(const qc_add_params *p, const int8_t *a, const int8_t *b, int8_t *out);
 
+/* y = clamp(out_zp + floor(((a - a_zp) * (b - b_zp) * mult + 2^(shift-1)) / 2^shift)): QMul, the
+ * product of two 8-bit tensors broadcast as ONNX Mul. The output is outer x mid rows of inner
+ * elements; each input is read whole (mode 0), at the row's mid index (1) or at the inner index (2),
+ * and at least one of them whole. Safe in place over an input of mode 0. */
+typedef struct {
+    int32_t outer, mid, inner;
+    int32_t a_mode, b_mode;
+    int32_t a_zp, b_zp;
+    int32_t mult, shift; /* mult in [0, 2^31), shift in [1, 62] */
+    int32_t out_zp, qmin, qmax;
+} qc_mul_params;
+
+void qc_mul(const qc_mul_params *p, const int8_t *a, const int8_t *b, int8_t *out);
+
 /* y = requant(x - in_zp, mult, shift, out_zp): QRequant. Safe in place. */
 typedef struct {
     int32_t n;
