@@ -17,11 +17,12 @@ import onnx
 
 from .ir import infer_shapes_light, initializers, value_shapes
 
-_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
 
 
 def node_macs(node: onnx.NodeProto, shapes: dict, inits: dict[str, np.ndarray]) -> int:
-    """Multiply-accumulates of one Conv / ConvTranspose / Gemm / MatMul (0 for other ops or unknown shapes)."""
+    """Multiply-accumulates of one Conv / ConvTranspose / Gemm / MatMul / LSTM / GRU / RNN (0 for other ops or
+    unknown shapes): a recurrent layer's gate GEMMs count, or a float LSTM would hide behind "0% of MACs"."""
     if node.op_type not in _MAC_OPS or len(node.input) < 2:
         return 0
 
@@ -39,6 +40,10 @@ def node_macs(node: onnx.NodeProto, shapes: dict, inits: dict[str, np.ndarray]) 
         return int(np.prod(w, dtype=np.int64)) * int(np.prod(y[2:], dtype=np.int64)) * int(y[0])
     if node.op_type == "ConvTranspose" and x is not None and len(x) >= 3:
         return int(np.prod(w, dtype=np.int64)) * int(np.prod(x[2:], dtype=np.int64)) * int(x[0])
+    if node.op_type in ("LSTM", "GRU", "RNN") and x is not None and len(x) == 3 and len(node.input) > 2:
+        r = shape(node.input[2])
+        steps = int(x[0]) * int(x[1])  # seq_length * batch, in either layout
+        return 0 if r is None else steps * (int(np.prod(w, dtype=np.int64)) + int(np.prod(r, dtype=np.int64)))
     if node.op_type in ("Gemm", "MatMul") and x is not None:
         rows = int(np.prod(x[:-1], dtype=np.int64)) if len(x) > 1 else 1
         return rows * int(np.prod(w, dtype=np.int64)) if len(w) == 2 else 0

@@ -13,6 +13,7 @@ op then stays in float).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -90,7 +91,7 @@ def lower_conv(low: Lowering, node: onnx.NodeProto) -> bool:
         return False
     _, w = wt
     attrs = {a.name: h.get_attribute_value(a) for a in node.attribute}
-    if w.q.ndim != 4 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+    if w.q.ndim not in (3, 4) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return False
     qt, qmin, qmax = out
     m = w.q.shape[0]
@@ -98,7 +99,11 @@ def lower_conv(low: Lowering, node: onnx.NodeProto) -> bool:
     if sz is None:
         return False
     s_w, w_zp = sz
-    w_int = w.q - w_zp.reshape(-1, 1, 1, 1)
+    wq = w.q
+    if wq.ndim == 3:  # Conv1d [N, C, L] as a Conv2d over [N, C, 1, L]: every target runs 2-D QConv
+        wq = wq[:, :, None, :]
+        attrs = _conv1d_as_2d(attrs)
+    w_int = wq - w_zp.reshape(-1, 1, 1, 1)
     if w_int.min(initial=0) < -128 or w_int.max(initial=0) > 127 or x.dtype.itemsize != 1:
         return False
     s_acc = np.float64(x.scale) * s_w
@@ -109,16 +114,37 @@ def lower_conv(low: Lowering, node: onnx.NodeProto) -> bool:
     base = node.name
     acc, acc_b = low.unique(f"{base}.acc"), low.unique(f"{base}.acc_b")
     w_st, w_zp_st = numerics.store_weights(w_int, x.dtype)
-    low.emit("ConvInteger", [x.name, low.const(f"{base}.w_int8", w_st),
+    x_name, y_qt = x.name, qt
+    if w.q.ndim == 3:
+        axis = low.const(f"{base}.h_axis", np.array([2], np.int64))
+        x_name, y_qt = low.unique(f"{base}.x_2d"), dataclasses.replace(qt, name=low.unique(f"{base}.y_2d"))
+        low.emit("Unsqueeze", [x.name, axis], [x_name], f"{base}.to_2d")
+    low.emit("ConvInteger", [x_name, low.const(f"{base}.w_int8", w_st),
                              low.zp_const(x, f"{base}.x"), low.const(f"{base}.w_zp", w_zp_st)], [acc], base,
              strides=list(attrs.get("strides", [1, 1])), pads=list(attrs.get("pads", [0, 0, 0, 0])),
              dilations=list(attrs.get("dilations", [1, 1])), group=int(attrs.get("group", 1)))
     low.emit("Add", [acc, low.const(f"{base}.bias_i32", bias.astype(np.int32).reshape(m, 1, 1))],
              [acc_b], f"{base}.add_bias")
     low.requant(acc_b, low.const(f"{base}.acc_zp", np.array(0, np.int32)), b.reshape(m, 1, 1),
-                c.reshape(m, 1, 1), qt, f"{base}.requant", qmin, qmax)
+                c.reshape(m, 1, 1), y_qt, f"{base}.requant", qmin, qmax)
+    if y_qt is not qt:
+        low.emit("Squeeze", [y_qt.name, axis], [qt.name], f"{base}.to_1d")
     low.consume(node)
     return True
+
+
+def _conv1d_as_2d(attrs: dict) -> dict:
+    """A Conv1d's attributes for the same convolution over a height-1 image (kernel height 1)."""
+    out = dict(attrs)
+    for key, pad in (("strides", 1), ("dilations", 1)):
+        if key in attrs:
+            out[key] = [pad, *attrs[key]]
+    if "pads" in attrs:
+        begin, end = attrs["pads"]
+        out["pads"] = [0, begin, 0, end]
+    if "kernel_shape" in attrs:
+        out["kernel_shape"] = [1, *attrs["kernel_shape"]]
+    return out
 
 
 def lower_batch_matmul(low: Lowering, node: onnx.NodeProto) -> bool:
