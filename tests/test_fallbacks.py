@@ -12,7 +12,7 @@ def _model():
     w = np.ones((8, 3, 3, 3), np.float32)
     g = helper.make_graph([
         helper.make_node("Conv", ["x", "w"], ["c"], name="n10", pads=[1, 1, 1, 1]),
-        helper.make_node("LRN", ["c"], ["l"], name="n2", size=3),
+        helper.make_node("LRN", ["c"], ["l"], name="n2", size=3, beta=4.0),  # an LRN TVM refuses (float_lrn.py)
         helper.make_node("Conv", ["l", "w2"], ["c2"], name="n102"),
         helper.make_node("Softmax", ["c2"], ["y"], name="n0")], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
