@@ -17,6 +17,9 @@ from onnx import TensorProto
 from .ir import infer_shapes_any_size
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+#: Inputs that ONNX defines as float although they describe geometry, not data (a nearest Resize's roi and
+#: scales): allowed on the integer path when they are constants.
+FLOAT_PARAMS = {"Resize": {1, 2}, "Upsample": {1}}
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
@@ -44,6 +47,8 @@ def integer_only_violations(model: onnx.ModelProto, fallback_ops: Iterable[str] 
     for n in model.graph.node:
         for i in n.input:
             cons.setdefault(i, []).append(n)
+    consts = {t.name for t in model.graph.initializer} | {n.output[0] for n in model.graph.node
+                                                          if n.op_type == "Constant"}
     bad: list[str] = []
     for n in model.graph.node:
         if n.name in fallback:
@@ -59,8 +64,9 @@ def integer_only_violations(model: onnx.ModelProto, fallback_ops: Iterable[str] 
         if n.op_type == "Constant" and all(
                 u.name in fallback for u in cons.get(n.output[0], [])):
             continue
+        params = {t for k, t in enumerate(n.input) if k in FLOAT_PARAMS.get(n.op_type, ()) and t in consts}
         for t in list(n.input) + list(n.output):
-            if not t:
+            if not t or t in params:
                 continue
             if t not in types:
                 bad.append(f"node '{n.name}' ({n.op_type}): type of '{t}' unknown")

@@ -407,3 +407,24 @@ def test_light_zoo_model_compiles_and_runs(name: str, tmp_path: Path, capsys: py
     assert got.shape == ref.shape and got.size == 1000
     assert np.all(np.isfinite(got))
     assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max() + 1e-6
+
+
+@pytest.mark.slow
+def test_light_inception_v1_builds_for_cpu(tmp_path: Path) -> None:
+    """An LRN model through TVM (float LRN islands, targets/tvm/float_lrn.py): the fast schedules build and
+    self-check, and the library equals ORT on the integer graph (the reference: optimizations off) on photos."""
+    from qcompiler.targets.tvm import runtime
+
+    from qcompiler.ort_session import session
+
+    path = _zoo_path("inception_v1")
+    vi = _input(onnx.load(str(path)))
+    x = _photos(4)
+    out = tmp_path / "out"
+    compile_model(path, out, calib=_calib(tmp_path, {vi.name: x}), options=CompileOptions(target="cpu"))
+    meta = json.loads((out / "tvm_meta.json").read_text())
+    assert meta["schedule"] == "fast" and "fast_schedule_error" not in meta
+    ref, lib = session(onnx.load(str(out / "model.int.onnx")), optimize=False), runtime.load(out)
+    assert any(n.op_type == "LRN" for n in onnx.load(str(out / "model.int.onnx")).graph.node)
+    for i in range(2):
+        np.testing.assert_array_equal(lib(x[i:i + 1]), ref.run(None, {vi.name: x[i:i + 1]})[0])

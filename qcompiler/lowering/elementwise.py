@@ -3,7 +3,9 @@ only move (or clamp) values, and the QuantizeLinear no other rule absorbed.
 
 - Add     -> qcompiler.QAdd (own multiplier per input, one shared shift)
 - Concat  -> qcompiler.QRequant per input not already at the output scale -> Concat
-- MaxPool, Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Identity -> the same op on integers
+- MaxPool, Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Identity, Slice, nearest Resize / Upsample
+  (an index copy) -> the same op on integers
+- Split -> Split of the integers, every piece on the input's grid
 - Relu / Relu6 / Clip after any of these -> folded into the clamp (qmin, qmax)
 """
 
@@ -20,7 +22,25 @@ from qcompiler.dyadic import dyadic, dyadic_pair
 from . import functions as fn
 from .state import ACTIVATIONS, Lowering
 
-PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
+PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Resize",
+                "Upsample"}
+#: Pass-through ops that move values only in some modes: the attribute and the values that do.
+_MOVING_MODES = {"Resize": ("mode", (b"nearest", "nearest")), "Upsample": ("mode", (b"nearest", "nearest"))}
+
+
+def lower_split(low: Lowering, node: onnx.NodeProto) -> bool:
+    """Split moves values: the same op on the integer tensor, every piece on the input's grid (a
+    QuantizeLinear after a piece then requantizes it, as after any pass-through op)."""
+    x = low.float_qt.get(node.input[0]) if node.input else None
+    if x is None or any(i not in low.inits for i in node.input[1:] if i) or not all(node.output):
+        return False
+    pieces = [low.unique(f"{o}.int") for o in node.output]
+    attrs = {a.name: h.get_attribute_value(a) for a in node.attribute}
+    low.emit("Split", [x.name, *node.input[1:]], pieces, node.name, **attrs)
+    for o, t in zip(node.output, pieces):
+        low.float_qt[o] = replace(x, name=t)
+    low.lowered["Split"] = low.lowered.get("Split", 0) + 1
+    return True
 
 
 def lower_add(low: Lowering, node: onnx.NodeProto) -> bool:
@@ -74,6 +94,10 @@ def lower_pass_through(low: Lowering, node: onnx.NodeProto) -> bool:
     x = low.float_qt.get(node.input[0]) if node.input else None
     if x is None or len(node.output) != 1 or any(i not in low.inits for i in node.input[1:] if i):
         return False
+    if node.op_type in _MOVING_MODES:  # a linear Resize interpolates: not a copy of codes
+        key, moving = _MOVING_MODES[node.op_type]
+        if next((h.get_attribute_value(a) for a in node.attribute if a.name == key), "nearest") not in moving:
+            return False
     base = node.name
     out = low.take_output(node)
     if node.op_type in ACTIVATIONS:

@@ -23,7 +23,7 @@ from qcompiler.ir import DOMAIN, infer_shapes_any_size
 from qcompiler.plan import QuantPlan
 
 from . import functions as fn
-from .elementwise import PASS_THROUGH, lower_add, lower_concat, lower_pass_through, lower_quantize
+from .elementwise import PASS_THROUGH, lower_add, lower_concat, lower_pass_through, lower_quantize, lower_split
 from .graph import live_nodes, toposort
 from .linear import lower_conv, lower_matmul
 from .lut import LUT_OPS, lower_lut
@@ -39,7 +39,7 @@ RULES: dict[str, Callable[[Lowering, onnx.NodeProto], bool]] = {
     "Conv": lower_conv, "Gemm": lower_matmul, "MatMul": lower_matmul, "Add": lower_add, "Concat": lower_concat,
     "AveragePool": lower_avgpool, "GlobalAveragePool": lower_avgpool, "Softmax": lower_softmax,
     "Gelu": lower_gelu, "LayerNormalization": lower_layernorm, **dict.fromkeys(LUT_OPS, lower_lut),
-    **dict.fromkeys(SINGLE_SOURCE_OPS, lower_single_source), "Mul": lower_mul,
+    **dict.fromkeys(SINGLE_SOURCE_OPS, lower_single_source), "Mul": lower_mul, "Split": lower_split,
 }
 
 

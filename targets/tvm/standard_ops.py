@@ -243,12 +243,13 @@ def standard_tensor_op(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
         steps = bld.opt_const(node, 4)
         axes = list(range(len(starts))) if axes is None else [int(a) % len(cur) for a in axes]
         steps = [1] * len(starts) if steps is None else [int(v) for v in steps]
-        b, e = [], []
         for ax, st, en, sp in zip(axes, starts, ends, steps):
             lo, hi, _ = slice(int(st), int(en), sp).indices(cur[ax])
-            b.append(lo)
-            e.append(hi)
-        return bld.emit(R.strided_slice(x, axes, b, e, steps))
+            if sp > 0:
+                x = bld.emit(R.strided_slice(x, [ax], [lo], [hi], [sp]))
+            else:  # Python's end -1 means "before index 0"; strided_slice would read it from the end
+                x = bld.emit(R.take(x, relax_const(np.arange(lo, hi, sp, dtype=np.int64)), axis=ax))
+        return x
     if op in REDUCE_OPS:
         x = bld.val(node.input[0])
         axes = bld.opt_const(node, 1)
