@@ -71,9 +71,10 @@ class Step:
 # Constants first: weights and shape arithmetic computed from constants must be initializers before
 # strict shape inference can see through them (old model-zoo files build every weight so). Sum -> Add
 # and per-channel Mul/Add -> Conv turn what old exporters write for residuals and written-out
-# BatchNorms into the layers the quantizer and every backend know.
+# BatchNorms into the layers the quantizer and every backend know; a written-out LayerNorm becomes one.
 CANONICALIZE: tuple[Step, ...] = (
     Step("fold_constants"), Step("infer_static_shapes"), Step("sum_to_add"), Step("remove_identity_ops"),
+    Step("fuse_layernorm"),
     Step("fold_batchnorm"), Step("infer_static_shapes"), Step("affine_to_conv"), Step("infer_static_shapes"),
 )
 

@@ -343,11 +343,11 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
 def is_encoder(model: onnx.ModelProto) -> bool:
     """A transformer encoder: LayerNormalization, Softmax, and a MatMul of two activations (attention).
 
-    Such a model takes ``quantize_transformer`` instead of ``insert_qdq`` (qcompiler/stages.py);
-    encoders exported with a decomposed LayerNorm (ReduceMean/Pow/Sqrt) are not recognised and take
-    the CNN path.
+    Such a model takes ``quantize_transformer`` instead of ``insert_qdq`` (qcompiler/stages.py). A
+    hybrid with convolutions (PP-OCRv4 rec: a CNN backbone under SVTR blocks) takes the CNN path,
+    which quantizes its convolutions as well as its MatMuls and LayerNorms.
     """
     inits = {t.name for t in model.graph.initializer}
     ops = {n.op_type for n in model.graph.node}
     attention = any(n.op_type == "MatMul" and not (set(n.input) & inits) for n in model.graph.node)
-    return {"LayerNormalization", "Softmax"} <= ops and attention
+    return {"LayerNormalization", "Softmax"} <= ops and attention and not ops & {"Conv", "ConvTranspose"}
