@@ -74,7 +74,9 @@ def is_large(model: onnx.ModelProto) -> bool:
     return initializer_bytes(model) >= threshold()
 
 
-def _copy_fields(dst: Message, src: Message, skip: str) -> None:
+def copy_fields(dst: Message, src: Message, skip: str = "") -> None:
+    """Copy every set field of ``src`` into ``dst`` except ``skip``: a model or graph without its
+    weights, where ``CopyFrom`` would copy (and a size check would serialise) gigabytes first."""
     for fd, val in src.ListFields():
         if fd.name == skip:
             continue
@@ -98,8 +100,8 @@ def light_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     below 2 GB. Initializers the file also lists as inputs (IR 3) keep that one input.
     """
     light = onnx.ModelProto()
-    _copy_fields(light, model, skip="graph")
-    _copy_fields(light.graph, model.graph, skip="initializer")
+    copy_fields(light, model, skip="graph")
+    copy_fields(light.graph, model.graph, skip="initializer")
     moved = [t for t in model.graph.initializer if _is_big(t)]
     light.graph.initializer.extend(t for t in model.graph.initializer if not _is_big(t))
     listed = {i.name for i in model.graph.input}
@@ -123,7 +125,7 @@ def restore_from_light(light: onnx.ModelProto, moved: list[str], model: onnx.Mod
     for fd in g.DESCRIPTOR.fields:
         if fd.name != "initializer":
             g.ClearField(fd.name)
-    _copy_fields(g, light.graph, skip="initializer")
+    copy_fields(g, light.graph, skip="initializer")
     del g.input[:]
     g.input.extend(inputs)
     for i in reversed(range(len(g.initializer))):
@@ -133,7 +135,7 @@ def restore_from_light(light: onnx.ModelProto, moved: list[str], model: onnx.Mod
     for fd in model.DESCRIPTOR.fields:
         if fd.name != "graph":
             model.ClearField(fd.name)
-    _copy_fields(model, light, skip="graph")
+    copy_fields(model, light, skip="graph")
     return model
 
 
@@ -168,8 +170,8 @@ def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     its weights; write the copy with ``write_with_external_data(copy, path, weights_from=model)``.
     """
     light = onnx.ModelProto()
-    _copy_fields(light, model, skip="graph")
-    _copy_fields(light.graph, model.graph, skip="initializer")
+    copy_fields(light, model, skip="graph")
+    copy_fields(light.graph, model.graph, skip="initializer")
     for t in model.graph.initializer:
         if _is_big(t) and t.data_location != TensorProto.EXTERNAL:
             light.graph.initializer.append(_external(t, WEIGHT_REF, 0, tensor_nbytes(t)))
@@ -191,8 +193,8 @@ def write_with_external_data(model: onnx.ModelProto, path: str | os.PathLike[str
     path = Path(path)
     data_name = path.name + ".data"
     light = onnx.ModelProto()
-    _copy_fields(light, model, skip="graph")
-    _copy_fields(light.graph, model.graph, skip="initializer")
+    copy_fields(light, model, skip="graph")
+    copy_fields(light.graph, model.graph, skip="initializer")
     sources = {t.name: t for t in weights_from.graph.initializer} if weights_from is not None else {}
     with open(path.parent / data_name, "wb") as f:
         for t in model.graph.initializer:

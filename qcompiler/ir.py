@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from google.protobuf.message import Message
 from onnx import numpy_helper
 
-from .external_data import is_large
+from .external_data import copy_fields, is_large
 
 OPSET = 21
 DOMAIN = "qcompiler"  # domain of fused integer ops (model-local functions)
@@ -156,18 +155,6 @@ def _infer(model: onnx.ModelProto, strict: bool) -> onnx.ModelProto:
 _LIGHT_ELEMENTS = 4096
 
 
-def _copy_fields(dst: Message, src: Message, skip: str = "") -> None:
-    for fd, val in src.ListFields():
-        if fd.name == skip:
-            continue
-        if fd.is_repeated:
-            getattr(dst, fd.name).extend(val)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(val)
-        else:
-            setattr(dst, fd.name, val)
-
-
 def infer_shapes_light(model: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
     """:func:`infer_shapes` without handing the weights to ONNX: same result, for big models much faster.
 
@@ -200,8 +187,8 @@ def _without_weights(model: onnx.ModelProto,
     if not big:
         return infer(model)
     light = onnx.ModelProto()
-    _copy_fields(light, model, skip="graph")
-    _copy_fields(light.graph, model.graph, skip="initializer")
+    copy_fields(light, model, skip="graph")
+    copy_fields(light.graph, model.graph, skip="initializer")
     light.graph.initializer.extend(t for t in model.graph.initializer if math.prod(t.dims) <= _LIGHT_ELEMENTS)
     n_inputs = len(light.graph.input)
     listed = {i.name for i in model.graph.input}  # (an IR-3 file may list an initializer as an input already)

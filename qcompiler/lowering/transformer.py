@@ -33,23 +33,27 @@ def mask_of(low: Lowering, name: str) -> QT | None:
 
 
 def lower_softmax(low: Lowering, node: onnx.NodeProto) -> bool:
-    """Softmax over the last axis (optionally of logits + an attention-mask bias) -> QSoftmax (Shiftmax)."""
+    """Softmax over the last axis (optionally of logits + an attention-mask bias) -> QSoftmax (Shiftmax);
+    over another axis (YOLOv8's DFL: 16 bins on axis 1) QSoftmax between two Transposes of the codes."""
     axis = int(next((a.i for a in node.attribute if a.name == "axis"), -1))
     rank = len(low.shapes.get(node.input[0]) or [])
     out = low.take_output(node)
     if out is None or rank == 0 or not -rank <= axis < rank:
         return False
     axis %= rank
-    x, mask = low.float_qt.get(node.input[0]), None
-    if axis != rank - 1:  # e.g. YOLOv8's DFL over 16 bins on axis 1: QSoftmax between two Transposes
-        return x is not None and _softmax_moved(low, node, x, axis, rank, out)
-    if x is None:
+    x, mask, perm = low.float_qt.get(node.input[0]), None, None
+    if axis != rank - 1:
+        perm = list(range(rank))
+        perm[axis], perm[-1] = perm[-1], perm[axis]  # its own inverse
+    elif x is None:
         add = low.producer(node.input[0])
         if add is None or add.op_type != "Add":
             return False
         x, mask = low.float_qt.get(add.input[0]), mask_of(low, add.input[1])
-        if x is None or mask is None:
+        if mask is None:
             return False
+    if x is None:
+        return False
     qt, qmin, qmax = out
     try:
         m_exp = numerics.softmax_exp_multiplier(x.scale, what=f"node '{node.name}'")
@@ -57,37 +61,18 @@ def lower_softmax(low: Lowering, node: onnx.NodeProto) -> bool:
         return False
     b, c = dyadic(2.0**-numerics.SOFTMAX_OUT_FRAC / qt.scale, what=f"node '{node.name}' output")
     base = node.name
+    src, dst = x.name, qt.name
+    if perm is not None:
+        src, dst = low.unique(f"{base}.last"), low.unique(f"{base}.soft")
+        low.emit("Transpose", [x.name], [src], f"{base}.to_last", perm=perm)
     mask_name = mask.name if mask is not None else low.const(f"{base}.mask", np.ones(1, np.uint8))
     low.out_nodes.append(fn.make_node(
-        "QSoftmax", [x.name, mask_name, low.const(f"{base}.m_exp", np.array(m_exp, np.int64)),
+        "QSoftmax", [src, mask_name, low.const(f"{base}.m_exp", np.array(m_exp, np.int64)),
                      low.const(f"{base}.b", np.array(b, np.int64)),
                      low.const(f"{base}.c", np.array(c, np.int64)), low.zp_const(qt, f"{base}.y")],
-        qt.name, low.unique(base), qmin=qmin, qmax=qmax))
-    low.consume(node)
-    return True
-
-
-def _softmax_moved(low: Lowering, node: onnx.NodeProto, x: QT, axis: int, rank: int,
-                   out: tuple[QT, int, int]) -> bool:
-    """Softmax over a middle axis: Transpose that axis last (codes move, exact), QSoftmax, Transpose back."""
-    qt, qmin, qmax = out
-    try:
-        m_exp = numerics.softmax_exp_multiplier(x.scale, what=f"node '{node.name}'")
-    except NumericsError:
-        return False
-    b, c = dyadic(2.0**-numerics.SOFTMAX_OUT_FRAC / qt.scale, what=f"node '{node.name}' output")
-    perm = list(range(rank))
-    perm[axis], perm[-1] = perm[-1], perm[axis]  # its own inverse
-    base = node.name
-    moved, soft = low.unique(f"{base}.last"), low.unique(f"{base}.soft")
-    low.emit("Transpose", [x.name], [moved], f"{base}.to_last", perm=perm)
-    low.out_nodes.append(fn.make_node(
-        "QSoftmax", [moved, low.const(f"{base}.mask", np.ones(1, np.uint8)),
-                     low.const(f"{base}.m_exp", np.array(m_exp, np.int64)),
-                     low.const(f"{base}.b", np.array(b, np.int64)),
-                     low.const(f"{base}.c", np.array(c, np.int64)), low.zp_const(qt, f"{base}.y")],
-        soft, low.unique(base), qmin=qmin, qmax=qmax))
-    low.emit("Transpose", [soft], [qt.name], f"{base}.back", perm=perm)
+        dst, low.unique(base), qmin=qmin, qmax=qmax))
+    if perm is not None:
+        low.emit("Transpose", [dst], [qt.name], f"{base}.back", perm=perm)
     low.consume(node)
     return True
 
