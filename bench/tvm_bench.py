@@ -1,8 +1,9 @@
 """Latency on this CPU: FP32 ORT, ORT INT8 (quantize_static), qcompiler --target cpu INT8 and mixed 4/8.
 
 One run, one table, every number a ratio to ORT INT8 of the same model and batch
-(lower is faster). Models: MobileNetV2 and EfficientNet-Lite0 from models/zoo.py;
-batch 1 and 8. Writes JSON next to the table (``--json``).
+(lower is faster). The runtimes are timed in turns, one call each per round, with the same thread
+count (TVM's pool size), so a load from elsewhere on the machine falls on all of them alike.
+Models: MobileNetV2 and EfficientNet-Lite0 from models/zoo.py; batch 1 and 8. Writes JSON (``--json``).
 
     .venv/bin/python bench/tvm_bench.py [--models mobilenet_v2,efficientnet_lite0] [--repeat 30]
 """
@@ -16,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +52,45 @@ def _dynamic_batch(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _ort_ms(path: Path, x: np.ndarray, repeat: int) -> float:
+def threads() -> int:
+    """The threads both runtimes get: TVM's pool size (TVM_NUM_THREADS, else the cores it found)."""
+    import tvm
+
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
+def _ort_runner(path: Path, x: np.ndarray) -> Callable[[], Any]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.intra_op_num_threads = threads()  # the same thread count as the TVM library
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = s.get_inputs()[0].name
-    for _ in range(5):
-        s.run(None, {name: x})
-    ts = []
+    feed = {s.get_inputs()[0].name: x}
+    return lambda: s.run(None, feed)
+
+
+def _tvm_runner(lib_dir: Path, x: np.ndarray) -> Callable[[], Any]:
+    from qcompiler.targets.tvm.runtime import CompiledModel
+
+    m = CompiledModel(lib_dir)
+    args = m._prepare((x,))
+    return lambda: (m._main(*args), m.dev.sync())
+
+
+def interleaved_ms(runners: dict[str, Callable[[], Any]], repeat: int, warmup: int = 5) -> dict[str, float]:
+    """Median ms of each runner, timed in turns (one call of each per round): a load that comes and goes
+    on a shared machine then falls on every runtime alike, and the ratios stay meaningful."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    ts: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeat):
-        t = time.perf_counter()
-        s.run(None, {name: x})
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
+        for k, run in runners.items():
+            t = time.perf_counter()
+            run()
+            ts[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in ts.items()}
 
 
 def _ort_int8(float_path: Path, calib: np.ndarray, out: Path) -> Path:
@@ -86,7 +112,6 @@ def _ort_int8(float_path: Path, calib: np.ndarray, out: Path) -> Path:
 
 def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[dict[str, Any]]:
     from qcompiler.targets.tvm.library import emit
-    from qcompiler.targets.tvm.runtime import CompiledModel
 
     from models import zoo
     from qcompiler.options import CompileOptions
@@ -117,14 +142,19 @@ def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[
     for batch in batches:
         x = rng.standard_normal((batch, *zoo.entry(name).input_shape[1:])).astype(np.float32)
         row: dict[str, Any] = {"model": name, "batch": batch}
-        row["ort_fp32_ms"] = _ort_ms(fp32, x, repeat)
-        row["ort_int8_ms"] = _ort_ms(ort8, x, repeat)
+        runners = {"ort_fp32": _ort_runner(fp32, x), "ort_int8": _ort_runner(ort8, x)}
         for tag, out in builds.items():
             lib_dir = out
             if batch != 1:
                 lib_dir = work / f"{name}.{tag}.b{batch}"
                 emit(onnx.load(str(out / "model.int.onnx")), lib_dir, target="cpu", batch=batch)
-            row[f"{tag}_ms"] = statistics.median(CompiledModel(lib_dir).time(x, repeat=repeat))
+            schedule = json.loads((lib_dir / "tvm_meta.json").read_text())["schedule"]
+            row[f"{tag}_schedule"] = schedule
+            if schedule != "fast":
+                log.warning("%s %s batch %d: TVM built with %s schedules", name, tag, batch, schedule)
+            runners[tag] = _tvm_runner(lib_dir, x)
+        row.update({f"{k}_ms": v for k, v in interleaved_ms(runners, repeat).items()})
+        row["threads"] = threads()
         base = row["ort_int8_ms"]
         row["ratios_to_ort_int8"] = {k[:-3]: round(v / base, 3) for k, v in row.items() if k.endswith("_ms")}
         rows.append(row)

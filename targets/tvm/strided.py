@@ -1,0 +1,86 @@
+"""Stride-2 depthwise convs: the row of inputs a vector of outputs reads, loaded contiguously.
+
+Why: a stride-2 conv vectorised along the output row reads every other input byte. TVM's LLVM
+codegen turns such a strided vector load into one scalar load and ``vpinsrb`` per lane (16 of each
+for 16 outputs), which made MobileNetV2's stride-2 depthwise convs the slowest kernels of the model.
+The tensor intrinsics here load the 2L - 1 input bytes of L outputs as one masked 2L-byte load
+(``vmovdqu8 {k}{z}``: the masked-off last byte is never read, so no row or buffer end is overrun,
+whatever the padding) and keep the even bytes with one ``vpmovwb``, then multiply-add as before.
+(A plain (2L - 1)-byte vector load compiled to the same byte-by-byte gather.)
+
+Exact: the same products ``int32(x) * int32(w)`` added to the same int32 accumulators; only how
+the bytes reach the registers changes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tvm import s_tir
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+LANE_COUNTS = (16, 14, 8, 7)  # the row tiles the depthwise rule picks (schedule.DW_X_TILES)
+
+
+def _name(lanes: int, dtype: str) -> str:
+    return f"qcompiler_stride2_mac_{dtype}_{lanes}"
+
+
+def _make(lanes: int, dtype: str) -> tuple:
+    n = 2 * lanes - 1
+    vin, vacc = f"{dtype}x{2 * lanes}", f"int32x{lanes}"
+    even = [2 * i for i in range(lanes)]
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((n,), dtype, offset_factor=1), b: T.Buffer((1,), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:n], b[0:1])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                with T.sblock("update"):
+                    vi = T.axis.remap("S", [i])
+                    c[vi] = c[vi] + T.cast(a[vi * 2], "int32") * T.cast(b[0], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((n,), dtype, offset_factor=1), b: T.Buffer((1,), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:n], b[0:1])
+            T.writes(c[0:lanes])
+            row = T.call_llvm_pure_intrin(
+                vin, T.llvm_lookup_intrinsic_id("llvm.masked.load"), a.access_ptr("r"),
+                T.ramp(T.int32(0), 1, 2 * lanes) < T.broadcast(T.int32(n), 2 * lanes),
+                T.broadcast(T.Cast(dtype, 0), 2 * lanes))
+            c[T.ramp(T.int32(0), 1, lanes)] = c.vload([0], dtype=vacc) + T.cast(
+                T.Shuffle([row], even), vacc) * T.broadcast(T.cast(b[0], "int32"), lanes)
+
+    return desc, impl
+
+
+for _lanes in LANE_COUNTS:
+    for _dt in ("uint8", "int8"):
+        TensorIntrin.register(_name(_lanes, _dt), *_make(_lanes, _dt), override=True)
+
+
+_TIMES_2 = re.compile(r"\*\s*(T\.int64\()?2\)?(?!\d)")
+
+
+def stride2_input(sch: s_tir.Schedule, red) -> str | None:
+    """The dtype of the activation a depthwise conv block reads at stride 2 along its rows, or None."""
+    for r in sch.get(red).reads:
+        if (len(r.region) == 4 and str(r.source.dtype) in ("uint8", "int8")
+                and _TIMES_2.search(str(r.region[-1].min))):
+            return str(r.source.dtype)
+    return None
+
+
+def tensorize_row(sch: s_tir.Schedule, lanes_loop, dtype: str) -> bool:
+    """Tensorize the vector loop of a stride-2 depthwise conv's update block; False when no intrinsic fits
+    (the caller then vectorises the loop as usual)."""
+    lanes = int(sch.get(lanes_loop).extent)
+    if lanes not in LANE_COUNTS:
+        return False
+    sch.tensorize(lanes_loop, _name(lanes, dtype))
+    return True
