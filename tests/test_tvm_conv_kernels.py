@@ -5,10 +5,10 @@ channels as the vector (16 and 8 lanes: F = 32, F = 24), with the output row as 
 and 40: 16 and 8 lanes), and with the generic tiling (int8 activations), the depthwise conv at
 stride 1, at stride 2 with the masked contiguous-load intrinsic (symmetric pads and EfficientNet's
 [0, 0, 1, 1], where an unmasked load would run past the row) and without it (rows of 6: no 2-lane
-intrinsic), and a full 3x3 conv (the stem's f x 16 tile). Each chain is built by the real pipeline
-(build_module, compile_module) and checked against qcompiler.numerics, the contract the ONNX Runtime
-graph follows too. (Spatial convs run TVM's default loops for now, schedule.py says why: their cases
-check those loops, and will check the tiling and strided.py when it is switched back on.)
+intrinsic), a full 3x3 conv (the stem's f x 16 tile) and a 1x1 depthwise conv (PP-OCRv4 det: a
+reduction without a reduction loop, whose epilogue TVM would inline into it twice). Each chain is
+built by the real pipeline (build_module, compile_module) and checked against qcompiler.numerics, the
+contract the ONNX Runtime graph follows too.
 """
 
 from __future__ import annotations
@@ -106,3 +106,10 @@ def test_depthwise_stride2_matches_numerics(h: int, pads: list[int]) -> None:
 
 def test_depthwise_stride1_and_full_conv_match_numerics() -> None:
     _check(8, 14, [(16, 3, 1, 2, SYM), (16, 3, "dw", 1, SYM), (32, 1, 1, 1, [0, 0, 0, 0])])
+
+
+def test_pointwise_depthwise_conv_matches_numerics() -> None:
+    """A 1x1 depthwise conv is one product per output: its reduction has no loop left after TVM
+    normalises it. Inlined backwards into it, the requantize ran on the init and on the update
+    (PP-OCRv4 det's self-check failed and the whole model fell back to default loops)."""
+    _check(16, 20, [(16, 1, "dw", 1, [0, 0, 0, 0]), (16, 3, "dw", 1, SYM)])

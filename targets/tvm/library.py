@@ -67,6 +67,9 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         raise OutputError(f"cannot create {out_dir}: {e}") from e
     from .builder import build_module
     from .compile import compile_module, cpu_target, cuda_source, cuda_target, host_mcpu, nvcc_compile
+    from .threads import use_physical_cores
+
+    use_physical_cores()  # the self-check runs the library: TVM's pool gets its size there
 
     t0 = time.perf_counter()
     # AVX-512 VNNI matmuls on a CPU that has them (the library is built for this host's mcpu anyway)

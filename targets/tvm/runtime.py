@@ -75,6 +75,10 @@ class CompiledModel:
         import tvm
         from tvm import relax
 
+        from .threads import use_physical_cores
+
+        use_physical_cores()
+
         self.out = Path(out)
         self.meta = read_meta(out)
         self.target = self.meta["target"]

@@ -221,7 +221,12 @@ class IntegerKernelCPU(ScheduleRule):
                 fixed.update(sch.get(p).name_hint for p in sch.get_producers(b.block_rv))
         pinned = [b for b in infos if sch.get(b.block_rv).name_hint in fixed]
         movable = [b for b in infos if not any(b is p for p in pinned)]
-        if _inlined_size(sch, infos) > INLINE_SIZE_LIMIT:
+        # A reduction with no reduction loop left (a 1x1 depthwise conv: one product per output, PP-OCRv4
+        # det) is a block with an init and all-spatial iterators. TVM's reverse_compute_inline accepts the
+        # epilogue into it and applies it to the init and to the update both: the requantize ran twice and
+        # the kernel gave wrong integers. Such kernels inline forward only.
+        unit_red = len(pre_reds) == 1 and not any(it.kind == "R" and it.dom != 1 for it in pre_reds[0].iters)
+        if unit_red or _inlined_size(sch, infos) > INLINE_SIZE_LIMIT:
             kept = _inline_single_use(sch, movable)
         else:
             kept = try_inline(sch, movable)
@@ -279,12 +284,6 @@ class IntegerKernelCPU(ScheduleRule):
             # tail of the previous kernel (_grown_tails), not this tiling, which is exact.
             # a full (not grouped) spatial conv loads each input vector once for all fi channels: a
             # taller tile amortises the stem's stride-2 loads, which LLVM assembles lane by lane
-            if y is not None:
-                # Spatial (kh x kw) convs keep TVM's default loops. Tiled by the code below they were exact
-                # on the zoo, EfficientNet-Lite0 and six corpus models but not on PP-OCRv4 det and rec (the
-                # self-check failed; not isolated yet), so the tiling and its stride-2 loads (strided.py)
-                # stay off until that is found. Exact first, fast second.
-                return None
             ftiles = (16, 8, 4, 2) if y is not None and "group" not in name else (8, 4, 2)
             if y is not None and "group" in name:
                 opts = DW_X_TILES

@@ -37,87 +37,50 @@ from .loop_tiling import loop_extent, schedule_elementwise, tile_factor
 log = logging.getLogger(__name__)
 
 BLOCK = "qmm_vnni"  # name of the TE block; the schedule rule recognises the kernel by it
-INTRIN = "qcompiler_dot_16x4_vnni"
 LANES, STEP = 16, 4  # output columns, reduction steps per vpdpbusd
 
 
 # Not imported from tvm.s_tir.tensor_intrin.x86: importing that package registers every backend's
 # intrinsics (CUDA, ROCm, ...) and took 40-90 s here.
-@T.prim_func(s_tir=True)
-def _dot_16x4_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _register_channels(lanes: int) -> str:
+    """vpdpbusd with the output channels as the vector: 4 activation bytes (u8) broadcast against
+    ``lanes`` x 4 packed weight bytes (s8). 16 lanes: zmm; 8 lanes: the 256-bit form (AVX512_VL),
+    for convs with F % 16 == 8 (24, 40 channels)."""
+    vbytes = f"x{4 * lanes}"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            a_i32 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"),
+                c.vload([0], dtype=f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(a_i32, lanes), dtype="uint8" + vbytes),
+                b.vload([0, 0], dtype="int8" + vbytes),
+                dtype=f"int32x{lanes}",
+            )
+
+    name = f"qcompiler_dot_{lanes}x4_vnni"
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name
 
 
-@T.prim_func(s_tir=True)
-def _dot_16x4_vnni(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-            C.vload([0], dtype="int32x16"),
-            T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64"),
-            B.vload([0, 0], dtype="int8x64"),
-            dtype="int32x16",
-        )
-
-
-TensorIntrin.register(INTRIN, _dot_16x4_desc, _dot_16x4_vnni, override=True)
-
-
-@T.prim_func(s_tir=True)
-def _dot_8x4_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _dot_8x4_vnni(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-            C.vload([0], dtype="int32x8"),
-            T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"),
-            B.vload([0, 0], dtype="int8x32"),
-            dtype="int32x8",
-        )
-
-
-INTRIN_8 = "qcompiler_dot_8x4_vnni"  # the 256-bit form (AVX512_VL): convs with F % 16 == 8 (24, 40 channels)
-TensorIntrin.register(INTRIN_8, _dot_8x4_desc, _dot_8x4_vnni, override=True)
+INTRIN, INTRIN_8 = _register_channels(LANES), _register_channels(8)
 
 
 def host_has_vnni(flags: set[str] | None = None) -> bool:
