@@ -3,9 +3,11 @@
 One run, one table, every number a ratio to ORT INT8 of the same model and batch
 (lower is faster). The runtimes are timed in turns, one call each per round, with the same thread
 count (TVM's pool size), so a load from elsewhere on the machine falls on all of them alike.
-Models: MobileNetV2 and EfficientNet-Lite0 from models/zoo.py; batch 1 and 8. Writes JSON (``--json``).
+Models: MobileNetV2, EfficientNet-Lite0 and the example (fashion_cnn) from models/zoo.py, MiniLM-L6
+(models/minilm.py); batch 1 and 8. Each qcompile build's compile time is recorded next to the ort-cpu
+compile of the same model. Writes JSON (``--json``).
 
-    .venv/bin/python bench/tvm_bench.py [--models mobilenet_v2,efficientnet_lite0] [--repeat 30]
+    .venv/bin/python bench/tvm_bench.py [--models mobilenet_v2,efficientnet_lite0,minilm,fashion_cnn]
 """
 
 from __future__ import annotations
@@ -53,106 +55,162 @@ def _dynamic_batch(src: Path, dst: Path) -> Path:
 
 
 def threads() -> int:
-    """The threads both runtimes get: TVM's pool size (TVM_NUM_THREADS, else the cores it found)."""
-    import tvm
+    """The threads both runtimes get: TVM's pool size, which our runtime sets to the physical cores
+    (targets/tvm/threads.py; TVM_NUM_THREADS overrides)."""
+    from qcompiler.targets.tvm.threads import use_physical_cores
 
-    return int(tvm.get_global_func("runtime.NumThreads")())
+    return use_physical_cores()
 
 
-def _ort_runner(path: Path, x: np.ndarray) -> Callable[[], Any]:
+def _ort_runner(path: Path, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = threads()  # the same thread count as the TVM library
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    feed = {s.get_inputs()[0].name: x}
     return lambda: s.run(None, feed)
 
 
-def _tvm_runner(lib_dir: Path, x: np.ndarray) -> Callable[[], Any]:
+def _tvm_runner(lib_dir: Path, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
     from qcompiler.targets.tvm.runtime import CompiledModel
 
     m = CompiledModel(lib_dir)
-    args = m._prepare((x,))
+    args = m._prepare(tuple(feed[io["name"]] for io in m.inputs))
     return lambda: (m._main(*args), m.dev.sync())
 
 
-def interleaved_ms(runners: dict[str, Callable[[], Any]], repeat: int, warmup: int = 5) -> dict[str, float]:
-    """Median ms of each runner, timed in turns (one call of each per round): a load that comes and goes
-    on a shared machine then falls on every runtime alike, and the ratios stay meaningful."""
+def interleaved_ms(runners: dict[str, Callable[[], Any]], repeat: int, warmup: int = 5,
+                   per_turn: int = 3) -> dict[str, float]:
+    """Median ms of each runner, timed in turns: a load that comes and goes on a shared machine then
+    falls on every runtime alike, and the ratios stay meaningful.
+
+    A turn is one untimed call, then ``per_turn`` timed ones. Both runtimes' thread pools spin for a
+    while after a call (ORT's intra-op threads, TVM's workers); with as many threads as cores, the
+    first call after a switch ran against the other runtime's spinning threads (2-core VM: TVM at
+    22x ORT's time right after ORT, 0.6x one call later). The untimed call takes that hit."""
     for run in runners.values():
         for _ in range(warmup):
             run()
     ts: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(repeat):
+    for _ in range(-(-repeat // per_turn)):
         for k, run in runners.items():
-            t = time.perf_counter()
             run()
-            ts[k].append((time.perf_counter() - t) * 1e3)
+            for _ in range(per_turn):
+                t = time.perf_counter()
+                run()
+                ts[k].append((time.perf_counter() - t) * 1e3)
     return {k: statistics.median(v) for k, v in ts.items()}
 
 
-def _ort_int8(float_path: Path, calib: np.ndarray, out: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+class Case:
+    """One benchmarked model: its float ONNX file, calibration samples (one feed dict each) and the
+    inputs of one call at a batch size."""
 
-    name = onnx.load(str(float_path)).graph.input[0].name
+    def __init__(self, name: str, float_path: Path, calib: list[dict[str, np.ndarray]],
+                 feeds: Callable[[int], dict[str, np.ndarray]], batchable: bool) -> None:
+        self.name, self.float_path, self.calib, self.feeds, self.batchable = name, float_path, calib, feeds, batchable
+
+
+def _image_case(name: str) -> Case:
+    from models import zoo
+
+    calib = zoo.get_calib_data(name, 32).astype(np.float32)
+    input_name = onnx.load(str(zoo.get_model(name))).graph.input[0].name
+    shape = zoo.entry(name).input_shape[1:]
+
+    def feeds(batch: int) -> dict[str, np.ndarray]:
+        return {input_name: np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)}
+
+    return Case(name, zoo.get_model(name), [{input_name: calib[i:i + 1]} for i in range(len(calib))], feeds, True)
+
+
+def _minilm_case() -> Case:
+    """MiniLM-L6 on real sentences. Its graph has no batch axis (activations [S, H], models/minilm.py):
+    batch 8 is 8 sentences, one call each, for every runtime alike."""
+    from models import minilm
+    from qcompiler.text_calibration import builtin_sentences
+
+    pre = minilm.Preprocessor()
+    sentences = builtin_sentences(40)
+    calib = [pre(s) for s in sentences[:32]]
+    held = [pre(s) for s in sentences[32:]]
+    return Case("minilm", minilm.onnx_path(), calib, lambda batch: held[0], False)
+
+
+CASES: dict[str, Callable[[], Case]] = {"mobilenet_v2": lambda: _image_case("mobilenet_v2"),
+                                        "efficientnet_lite0": lambda: _image_case("efficientnet_lite0"),
+                                        "fashion_cnn": lambda: _image_case("fashion_cnn"),
+                                        "minilm": _minilm_case}
+
+
+def _ort_int8(case: Case, out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{name: calib[i:i + 1]} for i in range(len(calib))])
+            self.it = iter(case.calib)
 
         def get_next(self):  # noqa: ANN201 - ORT's interface
             return next(self.it, None)
 
-    quantize_static(str(float_path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(case.float_path), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return out
+
+
+def _repeated(run: Callable[[], Any], n: int) -> Callable[[], Any]:
+    return lambda: [run() for _ in range(n)]
 
 
 def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[dict[str, Any]]:
     from qcompiler.targets.tvm.library import emit
 
-    from models import zoo
     from qcompiler.options import CompileOptions
     from qcompiler.pipeline import compile_model
 
-    float_path = zoo.get_model(name)
-    calib = zoo.get_calib_data(name, 32).astype(np.float32)
-    fp32 = _dynamic_batch(float_path, work / f"{name}.fp32.onnx")
-    ort8 = _dynamic_batch(_ort_int8(float_path, calib, work / f"{name}.ort8.onnx"), work / f"{name}.ort8d.onnx")
+    case = CASES[name]()
+    calib_npz = work / f"{name}.calib.npz"
+    np.savez(calib_npz, **{k: np.concatenate([c[k] for c in case.calib]) for k in case.calib[0]})
+    fp32, ort8 = case.float_path, _ort_int8(case, work / f"{name}.ort8.onnx")
+    if case.batchable:
+        fp32 = _dynamic_batch(fp32, work / f"{name}.fp32.onnx")
+        ort8 = _dynamic_batch(ort8, work / f"{name}.ort8d.onnx")
     from qcompiler.errors import QCompileError
 
     builds: dict[str, Path] = {}
     errors: dict[str, str] = {}
     compile_s: dict[str, float] = {}
-    for tag, opts in (("qc_int8", CompileOptions(target="cpu", bits=[8])),
+    for tag, opts in (("qc_ort_cpu", CompileOptions(target="ort-cpu", bits=[8])),
+                      ("qc_int8", CompileOptions(target="cpu", bits=[8])),
                       ("qc_mixed48", CompileOptions(target="cpu", bits=[4, 8], budgets={"size": "70%"}))):
         t = time.perf_counter()
         try:
-            compile_model(str(float_path), work / f"{name}.{tag}", calib=calib, options=opts)
+            compile_model(str(case.float_path), work / f"{name}.{tag}", calib=calib_npz, options=opts)
         except QCompileError as e:  # reported in the table as n/a, with the reason in the JSON
             log.warning("%s %s: %s", name, tag, e)
             errors[tag] = str(e)
             continue
         compile_s[tag] = time.perf_counter() - t
-        builds[tag] = work / f"{name}.{tag}"
+        if opts.target == "cpu":
+            builds[tag] = work / f"{name}.{tag}"
     rows = []
-    rng = np.random.default_rng(0)
     for batch in batches:
-        x = rng.standard_normal((batch, *zoo.entry(name).input_shape[1:])).astype(np.float32)
-        row: dict[str, Any] = {"model": name, "batch": batch}
-        runners = {"ort_fp32": _ort_runner(fp32, x), "ort_int8": _ort_runner(ort8, x)}
+        calls = 1 if case.batchable else batch  # a graph without a batch axis runs once per sample
+        feed = case.feeds(batch if case.batchable else 1)
+        row: dict[str, Any] = {"model": name, "batch": batch, "calls_per_batch": calls}
+        runners = {"ort_fp32": _ort_runner(fp32, feed), "ort_int8": _ort_runner(ort8, feed)}
         for tag, out in builds.items():
             lib_dir = out
-            if batch != 1:
+            if case.batchable and batch != 1:
                 lib_dir = work / f"{name}.{tag}.b{batch}"
                 emit(onnx.load(str(out / "model.int.onnx")), lib_dir, target="cpu", batch=batch)
             schedule = json.loads((lib_dir / "tvm_meta.json").read_text())["schedule"]
             row[f"{tag}_schedule"] = schedule
             if schedule != "fast":
                 log.warning("%s %s batch %d: TVM built with %s schedules", name, tag, batch, schedule)
-            runners[tag] = _tvm_runner(lib_dir, x)
+            runners[tag] = _tvm_runner(lib_dir, feed)
+        runners = {k: _repeated(r, calls) if calls > 1 else r for k, r in runners.items()}
         row.update({f"{k}_ms": v for k, v in interleaved_ms(runners, repeat).items()})
         row["threads"] = threads()
         base = row["ort_int8_ms"]
@@ -166,7 +224,7 @@ def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="mobilenet_v2,efficientnet_lite0")
+    ap.add_argument("--models", default=",".join(CASES))
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--json", default=str(ROOT / "bench" / "tvm_bench.json"))
@@ -176,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from qcompiler.cpuinfo import cpu_line, cpu_summary
 
+    threads()  # TVM's pool is sized before any library runs
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="tvm-bench-") as tmp:
         for name in args.models.split(","):
@@ -188,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         cells = "".join(f"{r[c + '_ms']:>12.2f} ({r['ratios_to_ort_int8'][c]:>5.2f}x)" if c + "_ms" in r
                         else f"{'n/a':>22}" for c in cols)
         lines.append(f"{r['model']:<20}{r['batch']:>6}{cells}")
+    lines.append("compile time, s (qcompile at default settings; cpu's ratio to ort-cpu):")
+    for r in rows:
+        if "compile_s" in r:
+            c = r["compile_s"]
+            ratios = "  ".join(f"{k} {v:.1f} ({v / c['qc_ort_cpu']:.2f}x)" for k, v in c.items()
+                               if k != "qc_ort_cpu" and c.get("qc_ort_cpu"))
+            lines.append(f"  {r['model']:<18} ort-cpu {c.get('qc_ort_cpu', float('nan')):.1f}  {ratios}")
     sys.stdout.write("\n".join(lines) + "\n")
     Path(args.json).write_text(json.dumps({"cpu": cpu, "mcpu": host_mcpu(), "rows": rows}, indent=1) + "\n")
     return 0

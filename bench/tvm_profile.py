@@ -100,25 +100,24 @@ def kernel_table(model: onnx.ModelProto, batch: int | None, repeat: int) -> list
     return rows
 
 
-def ort_table(model_path: Path, x: np.ndarray, repeat: int) -> list[dict[str, Any]]:
+def ort_table(model_path: Path, feed: dict[str, np.ndarray], repeat: int) -> list[dict[str, Any]]:
     """ORT per-node ms (mean over ``repeat`` runs) and op types, slowest first."""
     import onnxruntime as ort
-    import tvm
+    from qcompiler.targets.tvm.threads import use_physical_cores
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.enable_profiling = True
-    so.intra_op_num_threads = int(tvm.get_global_func("runtime.NumThreads")())  # as the TVM library runs
+    so.intra_op_num_threads = use_physical_cores()  # as the TVM library runs
     with tempfile.TemporaryDirectory() as tmp:
         so.profile_file_prefix = str(Path(tmp) / "ort")
         s = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-        name = s.get_inputs()[0].name
         for _ in range(5):
-            s.run(None, {name: x})
+            s.run(None, feed)
         prof = Path(s.end_profiling())
         s = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         for _ in range(repeat):
-            s.run(None, {name: x})
+            s.run(None, feed)
         prof = Path(s.end_profiling())
         events = json.loads(prof.read_text())
     total: dict[str, float] = defaultdict(float)
@@ -141,14 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "tvm_profile"))
+    ap.add_argument("--int-model", default=None, help="profile this model.int.onnx instead of a zoo model's")
     ap.add_argument("--no-ort", action="store_true", help="skip ORT's per-node profile")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    model = onnx.load(str(int_model(args.model, work)))
-    rows = kernel_table(model, args.batch, args.repeat)
+    model = onnx.load(args.int_model or str(int_model(args.model, work)))
+    from bench.tvm_bench import CASES, _dynamic_batch, _ort_int8
+
+    case = CASES[args.model]()
+    rows = kernel_table(model, args.batch if case.batchable else None, args.repeat)
     tot = sum(r["ms_total"] for r in rows)
     lines = [f"TVM kernels of {args.model} batch {args.batch}: {len(rows)} kernels, sum {tot:.2f} ms",
              f"{'ms':>8} {'%':>5} {'calls':>5}  kernel / block / output"]
@@ -162,16 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     lines.append("by block kind: " + ", ".join(f"{k} {v:.2f}" for k, v in kinds))
     ort_rows: list[dict[str, Any]] = []
     if not args.no_ort:
-        from bench.tvm_bench import _dynamic_batch, _ort_int8
-        from models import zoo
-
-        calib = zoo.get_calib_data(args.model, 32).astype(np.float32)
         q = work / f"{args.model}.ort8.onnx"
         if not q.is_file():
-            _ort_int8(zoo.get_model(args.model), calib, q)
-        qd = _dynamic_batch(q, work / f"{args.model}.ort8d.onnx")
-        x = np.random.default_rng(0).standard_normal((args.batch, *zoo.entry(args.model).input_shape[1:]))
-        ort_rows = ort_table(qd, x.astype(np.float32), args.repeat)
+            _ort_int8(case, q)
+        if case.batchable:
+            q = _dynamic_batch(q, work / f"{args.model}.ort8d.onnx")
+        ort_rows = ort_table(q, case.feeds(args.batch if case.batchable else 1), args.repeat)
         otot = sum(r["ms"] for r in ort_rows)
         lines.append(f"ORT INT8 nodes: {len(ort_rows)}, sum {otot:.2f} ms")
         for r in ort_rows[: args.top]:
