@@ -277,6 +277,10 @@ def print_summary(console, result) -> None:  # noqa: ANN001 - a rich Console and
     if cos:
         t.add_row(f"embedding cosine to fp32 ({cos['sentences']} sentences)",
                   f"mean {cos['mean']:.4f}, min {cos['min']:.4f}")
+    if s.get("target", {}).get("schedule"):
+        from .report_summary import kernels_text
+
+        t.add_row("CPU kernels", kernels_text(s["target"]))
     lat = s.get("target", {}).get("latency_ms")
     if lat is not None:
         t.add_row("latency (ms)", f"{lat:.3f}")

@@ -40,6 +40,20 @@ def shipped(target: Mapping[str, Any]) -> tuple[str, str | None]:
     return "model.int.onnx", "integer"
 
 
+def kernels_text(target: Mapping[str, Any]) -> str:
+    """How the TVM build's kernels are scheduled: a kernel on TVM's default loops runs many times slower,
+    so the summary names it rather than leave the user to find it in a profile."""
+    sched, left = target.get("schedule"), list(target.get("unscheduled_kernels") or [])
+    if sched == "default":
+        return "TVM's default loops for every kernel (the fast schedules failed on this model; see the log)"
+    if sched == "tuned":
+        return "meta_schedule tuning records, our schedules for the rest"
+    if not left:
+        return "fast schedules for every kernel"
+    names = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+    return f"fast schedules; {len(left)} on TVM's default loops (slow): {names}"
+
+
 def pct(x: float) -> str:
     return f"{100.0 * x:.2f}%"
 
@@ -140,6 +154,8 @@ def summary_rows(plan: QuantPlan, summary: Mapping[str, Any]) -> list[tuple[str,
             said = {"given": "as given", "default": "the default: no mean/std given"}.get(origin, f"from the {origin}")
             text += f"; images preprocessed as {pre['text']} ({said})"
         rows.append(("Calibration", text))
+    if target and target.get("schedule"):
+        rows.append(("CPU kernels", kernels_text(target)))
     fb = summary.get("float_fallback")
     if isinstance(fb, Mapping) and fb.get("line"):
         rows.append(("Float fallbacks", str(fb["line"])))

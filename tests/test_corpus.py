@@ -290,6 +290,7 @@ def test_corpus_model_tvm_cpu(name: str, tmp_path: Path, capsys: pytest.CaptureF
     meta = json.loads((out / "tvm_meta.json").read_text())
     # the library runs the built-in fast schedules (issue 20: no model falls back to TVM's default loops)
     assert meta["schedule"] == "fast" and "fast_schedule_error" not in meta, meta.get("fast_schedule_error")
+    assert meta["unscheduled_kernels"] == [], "kernels on TVM's default loops"
     # and equals ORT on the integer graph (graph optimizations off: the reference) on held-out real inputs,
     # beyond the build's own self-check on seeded random ones
     from qcompiler.targets.tvm import runtime

@@ -424,6 +424,7 @@ def test_light_inception_v1_builds_for_cpu(tmp_path: Path) -> None:
     compile_model(path, out, calib=_calib(tmp_path, {vi.name: x}), options=CompileOptions(target="cpu"))
     meta = json.loads((out / "tvm_meta.json").read_text())
     assert meta["schedule"] == "fast" and "fast_schedule_error" not in meta
+    assert meta["unscheduled_kernels"] == [], "kernels on TVM's default loops"
     ref, lib = session(onnx.load(str(out / "model.int.onnx")), optimize=False), runtime.load(out)
     assert any(n.op_type == "LRN" for n in onnx.load(str(out / "model.int.onnx")).graph.node)
     for i in range(2):

@@ -118,12 +118,14 @@ def cpu_fuse(mod: tvm.ir.IRModule, target: tvm.target.Target) -> tvm.ir.IRModule
         return seq(mod)
 
 
-def cpu_pipeline(target: tvm.target.Target, *, fast: bool = True, database: Any = None) -> tvm.transform.Pass:
+def cpu_pipeline(target: tvm.target.Target, *, fast: bool = True, database: Any = None,
+                 unscheduled: list[str] | None = None) -> tvm.transform.Pass:
     """The default Relax CPU pipeline minus FoldConstant (it would unpack packed 4-bit and 2-bit
     weights at compile time) plus our CPU schedules (parallel + vectorized loops).
 
     ``database`` (a meta_schedule Database): kernels with a tuning record get the tuned
-    schedule; the others get ours (``fast``) or TVM's default loops.
+    schedule; the others get ours (``fast``) or TVM's default loops. ``unscheduled`` collects the
+    kernels our rule leaves on default loops.
     """
     from tvm.relax.backend.cpu_generic import pipeline as cp
 
@@ -137,7 +139,7 @@ def cpu_pipeline(target: tvm.target.Target, *, fast: bool = True, database: Any 
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             if fast:
-                mod = schedule_cpu(mod, target)
+                mod = schedule_cpu(mod, target, unscheduled)
             mod = tvm.transform.Sequential(cp.dataflow_lower_passes(target) + cp.finalize_passes(target))(mod)
         return mod
 
@@ -170,12 +172,13 @@ def gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
 
 def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target, *, fast: bool = True,
-                   database: Any = None) -> relax.VMExecutable:
+                   database: Any = None, unscheduled: list[str] | None = None) -> relax.VMExecutable:
     """tvm.compile with our pipeline; CUDA device code goes through nvcc.
 
     ``fast=False`` keeps TVM's default (untiled) CPU loops: the fallback when the
     fast schedules fail the bit-exactness self-check in :func:`emit`. ``database``: meta_schedule
-    tuning records to apply (CPU only; see ``tune.py``).
+    tuning records to apply (CPU only; see ``tune.py``). ``unscheduled``: filled with the names of
+    the kernels that keep TVM's default loops under the fast schedules.
     """
     is_cuda = target.kind.name == "cuda"
     try:
@@ -187,7 +190,8 @@ def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target, *, fast: boo
         # TOPI's "Fast mode segfaults when there are out-of-bounds indices" for every take/gather on a constant
         # table (our indices are in range by construction): debug log (-vv), not the user's terminal
         with native_stderr_to_log(log):
-            return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fast=fast, database=database))
+            return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fast=fast, database=database,
+                                                                               unscheduled=unscheduled))
     except TargetError:
         raise
     except Exception as e:  # TVM raises its own error types; wrap them for the CLI

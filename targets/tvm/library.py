@@ -98,9 +98,10 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
             tuned["bit_exact"] = False
             ex = None
     fast_error = None
+    unscheduled: list[str] = []
     if ex is None:
         try:
-            ex = compile_module(mod, tgt)
+            ex = compile_module(mod, tgt, unscheduled=unscheduled if target == "cpu" else None)
         except TargetError as e:
             if target != "cpu" or schedule != "fast":
                 raise
@@ -144,8 +145,14 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         "tuned_trials": tune,
         "tuning": tuned,
         "schedule": schedule,
+        # kernels on TVM's default loops although the rest has our schedules (all of them when schedule
+        # is "default"): slow, and said rather than hidden
+        "unscheduled_kernels": sorted(unscheduled) if schedule == "fast" else [],
         **({"fast_schedule_error": fast_error} if fast_error else {}),
     }
+    if meta["unscheduled_kernels"]:
+        log.warning("%d TVM kernel(s) keep TVM's default loops: %s", len(unscheduled),
+                    ", ".join(meta["unscheduled_kernels"])[:300])
     if target == "cuda":
         src = cuda_source(ex)
         (out_dir / "model.cu").write_text(src)
@@ -163,6 +170,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
     log.info("TVM %s build of %d layers took %.1f s", target, len(built.layers), dt)
     # no timings here: this dict goes into manifest.json, which must be byte-stable
     return {"target": target, "files": files, "schedule": schedule, "layers": len(built.layers),
+            "unscheduled_kernels": meta["unscheduled_kernels"],
             "packed_int4_layers": sum(b == 4 for b in built.packed_bits.values()),
             "packed_int2_layers": sum(b == 2 for b in built.packed_bits.values()),
             "packed_bytes_saved": built.packed_bytes_saved, "weight_bytes": built.weight_bytes,
