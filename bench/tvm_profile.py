@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from qcompiler.targets.tvm.threads import use_physical_cores
+
+    use_physical_cores()  # as a built library runs (the kernels are timed on TVM's pool)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model = onnx.load(args.int_model or str(int_model(args.model, work)))

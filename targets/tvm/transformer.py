@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tvm import relax
+from tvm import relax, tirx
 
 from qcompiler.numerics import (
     EXP_A,
@@ -51,8 +51,13 @@ INT32_MAX = (1 << 31) - 1
 
 
 def i64(v: int | np.ndarray) -> relax.Expr:
-    """An int64 Relax constant (``relax.const`` would make a Python int int32)."""
-    return relax_const(np.asarray(v, np.int64))
+    """An int64 Relax constant (``relax.const`` would make a Python int int32). A scalar is a literal
+    (``prim_value``): as a 0-d tensor it became a parameter of the fused kernel, and LLVM could not turn
+    a division by it into a multiply and shift (MiniLM's softmax kernels divide every score twice)."""
+    a = np.asarray(v, np.int64)
+    if a.ndim == 0:
+        return relax.prim_value(tirx.IntImm("int64", int(a)))
+    return relax_const(a)
 
 
 def scalar(bld: RelaxEmitter, node: onnx.NodeProto, i: int) -> int:
