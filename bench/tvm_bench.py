@@ -81,14 +81,15 @@ def _tvm_runner(lib_dir: Path, feed: dict[str, np.ndarray]) -> Callable[[], Any]
 
 
 def interleaved_ms(runners: dict[str, Callable[[], Any]], repeat: int, warmup: int = 5,
-                   per_turn: int = 3) -> dict[str, float]:
+                   per_turn: int = 3, settle_s: float = 0.02) -> dict[str, float]:
     """Median ms of each runner, timed in turns: a load that comes and goes on a shared machine then
     falls on every runtime alike, and the ratios stay meaningful.
 
-    A turn is one untimed call, then ``per_turn`` timed ones. Both runtimes' thread pools spin for a
-    while after a call (ORT's intra-op threads, TVM's workers); with as many threads as cores, the
-    first call after a switch ran against the other runtime's spinning threads (2-core VM: TVM at
-    22x ORT's time right after ORT, 0.6x one call later). The untimed call takes that hit."""
+    A turn is untimed calls for at least ``settle_s``, then ``per_turn`` timed ones. Every thread pool
+    spins for a while after a call (each ORT session's intra-op threads, TVM's workers); with as many
+    threads as cores, calls right after a switch ran against the previous runner's spinning threads
+    (2-core VM: TVM at 22x ORT's time right after ORT; ORT INT8 MiniLM at 6.9 ms after ORT FP32's
+    session, 2.4 ms alone). The untimed calls take that hit."""
     for run in runners.values():  # at least ``warmup`` calls and half a second each: ORT's first calls
         t0, n = time.perf_counter(), 0  # in a new session ran slow for a while (the first row's ORT INT8
         while n < warmup or time.perf_counter() - t0 < 0.5:  # at 2.3x its later time, MiniLM batch 1)
@@ -97,7 +98,10 @@ def interleaved_ms(runners: dict[str, Callable[[], Any]], repeat: int, warmup: i
     ts: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(-(-repeat // per_turn)):
         for k, run in runners.items():
+            t0 = time.perf_counter()
             run()
+            while time.perf_counter() - t0 < settle_s:
+                run()
             for _ in range(per_turn):
                 t = time.perf_counter()
                 run()
