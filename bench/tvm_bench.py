@@ -81,15 +81,16 @@ def _tvm_runner(lib_dir: Path, feed: dict[str, np.ndarray]) -> Callable[[], Any]
 
 
 def interleaved_ms(runners: dict[str, Callable[[], Any]], repeat: int, warmup: int = 5,
-                   per_turn: int = 3, settle_s: float = 0.02) -> dict[str, float]:
+                   per_turn: int = 10, settle_s: float = 0.3) -> dict[str, float]:
     """Median ms of each runner, timed in turns: a load that comes and goes on a shared machine then
     falls on every runtime alike, and the ratios stay meaningful.
 
     A turn is untimed calls for at least ``settle_s``, then ``per_turn`` timed ones. Every thread pool
     spins for a while after a call (each ORT session's intra-op threads, TVM's workers); with as many
     threads as cores, calls right after a switch ran against the previous runner's spinning threads
-    (2-core VM: TVM at 22x ORT's time right after ORT; ORT INT8 MiniLM at 6.9 ms after ORT FP32's
-    session, 2.4 ms alone). The untimed calls take that hit."""
+    (2-core VM: TVM at 22x ORT's time right after ORT; ORT INT8 MobileNetV2 at 7.2 ms after the other
+    runners' turns with 20 ms of settling, 2.0 ms alone). With 300 ms of untimed calls the other pools
+    are asleep (ORT INT8 MobileNetV2 1.97 ms alone, next to ORT FP32 and next to TVM alike)."""
     for run in runners.values():  # at least ``warmup`` calls and half a second each: ORT's first calls
         t0, n = time.perf_counter(), 0  # in a new session ran slow for a while (the first row's ORT INT8
         while n < warmup or time.perf_counter() - t0 < 0.5:  # at 2.3x its later time, MiniLM batch 1)
@@ -177,6 +178,25 @@ def _repeated(run: Callable[[], Any], n: int) -> Callable[[], Any]:
     return lambda: [run() for _ in range(n)]
 
 
+def amx_permitted() -> bool | None:
+    """Whether this process holds Linux's permission to use AMX tiles (ARCH_GET_XCOMP_PERM, XTILEDATA
+    bit 18). ONNX Runtime's MLAS requests it before running its AMX int8 GEMM, so after the ORT runs it
+    says which kernels the ORT INT8 peer had (Sapphire Rapids: AMX). None where it cannot be asked."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mask = ctypes.c_uint64(0)
+        if libc.syscall(158, 0x1022, ctypes.byref(mask)) != 0:  # SYS_arch_prctl, ARCH_GET_XCOMP_PERM
+            return None
+    except OSError:
+        return None
+    return bool(mask.value >> 18 & 1)
+
+
 def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[dict[str, Any]]:
     from qcompiler.targets.tvm.library import emit
 
@@ -255,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_model(name, [int(b) for b in args.batches.split(",")], args.repeat, Path(tmp))
     cols = ["ort_fp32", "ort_int8", "qc_int8", "qc_mixed48"]
     cpu = cpu_summary()
+    amx = amx_permitted()
     lines = [cpu_line(cpu), f"LLVM -mcpu {host_mcpu()}  (median ms, and ratio to ORT INT8; lower is faster)",
+             f"ONNX Runtime requested AMX tiles: {'yes' if amx else 'no' if amx is False else 'unknown'}",
              f"{'model':<20}{'batch':>6}" + "".join(f"{c:>22}" for c in cols)]
     for r in rows:
         cells = "".join(f"{r[c + '_ms']:>12.2f} ({r['ratios_to_ort_int8'][c]:>5.2f}x)" if c + "_ms" in r
@@ -269,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                                if k != "qc_ort_cpu" and c.get("qc_ort_cpu"))
             lines.append(f"  {r['model']:<18} ort-cpu {c.get('qc_ort_cpu', float('nan')):.1f}  {ratios}")
     sys.stdout.write("\n".join(lines) + "\n")
-    Path(args.json).write_text(json.dumps({"cpu": cpu, "mcpu": host_mcpu(), "rows": rows}, indent=1) + "\n")
+    result = {"cpu": cpu, "mcpu": host_mcpu(), "ort_amx": amx, "rows": rows}
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 
