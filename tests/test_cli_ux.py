@@ -320,8 +320,11 @@ def test_bench_prints_no_scope_loaded(cpu_out):
     assert r.returncode == 0, r.stderr
     assert_quiet(r.stdout + r.stderr)
     assert "tvm_cpu" in r.stdout and r.stderr == ""
-    r = run(["bench", str(cpu_out), "--repeat", "3", "-v"])  # routed into the debug log, not lost
-    assert r.returncode == 0 and "Scope Loaded" in r.stderr and "DEBUG qcompiler.bench_cmd" in r.stderr
+    # TVM printed "Scope Loaded" per constant when the saved executable had run before it was saved; the
+    # build now writes lib.so before its self-check runs it, and TVM prints nothing at load. What native
+    # code does print goes to the debug log (-v): tests/test_quiet_ort.py checks that capture.
+    r = run(["bench", str(cpu_out), "--repeat", "3", "-v"])
+    assert r.returncode == 0 and "tvm_cpu" in r.stdout and "Scope Loaded" not in r.stdout, r.stderr[-2000:]
 
 
 @_no_tvm

@@ -421,6 +421,13 @@ def _stride2_rows(sch: s_tir.Schedule, red, red_loop, lanes_loop, dtype: str) ->
     return trial
 
 
+def _scheduled(func: tirx.PrimFunc) -> bool:
+    """Scheduled already: by a tuning record (``tirx.is_scheduled``) or written by hand in TIR with its
+    own parallel, vectorised loops (float_lrn.py's kernels say ``tir.is_scheduled``)."""
+    attrs = func.attrs or {}
+    return any(k in attrs and bool(attrs[k]) for k in ("tirx.is_scheduled", "tir.is_scheduled"))
+
+
 def schedule_cpu(mod: tvm.ir.IRModule, target: tvm.target.Target,
                  unscheduled: list[str] | None = None) -> tvm.ir.IRModule:
     """Apply :class:`IntegerKernelCPU` to every PrimFunc that is not scheduled yet (a tuning record
@@ -430,7 +437,7 @@ def schedule_cpu(mod: tvm.ir.IRModule, target: tvm.target.Target,
     updated = {}
     with target:
         for gv, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
+            if not isinstance(func, tirx.PrimFunc) or _scheduled(func):
                 continue
             sch = rule.apply(func, target, False)
             if sch is None:
