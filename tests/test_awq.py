@@ -174,3 +174,45 @@ def test_minilm_awq_beats_round_to_nearest(minilm_awq) -> None:
         assert np.array_equal(si.run(None, f)[0], ref.run(None, f)[0])
     cos_int = _cosines(fm, im, test[:16])
     assert abs(cos_int.mean() - cos["awq"][:16].mean()) < 0.002  # the integer graph tracks the QDQ model
+
+
+@pytest.mark.parametrize("x_dtype,x_zp", [(np.int8, -3), (np.uint8, 131)])
+def test_qgroupmatmul_on_tvm_cpu_bit_exact(x_dtype, x_zp) -> None:
+    """QGroupMatMul built by TVM for this CPU equals the numpy reference (the contract ORT follows, above):
+    on a host with AVX-512 VNNI the per-group partials run on vpdpbusd (vnni.group_matmul_te), with the
+    4-bit weights unpacked in the graph; elsewhere the int16 matmul of w*u. Extreme rows and weights."""
+    import tvm
+    from onnx import helper as oh
+    from qcompiler.targets.tvm.builder import build_module
+    from qcompiler.targets.tvm.compile import compile_module, cpu_assembly, cpu_target
+    from qcompiler.targets.tvm.vnni import host_has_vnni
+    from tvm import relax
+
+    from qcompiler.lowering import functions as fn
+
+    rng = np.random.default_rng(9)
+    g, gs, m = 3, 32, 48
+    info = np.iinfo(x_dtype)
+    x = rng.integers(info.min, info.max + 1, (2, 8, g * gs)).astype(x_dtype)
+    x[0, 0], x[0, 1] = info.min, info.max
+    w = rng.integers(-8, 8, (g, gs, m)).astype(np.int8)
+    w[:, :, 0] = -8
+    u = rng.integers(1, 256, (g, m)).astype(np.uint8)
+    u[:, 0] = 255
+    bias = rng.integers(-50000, 50000, m).astype(np.int32)
+    b, c = dy.dyadic_array(rng.uniform(1e-6, 1e-4, m))
+    ins = {"x": x, "x_zp": np.array(x_zp, x_dtype), "w": w, "u": u, "bias": bias, "b": b, "c": c,
+           "y_zp": np.array(7, np.int8)}
+    node = fn.make_node("QGroupMatMul", list(ins), "y", "n0", qmin=-128, qmax=127)
+    x_info = oh.make_tensor_value_info("x", oh.np_dtype_to_tensor_dtype(x.dtype), list(x.shape))
+    graph = oh.make_graph([node], "g", [x_info],
+                          [oh.make_tensor_value_info("y", TensorProto.INT8, None)],
+                          initializer=[numpy_helper.from_array(v, k) for k, v in ins.items() if k != "x"])
+    model = fn.add_functions(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 21)], ir_version=10))
+    ex = compile_module(build_module(model).mod, cpu_target())
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    ref = nm.qgroupmatmul(x, np.array(x_zp, x_dtype), w, u, bias, b, c, np.array(7, np.int8))
+    np.testing.assert_array_equal(got, ref)
+    assert len(np.unique(ref)) > 20
+    if host_has_vnni():
+        assert "vpdpbusd" in cpu_assembly(ex)

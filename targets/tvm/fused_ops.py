@@ -176,14 +176,42 @@ def q_groupmatmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     weff = (w.astype(np.int64) * u.astype(np.int64)[:, None, :]).reshape(g * gs, m)
     if np.abs(weff).max(initial=0) >= 2**15:
         raise bld.err(node, "QGroupMatMul: |w u| does not fit int16 (group scales above 255?)")
+    bias64 = np.zeros(m, np.int64) if bias is None else bias.astype(np.int64)
+    qmin, qmax = bld.qminmax(node, y_zp)
+    if np.iinfo(bld.dtype_of(x)).bits <= 8 and bld.vnni and vnni.group_fits(g, gs, m):
+        bld.layers.append(node.name)
+        acc64 = group_matmul_vnni(bld, node, x, x_zp, w, u, weff, bias64)
+        return bld.requant(acc64, b, c, y_zp, qmin, qmax, [m])
     w16 = bld.emit(relax.op.astype(bld.weight_expr(node, w), "int16"))
     wexpr = bld.emit(relax.op.reshape(relax.op.multiply(w16, relax_const(u.astype(np.int16)[:, None, :])),
                                       [g * gs, m]))
-    bias64 = np.zeros(m, np.int64) if bias is None else bias.astype(np.int64)
-    acc64 = matmul_acc(bld, x, x_zp, weff, wexpr, bias64)  # |w u| > 127: never the VNNI path
-    qmin, qmax = bld.qminmax(node, y_zp)
+    acc64 = matmul_acc(bld, x, x_zp, weff, wexpr, bias64)  # |w u| > 127: not the 8-bit VNNI matmul
     bld.layers.append(node.name)
     return bld.requant(acc64, b, c, y_zp, qmin, qmax, [m])
+
+
+def group_matmul_vnni(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: int, w: np.ndarray,
+                      u: np.ndarray, weff: np.ndarray, bias64: np.ndarray) -> relax.Expr:
+    """QGroupMatMul on vpdpbusd: the 4-bit weights (kept packed in the library) in the VNNI layout per
+    group, int32 partials per group times the group scales (vnni.group_matmul_te). The sum is
+    ``(x + 128 or x) @ (w u)`` exactly; the zero point's share ``zp * colsum(w u)`` goes into the bias,
+    and the lowering's int32 bound on sum |x - zp| |w u| bounds every partial sum too."""
+    g, gs, m = w.shape
+    shp = bld.shape_of(x)
+    zp = x_zp
+    if bld.dtype_of(x) == "int8":
+        x = bld.emit(relax.op.astype(relax.op.add(relax.op.astype(x, "int16"), relax_const(np.asarray(128, np.int16))),
+                                     "uint8"))
+        zp = x_zp + 128
+    rows = int(np.prod(shp[:-1]))
+    x2 = bld.emit(relax.op.reshape(x, [rows, g * gs])) if len(shp) != 2 else x
+    wexpr = bld.weight_expr(node, vnni.pack_group_weight(w.astype(np.int8)))
+    acc = bld.bb.emit_te(vnni.group_matmul_te, x2, wexpr, relax_const(u.astype(np.int32)))
+    corr = bias64 - np.int64(zp) * weff.sum(axis=0)
+    acc = bld.emit(relax.op.add(acc, relax_const(corr.astype(np.int32))))
+    if len(shp) != 2:
+        acc = bld.emit(relax.op.reshape(acc, [*shp[:-1], m]))
+    return bld.emit(relax.op.astype(acc, "int64"))
 
 
 def q_add(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:

@@ -204,8 +204,11 @@ class IntegerKernelCPU(ScheduleRule):
 
     def _apply(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
-        if any(sch.get(b).name_hint == vnni.BLOCK for b in sch.get_child_blocks(sch.get_sblock("root"))):
+        roots = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        if vnni.BLOCK in roots:
             return self._apply_vnni(sch)
+        if vnni.GROUP_BLOCK in roots:
+            return self._apply_vnni_group(sch)
         infos = normalize_prim_func(sch)
         if infos is None:
             return None
@@ -355,6 +358,27 @@ class IntegerKernelCPU(ScheduleRule):
                 continue
             return trial
         return None
+
+    @staticmethod
+    def _apply_vnni_group(sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        """The VNNI QGroupMatMul kernel: what feeds it stays ahead at the root (the 4-bit unpacking),
+        what reads its sums is the epilogue under the register tile."""
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        names = [sch.get(b).name_hint for b in blocks]
+        down = _downstream(sch, sch.get_sblock(vnni.GROUP_SUM))
+        at = names.index(vnni.GROUP_BLOCK)
+        others = [(i, b) for i, (b, n) in enumerate(zip(blocks, names))
+                  if n not in (vnni.GROUP_BLOCK, vnni.GROUP_SUM) and n not in down]
+        if not _inline_all(sch, [b for i, b in others if i > at]):
+            return None
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        names = [sch.get(b).name_hint for b in blocks]
+        if _grown_tails(sch, sch.get_sblock(vnni.GROUP_SUM), blocks):
+            return None
+        ahead = [b for i, b in others if i < at]
+        epilogue = [b for b, n in zip(blocks, names) if n in down]
+        vnni.schedule_group(sch, epilogue, ahead)
+        return sch
 
     @staticmethod
     def _apply_vnni(sch: s_tir.Schedule) -> s_tir.Schedule | None:
