@@ -26,12 +26,12 @@ from qcompiler.plan import QuantPlan
 from qcompiler.transformer_qdq import quantize_transformer
 
 
-@pytest.mark.parametrize("x_dtype,x_zp", [(np.int8, -3), (np.uint8, 131)])
-def test_qgroupmatmul_bit_exact(x_dtype, x_zp) -> None:
-    rng = np.random.default_rng(5)
-    g, gs, m = 3, 16, 5
+def _group_case(x_dtype, x_zp: int, seed: int, rows: int, g: int, gs: int, m: int) -> tuple[dict, np.ndarray]:
+    """QGroupMatMul inputs with extreme rows, the -8 weight column and the largest group scale, and the
+    numpy reference's output for them."""
+    rng = np.random.default_rng(seed)
     info = np.iinfo(x_dtype)
-    x = rng.integers(info.min, info.max + 1, (2, 4, g * gs)).astype(x_dtype)
+    x = rng.integers(info.min, info.max + 1, (2, rows, g * gs)).astype(x_dtype)
     x[0, 0], x[0, 1] = info.min, info.max  # extreme rows
     w = rng.integers(-8, 8, (g, gs, m)).astype(np.int8)
     w[:, :, 0] = -8
@@ -41,9 +41,14 @@ def test_qgroupmatmul_bit_exact(x_dtype, x_zp) -> None:
     b, c = dy.dyadic_array(rng.uniform(1e-6, 1e-4, m))
     ins = {"x": x, "x_zp": np.array(x_zp, x_dtype), "w": w, "u": u, "bias": bias, "b": b, "c": c,
            "y_zp": np.array(7, np.int8)}
+    return ins, nm.qgroupmatmul(x, ins["x_zp"], w, u, bias, b, c, ins["y_zp"])
+
+
+@pytest.mark.parametrize("x_dtype,x_zp", [(np.int8, -3), (np.uint8, 131)])
+def test_qgroupmatmul_bit_exact(x_dtype, x_zp) -> None:
+    ins, ref = _group_case(x_dtype, x_zp, 5, 4, 3, 16, 5)
     a, r = run_fused_op("QGroupMatMul", ins, ["x"], np.int8, qmin=-128, qmax=127)
-    ref = nm.qgroupmatmul(x, np.array(x_zp, x_dtype), w, u, bias, b, c, np.array(7, np.int8))
-    assert a.shape == (2, 4, m)
+    assert a.shape == (2, 4, 5)
     assert np.array_equal(a, r) and np.array_equal(a, ref)
     assert len(np.unique(ref)) > 20  # not a saturated, constant output
 
@@ -190,19 +195,8 @@ def test_qgroupmatmul_on_tvm_cpu_bit_exact(x_dtype, x_zp) -> None:
 
     from qcompiler.lowering import functions as fn
 
-    rng = np.random.default_rng(9)
-    g, gs, m = 3, 32, 48
-    info = np.iinfo(x_dtype)
-    x = rng.integers(info.min, info.max + 1, (2, 8, g * gs)).astype(x_dtype)
-    x[0, 0], x[0, 1] = info.min, info.max
-    w = rng.integers(-8, 8, (g, gs, m)).astype(np.int8)
-    w[:, :, 0] = -8
-    u = rng.integers(1, 256, (g, m)).astype(np.uint8)
-    u[:, 0] = 255
-    bias = rng.integers(-50000, 50000, m).astype(np.int32)
-    b, c = dy.dyadic_array(rng.uniform(1e-6, 1e-4, m))
-    ins = {"x": x, "x_zp": np.array(x_zp, x_dtype), "w": w, "u": u, "bias": bias, "b": b, "c": c,
-           "y_zp": np.array(7, np.int8)}
+    ins, ref = _group_case(x_dtype, x_zp, 9, 8, 3, 32, 48)  # groups of 32, 48 columns: the vpdpbusd shapes
+    x = ins["x"]
     node = fn.make_node("QGroupMatMul", list(ins), "y", "n0", qmin=-128, qmax=127)
     x_info = oh.make_tensor_value_info("x", oh.np_dtype_to_tensor_dtype(x.dtype), list(x.shape))
     graph = oh.make_graph([node], "g", [x_info],
@@ -211,7 +205,6 @@ def test_qgroupmatmul_on_tvm_cpu_bit_exact(x_dtype, x_zp) -> None:
     model = fn.add_functions(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 21)], ir_version=10))
     ex = compile_module(build_module(model).mod, cpu_target())
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    ref = nm.qgroupmatmul(x, np.array(x_zp, x_dtype), w, u, bias, b, c, np.array(7, np.int8))
     np.testing.assert_array_equal(got, ref)
     assert len(np.unique(ref)) > 20
     if host_has_vnni():
