@@ -131,10 +131,9 @@ def matmul_acc(bld: RelaxEmitter, x: relax.Expr, x_zp: int, w: np.ndarray, wexpr
     return acc if acc_t == "int64" else bld.emit(relax.op.astype(acc, "int64"))
 
 
-def vnni_matmul(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: int, w: np.ndarray,
-                bias64: np.ndarray) -> relax.Expr:
-    """The 8-bit matmul on vpdpbusd: x as u8 (int8 + 128), weight in the [M/16, K/4, 16, 4] layout."""
-    k, m = w.shape
+def _vnni_rows(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: int) -> tuple[relax.Expr, int, list[int]]:
+    """The activations of a vpdpbusd matmul: u8 (int8 + 128, with the zero point moved alike), as
+    [rows, K]; returns them, their zero point and the original shape."""
     shp = bld.shape_of(x)
     zp = x_zp
     if bld.dtype_of(x) == "int8":
@@ -144,14 +143,23 @@ def vnni_matmul(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: in
     elif bld.dtype_of(x) != "uint8":
         raise bld.err(node, f"VNNI matmul input of dtype {bld.dtype_of(x)}")
     rows = int(np.prod(shp[:-1]))
-    x2 = bld.emit(relax.op.reshape(x, [rows, k])) if len(shp) != 2 else x
-    wexpr = bld.weight_expr(node, vnni.pack_weight(w))
-    acc = bld.bb.emit_te(vnni.matmul_te, x2, wexpr)
-    corr = bias64 - np.int64(zp) * w.sum(axis=0)
+    return (bld.emit(relax.op.reshape(x, [rows, shp[-1]])) if len(shp) != 2 else x), zp, shp
+
+
+def _vnni_done(bld: RelaxEmitter, acc: relax.Expr, corr: np.ndarray, shp: list[int]) -> relax.Expr:
+    """int32 sums + the bias with the zero point's share, back to the activations' shape, as int64."""
     acc = bld.emit(relax.op.add(acc, relax_const(corr.astype(np.int32))))
     if len(shp) != 2:
-        acc = bld.emit(relax.op.reshape(acc, [*shp[:-1], m]))
+        acc = bld.emit(relax.op.reshape(acc, [*shp[:-1], corr.shape[0]]))
     return bld.emit(relax.op.astype(acc, "int64"))
+
+
+def vnni_matmul(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: int, w: np.ndarray,
+                bias64: np.ndarray) -> relax.Expr:
+    """The 8-bit matmul on vpdpbusd: x as u8 (int8 + 128), weight in the [M/16, K/4, 16, 4] layout."""
+    x2, zp, shp = _vnni_rows(bld, node, x, x_zp)
+    acc = bld.bb.emit_te(vnni.matmul_te, x2, bld.weight_expr(node, vnni.pack_weight(w)))
+    return _vnni_done(bld, acc, bias64 - np.int64(zp) * w.sum(axis=0), shp)
 
 
 def q_groupmatmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
@@ -196,22 +204,10 @@ def group_matmul_vnni(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_
     group, int32 partials per group times the group scales (vnni.group_matmul_te). The sum is
     ``(x + 128 or x) @ (w u)`` exactly; the zero point's share ``zp * colsum(w u)`` goes into the bias,
     and the lowering's int32 bound on sum |x - zp| |w u| bounds every partial sum too."""
-    g, gs, m = w.shape
-    shp = bld.shape_of(x)
-    zp = x_zp
-    if bld.dtype_of(x) == "int8":
-        x = bld.emit(relax.op.astype(relax.op.add(relax.op.astype(x, "int16"), relax_const(np.asarray(128, np.int16))),
-                                     "uint8"))
-        zp = x_zp + 128
-    rows = int(np.prod(shp[:-1]))
-    x2 = bld.emit(relax.op.reshape(x, [rows, g * gs])) if len(shp) != 2 else x
+    x2, zp, shp = _vnni_rows(bld, node, x, x_zp)
     wexpr = bld.weight_expr(node, vnni.pack_group_weight(w.astype(np.int8)))
     acc = bld.bb.emit_te(vnni.group_matmul_te, x2, wexpr, relax_const(u.astype(np.int32)))
-    corr = bias64 - np.int64(zp) * weff.sum(axis=0)
-    acc = bld.emit(relax.op.add(acc, relax_const(corr.astype(np.int32))))
-    if len(shp) != 2:
-        acc = bld.emit(relax.op.reshape(acc, [*shp[:-1], m]))
-    return bld.emit(relax.op.astype(acc, "int64"))
+    return _vnni_done(bld, acc, bias64 - np.int64(zp) * weff.sum(axis=0), shp)
 
 
 def q_add(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
