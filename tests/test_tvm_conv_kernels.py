@@ -6,7 +6,8 @@ and 40: 16 and 8 lanes), and with the generic tiling (int8 activations), the dep
 stride 1, at stride 2 with the masked contiguous-load intrinsic (symmetric pads and EfficientNet's
 [0, 0, 1, 1], where an unmasked load would run past the row) and without it (rows of 6: no 2-lane
 intrinsic), a full 3x3 conv (the stem's f x 16 tile) and a 1x1 depthwise conv (PP-OCRv4 det: a
-reduction without a reduction loop, whose epilogue TVM would inline into it twice). Each chain is
+reduction without a reduction loop, whose epilogue TVM would inline into it twice), and the u8
+depthwise conv on vpdpbusd (a kernel row's taps in one lane). Each chain is
 built by the real pipeline (build_module, compile_module) and checked against qcompiler.numerics, the
 contract the ONNX Runtime graph follows too.
 """
@@ -102,6 +103,18 @@ def test_pointwise_conv_int8_activations_matches_numerics() -> None:
                          ids=["stride2-sym-7", "stride2-sym-8", "stride2-asym", "stride2-sym-6"])
 def test_depthwise_stride2_matches_numerics(h: int, pads: list[int]) -> None:
     _check(16, h, [(16, 3, "dw", 2, pads)])
+
+
+@pytest.mark.parametrize("k, stride, h, pads", [
+    (3, 1, 16, SYM), (3, 2, 32, SYM), (3, 1, 28, SYM), (3, 2, 16, ASYM),
+    (5, 1, 16, [2, 2, 2, 2]), (5, 2, 32, [1, 1, 2, 2]), (5, 2, 16, [1, 1, 2, 2])],
+    ids=["3x3-s1-16", "3x3-s2-16", "3x3-s1-14", "3x3-s2-8-asym", "5x5-s1-16", "5x5-s2-16", "5x5-s2-8"])
+def test_depthwise_on_vnni_matches_numerics(k: int, stride: int, h: int, pads: list[int]) -> None:
+    """u8 depthwise convs put a kernel row's taps in the bytes of one vpdpbusd lane (depthwise_vnni.py):
+    16, 14 (masked) and 8 outputs per vector, strides 1 and 2, 3 and 5 taps (one and two quads)."""
+    asm = _check(16, h, [(16, k, "dw", stride, pads)])
+    if host_has_vnni():
+        assert "vpdpbusd" in asm, "u8 depthwise convs must run on vpdpbusd where the CPU has AVX-512 VNNI"
 
 
 def test_depthwise_stride1_and_full_conv_match_numerics() -> None:

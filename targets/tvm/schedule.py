@@ -34,7 +34,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
-from . import strided, vnni
+from . import depthwise_vnni, strided, vnni
 from .loop_tiling import loop_extent, schedule_elementwise, tile_factor
 
 log = logging.getLogger(__name__)
@@ -267,6 +267,7 @@ class IntegerKernelCPU(ScheduleRule):
             return None
         name = sch.get(red.block_rv).name_hint
         s2_dtype = None  # the activation dtype of a stride-2 depthwise conv (strided.py)
+        dw_vnni = False  # a depthwise conv on vpdpbusd (depthwise_vnni.py)
         if "conv" in name.lower() and len(sp) >= 3:  # conv, DepthwiseConv2d: (n,) f, y, x (unit loops dropped)
             *pre, f, y, x = sp
             opts: tuple[int, ...] = (16, 14, 8, 7, 4, 2)
@@ -291,6 +292,7 @@ class IntegerKernelCPU(ScheduleRule):
             if y is not None and "group" in name:
                 opts = DW_X_TILES
                 s2_dtype = strided.stride2_input(sch, red.block_rv)
+                dw_vnni = use_vnni
             fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), ftiles)])
             xo, xi = sch.split(x, [None, tile_factor(loop_extent(sch, x), opts)])
             outer_loops = [*pre, fo] + ([y] if y is not None else [])
@@ -328,6 +330,10 @@ class IntegerKernelCPU(ScheduleRule):
         sch.parallel(outer)
         if fi is not None:
             sch.unroll(fi)
+        if dw_vnni and rd:
+            done = depthwise_vnni.schedule_rows(sch, red.block_rv, rd, fi, xi)
+            if done is not None:
+                return done
         if s2_dtype and rd:
             done = _stride2_rows(sch, red.block_rv, rd[0], xi, s2_dtype)
             if done is not None:
