@@ -20,6 +20,7 @@ import pytest
 import tvm
 import tvm.relax
 from onnx import helper, numpy_helper
+from qcompiler.targets.tvm import amx
 from qcompiler.targets.tvm.builder import build_module
 from qcompiler.targets.tvm.compile import compile_module, cpu_assembly, cpu_target
 from qcompiler.targets.tvm.vnni import host_has_vnni
@@ -93,6 +94,17 @@ def test_pointwise_conv_on_vnni_matches_numerics(m: int, h: int) -> None:
     asm = _check(16, h, [(m, 1, 1, 1, [0, 0, 0, 0]), (m, 1, 1, 1, [0, 0, 0, 0])])
     if host_has_vnni():
         assert "vpdpbusd" in asm, "u8 1x1 convs must run on vpdpbusd where the CPU has AVX-512 VNNI"
+
+
+@pytest.mark.parametrize("c, m, h", [(32, 32, 16), (64, 48, 14), (96, 32, 7), (384, 64, 8), (40, 32, 12)],
+                         ids=["whole-tiles", "partial-tile-14x14", "partial-tile-7x7", "weights-reloaded", "k40"])
+def test_pointwise_conv_on_amx_matches_numerics(c: int, m: int, h: int) -> None:
+    """u8 1x1 convs with 32+ input and output channels run on AMX tiles where the CPU has them (amx.py):
+    chunks of whole tiles, a map whose last tile is partial (196 and 49 positions), more weight tiles
+    than stay resident (C = 384: 6 steps of 64), a reduction step that is not 64 (C = 40)."""
+    asm = _check(c, h, [(m, 1, 1, 1, [0, 0, 0, 0]), (m, 1, 1, 1, [0, 0, 0, 0])])
+    if amx.enabled(cpu_target()):
+        assert "tdpbsud" in asm, "1x1 convs must run on AMX tiles where the CPU has AMX-INT8"
 
 
 def test_pointwise_conv_int8_activations_matches_numerics() -> None:

@@ -71,6 +71,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
     from .threads import use_physical_cores
 
     use_physical_cores()  # the self-check runs the library: TVM's pool gets its size there
+    from .amx import enabled as amx_enabled
 
     t0 = time.perf_counter()
     # AVX-512 VNNI matmuls on a CPU that has them (the library is built for this host's mcpu anyway)
@@ -147,6 +148,8 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         "target": target,
         "tvm_target": str(tgt),
         "mcpu": host_mcpu() if target == "cpu" else None,
+        # 1x1 convs on AMX tiles: a process that loads lib.so must request AMX state (amx.request_permission)
+        "amx": target == "cpu" and amx_enabled(tgt),
         "cuda_arch": cuda_arch if target == "cuda" else None,
         "model_sha256": model_hash(int_model),
         "inputs": [io.to_dict() for io in built.inputs],

@@ -81,6 +81,12 @@ class CompiledModel:
 
         self.out = Path(out)
         self.meta = read_meta(out)
+        if self.meta.get("amx"):
+            from .amx import request_permission
+
+            if not request_permission():
+                raise TargetError(f"{out} was built with AMX tiles and this process cannot use them",
+                                  hint="run it on the CPU it was built on, or rebuild with QCOMPILER_AMX=0")
         self.target = self.meta["target"]
         if self.target == "cuda":
             self.dev = tvm.cuda(0)

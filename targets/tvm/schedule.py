@@ -34,7 +34,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
-from . import depthwise_vnni, strided, vnni
+from . import amx, depthwise_vnni, strided, vnni
 from .loop_tiling import loop_extent, schedule_elementwise, tile_factor
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ MATMUL_COL_TILES = (16, 8, 4, 2)  # columns of the register tile (one vector)
 # the LLVM -mcpu values (compile.host_mcpu and later cores) that execute 512-bit vpdpbusd
 VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-server", "icelake-client", "tigerlake", "rocketlake",
               "sapphirerapids", "emeraldrapids", "graniterapids", "znver4", "znver5"}
+# the VNNI 1x1 conv forms tried in order (wide rows first, then any row); AMX tiles before them where
+# the build may use AMX (amx.enabled)
+CONV1X1_FORMS = (vnni.schedule_conv1x1_rows, vnni.schedule_conv1x1)
 INLINE_SIZE_LIMIT = 256  # expression nodes one output element may grow to when every block is inlined
 DW_X_TILES = (16, 8, 14, 7, 4, 2)  # depthwise row tiles: whole zmm/ymm loads before 14-lane pieces
 
@@ -272,7 +275,8 @@ class IntegerKernelCPU(ScheduleRule):
             *pre, f, y, x = sp
             opts: tuple[int, ...] = (16, 14, 8, 7, 4, 2)
             if len(rd) == 1 and use_vnni:
-                done = self._conv1x1_vnni(sch, red.block_rv, [*pre, f, y, x], rd[0], rest, ahead, tails)
+                forms = ((amx.schedule_conv1x1,) if amx.enabled(tgt) else ()) + CONV1X1_FORMS
+                done = self._conv1x1_vnni(sch, red.block_rv, [*pre, f, y, x], rd[0], rest, ahead, tails, forms)
                 if done is not None:
                     return done
             if len(rd) == 1:  # 1x1 kernel: y and x together are one contiguous row
@@ -346,13 +350,14 @@ class IntegerKernelCPU(ScheduleRule):
 
     @staticmethod
     def _conv1x1_vnni(sch: s_tir.Schedule, red, spatial: list, red_loop, rest: list, ahead: list,
-                      tails: set[str]) -> s_tir.Schedule | None:
-        """A u8 1x1 conv on vpdpbusd (vnni.schedule_conv1x1), tried on a copy: None keeps the generic tiling."""
+                      tails: set[str], forms: tuple) -> s_tir.Schedule | None:
+        """A u8 1x1 conv on AMX tiles or vpdpbusd (the first of ``forms`` that takes it), tried on a copy:
+        None keeps the generic tiling."""
         grown = [b.block_rv for b in rest if sch.get(b.block_rv).name_hint in tails]
         epilogue = [b.block_rv for b in rest if sch.get(b.block_rv).name_hint not in tails]
         if any(_downstream(sch, g) & {sch.get(e).name_hint for e in epilogue} for g in grown):
             return None
-        for form in (vnni.schedule_conv1x1_rows, vnni.schedule_conv1x1):  # wide rows first, then any row
+        for form in forms:
             trial = sch.copy()
             try:
                 if not form(trial, red, spatial, red_loop, epilogue, [b.block_rv for b in ahead]):
@@ -360,7 +365,7 @@ class IntegerKernelCPU(ScheduleRule):
                 for g in grown:  # the next conv's padding: own loops after the conv (see _grown_tails)
                     schedule_elementwise(trial, g)
             except Exception as e:  # noqa: BLE001 - TVM's schedule errors: the next form, then the generic rule
-                log.debug("VNNI 1x1 conv schedule %s refused: %s", form.__name__, e)
+                log.debug("1x1 conv schedule %s.%s refused: %s", form.__module__, form.__name__, e)
                 continue
             return trial
         return None
