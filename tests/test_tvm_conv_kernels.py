@@ -107,6 +107,44 @@ def test_pointwise_conv_on_amx_matches_numerics(c: int, m: int, h: int) -> None:
         assert "tdpbsud" in asm, "1x1 convs must run on AMX tiles where the CPU has AMX-INT8"
 
 
+_AMX_THEN_ORT = """
+import numpy as np, onnx, onnxruntime as ort, tvm, tvm.relax
+from onnx import helper, numpy_helper
+from qcompiler.targets.tvm.builder import build_module
+from qcompiler.targets.tvm.compile import compile_module, cpu_target
+import tests.test_tvm_conv_kernels as t
+model, _ = t._chain(96, 14, [(576, 1, 1, 1, [0, 0, 0, 0]), (96, 1, 1, 1, [0, 0, 0, 0])])
+vm = tvm.relax.VirtualMachine(compile_module(build_module(model).mod, cpu_target()), tvm.cpu())
+rng = np.random.default_rng(0)
+w = numpy_helper.from_array(rng.integers(-128, 128, (256, 256)).astype(np.int8), "w")
+g = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "mm",
+                      [helper.make_tensor_value_info("a", onnx.TensorProto.UINT8, [64, 256])],
+                      [helper.make_tensor_value_info("y", onnx.TensorProto.INT32, None)], [w])
+so = ort.SessionOptions()
+s = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), so,
+                         providers=["CPUExecutionProvider"])
+a = rng.integers(0, 256, (64, 256)).astype(np.uint8)
+for _ in range(3):
+    vm["main"](tvm.runtime.tensor(rng.integers(0, 256, (1, 96, 14, 14)).astype(np.uint8)))
+    assert np.array_equal(s.run(None, {"a": a})[0], a.astype(np.int32) @ numpy_helper.to_array(w).astype(np.int32))
+print("ok")
+"""
+
+
+def test_amx_kernels_leave_onnxruntime_working() -> None:
+    """Our AMX kernels and ONNX Runtime's AMX GEMMs on the same thread, in turns (the bench and the
+    pipeline's calibration do this): MLAS keeps its tile configuration per thread and does not always
+    reload it, so a kernel that left its own shapes configured made ORT's next GEMM die of SIGILL. In a
+    child process: a crash fails the test instead of the run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", _AMX_THEN_ORT], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stderr[-2000:])
+
+
 def test_pointwise_conv_int8_activations_matches_numerics() -> None:
     _check(16, 7, [(32, 1, 1, 1, [0, 0, 0, 0])], signed=True)
 

@@ -11,8 +11,9 @@ per instruction, a tile multiply 16 x 16 x 64. MobileNetV2's 1x1 convs were ~60%
 * Register tile: one accumulator tile; the reduction runs over the whole C inside the intrinsic, so
   the tile is loaded once and stored once. Tiles of positions cover whole output rows per chunk
   (``rows_per_chunk``), so the epilogue under a chunk covers a rectangle of the output.
-* Tile configuration (``ldtilecfg``) is per thread and per kernel shape: each tensorized tile loads it
-  (64 bytes from the stack) before its tile loads.
+* Tile configuration (``ldtilecfg``) is per thread and per kernel shape: each tensorized chunk loads it
+  (64 bytes from the stack) before its tile loads and releases the tiles after (``tilerelease``), so
+  other AMX code on the same thread (ONNX Runtime's GEMMs in the same process) finds no stale shapes.
 * The process must ask the kernel for AMX state (``arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)``)
   before the first tile instruction, or it dies of SIGILL: :func:`request_permission`, called by
   every loader of a library built with AMX.
@@ -192,6 +193,10 @@ def intrinsic(c: int, k: int, q: int) -> str:
                                                   T.Cast("uint8", s + 1) if resident else T.uint8(1), T.uint8(6)))
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.uint8(5),
                                               acc.access_ptr("w", offset=tiles * TILE), T.Cast("int64", sc * 4)))
+            # back to the initial tile state: ONNX Runtime's MLAS keeps its own configuration per thread and
+            # reloads it only when the current one differs in both rows and columns; left configured
+            # with ours, its next u8s8 GEMM on this thread ran on our tile shapes and died of SIGILL
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilerelease"))
 
     name = f"qcompiler_amx_conv1x1_c{c}_k{k}_q{q}"
     TensorIntrin.register(name, desc, impl, override=True)
