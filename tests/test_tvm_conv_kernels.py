@@ -167,6 +167,17 @@ def test_depthwise_on_vnni_matches_numerics(k: int, stride: int, h: int, pads: l
         assert "vpdpbusd" in asm, "u8 depthwise convs must run on vpdpbusd where the CPU has AVX-512 VNNI"
 
 
+@pytest.mark.parametrize("c, m, k, stride, h, pads", [
+    (3, 32, 3, 2, 32, SYM), (3, 16, 3, 1, 16, SYM), (4, 16, 5, 2, 32, [1, 1, 2, 2]), (3, 8, 3, 2, 16, ASYM)],
+    ids=["stem-3x3-s2", "3x3-s1", "5x5-s2", "8-lanes-asym"])
+def test_full_conv_on_vnni_matches_numerics(c: int, m: int, k: int, stride: int, h: int, pads: list[int]) -> None:
+    """A full spatial conv with whole-register rows (the stem) puts a kernel row's taps in one vpdpbusd
+    lane too, each input row loaded once for the filter tile (depthwise_vnni.full_intrinsic)."""
+    asm = _check(c, h, [(m, k, 1, stride, pads)])
+    if host_has_vnni():
+        assert "vpdpbusd" in asm, "u8 full convs with whole-register rows must run on vpdpbusd"
+
+
 def test_depthwise_stride1_and_full_conv_match_numerics() -> None:
     _check(8, 14, [(16, 3, 1, 2, SYM), (16, 3, "dw", 1, SYM), (32, 1, 1, 1, [0, 0, 0, 0])])
 

@@ -45,6 +45,14 @@ def fits(kw: int, lanes: int, stride: int) -> bool:
     return (lanes - 1) * stride + STEP * quads <= nbytes
 
 
+def _masked_load(buf, dtype: str, width: int, count: int, offset=0):  # noqa: ANN001, ANN202
+    """``width`` lanes from ``buf`` + ``offset``, the lanes from ``count`` on masked off (never read, zero)."""
+    return tirx.call_llvm_pure_intrin(
+        f"{dtype}x{width}", "llvm.masked.load", buf.access_ptr("r", offset=offset),
+        tirx.Ramp(tirx.const(0, "int32"), 1, width) < tirx.Broadcast(tirx.const(count, "int32"), width),
+        tirx.Broadcast(tirx.const(0, dtype), width))
+
+
 def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
     """The registered tensor intrinsic for a kh x kw kernel, ``lanes`` outputs of one row, ``stride``: the
     accumulators stay in one register over the kh rows (one load and one store per tile)."""
@@ -75,21 +83,15 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
     pick = [[(i * stride + STEP * q + j) if i < lanes else 0 for i in range(vl) for j in range(STEP)]
             for q in range(quads)]
 
-    def masked_load(buf, dtype: str, width: int, count: int, offset=0):  # noqa: ANN001, ANN202
-        return tirx.call_llvm_pure_intrin(
-            f"{dtype}x{width}", "llvm.masked.load", buf.access_ptr("r", offset=offset),
-            tirx.Ramp(tirx.const(0, "int32"), 1, width) < tirx.Broadcast(tirx.const(count, "int32"), width),
-            tirx.Broadcast(tirx.const(0, dtype), width))
-
     def value(a, b, c, s0):  # noqa: ANN001, ANN202 - the TIR buffers of impl, at parse time
         # a tile narrower than the register (14 or 7 outputs): masked load of the accumulators
-        acc = masked_load(c, "int32", vl, lanes) if lanes != vl else c.vload([0], dtype=f"int32x{lanes}")
+        acc = _masked_load(c, "int32", vl, lanes) if lanes != vl else c.vload([0], dtype=f"int32x{lanes}")
         for r in range(kh):
-            row = masked_load(a, "uint8", nbytes, n, r * s0)
+            row = _masked_load(a, "uint8", nbytes, n, r * s0)
             # the kw weight bytes of the row and zeros up to whole quads, in one masked load (no byte
             # inserts, nothing read past the kernel)
             wq = tirx.call_intrin(f"int32x{quads}" if quads > 1 else "int32", "tirx.reinterpret",
-                                  masked_load(b, "int8", STEP * quads, kw, r * kw))
+                                  _masked_load(b, "int8", STEP * quads, kw, r * kw))
             for q in range(quads):
                 quad = tirx.Shuffle([wq, wq], [q]) if quads > 1 else wq
                 acc = tirx.call_llvm_pure_intrin(
@@ -128,6 +130,103 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
     TensorIntrin.register(name, desc, impl, override=True)
     _registered[key] = name
     return name
+
+
+def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
+    """The same row-of-taps vpdpbusd for a full conv (the stem: few input channels, kh x kw taps): ``ft``
+    filters of one input channel over 16 or 8 outputs of a row, so each input row vector is loaded and
+    permuted once for all ``ft`` filters; the sums stay in registers (stores forwarded to the next loads)."""
+    key = (-ft, kh, kw, lanes, stride)
+    if key in _registered:
+        return _registered[key]
+    n = (lanes - 1) * stride + kw
+    vl, nbytes = _widths(lanes)
+    quads = -(-kw // STEP)
+    assert vl == lanes, "full convs take whole registers"
+
+    @T.prim_func(s_tir=True)
+    def desc(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
+        s0 = T.int32()
+        sb0 = T.int32()
+        sb1 = T.int32()
+        sb2 = T.int32()
+        sc0 = T.int32()
+        sc1 = T.int32()
+        a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
+        b = T.match_buffer(b_h, (ft, 1, kh, kw), "int8", offset_factor=1, strides=[sb0, sb1, sb2, 1])
+        c = T.match_buffer(c_h, (ft, 1, lanes), "int32", offset_factor=1, strides=[sc0, sc1, 1])
+        with T.sblock("root"):
+            T.reads(c[0:ft, 0:1, 0:lanes], a[0:kh, 0:n], b[0:ft, 0:1, 0:kh, 0:kw])
+            T.writes(c[0:ft, 0:1, 0:lanes])
+            for f, r, k, i in T.grid(ft, kh, kw, lanes):
+                with T.sblock("update"):
+                    vf, vi, vr, vk = T.axis.remap("SSRR", [f, i, r, k])
+                    c[vf, 0, vi] = c[vf, 0, vi] + T.cast(a[vr, vi * stride + vk], "int32") * T.cast(
+                        b[vf, 0, vr, vk], "int32")
+
+    pick = [[i * stride + STEP * q + j for i in range(vl) for j in range(STEP)] for q in range(quads)]
+
+    def row_of(a, s0, r):  # noqa: ANN001, ANN202 - the input row r of the tile, once for all filters
+        return _masked_load(a, "uint8", nbytes, n, r * s0)
+
+    def step(b, c, row, sb0, sb2, f, r):  # noqa: ANN001, ANN202 - filter f's sums after kernel row r
+        acc = c.vload([f, 0, 0], dtype=f"int32x{lanes}")
+        wq = tirx.call_intrin(f"int32x{quads}" if quads > 1 else "int32", "tirx.reinterpret",
+                              _masked_load(b, "int8", STEP * quads, kw, f * sb0 + r * sb2))
+        for q in range(quads):
+            quad = tirx.Shuffle([wq, wq], [q]) if quads > 1 else wq
+            acc = tirx.call_llvm_pure_intrin(
+                f"int32x{vl}", f"llvm.x86.avx512.vpdpbusd.{32 * vl}", acc, tirx.Shuffle([row], pick[q]),
+                tirx.call_intrin(f"int8x{4 * vl}", "tirx.reinterpret", tirx.Broadcast(quad, vl)))
+        return acc
+
+    @T.prim_func(s_tir=True)
+    def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
+        s0 = T.int32()
+        sb0 = T.int32()
+        sb1 = T.int32()
+        sb2 = T.int32()
+        sc0 = T.int32()
+        sc1 = T.int32()
+        a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
+        b = T.match_buffer(b_h, (ft, 1, kh, kw), "int8", offset_factor=1, strides=[sb0, sb1, sb2, 1])
+        c = T.match_buffer(c_h, (ft, 1, lanes), "int32", offset_factor=1, strides=[sc0, sc1, 1])
+        with T.sblock("root"):
+            T.reads(c[0:ft, 0:1, 0:lanes], a[0:kh, 0:n], b[0:ft, 0:1, 0:kh, 0:kw])
+            T.writes(c[0:ft, 0:1, 0:lanes])
+            for r in T.unroll(kh):
+                row = row_of(a, s0, r)
+                for f in T.unroll(ft):
+                    c[f, 0, 0:lanes] = step(b, c, row, sb0, sb2, f, r)
+
+    name = f"qcompiler_conv_vnni_f{ft}_{kh}x{kw}_l{lanes}_s{stride}"
+    TensorIntrin.register(name, desc, impl, override=True)
+    _registered[key] = name
+    return name
+
+
+def schedule_full(sch: s_tir.Schedule, red, red_loops: list, fi, xi) -> s_tir.Schedule | None:
+    """A full spatial conv on vpdpbusd, tried on a copy of a schedule tiled ``(..., xo, rc, ry, rx, fi, xi)``:
+    the taps move inside ``fi`` (``(..., xo, rc, fi, ry, rx, xi)``) and the filters x row tile is tensorized
+    with :func:`full_intrinsic`. None when the kernel does not have the form."""
+    stride = input_stride(sch, red)
+    if stride is None or len(red_loops) != 3:
+        return None
+    _, kh, kw = (int(sch.get(lp).extent) for lp in red_loops)
+    ft, lanes = int(sch.get(fi).extent), int(sch.get(xi).extent)
+    if not fits(kw, lanes, stride) or _widths(lanes)[0] != lanes:
+        return None
+    trial = sch.copy()
+    try:
+        rc, ry, rx = red_loops
+        trial.reorder(rc, fi, ry, rx, xi)
+        init = trial.decompose_reduction(red, rc)
+        trial.vectorize(trial.get_loops(init)[-1])
+        trial.tensorize(fi, full_intrinsic(ft, kh, kw, lanes, stride))
+    except Exception as e:  # noqa: BLE001 - TVM's schedule errors: keep the caller's schedule
+        log.debug("full conv vpdpbusd refused: %s", e)
+        return None
+    return trial
 
 
 def input_stride(sch: s_tir.Schedule, red) -> int | None:

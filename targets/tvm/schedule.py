@@ -271,6 +271,7 @@ class IntegerKernelCPU(ScheduleRule):
         name = sch.get(red.block_rv).name_hint
         s2_dtype = None  # the activation dtype of a stride-2 depthwise conv (strided.py)
         dw_vnni = False  # a depthwise conv on vpdpbusd (depthwise_vnni.py)
+        full_vnni = False  # a full spatial conv (the stem) on vpdpbusd (depthwise_vnni.py)
         if "conv" in name.lower() and len(sp) >= 3:  # conv, DepthwiseConv2d: (n,) f, y, x (unit loops dropped)
             *pre, f, y, x = sp
             opts: tuple[int, ...] = (16, 14, 8, 7, 4, 2)
@@ -293,6 +294,7 @@ class IntegerKernelCPU(ScheduleRule):
             # a full (not grouped) spatial conv loads each input vector once for all fi channels: a
             # taller tile amortises the stem's stride-2 loads, which LLVM assembles lane by lane
             ftiles = (16, 8, 4, 2) if y is not None and "group" not in name else (8, 4, 2)
+            full_vnni = use_vnni and y is not None and "group" not in name
             if y is not None and "group" in name:
                 opts = DW_X_TILES
                 s2_dtype = strided.stride2_input(sch, red.block_rv)
@@ -332,6 +334,10 @@ class IntegerKernelCPU(ScheduleRule):
         for b in ahead:
             schedule_elementwise(sch, b.block_rv)
         sch.parallel(outer)
+        if full_vnni and rd:  # before the unroll: the filter loop heads the tensorized region
+            done = depthwise_vnni.schedule_full(sch, red.block_rv, rd, fi, xi)
+            if done is not None:
+                return done
         if fi is not None:
             sch.unroll(fi)
         if dw_vnni and rd:
