@@ -48,10 +48,11 @@ def kernels_text(target: Mapping[str, Any]) -> str:
         return "TVM's default loops for every kernel (the fast schedules failed on this model; see the log)"
     if sched == "tuned":
         return "meta_schedule tuning records, our schedules for the rest"
+    amx = "; 1x1 convs on AMX tiles" if target.get("amx") else ""
     if not left:
-        return "fast schedules for every kernel"
+        return "fast schedules for every kernel" + amx
     names = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
-    return f"fast schedules; {len(left)} on TVM's default loops (slow): {names}"
+    return f"fast schedules{amx}; {len(left)} on TVM's default loops (slow): {names}"
 
 
 def pct(x: float) -> str:

@@ -149,7 +149,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         "tvm_target": str(tgt),
         "mcpu": host_mcpu() if target == "cpu" else None,
         # 1x1 convs on AMX tiles: a process that loads lib.so must request AMX state (amx.request_permission)
-        "amx": target == "cpu" and amx_enabled(tgt),
+        "amx": target == "cpu" and schedule != "default" and amx_enabled(tgt),
         "cuda_arch": cuda_arch if target == "cuda" else None,
         "model_sha256": model_hash(int_model),
         "inputs": [io.to_dict() for io in built.inputs],
@@ -191,7 +191,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
     log.info("TVM %s build of %d layers took %.1f s", target, len(built.layers), dt)
     # no timings here: this dict goes into manifest.json, which must be byte-stable
     return {"target": target, "files": files, "schedule": schedule, "layers": len(built.layers),
-            "unscheduled_kernels": meta["unscheduled_kernels"],
+            "unscheduled_kernels": meta["unscheduled_kernels"], "amx": meta["amx"],
             "packed_int4_layers": sum(b == 4 for b in built.packed_bits.values()),
             "packed_int2_layers": sum(b == 2 for b in built.packed_bits.values()),
             "packed_bytes_saved": built.packed_bytes_saved, "weight_bytes": built.weight_bytes,
