@@ -36,7 +36,8 @@ from tvm.tirx import IndexMap
 
 from qcompiler.cpuinfo import cpu_flags
 
-from .loop_tiling import loop_extent, schedule_elementwise
+from .loop_tiling import loop_extent, place_epilogue, schedule_elementwise
+from .vnni import conv1x1_operands, schedule_quad_copy
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,6 @@ def intrinsic(c: int, k: int, q: int) -> str:
 def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list) -> bool:
     """A u8 1x1 conv (NCHW) on AMX tiles: F % 16 == 0, C % 4 == 0 and whole output rows adding up to
     16 positions; False when the block does not have this form."""
-    from .vnni import conv1x1_operands
-
     ops = conv1x1_operands(sch, red)
     if ops is None or len(spatial) < 3:
         return False
@@ -230,17 +229,10 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     pc, qi = sch.split(p, [None, r * w])
     sch.reorder(*pre, fo, pc, fi, qi, red_loop)
     outer = sch.fuse(*pre, fo, pc)
-    for b in epilogue:
-        sch.reverse_compute_at(b, outer, preserve_unit_loops=True)
-    if epilogue:
-        sch.vectorize(sch.get_loops(epilogue[-1])[-1])
+    place_epilogue(sch, epilogue, outer)
     for b in ahead:
         schedule_elementwise(sch, b)
-    tn, tc, th, tw = sch.get_loops(a_cache)
-    tq, tr = sch.split(tc, [None, STEP])
-    sch.reorder(tn, tq, th, tw, tr)
-    sch.parallel(sch.fuse(tn, tq, th))
-    sch.unroll(tr)
+    schedule_quad_copy(sch, a_cache)
     sch.parallel(outer)
     init = sch.decompose_reduction(red, fi)
     sch.vectorize(sch.get_loops(init)[-1])

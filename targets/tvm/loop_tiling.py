@@ -39,3 +39,18 @@ def schedule_elementwise(sch: s_tir.Schedule, block) -> None:
     if len(loops) > 1:
         outer = sch.fuse(*loops[:-1])
         sch.parallel(outer)
+
+
+POW2_LANES = (2, 4, 8, 16, 32, 64)  # epilogue rows TVM vectorises (other widths: LLVM's loop vectorizer)
+
+
+def place_epilogue(sch: s_tir.Schedule, blocks: list, at) -> None:
+    """The requantize epilogue blocks right after a register tile (under loop ``at``), vectorised along the
+    tile's row (contiguous stores). A row of 14 or 7 is left to LLVM's loop vectorizer: TVM's int64 x 14
+    vectors were assembled lane by lane through the stack (MobileNetV2's 28x28 depthwise 0.19 -> 0.15 ms
+    with LLVM's own 8-lane loop)."""
+    for b in blocks:
+        sch.reverse_compute_at(b, at, preserve_unit_loops=True)
+        inner = sch.get_loops(b)[-1]
+        if (loop_extent(sch, inner) or 1) in POW2_LANES:
+            sch.vectorize(inner)

@@ -35,7 +35,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
 from . import amx, depthwise_vnni, strided, vnni
-from .loop_tiling import loop_extent, schedule_elementwise, tile_factor
+from .loop_tiling import loop_extent, place_epilogue, schedule_elementwise, tile_factor
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-server", "icelake-client", "
 # the VNNI 1x1 conv forms tried in order (wide rows first, then any row); AMX tiles before them where
 # the build may use AMX (amx.enabled)
 CONV1X1_FORMS = (vnni.schedule_conv1x1_rows, vnni.schedule_conv1x1)
-POW2_LANES = (2, 4, 8, 16, 32, 64)  # epilogue rows TVM vectorises (other widths: LLVM's loop vectorizer)
 INLINE_SIZE_LIMIT = 256  # expression nodes one output element may grow to when every block is inlined
 DW_X_TILES = (16, 8, 14, 7, 4, 2)  # depthwise row tiles: whole zmm/ymm loads before 14-lane pieces
 
@@ -324,14 +323,7 @@ class IntegerKernelCPU(ScheduleRule):
         rest = [b for b in rest if b not in grown]
         if any(_downstream(sch, g.block_rv) & {sch.get(b.block_rv).name_hint for b in rest} for g in grown):
             return None  # an epilogue block after the padding: no tile placement is exact
-        for b in rest:  # the epilogue (requantize + clip + cast) right after each register tile
-            sch.reverse_compute_at(b.block_rv, anchor, preserve_unit_loops=True)
-            # along the tile's row (contiguous stores), not left to LLVM's loop vectorizer; a row of 14 or
-            # 7 is left to it: an int64 x 14 vector was assembled lane by lane through the stack
-            # (MobileNetV2's 28x28 depthwise 0.19 -> 0.15 ms with LLVM's own 8-lane loop)
-            inner = sch.get_loops(b.block_rv)[-1]
-            if (loop_extent(sch, inner) or 1) in POW2_LANES:
-                sch.vectorize(inner)
+        place_epilogue(sch, [b.block_rv for b in rest], anchor)  # requantize + clip + cast
         for b in grown:  # the padding: whole output, own loops, after the reduction's loop nest
             schedule_elementwise(sch, b.block_rv)
         for b in ahead:

@@ -32,7 +32,7 @@ from tvm.script import tirx as T
 
 from qcompiler.cpuinfo import cpu_flags
 
-from .loop_tiling import loop_extent, schedule_elementwise, tile_factor
+from .loop_tiling import loop_extent, place_epilogue, schedule_elementwise, tile_factor
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,7 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     co, ci = sch.split(red_loop, [None, STEP])
     sch.reorder(*pre, fo, y, xo, co, xi, fi, ci)
     outer = sch.fuse(*pre, fo, y)
-    for b in epilogue:
-        sch.reverse_compute_at(b, xo, preserve_unit_loops=True)
-    if epilogue:  # the requantize of the tile along its row: contiguous stores, P int64 lanes
-        sch.vectorize(sch.get_loops(epilogue[-1])[-1])
+    place_epilogue(sch, epilogue, xo)  # the requantize of the tile along its row
     for b in ahead:
         schedule_elementwise(sch, b)
     # the activation transpose (the hottest loop of the high-resolution 1x1 convs): blocks of up to
@@ -256,6 +253,17 @@ ROWS_INTRIN = {lanes: _register_rows(lanes) for lanes in (16, 8)}
 ROWS_MIN_WIDTH = 32  # output rows at least this wide (and a multiple of 8) take the row-vector form
 
 
+def schedule_quad_copy(sch: s_tir.Schedule, a_cache) -> None:
+    """The copy of NCHW activations to 4 channels side by side ([N, C/4, H, W, 4] or [N, C/4, H*W, 4]) as
+    (n, c/4, h) x w x 4, the 4 unrolled: LLVM's loop vectorizer turns the w loop into 4 row loads and byte
+    interleaves (15x faster than TVM's vectorised w with 4-byte-strided stores)."""
+    tn, tc, th, tw = sch.get_loops(a_cache)
+    tq, tr = sch.split(tc, [None, STEP])
+    sch.reorder(tn, tq, th, tw, tr)
+    sch.parallel(sch.fuse(tn, tq, th))
+    sch.unroll(tr)
+
+
 def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list) -> bool:
     """A wide 1x1 conv (rows of 32+ outputs, a multiple of 8) on vpdpbusd with the accumulators along the row.
 
@@ -280,19 +288,10 @@ def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epi
     co, ci = sch.split(red_loop, [None, STEP])
     sch.reorder(*pre, fo, y, xo, co, fi, xi, ci)
     outer = sch.fuse(*pre, fo, y)
-    for b in epilogue:
-        sch.reverse_compute_at(b, xo, preserve_unit_loops=True)
-    if epilogue:
-        sch.vectorize(sch.get_loops(epilogue[-1])[-1])
+    place_epilogue(sch, epilogue, xo)
     for b in ahead:
         schedule_elementwise(sch, b)
-    # the copy as (n, c/4, h) x w x 4 channels, the 4 unrolled: LLVM's loop vectorizer turns the w loop
-    # into 4 row loads and byte interleaves (15x faster than TVM's vectorised w with 4-byte-strided stores)
-    tn, tc, th, tw = sch.get_loops(a_cache)
-    tq, tr = sch.split(tc, [None, STEP])
-    sch.reorder(tn, tq, th, tw, tr)
-    sch.parallel(sch.fuse(tn, tq, th))
-    sch.unroll(tr)
+    schedule_quad_copy(sch, a_cache)
     sch.parallel(outer)
     sch.unroll(fi)
     init = sch.decompose_reduction(red, co)
