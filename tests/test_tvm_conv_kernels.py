@@ -30,14 +30,17 @@ from qcompiler import numerics
 RNG = np.random.default_rng(2020)
 
 
+HIGH, LOW = (33, 40), (16, 22)  # requantize shifts: the int32 high-product form (real models), the int64 one
+
+
 def _layer(name: str, x: str, x_zp: str, c: int, m: int, k: int, group: int, stride: int, pads: list[int],
-           inits: dict[str, np.ndarray], signed: bool) -> tuple[onnx.NodeProto, dict]:
+           inits: dict[str, np.ndarray], signed: bool, shifts: tuple[int, int]) -> tuple[onnx.NodeProto, dict]:
     w = RNG.integers(-127, 128, (m, c // group, k, k)).astype(np.int8)
     w_st, w_zp = numerics.store_weights(w, "int8" if signed else "uint8")
     y_zp = np.array(-5 if signed else 3, np.int8 if signed else np.uint8)
     inits.update({f"{name}_w": w_st, f"{name}_wzp": w_zp, f"{name}_bias": RNG.integers(-3000, 3000, m).astype(np.int32),
                   f"{name}_b": RNG.integers(2**30, 2**31, m).astype(np.int64),
-                  f"{name}_c": RNG.integers(16, 22, m).astype(np.int64), f"{name}_yzp": y_zp})
+                  f"{name}_c": RNG.integers(*shifts, m).astype(np.int64), f"{name}_yzp": y_zp})
     node = helper.make_node("QConv", [x, x_zp, f"{name}_w", f"{name}_wzp", f"{name}_bias", f"{name}_b", f"{name}_c",
                                       f"{name}_yzp"], [f"{name}_y"], domain="qcompiler", name=name,
                             strides=[stride, stride], pads=pads, group=group, dilations=[1, 1],
@@ -45,14 +48,15 @@ def _layer(name: str, x: str, x_zp: str, c: int, m: int, k: int, group: int, str
     return node, {"x_zp": x_zp, "group": group, "stride": stride, "pads": pads}
 
 
-def _chain(c: int, h: int, layers: list[tuple], signed: bool = False) -> tuple[onnx.ModelProto, list[dict]]:
+def _chain(c: int, h: int, layers: list[tuple], signed: bool = False,
+           shifts: tuple[int, int] = HIGH) -> tuple[onnx.ModelProto, list[dict]]:
     """x [1, c, h, h] -> the QConv layers (m, k, group ("dw" = m), stride, pads) in sequence."""
     dt = np.int8 if signed else np.uint8
     inits: dict[str, np.ndarray] = {"x_zp": np.array(-7 if signed else 7, dt)}
     nodes, specs, x, x_zp, c_in = [], [], "x", "x_zp", c
     for i, (m, k, group, stride, pads) in enumerate(layers):
         g = m if group == "dw" else group
-        node, spec = _layer(f"c{i}", x, x_zp, c, m, k, g, stride, pads, inits, signed)
+        node, spec = _layer(f"c{i}", x, x_zp, c, m, k, g, stride, pads, inits, signed, shifts)
         nodes.append(node)
         specs.append({"name": f"c{i}", **spec})
         x, x_zp, c = node.output[0], f"c{i}_yzp", m
@@ -75,8 +79,8 @@ def _reference(model: onnx.ModelProto, specs: list[dict], x: np.ndarray, signed:
     return y
 
 
-def _check(c: int, h: int, layers: list[tuple], signed: bool = False) -> str:
-    model, specs = _chain(c, h, layers, signed)
+def _check(c: int, h: int, layers: list[tuple], signed: bool = False, shifts: tuple[int, int] = HIGH) -> str:
+    model, specs = _chain(c, h, layers, signed, shifts)
     dt = np.int8 if signed else np.uint8
     x = RNG.integers(np.iinfo(dt).min, np.iinfo(dt).max + 1, (1, c, h, h)).astype(dt)
     ex = compile_module(build_module(model).mod, cpu_target())
@@ -180,6 +184,14 @@ def test_full_conv_on_vnni_matches_numerics(c: int, m: int, k: int, stride: int,
 
 def test_depthwise_stride1_and_full_conv_match_numerics() -> None:
     _check(8, 14, [(16, 3, 1, 2, SYM), (16, 3, "dw", 1, SYM), (32, 1, 1, 1, [0, 0, 0, 0])])
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["u8", "s8"])
+def test_requantize_int64_form_matches_numerics(signed: bool) -> None:
+    """Shifts below 33 keep the int64 requantize (the high-product form needs c >= 33): a depthwise, a
+    full and a 1x1 conv with such shifts, u8 and s8."""
+    _check(8, 16, [(16, 3, 1, 1, SYM), (16, 3, "dw", 1, SYM), (32, 1, 1, 1, [0, 0, 0, 0])], signed=signed,
+           shifts=LOW)
 
 
 def test_pointwise_depthwise_conv_matches_numerics() -> None:
