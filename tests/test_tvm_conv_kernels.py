@@ -30,7 +30,7 @@ from qcompiler import numerics
 RNG = np.random.default_rng(2020)
 
 
-HIGH, LOW = (33, 40), (16, 22)  # requantize shifts: the int32 high-product form (real models), the int64 one
+HIGH, LOW = (33, 40), (16, 22)  # requantize shifts: those of real models (outputs in range), small ones (clamped)
 
 
 def _layer(name: str, x: str, x_zp: str, c: int, m: int, k: int, group: int, stride: int, pads: list[int],
@@ -187,9 +187,9 @@ def test_depthwise_stride1_and_full_conv_match_numerics() -> None:
 
 
 @pytest.mark.parametrize("signed", [False, True], ids=["u8", "s8"])
-def test_requantize_int64_form_matches_numerics(signed: bool) -> None:
-    """Shifts below 33 keep the int64 requantize (the high-product form needs c >= 33): a depthwise, a
-    full and a 1x1 conv with such shifts, u8 and s8."""
+def test_small_shifts_match_numerics(signed: bool) -> None:
+    """Small shifts (most outputs clamped) on a depthwise, a full and a 1x1 conv, u8 and s8: the clamp
+    and the rounding at the edges of the int64 requantize."""
     _check(8, 16, [(16, 3, 1, 1, SYM), (16, 3, "dw", 1, SYM), (32, 1, 1, 1, [0, 0, 0, 0])], signed=signed,
            shifts=LOW)
 

@@ -74,7 +74,7 @@ def q_conv(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     acc64 = bld.emit(relax.op.astype(acc, "int64"))
     qmin, qmax = bld.qminmax(node, y_zp)
     bld.layers.append(node.name)
-    return bld.requant(acc64, b, c, y_zp, qmin, qmax, [1, m, 1, 1], acc32=acc)
+    return bld.requant(acc64, b, c, y_zp, qmin, qmax, [1, m, 1, 1])
 
 
 def q_matmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:

@@ -97,9 +97,6 @@ class ScopedBlockBuilder(relax.BlockBuilder):
                 raise
 
 
-HIGH_PRODUCT_MIN_SHIFT = 33  # requantize shifts that take the int32 high-product form (RelaxEmitter._requant_high)
-
-
 class RelaxEmitter:
     """The initializers, the Relax value of every tensor produced so far, the BlockBuilder that the
     op rules emit into, and the bookkeeping the build reports (packed weights, layers)."""
@@ -201,39 +198,18 @@ class RelaxEmitter:
         return [int(d) for d in e.ty.shape]
 
     def requant(self, acc64: relax.Expr, b: np.ndarray, c: np.ndarray, y_zp: np.ndarray, qmin: int,
-                qmax: int, bshape: list[int], acc32: relax.Expr | None = None) -> relax.Expr:
-        """The dyadic requantize of INTEGER_GRAPH.md on an int64 tensor; returns y_zp's dtype. ``acc32``: the
-        same values as int32 where the caller has them (a conv's accumulator), for the high-product form."""
+                qmax: int, bshape: list[int]) -> relax.Expr:
+        """The dyadic requantize of INTEGER_GRAPH.md on an int64 tensor; returns y_zp's dtype."""
         b = np.asarray(b, np.int64).reshape(bshape if np.asarray(b).size > 1 else [])
         c = np.asarray(c, np.int64).reshape(bshape if np.asarray(c).size > 1 else [])
         if np.any(c < 1) or np.any(c > 62):
             raise self.err(None, f"requantize shift outside [1, 62]: {c.min()}..{c.max()}")
-        bb = self.bb
-        if acc32 is not None and np.all(np.abs(b) < 2**31) and np.all(c >= HIGH_PRODUCT_MIN_SHIFT):
-            return self._requant_high(acc32, b, c, y_zp, qmin, qmax)
         rnd = (np.int64(1) << (c - 1)).astype(np.int64)
+        bb = self.bb
         t = bb.emit(relax.op.multiply(acc64, relax_const(b)))
         t = bb.emit(relax.op.add(t, relax_const(rnd)))
         t = bb.emit(relax.op.right_shift(t, relax_const(c)))
         t = bb.emit(relax.op.add(t, relax_const(np.asarray(int(np.asarray(y_zp).reshape(-1)[0]), np.int64))))
-        t = bb.emit(relax.op.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
-        return bb.emit(relax.op.astype(t, NP2TVM[np.asarray(y_zp).dtype]))
-
-    def _requant_high(self, acc32: relax.Expr, b: np.ndarray, c: np.ndarray, y_zp: np.ndarray, qmin: int,
-                      qmax: int) -> relax.Expr:
-        """The same requantize in int32 lanes for an int32 accumulator x, int32 multiplier b and c >= 33:
-        x*b + 2^(c-1) = (hi + 2^(c-33)) * 2^32 + lo with hi = floor(x*b / 2^32), 0 <= lo < 2^32, so
-        floor((x*b + 2^(c-1)) / 2^c) = floor((hi + 2^(c-33)) / 2^(c-32)), and |hi| < 2^30 leaves no overflow.
-        Why: LLVM turns the high half of a product of two sign-extended int32 into vpmuldq pairs, and the
-        rest of the epilogue runs 16 int32 lanes instead of 8 int64 ones (vpmullq, three uops each); the
-        requantize was half of a depthwise conv's time."""
-        bb = self.bb
-        wide = bb.emit(relax.op.multiply(relax.op.astype(acc32, "int64"),
-                                         relax.op.astype(relax_const(b.astype(np.int32)), "int64")))
-        hi = bb.emit(relax.op.astype(relax.op.right_shift(wide, relax_const(np.asarray(32, np.int64))), "int32"))
-        t = bb.emit(relax.op.add(hi, relax_const((np.int64(1) << (c - 33)).astype(np.int32))))
-        t = bb.emit(relax.op.right_shift(t, relax_const((c - 32).astype(np.int32))))
-        t = bb.emit(relax.op.add(t, relax_const(np.asarray(int(np.asarray(y_zp).reshape(-1)[0]), np.int32))))
         t = bb.emit(relax.op.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
         return bb.emit(relax.op.astype(t, NP2TVM[np.asarray(y_zp).dtype]))
 
