@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from qcompiler import ort_session
 from qcompiler import quantize as quant
 from qcompiler.errors import QCompileError
 from qcompiler.executor import Executor
@@ -28,7 +27,7 @@ from qcompiler.plan import LayerPlan, QuantPlan
 from .layer_quant import layer_input_range
 from .layer_task import REFERENCE, LayerScore, LayerTask, build_session, cache_key, run_task, score
 from .outputs import OutputReference, outputs_are_prob
-from .samples import plan_ranges_from_samples, with_extra_outputs
+from .samples import plan_ranges_from_samples, probe_session, with_extra_outputs
 from .suffix import shared_arrays, suffix_cut, suffix_model
 
 log = logging.getLogger("qcompiler.sensitivity")
@@ -52,7 +51,7 @@ class SensitivityTiming:
 def _tensor_bytes(model: onnx.ModelProto, tensors: Sequence[str], feed: Mapping[str, np.ndarray],
                   threads: int) -> dict[str, int]:
     """Bytes per sample of each tensor, measured by one single-sample run (shapes may be symbolic)."""
-    sess = ort_session.session(with_extra_outputs(model, tensors), threads=threads)
+    sess = probe_session(with_extra_outputs(model, tensors), model, threads)
     ins = {i.name for i in sess.get_inputs()}
     fetch = [t for t in tensors if t not in ins]
     d = dict(zip(fetch, sess.run(fetch, dict(feed))))
@@ -197,7 +196,7 @@ def kl_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: list[dict[s
             keep = [o for o in probe_model.graph.output if o.name in tensors]
             del probe_model.graph.output[:]
             probe_model.graph.output.extend(keep)
-        probe = ort_session.session(probe_model, threads=threads)
+        probe = probe_session(probe_model, model, threads)
         input_names = {i.name for i in probe.get_inputs()}
         fetch = ([] if reference is not None else out_names) + [t for t in tensors if t not in input_names]
         cache: list[dict[str, np.ndarray]] = []

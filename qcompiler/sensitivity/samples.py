@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -12,6 +12,9 @@ from onnx import numpy_helper
 
 from qcompiler import ort_session
 from qcompiler.plan import QuantPlan, TensorQuant
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger("qcompiler.sensitivity")
 
@@ -115,9 +118,16 @@ def merge_batches(samples: list[dict[str, np.ndarray]], batch: int) -> list[dict
 
 
 def with_extra_outputs(model: onnx.ModelProto, extra: Sequence[str]) -> onnx.ModelProto:
-    """``model`` also returning the intermediate tensors ``extra`` (graph inputs are left out)."""
+    """``model`` also returning the intermediate tensors ``extra`` (graph inputs are left out). A large
+    model's copy refers to its weights instead of holding them: run it with :func:`probe_session`
+    (each full copy was 1.0x the weights on the peak of a budgeted compile)."""
     ins = {i.name for i in model.graph.input}
-    return ort_session.with_outputs(model, [t for t in dict.fromkeys(extra) if t not in ins])
+    return ort_session.with_outputs(model, [t for t in dict.fromkeys(extra) if t not in ins], weightless=True)
+
+
+def probe_session(probe: onnx.ModelProto, model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """The session of a :func:`with_extra_outputs` copy of ``model`` (its weights come from ``model``)."""
+    return ort_session.session(probe, threads=threads, weights_from=model)
 
 
 def plan_ranges_from_samples(model: onnx.ModelProto, plan: QuantPlan,
@@ -127,7 +137,7 @@ def plan_ranges_from_samples(model: onnx.ModelProto, plan: QuantPlan,
                    if plan.tensors.get(lp.input) is None or plan.tensors[lp.input].range is None})
     if not todo:
         return
-    sess = ort_session.session(with_extra_outputs(model, todo), threads=threads)
+    sess = probe_session(with_extra_outputs(model, todo), model, threads)
     ins = {i.name for i in sess.get_inputs()}
     lo = dict.fromkeys(todo, np.inf)
     hi = dict.fromkeys(todo, -np.inf)
