@@ -9,8 +9,9 @@ per instruction, a tile multiply 16 x 16 x 64. MobileNetV2's 1x1 convs were ~60%
   unsigned), so ``tdpbsud`` (signed x unsigned) computes the conv and the int32 tile comes out as 16
   filters x 16 positions of NCHW rows: the requantize epilogue reads and writes contiguous rows.
 * Register tile: one accumulator tile; the reduction runs over the whole C inside the intrinsic, so
-  the tile is loaded once and stored once. Tiles of positions cover whole output rows per chunk
-  (``rows_per_chunk``), so the epilogue under a chunk covers a rectangle of the output.
+  the tile is loaded once and stored once. A chunk of positions covers whole output rows
+  (``rows_per_chunk``), so the epilogue under a chunk covers a rectangle of the output; a map with no
+  such chunk of whole tiles (14x14, 7x7) is one chunk whose last tile is partial.
 * Tile configuration (``ldtilecfg``) is per thread and per kernel shape: each tensorized chunk loads it
   (64 bytes from the stack) before its tile loads and releases the tiles after (``tilerelease``), so
   other AMX code on the same thread (ONNX Runtime's GEMMs in the same process) finds no stale shapes.
@@ -104,8 +105,8 @@ RESIDENT = 4  # weight tiles kept in tile registers 1-4 across the positions (0,
 
 def intrinsic(c: int, k: int, q: int) -> str:
     """``acc[16 f, Q p] += w[16 f, C] x x[C/4, Q p, 4]`` for C channels in tile multiplies of K bytes and Q
-    positions (a multiple of 16): one tile configuration per call, the weight tiles loaded once when
-    they fit the tile registers."""
+    positions (whole tiles of 16, then a partial one of Q % 16): one tile configuration per call, the
+    weight tiles loaded once when they fit the tile registers."""
     key = (c, k, q)
     if key in _registered:
         return _registered[key]
