@@ -53,6 +53,27 @@ def _masked_load(buf, dtype: str, width: int, count: int, offset=0):  # noqa: AN
         tirx.Broadcast(tirx.const(0, dtype), width))
 
 
+def _picks(lanes: int, vl: int, stride: int, quads: int) -> list[list[int]]:
+    """Byte indices of each quad's vpdpbusd operand: lane i of quad q holds input bytes i*s + 4q + j (lanes
+    past ``lanes`` read byte 0; indices past the row read the masked-off zeros)."""
+    return [[(i * stride + STEP * q + j) if i < lanes else 0 for i in range(vl) for j in range(STEP)]
+            for q in range(quads)]
+
+
+def _row_taps(acc, row, b, offset, kw: int, vl: int, picks: list[list[int]]):  # noqa: ANN001, ANN202
+    """``acc`` plus one kernel row's taps: the kw weight bytes at ``offset`` of ``b`` and zeros up to whole
+    quads (one masked load: no byte inserts, nothing read past the kernel), one vpdpbusd per quad."""
+    quads = len(picks)
+    wq = tirx.call_intrin(f"int32x{quads}" if quads > 1 else "int32", "tirx.reinterpret",
+                          _masked_load(b, "int8", STEP * quads, kw, offset))
+    for q in range(quads):
+        quad = tirx.Shuffle([wq, wq], [q]) if quads > 1 else wq
+        acc = tirx.call_llvm_pure_intrin(
+            f"int32x{vl}", f"llvm.x86.avx512.vpdpbusd.{32 * vl}", acc, tirx.Shuffle([row], picks[q]),
+            tirx.call_intrin(f"int8x{4 * vl}", "tirx.reinterpret", tirx.Broadcast(quad, vl)))
+    return acc
+
+
 def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
     """The registered tensor intrinsic for a kh x kw kernel, ``lanes`` outputs of one row, ``stride``: the
     accumulators stay in one register over the kh rows (one load and one store per tile)."""
@@ -79,24 +100,13 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
                             vi, vr, vk = T.axis.remap("SRR", [i, r, k])
                             c[vi] = c[vi] + T.cast(a[vr, vi * stride + vk], "int32") * T.cast(b[vr, vk], "int32")
 
-    # lane i of quad q: input bytes i*s + 4q + j; indices past n read the masked-off zeros
-    pick = [[(i * stride + STEP * q + j) if i < lanes else 0 for i in range(vl) for j in range(STEP)]
-            for q in range(quads)]
+    picks = _picks(lanes, vl, stride, quads)
 
     def value(a, b, c, s0):  # noqa: ANN001, ANN202 - the TIR buffers of impl, at parse time
         # a tile narrower than the register (14 or 7 outputs): masked load of the accumulators
         acc = _masked_load(c, "int32", vl, lanes) if lanes != vl else c.vload([0], dtype=f"int32x{lanes}")
         for r in range(kh):
-            row = _masked_load(a, "uint8", nbytes, n, r * s0)
-            # the kw weight bytes of the row and zeros up to whole quads, in one masked load (no byte
-            # inserts, nothing read past the kernel)
-            wq = tirx.call_intrin(f"int32x{quads}" if quads > 1 else "int32", "tirx.reinterpret",
-                                  _masked_load(b, "int8", STEP * quads, kw, r * kw))
-            for q in range(quads):
-                quad = tirx.Shuffle([wq, wq], [q]) if quads > 1 else wq
-                acc = tirx.call_llvm_pure_intrin(
-                    f"int32x{vl}", f"llvm.x86.avx512.vpdpbusd.{32 * vl}", acc, tirx.Shuffle([row], pick[q]),
-                    tirx.call_intrin(f"int8x{4 * vl}", "tirx.reinterpret", tirx.Broadcast(quad, vl)))
+            acc = _row_taps(acc, _masked_load(a, "uint8", nbytes, n, r * s0), b, r * kw, kw, vl, picks)
         return acc
 
     def masked_store(c, acc):  # noqa: ANN001, ANN202
@@ -164,21 +174,13 @@ def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
                     c[vf, 0, vi] = c[vf, 0, vi] + T.cast(a[vr, vi * stride + vk], "int32") * T.cast(
                         b[vf, 0, vr, vk], "int32")
 
-    pick = [[i * stride + STEP * q + j for i in range(vl) for j in range(STEP)] for q in range(quads)]
+    picks = _picks(lanes, vl, stride, quads)
 
     def row_of(a, s0, r):  # noqa: ANN001, ANN202 - the input row r of the tile, once for all filters
         return _masked_load(a, "uint8", nbytes, n, r * s0)
 
     def step(b, c, row, sb0, sb2, f, r):  # noqa: ANN001, ANN202 - filter f's sums after kernel row r
-        acc = c.vload([f, 0, 0], dtype=f"int32x{lanes}")
-        wq = tirx.call_intrin(f"int32x{quads}" if quads > 1 else "int32", "tirx.reinterpret",
-                              _masked_load(b, "int8", STEP * quads, kw, f * sb0 + r * sb2))
-        for q in range(quads):
-            quad = tirx.Shuffle([wq, wq], [q]) if quads > 1 else wq
-            acc = tirx.call_llvm_pure_intrin(
-                f"int32x{vl}", f"llvm.x86.avx512.vpdpbusd.{32 * vl}", acc, tirx.Shuffle([row], pick[q]),
-                tirx.call_intrin(f"int8x{4 * vl}", "tirx.reinterpret", tirx.Broadcast(quad, vl)))
-        return acc
+        return _row_taps(c.vload([f, 0, 0], dtype=f"int32x{lanes}"), row, b, f * sb0 + r * sb2, kw, vl, picks)
 
     @T.prim_func(s_tir=True)
     def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:

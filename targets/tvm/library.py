@@ -66,12 +66,12 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create {out_dir}: {e}") from e
+    from .amx import enabled as amx_enabled
     from .builder import build_module
     from .compile import compile_module, cpu_target, cuda_source, cuda_target, host_mcpu, nvcc_compile
     from .threads import use_physical_cores
 
     use_physical_cores()  # the self-check runs the library: TVM's pool gets its size there
-    from .amx import enabled as amx_enabled
 
     t0 = time.perf_counter()
     # AVX-512 VNNI matmuls on a CPU that has them (the library is built for this host's mcpu anyway)
