@@ -84,6 +84,21 @@ A dead channel (``b = 0, c = C_DEAD = 33``) gives ``rnd = 1 + 2 zp`` and ``y = z
 this form. Where some channel of a layer misses the preconditions, the MCU layer takes the
 64-bit path (:func:`requantize` as written).
 
+Folded form (the TVM CPU kernels)
+---------------------------------
+A kernel that sums ``raw = sum x w`` in int32 and then adds a per-channel correction ``corr``
+(bias minus the zero point's share) can requantize the raw sums directly::
+
+    y = clamp((raw * b + k) >> c, qmin, qmax),   k = corr * b + 2**(c-1) + zp * 2**c
+
+It is the same integer as :func:`requantize` of ``raw + corr``: ``(raw + corr) b + 2**(c-1)``
+and ``raw b + k`` differ by ``zp 2**c``, a whole multiple of the divisor, so the floor shift
+moves by exactly ``zp``. Preconditions, per channel (:func:`folded_offset` returns None
+otherwise): ``raw`` itself fits int32 (the caller proves ``|raw| <= bound < 2**31`` from the
+weights, so the int32 sum never wrapped), and ``bound * b + |k| < 2**63`` (no int64 overflow).
+Why: both factors are then sign-extended 32-bit values (one ``vpmuldq``, not the three-uop
+``vpmullq``), and the bias and zero-point adds disappear from every output.
+
 Residual add
 ------------
 Both inputs are rescaled to the output scale with their own ``b`` and one shared
@@ -275,3 +290,40 @@ def requantize_high32(acc: np.ndarray, b: np.ndarray | int, c: np.ndarray | int,
     if t.size and (t.min() < INT32_MIN or t.max() > INT32_MAX):  # pragma: no cover - excluded by |rnd| < 2^30
         raise NumericsError("hi + rnd overflows int32")
     return np.clip(t >> s, qmin, qmax)
+
+
+def folded_offset(b: np.ndarray | int, c: np.ndarray | int, zp: int, corr: np.ndarray | int | None = None,
+                  bound: np.ndarray | int | None = None) -> np.ndarray | None:
+    """The per-channel ``k`` of the folded form (module docstring), broadcast over b, c, corr and bound;
+    None where some channel misses its preconditions.
+
+    ``corr`` None: nothing to add (the sums are the accumulator); ``bound`` None: ``|raw| <= 2**31``, what
+    every requantized accumulator satisfies. Computed on Python integers, so the check itself cannot
+    overflow. Why None and not an error: the TVM emitter then keeps the unfolded form for that layer.
+    """
+    check_dyadic(b, c)
+    arrs = np.broadcast_arrays(np.asarray(b, np.int64), np.asarray(c, np.int64),
+                               np.asarray(0 if corr is None else corr, np.int64),
+                               np.asarray(1 << 31 if bound is None else bound, np.int64))
+    bl, cl, rl, ml = ([int(v) for v in a.reshape(-1)] for a in arrs)
+    out = []
+    for bi, ci, ri, mi in zip(bl, cl, rl, ml, strict=True):
+        k = ri * bi + (1 << (ci - 1)) + zp * (1 << ci)
+        if mi > (1 << 31) or (corr is not None and mi >= (1 << 31)) or mi * bi + abs(k) >= (1 << 63):
+            return None
+        out.append(k)
+    return np.asarray(out, np.int64).reshape(arrs[0].shape)
+
+
+def requantize_folded(raw: np.ndarray, b: np.ndarray | int, k: np.ndarray, c: np.ndarray | int, qmin: int,
+                      qmax: int) -> np.ndarray:
+    """The folded form in numpy with its int64 step checked: the TVM CPU kernels' arithmetic, for the
+    property test that equates it with :func:`requantize` (raises NumericsError on an int64 overflow)."""
+    raw = np.asarray(raw, np.int64)
+    if raw.size and (raw.min() < INT32_MIN or raw.max() > INT32_MAX):
+        raise NumericsError(f"raw sums {raw.min()}..{raw.max()} outside int32")
+    b_arr, k_arr = np.asarray(b, np.int64), np.asarray(k, np.int64)
+    big = np.abs(raw).astype(object) * b_arr.astype(object) + np.abs(k_arr).astype(object)
+    if big.size and max(big.reshape(-1)) >= (1 << 63):
+        raise NumericsError("raw * b + k overflows int64")
+    return np.clip((raw * b_arr + k_arr) >> np.asarray(c, np.int64), qmin, qmax)

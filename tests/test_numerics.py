@@ -287,3 +287,44 @@ def test_requantize_high32_refuses_outside_its_preconditions(c: int, zp: int) ->
     assert dy.high32_constants(c, zp) is None
     with pytest.raises(NumericsError, match="one-multiply"):
         dy.requantize_high32(np.array([1]), dy.B_MIN, c, zp, -128, 127)
+
+
+# The folded form (dyadic.folded_offset): the TVM CPU kernels multiply the raw int32 sums by b and add one
+# constant that carries the correction, the rounding and the zero point.
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.integers(1, (1 << 31) - 1), st.integers(0, dy.B_MAX - 1), st.integers(dy.C_MIN, dy.C_MAX),
+       st.integers(-(1 << 31), (1 << 31) - 1), st.integers(-128, 255), st.data())
+def test_requantize_folded_equals_requantize(bound: int, b: int, c: int, corr: int, zp: int,
+                                             data: st.DataObject) -> None:
+    """Wherever folded_offset gives a constant, the folded form of every raw sum within the bound is the
+    requantization of raw + corr (qmin, qmax = the int64 range: no clamp hides a difference); where it gives
+    None, some raw sum within the bound really could overflow int64."""
+    raw = data.draw(st.one_of(st.integers(-bound, bound), st.sampled_from([-bound, bound, 0])))
+    k = dy.folded_offset(b, c, zp, corr, bound)
+    if k is None:
+        assert bound * b + abs(corr * b + (1 << (c - 1)) + zp * (1 << c)) >= 1 << 63
+        return
+    lim = (-(1 << 63), (1 << 63) - 1)
+    got = int(dy.requantize_folded(np.array([raw]), b, k, c, *lim)[0])
+    assert got == zp + dy.round_half_up(Fraction((raw + corr) * b, 1 << c))
+    if dy.INT32_MIN <= raw + corr <= dy.INT32_MAX:
+        assert got == int(dy.requantize(np.array([raw + corr]), b, c, zp, *lim)[0])
+
+
+def test_folded_offset_per_channel_and_refusals() -> None:
+    """Per-channel b, c, corr and bounds broadcast like the kernels' constants; a bound that lets the int32 sum
+    wrap (>= 2^31 with a correction to add) or an int64 overflow gives None (the emitter's unfolded form)."""
+    b, c = np.array([dy.B_MAX - 1, 0, dy.B_MIN]), np.array([33, dy.C_DEAD, 60])
+    corr, bound = np.array([-5, (1 << 30) - 1, 7]), np.array([1 << 20, 1 << 30, 1 << 10])
+    k = dy.folded_offset(b, c, 3, corr, bound)
+    assert k is not None and k.shape == (3,)
+    raw = np.array([[1 << 20, -(1 << 30), 1000], [-(1 << 20), 1 << 30, -1000], [0, 0, 0]], np.int64)
+    want = dy.requantize(raw + corr, b, c, 3, -128, 127)
+    assert dy.requantize_folded(raw, b, k, c, -128, 127).tolist() == want.tolist()
+    assert dy.folded_offset(dy.B_MIN, 33, 0, 5, 1 << 31) is None  # the sums could have wrapped
+    assert dy.folded_offset(dy.B_MIN, 33, 0) is not None  # a complete int32 accumulator: |acc| <= 2^31
+    assert dy.folded_offset(dy.B_MAX - 1, 62, 1 << 20) is None  # zp 2^62 overflows
+    with pytest.raises(NumericsError, match="overflows int64"):
+        dy.requantize_folded(np.array([dy.INT32_MAX]), dy.B_MAX - 1, np.array((1 << 63) - 1), 40, 0, 255)

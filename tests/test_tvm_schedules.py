@@ -76,14 +76,16 @@ def test_pointwise_conv_with_fused_padding_writes_the_border(c: int, m: int, h: 
         sch = IntegerKernelCPU()._apply(func)
     assert sch is not None, "the fast rule must schedule this kernel, not leave it to the default loops"
     dts = [str(p.dtype) for p in func.params]
-    # x, weight, bias, then the requantize epilogue (multiplier, rounding, shift, zero point), output
-    assert dts == ["uint8", "int8", "int32", "int64", "int64", "int64", "int64", "uint8"], dts
+    # x, weight, then the folded requantize epilogue (int32 multiplier; one constant with the bias, the
+    # rounding and the zero point; shift), output
+    assert dts == ["uint8", "int8", "int32", "int64", "int64", "uint8"], dts
     shapes = [[int(d) for d in p.shape] for p in func.params]
-    shift = RNG.integers(36, 42, shapes[5])
+    shift = RNG.integers(36, 42, shapes[4])
+    mult = RNG.integers(2**29, 2**30, shapes[2])
+    k = RNG.integers(-3000, 3000, shapes[3]) * mult + (1 << (shift - 1)) + (3 << shift)
     args = [RNG.integers(0, 256, shapes[0]).astype(np.uint8), RNG.integers(-127, 128, shapes[1]).astype(np.int8),
-            RNG.integers(-3000, 3000, shapes[2]).astype(np.int32), RNG.integers(2**29, 2**30, shapes[3]),
-            (1 << (shift - 1)).astype(np.int64), shift.astype(np.int64), np.full(shapes[6], 3, np.int64),
-            np.full(shapes[7], 0xAB, np.uint8)]  # the output starts as garbage
+            mult.astype(np.int32), k.astype(np.int64), shift.astype(np.int64),
+            np.full(shapes[5], 0xAB, np.uint8)]  # the output starts as garbage
     want = _run_kernel(func, [a.copy() for a in args])  # TVM's default loops: the reference
     got = _run_kernel(sch.mod["main"], [a.copy() for a in args])
     assert (want[..., -1] != 0xAB).all()  # the default loops write the pad border

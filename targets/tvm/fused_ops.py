@@ -5,7 +5,9 @@ QMul, QAvgPool, QRequant, QLut (the contract: docs/INTEGER_GRAPH.md).
   product is accumulated in int32 (``out_dtype="int32"``), the zero-point term
   ``x_zp * sum(w)`` is a per-channel constant folded into the bias here (exact
   in integers), then the dyadic requantize runs in int64:
-  ``y = clip(y_zp + ((acc * b + 2^(c-1)) >> c), qmin, qmax)``.
+  ``y = clip(y_zp + ((acc * b + 2^(c-1)) >> c), qmin, qmax)``, on the raw sums with the bias,
+  rounding and zero point in one constant wherever the weights prove the sums cannot wrap
+  (the folded form of qcompiler/dyadic.py).
 * Weights are stored packed when their values fit 4 or 2 bits (``weight_packing.py``), and the
   8-bit matmuls use AVX-512 VNNI where the build asks for it (``vnni.py``).
 """
@@ -21,6 +23,9 @@ from qcompiler.ir import attr
 
 from . import vnni
 from .relax_emitter import RelaxEmitter, relax_const
+
+# (sums, corr, bound) on their way to RelaxEmitter.requant: see matmul_acc
+Sums = tuple[relax.Expr, np.ndarray | None, np.ndarray | None]
 
 
 def signed_weight(bld: RelaxEmitter, node: onnx.NodeProto) -> np.ndarray:
@@ -70,11 +75,17 @@ def q_conv(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
         corr = corr + bias.astype(np.int64)
     if np.abs(corr).max(initial=0) >= 2**31:
         raise bld.err(node, "bias + zero-point correction does not fit int32")
-    acc = bld.emit(relax.op.add(acc, relax_const(corr.astype(np.int32).reshape(1, m, 1, 1))))
-    acc64 = bld.emit(relax.op.astype(acc, "int64"))
+    bound = raw_bound(bld.dtype_of(x), w.reshape(m, -1).T)
     qmin, qmax = bld.qminmax(node, y_zp)
     bld.layers.append(node.name)
-    return bld.requant(acc64, b, c, y_zp, qmin, qmax, [1, m, 1, 1])
+    return bld.requant(acc, b, c, y_zp, qmin, qmax, [1, m, 1, 1], corr, bound)
+
+
+def raw_bound(xdt: str, w: np.ndarray) -> np.ndarray:
+    """Per output column of ``w`` [K, M], a bound on |sum_k x_k w_k| over every stored ``x`` of dtype
+    ``xdt``: what proves an int32 sum of the raw activations never wrapped (dyadic's folded form)."""
+    info = np.iinfo(xdt)
+    return max(abs(int(info.min)), abs(int(info.max))) * np.abs(w.astype(np.int64)).sum(axis=0)
 
 
 def q_matmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
@@ -91,16 +102,18 @@ def q_matmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     if bld.shape_of(x)[-1] != k:
         raise bld.err(node, f"QMatMul input of shape {bld.shape_of(x)} does not match weight [K={k}, M={m}]")
     bias64 = np.zeros(m, np.int64) if bias is None else bias.astype(np.int64)
-    acc64 = matmul_acc(bld, x, x_zp, w.astype(np.int64), None, bias64, node)
+    sums = matmul_acc(bld, x, x_zp, w.astype(np.int64), None, bias64, node)
     qmin, qmax = bld.qminmax(node, y_zp)
     bld.layers.append(node.name)
-    return bld.requant(acc64, b, c, y_zp, qmin, qmax, [m])
+    return bld.requant(sums[0], b, c, y_zp, qmin, qmax, [m], *sums[1:])
 
 
 def matmul_acc(bld: RelaxEmitter, x: relax.Expr, x_zp: int, w: np.ndarray, wexpr: relax.Expr | None,
-               bias64: np.ndarray, node: onnx.NodeProto | None = None) -> relax.Expr:
-    """int64 ``(x - x_zp) @ w + bias`` for integer weights ``w`` [K, M] (|w| < 2^15), ``wexpr`` their Relax
-    value (any integer dtype: int8, unpacked 4-bit, or 4-bit times group scales).
+               bias64: np.ndarray, node: onnx.NodeProto | None = None) -> Sums:
+    """``(x - x_zp) @ w + bias`` for integer weights ``w`` [K, M] (|w| < 2^15), ``wexpr`` their Relax
+    value (any integer dtype: int8, unpacked 4-bit, or 4-bit times group scales), as ``(sums, corr,
+    bound)`` for ``RelaxEmitter.requant``: the raw int32 sums, the per-column correction still to add and
+    the bound on the raw sums, or ``(acc, None, None)`` where the accumulator is complete.
 
     8-bit x: int32 accumulators with ``x_zp * sum(w)`` folded into the bias (what MatMulInteger
     computes, exact mod 2^32, and the lowering proved the result fits int32); with AVX-512 VNNI and
@@ -118,17 +131,14 @@ def matmul_acc(bld: RelaxEmitter, x: relax.Expr, x_zp: int, w: np.ndarray, wexpr
         x16 = bld.emit(relax.op.astype(x, "int16"))
         w16 = bld.emit(relax.op.astype(wexpr, "int16"))
         acc = bld.emit(relax.op.matmul(x16, w16, out_dtype="int32"))
-        corr = bias64 - np.int64(x_zp) * w.sum(axis=0)
-        acc = bld.emit(relax.op.add(acc, relax_const(corr.astype(np.int32))))
-        return bld.emit(relax.op.astype(acc, "int64"))
+        return acc, bias64 - np.int64(x_zp) * w.sum(axis=0), raw_bound(xdt, w)
     info = np.iinfo(xdt)
     xmax = max(abs(int(info.min) - x_zp), abs(int(info.max) - x_zp))
     bound = xmax * int(np.abs(w).sum(axis=0).max(initial=0)) + int(np.abs(bias64).max(initial=0))
     acc_t = "int32" if bound < 2**31 else "int64"
     xs = bld.emit(relax.op.subtract(relax.op.astype(x, acc_t), relax_const(np.asarray(x_zp, acc_t))))
     acc = bld.emit(relax.op.matmul(xs, relax.op.astype(wexpr, acc_t), out_dtype=acc_t))
-    acc = bld.emit(relax.op.add(acc, relax_const(bias64.astype(acc_t))))
-    return acc if acc_t == "int64" else bld.emit(relax.op.astype(acc, "int64"))
+    return bld.emit(relax.op.add(acc, relax_const(bias64.astype(acc_t)))), None, None
 
 
 def _vnni_rows(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: int) -> tuple[relax.Expr, int, list[int]]:
@@ -146,20 +156,20 @@ def _vnni_rows(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: int
     return (bld.emit(relax.op.reshape(x, [rows, shp[-1]])) if len(shp) != 2 else x), zp, shp
 
 
-def _vnni_done(bld: RelaxEmitter, acc: relax.Expr, corr: np.ndarray, shp: list[int]) -> relax.Expr:
-    """int32 sums + the bias with the zero point's share, back to the activations' shape, as int64."""
-    acc = bld.emit(relax.op.add(acc, relax_const(corr.astype(np.int32))))
+def _vnni_done(bld: RelaxEmitter, acc: relax.Expr, corr: np.ndarray, w: np.ndarray, shp: list[int]) -> Sums:
+    """The int32 sums of u8 rows and ``w`` back in the activations' shape, with the correction still to add
+    (the bias with the zero point's share) and their bound."""
     if len(shp) != 2:
         acc = bld.emit(relax.op.reshape(acc, [*shp[:-1], corr.shape[0]]))
-    return bld.emit(relax.op.astype(acc, "int64"))
+    return acc, corr, raw_bound("uint8", w)
 
 
 def vnni_matmul(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: int, w: np.ndarray,
-                bias64: np.ndarray) -> relax.Expr:
+                bias64: np.ndarray) -> Sums:
     """The 8-bit matmul on vpdpbusd: x as u8 (int8 + 128), weight in the [M/16, K/4, 16, 4] layout."""
     x2, zp, shp = _vnni_rows(bld, node, x, x_zp)
     acc = bld.bb.emit_te(vnni.matmul_te, x2, bld.weight_expr(node, vnni.pack_weight(w)))
-    return _vnni_done(bld, acc, bias64 - np.int64(zp) * w.sum(axis=0), shp)
+    return _vnni_done(bld, acc, bias64 - np.int64(zp) * w.sum(axis=0), w, shp)
 
 
 def q_groupmatmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
@@ -188,18 +198,18 @@ def q_groupmatmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     qmin, qmax = bld.qminmax(node, y_zp)
     if np.iinfo(bld.dtype_of(x)).bits <= 8 and bld.vnni and vnni.group_fits(g, gs, m):
         bld.layers.append(node.name)
-        acc64 = group_matmul_vnni(bld, node, x, x_zp, w, u, weff, bias64)
-        return bld.requant(acc64, b, c, y_zp, qmin, qmax, [m])
+        sums = group_matmul_vnni(bld, node, x, x_zp, w, u, weff, bias64)
+        return bld.requant(sums[0], b, c, y_zp, qmin, qmax, [m], *sums[1:])
     w16 = bld.emit(relax.op.astype(bld.weight_expr(node, w), "int16"))
     wexpr = bld.emit(relax.op.reshape(relax.op.multiply(w16, relax_const(u.astype(np.int16)[:, None, :])),
                                       [g * gs, m]))
-    acc64 = matmul_acc(bld, x, x_zp, weff, wexpr, bias64)  # |w u| > 127: not the 8-bit VNNI matmul
+    sums = matmul_acc(bld, x, x_zp, weff, wexpr, bias64)  # |w u| > 127: not the 8-bit VNNI matmul
     bld.layers.append(node.name)
-    return bld.requant(acc64, b, c, y_zp, qmin, qmax, [m])
+    return bld.requant(sums[0], b, c, y_zp, qmin, qmax, [m], *sums[1:])
 
 
 def group_matmul_vnni(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: int, w: np.ndarray,
-                      u: np.ndarray, weff: np.ndarray, bias64: np.ndarray) -> relax.Expr:
+                      u: np.ndarray, weff: np.ndarray, bias64: np.ndarray) -> Sums:
     """QGroupMatMul on vpdpbusd: the 4-bit weights (kept packed in the library) in the VNNI layout per
     group, int32 partials per group times the group scales (vnni.group_matmul_te). The sum is
     ``(x + 128 or x) @ (w u)`` exactly; the zero point's share ``zp * colsum(w u)`` goes into the bias,
@@ -207,7 +217,7 @@ def group_matmul_vnni(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_
     x2, zp, shp = _vnni_rows(bld, node, x, x_zp)
     wexpr = bld.weight_expr(node, vnni.pack_group_weight(w.astype(np.int8)))
     acc = bld.bb.emit_te(vnni.group_matmul_te, x2, wexpr, relax_const(u.astype(np.int32)))
-    return _vnni_done(bld, acc, bias64 - np.int64(zp) * weff.sum(axis=0), shp)
+    return _vnni_done(bld, acc, bias64 - np.int64(zp) * weff.sum(axis=0), weff, shp)
 
 
 def q_add(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:

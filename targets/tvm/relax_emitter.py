@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 from tvm import relax
 
+from qcompiler.dyadic import folded_offset
 from qcompiler.errors import UnsupportedModelError
 from qcompiler.ir import attr
 
@@ -197,19 +198,38 @@ class RelaxEmitter:
         """The static shape of a Relax tensor value (every build is static-shaped)."""
         return [int(d) for d in e.ty.shape]
 
-    def requant(self, acc64: relax.Expr, b: np.ndarray, c: np.ndarray, y_zp: np.ndarray, qmin: int,
-                qmax: int, bshape: list[int]) -> relax.Expr:
-        """The dyadic requantize of INTEGER_GRAPH.md on an int64 tensor; returns y_zp's dtype."""
-        b = np.asarray(b, np.int64).reshape(bshape if np.asarray(b).size > 1 else [])
-        c = np.asarray(c, np.int64).reshape(bshape if np.asarray(c).size > 1 else [])
+    def requant(self, acc: relax.Expr, b: np.ndarray, c: np.ndarray, y_zp: np.ndarray, qmin: int,
+                qmax: int, bshape: list[int], corr: np.ndarray | None = None,
+                bound: np.ndarray | None = None) -> relax.Expr:
+        """The dyadic requantize of INTEGER_GRAPH.md; returns y_zp's dtype.
+
+        ``acc``: the int32 or int64 accumulator, or with ``corr`` (per channel) the int32 raw sums whose
+        accumulator is ``acc + corr``, ``|acc| <= bound`` per channel as the caller proved. Where
+        dyadic.folded_offset allows, the kernel runs the folded form (raw x int32 b + one constant,
+        shift, clamp: vpmuldq and no bias or zero-point adds); otherwise the form as written.
+        """
+        flat = lambda v: np.asarray(v, np.int64).reshape(-1 if np.asarray(v).size > 1 else [])  # noqa: E731
+        shaped = lambda v: v.reshape(bshape if v.size > 1 else [])  # noqa: E731
+        b, c = flat(b), flat(c)
         if np.any(c < 1) or np.any(c > 62):
             raise self.err(None, f"requantize shift outside [1, 62]: {c.min()}..{c.max()}")
-        rnd = (np.int64(1) << (c - 1)).astype(np.int64)
+        zp = int(np.asarray(y_zp).reshape(-1)[0])
         bb = self.bb
-        t = bb.emit(relax.op.multiply(acc64, relax_const(b)))
-        t = bb.emit(relax.op.add(t, relax_const(rnd)))
-        t = bb.emit(relax.op.right_shift(t, relax_const(c)))
-        t = bb.emit(relax.op.add(t, relax_const(np.asarray(int(np.asarray(y_zp).reshape(-1)[0]), np.int64))))
+        k = None if corr is None else folded_offset(b, c, zp, flat(corr), flat(bound))
+        if k is None and corr is not None:  # the sums could wrap: add the correction in int32 first
+            acc = bb.emit(relax.op.add(acc, relax_const(shaped(flat(corr)).astype(np.int32))))
+        if k is None and self.dtype_of(acc) == "int32":
+            k = folded_offset(b, c, zp)
+        if self.dtype_of(acc) != "int64":
+            acc = bb.emit(relax.op.astype(acc, "int64"))
+        if k is None:  # int64 accumulators of the wide path, or shifts too large for the folded constant
+            t = bb.emit(relax.op.multiply(acc, relax_const(shaped(b))))
+            t = bb.emit(relax.op.add(t, relax_const(shaped((np.int64(1) << (c - 1)).astype(np.int64)))))
+            t = bb.emit(relax.op.right_shift(t, relax_const(shaped(c))))
+            t = bb.emit(relax.op.add(t, relax_const(np.asarray(zp, np.int64))))
+        else:  # b < 2^31 as int32, widened in the kernel: both factors visibly 32-bit
+            t = bb.emit(relax.op.multiply(acc, relax.op.astype(relax_const(shaped(b).astype(np.int32)), "int64")))
+            t = bb.emit(relax.op.right_shift(relax.op.add(t, relax_const(shaped(k))), relax_const(shaped(c))))
         t = bb.emit(relax.op.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
         return bb.emit(relax.op.astype(t, NP2TVM[np.asarray(y_zp).dtype]))
 
