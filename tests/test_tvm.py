@@ -208,6 +208,7 @@ def test_int2_packing_round_trip() -> None:
 # "vnni" runs only where the CPU has AVX-512 VNNI; tests/test_cpu_paths.py builds that kernel on any CPU.
 @pytest.mark.parametrize("k,m,vnni", [
     pytest.param(32, 16, True, id="vnni", marks=pytest.mark.cpu_feature("avx512_vnni")),
+    pytest.param(32, 20, True, id="vnni-split", marks=pytest.mark.cpu_feature("avx512_vnni")),
     pytest.param(32, 16, False, id="int16"),
     pytest.param(10, 6, False, id="odd")])
 def test_qmatmul_two_bit_weights_match_numerics(k, m, vnni) -> None:
@@ -230,6 +231,37 @@ def test_qmatmul_two_bit_weights_match_numerics(k, m, vnni) -> None:
                  [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits)
     built = build_module(mdl, use_vnni=vnni)
     assert built.packed_bits == {"qm": 2} and built.weight_bytes == -(-k * m // 4)
+    ref = numerics.qmatmul(x, inits["x_zp"], inits["w"], inits["bias"], inits["b"], inits["c"], inits["y_zp"])
+    vm = relax.VirtualMachine(compile_module(built.mod, cpu_target()), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), ref)
+
+
+@pytest.mark.cpu_feature("avx512_vnni")
+@pytest.mark.parametrize("xdt", [np.int8, np.uint8])
+def test_qmatmul_columns_beyond_whole_vnni_groups(xdt) -> None:
+    """A 1000-class head's shape in small: 40 columns are 32 on vpdpbusd (two 16-lane groups) and 8 on the
+    int16 path, one concat of the sums; the library stores exactly k * m weight bytes (nothing padded) and
+    the result is the fused op's numerics, for int8 inputs (moved to u8 for vpdpbusd) and u8 ones."""
+    import tvm
+    from qcompiler.targets.tvm.vnni import host_has_vnni
+    from tvm import relax
+
+    if not host_has_vnni():
+        pytest.skip("no AVX-512 VNNI on this CPU")
+    k, m = 64, 40
+    info = np.iinfo(xdt)
+    x = RNG.integers(info.min, int(info.max) + 1, (3, k)).astype(xdt)
+    inits = {"x_zp": np.array(5, xdt), "w": RNG.integers(-127, 128, (k, m)).astype(np.int8),
+             "bias": RNG.integers(-900, 900, m).astype(np.int32), "y_zp": np.array(2, np.int8)}
+    inits["b"], inits["c"] = _dyadic(m)
+    inits["w_zp"] = np.array(0, np.int8)
+    node = helper.make_node("QMatMul", ["x", "x_zp", "w", "w_zp", "bias", "b", "c", "y_zp"], ["y"],
+                            domain="qcompiler", name="qm", qmin=-128, qmax=127)
+    mdl = _model([node], [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(np.dtype(xdt)),
+                                                        x.shape)],
+                 [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits)
+    built = build_module(mdl, use_vnni=True)
+    assert built.weight_bytes == k * m and "concat" in built.mod.script()
     ref = numerics.qmatmul(x, inits["x_zp"], inits["w"], inits["bias"], inits["b"], inits["c"], inits["y_zp"])
     vm = relax.VirtualMachine(compile_module(built.mod, cpu_target()), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), ref)

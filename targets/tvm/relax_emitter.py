@@ -260,7 +260,8 @@ class RelaxEmitter:
         inter = self.emit(relax.op.reshape(relax.op.stack(parts, axis=1), [p.size * per]))
         if p.size * per != n:
             inter = self.emit(relax.op.strided_slice(inter, axes=[0], begin=[0], end=[n]))
-        self.packed.append(node.name)
+        if node.name not in self.packed:  # a layer split in two (fused_ops.matmul_acc) packs both parts
+            self.packed.append(node.name)
         self.packed_bits[node.name] = bits
         self.saved += n - p.size
         self.weight_bytes += int(p.nbytes)
