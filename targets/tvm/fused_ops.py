@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from tvm import relax
+from tvm import relax, te, tirx, topi
 
 from qcompiler import numerics
 from qcompiler.ir import attr
 
 from . import vnni
+from .loop_tiling import PAD_BLOCK
 from .relax_emitter import RelaxEmitter, relax_const
 
 # (sums, corr, bound) on their way to RelaxEmitter.requant: see matmul_acc
@@ -61,14 +62,19 @@ def q_conv(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     pads = list(attr(node, "pads", [0, 0, 0, 0]))
     if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise bld.err(node, "auto_pad is not supported", hint="export with explicit pads")
-    # Pad with the input zero point: (x - x_zp) is then zero in the border, as specified.
-    if any(pads):
-        x = bld.emit(relax.op.nn.pad(x, [0, 0, 0, 0, pads[0], pads[2], pads[1], pads[3]],
-                                     pad_value=float(x_zp)))
     wexpr = bld.weight_expr(node, w)
-    # u8/i8 x i8 with out_dtype int32: TOPI widens each operand inside the kernel.
-    acc = bld.emit(relax.op.nn.conv2d(x, wexpr, strides=strides, padding=[0, 0, 0, 0], dilation=dil,
-                                      groups=group, out_dtype="int32"))
+    if any(pads) and bld.vnni and group > 1:
+        # a depthwise conv and its padding in one kernel: the schedule pads each channel block's planes
+        # right before it reads them (schedule.py), not in a kernel and a pass over memory of their own
+        acc = bld.bb.emit_te(_padded_group_conv, x, wexpr, x_zp, pads, strides, dil, group)
+    else:
+        # Pad with the input zero point: (x - x_zp) is then zero in the border, as specified.
+        if any(pads):
+            x = bld.emit(relax.op.nn.pad(x, [0, 0, 0, 0, pads[0], pads[2], pads[1], pads[3]],
+                                         pad_value=float(x_zp)))
+        # u8/i8 x i8 with out_dtype int32: TOPI widens each operand inside the kernel.
+        acc = bld.emit(relax.op.nn.conv2d(x, wexpr, strides=strides, padding=[0, 0, 0, 0], dilation=dil,
+                                          groups=group, out_dtype="int32"))
     # acc = sum(x*w) - x_zp*sum(w) + bias, all exact in int32
     corr = -np.int64(x_zp) * w.astype(np.int64).reshape(m, -1).sum(axis=1)
     if bias is not None:
@@ -79,6 +85,14 @@ def q_conv(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     qmin, qmax = bld.qminmax(node, y_zp)
     bld.layers.append(node.name)
     return bld.requant(acc, b, c, y_zp, qmin, qmax, [1, m, 1, 1], corr, bound)
+
+
+def _padded_group_conv(x: te.Tensor, w: te.Tensor, x_zp: int, pads: list[int], strides: list[int],
+                       dil: list[int], group: int) -> te.Tensor:
+    """TE of a grouped conv on ``x`` padded with its zero point ([top, left, bottom, right] ``pads``), int32."""
+    xp = topi.nn.pad(x, [0, 0, pads[0], pads[1]], [0, 0, pads[2], pads[3]],
+                     pad_value=tirx.const(x_zp, x.dtype), name=PAD_BLOCK)
+    return topi.nn.group_conv2d_nchw(xp, w, strides, 0, dil, group, out_dtype="int32")
 
 
 def raw_bound(xdt: str, w: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
 from . import amx, depthwise_vnni, strided, vnni
-from .loop_tiling import loop_extent, place_epilogue, schedule_elementwise, tile_factor
+from .loop_tiling import PAD_BLOCK, POW2_LANES, loop_extent, place_epilogue, schedule_elementwise, tile_factor
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-server", "icelake-client", "
 # the build may use AMX (amx.enabled)
 CONV1X1_FORMS = (vnni.schedule_conv1x1_rows, vnni.schedule_conv1x1)
 INLINE_SIZE_LIMIT = 256  # expression nodes one output element may grow to when every block is inlined
+# depthwise maps this narrow or less requantize whole planes per channel block: rows of 28, 14 or 7 leave
+# LLVM's loop vectorizer scalar remainders, a plane of 784, 196 or 49 few or none (measured, MobileNetV2)
+PLANE_MAX_W = 28
 DW_X_TILES = (16, 8, 14, 7, 4, 2)  # depthwise row tiles: whole zmm/ymm loads before 14-lane pieces
 
 
@@ -193,6 +196,16 @@ def _grown_tails(sch: s_tir.Schedule, red, blocks: list) -> set[str]:
             if sch.get(b).name_hint in down and _numel(sch, b) != want}
 
 
+def _pad_per_block(sch: s_tir.Schedule, pad, at) -> None:
+    """A depthwise conv's zero-point padding computed under the channel-block loop ``at``: each block pads
+    its own planes into a small buffer that stays in L1 for the conv right after (no pass over memory
+    and no kernel of its own); the padded row vectorised where it is a whole vector."""
+    sch.compute_at(pad, at, preserve_unit_loops=True)
+    inner = sch.get_loops(pad)[-1]
+    if (loop_extent(sch, inner) or 1) in POW2_LANES:
+        sch.vectorize(inner)
+
+
 class IntegerKernelCPU(ScheduleRule):
     """One rule for the kernels our builder produces (see module docstring)."""
 
@@ -221,7 +234,9 @@ class IntegerKernelCPU(ScheduleRule):
         tails = _grown_tails(sch, pre_reds[0].block_rv, [b.block_rv for b in infos]) if len(pre_reds) == 1 else set()
         # a grown tail and its direct producers stay blocks of their own: inlined into the tail,
         # the epilogue would leave the register tile with it (see _grown_tails)
-        fixed = set(tails)
+        # a depthwise conv's own padding (fused_ops._padded_group_conv) stays a block: inlined, its reads
+        # become conditional and the vpdpbusd rows cannot load them; it is computed per channel block
+        fixed = set(tails) | {PAD_BLOCK}
         for b in infos:
             if sch.get(b.block_rv).name_hint in tails:
                 fixed.update(sch.get(p).name_hint for p in sch.get_producers(b.block_rv))
@@ -272,6 +287,7 @@ class IntegerKernelCPU(ScheduleRule):
         s2_dtype = None  # the activation dtype of a stride-2 depthwise conv (strided.py)
         dw_vnni = False  # a depthwise conv on vpdpbusd (depthwise_vnni.py)
         full_vnni = False  # a full spatial conv (the stem) on vpdpbusd (depthwise_vnni.py)
+        planes = False  # the epilogue over whole planes of a channel block (loop_tiling.place_epilogue)
         if "conv" in name.lower() and len(sp) >= 3:  # conv, DepthwiseConv2d: (n,) f, y, x (unit loops dropped)
             *pre, f, y, x = sp
             opts: tuple[int, ...] = (16, 14, 8, 7, 4, 2)
@@ -299,12 +315,13 @@ class IntegerKernelCPU(ScheduleRule):
                 opts = DW_X_TILES
                 s2_dtype = strided.stride2_input(sch, red.block_rv)
                 dw_vnni = use_vnni
+                planes = use_vnni and (loop_extent(sch, x) or 0) <= PLANE_MAX_W
             fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), ftiles)])
             xo, xi = sch.split(x, [None, tile_factor(loop_extent(sch, x), opts)])
-            outer_loops = [*pre, fo] + ([y] if y is not None else [])
-            sch.reorder(*outer_loops, xo, *rd, fi, xi)
+            outer_loops = [*pre, fo] + ([y] if y is not None and not planes else [])
+            sch.reorder(*outer_loops, *([y] if planes else []), xo, *rd, fi, xi)
             outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
-            anchor = xo
+            anchor = outer if planes else xo
         elif len(sp) >= 2:  # matmul: (b,) i, j ; global sum: n, c
             *pre, i, j = sp
             io, fi = sch.split(i, [None, tile_factor(loop_extent(sch, i), MATMUL_ROW_TILES)])
@@ -323,11 +340,14 @@ class IntegerKernelCPU(ScheduleRule):
         rest = [b for b in rest if b not in grown]
         if any(_downstream(sch, g.block_rv) & {sch.get(b.block_rv).name_hint for b in rest} for g in grown):
             return None  # an epilogue block after the padding: no tile placement is exact
-        place_epilogue(sch, [b.block_rv for b in rest], anchor)  # requantize + clip + cast
+        place_epilogue(sch, [b.block_rv for b in rest], anchor, planes)  # requantize + clip + cast
         for b in grown:  # the padding: whole output, own loops, after the reduction's loop nest
             schedule_elementwise(sch, b.block_rv)
         for b in ahead:
-            schedule_elementwise(sch, b.block_rv)
+            if planes and sch.get(b.block_rv).name_hint == PAD_BLOCK:
+                _pad_per_block(sch, b.block_rv, outer)
+            else:
+                schedule_elementwise(sch, b.block_rv)
         sch.parallel(outer)
         if full_vnni and rd:  # before the unroll: the filter loop heads the tensorized region
             done = depthwise_vnni.schedule_full(sch, red.block_rv, rd, fi, xi)
