@@ -59,9 +59,22 @@ def _make(lanes: int, dtype: str) -> tuple:
     return desc, impl
 
 
-for _lanes in LANE_COUNTS:
-    for _dt in ("uint8", "int8"):
-        TensorIntrin.register(_name(_lanes, _dt), *_make(_lanes, _dt), override=True)
+_registered: set[str] = set()
+
+
+def _intrinsic(lanes: int, dtype: str) -> str:
+    """The intrinsic's name, registered on first use, not at import.
+
+    Why: TVMScript's ``T.prim_func`` walks its caller's frames (``inspect.stack()``), and under an import
+    those include importlib's frozen frames, for each of which ``inspect`` scans all of ``sys.modules``:
+    the 16 intrinsics this module defined at import took 4-6 s of every ``--target cpu`` compile
+    (MobileNetV2: 14 s in all). Defined from the schedule's frames they take milliseconds.
+    """
+    name = _name(lanes, dtype)
+    if name not in _registered:
+        TensorIntrin.register(name, *_make(lanes, dtype), override=True)
+        _registered.add(name)
+    return name
 
 
 _TIMES_2 = re.compile(r"\*\s*(T\.int64\()?2\)?(?!\d)")
@@ -82,5 +95,5 @@ def tensorize_row(sch: s_tir.Schedule, lanes_loop, dtype: str) -> bool:
     lanes = int(sch.get(lanes_loop).extent)
     if lanes not in LANE_COUNTS:
         return False
-    sch.tensorize(lanes_loop, _name(lanes, dtype))
+    sch.tensorize(lanes_loop, _intrinsic(lanes, dtype))
     return True
