@@ -38,6 +38,7 @@ from tvm.tirx import IndexMap
 from qcompiler.cpuinfo import cpu_flags
 
 from .loop_tiling import loop_extent, place_epilogue, schedule_elementwise
+from .script_frames import quick_frames
 from .vnni import conv1x1_operands, schedule_quad_copy
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ MIN_C = 32
 RESIDENT = 4  # weight tiles kept in tile registers 1-4 across the positions (0, 5: sums; 6, 7: activations)
 
 
+@quick_frames()
 def intrinsic(c: int, k: int, q: int) -> str:
     """``acc[16 f, Q p] += w[16 f, C] x x[C/4, Q p, 4]`` for C channels in tile multiplies of K bytes and Q
     positions (whole tiles of 16, then a partial one of Q % 16): one tile configuration per call, the

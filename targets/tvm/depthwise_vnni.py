@@ -23,6 +23,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from . import strided
+from .script_frames import quick_frames
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def _row_taps(acc, row, b, offset, kw: int, vl: int, picks: list[list[int]]):  #
     return acc
 
 
+@quick_frames()
 def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
     """The registered tensor intrinsic for a kh x kw kernel, ``lanes`` outputs of one row, ``stride``: the
     accumulators stay in one register over the kh rows (one load and one store per tile)."""
@@ -142,6 +144,7 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
     return name
 
 
+@quick_frames()
 def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
     """The same row-of-taps vpdpbusd for a full conv (the stem: few input channels, kh x kw taps): ``ft``
     filters of one input channel over 16 or 8 outputs of a row, so each input row vector is loaded and

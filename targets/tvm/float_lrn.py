@@ -42,6 +42,7 @@ from tvm.script.parser import parse
 from qcompiler.ir import attr
 
 from .relax_emitter import RelaxEmitter, relax_const
+from .script_frames import quick_frames
 
 ORT_COST_PER_ELEMENT = 4 * 11 / 64 * 2 + 320.0  # Eigen's cost model: 4 bytes loaded and stored, 320 cycles (Powx)
 EIGEN_TASK_CYCLES = 40000  # Eigen TensorCostModel::kTaskSize
@@ -280,6 +281,7 @@ C0 = _dw(1.442695041742110273474963832995854318141937255859375)
 C1 = _dw(-7.2134751588268664068692714863573201000690460205078125e-01)
 
 
+@quick_frames()
 def _scale_func(n: int, c: int, hw: int, size: int, a: float, bias: float) -> tirx.PrimFunc:
     """S[n, c, p] as ORT's running window sum, one pixel per parallel iteration, channels in order."""
     pre = (size - 1) // 2

@@ -20,6 +20,8 @@ from tvm import s_tir
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from .script_frames import quick_frames
+
 LANE_COUNTS = (16, 14, 8, 7)  # the row tiles the depthwise rule picks (schedule.DW_X_TILES)
 
 
@@ -27,6 +29,7 @@ def _name(lanes: int, dtype: str) -> str:
     return f"qcompiler_stride2_mac_{dtype}_{lanes}"
 
 
+@quick_frames()
 def _make(lanes: int, dtype: str) -> tuple:
     n = 2 * lanes - 1
     vin, vacc = f"{dtype}x{2 * lanes}", f"int32x{lanes}"

@@ -33,6 +33,7 @@ from tvm.script import tirx as T
 from qcompiler.cpuinfo import cpu_flags
 
 from .loop_tiling import loop_extent, place_epilogue, schedule_elementwise, tile_factor
+from .script_frames import quick_frames
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ LANES, STEP = 16, 4  # output columns, reduction steps per vpdpbusd
 
 # Not imported from tvm.s_tir.tensor_intrin.x86: importing that package registers every backend's
 # intrinsics (CUDA, ROCm, ...) and took 40-90 s here.
+@quick_frames()
 def _register_channels(lanes: int) -> str:
     """vpdpbusd with the output channels as the vector: 4 activation bytes (u8) broadcast against
     ``lanes`` x 4 packed weight bytes (s8). 16 lanes: zmm; 8 lanes: the 256-bit form (AVX512_VL),
@@ -210,6 +212,7 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     return True
 
 
+@quick_frames()
 def _register_rows(lanes: int) -> str:
     """vpdpbusd with the activations as the vector (``lanes`` output positions x 4 channels, u8) and 4
     weight bytes broadcast (s8): the accumulators run along an output row, so the conv's epilogue
