@@ -39,3 +39,21 @@ def test_tvmscript_parses_under_quick_frames() -> None:
                 a[i] = i
 
     assert f"({lanes},)" in f.script()
+
+
+def test_import_tvm_leaves_torch_out_and_importable() -> None:
+    """import_tvm keeps tvm_ffi from importing torch (1.8 s of a compile) and torch imports as usual after;
+    where torch was imported first, it stays. Each case in a fresh interpreter: TVM imports once."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("torch")
+    code = ("import sys\n{pre}from qcompiler.targets.tvm import import_tvm\nimport_tvm()\n"
+            "import numpy as np, tvm\nassert tvm.runtime.tensor(np.arange(3)).numpy().tolist() == [0, 1, 2]\n"
+            "print('torch' in sys.modules)\nimport torch\nassert float(torch.ones(2).sum()) == 2.0\n")
+    for pre, want in (("", "False"), ("import torch\n", "True")):
+        r = subprocess.run([sys.executable, "-c", code.format(pre=pre)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.split()[-1] == want
