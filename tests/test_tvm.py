@@ -107,6 +107,31 @@ def test_qconv_matches_numerics(case) -> None:
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("c, y_zp", [(31, 9), (62, 100)], ids=["folded", "as-written"])
+def test_qadd_both_forms_match_numerics(c: int, y_zp: int) -> None:
+    """QAdd in the folded form (zero points and rounding in one constant, int32 multipliers) and, where that
+    constant could overflow int64 (c = 62 with a zero point: 100 * 2^62), in the form as written. With 8-bit
+    inputs the second needs a shift at which every output is the zero point: it is there for exactness."""
+    a = RNG.integers(0, 256, (2, 8, 5, 5)).astype(np.uint8)
+    b = RNG.integers(0, 256, (2, 8, 5, 5)).astype(np.uint8)
+    inits = {"a_zp": np.array(117, np.uint8), "b_zp": np.array(3, np.uint8), "ma": np.array(1300000000, np.int64),
+             "mb": np.array(2**31 - 1, np.int64), "c": np.array(c, np.int64), "y_zp": np.array(y_zp, np.uint8)}
+    node = helper.make_node("QAdd", ["a", "a_zp", "b", "b_zp", "ma", "mb", "c", "y_zp"], ["y"], domain="qcompiler",
+                            qmin=0, qmax=255)
+    m = _model([node], [helper.make_tensor_value_info(n, TensorProto.UINT8, a.shape) for n in ("a", "b")],
+               [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+    ref = numerics.qadd(a, inits["a_zp"], b, inits["b_zp"], inits["ma"], inits["mb"], inits["c"], inits["y_zp"],
+                        qmin=0, qmax=255)
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(compile_module(build_module(m).mod, cpu_target()), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
+    if c < 40:  # at c = 62 every sum rounds to the zero point; the case is there for the fallback's path
+        assert len(set(ref.reshape(-1).tolist())) > 1
+    np.testing.assert_array_equal(got, ref)
+
+
 def test_qmatmul_qadd_qrequant_qavgpool_match_numerics() -> None:
     """A small chain of the other fused ops, including a non-global average pool and broadcasting add."""
     x = RNG.integers(0, 256, (3, 4, 6, 6)).astype(np.uint8)

@@ -245,7 +245,11 @@ def group_matmul_vnni(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_
 
 
 def q_add(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
-    """``(a - a_zp) ma + (b - b_zp) mb`` in int64, one shift back: both scales on one dyadic grid."""
+    """``(a - a_zp) ma + (b - b_zp) mb`` in int64, one shift back: both scales on one dyadic grid.
+
+    Folded where int64 has room (as dyadic's folded form): ``a ma + b mb + k`` with the zero points, the
+    rounding and y_zp in ``k`` and the multipliers as int32 widened in the kernel (``vpmuldq``); the
+    same integer, two subtractions, the multiply by 1 and the zero-point add fewer per output."""
     a, b_in = bld.val(node.input[0]), bld.val(node.input[2])
     a_zp = int(bld.const_in(node, 1).reshape(-1)[0])
     b_zp = int(bld.const_in(node, 3).reshape(-1)[0])
@@ -253,12 +257,22 @@ def q_add(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     mb = int(bld.const_in(node, 5).reshape(-1)[0])
     c = bld.const_in(node, 6)
     y_zp = bld.const_in(node, 7)
+    qmin, qmax = bld.qminmax(node, y_zp)
     i64 = lambda v: relax_const(np.asarray(v, np.int64))  # noqa: E731
+    cs = int(np.asarray(c).reshape(-1)[0])
+    zp = int(np.asarray(y_zp).reshape(-1)[0])
+    k = (1 << (cs - 1)) + zp * (1 << cs) - a_zp * ma - b_zp * mb
+    top = lambda e: max(abs(int(v)) for v in (np.iinfo(bld.dtype_of(e)).min, np.iinfo(bld.dtype_of(e)).max))  # noqa: E731
+    if np.asarray(c).size == 1 and 0 <= ma < 2**31 and 0 <= mb < 2**31 \
+            and top(a) * ma + top(b_in) * mb + abs(k) < 2**63:
+        w = lambda e, m: relax.op.multiply(  # noqa: E731
+            relax.op.astype(e, "int64"), relax.op.astype(relax_const(np.asarray([m], np.int32)), "int64"))
+        t = bld.emit(relax.op.add(relax.op.add(w(a, ma), w(b_in, mb)), i64([k])))
+        return bld.shift_clip(t, np.asarray([cs], np.int64), y_zp, qmin, qmax)
     ta = bld.emit(relax.op.multiply(relax.op.subtract(relax.op.astype(a, "int64"), i64(a_zp)), i64(ma)))
     tb = bld.emit(relax.op.multiply(relax.op.subtract(relax.op.astype(b_in, "int64"), i64(b_zp)),
                                     i64(mb)))
     s = bld.emit(relax.op.add(ta, tb))
-    qmin, qmax = bld.qminmax(node, y_zp)
     return bld.requant(s, np.asarray(1, np.int64), c, y_zp, qmin, qmax, [])
 
 

@@ -229,9 +229,17 @@ class RelaxEmitter:
             t = bb.emit(relax.op.add(t, relax_const(np.asarray(zp, np.int64))))
         else:  # b < 2^31 as int32, widened in the kernel: both factors visibly 32-bit
             t = bb.emit(relax.op.multiply(acc, relax.op.astype(relax_const(shaped(b).astype(np.int32)), "int64")))
-            t = bb.emit(relax.op.right_shift(relax.op.add(t, relax_const(shaped(k))), relax_const(shaped(c))))
+            t = bb.emit(relax.op.add(t, relax_const(shaped(k))))
+            return self.shift_clip(t, shaped(c), y_zp, qmin, qmax)
         t = bb.emit(relax.op.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
         return bb.emit(relax.op.astype(t, NP2TVM[np.asarray(y_zp).dtype]))
+
+    def shift_clip(self, t: relax.Expr, c: np.ndarray, y_zp: np.ndarray, qmin: int, qmax: int) -> relax.Expr:
+        """The folded form's tail: the floor shift of the int64 ``t`` (rounding and zero point already in
+        it), the clamp and the output dtype."""
+        t = self.bb.emit(relax.op.right_shift(t, relax_const(np.asarray(c, np.int64))))
+        t = self.bb.emit(relax.op.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
+        return self.bb.emit(relax.op.astype(t, NP2TVM[np.asarray(y_zp).dtype]))
 
     def qminmax(self, node: onnx.NodeProto, y_zp: np.ndarray) -> tuple[int, int]:
         """The node's output clamp: its qmin/qmax attributes (a fused activation), else y_zp's dtype range."""
