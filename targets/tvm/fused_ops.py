@@ -25,6 +25,7 @@ from . import vnni
 from .loop_tiling import PAD_BLOCK
 from .relax_emitter import RelaxEmitter, relax_const
 
+DW_OWN_PAD = True  # a depthwise conv and its padding in one kernel on VNNI builds (q_conv)
 # (sums, corr, bound) on their way to RelaxEmitter.requant: see matmul_acc
 Sums = tuple[relax.Expr, np.ndarray | None, np.ndarray | None]
 
@@ -63,7 +64,7 @@ def q_conv(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     if attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise bld.err(node, "auto_pad is not supported", hint="export with explicit pads")
     wexpr = bld.weight_expr(node, w)
-    if any(pads) and bld.vnni and group > 1:
+    if any(pads) and bld.vnni and group > 1 and DW_OWN_PAD:
         # a depthwise conv and its padding in one kernel: the schedule pads each channel block's planes
         # right before it reads them (schedule.py), not in a kernel and a pass over memory of their own
         acc = bld.bb.emit_te(_padded_group_conv, x, wexpr, x_zp, pads, strides, dil, group)
