@@ -49,9 +49,11 @@ VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-server", "icelake-client", "
 # the build may use AMX (amx.enabled)
 CONV1X1_FORMS = (vnni.schedule_conv1x1_rows, vnni.schedule_conv1x1)
 INLINE_SIZE_LIMIT = 256  # expression nodes one output element may grow to when every block is inlined
-# depthwise maps this narrow or less requantize whole planes per channel block: rows of 28, 14 or 7 leave
-# LLVM's loop vectorizer scalar remainders, a plane of 784, 196 or 49 few or none (measured, MobileNetV2)
-PLANE_MAX_W = 28
+# depthwise maps this narrow or less requantize whole planes per channel block (and pad them per block):
+# rows of 28, 14 or 7 leave LLVM's loop vectorizer scalar remainders, a plane of 784, 196 or 49 few or
+# none. Interleaved A/B, whole models: 56 beat 28 by 2-3% (MobileNetV2, EfficientNet-Lite0, batch 1 and
+# 8); 112 was no better at batch 8 and worse at batch 1 (a channel block's 112x112 sums leave L1).
+PLANE_MAX_W = 56
 DW_X_TILES = (16, 8, 14, 7, 4, 2)  # depthwise row tiles: whole zmm/ymm loads before 14-lane pieces
 
 
