@@ -96,11 +96,16 @@ def _padded_group_conv(x: te.Tensor, w: te.Tensor, x_zp: int, pads: list[int], s
     return topi.nn.group_conv2d_nchw(xp, w, strides, 0, dil, group, out_dtype="int32")
 
 
+def max_abs(dt: str) -> int:
+    """The largest magnitude of the integer dtype ``dt`` (128 for int8, 255 for uint8)."""
+    info = np.iinfo(dt)
+    return max(abs(int(info.min)), abs(int(info.max)))
+
+
 def raw_bound(xdt: str, w: np.ndarray) -> np.ndarray:
     """Per output column of ``w`` [K, M], a bound on |sum_k x_k w_k| over every stored ``x`` of dtype
     ``xdt``: what proves an int32 sum of the raw activations never wrapped (dyadic's folded form)."""
-    info = np.iinfo(xdt)
-    return max(abs(int(info.min)), abs(int(info.max))) * np.abs(w.astype(np.int64)).sum(axis=0)
+    return max_abs(xdt) * np.abs(w.astype(np.int64)).sum(axis=0)
 
 
 def q_matmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
@@ -138,18 +143,18 @@ def matmul_acc(bld: RelaxEmitter, x: relax.Expr, x_zp: int, w: np.ndarray, wexpr
     """
     xdt = bld.dtype_of(x)
     k, m = w.shape
-    if np.iinfo(xdt).bits <= 8 and bld.vnni and node is not None and vnni.fits(k, m, w):
-        return vnni_matmul(bld, node, x, x_zp, w, bias64)
-    m16 = m - m % vnni.LANES
-    if np.iinfo(xdt).bits <= 8 and bld.vnni and node is not None and wexpr is None and m16 \
-            and vnni.fits(k, m16, w[:, :m16]):
-        # a classifier of 1000 columns: 992 on vpdpbusd, the last 8 on the int16 path, nothing padded
-        # (the library stores exactly the plan's weight bytes); one concat of the int32 sums
-        head = vnni_matmul(bld, node, x, x_zp, w[:, :m16], bias64[:m16])
-        tail = matmul_acc(bld, x, x_zp, w[:, m16:], bld.weight_expr(node, w[:, m16:].astype(np.int8)),
-                          bias64[m16:])
-        return (bld.emit(relax.op.concat([head[0], tail[0]], axis=-1)), np.concatenate([head[1], tail[1]]),
-                np.concatenate([head[2], tail[2]]))
+    if np.iinfo(xdt).bits <= 8 and bld.vnni and node is not None:
+        if vnni.fits(k, m, w):
+            return vnni_matmul(bld, node, x, x_zp, w, bias64)
+        m16 = m - m % vnni.LANES
+        if wexpr is None and m16 and vnni.fits(k, m16, w[:, :m16]):
+            # a classifier of 1000 columns: 992 on vpdpbusd, the last 8 on the int16 path, nothing padded
+            # (the library stores exactly the plan's weight bytes); one concat of the int32 sums
+            head = vnni_matmul(bld, node, x, x_zp, w[:, :m16], bias64[:m16])
+            tail = matmul_acc(bld, x, x_zp, w[:, m16:], bld.weight_expr(node, w[:, m16:].astype(np.int8)),
+                              bias64[m16:])
+            return (bld.emit(relax.op.concat([head[0], tail[0]], axis=-1)), np.concatenate([head[1], tail[1]]),
+                    np.concatenate([head[2], tail[2]]))
     if wexpr is None:
         wexpr = bld.weight_expr(node, w.astype(np.int8)) if node is not None else relax_const(w.astype(np.int16))
     if np.iinfo(xdt).bits <= 8:
@@ -263,12 +268,10 @@ def q_add(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
     cs = int(np.asarray(c).reshape(-1)[0])
     zp = int(np.asarray(y_zp).reshape(-1)[0])
     k = (1 << (cs - 1)) + zp * (1 << cs) - a_zp * ma - b_zp * mb
-    top = lambda e: max(abs(int(v)) for v in (np.iinfo(bld.dtype_of(e)).min, np.iinfo(bld.dtype_of(e)).max))  # noqa: E731
     if np.asarray(c).size == 1 and 0 <= ma < 2**31 and 0 <= mb < 2**31 \
-            and top(a) * ma + top(b_in) * mb + abs(k) < 2**63:
-        w = lambda e, m: relax.op.multiply(  # noqa: E731
-            relax.op.astype(e, "int64"), relax.op.astype(relax_const(np.asarray([m], np.int32)), "int64"))
-        t = bld.emit(relax.op.add(relax.op.add(w(a, ma), w(b_in, mb)), i64([k])))
+            and max_abs(bld.dtype_of(a)) * ma + max_abs(bld.dtype_of(b_in)) * mb + abs(k) < 2**63:
+        t = bld.emit(relax.op.add(relax.op.add(bld.widened_product(a, np.asarray([ma])),
+                                               bld.widened_product(b_in, np.asarray([mb]))), i64([k])))
         return bld.shift_clip(t, np.asarray([cs], np.int64), y_zp, qmin, qmax)
     ta = bld.emit(relax.op.multiply(relax.op.subtract(relax.op.astype(a, "int64"), i64(a_zp)), i64(ma)))
     tb = bld.emit(relax.op.multiply(relax.op.subtract(relax.op.astype(b_in, "int64"), i64(b_zp)),
