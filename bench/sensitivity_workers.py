@@ -43,7 +43,7 @@ from qcompiler.options import CompileOptions  # noqa: E402
 from qcompiler.passmanager import PassContext, PassManager  # noqa: E402
 from qcompiler.pipeline import load_model  # noqa: E402
 from qcompiler.sensitivity import kl as kl_mod  # noqa: E402
-from qcompiler.sensitivity.suffix import shared_arrays  # noqa: E402
+from qcompiler.sensitivity.suffix import shared_weights  # noqa: E402
 
 log = logging.getLogger("sensitivity_workers")
 
@@ -163,7 +163,8 @@ def main() -> None:
         pass_mod.kl_sensitivity = kl_mod.kl_sensitivity = orig
         rec.close()
     timing = kl_calls[-1]
-    weights = sum(a.nbytes for a in shared_arrays(initializers(model)).values())
+    inits = initializers(model)
+    weights = sum(inits[n].nbytes for n in shared_weights(model))
     tasks = {"count": len(rec.moved), "layers": timing.layers, "groups": len(rec.shared_bytes) - 2,
              "moved_bytes_mean": float(np.mean(rec.moved)), "moved_bytes_max": int(max(rec.moved)),
              "pickle_bytes_mean": float(np.mean(rec.pickled)), "pickle_bytes_max": int(max(rec.pickled)),

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from qcompiler.activation_stats import ChannelMeans, range_stats_of, tensor_batches
 from qcompiler.calibration import OBSERVERS, RangeObserver
 from qcompiler.conditions import ALL_SHAPES_KNOWN, NO_QDQ, RANGES_KNOWN
 from qcompiler.errors import CalibrationError, NumericsError, QCompileError, UnsupportedModelError
+from qcompiler.external_data import tensor_array
 from qcompiler.ir import graph_inputs
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
 from qcompiler.plan import TensorQuant
@@ -157,7 +157,7 @@ def weight_jobs(model: onnx.ModelProto, ctx: PassContext) -> Iterator[tuple[np.n
         node, w = nodes.get(name), inits.get(lp.weight)
         if node is None or w is None:
             continue
-        arr = numpy_helper.to_array(w)
+        arr = tensor_array(w)
         if arr.dtype != np.float32:
             continue
         for b in bits:

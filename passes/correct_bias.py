@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from qcompiler.activation_stats import ChannelMeans, tensor_batches
 from qcompiler.conditions import IS_QDQ
+from qcompiler.external_data import tensor_array
 from qcompiler.passmanager import Pass, PassContext, PassResult
 
 log = logging.getLogger(__name__)
@@ -69,20 +70,20 @@ class CorrectBias(Pass):
             means = stats.means()
         for lname, lp in layers.items():
             node = nodes[lname]
-            w = numpy_helper.to_array(float_inits[lp.weight]).astype(np.float64)
+            w = tensor_array(float_inits[lp.weight]).astype(np.float64)
             tq = ctx.plan.tensors[lp.weight]
             shape = [1] * w.ndim
             shape[tq.axis or 0] = -1
             # stored codes minus their zero point (128 / 8 next to uint8 activations: numerics.weight_storage)
-            codes = numpy_helper.to_array(inits[f"{lname}.w_q"]).astype(np.float64) - \
-                numpy_helper.to_array(inits[f"{lname}.w_zp"]).astype(np.float64).reshape(shape)
+            codes = tensor_array(inits[f"{lname}.w_q"]).astype(np.float64) - \
+                tensor_array(inits[f"{lname}.w_zp"]).astype(np.float64).reshape(shape)
             wq = codes * np.asarray(tq.scale, np.float64).reshape(shape)
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             shift = weight_shift(lp.op_type, wq - w, means[lp.input], group, trans_b)
             bq = inits[f"{lname}.b_q"]
-            bs = numpy_helper.to_array(inits[f"{lname}.b_scale"]).astype(np.float64)
-            q = numpy_helper.to_array(bq).astype(np.int64) - np.round(shift / bs).astype(np.int64)
+            bs = tensor_array(inits[f"{lname}.b_scale"]).astype(np.float64)
+            q = tensor_array(bq).astype(np.int64) - np.round(shift / bs).astype(np.int64)
             bq.CopyFrom(numpy_helper.from_array(np.clip(q, -(2**31), 2**31 - 1).astype(np.int32), bq.name))
         log.info("bias correction on %d layers", len(layers))
         return PassResult(model, True)

@@ -24,6 +24,7 @@ from onnx.reference import ReferenceEvaluator
 
 from qcompiler.conditions import OPSET_21
 from qcompiler.errors import ShapeError, UnsupportedModelError
+from qcompiler.external_data import tensor_array
 from qcompiler.ir import from_gs, infer_shapes_light, to_gs, value_dtypes, value_shapes
 from qcompiler.passmanager import Pass, PassContext, PassResult
 
@@ -113,7 +114,7 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
     def value(name: str) -> np.ndarray:
         if name not in values:
-            values[name] = onnx.numpy_helper.to_array(inits[name])
+            values[name] = tensor_array(inits[name])
         return values[name]
 
     def fold(idx: int, n: onnx.NodeProto, feeds: dict[str, np.ndarray]) -> bool:

@@ -21,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from qcompiler.conditions import OPSET_21
+from qcompiler.external_data import tensor_array
 from qcompiler.ir import consumers, initializers, value_shapes
 from qcompiler.passmanager import Pass, PassContext, PassResult
 
@@ -62,7 +63,7 @@ class _Matcher:
         self.prod = {o: n for n in model.graph.node for o in n.output}
         self.outputs = {o.name for o in model.graph.output}
         self.shapes = value_shapes(model)
-        self.consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+        self.consts = {n.output[0]: tensor_array(n.attribute[0].t) for n in model.graph.node
                        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
         self.new_inits: list[onnx.TensorProto] = []
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from qcompiler.conditions import IS_QDQ, NO_QDQ, SAME_SIGN_PRODUCTS
+from qcompiler.external_data import tensor_array
 from qcompiler.formats import FLOAT_FORMATS
 from qcompiler.passmanager import Condition, Pass, PassContext, PassResult
 from qcompiler.plan import TensorQuant
@@ -58,7 +58,7 @@ class QuantizeTransformer(Pass):
             "smoothing": {k: {a: round(x, 8) if isinstance(x, float) else x for a, x in v.items()}
                           for k, v in sorted(stats.get("smoothing", {}).items())},
             "act_bits": dict(sorted(stats["act_bits"].items()))}
-        inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+        inits = {t.name: tensor_array(t) for t in out.graph.initializer}
         fp_names = {f.onnx_type: f.name for f in FLOAT_FORMATS.values()}
         for n in out.graph.node:
             fp = fp_names.get(next((a.i for a in n.attribute if a.name == "output_dtype"), None))

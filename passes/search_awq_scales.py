@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from qcompiler.awq import SENSITIVITY_SAMPLES, group_size_for, layer_sensitivities, site_scales
 from qcompiler.conditions import LAYERS_FOUND, SCORED
 from qcompiler.errors import FlagError
+from qcompiler.external_data import tensor_array
 from qcompiler.passmanager import Pass, PassContext, PassResult
 from qcompiler.smoothing import find_sites, sites_sample
 from qcompiler.transformer_qdq import fuse_erf_gelu
@@ -44,7 +44,7 @@ class SearchAWQScales(Pass):
             raise FlagError(f"--group-size {gs_flag} must be at least 1", hint="e.g. --group-size 128")
         feeds = list(ctx.calib.batches())
         base = fuse_erf_gelu(onnx.ModelProto.FromString(model.SerializeToString()))
-        inits = {t.name: numpy_helper.to_array(t) for t in base.graph.initializer}
+        inits = {t.name: tensor_array(t) for t in base.graph.initializer}
         nodes = {n.name: n for n in base.graph.node}
         sites, _ = find_sites(base, ("LayerNormalization", "Gelu"))
         acts = sites_sample(base, feeds, list(sites))

@@ -23,13 +23,20 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import Message
 from onnx import TensorProto, numpy_helper
 
 THRESHOLD_ENV = "QCOMPILER_EXTERNAL_DATA_BYTES"
+# The folder a *weight reference* reads from: a large model's big initializers stay in a file (the
+# user's own external data, or a pass's output spilled by :func:`spill`) and the TensorProto holds only
+# where. "basepath" is a key ONNX's ExternalDataInfo knows; ONNX Runtime refuses it, so sessions get
+# copies without it (:func:`session_graph`), and written artifacts never hold it.
+BASE_KEY = "basepath"
 # Location of an initializer that a light copy (:func:`weightless_copy`) left out: its bytes are the
 # same-named initializer's of the model the copy was made from (``write_with_external_data(weights_from=)``).
 WEIGHT_REF = "qcompiler-weight-of-source-model"
@@ -139,14 +146,46 @@ def restore_from_light(light: onnx.ModelProto, moved: list[str], model: onnx.Mod
     return model
 
 
+def _info(t: TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+def ref_folder(t: TensorProto) -> str | None:
+    """The folder a weight reference reads from, or None for a tensor that holds its data (or a stub)."""
+    if t.data_location != TensorProto.EXTERNAL:
+        return None
+    return _info(t).get(BASE_KEY)
+
+
+def has_refs(model: onnx.ModelProto) -> bool:
+    """Whether any initializer of ``model`` is a weight reference (its data in a file, :func:`ref_folder`)."""
+    return any(ref_folder(t) is not None for t in model.graph.initializer)
+
+
+def tensor_array(t: TensorProto) -> np.ndarray:
+    """A tensor's values, read from its file if it is a weight reference (:func:`ref_folder`).
+
+    Why not ``numpy_helper.to_array`` everywhere: a large model's weights are references to files,
+    read one layer at a time when a pass needs them, and only this knows their folder.
+    """
+    folder = ref_folder(t)
+    return numpy_helper.to_array(t, folder) if folder is not None else numpy_helper.to_array(t)
+
+
 def _tensor_bytes(t: TensorProto) -> bytes:
     """A tensor's values as ONNX's raw_data would hold them (little-endian)."""
     if t.HasField("raw_data"):
         return t.raw_data
+    folder = ref_folder(t)
+    if folder is not None:
+        info = _info(t)
+        with open(Path(folder) / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            return f.read(int(info.get("length") or tensor_nbytes(t)))
     return numpy_helper.from_array(numpy_helper.to_array(t)).raw_data
 
 
-def _external(t: TensorProto, location: str, offset: int, length: int) -> TensorProto:
+def _external(t: TensorProto, location: str, offset: int, length: int, folder: str | None = None) -> TensorProto:
     out = TensorProto()
     for fd, val in t.ListFields():
         if fd.name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
@@ -157,10 +196,98 @@ def _external(t: TensorProto, location: str, offset: int, length: int) -> Tensor
         else:
             setattr(out, fd.name, val)
     out.data_location = TensorProto.EXTERNAL
-    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length)),
+                 *(((BASE_KEY, folder),) if folder is not None else ())):
         e = out.external_data.add()
         e.key, e.value = k, v
     return out
+
+
+def refer_to_folder(model: onnx.ModelProto, folder: str | os.PathLike[str], tensors: Iterable[TensorProto]) -> None:
+    """Make a model loaded with ``load_external_data=False`` read its big initializers from ``folder``
+    when a pass needs them (weight references), and load every other external tensor now.
+
+    Why: a model past 2 GB held in memory is 1x its weights for the whole compile; its own external
+    data file is already on disk, and ONNX Runtime maps it from there (:func:`session_graph`). Small
+    tensors and those in subgraphs are read now: shape inference reads Reshape shapes from data.
+    ``tensors``: every tensor of the model (subgraphs and functions too). The caller has checked
+    every location stays inside ``folder``.
+    """
+    base = str(Path(folder).resolve())
+    big = {id(t) for t in model.graph.initializer if _is_big(t)}
+    for t in tensors:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        for i in reversed(range(len(t.external_data))):  # a folder the file names itself is not trusted
+            if t.external_data[i].key == BASE_KEY:
+                del t.external_data[i]
+        if id(t) in big:
+            e = t.external_data.add()
+            e.key, e.value = BASE_KEY, base
+        else:
+            onnx.external_data_helper.load_external_data_for_tensor(t, base)
+
+
+def spill(model: onnx.ModelProto, folder: Path, stem: str) -> int:
+    """Move ``model``'s big in-memory initializers to ``folder / (stem + ".data")`` and leave weight
+    references in their place (in place). Returns the bytes moved.
+
+    Why: a large compile holds several graphs (QDQ, integer, fused); each pass's new weights written
+    once to the compile's scratch folder cost no memory from then on, and the passes and sessions
+    after it read them from there one layer at a time.
+    """
+    todo = [t for t in model.graph.initializer if _is_big(t) and t.data_location != TensorProto.EXTERNAL]
+    if not todo:
+        return 0
+    folder.mkdir(parents=True, exist_ok=True)
+    name = stem + ".data"
+    base = str(folder.resolve())
+    moved = 0
+    with open(folder / name, "wb") as f:
+        for t in todo:
+            data = _tensor_bytes(t)
+            f.write(b"\0" * (-f.tell() % ALIGN))
+            offset = f.tell()
+            f.write(data)
+            moved += len(data)
+            t.CopyFrom(_external(t, name, offset, len(data), base))
+            del data
+    return moved
+
+
+def session_graph(model: onnx.ModelProto, weights_from: onnx.ModelProto | None = None
+                  ) -> tuple[onnx.ModelProto, str] | None:
+    """(a copy of ``model`` that ONNX Runtime can load from bytes, the folder its weights are in), when
+    every big initializer is a weight reference into one folder; None otherwise.
+
+    Why: ONNX Runtime then maps the weights from the files they are in
+    (``session.model_external_initializers_file_folder_path``) instead of a copy written for it.
+    """
+    sources = {t.name: t for t in weights_from.graph.initializer} if weights_from is not None else {}
+    out = onnx.ModelProto()
+    copy_fields(out, model, skip="graph")
+    copy_fields(out.graph, model.graph, skip="initializer")
+    folders = set()
+    for t in model.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL and _info(t).get("location") == WEIGHT_REF:
+            if t.name not in sources:
+                return None
+            t = sources[t.name]
+        folder = ref_folder(t)
+        if folder is None:
+            if _is_big(t) and t.data_location != TensorProto.EXTERNAL:
+                return None  # in memory: needs a written copy
+            out.graph.initializer.add().CopyFrom(t)
+            continue
+        folders.add(folder)
+        c = out.graph.initializer.add()
+        c.CopyFrom(t)
+        for i in reversed(range(len(c.external_data))):
+            if c.external_data[i].key == BASE_KEY:
+                del c.external_data[i]
+    if len(folders) != 1:
+        return None
+    return out, folders.pop()
 
 
 def weightless_copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -204,7 +331,7 @@ def write_with_external_data(model: onnx.ModelProto, path: str | os.PathLike[str
                 if t.name not in sources:
                     raise ValueError(f"initializer {t.name!r} refers to a source model's weight; pass weights_from")
                 src = sources[t.name]
-            elif not _is_big(t) or t.data_location == TensorProto.EXTERNAL:
+            elif ref_folder(t) is None and (not _is_big(t) or t.data_location == TensorProto.EXTERNAL):
                 light.graph.initializer.add().CopyFrom(t)
                 continue
             data = _tensor_bytes(src)

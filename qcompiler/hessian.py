@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qcompiler.external_data import tensor_array
+
 from .errors import QCompileError, UnsupportedModelError
 from .formats import float_activation
 from .layers import fmt, monotone
@@ -70,7 +72,7 @@ class OnnxTorch:
         self.model = model
         self.consts: dict[str, Any] = {}
         for t in model.graph.initializer:
-            a = numpy_helper.to_array(t)
+            a = tensor_array(t)
             self.consts[t.name] = torch.from_numpy(np.array(a))
         self.params = {}
         for p in params:
@@ -230,7 +232,7 @@ class OnnxTorch:
         return (x[0] - x[3].reshape(shape)) * inv.reshape(shape) + x[2].reshape(shape)
 
     def op_Constant(self, n, x, a):
-        return self.torch.from_numpy(np.array(numpy_helper.to_array(a["value"])))
+        return self.torch.from_numpy(np.array(tensor_array(a["value"])))
 
     def op_Shape(self, n, x, a):
         return self.torch.tensor(list(x[0].shape), dtype=self.torch.int64)
@@ -372,7 +374,7 @@ def hessian_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: Sequen
     t0 = time.perf_counter()
     advance = progress("sensitivity (hessian)", iters) if progress else None
     traces = hutchinson_traces(model, plan, samples, iters=iters, progress=advance)
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    inits = {t.name: tensor_array(t) for t in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     # layer inputs over the samples, for ||Q(x) - x||^2
     net = OnnxTorch(model)

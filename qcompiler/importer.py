@@ -25,8 +25,16 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from onnx import version_converter
 
+from qcompiler.external_data import tensor_array
+
 from .errors import ExternalDataError, ModelLoadError, ShapeError, UnsupportedModelError
-from .external_data import is_large, light_model, restore_from_light, return_freed_memory_to_the_system
+from .external_data import (
+    is_large,
+    light_model,
+    refer_to_folder,
+    restore_from_light,
+    return_freed_memory_to_the_system,
+)
 from .ir import OPSET, infer_shapes, kahn_order
 
 log = logging.getLogger("qcompiler.importer")
@@ -179,7 +187,10 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     _check_declared_sizes(model, name)
     _check_external_data(model, p.parent, name)
     try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(p.parent))
+        if is_large(model):  # big weights stay in their file, read when a pass needs them
+            refer_to_folder(model, p.parent, _all_tensors(model))
+        else:
+            onnx.external_data_helper.load_external_data_for_model(model, str(p.parent))
     except (OSError, ValueError, onnx.checker.ValidationError) as e:
         raise ExternalDataError(f"cannot read external data ({' '.join(str(e).split())[:200]})", model=name,
                                 hint="put the data files next to the model") from None
@@ -278,7 +289,7 @@ def _check_finite_weights(model: onnx.ModelProto, name: str) -> None:
                                onnx.TensorProto.BFLOAT16):
             continue
         try:
-            arr = onnx.numpy_helper.to_array(t)
+            arr = tensor_array(t)
         except Exception:  # noqa: BLE001 - any decoding failure is a corrupt file, not a bug
             raise ModelLoadError(f"initializer '{t.name}' cannot be decoded", model=name,
                                  node=users.get(t.name), hint="the model file is corrupt; export it again") from None

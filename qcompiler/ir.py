@@ -16,7 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from .external_data import copy_fields, is_large
+from .external_data import copy_fields, is_large, tensor_array
 
 OPSET = 21
 DOMAIN = "qcompiler"  # domain of fused integer ops (model-local functions)
@@ -58,7 +58,8 @@ class LazyInitializers(Mapping[str, np.ndarray]):
         self._base_dir = base_dir  # where tensors left in external data are read from (a model's folder)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self._tensors[name], self._base_dir)
+        t = self._tensors[name]
+        return numpy_helper.to_array(t, self._base_dir) if self._base_dir else tensor_array(t)
 
     def __contains__(self, name: object) -> bool:
         return name in self._tensors
@@ -76,7 +77,7 @@ def initializers(model: onnx.ModelProto, *, base_dir: str = "") -> Mapping[str, 
     loaded with ``load_external_data=False`` left on disk from ``base_dir``)."""
     if is_large(model):
         return LazyInitializers(model, base_dir)
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {t.name: tensor_array(t) for t in model.graph.initializer}
 
 
 def value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:

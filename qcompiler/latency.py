@@ -34,6 +34,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from qcompiler.external_data import tensor_array
+
 from .errors import BudgetError, TargetError
 from .external_data import is_large, model_digest
 from .ir import infer_shapes, value_shapes
@@ -69,7 +71,7 @@ def layer_qdq_model(model: onnx.ModelProto, plan: QuantPlan, name: str, w_bits: 
     node = next(n for n in model.graph.node if n.name == name)
     lp = plan.layers[name]
     shapes = shapes if shapes is not None else value_shapes(model)
-    w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == lp.weight))
+    w = tensor_array(next(t for t in model.graph.initializer if t.name == lp.weight))
     ishape = [1 if not isinstance(d, int) or d <= 0 else d for d in shapes.get(lp.input, ())]
     if not ishape:
         raise TargetError(f"layer '{name}' input '{lp.input}' has no known shape; cannot time it alone")
@@ -101,7 +103,7 @@ def layer_qdq_model(model: onnx.ModelProto, plan: QuantPlan, name: str, w_bits: 
     if len(node.input) > 2 and node.input[2]:
         b = next((t for t in model.graph.initializer if t.name == node.input[2]), None)
         if b is not None:
-            inits.append(numpy_helper.from_array(numpy_helper.to_array(b), "b"))
+            inits.append(numpy_helper.from_array(tensor_array(b), "b"))
             ins.append("b")
     layer = helper.make_node(node.op_type, ins, ["y"], name=name)
     layer.attribute.extend(node.attribute)

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from .external_data import is_large, threshold, weightless_copy, write_with_external_data
+from .external_data import has_refs, is_large, session_graph, threshold, weightless_copy, write_with_external_data
 from .native_log import native_stderr_to_log
 
 log = logging.getLogger("qcompiler.ort")
@@ -39,10 +39,12 @@ def session(model: onnx.ModelProto | bytes | str, *, providers: list[str] | None
     while it builds goes to this module's log at DEBUG.
 
     A large model (``external_data.is_large``: past protobuf's 2 GB, or ``$QCOMPILER_EXTERNAL_DATA_BYTES``)
-    is never serialised: it is written with external data into a temporary folder and loaded from
-    there, ONNX Runtime maps the weights from that file instead of copying them, and the folder is
-    gone once the session is built. Such sessions, and those given large ``shared`` weights, do not
-    prepack MatMul weights (a second copy of every weight): slower runs, bounded memory.
+    is never serialised: where its weights are all references into one folder's files
+    (``external_data.session_graph``: the user's own data file, or the compile's scratch folder) ONNX
+    Runtime maps them from there; otherwise it is written with external data into a temporary folder
+    and loaded from there (mapped too), and the folder is gone once the session is built. Such
+    sessions, and those given large ``shared`` weights, do not prepack MatMul weights (a second copy
+    of every weight): slower runs, bounded memory.
     ``weights_from`` is the model that a ``with_outputs(..., weightless=True)`` copy took its graph from.
     ``low_memory=True`` asks the same of a model given as a path (a large artifact's file).
     """
@@ -51,7 +53,8 @@ def session(model: onnx.ModelProto | bytes | str, *, providers: list[str] | None
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if shared:
         so.add_external_initializers(list(shared), list(shared.values()))
-    large = isinstance(model, onnx.ModelProto) and is_large(model)
+    # a model holding weight references is handled as a large one: it cannot be serialised as it is
+    large = isinstance(model, onnx.ModelProto) and (is_large(model) or has_refs(model))
     if large or low_memory or (shared and sum(_ortvalue_bytes(v) for v in shared.values()) >= threshold()):
         so.add_session_config_entry("session.disable_prepacking", "1")
     verbose = log.isEnabledFor(logging.DEBUG)
@@ -62,6 +65,11 @@ def session(model: onnx.ModelProto | bytes | str, *, providers: list[str] | None
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if large:
+        mapped = session_graph(model, weights_from)
+        if mapped is not None:  # every weight is in one folder's files already: ORT maps them there
+            graph, folder = mapped
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+            return _create(graph.SerializeToString(), so, providers, verbose)
         with tempfile.TemporaryDirectory(prefix="qcompiler-ort-") as folder:
             path = Path(folder) / "model.onnx"
             write_with_external_data(model, path, weights_from=weights_from)

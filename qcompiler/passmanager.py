@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from .errors import QCompileError
-from .external_data import is_large, light_model, save_model
+from .external_data import is_large, light_model, save_model, spill
 from .options import CompileOptions
 from .plan import QuantPlan
 
@@ -63,6 +63,10 @@ class PassContext:
     costs: CostModel | None = None  # the target's measured budget costs (Target.cost_model), for assign_bits
     final_dir: Path | None = None  # where the output folder ends up (the target may read a previous one)
     dumped: int = 0  # --dump-stages files written so far: the next one's number
+    # a large model's compile: where each pass's new weights are written (external_data.spill), so that
+    # the graphs it keeps (float, QDQ, integer) hold references, not gigabytes
+    scratch: Path | None = None
+    spilled: int = 0  # spill files written so far (each file's name is unique in the folder)
 
     @property
     def bits(self) -> list[int]:
@@ -153,6 +157,8 @@ class PassManager:
             model = result.model
             if is_large(model):  # graphsurgeon graphs are reference cycles holding the model they read: free
                 gc.collect()     # an old large model now, not some passes later (one more copy at the peak)
+                if ctx.scratch is not None and spill(model, ctx.scratch, f"{ctx.spilled:03d}-{p.name}"):
+                    ctx.spilled += 1
             log.info("pass %s: %s in %.2fs", p.name, "changed" if result.changed else "no change",
                      self.timings[p.name])
             for cond in p.ensures:

@@ -8,6 +8,8 @@ loads the calibration data, and owns the output directory (written atomically).
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +22,7 @@ from . import importer, stages
 from .artifacts import atomic_output_dir, check_output_dir, sha256_file, write_json, write_manifest
 from .calibration import CalibrationData, InputSpec, array_shapes
 from .errors import CalibrationError, FlagError, QCompileError, caller
-from .external_data import model_digest, save_model
+from .external_data import is_large, model_digest, save_model
 from .formats import is_fp
 from .image_preprocess import coerce, from_metadata
 from .ir import graph_inputs, node_names_unique, value_shapes
@@ -111,6 +113,8 @@ def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | P
                       float_model_path=str(source) if isinstance(source, (str, Path)) else None,
                       debug=opts.debug, dump_dir=opts.dump_dir, progress=progress)
     ctx.costs = tgt.cost_model(opts, stages.qdq_to_integer)
+    if is_large(model):
+        ctx.scratch = _scratch_dir(out)
     try:
         if opts.dump_dir is not None:
             dump_model(model, opts.dump_dir, "import", ctx)
@@ -173,7 +177,19 @@ def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | P
             write_manifest(tmp, inputs=inputs, flags=opts.flags(), extra={"target": target_info})
     except QCompileError as e:
         raise e.with_model(mname) from None
+    finally:
+        if ctx.scratch is not None:
+            shutil.rmtree(ctx.scratch, ignore_errors=True)
     return CompileResult(out, plan, summary)
+
+
+def _scratch_dir(out: Path) -> Path:
+    """A large compile's spill folder (``PassContext.scratch``): on the output's disk, not in /tmp, which
+    may be memory; beside the output folder (or its nearest existing parent), removed at the end."""
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    return Path(tempfile.mkdtemp(prefix=".qcompiler-scratch-", dir=parent))
 
 
 def weight_bytes(plan: QuantPlan, float_model: onnx.ModelProto, *, qparams: bool = True) -> dict[str, int]:

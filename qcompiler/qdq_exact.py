@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from qcompiler.external_data import tensor_array
+
 from .errors import UnsupportedModelError
 from .ir import value_shapes
 
@@ -76,7 +78,7 @@ def exact_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     noise as much as the integer graph's; this is the QDQ model's arithmetic without it.
     """
     g = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inits = {t.name: tensor_array(t) for t in g.initializer}
     shapes = value_shapes(onnx.shape_inference.infer_shapes(model))
     rank = {k: len(v) for k, v in shapes.items()}
     new_inits: dict[str, np.ndarray] = {}

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from qcompiler.external_data import tensor_array
 
 from .budgets import whole_bytes
 from .external_data import is_large
@@ -165,7 +166,7 @@ def _weights(model: onnx.ModelProto | None, plan: QuantPlan, order: Sequence[str
     if is_large(model):  # decoded when drawn (a few layers), not a copy of every weight at once
         return initializers(model, base_dir=str(weights_dir or ""))
     wanted = {plan.layers[n].weight for n in order}
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in wanted}
+    return {t.name: tensor_array(t) for t in model.graph.initializer if t.name in wanted}
 
 
 def render_report(plan: QuantPlan, *, summary: Mapping[str, Any], pareto: Mapping[str, Any] | None = None,

@@ -47,6 +47,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from qcompiler.external_data import tensor_array
+
 from .activation_stats import ChannelSample, channel_samples
 from .calibration import RangeObserver
 from .ir import consumers, prune_initializers
@@ -202,7 +204,7 @@ def find_sites(model: onnx.ModelProto, ops: Iterable[str] = SITES) -> tuple[Site
     Returns ({activation: (LayerNorm or Gelu node, its reader Gemms)}, {GELU input: (producing Gemm, Gelu)}).
     """
     g = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inits = {t.name: tensor_array(t) for t in g.initializer}
     readers = consumers(model)
     outputs = {o.name for o in g.output}
     ops = set(ops)
@@ -246,7 +248,7 @@ def smooth_activations(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndar
     """
     m = onnx.ModelProto.FromString(model.SerializeToString())
     g = m.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inits = {t.name: tensor_array(t) for t in g.initializer}
     outputs = {o.name for o in g.output}
     sites, in_sites = find_sites(m, ops)
     fixed = dict(fixed or {})

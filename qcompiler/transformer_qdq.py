@@ -37,6 +37,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from qcompiler.external_data import tensor_array
+
 from . import numerics
 from .activation_stats import tensor_batches
 from .awq import group_size_for, quantize_groups
@@ -63,7 +65,7 @@ def _scalar(inits: dict[str, np.ndarray], name: str) -> float | None:
 def fuse_erf_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
     """``x * (Erf(x / sqrt2) + 1) * 0.5`` (any Mul order) -> ``Gelu(x)``; sets opset 21."""
     g = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inits = {t.name: tensor_array(t) for t in g.initializer}
     prod = {o: n for n in g.node for o in n.output}
     drop: set[int] = set()
     new: dict[int, onnx.NodeProto] = {}
@@ -207,7 +209,7 @@ def quantize_transformer(model: onnx.ModelProto, feeds: list[dict[str, np.ndarra
     g = model.graph
     observers = range_observers(model, feeds)
     float_ops = set(float_ops)
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inits = {t.name: tensor_array(t) for t in g.initializer}
     masks = _mask_inputs(g)
     scaled_gelu = _scaled_gelus(g, inits)
     scaled_out = set(scaled_gelu.values())

@@ -168,3 +168,55 @@ def test_external_data_outside_the_model_folder_is_refused(big: Path, tmp_path: 
     onnx.save(model, str(folder / "big.onnx"))
     with pytest.raises(ExternalDataError, match="outside the model folder|link out of the model folder"):
         compile_model(folder / "big.onnx", tmp_path / "out", calib=big.parent / "calib.npz")
+
+
+def test_large_model_weights_stay_in_their_file(big: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                spies: list[str]) -> None:
+    """A large model is imported as weight references: its big initializers hold no bytes, read one at a
+    time from the user's file; a session over it maps that file (no copy written for ONNX Runtime);
+    a pass's new weights are spilled to a scratch folder beside the output, gone after the compile."""
+    from qcompiler import external_data, importer, ort_session
+
+    model = importer.load_onnx(big)
+    assert _held_bytes(model) == 0
+    src = onnx.load(str(big))
+    for t, want in zip(model.graph.initializer, src.graph.initializer):
+        assert external_data.ref_folder(t) == str(big.parent.resolve())
+        np.testing.assert_array_equal(external_data.tensor_array(t), onnx.numpy_helper.to_array(want))
+    written: list[str] = []
+    monkeypatch.setattr(ort_session, "write_with_external_data",
+                        lambda *a, **k: written.append("copy") or write_with_external_data(*a, **k))
+    x = np.load(big.parent / "calib.npz")["input"][:1]
+    y = ort_session.session(model).run(None, {"input": x})[0]
+    want = ort.InferenceSession(str(big), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    assert written == []  # mapped from the user's folder
+
+    out = tmp_path / "out"
+    compile_model(big, out, calib=big.parent / "calib.npz", options=CompileOptions(target="ort-cpu"))
+    assert written == []  # every session of the compile mapped the user's file or the scratch folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the scratch folder is gone
+    for name in ("model.float.onnx", "model.qdq.onnx", "model.int.onnx"):  # artifacts hold no folder
+        m = onnx.load(str(out / name), load_external_data=False)
+        assert all(e.key != external_data.BASE_KEY for t in m.graph.initializer for e in t.external_data)
+
+
+def test_a_folder_named_in_the_model_file_is_not_trusted(big: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``basepath`` in a model's external data (where qcompiler keeps a weight reference's folder) is
+    replaced by the model's own folder: a file cannot make the compile read data from elsewhere."""
+    from qcompiler import external_data, importer
+
+    monkeypatch.setenv(THRESHOLD_ENV, str(FORCED))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model = onnx.load(str(big), load_external_data=False)
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            e = t.external_data.add()
+            e.key, e.value = external_data.BASE_KEY, "/etc"
+    onnx.save(model, str(folder / "big.onnx"))
+    shutil.copy(big.parent / "big.onnx.data", folder / "big.onnx.data")
+    loaded = importer.load_onnx(folder / "big.onnx")
+    folders = {external_data.ref_folder(t) for t in loaded.graph.initializer} - {None}
+    assert folders == {str(folder.resolve())}

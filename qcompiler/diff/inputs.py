@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
+
+from qcompiler.external_data import tensor_array
 
 from ..calibration import CalibrationData, InputSpec
 from ..errors import CalibrationError
@@ -44,9 +46,9 @@ def _input_range(name: str, models: Sequence[onnx.ModelProto],
         inits = {t.name: t for t in m.graph.initializer}
         for n in m.graph.node:
             if n.op_type == "QuantizeLinear" and n.input[0] == name and n.input[1] in inits:
-                s = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64).ravel()
+                s = tensor_array(inits[n.input[1]]).astype(np.float64).ravel()
                 zp_t = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
-                zp = numpy_helper.to_array(zp_t).astype(np.float64).ravel() if zp_t is not None else np.zeros(1)
+                zp = tensor_array(zp_t).astype(np.float64).ravel() if zp_t is not None else np.zeros(1)
                 signed = zp_t is not None and zp_t.data_type in (TensorProto.INT8, TensorProto.INT4,
                                                                   TensorProto.INT16)
                 bits = 16 if zp_t is not None and zp_t.data_type in (TensorProto.INT16, TensorProto.UINT16) \

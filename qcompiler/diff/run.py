@@ -7,7 +7,9 @@ from collections.abc import Mapping
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
+
+from qcompiler.external_data import tensor_array
 
 from ..errors import CalibrationError, ModelLoadError, QCompileError
 
@@ -73,7 +75,7 @@ class Runner:
         self.consts: dict[str, np.ndarray] = {}
         for t in model.graph.initializer:
             try:
-                self.consts[t.name] = numpy_helper.to_array(t)
+                self.consts[t.name] = tensor_array(t)
             except Exception:  # noqa: BLE001, S112
                 continue
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
+
+from qcompiler.external_data import tensor_array
 
 from ..ir import graph_inputs
 from .match import match_nodes, op_family
@@ -28,7 +30,7 @@ def _attr_values(node: onnx.NodeProto) -> dict[str, Any]:
     for a in node.attribute:
         v = onnx.helper.get_attribute_value(a)
         if isinstance(v, TensorProto):
-            v = numpy_helper.to_array(v)
+            v = tensor_array(v)
         elif isinstance(v, onnx.GraphProto):
             v = ("graph", v.SerializeToString(deterministic=True))
         elif isinstance(v, bytes):
@@ -63,7 +65,7 @@ def _init_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for t in model.graph.initializer:
         try:
-            out[t.name] = numpy_helper.to_array(t)
+            out[t.name] = tensor_array(t)
         except Exception as e:  # noqa: BLE001
             log.debug("cannot read initializer %s: %s", t.name, e)
     return out

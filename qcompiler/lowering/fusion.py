@@ -22,6 +22,7 @@ import onnx
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
+from qcompiler.external_data import tensor_array
 from qcompiler.ir import DOMAIN, infer_shapes_any_size
 
 from . import functions as fn
@@ -47,7 +48,7 @@ def fuse_integer_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         return users[0] if len(users) == 1 and t not in outputs else None
 
     def const(name: str) -> np.ndarray | None:
-        return nh.to_array(inits[name]) if name in inits else None
+        return tensor_array(inits[name]) if name in inits else None
 
     taken = set(inits) | {o for n in g.node for o in n.output} | {i.name for i in g.input}
 

@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-from onnx import helper as h
 
 from qcompiler.formats import is_fp
 from qcompiler.ir import DOMAIN, infer_shapes_any_size
@@ -92,6 +91,9 @@ def walk(low: Lowering) -> onnx.ModelProto:
             low.out_nodes.append(node)
             low.fallback.append(node.name or op)
             log.info("node %s (%s) has no integer form here; kept in float", node.name, op)
+        for i in node.input:  # a weight's values are read again if another node needs them
+            if i in low.weights:
+                low.weights[i][1].release()
     return finish(low)
 
 
@@ -120,14 +122,21 @@ def finish(low: Lowering) -> onnx.ModelProto:
     live_ids = {id(n) for n in live}
     dead = {n.name for n in low.out_nodes if id(n) not in live_ids and n.name}
     low.fallback = [f for f in low.fallback if f not in dead]  # e.g. a mask-bias chain QSoftmax replaced
-    nodes = toposort(live, {i.name for i in low.g.input}
-                     | {t.name for t in low.g.initializer} | {t.name for t in low.new_inits})
+    out = low.out  # filled in place, as make_graph and make_model would (same bytes, no weight copies)
+    g = out.graph
+    nodes = toposort(live, {i.name for i in low.g.input} | {t.name for t in g.initializer})
     used = {i for n in nodes for i in n.input}
-    inits = [t for t in list(low.g.initializer) + low.new_inits if t.name in used]
-    graph = h.make_graph(nodes, low.g.name, list(low.g.input), list(low.g.output), initializer=inits)
-    out = h.make_model(graph, opset_imports=[o for o in low.model.opset_import if o.domain != DOMAIN],
-                       ir_version=max(low.model.ir_version, 10), producer_name="qcompiler",
-                       functions=[f for f in low.model.functions if f.domain != DOMAIN])
+    drop = [k for k, t in enumerate(g.initializer) if t.name not in used]
+    for k in reversed(drop):
+        del g.initializer[k]
+    g.node.extend(nodes)
+    g.name = low.g.name
+    g.input.extend(low.g.input)
+    g.output.extend(low.g.output)
+    out.ir_version = max(low.model.ir_version, 10)
+    out.producer_name = "qcompiler"
+    out.opset_import.extend(o for o in low.model.opset_import if o.domain != DOMAIN)
+    out.functions.extend(f for f in low.model.functions if f.domain != DOMAIN)
     out.metadata_props.extend(low.model.metadata_props)
     fn.add_functions(out)
     return out

@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-from onnx import numpy_helper as nh
 
 from qcompiler import numerics
 from qcompiler.dyadic import requantize, shift_round
+from qcompiler.external_data import tensor_array
 from qcompiler.ir import DOMAIN
 
 from . import functions as fn
@@ -41,7 +41,7 @@ def _const(low: Lowering, name: str) -> np.ndarray | None:
         return low.inits[name]
     for t in low.new_inits:
         if t.name == name:
-            return nh.to_array(t)
+            return tensor_array(t)
     return None
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import ChainMap
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +25,8 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from qcompiler.dyadic import dyadic_array
-from qcompiler.ir import value_shapes
+from qcompiler.external_data import tensor_array
+from qcompiler.ir import initializers, value_shapes
 from qcompiler.plan import QuantPlan
 
 from . import functions as fn
@@ -58,16 +61,28 @@ class QT:
                 and self.dtype == other.dtype)
 
 
-@dataclass
 class Weight:
-    """A constant behind a DequantizeLinear: int values (int16 for 4/8/16-bit types, else int64), scale,
-    zero point (int64), axis."""
+    """A constant behind a DequantizeLinear: int values ``q`` (int16 for 4/8/16-bit types, else int64),
+    scale, zero point (int64), axis.
 
-    q: np.ndarray
-    scale: np.ndarray
-    zp: np.ndarray
-    axis: int
-    elem_type: int
+    Why ``q`` is read when a rule first asks and dropped by :meth:`release`: the walk keeps every
+    weight's record until the end, and a 2.4 GB model's weights held as int16 were 1 GB of its peak;
+    the walk releases them once the node that reads them is lowered.
+    """
+
+    def __init__(self, load: Callable[[], np.ndarray], scale: np.ndarray, zp: np.ndarray, axis: int,
+                 elem_type: int) -> None:
+        self._load, self._q = load, None
+        self.scale, self.zp, self.axis, self.elem_type = scale, zp, axis, elem_type
+
+    @property
+    def q(self) -> np.ndarray:
+        if self._q is None:
+            self._q = self._load()
+        return self._q
+
+    def release(self) -> None:
+        self._q = None
 
 
 def channel_dyadic(m: np.ndarray, node: onnx.NodeProto, what: str = ": requantize multiplier"
@@ -89,15 +104,14 @@ class Lowering:
         self.model = model
         self.plan = plan
         self.g = model.graph
-        self.inits: dict[str, np.ndarray] = {}
-        self.init_types: dict[str, int] = {}
-        for t in self.g.initializer:
-            self.inits[t.name] = nh.to_array(t)
-            self.init_types[t.name] = t.data_type
+        # initializers decoded when read for a large model (ir.initializers); Constant nodes' values first
+        consts: dict[str, np.ndarray] = {}
+        self.init_types: dict[str, int] = {t.name: t.data_type for t in self.g.initializer}
         for n in self.g.node:
             if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-                self.inits[n.output[0]] = nh.to_array(n.attribute[0].t)
+                consts[n.output[0]] = tensor_array(n.attribute[0].t)
                 self.init_types[n.output[0]] = n.attribute[0].t.data_type
+        self.inits: Mapping[str, np.ndarray] = ChainMap(consts, initializers(model))
         self.shapes = value_shapes(model)
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in self.g.node:
@@ -108,13 +122,22 @@ class Lowering:
         self.names: set[str] = set(self.inits) | {o for n in self.g.node for o in n.output} | {
             i.name for i in self.g.input}
         self.out_nodes: list[onnx.NodeProto] = []
-        self.new_inits: list[onnx.TensorProto] = []
+        # the integer model is built in this proto: its weights are written once, where they end up
+        # (make_graph + make_model copied each twice more: 1 GB of a 2.4 GB model's peak)
+        self.out = onnx.ModelProto()
+        self.out.graph.initializer.extend(self.g.initializer)  # the QDQ graph's; finish() drops unused ones
+        self._kept = len(self.g.initializer)
         self.float_qt: dict[str, QT] = {}  # float tensor -> the integer tensor it dequantizes
         self.int_qt: dict[str, QT] = {}  # integer tensor -> its grid
         self.weights: dict[str, tuple[onnx.NodeProto, Weight]] = {}  # DQ output of a constant
         self.consumed: set[int] = set()  # ids of Relu/Clip/Q nodes absorbed into a lowered op
         self.fallback: list[str] = []
         self.lowered: dict[str, int] = {}
+
+    @property
+    def new_inits(self) -> list[onnx.TensorProto]:
+        """The constants the rules added so far (in the output model: not copies)."""
+        return list(self.out.graph.initializer[self._kept:])
 
     # ------------------------------------------------------------------ helpers
     def unique(self, base: str) -> str:
@@ -129,7 +152,7 @@ class Lowering:
         name = self.unique(base)
         # np.require keeps a 0-d array 0-d (np.ascontiguousarray makes it [1]): scalar scales and zero
         # points stay scalars, which ORT's fused QLinear* kernels require around a float fallback
-        self.new_inits.append(nh.from_array(np.require(arr, requirements="C"), name))
+        self.out.graph.initializer.append(nh.from_array(np.require(arr, requirements="C"), name))
         return name
 
     def emit(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "",
@@ -187,7 +210,6 @@ class Lowering:
     def weight(self, dq: onnx.NodeProto) -> Weight | None:
         if dq.input[0] not in self.inits or self.init_types[dq.input[0]] in FLOAT8_TYPES:
             return None  # FP8 weights have no integer form: their layer stays in float
-        q = self.inits[dq.input[0]]
         scale = self.inits.get(dq.input[1])
         if scale is None:
             return None
@@ -196,13 +218,13 @@ class Lowering:
             return None
         axis = int(next((a.i for a in dq.attribute if a.name == "axis"), 1))
         if axis < 0:
-            axis += q.ndim
-        # int16 holds 4-, 8- and 16-bit weights exactly in a quarter of int64's memory (every weight of a
-        # 2.4 GB model is held here until the end: 4.8 GB as int64); with the int64 zero points the
-        # rules' arithmetic promotes to int64 as before
+            axis += len(self.shapes[dq.input[0]])
+        # int16 holds 4-, 8- and 16-bit weights exactly in a quarter of int64's memory; with the int64
+        # zero points the rules' arithmetic promotes to int64 as before
         store = np.int16 if self.init_types[dq.input[0]] in NARROW_WEIGHTS else np.int64
-        return Weight(q.astype(store), scale.astype(np.float64), zp.astype(np.int64), axis,
-                      self.init_types[dq.input[0]])
+        name = dq.input[0]
+        return Weight(lambda: self.inits[name].astype(store), scale.astype(np.float64), zp.astype(np.int64), axis,
+                      self.init_types[name])
 
     def act_input(self, name: str) -> QT | None:
         """An activation input: a dequantized integer tensor, or a per-tensor quantized constant."""

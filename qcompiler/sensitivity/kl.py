@@ -18,6 +18,7 @@ import onnx
 from qcompiler import quantize as quant
 from qcompiler.errors import QCompileError
 from qcompiler.executor import Executor
+from qcompiler.external_data import has_refs, is_large
 from qcompiler.formats import float_activation, is_fp, norm
 from qcompiler.ir import initializers
 from qcompiler.layers import fmt, monotone
@@ -28,7 +29,7 @@ from .layer_quant import layer_input_range
 from .layer_task import REFERENCE, LayerScore, LayerTask, build_session, cache_key, run_task, score
 from .outputs import OutputReference, outputs_are_prob
 from .samples import plan_ranges_from_samples, probe_session, with_extra_outputs
-from .suffix import shared_arrays, suffix_cut, suffix_model
+from .suffix import shared_weights, suffix_cut, suffix_model
 
 log = logging.getLogger("qcompiler.sensitivity")
 
@@ -102,14 +103,16 @@ def _layer_task(model: onnx.ModelProto, plan: QuantPlan, name: str, *, index: Ma
                      stubs=[t.name for t in sm.graph.initializer if t.name in stubs], cut=cut, input=lp.input,
                      weight=lp.weight, bias=bias, axis=quant.node_weight_axis(node), rng=rng, cands=cands,
                      source=source, anchors=anchors, others=others, small=small, max_samples=max_samples,
-                     **handles)
+                     refs=has_refs(sm), **handles)
 
 
-def _scores(executor: Executor, task: Callable[[str], LayerTask], group: Sequence[str]) -> Iterator[LayerScore]:
+def _scores(executor: Executor, task: Callable[[str], LayerTask], group: Sequence[str],
+            build_ahead: bool = True) -> Iterator[LayerScore]:
     """The group's layer scores in layer order: in this process the next layer's session is built on a
     second thread while this one runs (graph optimization overlaps the runs); elsewhere each worker
-    builds and runs whole tasks."""
-    if executor.kind != "serial":
+    builds and runs whole tasks. ``build_ahead=False`` (a large model: two sessions mapping the same
+    weights count them twice in memory) builds each session after the last one is gone."""
+    if executor.kind != "serial" or not build_ahead:
         yield from executor.map(run_task, (task(n) for n in group))
         return
 
@@ -157,7 +160,7 @@ def kl_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: list[dict[s
     plan_ranges_from_samples(model, plan, samples, threads)  # standalone use: ranges of this data
     inits = initializers(model)
     executor = executor or Executor()
-    stubs = set(shared_arrays(inits))
+    stubs = set(shared_weights(model))
     weights = executor.share({k: inits[k] for k in stubs})  # stored once, read by every suffix session
     task_threads = executor.threads(threads)
     light_set = set(light)
@@ -220,7 +223,8 @@ def kl_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: list[dict[s
         task = partial(_layer_task, model, plan, index=index, inits=inits, stubs=stubs, estimate=estimate,
                        batches=len(cache), out_names=out_names, threads=task_threads, light=light_set,
                        light_samples=light_samples, weights=weights, cache=cached, reference=ref_share)
-        for n, res in zip(group, _scores(executor, task, group)):  # in layer order, whoever finished first
+        scores = _scores(executor, task, group, build_ahead=not is_large(model))
+        for n, res in zip(group, scores):  # in layer order, whoever finished first
             plan.layers[n].sensitivity = monotone(res.raw)
             timing.sessions += res.sessions
             timing.runs += res.runs

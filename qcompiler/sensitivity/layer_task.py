@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 
 from qcompiler import ort_session
 from qcompiler.executor import Shared
@@ -53,6 +54,9 @@ class LayerTask:
     cache: Shared  # the cached layer inputs of this layer's group
     reference: Shared  # REFERENCE: the float outputs
     small: dict[str, np.ndarray] = field(default_factory=dict)  # the layer's weight/bias when not in ``weights``
+    # the suffix keeps weight references (a large model's weights left in their files: the session maps
+    # them from there; workers elsewhere need the same path, e.g. shared storage)
+    refs: bool = False
 
     def arrays(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Named weights: the task's own small ones, the rest from ``weights``."""
@@ -101,7 +105,8 @@ def build_session(task: LayerTask) -> tuple[Any, float]:
     storage: neither copied nor serialized per session)."""
     t0 = time.perf_counter()
     shared = ort_session.shared_values(task.arrays(task.stubs))
-    sess = ort_session.session(task.suffix, threads=task.threads, shared=shared)
+    suffix = onnx.load_model_from_string(task.suffix) if task.refs else task.suffix
+    sess = ort_session.session(suffix, threads=task.threads, shared=shared)
     sess._qcompiler_shared = shared  # type: ignore[attr-defined]  # the OrtValues must outlive the session
     return sess, time.perf_counter() - t0
 

@@ -11,6 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from qcompiler import ort_session
+from qcompiler.external_data import tensor_array
 from qcompiler.plan import QuantPlan, TensorQuant
 
 if TYPE_CHECKING:
@@ -86,20 +87,20 @@ def make_batchable(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]],
     for k, n in enumerate(m.graph.node):
         if n.op_type != "Reshape" or len(n.input) < 2 or n.input[1] not in inits:
             continue
-        shape = numpy_helper.to_array(inits[n.input[1]]).copy()
+        shape = tensor_array(inits[n.input[1]]).copy()
         if shape.ndim == 1 and len(shape) and shape[0] == b0:
             shape[0] = 0
             name = f"{n.input[1]}__batch{k}"
             m.graph.initializer.append(numpy_helper.from_array(shape, name))
             n.input[1] = name
     merged = merge_batches(samples, batch)
-    try:
-        a = ort_session.session(model, threads=threads)
-        bm = ort_session.session(m, threads=threads)
+    try:  # one session at a time: a large model's two sessions would map its weights twice
         probe = {k: v[:2] for k, v in merged[0].items()}
-        got = bm.run(None, probe)
+        a = ort_session.session(model, threads=threads)
         want = [np.concatenate(o) for o in zip(*[a.run(None, {k: v[j:j + 1] for k, v in probe.items()})
                                                  for j in range(2)])] if b0 == 1 else None
+        del a
+        got = ort_session.session(m, threads=threads).run(None, probe)
         if want is None or any(g.shape != w.shape or not np.allclose(g, w, rtol=1e-4, atol=1e-5)
                                for g, w in zip(got, want)):
             raise ValueError("batched outputs differ")

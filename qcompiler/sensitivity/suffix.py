@@ -13,6 +13,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from qcompiler import ort_session
+from qcompiler.external_data import ref_folder, tensor_nbytes
 from qcompiler.ir import value_dtypes
 
 QIN = "__qc_layer_input"
@@ -103,6 +104,10 @@ def suffix_model(model: onnx.ModelProto, node_index: int, local: int = 0,
     return m, cut
 
 
-def shared_arrays(inits: Mapping[str, np.ndarray], min_bytes: int = 4096) -> dict[str, np.ndarray]:
-    """The initializers worth sharing between sessions (weights; small constants stay inline)."""
-    return {k: v for k, v in inits.items() if v.nbytes >= min_bytes and v.dtype == np.float32}
+def shared_weights(model: onnx.ModelProto, min_bytes: int = 4096) -> list[str]:
+    """The initializers worth sharing between sessions (float weights; small constants stay inline),
+    decided from their types and dims without decoding them. Weight references (a large model's
+    weights left in their files: ``external_data.ref_folder``) are not among them: the suffix graphs
+    keep them, and each session maps them from their file instead of a copy shared in memory."""
+    return [t.name for t in model.graph.initializer
+            if t.data_type == TensorProto.FLOAT and tensor_nbytes(t) >= min_bytes and ref_folder(t) is None]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from qcompiler import numerics
 from qcompiler.errors import TargetError
+from qcompiler.external_data import tensor_array
 from qcompiler.ir import DOMAIN, attr
 
 from .program import Program, Step, Tensor
@@ -54,7 +55,7 @@ class GraphReader:
         self.model = model
         self.name = name
         self.packed = packed  # tensors held two per byte (choose_packing on a first reading)
-        self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.inits = {t.name: tensor_array(t) for t in model.graph.initializer}
         self.tensors: dict[str, Tensor] = {}
         self.steps: list[Step] = []
         self.readers: dict[str, int] = {}

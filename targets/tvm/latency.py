@@ -28,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler.errors import TargetError
+from qcompiler.external_data import tensor_array
 
 from .builder import build_module
 from .compile import compile_module, cpu_target, cuda_target
@@ -86,18 +87,18 @@ def single_node_model(int_model: onnx.ModelProto, node_name: str, w_bits: int = 
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in shapes.get(node.input[0], ())]
     if not shape:
         raise TargetError(f"input of '{node_name}' has no known shape")
-    x_zp = numpy_helper.to_array(inits[node.input[1]])
+    x_zp = tensor_array(inits[node.input[1]])
     new_inits = []
-    w_zp = int(numpy_helper.to_array(inits[node.input[3]]).reshape(-1)[0])
+    w_zp = int(tensor_array(inits[node.input[3]]).reshape(-1)[0])
     for i, name in enumerate(node.input[1:], start=1):
         if not name:
             continue
-        arr = numpy_helper.to_array(inits[name])
+        arr = tensor_array(inits[name])
         if i == 2 and w_bits < 8:  # narrow the signed values (stored + w_zp, numerics.weight_storage)
             lim = (1 << (w_bits - 1))
             arr = (np.clip(arr.astype(np.int64) - w_zp, -lim, lim - 1) + w_zp).astype(arr.dtype)
         new_inits.append(numpy_helper.from_array(arr, name))
-    y_zp = numpy_helper.to_array(inits[node.input[7]])
+    y_zp = tensor_array(inits[node.input[7]])
     g = helper.make_graph([node], f"layer_{node_name}",
                           [helper.make_tensor_value_info(node.input[0], helper.np_dtype_to_tensor_dtype(x_zp.dtype),
                                                          shape)],
@@ -140,7 +141,7 @@ def qdq_layer_to_integer(layer_model: onnx.ModelProto) -> onnx.ModelProto:
     from qcompiler.quantize import quantize_bias
 
     g = layer_model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inits = {t.name: tensor_array(t) for t in g.initializer}
     prod = {o: n for n in g.node for o in n.output}
     layer = next((n for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul")), None)
     if layer is None:

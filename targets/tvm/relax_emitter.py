@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from tvm import relax
 
 from qcompiler.dyadic import folded_offset
 from qcompiler.errors import UnsupportedModelError
+from qcompiler.external_data import tensor_array
 from qcompiler.ir import attr
 
 from .weight_packing import pack_int2, pack_int4, packed_bits
@@ -104,7 +104,7 @@ class RelaxEmitter:
 
     def __init__(self, model: onnx.ModelProto, *, batch: int | None, pack4: bool, use_vnni: bool) -> None:
         self.model = model
-        self.inits = {t.name: int4_widened(numpy_helper.to_array(t)) for t in model.graph.initializer}
+        self.inits = {t.name: int4_widened(tensor_array(t)) for t in model.graph.initializer}
         self.batch = batch
         self.pack4 = pack4
         self.vnni = use_vnni
