@@ -77,8 +77,11 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
 
 
 def is_large(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` takes the external-data paths: its initializers reach :func:`threshold` bytes."""
-    return initializer_bytes(model) >= threshold()
+    """Whether ``model`` takes the external-data paths: its initializers reach :func:`threshold` bytes, or
+    it holds weight references (:func:`ref_folder`: a graph made from a large one, such as its 4-bit QDQ
+    graph below the threshold, still reads the float biases from their file and is never serialised
+    as it is)."""
+    return initializer_bytes(model) >= threshold() or has_refs(model)
 
 
 def copy_fields(dst: Message, src: Message, skip: str = "") -> None:

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from .external_data import has_refs, is_large, session_graph, threshold, weightless_copy, write_with_external_data
+from .external_data import is_large, session_graph, threshold, weightless_copy, write_with_external_data
 from .native_log import native_stderr_to_log
 
 log = logging.getLogger("qcompiler.ort")
@@ -53,8 +53,7 @@ def session(model: onnx.ModelProto | bytes | str, *, providers: list[str] | None
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if shared:
         so.add_external_initializers(list(shared), list(shared.values()))
-    # a model holding weight references is handled as a large one: it cannot be serialised as it is
-    large = isinstance(model, onnx.ModelProto) and (is_large(model) or has_refs(model))
+    large = isinstance(model, onnx.ModelProto) and is_large(model)
     if large or low_memory or (shared and sum(_ortvalue_bytes(v) for v in shared.values()) >= threshold()):
         so.add_session_config_entry("session.disable_prepacking", "1")
     verbose = log.isEnabledFor(logging.DEBUG)
