@@ -46,6 +46,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
         report.longrepr = f"skipped under QCOMPILE_REQUIRE_ALL=1 (CI installs everything): {reason}"
 
 
+def ort_multiplies_u8_s8_exactly() -> bool:
+    """Whether ONNX Runtime's uint8 x int8 integer products are exact on this CPU: without VNNI (or AMX)
+    MLAS uses vpmaddubsw, which saturates pair sums at int16 (FACTS.md). qcompiler never emits such
+    products (weights take the activations' signedness: qcompiler/products.py); tests that run ORT's
+    own u8 x s8 kernels hold them to the exact integer result only where the CPU computes it."""
+    from qcompiler.cpuinfo import cpu_flags
+
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
 def make_tiny_cnn(seed: int = 0, opset: int = 13, batchnorm: bool = True) -> onnx.ModelProto:
     """Conv-BN-Relu, a residual block, MaxPool, GlobalAveragePool, Flatten, Gemm: the ops of our zoo."""
     rng = np.random.default_rng(seed)

@@ -53,7 +53,9 @@ TOP1_MARGIN = 0.1
 COSINE = {
     "ppocr_det": 0.95,  # probability map; measured 0.965 (ORT's own per-channel quantize_static: 0.98)
     "ppocr_rec": 0.90,  # per-step softmax over 6625 characters, measured 0.947 (see SEQUENCE)
-    "ppocr_cls": 0.99,  # classifier, measured 0.991
+    # classifier, measured 0.991 (Sapphire Rapids) and 0.989 (AMD EPYC, AVX2): calibration's float runs differ
+    # in the last bits per ISA, and the plan with them
+    "ppocr_cls": 0.985,
     "text_orientation": 0.99,  # classifier, measured 0.995
     # PicoDet-LCNet loses most of its class scores at W8A8 post-training quantization: measured 0.49 (ORT's own
     # quantize_static, per-channel MinMax: 0.39 to 0.80 per input); a floor against regressions, see docs/corpus.md

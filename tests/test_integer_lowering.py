@@ -131,12 +131,18 @@ def qdq_by_ort(model: onnx.ModelProto, data: np.ndarray, tmp_path) -> onnx.Model
 # ----------------------------------------------------------------------------- running
 
 
-def ort_session(model: onnx.ModelProto, extra_outputs: list[str] = ()) -> ort.InferenceSession:
+def ort_session(model: onnx.ModelProto, extra_outputs: list[str] = (), *, by_definition: bool = False
+                ) -> ort.InferenceSession:
+    """``by_definition=True`` runs a QDQ model as DQ -> float op -> Q (no graph optimizations): ORT's
+    fused QLinear kernels multiply uint8 x int8 with a saturating vpmaddubsw on CPUs without VNNI
+    (FACTS.md), so on an AVX2-only host the optimized QDQ run is not the QDQ model's meaning."""
     m = onnx.ModelProto.FromString(model.SerializeToString())
     have = {o.name for o in m.graph.output}
     m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in extra_outputs if n not in have)
     so = ort.SessionOptions()
     so.log_severity_level = 4
+    if by_definition:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     except ort.capi.onnxruntime_pybind11_state.Fail:
@@ -172,7 +178,7 @@ def check_integer_model(qdq: onnx.ModelProto, int_model: onnx.ModelProto, plan: 
     names = [t for t in quantized_tensors(qdq) if t in {o for n in int_model.graph.node for o in n.output}]
     if not intermediates:
         names = []
-    s_q, s_i = ort_session(qdq, names), ort_session(int_model, names)
+    s_q, s_i = ort_session(qdq, names, by_definition=True), ort_session(int_model, names)
     ref = ReferenceEvaluator(int_model)
     scale, zp = output_grid(int_model)
     outs_q, outs_i, acts_q, acts_i = [], [], [], []

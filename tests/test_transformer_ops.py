@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import run_fused_op
+from conftest import ort_multiplies_u8_s8_exactly, run_fused_op
 
 from qcompiler import dyadic as dy
 from qcompiler import numerics as nm
@@ -180,4 +180,7 @@ def test_qbatchmatmul_bit_exact(ta, tb) -> None:
            "c": np.array(c, np.int64), "y_zp": np.array(-3, np.int8)}
     o, r = run_both("QBatchMatMul", ins, ["a", "b_in"], -128, 127, np.int8)
     ref = nm.qbatchmatmul(a, a_zp, bx, b_zp, b, c, np.array(-3, np.int8))
-    assert np.array_equal(o, r) and np.array_equal(o, ref)
+    assert np.array_equal(r, ref)  # the function's definition (onnx.reference) is exact on every CPU
+    if ta == np.uint8 and tb == np.int8 and not ort_multiplies_u8_s8_exactly():
+        return  # ORT's u8 x s8 MatMulInteger saturates here; the lowering never emits it (linear.py)
+    assert np.array_equal(o, ref)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import ort_multiplies_u8_s8_exactly
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -65,8 +66,11 @@ class Compiled:
         res = self.vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feeds[n])) for n in self.names])
         return [res.numpy()] if hasattr(res, "numpy") else [r.numpy() for r in res]
 
-    def check(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """TVM == ORT, same dtype and shape, every output; returns the first output."""
+    def check(self, feeds: dict[str, np.ndarray], *, ort_exact: bool = True) -> np.ndarray:
+        """TVM == ORT, same dtype and shape, every output; returns the first output. ``ort_exact=False``
+        (ORT's own kernel is not exact on this CPU): TVM's first output, without ORT."""
+        if not ort_exact:
+            return self.tvm(feeds)[0]
         got, want = self.tvm(feeds), self.ort.run(None, feeds)
         assert len(got) == len(want)
         for g, w in zip(got, want):
@@ -297,7 +301,10 @@ def bmm_lib(case: str) -> tuple[Compiled, tuple]:
 
 def _bmm_check(case: str, a: np.ndarray, bx: np.ndarray) -> None:
     lib, (a_zp, b_zp, b, c, y_zp, qmin, qmax) = bmm_lib(case)
-    got = lib.check({"a": a, "b_in": bx})
+    # ORT's u8 x s8 MatMulInteger saturates on CPUs without VNNI (the lowering never emits it): TVM is then
+    # held to numpy alone
+    mixed = a.dtype == np.uint8 and bx.dtype == np.int8
+    got = lib.check({"a": a, "b_in": bx}, ort_exact=not mixed or ort_multiplies_u8_s8_exactly())
     assert np.array_equal(got, nm.qbatchmatmul(a, a_zp, bx, b_zp, b, c, y_zp, qmin=qmin, qmax=qmax))
 
 
