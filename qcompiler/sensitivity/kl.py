@@ -88,9 +88,11 @@ def _split_formats(lp: LayerPlan, estimate: bool) -> tuple[list[tuple[int, int]]
 
 def _layer_task(model: onnx.ModelProto, plan: QuantPlan, name: str, *, index: Mapping[str, int],
                 inits: Mapping[str, np.ndarray], stubs: set[str], estimate: bool, light: set[str],
-                light_samples: int, **handles: Any) -> LayerTask:
+                light_samples: int, carry_scales: bool = False, **handles: Any) -> LayerTask:
     """The task that scores one layer (:mod:`.layer_task`): its suffix model with the weights in
-    ``stubs`` left as stubs (read from shared storage), its formats, and where its data is."""
+    ``stubs`` left as stubs (read from shared storage), its formats, and where its data is.
+    ``carry_scales``: the task also carries its weight's scales per width from this process's memo
+    (for tasks run in other processes)."""
     lp = plan.layers[name]
     node = model.graph.node[index[name]]
     cands, source, anchors, others = _split_formats(lp, estimate)
@@ -99,11 +101,16 @@ def _layer_task(model: onnx.ModelProto, plan: QuantPlan, name: str, *, index: Ma
     max_samples = light_samples if name in light else None
     bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
     small = {n: inits[n] for n in (lp.weight, bias) if n and n not in stubs}
+    axis = quant.node_weight_axis(node)
+    scales = []
+    if carry_scales:
+        w = small[lp.weight] if lp.weight in small else inits[lp.weight]
+        scales = [(wb, quant.weight_scales(w, wb, axis)) for wb in dict.fromkeys(wb for wb, _ in cands)]
     return LayerTask(name=name, suffix=sm.SerializeToString(),
                      stubs=[t.name for t in sm.graph.initializer if t.name in stubs], cut=cut, input=lp.input,
-                     weight=lp.weight, bias=bias, axis=quant.node_weight_axis(node), rng=rng, cands=cands,
+                     weight=lp.weight, bias=bias, axis=axis, rng=rng, cands=cands,
                      source=source, anchors=anchors, others=others, small=small, max_samples=max_samples,
-                     refs=has_refs(sm), **handles)
+                     refs=has_refs(sm), scales=scales, **handles)
 
 
 def _scores(executor: Executor, task: Callable[[str], LayerTask], group: Sequence[str],
@@ -221,6 +228,7 @@ def kl_sensitivity(model: onnx.ModelProto, plan: QuantPlan, samples: list[dict[s
                  gi + 1, len(groups), len(group), time.perf_counter() - t0,
                  sum(a.nbytes for c in cache for a in c.values()) / 2**20)
         task = partial(_layer_task, model, plan, index=index, inits=inits, stubs=stubs, estimate=estimate,
+                       carry_scales=executor.kind != "serial",
                        batches=len(cache), out_names=out_names, threads=task_threads, light=light_set,
                        light_samples=light_samples, weights=weights, cache=cached, reference=ref_share)
         scores = _scores(executor, task, group, build_ahead=not is_large(model))

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from qcompiler import ort_session
+from qcompiler import quantize as quant
 from qcompiler.executor import Shared
 from qcompiler.layers import fmt
 
@@ -57,6 +58,9 @@ class LayerTask:
     # the suffix keeps weight references (a large model's weights left in their files: the session maps
     # them from there; workers elsewhere need the same path, e.g. shared storage)
     refs: bool = False
+    # the layer weight's per-channel scales per candidate width, as the compile's process searched them
+    # (quantize.weight_scales): a worker seeds its memo instead of repeating the MSE clip searches
+    scales: list[tuple[Any, np.ndarray]] = field(default_factory=list)
 
     def arrays(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Named weights: the task's own small ones, the rest from ``weights``."""
@@ -176,4 +180,8 @@ def score(task: LayerTask, prepared: tuple[Any, float]) -> LayerScore:
 
 def run_task(task: LayerTask) -> LayerScore:
     """A worker's whole job for one layer: build its suffix session, score, drop the session."""
+    if task.scales:
+        w = task.arrays([task.weight])[task.weight]
+        for bits, s in task.scales:
+            quant.remember_weight_scales(w, bits, task.axis, s)
     return score(task, build_session(task))
