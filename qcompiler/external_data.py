@@ -217,17 +217,17 @@ def refer_to_folder(model: onnx.ModelProto, folder: str | os.PathLike[str], tens
     every location stays inside ``folder``.
     """
     base = str(Path(folder).resolve())
-    big = {id(t) for t in model.graph.initializer if _is_big(t)}
-    for t in tensors:
-        if t.data_location != TensorProto.EXTERNAL:
-            continue
-        for i in reversed(range(len(t.external_data))):  # a folder the file names itself is not trusted
+    external = [t for t in tensors if t.data_location == TensorProto.EXTERNAL]
+    for t in external:  # a folder the file names itself is not trusted
+        for i in reversed(range(len(t.external_data))):
             if t.external_data[i].key == BASE_KEY:
                 del t.external_data[i]
-        if id(t) in big:
+    for t in model.graph.initializer:
+        if _is_big(t) and t.data_location == TensorProto.EXTERNAL:
             e = t.external_data.add()
             e.key, e.value = BASE_KEY, base
-        else:
+    for t in external:
+        if ref_folder(t) is None:
             onnx.external_data_helper.load_external_data_for_tensor(t, base)
 
 
