@@ -59,6 +59,14 @@ def _holds_cwd(p: Path) -> bool:
     return r == cwd or r in cwd.parents
 
 
+def existing_parent(out: Path) -> Path:
+    """The nearest folder above ``out`` that exists (where its missing parents would be created)."""
+    existing = out.resolve().parent
+    while not existing.exists():
+        existing = existing.parent
+    return existing
+
+
 def check_output_dir(out: Path, *, force: bool) -> None:
     """Refuse before any work: an existing, non-empty output without --force, or a parent we cannot write.
 
@@ -75,10 +83,7 @@ def check_output_dir(out: Path, *, force: bool) -> None:
         # --force replaces a previous qcompile output, never a folder of the user's own files
         raise OutputError(f"output directory '{out}' is not empty and is not a qcompile output (no manifest.json); "
                           "refusing to replace it", hint="choose a new directory with -o")
-    parent = out.resolve().parent
-    existing = parent
-    while not existing.exists():  # missing parents are created (and removed again if the compile fails)
-        existing = existing.parent
+    existing = existing_parent(out)  # missing parents are created (and removed again if the compile fails)
     if not existing.is_dir():
         raise OutputError(f"output directory '{out}' would lie under the file '{existing}'",
                           hint="choose a directory path with -o")

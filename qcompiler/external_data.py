@@ -206,6 +206,13 @@ def _external(t: TensorProto, location: str, offset: int, length: int, folder: s
     return out
 
 
+def _drop_folder(t: TensorProto) -> None:
+    """Remove the :data:`BASE_KEY` entries of a tensor's external data (in place)."""
+    for i in reversed(range(len(t.external_data))):
+        if t.external_data[i].key == BASE_KEY:
+            del t.external_data[i]
+
+
 def refer_to_folder(model: onnx.ModelProto, folder: str | os.PathLike[str], tensors: Iterable[TensorProto]) -> None:
     """Make a model loaded with ``load_external_data=False`` read its big initializers from ``folder``
     when a pass needs them (weight references), and load every other external tensor now.
@@ -219,9 +226,7 @@ def refer_to_folder(model: onnx.ModelProto, folder: str | os.PathLike[str], tens
     base = str(Path(folder).resolve())
     external = [t for t in tensors if t.data_location == TensorProto.EXTERNAL]
     for t in external:  # a folder the file names itself is not trusted
-        for i in reversed(range(len(t.external_data))):
-            if t.external_data[i].key == BASE_KEY:
-                del t.external_data[i]
+        _drop_folder(t)
     for t in model.graph.initializer:
         if _is_big(t) and t.data_location == TensorProto.EXTERNAL:
             e = t.external_data.add()
@@ -285,9 +290,7 @@ def session_graph(model: onnx.ModelProto, weights_from: onnx.ModelProto | None =
         folders.add(folder)
         c = out.graph.initializer.add()
         c.CopyFrom(t)
-        for i in reversed(range(len(c.external_data))):
-            if c.external_data[i].key == BASE_KEY:
-                del c.external_data[i]
+        _drop_folder(c)
     if len(folders) != 1:
         return None
     return out, folders.pop()

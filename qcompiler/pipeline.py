@@ -19,7 +19,14 @@ import numpy as np
 import onnx
 
 from . import importer, stages
-from .artifacts import atomic_output_dir, check_output_dir, sha256_file, write_json, write_manifest
+from .artifacts import (
+    atomic_output_dir,
+    check_output_dir,
+    existing_parent,
+    sha256_file,
+    write_json,
+    write_manifest,
+)
 from .calibration import CalibrationData, InputSpec, array_shapes
 from .errors import CalibrationError, FlagError, QCompileError, caller
 from .external_data import is_large, model_digest, save_model
@@ -186,10 +193,7 @@ def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | P
 def _scratch_dir(out: Path) -> Path:
     """A large compile's spill folder (``PassContext.scratch``): on the output's disk, not in /tmp, which
     may be memory; beside the output folder (or its nearest existing parent), removed at the end."""
-    parent = out.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    return Path(tempfile.mkdtemp(prefix=".qcompiler-scratch-", dir=parent))
+    return Path(tempfile.mkdtemp(prefix=".qcompiler-scratch-", dir=existing_parent(out)))
 
 
 def weight_bytes(plan: QuantPlan, float_model: onnx.ModelProto, *, qparams: bool = True) -> dict[str, int]:

@@ -80,7 +80,11 @@ def remember_weight_scales(w: np.ndarray, bits: Bits, axis: int, scales: np.ndar
     clip search of a 4096 x 4096 weight takes about 5 s a width; workers redoing it made ``--workers 2``
     4x slower than one process on the 2.4 GB model). Same values, so the scores do not change.
     """
-    _SCALES[_scales_key(w, bits, axis, mse)] = np.array(scales, copy=True)
+    _memo_scales(_scales_key(w, bits, axis, mse), np.array(scales, copy=True))
+
+
+def _memo_scales(key: tuple, scales: np.ndarray) -> None:
+    _SCALES[key] = scales
     if len(_SCALES) > _SCALES_MAX:
         _SCALES.popitem(last=False)
 
@@ -104,9 +108,7 @@ def weight_scales(w: np.ndarray, bits: Bits, axis: int, *, mse: bool = True) -> 
     hit = _SCALES.get(key)
     if hit is None:
         hit = _weight_scales(w, bits, axis, mse)
-        _SCALES[key] = hit
-        if len(_SCALES) > _SCALES_MAX:
-            _SCALES.popitem(last=False)
+        _memo_scales(key, hit)
     else:
         _SCALES.move_to_end(key)
     return hit.copy()
