@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 from qcompiler.targets.tvm import amx
 from qcompiler.targets.tvm.builder import build_module
 from qcompiler.targets.tvm.compile import compile_module, cpu_assembly, cpu_target
+from qcompiler.targets.tvm.schedule import VNNI_MCPUS
 from qcompiler.targets.tvm.vnni import host_has_vnni
 
 from qcompiler import numerics
@@ -79,11 +80,14 @@ def _reference(model: onnx.ModelProto, specs: list[dict], x: np.ndarray, signed:
     return y
 
 
-def _check(c: int, h: int, layers: list[tuple], signed: bool = False, shifts: tuple[int, int] = HIGH) -> str:
+def _check(c: int, h: int, layers: list[tuple], signed: bool = False, shifts: tuple[int, int] = HIGH,
+           mcpu: str | None = None) -> str:
+    """Build for this CPU (or for ``mcpu``: a build for an older x86 runs here too) and compare bit for bit."""
     model, specs = _chain(c, h, layers, signed, shifts)
     dt = np.int8 if signed else np.uint8
     x = RNG.integers(np.iinfo(dt).min, np.iinfo(dt).max + 1, (1, c, h, h)).astype(dt)
-    ex = compile_module(build_module(model).mod, cpu_target())
+    built = build_module(model) if mcpu is None else build_module(model, use_vnni=mcpu in VNNI_MCPUS)
+    ex = compile_module(built.mod, cpu_target(mcpu))
     got = tvm.relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, _reference(model, specs, x, signed))
     return cpu_assembly(ex)
@@ -98,6 +102,20 @@ def test_pointwise_conv_on_vnni_matches_numerics(m: int, h: int) -> None:
     asm = _check(16, h, [(m, 1, 1, 1, [0, 0, 0, 0]), (m, 1, 1, 1, [0, 0, 0, 0])])
     if host_has_vnni():
         assert "vpdpbusd" in asm, "u8 1x1 convs must run on vpdpbusd where the CPU has AVX-512 VNNI"
+
+
+@pytest.mark.cpu_feature("avx2")
+@pytest.mark.parametrize("mcpu", ["haswell", "znver3"])
+@pytest.mark.parametrize("c, m, h", [(16, 32, 14), (16, 24, 14), (16, 24, 32), (16, 16, 40), (14, 40, 7), (96, 64, 56)],
+                         ids=["16-channel-lanes", "8-channel-lanes", "16-row-lanes", "8-row-lanes", "7x7-c14",
+                              "56x56"])
+def test_pointwise_conv_on_avx2_matches_numerics(c: int, m: int, h: int, mcpu: str) -> None:
+    """On AVX2 without VNNI u8 1x1 convs run on vpmaddwd (avx2.py: int16 pairs, exact) with the output
+    channels (8 or 16 per tile) or the row (16 or 8 positions) as the vector; never on the saturating
+    vpmaddubsw. Built for an AVX2 CPU, so the kernels run on every x86 host of the suite."""
+    asm = _check(c, h, [(m, 1, 1, 1, [0, 0, 0, 0]), (m, 1, 1, 1, [0, 0, 0, 0])], mcpu=mcpu)
+    assert "vpmaddwd" in asm, "u8 1x1 convs must run on vpmaddwd on AVX2 CPUs without VNNI"
+    assert "vpmaddubsw" not in asm
 
 
 @pytest.mark.parametrize("c, m, h", [(32, 32, 16), (64, 48, 14), (96, 32, 7), (384, 64, 8), (40, 32, 12)],

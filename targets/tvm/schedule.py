@@ -34,7 +34,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
-from . import amx, depthwise_vnni, strided, vnni
+from . import amx, avx2, depthwise_vnni, strided, vnni
 from .loop_tiling import PAD_BLOCK, POW2_LANES, loop_extent, place_epilogue, schedule_elementwise, tile_factor
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-server", "icelake-client", "
 # the VNNI 1x1 conv forms tried in order (wide rows first, then any row); AMX tiles before them where
 # the build may use AMX (amx.enabled)
 CONV1X1_FORMS = (vnni.schedule_conv1x1_rows, vnni.schedule_conv1x1)
+# the exact vpmaddwd 1x1 conv forms on AVX2 CPUs without VNNI (avx2.py), tried in the same order
+AVX2_FORMS = (avx2.schedule_conv1x1_rows, avx2.schedule_conv1x1)
 INLINE_SIZE_LIMIT = 256  # expression nodes one output element may grow to when every block is inlined
 # depthwise maps this narrow or less requantize whole planes per channel block (and pad them per block):
 # rows of 28, 14 or 7 leave LLVM's loop vectorizer scalar remainders, a plane of 784, 196 or 49 few or
@@ -232,6 +234,7 @@ class IntegerKernelCPU(ScheduleRule):
             return None
         tgt = tvm.target.Target.current(allow_none=True)
         use_vnni = tgt is not None and str(tgt.attrs.get("mcpu", "")) in VNNI_MCPUS
+        use_avx2 = tgt is not None and str(tgt.attrs.get("mcpu", "")) in avx2.AVX2_MCPUS
         pre_reds = [b for b in infos if b.is_reduction()]
         tails = _grown_tails(sch, pre_reds[0].block_rv, [b.block_rv for b in infos]) if len(pre_reds) == 1 else set()
         # a grown tail and its direct producers stay blocks of their own: inlined into the tail,
@@ -296,6 +299,10 @@ class IntegerKernelCPU(ScheduleRule):
             if len(rd) == 1 and use_vnni:
                 forms = ((amx.schedule_conv1x1,) if amx.enabled(tgt) else ()) + CONV1X1_FORMS
                 done = self._conv1x1_vnni(sch, red.block_rv, [*pre, f, y, x], rd[0], rest, ahead, tails, forms)
+                if done is not None:
+                    return done
+            if len(rd) == 1 and use_avx2:
+                done = self._conv1x1_vnni(sch, red.block_rv, [*pre, f, y, x], rd[0], rest, ahead, tails, AVX2_FORMS)
                 if done is not None:
                     return done
             if len(rd) == 1:  # 1x1 kernel: y and x together are one contiguous row

@@ -1,0 +1,221 @@
+"""AVX2 without VNNI: the 8-bit 1x1 convs on ``vpmaddwd`` (int16 pairs into int32) by tensorize.
+
+Why: without a schedule of this kind LLVM widens both operands of a u8 x s8 conv to int32 and multiplies
+with ``vpmulld`` (8 products per instruction, and a latency chain per accumulator): MobileNetV2's 1x1
+convs ran at 3-4 GMAC/s on an AMD EPYC core, 13x slower than ONNX Runtime's INT8 model. ``vpmaddubsw``
+(u8 x s8, 32 products) is what ORT uses there, but it adds each pair of products into an int16 with
+saturation (FACTS.md, the portability issue), so it is not exact. ``vpmaddwd`` multiplies 16 int16
+pairs and adds each pair into an int32 lane: with u8 activations and s8 weights widened to int16 each
+product is below 2^15 in magnitude and the pair sum below 2^16, so it never saturates; the int32
+accumulator wraps like ConvInteger's. Exact, in another order of the same integer sums.
+
+Two forms, the same split as the VNNI ones (``vnni.py``), with pairs of channels instead of quads:
+
+* :func:`schedule_conv1x1_rows`: output rows of 16+ positions (a multiple of 8) as the vector. The
+  activations are copied to [N, C/2, H, W, 2] inside the kernel (two channels of one position side by
+  side), widened to int16 in the register, and each filter's two weights are broadcast.
+* :func:`schedule_conv1x1`: any map, the output channels as the vector: the activations copied to
+  [N, H, W, C] (a pair of channels is broadcast), the weights to [F/8, C/2, 8, 2].
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+from .loop_tiling import loop_extent, place_epilogue, schedule_elementwise, tile_factor
+from .script_frames import quick_frames
+
+LANES, STEP = 8, 2  # int32 lanes of one ymm, reduction steps per vpmaddwd
+PMADDWD = "llvm.x86.avx2.pmadd.wd"
+# the LLVM -mcpu values (compile.host_mcpu) with AVX2 and no AVX-512 VNNI: vpmaddwd is the exact fast product
+AVX2_MCPUS = {"haswell", "broadwell", "skylake", "skylake-avx512", "znver1", "znver2", "znver3"}
+
+
+def _pair(v):  # noqa: ANN001, ANN202 - TIR expressions
+    """Two int8/uint8 values (an x2 vector) as one int32 holding them as int16s, broadcast to 16 int16s."""
+    return T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x2", v), dtype="int32"), LANES), dtype="int16x16")
+
+
+@quick_frames()
+def _register_rows(vecs: int) -> str:
+    """``vecs`` x 8 output positions x 2 channels (u8, widened) against one broadcast weight pair (s8)."""
+    lanes = LANES * vecs
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((lanes, 2), "uint8", offset_factor=1), b: T.Buffer((2, 1, 1), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:lanes, 0:2], b[0:2, 0:1, 0:1])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vi, vk], "int32") * T.cast(b[vk, 0, 0], "int32")
+
+    if vecs == 1:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((lanes, 2), "uint8", offset_factor=1), b: T.Buffer((2, 1, 1), "int8", offset_factor=1),
+                 c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:lanes, 0:2], b[0:2, 0:1, 0:1])
+                T.writes(c[0:lanes])
+                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(PMADDWD), T.Cast("int16x16", a.vload([0, 0], dtype="uint8x16")),
+                    _pair(b.vload([0, 0, 0], dtype="int8x2")), dtype="int32x8")
+    else:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((lanes, 2), "uint8", offset_factor=1), b: T.Buffer((2, 1, 1), "int8", offset_factor=1),
+                 c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:lanes, 0:2], b[0:2, 0:1, 0:1])
+                T.writes(c[0:lanes])
+                w = _pair(b.vload([0, 0, 0], dtype="int8x2"))
+                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(PMADDWD), T.Cast("int16x16", a.vload([0, 0], dtype="uint8x16")),
+                    w, dtype="int32x8")
+                c[T.ramp(T.int32(8), 1, 8)] = c.vload([8], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(PMADDWD), T.Cast("int16x16", a.vload([8, 0], dtype="uint8x16")),
+                    w, dtype="int32x8")
+
+    name = f"qcompiler_pmaddwd_rows_{lanes}x2"
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name
+
+
+@quick_frames()
+def _register_channels() -> str:
+    """8 output channels x 2 reduction steps (s8 weights, widened) against one broadcast activation pair (u8)."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((2,), "uint8", offset_factor=1), b: T.Buffer((LANES, 2), "int8", offset_factor=1),
+             c: T.Buffer((LANES,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:LANES], a[0:2], b[0:LANES, 0:2])
+            T.writes(c[0:LANES])
+            for i in T.serial(0, LANES):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((2,), "uint8", offset_factor=1), b: T.Buffer((LANES, 2), "int8", offset_factor=1),
+             c: T.Buffer((LANES,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:LANES], a[0:2], b[0:LANES, 0:2])
+            T.writes(c[0:LANES])
+            c[T.ramp(T.int32(0), 1, LANES)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(PMADDWD), _pair(a.vload([0], dtype="uint8x2")),
+                T.Cast("int16x16", b.vload([0, 0], dtype="int8x16")), dtype="int32x8")
+
+    name = "qcompiler_pmaddwd_channels_8x2"
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name
+
+
+ROWS_INTRIN = {16: _register_rows(2), 8: _register_rows(1)}
+CHANNELS_INTRIN = _register_channels()
+ROWS_MIN_WIDTH = 16  # output rows at least this wide (and a multiple of 8) take the row-vector form
+CONV_ROW_TILES = (7, 6, 4, 2)  # output positions per register tile of the channel form (one ymm each)
+
+
+def conv1x1_operands(sch: s_tir.Schedule, red) -> tuple[int, int] | None:
+    """Indices of (activation, weight) among the reads of a 1x1 conv block that vpmaddwd computes exactly:
+    u8 activations [N, C, H, W], s8 weights [F, C, 1, 1], C even, F % 8 == 0; None otherwise."""
+    reads = sch.get(red).reads
+    if len(reads) != 2:
+        return None
+    dts = [str(r.source.dtype) for r in reads]
+    if sorted(dts) != ["int8", "uint8"]:
+        return None
+    a, w = dts.index("uint8"), dts.index("int8")
+    ash, wsh = reads[a].source.shape, reads[w].source.shape
+    if len(ash) != 4 or len(wsh) != 4 or any(int(d) != 1 for d in wsh[2:]):
+        return None
+    f, c = int(wsh[0]), int(wsh[1])
+    return (a, w) if c % STEP == 0 and f % LANES == 0 and int(ash[1]) == c else None
+
+
+def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list) -> bool:
+    """A 1x1 conv with rows of 16+ outputs (a multiple of 8) on vpmaddwd, the accumulators along the row:
+    activations copied to [N, C/2, H, W, 2], weights read in place (two channels of one filter are
+    contiguous in [F, C, 1, 1]) and broadcast; register tile up to 4 filters x 16 positions. False when
+    the block does not have this form (the caller works on a copy)."""
+    ops = conv1x1_operands(sch, red)
+    if ops is None or len(spatial) < 3:
+        return False
+    *pre, f, y, x = spatial
+    w_out = loop_extent(sch, x) or 0
+    lanes = 16 if w_out % 16 == 0 else 8
+    if w_out < ROWS_MIN_WIDTH or w_out % lanes:
+        return False
+    a_cache = sch.cache_read(red, ops[0], "global")
+    sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, c // STEP, h, w, c % STEP))
+    fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), (4, 2))])
+    xo, xi = sch.split(x, [None, lanes])
+    co, ci = sch.split(red_loop, [None, STEP])
+    sch.reorder(*pre, fo, y, xo, co, fi, xi, ci)
+    outer = sch.fuse(*pre, fo, y)
+    place_epilogue(sch, epilogue, xo)
+    for b in ahead:
+        schedule_elementwise(sch, b)
+    tn, tc, th, tw = sch.get_loops(a_cache)
+    tq, tr = sch.split(tc, [None, STEP])
+    sch.reorder(tn, tq, th, tw, tr)
+    sch.parallel(sch.fuse(tn, tq, th))
+    sch.unroll(tr)
+    sch.parallel(outer)
+    sch.unroll(fi)
+    init = sch.decompose_reduction(red, co)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(xi, ROWS_INTRIN[lanes])
+    return True
+
+
+def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list) -> bool:
+    """A 1x1 conv of any map on vpmaddwd, the output channels as the vector: activations copied to
+    [N, H, W, C], weights to [F/8, C/2, 8, 2], accumulators [N, H, W, F]; register tile up to 7 positions
+    of one row x 8 (16 where F allows) channels. False when the block does not have this form."""
+    ops = conv1x1_operands(sch, red)
+    if ops is None or len(spatial) < 3:
+        return False
+    *pre, f, y, x = spatial
+    a_idx, w_idx = ops
+    a_cache = sch.cache_read(red, a_idx, "global")
+    w_cache = sch.cache_read(red, w_idx, "global")
+    sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, h, w, c))
+    sch.transform_layout(w_cache, ("write", 0),
+                         lambda o, i, kh, kw: (o // LANES, i // STEP, kh, kw, o % LANES, i % STEP))
+    sch.transform_layout(red, ("write", 0), lambda n, o, h, w: (n, h, w, o))
+    vecs = 2 if (loop_extent(sch, f) or 0) % (2 * LANES) == 0 else 1
+    fo, fv, fi = sch.split(f, [None, vecs, LANES])
+    xo, xi = sch.split(x, [None, tile_factor(loop_extent(sch, x), CONV_ROW_TILES)])
+    co, ci = sch.split(red_loop, [None, STEP])
+    sch.reorder(*pre, fo, y, xo, co, xi, fv, fi, ci)
+    outer = sch.fuse(*pre, fo, y)
+    place_epilogue(sch, epilogue, xo)
+    for b in ahead:
+        schedule_elementwise(sch, b)
+    tn, tc, th, tw = sch.get_loops(a_cache)
+    tco, tci = sch.split(tc, [None, tile_factor(loop_extent(sch, tc), (16, 8, 4))])
+    two, twi = sch.split(tw, [None, tile_factor(loop_extent(sch, tw), (8, 7, 4, 2))])
+    sch.reorder(tn, th, two, tco, twi, tci)
+    sch.parallel(sch.fuse(tn, th))
+    sch.unroll(twi)
+    sch.vectorize(tci)
+    o, i, *unit = sch.get_loops(w_cache)
+    oo, oi = sch.split(o, [None, LANES])
+    io, ii = sch.split(i, [None, STEP])
+    sch.reorder(oo, oi, io, ii, *unit)
+    sch.parallel(oo)
+    sch.vectorize(ii)
+    sch.parallel(outer)
+    sch.unroll(xi)
+    sch.unroll(fv)
+    init = sch.decompose_reduction(red, co)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(fi, CHANNELS_INTRIN)
+    return True
