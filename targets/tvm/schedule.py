@@ -369,7 +369,7 @@ class IntegerKernelCPU(ScheduleRule):
             if done is not None:
                 return done
         if s2_dtype and rd:
-            done = _stride2_rows(sch, red.block_rv, rd[0], xi, s2_dtype)
+            done = _stride2_rows(sch, red.block_rv, rd[0], xi, s2_dtype, masked=not use_avx2)
             if done is not None:
                 return done
         sch.vectorize(xi)
@@ -472,13 +472,15 @@ def _row_wise(sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
     return trial
 
 
-def _stride2_rows(sch: s_tir.Schedule, red, red_loop, lanes_loop, dtype: str) -> s_tir.Schedule | None:
-    """The stride-2 depthwise update on contiguous loads (strided.py), on a copy; None: plain vectorize."""
+def _stride2_rows(sch: s_tir.Schedule, red, red_loop, lanes_loop, dtype: str,
+                  masked: bool = True) -> s_tir.Schedule | None:
+    """The stride-2 depthwise update on contiguous loads (strided.py; ``masked``: one masked load, which
+    needs AVX-512BW), on a copy; None: plain vectorize."""
     trial = sch.copy()
     try:
         init = trial.decompose_reduction(red, red_loop)
         trial.vectorize(trial.get_loops(init)[-1])
-        if not strided.tensorize_row(trial, lanes_loop, dtype):
+        if not strided.tensorize_row(trial, lanes_loop, dtype, masked):
             return None
     except Exception as e:  # noqa: BLE001 - TVM's schedule errors
         log.debug("stride-2 row intrinsic refused: %s", e)

@@ -8,6 +8,11 @@ The tensor intrinsics here load the 2L - 1 input bytes of L outputs as one maske
 whatever the padding) and keep the even bytes with one ``vpmovwb``, then multiply-add as before.
 (A plain (2L - 1)-byte vector load compiled to the same byte-by-byte gather.)
 
+Without AVX-512BW (AVX2 CPUs) LLVM has no masked byte load and scalarised that one too: MobileNetV2's
+stride-2 depthwise convs ran at 0.2-0.4 GMAC/s on an AMD EPYC. There the row is two overlapping
+whole-vector loads, bytes [0, V) and [n - V, n) for the smallest power of two V >= n / 2: both inside
+the row, every byte the outputs read covered, one shuffle keeps the even ones.
+
 Exact: the same products ``int32(x) * int32(w)`` added to the same int32 accumulators; only how
 the bytes reach the registers changes.
 """
@@ -25,12 +30,21 @@ from .script_frames import quick_frames
 LANE_COUNTS = (16, 14, 8, 7)  # the row tiles the depthwise rule picks (schedule.DW_X_TILES)
 
 
-def _name(lanes: int, dtype: str) -> str:
-    return f"qcompiler_stride2_mac_{dtype}_{lanes}"
+def _name(lanes: int, dtype: str, masked: bool) -> str:
+    return f"qcompiler_stride2_mac_{dtype}_{lanes}" + ("" if masked else "_overlap")
+
+
+def _overlapping_row(a, dtype: str, n: int, lanes: int):  # noqa: ANN001, ANN202 - TIR at parse time
+    """The even bytes of ``a[0:n]`` from two overlapping loads that stay inside the row."""
+    v = 1 << ((n - 1).bit_length() - 1)  # the largest power of two below n: n <= 2v
+    lo, hi = a.vload([0], dtype=f"{dtype}x{v}"), a.vload([n - v], dtype=f"{dtype}x{v}")
+    # byte 2i comes from the first load while it lies in it, else from the second (offset n - v)
+    picks = [2 * i if 2 * i < v else v + 2 * i - (n - v) for i in range(lanes)]
+    return T.Shuffle([lo, hi], picks)
 
 
 @quick_frames()
-def _make(lanes: int, dtype: str) -> tuple:
+def _make(lanes: int, dtype: str, masked: bool = True) -> tuple:
     n = 2 * lanes - 1
     vin, vacc = f"{dtype}x{2 * lanes}", f"int32x{lanes}"
     even = [2 * i for i in range(lanes)]
@@ -45,6 +59,18 @@ def _make(lanes: int, dtype: str) -> tuple:
                 with T.sblock("update"):
                     vi = T.axis.remap("S", [i])
                     c[vi] = c[vi] + T.cast(a[vi * 2], "int32") * T.cast(b[0], "int32")
+
+    if not masked:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((n,), dtype, offset_factor=1), b: T.Buffer((1,), "int8", offset_factor=1),
+                 c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:n], b[0:1])
+                T.writes(c[0:lanes])
+                c[T.ramp(T.int32(0), 1, lanes)] = c.vload([0], dtype=vacc) + T.cast(
+                    _overlapping_row(a, dtype, n, lanes), vacc) * T.broadcast(T.cast(b[0], "int32"), lanes)
+
+        return desc, impl
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((n,), dtype, offset_factor=1), b: T.Buffer((1,), "int8", offset_factor=1),
@@ -65,7 +91,7 @@ def _make(lanes: int, dtype: str) -> tuple:
 _registered: set[str] = set()
 
 
-def _intrinsic(lanes: int, dtype: str) -> str:
+def _intrinsic(lanes: int, dtype: str, masked: bool = True) -> str:
     """The intrinsic's name, registered on first use, not at import.
 
     Why: TVMScript's ``T.prim_func`` walks its caller's frames (``inspect.stack()``), and under an import
@@ -73,9 +99,9 @@ def _intrinsic(lanes: int, dtype: str) -> str:
     the 16 intrinsics this module defined at import took 4-6 s of every ``--target cpu`` compile
     (MobileNetV2: 14 s in all). Defined from the schedule's frames they take milliseconds.
     """
-    name = _name(lanes, dtype)
+    name = _name(lanes, dtype, masked)
     if name not in _registered:
-        TensorIntrin.register(name, *_make(lanes, dtype), override=True)
+        TensorIntrin.register(name, *_make(lanes, dtype, masked), override=True)
         _registered.add(name)
     return name
 
@@ -92,11 +118,12 @@ def stride2_input(sch: s_tir.Schedule, red) -> str | None:
     return None
 
 
-def tensorize_row(sch: s_tir.Schedule, lanes_loop, dtype: str) -> bool:
+def tensorize_row(sch: s_tir.Schedule, lanes_loop, dtype: str, masked: bool = True) -> bool:
     """Tensorize the vector loop of a stride-2 depthwise conv's update block; False when no intrinsic fits
-    (the caller then vectorises the loop as usual)."""
+    (the caller then vectorises the loop as usual). ``masked``: the row as one masked load (AVX-512BW);
+    otherwise two overlapping loads."""
     lanes = int(sch.get(lanes_loop).extent)
     if lanes not in LANE_COUNTS:
         return False
-    sch.tensorize(lanes_loop, _intrinsic(lanes, dtype))
+    sch.tensorize(lanes_loop, _intrinsic(lanes, dtype, masked))
     return True
