@@ -49,6 +49,8 @@ def kernels_text(target: Mapping[str, Any]) -> str:
     if sched == "tuned":
         return "meta_schedule tuning records, our schedules for the rest"
     amx = "; 1x1 convs on AMX tiles" if target.get("amx") else ""
+    if target.get("int8_products") and not target.get("amx"):
+        amx = f"; 8-bit products on {target['int8_products']}"
     if not left:
         return "fast schedules for every kernel" + amx
     names = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")

@@ -16,11 +16,16 @@ Two forms, the same split as the VNNI ones (``vnni.py``), with pairs of channels
   side), widened to int16 in the register, and each filter's two weights are broadcast.
 * :func:`schedule_conv1x1`: any map, the output channels as the vector: the activations copied to
   [N, H, W, C] (a pair of channels is broadcast), the weights to [F/8, C/2, 8, 2].
+
+The 8-bit QMatMul (u8 or s8 rows, s8 weights; MiniLM's are s8 x s8) is the same channel form: the
+builder lays the constant weight out as [M/8, K/2, 8, 2] (:func:`pack_weight`, int8: the library stores
+no more bytes than the plan's) and :func:`schedule_matmul` tiles rows x 16 columns.
 """
 
 from __future__ import annotations
 
-from tvm import s_tir
+import numpy as np
+from tvm import s_tir, te
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
@@ -86,11 +91,12 @@ def _register_rows(vecs: int) -> str:
 
 
 @quick_frames()
-def _register_channels() -> str:
-    """8 output channels x 2 reduction steps (s8 weights, widened) against one broadcast activation pair (u8)."""
+def _register_channels(adt: str = "uint8") -> str:
+    """8 output channels x 2 reduction steps (s8 weights, widened) against one broadcast activation pair
+    (``adt``: u8 or s8, widened by its sign)."""
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((2,), "uint8", offset_factor=1), b: T.Buffer((LANES, 2), "int8", offset_factor=1),
+    def desc(a: T.Buffer((2,), adt, offset_factor=1), b: T.Buffer((LANES, 2), "int8", offset_factor=1),
              c: T.Buffer((LANES,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:LANES], a[0:2], b[0:LANES, 0:2])
@@ -102,22 +108,23 @@ def _register_channels() -> str:
                         c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((2,), "uint8", offset_factor=1), b: T.Buffer((LANES, 2), "int8", offset_factor=1),
+    def impl(a: T.Buffer((2,), adt, offset_factor=1), b: T.Buffer((LANES, 2), "int8", offset_factor=1),
              c: T.Buffer((LANES,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:LANES], a[0:2], b[0:LANES, 0:2])
             T.writes(c[0:LANES])
             c[T.ramp(T.int32(0), 1, LANES)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(PMADDWD), _pair(a.vload([0], dtype="uint8x2")),
+                T.llvm_lookup_intrinsic_id(PMADDWD), _pair(a.vload([0], dtype=adt + "x2")),
                 T.Cast("int16x16", b.vload([0, 0], dtype="int8x16")), dtype="int32x8")
 
-    name = "qcompiler_pmaddwd_channels_8x2"
+    name = f"qcompiler_pmaddwd_channels_{adt}_8x2"
     TensorIntrin.register(name, desc, impl, override=True)
     return name
 
 
 ROWS_INTRIN = {16: _register_rows(2), 8: _register_rows(1)}
 CHANNELS_INTRIN = _register_channels()
+ROWS_CHANNELS_INTRIN = {"uint8": CHANNELS_INTRIN, "int8": _register_channels("int8")}
 ROWS_MIN_WIDTH = 16  # output rows at least this wide (and a multiple of 8) take the row-vector form
 CONV_ROW_TILES = (7, 6, 4, 2)  # output positions per register tile of the channel form (one ymm each)
 
@@ -219,3 +226,53 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(fi, CHANNELS_INTRIN)
     return True
+
+
+BLOCK = "qmm_avx2"  # name of the TE block of the 8-bit QMatMul; the schedule rule recognises the kernel by it
+ROW_TILE = 4  # rows per register tile (4 x 16 int32 accumulators: 8 ymm registers)
+
+
+def matmul_fits(k: int, m: int, w: np.ndarray) -> bool:
+    """The [M/8, K/2, 8, 2] layout needs K even, M % 8 == 0 and int8 weights."""
+    return k % STEP == 0 and m % LANES == 0 and w.min(initial=0) >= -128 and w.max(initial=0) <= 127
+
+
+def pack_weight(w: np.ndarray) -> np.ndarray:
+    """[K, M] int8 -> [M/8, K/2, 8, 2]: element (j, k) at [j // 8, k // 2, j % 8, k % 2]."""
+    k, m = w.shape
+    return np.ascontiguousarray(w.astype(np.int8).reshape(k // STEP, STEP, m // LANES, LANES).transpose(2, 0, 3, 1))
+
+
+def matmul_te(a: te.Tensor, b: te.Tensor) -> te.Tensor:
+    """int32 ``a @ w`` for rows ``a`` (u8 or s8) [R, K] and the packed weight ``b`` [M/8, K/2, 8, 2]."""
+    r, k = a.shape
+    m = b.shape[0] * LANES
+    kk = te.reduce_axis((0, k), name="k")
+    return te.compute(
+        (r, m),
+        lambda i, j: te.sum(a[i, kk].astype("int32")
+                            * b[j // LANES, kk // STEP, j % LANES, kk % STEP].astype("int32"), axis=kk),
+        name=BLOCK)
+
+
+def schedule_matmul(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> None:
+    """Tile rows x 16 columns (8 where M is not a multiple of 16), reduction in steps of 2 tensorized with
+    vpmaddwd; the epilogue under the tile, blocks that only feed it stay ahead at the root."""
+    adt = str(sch.get(red).reads[0].source.dtype)
+    i, j, k = sch.get_loops(red)
+    io, ii = sch.split(i, [None, tile_factor(loop_extent(sch, i), (ROW_TILE, 2))])
+    vecs = 2 if (loop_extent(sch, j) or 0) % (2 * LANES) == 0 else 1
+    jo, jv, ji = sch.split(j, [None, vecs, LANES])
+    ko, ki = sch.split(k, [None, STEP])
+    sch.reorder(io, jo, ko, ii, jv, ji, ki)
+    sch.unroll(ii)
+    sch.unroll(jv)
+    outer = sch.fuse(io, jo)
+    for b in epilogue:
+        sch.reverse_compute_at(b, outer, preserve_unit_loops=True)
+    for b in ahead:
+        schedule_elementwise(sch, b)
+    sch.parallel(outer)
+    init = sch.decompose_reduction(red, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(ji, ROWS_CHANNELS_INTRIN[adt])

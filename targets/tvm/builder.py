@@ -30,6 +30,7 @@ import onnx
 from onnx import numpy_helper
 from tvm import relax
 
+from qcompiler.cpuinfo import cpu_flags
 from qcompiler.errors import UnsupportedModelError
 from qcompiler.ir import DOMAIN, attr
 
@@ -195,14 +196,18 @@ def _boundary_dq(bld: RelaxEmitter, name: str, io: IOInfo) -> None:
 
 
 def build_module(model: onnx.ModelProto, *, batch: int | None = None, pack4: bool = True,
-                 use_vnni: bool | None = None) -> BuildResult:
+                 use_vnni: bool | None = None, use_avx2: bool | None = None) -> BuildResult:
     """Translate an integer ONNX model into a Relax IRModule with one ``main`` function.
 
     ``batch`` overrides the first input dimension (benchmarks compile batch 8 from a
     batch-1 model); ``pack4`` stores sub-byte weights packed (2-bit four per byte, 4-bit two per
     byte; the name predates 2 bits); ``use_vnni`` lays the 8-bit matmuls out for AVX-512 VNNI
     (``vpdpbusd``): a CPU build choice, default on when this host has it; CUDA builds pass False.
+    ``use_avx2`` lays them out for ``vpmaddwd`` instead (AVX2 without VNNI, avx2.py); default: a CPU
+    build (``use_vnni`` None) on a host with AVX2 and no VNNI.
     """
+    if use_avx2 is None:
+        use_avx2 = use_vnni is None and "avx2" in cpu_flags()
     if use_vnni is None:
         use_vnni = vnni.host_has_vnni()
-    return lower_graph(RelaxEmitter(model, batch=batch, pack4=pack4, use_vnni=use_vnni))
+    return lower_graph(RelaxEmitter(model, batch=batch, pack4=pack4, use_vnni=use_vnni, use_avx2=use_avx2))

@@ -21,7 +21,7 @@ from tvm import relax, te, tirx, topi
 from qcompiler import numerics
 from qcompiler.ir import attr
 
-from . import vnni
+from . import avx2, vnni
 from .loop_tiling import PAD_BLOCK
 from .relax_emitter import RelaxEmitter, relax_const
 
@@ -155,6 +155,9 @@ def matmul_acc(bld: RelaxEmitter, x: relax.Expr, x_zp: int, w: np.ndarray, wexpr
                               bias64[m16:])
             return (bld.emit(relax.op.concat([head[0], tail[0]], axis=-1)), np.concatenate([head[1], tail[1]]),
                     np.concatenate([head[2], tail[2]]))
+    if (np.iinfo(xdt).bits <= 8 and bld.avx2 and node is not None and wexpr is None
+            and avx2.matmul_fits(k, m, w)):
+        return avx2_matmul(bld, node, x, x_zp, w, bias64)
     if wexpr is None:
         wexpr = bld.weight_expr(node, w.astype(np.int8)) if node is not None else relax_const(w.astype(np.int16))
     if np.iinfo(xdt).bits <= 8:
@@ -200,6 +203,19 @@ def vnni_matmul(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: in
     x2, zp, shp = _vnni_rows(bld, node, x, x_zp)
     acc = bld.bb.emit_te(vnni.matmul_te, x2, bld.weight_expr(node, vnni.pack_weight(w)))
     return _vnni_done(bld, acc, bias64 - np.int64(zp) * w.sum(axis=0), w, shp)
+
+
+def avx2_matmul(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: int, w: np.ndarray,
+                bias64: np.ndarray) -> Sums:
+    """The 8-bit matmul on vpmaddwd (AVX2 without VNNI, avx2.py): x as it is (u8 or s8) in rows [R, K],
+    the weight in the [M/8, K/2, 8, 2] layout (int8, packed further where it fits 4 or 2 bits)."""
+    shp = bld.shape_of(x)
+    rows = int(np.prod(shp[:-1]))
+    x2 = bld.emit(relax.op.reshape(x, [rows, shp[-1]])) if len(shp) != 2 else x
+    acc = bld.bb.emit_te(avx2.matmul_te, x2, bld.weight_expr(node, avx2.pack_weight(w)))
+    if len(shp) != 2:
+        acc = bld.emit(relax.op.reshape(acc, [*shp[:-1], w.shape[1]]))
+    return acc, bias64 - np.int64(x_zp) * w.sum(axis=0), raw_bound(bld.dtype_of(x), w)
 
 
 def q_groupmatmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:

@@ -48,6 +48,25 @@ def model_hash(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
+def int8_products(tgt: Any, schedule: str) -> str:
+    """Which instructions multiply the 8-bit operands of a CPU build, as lib.json and the summary say it: the
+    choice follows the -mcpu (VNNI, AMX, AVX2), and a user comparing machines needs to see it."""
+    from .amx import enabled as amx_enabled
+    from .avx2 import AVX2_MCPUS
+    from .schedule import VNNI_MCPUS
+
+    mcpu = str(tgt.attrs.get("mcpu", ""))
+    if schedule == "default":
+        return "int32 (TVM default loops)"
+    if amx_enabled(tgt):
+        return "AMX tdpbsud (1x1 convs) + vpdpbusd"
+    if mcpu in VNNI_MCPUS:
+        return "vpdpbusd (AVX-512 VNNI)"
+    if mcpu in AVX2_MCPUS:
+        return "vpmaddwd (AVX2, int16 pairs)"
+    return "int16/int32 (LLVM vectoriser)"
+
+
 def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda_arch: str = "sm_90",
          tune: int = 0, batch: int | None = None, pack4: bool = True,
          tune_dir: Path | None = None) -> dict[str, Any]:
@@ -150,6 +169,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         "mcpu": host_mcpu() if target == "cpu" else None,
         # 1x1 convs on AMX tiles: a process that loads lib.so must request AMX state (amx.request_permission)
         "amx": target == "cpu" and schedule != "default" and amx_enabled(tgt),
+        "int8_products": int8_products(tgt, schedule) if target == "cpu" else None,
         "cuda_arch": cuda_arch if target == "cuda" else None,
         "model_sha256": model_hash(int_model),
         "inputs": [io.to_dict() for io in built.inputs],
@@ -192,6 +212,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
     # no timings here: this dict goes into manifest.json, which must be byte-stable
     return {"target": target, "files": files, "schedule": schedule, "layers": len(built.layers),
             "unscheduled_kernels": meta["unscheduled_kernels"], "amx": meta["amx"],
+            "int8_products": meta["int8_products"],
             "packed_int4_layers": sum(b == 4 for b in built.packed_bits.values()),
             "packed_int2_layers": sum(b == 2 for b in built.packed_bits.values()),
             "packed_bytes_saved": built.packed_bytes_saved, "weight_bytes": built.weight_bytes,

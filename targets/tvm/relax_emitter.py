@@ -102,12 +102,14 @@ class RelaxEmitter:
     """The initializers, the Relax value of every tensor produced so far, the BlockBuilder that the
     op rules emit into, and the bookkeeping the build reports (packed weights, layers)."""
 
-    def __init__(self, model: onnx.ModelProto, *, batch: int | None, pack4: bool, use_vnni: bool) -> None:
+    def __init__(self, model: onnx.ModelProto, *, batch: int | None, pack4: bool, use_vnni: bool,
+                 use_avx2: bool = False) -> None:
         self.model = model
         self.inits = {t.name: int4_widened(tensor_array(t)) for t in model.graph.initializer}
         self.batch = batch
         self.pack4 = pack4
         self.vnni = use_vnni
+        self.avx2 = use_avx2 and not use_vnni  # 8-bit matmuls on vpmaddwd (avx2.py): AVX2 without VNNI
         self.env: dict[str, relax.Expr] = {}
         self.bb = ScopedBlockBuilder()
         self.packed: list[str] = []

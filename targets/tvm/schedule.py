@@ -227,6 +227,8 @@ class IntegerKernelCPU(ScheduleRule):
         roots = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
         if vnni.BLOCK in roots:
             return self._apply_vnni(sch)
+        if avx2.BLOCK in roots:
+            return self._apply_vnni(sch, avx2.BLOCK, avx2.schedule_matmul)
         if vnni.GROUP_BLOCK in roots:
             return self._apply_vnni_group(sch)
         infos = normalize_prim_func(sch)
@@ -422,14 +424,15 @@ class IntegerKernelCPU(ScheduleRule):
         return sch
 
     @staticmethod
-    def _apply_vnni(sch: s_tir.Schedule) -> s_tir.Schedule | None:
-        """The VNNI matmul kernel (targets/tvm/vnni.py): nothing is inlined into the tensorized block."""
+    def _apply_vnni(sch: s_tir.Schedule, block: str = vnni.BLOCK, form=vnni.schedule) -> s_tir.Schedule | None:  # noqa: ANN001
+        """The VNNI matmul kernel (targets/tvm/vnni.py; or ``block`` scheduled by ``form``: the AVX2 one of
+        avx2.py): nothing is inlined into the tensorized block."""
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         names = [sch.get(b).name_hint for b in blocks]
-        red = sch.get_sblock(vnni.BLOCK)
+        red = sch.get_sblock(block)
         down = _downstream(sch, red)
-        at = names.index(vnni.BLOCK)
-        others = [(i, b) for i, (b, n) in enumerate(zip(blocks, names)) if n != vnni.BLOCK and n not in down]
+        at = names.index(block)
+        others = [(i, b) for i, (b, n) in enumerate(zip(blocks, names)) if n != block and n not in down]
         if not _inline_all(sch, [b for i, b in others if i > at]):
             return None
         ahead = [b for i, b in others if i < at]
@@ -442,7 +445,7 @@ class IntegerKernelCPU(ScheduleRule):
         if any(_downstream(sch, b) & {sch.get(e).name_hint for e in epilogue}
                for b, n in zip(blocks, names) if n in grown):
             return None  # an epilogue block after a grown tail: no tile placement is exact
-        vnni.schedule(sch, red, epilogue, ahead)
+        form(sch, red, epilogue, ahead)
         for n in names:
             if n in grown:  # own loops after the matmul's loop nest (see _grown_tails)
                 schedule_elementwise(sch, sch.get_sblock(n))
