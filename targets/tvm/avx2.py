@@ -29,6 +29,7 @@ from tvm import s_tir, te
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from . import vnni
 from .loop_tiling import loop_extent, place_epilogue, schedule_elementwise, tile_factor
 from .script_frames import quick_frames
 
@@ -130,20 +131,9 @@ CONV_ROW_TILES = (7, 6, 4, 2)  # output positions per register tile of the chann
 
 
 def conv1x1_operands(sch: s_tir.Schedule, red) -> tuple[int, int] | None:
-    """Indices of (activation, weight) among the reads of a 1x1 conv block that vpmaddwd computes exactly:
-    u8 activations [N, C, H, W], s8 weights [F, C, 1, 1], C even, F % 8 == 0; None otherwise."""
-    reads = sch.get(red).reads
-    if len(reads) != 2:
-        return None
-    dts = [str(r.source.dtype) for r in reads]
-    if sorted(dts) != ["int8", "uint8"]:
-        return None
-    a, w = dts.index("uint8"), dts.index("int8")
-    ash, wsh = reads[a].source.shape, reads[w].source.shape
-    if len(ash) != 4 or len(wsh) != 4 or any(int(d) != 1 for d in wsh[2:]):
-        return None
-    f, c = int(wsh[0]), int(wsh[1])
-    return (a, w) if c % STEP == 0 and f % LANES == 0 and int(ash[1]) == c else None
+    """Indices of (activation, weight) of a 1x1 conv block that vpmaddwd computes exactly: the VNNI forms'
+    operands (u8 x s8, F % 8 == 0) with C even."""
+    return vnni.conv1x1_operands(sch, red, STEP)
 
 
 def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list) -> bool:
@@ -234,25 +224,17 @@ ROW_TILE = 4  # rows per register tile (4 x 16 int32 accumulators: 8 ymm registe
 
 def matmul_fits(k: int, m: int, w: np.ndarray) -> bool:
     """The [M/8, K/2, 8, 2] layout needs K even, M % 8 == 0 and int8 weights."""
-    return k % STEP == 0 and m % LANES == 0 and w.min(initial=0) >= -128 and w.max(initial=0) <= 127
+    return vnni.fits(k, m, w, STEP, LANES)
 
 
 def pack_weight(w: np.ndarray) -> np.ndarray:
     """[K, M] int8 -> [M/8, K/2, 8, 2]: element (j, k) at [j // 8, k // 2, j % 8, k % 2]."""
-    k, m = w.shape
-    return np.ascontiguousarray(w.astype(np.int8).reshape(k // STEP, STEP, m // LANES, LANES).transpose(2, 0, 3, 1))
+    return vnni.pack_weight(w, STEP, LANES)
 
 
 def matmul_te(a: te.Tensor, b: te.Tensor) -> te.Tensor:
     """int32 ``a @ w`` for rows ``a`` (u8 or s8) [R, K] and the packed weight ``b`` [M/8, K/2, 8, 2]."""
-    r, k = a.shape
-    m = b.shape[0] * LANES
-    kk = te.reduce_axis((0, k), name="k")
-    return te.compute(
-        (r, m),
-        lambda i, j: te.sum(a[i, kk].astype("int32")
-                            * b[j // LANES, kk // STEP, j % LANES, kk % STEP].astype("int32"), axis=kk),
-        name=BLOCK)
+    return vnni.matmul_te(a, b, STEP, LANES, BLOCK)
 
 
 def schedule_matmul(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> None:

@@ -90,27 +90,28 @@ def host_has_vnni(flags: set[str] | None = None) -> bool:
     return "avx512_vnni" in (cpu_flags() if flags is None else flags)
 
 
-def fits(k: int, m: int, w: np.ndarray) -> bool:
-    """The VNNI layout needs K % 4 == 0, M % 16 == 0 and int8 weights."""
-    return k % STEP == 0 and m % LANES == 0 and w.min(initial=0) >= -128 and w.max(initial=0) <= 127
+def fits(k: int, m: int, w: np.ndarray, step: int = STEP, lanes: int = LANES) -> bool:
+    """The VNNI layout needs K % 4 == 0, M % 16 == 0 and int8 weights (``step``, ``lanes``: the AVX2 one's)."""
+    return k % step == 0 and m % lanes == 0 and w.min(initial=0) >= -128 and w.max(initial=0) <= 127
 
 
-def pack_weight(w: np.ndarray) -> np.ndarray:
-    """[K, M] int8 -> [M/16, K/4, 16, 4]: element (j, k) at [j // 16, k // 4, j % 16, k % 4]."""
+def pack_weight(w: np.ndarray, step: int = STEP, lanes: int = LANES) -> np.ndarray:
+    """[K, M] int8 -> [M/16, K/4, 16, 4]: element (j, k) at [j // 16, k // 4, j % 16, k % 4] (lanes x step)."""
     k, m = w.shape
-    return np.ascontiguousarray(w.astype(np.int8).reshape(k // STEP, STEP, m // LANES, LANES).transpose(2, 0, 3, 1))
+    return np.ascontiguousarray(w.astype(np.int8).reshape(k // step, step, m // lanes, lanes).transpose(2, 0, 3, 1))
 
 
-def matmul_te(a: te.Tensor, b: te.Tensor) -> te.Tensor:
-    """int32 ``a @ w`` for ``a`` u8 [R, K] and the packed weight ``b`` [M/16, K/4, 16, 4]."""
+def matmul_te(a: te.Tensor, b: te.Tensor, step: int = STEP, lanes: int = LANES, name: str = BLOCK) -> te.Tensor:
+    """int32 ``a @ w`` for ``a`` u8 [R, K] and the packed weight ``b`` [M/16, K/4, 16, 4] (or the
+    [M/lanes, K/step, lanes, step] layout of another instruction, as block ``name``)."""
     r, k = a.shape
-    m = b.shape[0] * LANES
+    m = b.shape[0] * lanes
     kk = te.reduce_axis((0, k), name="k")
     return te.compute(
         (r, m),
         lambda i, j: te.sum(a[i, kk].astype("int32")
-                            * b[j // LANES, kk // STEP, j % LANES, kk % STEP].astype("int32"), axis=kk),
-        name=BLOCK)
+                            * b[j // lanes, kk // step, j % lanes, kk % step].astype("int32"), axis=kk),
+        name=name)
 
 
 ROW_TILE = 8  # rows per register tile (8 x 16 int32 accumulators: 8 zmm registers)
@@ -142,10 +143,11 @@ def schedule(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> None:
 CONV_ROW_TILES = (16, 14, 8, 7, 4, 2)  # output positions per register tile (one zmm accumulator each)
 
 
-def conv1x1_operands(sch: s_tir.Schedule, red) -> tuple[int, int] | None:
+def conv1x1_operands(sch: s_tir.Schedule, red, step: int = STEP) -> tuple[int, int] | None:
     """Indices of (activation, weight) among the reads of a 1x1 conv block when vpdpbusd can compute it:
-    u8 activations [N, C, H, W], s8 weights [F, C, 1, 1], C % 4 == 0 and F % 8 == 0. None otherwise
-    (int8 activations have no u8 x s8 form without changing the zero-point term, which the builder owns)."""
+    u8 activations [N, C, H, W], s8 weights [F, C, 1, 1], C % 4 == 0 (``step``) and F % 8 == 0. None
+    otherwise (int8 activations have no u8 x s8 form without changing the zero-point term, which the
+    builder owns)."""
     reads = sch.get(red).reads
     if len(reads) != 2:
         return None
@@ -157,7 +159,7 @@ def conv1x1_operands(sch: s_tir.Schedule, red) -> tuple[int, int] | None:
     if len(ash) != 4 or len(wsh) != 4 or any(int(d) != 1 for d in wsh[2:]):
         return None
     f, c = int(wsh[0]), int(wsh[1])
-    return (a, w) if c % STEP == 0 and f % (LANES // 2) == 0 and int(ash[1]) == c else None
+    return (a, w) if c % step == 0 and f % (LANES // 2) == 0 and int(ash[1]) == c else None
 
 
 def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list) -> bool:
