@@ -199,6 +199,20 @@ def test_depthwise_on_vnni_matches_numerics(k: int, stride: int, h: int, pads: l
         assert "vpdpbusd" in asm, "u8 depthwise convs must run on vpdpbusd where the CPU has AVX-512 VNNI"
 
 
+@pytest.mark.cpu_feature("avx2")
+@pytest.mark.parametrize("k, stride, h, pads", [
+    (3, 1, 16, SYM), (3, 2, 32, SYM), (3, 1, 28, SYM), (3, 2, 16, ASYM), (3, 1, 7, SYM),
+    (5, 1, 16, [2, 2, 2, 2]), (5, 2, 32, [1, 1, 2, 2]), (5, 2, 16, [1, 1, 2, 2])],
+    ids=["3x3-s1-16", "3x3-s2-16", "3x3-s1-14", "3x3-s2-8-asym", "3x3-s1-7", "5x5-s1-16", "5x5-s2-16",
+         "5x5-s2-8"])
+def test_depthwise_on_avx2_matches_numerics(k: int, stride: int, h: int, pads: list[int]) -> None:
+    """On AVX2 without VNNI a kernel row's taps go two to a vpmaddwd lane (depthwise_avx2.py): 16 and 8
+    outputs per tile, 14 and 7 with masked int32 sums (vpmaskmovd), strides 1 and 2, 3 and 5 taps (a
+    zero tap past kw). Built for haswell: runs on every x86 host of the suite."""
+    asm = _check(16, h, [(16, k, "dw", stride, pads)], mcpu="haswell")
+    assert "vpmaddwd" in asm and "vpmulld" not in asm and "vpmaddubsw" not in asm
+
+
 @pytest.mark.parametrize("c, m, k, stride, h, pads", [
     (3, 32, 3, 2, 32, SYM), (3, 16, 3, 1, 16, SYM), (4, 16, 5, 2, 32, [1, 1, 2, 2]), (3, 8, 3, 2, 16, ASYM)],
     ids=["stem-3x3-s2", "3x3-s1", "5x5-s2", "8-lanes-asym"])
@@ -208,6 +222,20 @@ def test_full_conv_on_vnni_matches_numerics(c: int, m: int, k: int, stride: int,
     asm = _check(c, h, [(m, k, 1, stride, pads)])
     if host_has_vnni():
         assert "vpdpbusd" in asm, "u8 full convs with whole-register rows must run on vpdpbusd"
+
+
+@pytest.mark.cpu_feature("avx2")
+@pytest.mark.parametrize("c, m, k, stride, h, pads", [
+    (3, 32, 3, 2, 32, SYM), (3, 16, 3, 1, 16, SYM), (4, 16, 5, 2, 32, [1, 1, 2, 2]), (3, 8, 3, 2, 16, ASYM)],
+    ids=["stem-3x3-s2", "3x3-s1", "5x5-s2", "8-lanes-asym"])
+def test_full_conv_on_avx2_matches_numerics(c: int, m: int, k: int, stride: int, h: int, pads: list[int]) -> None:
+    """A full spatial conv (the stem) on vpmaddwd for AVX2 without VNNI: each input row widened once for a
+    tile of 4 filters (depthwise_avx2.full_intrinsic). Built for haswell: runs on every x86 host."""
+    from qcompiler.targets.tvm import depthwise_avx2
+
+    asm = _check(c, h, [(m, k, 1, stride, pads)], mcpu="haswell")
+    assert "vpmaddwd" in asm and "vpmaddubsw" not in asm
+    assert any(key[1:] == (k, k, min(h // stride, 16), stride) for key in depthwise_avx2._registered)
 
 
 def test_depthwise_stride1_and_full_conv_match_numerics() -> None:

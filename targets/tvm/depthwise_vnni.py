@@ -75,16 +75,11 @@ def _row_taps(acc, row, b, offset, kw: int, vl: int, picks: list[list[int]]):  #
     return acc
 
 
-@quick_frames()
-def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
-    """The registered tensor intrinsic for a kh x kw kernel, ``lanes`` outputs of one row, ``stride``: the
-    accumulators stay in one register over the kh rows (one load and one store per tile)."""
-    key = (kh, kw, lanes, stride)
-    if key in _registered:
-        return _registered[key]
+def row_desc(kh: int, kw: int, lanes: int, stride: int):  # noqa: ANN201 - a TIR PrimFunc
+    """What a depthwise row intrinsic computes: ``lanes`` outputs of one row from ``kh`` input rows
+    (``(lanes - 1) * stride + kw`` bytes each, any row stride) and the kh x kw taps. Parse it under
+    :func:`quick_frames` (the intrinsics that call it are)."""
     n = (lanes - 1) * stride + kw
-    vl, nbytes = _widths(lanes)
-    quads = -(-kw // STEP)
 
     @T.prim_func(s_tir=True)
     def desc(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
@@ -102,6 +97,20 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
                             vi, vr, vk = T.axis.remap("SRR", [i, r, k])
                             c[vi] = c[vi] + T.cast(a[vr, vi * stride + vk], "int32") * T.cast(b[vr, vk], "int32")
 
+    return desc
+
+
+@quick_frames()
+def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
+    """The registered tensor intrinsic for a kh x kw kernel, ``lanes`` outputs of one row, ``stride``: the
+    accumulators stay in one register over the kh rows (one load and one store per tile)."""
+    key = (kh, kw, lanes, stride)
+    if key in _registered:
+        return _registered[key]
+    n = (lanes - 1) * stride + kw
+    vl, nbytes = _widths(lanes)
+    quads = -(-kw // STEP)
+    desc = row_desc(kh, kw, lanes, stride)
     picks = _picks(lanes, vl, stride, quads)
 
     def value(a, b, c, s0):  # noqa: ANN001, ANN202 - the TIR buffers of impl, at parse time
@@ -144,18 +153,10 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
     return name
 
 
-@quick_frames()
-def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
-    """The same row-of-taps vpdpbusd for a full conv (the stem: few input channels, kh x kw taps): ``ft``
-    filters of one input channel over 16 or 8 outputs of a row, so each input row vector is loaded and
-    permuted once for all ``ft`` filters; the sums stay in registers (stores forwarded to the next loads)."""
-    key = (-ft, kh, kw, lanes, stride)
-    if key in _registered:
-        return _registered[key]
+def full_desc(ft: int, kh: int, kw: int, lanes: int, stride: int):  # noqa: ANN201 - a TIR PrimFunc
+    """What a full conv row intrinsic computes: ``ft`` filters x ``lanes`` outputs of one row from one input
+    channel's ``kh`` rows (any strides). Parse it under :func:`quick_frames`."""
     n = (lanes - 1) * stride + kw
-    vl, nbytes = _widths(lanes)
-    quads = -(-kw // STEP)
-    assert vl == lanes, "full convs take whole registers"
 
     @T.prim_func(s_tir=True)
     def desc(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
@@ -176,6 +177,24 @@ def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
                     vf, vi, vr, vk = T.axis.remap("SSRR", [f, i, r, k])
                     c[vf, 0, vi] = c[vf, 0, vi] + T.cast(a[vr, vi * stride + vk], "int32") * T.cast(
                         b[vf, 0, vr, vk], "int32")
+
+    return desc
+
+
+@quick_frames()
+def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
+    """The same row-of-taps vpdpbusd for a full conv (the stem: few input channels, kh x kw taps): ``ft``
+    filters of one input channel over 16 or 8 outputs of a row, so each input row vector is loaded and
+    permuted once for all ``ft`` filters; the sums stay in registers (stores forwarded to the next loads)."""
+    key = (-ft, kh, kw, lanes, stride)
+    if key in _registered:
+        return _registered[key]
+    n = (lanes - 1) * stride + kw
+    vl, nbytes = _widths(lanes)
+    quads = -(-kw // STEP)
+    assert vl == lanes, "full convs take whole registers"
+
+    desc = full_desc(ft, kh, kw, lanes, stride)
 
     picks = _picks(lanes, vl, stride, quads)
 
@@ -210,7 +229,13 @@ def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
     return name
 
 
-def schedule_full(sch: s_tir.Schedule, red, red_loops: list, fi, xi) -> s_tir.Schedule | None:
+def _whole_fits(kw: int, lanes: int, stride: int) -> bool:
+    """A full conv's row tile on vpdpbusd: :func:`fits`, in whole registers."""
+    return fits(kw, lanes, stride) and _widths(lanes)[0] == lanes
+
+
+def schedule_full(sch: s_tir.Schedule, red, red_loops: list, fi, xi, fits_fn=_whole_fits,  # noqa: ANN001
+                  intrinsic_fn=full_intrinsic) -> s_tir.Schedule | None:  # noqa: ANN001
     """A full spatial conv on vpdpbusd, tried on a copy of a schedule tiled ``(..., xo, rc, ry, rx, fi, xi)``:
     the taps move inside ``fi`` (``(..., xo, rc, fi, ry, rx, xi)``) and the filters x row tile is tensorized
     with :func:`full_intrinsic`. None when the kernel does not have the form."""
@@ -219,7 +244,7 @@ def schedule_full(sch: s_tir.Schedule, red, red_loops: list, fi, xi) -> s_tir.Sc
         return None
     _, kh, kw = (int(sch.get(lp).extent) for lp in red_loops)
     ft, lanes = int(sch.get(fi).extent), int(sch.get(xi).extent)
-    if not fits(kw, lanes, stride) or _widths(lanes)[0] != lanes:
+    if not fits_fn(kw, lanes, stride):
         return None
     trial = sch.copy()
     try:
@@ -227,7 +252,7 @@ def schedule_full(sch: s_tir.Schedule, red, red_loops: list, fi, xi) -> s_tir.Sc
         trial.reorder(rc, fi, ry, rx, xi)
         init = trial.decompose_reduction(red, rc)
         trial.vectorize(trial.get_loops(init)[-1])
-        trial.tensorize(fi, full_intrinsic(ft, kh, kw, lanes, stride))
+        trial.tensorize(fi, intrinsic_fn(ft, kh, kw, lanes, stride))
     except Exception as e:  # noqa: BLE001 - TVM's schedule errors: keep the caller's schedule
         log.debug("full conv vpdpbusd refused: %s", e)
         return None
@@ -245,16 +270,18 @@ def input_stride(sch: s_tir.Schedule, red) -> int | None:
     return 2 if strided.stride2_input(sch, red) else 1
 
 
-def schedule_rows(sch: s_tir.Schedule, red, red_loops: list, fi, xi) -> s_tir.Schedule | None:
+def schedule_rows(sch: s_tir.Schedule, red, red_loops: list, fi, xi, fits_fn=fits,  # noqa: ANN001
+                  intrinsic_fn=intrinsic) -> s_tir.Schedule | None:  # noqa: ANN001
     """The depthwise update on vpdpbusd, tried on a copy of a schedule that tiled it ``(..., xo, *red_loops,
     fi, xi)``: the kernel's row and column loops move inside ``fi`` and are tensorized with the row vector
-    ``xi``. None when the kernel does not have the form (the caller keeps its own schedule)."""
+    ``xi``. None when the kernel does not have the form (the caller keeps its own schedule). ``fits_fn`` and
+    ``intrinsic_fn``: another instruction's (depthwise_avx2.py)."""
     stride = input_stride(sch, red)
     if stride is None or len(red_loops) != 2:
         return None
     kh, kw = (int(sch.get(lp).extent) for lp in red_loops)
     lanes = int(sch.get(xi).extent)
-    if not fits(kw, lanes, stride):
+    if not fits_fn(kw, lanes, stride):
         return None
     trial = sch.copy()
     try:
@@ -262,7 +289,7 @@ def schedule_rows(sch: s_tir.Schedule, red, red_loops: list, fi, xi) -> s_tir.Sc
         trial.reorder(fi, ry, rx, xi)
         init = trial.decompose_reduction(red, ry)
         trial.vectorize(trial.get_loops(init)[-1])
-        trial.tensorize(ry, intrinsic(kh, kw, lanes, stride))
+        trial.tensorize(ry, intrinsic_fn(kh, kw, lanes, stride))
     except Exception as e:  # noqa: BLE001 - TVM's schedule errors: keep the caller's schedule
         log.debug("depthwise vpdpbusd refused: %s", e)
         return None

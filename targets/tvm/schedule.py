@@ -34,7 +34,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.s_tir.dlight.base.common_schedules import try_inline
 
-from . import amx, avx2, depthwise_vnni, strided, vnni
+from . import amx, avx2, depthwise_avx2, depthwise_vnni, strided, vnni
 from .loop_tiling import PAD_BLOCK, POW2_LANES, loop_extent, place_epilogue, schedule_elementwise, tile_factor
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,9 @@ class IntegerKernelCPU(ScheduleRule):
         name = sch.get(red.block_rv).name_hint
         s2_dtype = None  # the activation dtype of a stride-2 depthwise conv (strided.py)
         dw_vnni = False  # a depthwise conv on vpdpbusd (depthwise_vnni.py)
+        dw_avx2 = False  # a depthwise conv on vpmaddwd (depthwise_avx2.py)
         full_vnni = False  # a full spatial conv (the stem) on vpdpbusd (depthwise_vnni.py)
+        full_avx2 = False  # the same on vpmaddwd (depthwise_avx2.py)
         planes = False  # the epilogue over whole planes of a channel block (loop_tiling.place_epilogue)
         if "conv" in name.lower() and len(sp) >= 3:  # conv, DepthwiseConv2d: (n,) f, y, x (unit loops dropped)
             *pre, f, y, x = sp
@@ -322,10 +324,14 @@ class IntegerKernelCPU(ScheduleRule):
             # taller tile amortises the stem's stride-2 loads, which LLVM assembles lane by lane
             ftiles = (16, 8, 4, 2) if y is not None and "group" not in name else (8, 4, 2)
             full_vnni = use_vnni and y is not None and "group" not in name
+            full_avx2 = use_avx2 and y is not None and "group" not in name
+            if full_avx2:  # 16 ymm registers: 4 filters x 16 outputs of sums
+                ftiles = (4, 2)
             if y is not None and "group" in name:
                 opts = DW_X_TILES
                 s2_dtype = strided.stride2_input(sch, red.block_rv)
                 dw_vnni = use_vnni
+                dw_avx2 = use_avx2
                 planes = use_vnni and (loop_extent(sch, x) or 0) <= PLANE_MAX_W
             fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), ftiles)])
             xo, xi = sch.split(x, [None, tile_factor(loop_extent(sch, x), opts)])
@@ -364,10 +370,20 @@ class IntegerKernelCPU(ScheduleRule):
             done = depthwise_vnni.schedule_full(sch, red.block_rv, rd, fi, xi)
             if done is not None:
                 return done
+        if full_avx2 and rd:
+            done = depthwise_vnni.schedule_full(sch, red.block_rv, rd, fi, xi, depthwise_avx2.full_fits,
+                                                depthwise_avx2.full_intrinsic)
+            if done is not None:
+                return done
         if fi is not None:
             sch.unroll(fi)
         if dw_vnni and rd:
             done = depthwise_vnni.schedule_rows(sch, red.block_rv, rd, fi, xi)
+            if done is not None:
+                return done
+        if dw_avx2 and rd:
+            done = depthwise_vnni.schedule_rows(sch, red.block_rv, rd, fi, xi, depthwise_avx2.fits,
+                                                depthwise_avx2.intrinsic)
             if done is not None:
                 return done
         if s2_dtype and rd:
