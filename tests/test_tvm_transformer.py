@@ -49,13 +49,14 @@ HYP = dict(deadline=None, derandomize=True, database=None, max_examples=25,
 class Compiled:
     """One integer ONNX model, compiled by TVM and opened in ONNX Runtime."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, mcpu: str | None = None) -> None:
+        """``mcpu``: build for that CPU (an AVX2 one runs on every x86 host) instead of this host's."""
         import tvm
         from tvm import relax
 
         self.model = model
-        self.built = build_module(model)
-        self.ex = compile_module(self.built.mod, cpu_target())
+        self.built = build_module(model) if mcpu is None else build_module(model, use_vnni=False, use_avx2=True)
+        self.ex = compile_module(self.built.mod, cpu_target(mcpu))
         self.vm = relax.VirtualMachine(self.ex, tvm.cpu())
         self.ort = session(model, optimize=False)
         self.names = [io.name for io in self.built.inputs]
@@ -397,11 +398,16 @@ def test_qmatmul_int16_input_matches_numerics() -> None:
 GROUP_CASES = {  # (x dtype, x shape, groups G, group size gs, M, y dtype)
     "i8_3d": (np.int8, (2, 5, 64), 2, 32, 24, np.int8),
     "u8_2d_i16out": (np.uint8, (7, 96), 3, 32, 10, np.int16),
+    "u8_2d_m16": (np.uint8, (7, 96), 3, 32, 16, np.int8),
 }
 
 
+@pytest.mark.parametrize("mcpu", [None, pytest.param("haswell", marks=pytest.mark.cpu_feature("avx2"))],
+                         ids=["host", "avx2"])
 @pytest.mark.parametrize("case", list(GROUP_CASES))
-def test_qgroupmatmul_matches_ort(case) -> None:
+def test_qgroupmatmul_matches_ort(case, mcpu) -> None:
+    """4-bit per-group weights: the host's build, and the AVX2 build (vpmaddwd partials per group, avx2.py,
+    where M % 8 == 0; the int16 path for M = 10)."""
     if "QGroupMatMul" not in fn.SIGNATURES:
         pytest.skip("QGroupMatMul is not in this checkout's integer graph contract yet")
     xdt, xs, g, gs, m, ydt = GROUP_CASES[case]
@@ -417,8 +423,12 @@ def test_qgroupmatmul_matches_ort(case) -> None:
     yi = np.iinfo(ydt)
     y_zp = np.array(int(yi.min) // 4, ydt)
     ins = {"x": np.zeros(xs, xdt), "x_zp": x_zp, "w": w, "u": u, "bias": bias, "b": b, "c": c, "y_zp": y_zp}
-    lib = Compiled(fused_model("QGroupMatMul", ins, ["x"], ydt, qmin=int(yi.min), qmax=int(yi.max)))
+    lib = Compiled(fused_model("QGroupMatMul", ins, ["x"], ydt, qmin=int(yi.min), qmax=int(yi.max)), mcpu)
     assert lib.built.packed_weights == ["n0"]  # the 4-bit weights are stored two per byte
+    if mcpu is not None:
+        from qcompiler.targets.tvm import avx2
+
+        assert (avx2.GROUP_NAMES[0] in lib.built.mod.script()) == (m % 8 == 0)
     for _ in range(3):
         x = rand_q(rng, xs, xdt)
         got = lib.check({"x": x})

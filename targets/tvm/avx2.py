@@ -258,3 +258,27 @@ def schedule_matmul(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> No
     init = sch.decompose_reduction(red, ko)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(ji, ROWS_CHANNELS_INTRIN[adt])
+
+
+GROUP_NAMES = ("qgmm_avx2", "qgmm_avx2_sum")  # the QGroupMatMul's partials and group-scale sum blocks
+
+
+def group_fits(g: int, gs: int, m: int) -> bool:
+    """Whether a QGroupMatMul [G, gs, M] has the vpmaddwd shapes: even groups, 8 columns."""
+    return vnni.group_fits(g, gs, m, STEP, LANES)
+
+
+def pack_group_weight(w: np.ndarray) -> np.ndarray:
+    """[G, gs, M] -> [G, M/8, gs/2, 8, 2]."""
+    return vnni.pack_group_weight(w, STEP, LANES)
+
+
+def group_matmul_te(a: te.Tensor, b: te.Tensor, u: te.Tensor) -> te.Tensor:
+    """int32 ``sum_g u[g] * (a_g @ w_g)`` for rows ``a`` (u8 or s8) [R, K] and ``b`` [G, M/8, gs/2, 8, 2]."""
+    return vnni.group_matmul_te(a, b, u, STEP, LANES, GROUP_NAMES)
+
+
+def schedule_group(sch: s_tir.Schedule, epilogue: list, ahead: list) -> None:
+    """vnni.schedule_group with vpmaddwd: 8 columns, steps of 2, the intrinsic of the rows' dtype."""
+    adt = str(sch.get(sch.get_sblock(GROUP_NAMES[0])).reads[0].source.dtype)
+    vnni.schedule_group(sch, epilogue, ahead, STEP, LANES, ROWS_CHANNELS_INTRIN[adt], GROUP_NAMES)

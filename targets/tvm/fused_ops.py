@@ -246,6 +246,10 @@ def q_groupmatmul(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:
         bld.layers.append(node.name)
         sums = group_matmul_vnni(bld, node, x, x_zp, w, u, weff, bias64)
         return bld.requant(sums[0], b, c, y_zp, qmin, qmax, [m], *sums[1:])
+    if np.iinfo(bld.dtype_of(x)).bits <= 8 and bld.avx2 and avx2.group_fits(g, gs, m):
+        bld.layers.append(node.name)
+        sums = group_matmul_avx2(bld, node, x, x_zp, w, u, weff, bias64)
+        return bld.requant(sums[0], b, c, y_zp, qmin, qmax, [m], *sums[1:])
     w16 = bld.emit(relax.op.astype(bld.weight_expr(node, w), "int16"))
     wexpr = bld.emit(relax.op.reshape(relax.op.multiply(w16, relax_const(u.astype(np.int16)[:, None, :])),
                                       [g * gs, m]))
@@ -264,6 +268,20 @@ def group_matmul_vnni(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_
     wexpr = bld.weight_expr(node, vnni.pack_group_weight(w.astype(np.int8)))
     acc = bld.bb.emit_te(vnni.group_matmul_te, x2, wexpr, relax_const(u.astype(np.int32)))
     return _vnni_done(bld, acc, bias64 - np.int64(zp) * weff.sum(axis=0), weff, shp)
+
+
+def group_matmul_avx2(bld: RelaxEmitter, node: onnx.NodeProto, x: relax.Expr, x_zp: int, w: np.ndarray,
+                      u: np.ndarray, weff: np.ndarray, bias64: np.ndarray) -> Sums:
+    """QGroupMatMul on vpmaddwd (AVX2 without VNNI): x as it is in rows, the 4-bit weights packed in the
+    [G, M/8, gs/2, 8, 2] layout, int32 partials per group times the group scales; ``x_zp * colsum(w u)``
+    goes into the bias as in :func:`group_matmul_vnni`."""
+    shp = bld.shape_of(x)
+    x2 = bld.emit(relax.op.reshape(x, [int(np.prod(shp[:-1])), shp[-1]])) if len(shp) != 2 else x
+    wexpr = bld.weight_expr(node, avx2.pack_group_weight(w.astype(np.int8)))
+    acc = bld.bb.emit_te(avx2.group_matmul_te, x2, wexpr, relax_const(u.astype(np.int32)))
+    if len(shp) != 2:
+        acc = bld.emit(relax.op.reshape(acc, [*shp[:-1], weff.shape[1]]))
+    return acc, bias64 - np.int64(x_zp) * weff.sum(axis=0), raw_bound(bld.dtype_of(x), weff)
 
 
 def q_add(bld: RelaxEmitter, node: onnx.NodeProto) -> relax.Expr:

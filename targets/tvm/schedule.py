@@ -229,6 +229,8 @@ class IntegerKernelCPU(ScheduleRule):
             return self._apply_vnni(sch)
         if avx2.BLOCK in roots:
             return self._apply_vnni(sch, avx2.BLOCK, avx2.schedule_matmul)
+        if avx2.GROUP_NAMES[0] in roots:
+            return self._apply_vnni_group(sch, avx2.GROUP_NAMES, avx2.schedule_group)
         if vnni.GROUP_BLOCK in roots:
             return self._apply_vnni_group(sch)
         infos = normalize_prim_func(sch)
@@ -419,24 +421,27 @@ class IntegerKernelCPU(ScheduleRule):
         return None
 
     @staticmethod
-    def _apply_vnni_group(sch: s_tir.Schedule) -> s_tir.Schedule | None:
-        """The VNNI QGroupMatMul kernel: what feeds it stays ahead at the root (the 4-bit unpacking),
-        what reads its sums is the epilogue under the register tile."""
+    def _apply_vnni_group(sch: s_tir.Schedule, names: tuple[str, str] = (vnni.GROUP_BLOCK, vnni.GROUP_SUM),
+                          form=vnni.schedule_group) -> s_tir.Schedule | None:  # noqa: ANN001
+        """The VNNI QGroupMatMul kernel (or the AVX2 one: its block ``names``, scheduled by ``form``): what feeds
+        it stays ahead at the root (the 4-bit unpacking), what reads its sums is the epilogue under the
+        register tile."""
+        part_name, sum_name = names
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        names = [sch.get(b).name_hint for b in blocks]
-        down = _downstream(sch, sch.get_sblock(vnni.GROUP_SUM))
-        at = names.index(vnni.GROUP_BLOCK)
-        others = [(i, b) for i, (b, n) in enumerate(zip(blocks, names))
-                  if n not in (vnni.GROUP_BLOCK, vnni.GROUP_SUM) and n not in down]
+        block_names = [sch.get(b).name_hint for b in blocks]
+        down = _downstream(sch, sch.get_sblock(sum_name))
+        at = block_names.index(part_name)
+        others = [(i, b) for i, (b, n) in enumerate(zip(blocks, block_names))
+                  if n not in names and n not in down]
         if not _inline_all(sch, [b for i, b in others if i > at]):
             return None
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        names = [sch.get(b).name_hint for b in blocks]
-        if _grown_tails(sch, sch.get_sblock(vnni.GROUP_SUM), blocks):
+        block_names = [sch.get(b).name_hint for b in blocks]
+        if _grown_tails(sch, sch.get_sblock(sum_name), blocks):
             return None
         ahead = [b for i, b in others if i < at]
-        epilogue = [b for b, n in zip(blocks, names) if n in down]
-        vnni.schedule_group(sch, epilogue, ahead)
+        epilogue = [b for b, n in zip(blocks, block_names) if n in down]
+        form(sch, epilogue, ahead)
         return sch
 
     @staticmethod

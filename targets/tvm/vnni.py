@@ -309,39 +309,43 @@ GROUP_BLOCK = "qgmm_vnni"  # the per-group partial products of a QGroupMatMul (4
 GROUP_SUM = "qgmm_sum"
 
 
-def group_fits(g: int, gs: int, m: int) -> bool:
-    """Whether a QGroupMatMul [G, gs, M] has the vpdpbusd shapes: groups of whole 4-byte steps, 16 columns."""
-    return gs % STEP == 0 and m % LANES == 0 and g >= 1
+def group_fits(g: int, gs: int, m: int, step: int = STEP, lanes: int = LANES) -> bool:
+    """Whether a QGroupMatMul [G, gs, M] has the vpdpbusd shapes: groups of whole 4-byte steps, 16 columns
+    (``step``, ``lanes``: another instruction's)."""
+    return gs % step == 0 and m % lanes == 0 and g >= 1
 
 
-def pack_group_weight(w: np.ndarray) -> np.ndarray:
+def pack_group_weight(w: np.ndarray, step: int = STEP, lanes: int = LANES) -> np.ndarray:
     """[G, gs, M] -> [G, M/16, gs/4, 16, 4]: each group in the layout of :func:`pack_weight`."""
-    return np.stack([pack_weight(wg) for wg in w])
+    return np.stack([pack_weight(wg, step, lanes) for wg in w])
 
 
-def group_matmul_te(a: te.Tensor, b: te.Tensor, u: te.Tensor) -> te.Tensor:
+def group_matmul_te(a: te.Tensor, b: te.Tensor, u: te.Tensor, step: int = STEP, lanes: int = LANES,
+                    names: tuple[str, str] = (GROUP_BLOCK, GROUP_SUM)) -> te.Tensor:
     """int32 ``sum_g u[g] * (a_g @ w_g)`` for ``a`` u8 [R, K], ``b`` [G, M/16, gs/4, 16, 4], ``u`` int32 [G, M]:
     per-group partials on vpdpbusd, then the group-scale sum (the same integer as ``a @ (w u)``)."""
     r, _ = a.shape
     g, mb, ks = b.shape[0], b.shape[1], b.shape[2]
-    gs = ks * STEP
+    gs = ks * step
     kk = te.reduce_axis((0, gs), name="k")
     p = te.compute(
-        (r, g, mb * LANES),
+        (r, g, mb * lanes),
         lambda i, gi, j: te.sum(a[i, gi * gs + kk].astype("int32")
-                                * b[gi, j // LANES, kk // STEP, j % LANES, kk % STEP].astype("int32"), axis=kk),
-        name=GROUP_BLOCK)
+                                * b[gi, j // lanes, kk // step, j % lanes, kk % step].astype("int32"), axis=kk),
+        name=names[0])
     gg = te.reduce_axis((0, g), name="g")
-    return te.compute((r, mb * LANES), lambda i, j: te.sum(p[i, gg, j] * u[gg, j], axis=gg), name=GROUP_SUM)
+    return te.compute((r, mb * lanes), lambda i, j: te.sum(p[i, gg, j] * u[gg, j], axis=gg), name=names[1])
 
 
-def schedule_group(sch: s_tir.Schedule, epilogue: list, ahead: list) -> None:
+def schedule_group(sch: s_tir.Schedule, epilogue: list, ahead: list, step: int = STEP, lanes: int = LANES,
+                   intrin: str = INTRIN, names: tuple[str, str] = (GROUP_BLOCK, GROUP_SUM)) -> None:
     """Register tile rows x 16 columns; per group, the partials of the tile on vpdpbusd, then added into
-    the tile's sums times the group scale; the epilogue under the tile."""
-    part, tot = sch.get_sblock(GROUP_BLOCK), sch.get_sblock(GROUP_SUM)
+    the tile's sums times the group scale; the epilogue under the tile (``step``, ``lanes``, ``intrin``,
+    ``names``: another instruction's kernel)."""
+    part, tot = sch.get_sblock(names[0]), sch.get_sblock(names[1])
     i, j, g = sch.get_loops(tot)
     io, ii = sch.split(i, [None, tile_factor(loop_extent(sch, i), (ROW_TILE, 4, 2))])
-    jo, ji = sch.split(j, [None, LANES])
+    jo, ji = sch.split(j, [None, lanes])
     sch.reorder(io, jo, g, ii, ji)
     outer = sch.fuse(io, jo)
     sch.compute_at(part, g, preserve_unit_loops=True)
@@ -354,8 +358,8 @@ def schedule_group(sch: s_tir.Schedule, epilogue: list, ahead: list) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
     pl = sch.get_loops(part)
     pi, pg, pj, pk = pl[-4:]
-    ko, ki = sch.split(pk, [None, STEP])
+    ko, ki = sch.split(pk, [None, step])
     sch.reorder(ko, pi, pj, ki)
     pinit = sch.decompose_reduction(part, ko)
     sch.vectorize(sch.get_loops(pinit)[-1])
-    sch.tensorize(pj, INTRIN)
+    sch.tensorize(pj, intrin)
