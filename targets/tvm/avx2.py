@@ -39,9 +39,12 @@ PMADDWD = "llvm.x86.avx2.pmadd.wd"
 AVX2_MCPUS = {"haswell", "broadwell", "skylake", "skylake-avx512", "znver1", "znver2", "znver3"}
 
 
-def _pair(v):  # noqa: ANN001, ANN202 - TIR expressions
-    """Two int8/uint8 values (an x2 vector) as one int32 holding them as int16s, broadcast to 16 int16s."""
-    return T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x2", v), dtype="int32"), LANES), dtype="int16x16")
+def _pair(v, dt: str = "int8"):  # noqa: ANN001, ANN202 - TIR expressions
+    """Two ``dt`` bytes (an x2 vector) as 8 int16 pairs: the two bytes as one int16 broadcast to 8 lanes, then
+    each byte widened by its sign (``vpbroadcastw`` + ``vpmovsxbw``/``vpmovzxbw``: two instructions, where
+    widening first and broadcasting the int32 took four)."""
+    bytes16 = T.reinterpret(T.broadcast(T.reinterpret(v, dtype="int16"), LANES), dtype=f"{dt}x16")
+    return T.Cast("int16x16", bytes16)
 
 
 @quick_frames()
@@ -115,7 +118,7 @@ def _register_channels(adt: str = "uint8") -> str:
             T.reads(c[0:LANES], a[0:2], b[0:LANES, 0:2])
             T.writes(c[0:LANES])
             c[T.ramp(T.int32(0), 1, LANES)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(PMADDWD), _pair(a.vload([0], dtype=adt + "x2")),
+                T.llvm_lookup_intrinsic_id(PMADDWD), _pair(a.vload([0], dtype=adt + "x2"), adt),
                 T.Cast("int16x16", b.vload([0, 0], dtype="int8x16")), dtype="int32x8")
 
     name = f"qcompiler_pmaddwd_channels_{adt}_8x2"
@@ -139,7 +142,7 @@ def conv1x1_operands(sch: s_tir.Schedule, red) -> tuple[int, int] | None:
 def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list) -> bool:
     """A 1x1 conv with rows of 16+ outputs (a multiple of 8) on vpmaddwd, the accumulators along the row:
     activations copied to [N, C/2, H, W, 2], weights read in place (two channels of one filter are
-    contiguous in [F, C, 1, 1]) and broadcast; register tile up to 4 filters x 16 positions. False when
+    contiguous in [F, C, 1, 1]) and broadcast; register tile up to 4 filters x 16 positions or 8 x 8. False when
     the block does not have this form (the caller works on a copy)."""
     ops = conv1x1_operands(sch, red)
     if ops is None or len(spatial) < 3:
@@ -151,7 +154,8 @@ def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epi
         return False
     a_cache = sch.cache_read(red, ops[0], "global")
     sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, c // STEP, h, w, c % STEP))
-    fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), (4, 2))])
+    # 8 accumulators: 8 filters x one 8-position vector, or 4 x 16 positions (two vectors per broadcast)
+    fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), (4, 2) if lanes == 16 else (8, 4, 2))])
     xo, xi = sch.split(x, [None, lanes])
     co, ci = sch.split(red_loop, [None, STEP])
     sch.reorder(*pre, fo, y, xo, co, fi, xi, ci)
@@ -187,9 +191,14 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     sch.transform_layout(w_cache, ("write", 0),
                          lambda o, i, kh, kw: (o // LANES, i // STEP, kh, kw, o % LANES, i % STEP))
     sch.transform_layout(red, ("write", 0), lambda n, o, h, w: (n, h, w, o))
+    # two weight vectors (16 channels) where F allows, with a tile of 6 or 4 positions where the row takes
+    # one (12 accumulators fit the 16 ymm registers); rows of 7 and 14 take 7 x 16 and spill a little, which
+    # measured faster than 7 x 8 (MobileNetV2's 576-channel 14x14 conv 0.25 against 0.29 ms)
+    width = loop_extent(sch, x)
     vecs = 2 if (loop_extent(sch, f) or 0) % (2 * LANES) == 0 else 1
     fo, fv, fi = sch.split(f, [None, vecs, LANES])
-    xo, xi = sch.split(x, [None, tile_factor(loop_extent(sch, x), CONV_ROW_TILES)])
+    tiles = CONV_ROW_TILES if vecs == 1 or tile_factor(width, (6, 4)) == 1 else (6, 4)
+    xo, xi = sch.split(x, [None, tile_factor(width, tiles)])
     co, ci = sch.split(red_loop, [None, STEP])
     sch.reorder(*pre, fo, y, xo, co, xi, fv, fi, ci)
     outer = sch.fuse(*pre, fo, y)
