@@ -266,6 +266,10 @@ class IntegerKernelCPU(ScheduleRule):
             chunked = _chunked(sch, [b.block_rv for b in infos]) if len(infos) > 1 else None
             if chunked is not None:
                 return chunked
+            if len(infos) == 1 and sch.get(infos[0].block_rv).name_hint.startswith("PadInput"):
+                padded = _padded_rows(sch, infos[0].block_rv)
+                if padded is not None:
+                    return padded
             for b in infos:
                 schedule_elementwise(sch, b.block_rv)
             return sch
@@ -492,6 +496,36 @@ def _row_wise(sch: s_tir.Schedule, blocks: list) -> s_tir.Schedule | None:
         trial.parallel(row)
     except Exception as e:  # noqa: BLE001 - TVM's schedule errors
         log.debug("row-wise schedule refused: %s", e)
+        return None
+    return trial
+
+
+def _padded_rows(sch: s_tir.Schedule, block) -> s_tir.Schedule | None:
+    """A zero-point pad kernel row by row: each output row is filled with the pad value, then its interior is
+    copied from the input (``decompose_padding`` under the row loop), so neither loop tests a bound per
+    element and both vectorise. As one loop with the bounds test per element it was not vectorised
+    (rows of 114 or 58 bytes: no whole vector tile), 2.5 GB/s: 0.5 ms for MobileNetV2's 96x114x114 pad
+    on an AMD EPYC. Tried on a copy; None keeps the generic loops."""
+    trial = sch.copy()
+    try:
+        loops = trial.get_loops(block)
+        if len(loops) < 2:
+            return None
+        fill = trial.decompose_padding(block, loops[-1])
+        outer = trial.fuse(*loops[:-1])
+        trial.parallel(outer)
+        inner = trial.get_loops(block)[-1]
+        ext = loop_extent(trial, inner) or 0
+        vec = tile_factor(ext, (16, 8, 4))
+        if vec > 1:
+            trial.vectorize(trial.split(inner, [None, vec])[1] if ext > vec else inner)
+        fext = loop_extent(trial, trial.get_loops(fill)[-1]) or 0
+        if tile_factor(fext, (16, 8, 4)) > 1:
+            fv = tile_factor(fext, (16, 8, 4))
+            trial.vectorize(trial.split(trial.get_loops(fill)[-1], [None, fv])[1] if fext > fv else
+                            trial.get_loops(fill)[-1])
+    except Exception as e:  # noqa: BLE001 - TVM's schedule errors: the generic loops
+        log.debug("row-wise pad refused: %s", e)
         return None
     return trial
 
