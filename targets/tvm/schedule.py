@@ -13,6 +13,9 @@ shape in a few milliseconds of compile time:
 * on a CPU with AVX-512 VNNI a u8 1x1 conv runs on ``vpdpbusd`` instead (``vnni.py``: the row as the
   vector for rows of 32+ outputs, the output channels otherwise), and a stride-2 depthwise conv loads
   its input rows contiguously (``strided.py``);
+* on an AVX2 CPU without VNNI the same forms run on ``vpmaddwd`` (int16 pairs, exact where ``vpmaddubsw``
+  saturates): 1x1 convs and the 8-bit matmuls (``avx2.py``), depthwise and stem convs
+  (``depthwise_avx2.py``); zero-point pad kernels are filled and copied row by row on every CPU;
 * matmul (i, j, k) the same with j vectorised;
 * the outer spatial loops are fused and run in parallel; pure elementwise kernels
   are flattened, parallelised and vectorised.
