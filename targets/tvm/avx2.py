@@ -163,11 +163,7 @@ def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epi
     place_epilogue(sch, epilogue, xo)
     for b in ahead:
         schedule_elementwise(sch, b)
-    tn, tc, th, tw = sch.get_loops(a_cache)
-    tq, tr = sch.split(tc, [None, STEP])
-    sch.reorder(tn, tq, th, tw, tr)
-    sch.parallel(sch.fuse(tn, tq, th))
-    sch.unroll(tr)
+    vnni.schedule_quad_copy(sch, a_cache, STEP)
     sch.parallel(outer)
     sch.unroll(fi)
     init = sch.decompose_reduction(red, co)
@@ -184,13 +180,7 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     if ops is None or len(spatial) < 3:
         return False
     *pre, f, y, x = spatial
-    a_idx, w_idx = ops
-    a_cache = sch.cache_read(red, a_idx, "global")
-    w_cache = sch.cache_read(red, w_idx, "global")
-    sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, h, w, c))
-    sch.transform_layout(w_cache, ("write", 0),
-                         lambda o, i, kh, kw: (o // LANES, i // STEP, kh, kw, o % LANES, i % STEP))
-    sch.transform_layout(red, ("write", 0), lambda n, o, h, w: (n, h, w, o))
+    copies = vnni.channel_layouts(sch, red, ops, LANES, STEP)
     # two weight vectors (16 channels) where F allows, with a tile of 6 or 4 positions where the row takes
     # one (12 accumulators fit the 16 ymm registers); rows of 7 and 14 take 7 x 16 and spill a little, which
     # measured faster than 7 x 8 (MobileNetV2's 576-channel 14x14 conv 0.25 against 0.29 ms)
@@ -205,19 +195,7 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     place_epilogue(sch, epilogue, xo)
     for b in ahead:
         schedule_elementwise(sch, b)
-    tn, tc, th, tw = sch.get_loops(a_cache)
-    tco, tci = sch.split(tc, [None, tile_factor(loop_extent(sch, tc), (16, 8, 4))])
-    two, twi = sch.split(tw, [None, tile_factor(loop_extent(sch, tw), (8, 7, 4, 2))])
-    sch.reorder(tn, th, two, tco, twi, tci)
-    sch.parallel(sch.fuse(tn, th))
-    sch.unroll(twi)
-    sch.vectorize(tci)
-    o, i, *unit = sch.get_loops(w_cache)
-    oo, oi = sch.split(o, [None, LANES])
-    io, ii = sch.split(i, [None, STEP])
-    sch.reorder(oo, oi, io, ii, *unit)
-    sch.parallel(oo)
-    sch.vectorize(ii)
+    vnni.schedule_channel_copies(sch, *copies, LANES, STEP)
     sch.parallel(outer)
     sch.unroll(xi)
     sch.unroll(fv)

@@ -25,7 +25,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from .avx2 import LANES, PMADDWD
-from .depthwise_vnni import full_desc, row_desc
+from .depthwise_vnni import full_desc, row_desc, row_impl
 from .script_frames import quick_frames
 
 LANE_COUNTS = (16, 14, 8, 7)  # the depthwise rule's row tiles (schedule.DW_X_TILES) that take this form
@@ -112,29 +112,7 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
         return tirx.call_llvm_intrin("void", "llvm.masked.store", acc, c.access_ptr("w"),
                                      _masked(width, lanes))
 
-    if lanes == width:
-        @T.prim_func(s_tir=True)
-        def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
-            s0 = T.int32()
-            a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
-            b = T.match_buffer(b_h, (kh, kw), "int8", offset_factor=1)
-            c = T.match_buffer(c_h, (lanes,), "int32", offset_factor=1)
-            with T.sblock("root"):
-                T.reads(c[0:lanes], a[0:kh, 0:n], b[0:kh, 0:kw])
-                T.writes(c[0:lanes])
-                c[T.ramp(T.int32(0), 1, lanes)] = value(a, b, c, s0)
-    else:
-        @T.prim_func(s_tir=True)
-        def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
-            s0 = T.int32()
-            a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
-            b = T.match_buffer(b_h, (kh, kw), "int8", offset_factor=1)
-            c = T.match_buffer(c_h, (lanes,), "int32", offset_factor=1)
-            with T.sblock("root"):
-                T.reads(c[0:lanes], a[0:kh, 0:n], b[0:kh, 0:kw])
-                T.writes(c[0:lanes])
-                T.evaluate(masked_store(c, value(a, b, c, s0)))
-
+    impl = row_impl(kh, kw, lanes, stride, value, None if lanes == width else masked_store)
     name = f"qcompiler_dw_avx2_{kh}x{kw}_l{lanes}_s{stride}"
     TensorIntrin.register(name, desc, impl, override=True)
     _registered[key] = name

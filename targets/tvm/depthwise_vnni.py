@@ -100,6 +100,35 @@ def row_desc(kh: int, kw: int, lanes: int, stride: int):  # noqa: ANN201 - a TIR
     return desc
 
 
+def row_impl(kh: int, kw: int, lanes: int, stride: int, value, masked_store=None):  # noqa: ANN001, ANN201
+    """The implementation of a :func:`row_desc` intrinsic whose sums are ``value(a, b, c, s0)``: stored whole,
+    or by ``masked_store(c, sums)`` for a tile narrower than its registers. Parse it under :func:`quick_frames`."""
+    n = (lanes - 1) * stride + kw
+    if masked_store is None:
+        @T.prim_func(s_tir=True)
+        def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
+            s0 = T.int32()
+            a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
+            b = T.match_buffer(b_h, (kh, kw), "int8", offset_factor=1)
+            c = T.match_buffer(c_h, (lanes,), "int32", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:kh, 0:n], b[0:kh, 0:kw])
+                T.writes(c[0:lanes])
+                c[T.ramp(T.int32(0), 1, lanes)] = value(a, b, c, s0)
+    else:
+        @T.prim_func(s_tir=True)
+        def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
+            s0 = T.int32()
+            a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
+            b = T.match_buffer(b_h, (kh, kw), "int8", offset_factor=1)
+            c = T.match_buffer(c_h, (lanes,), "int32", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(c[0:lanes], a[0:kh, 0:n], b[0:kh, 0:kw])
+                T.writes(c[0:lanes])
+                T.evaluate(masked_store(c, value(a, b, c, s0)))
+    return impl
+
+
 @quick_frames()
 def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
     """The registered tensor intrinsic for a kh x kw kernel, ``lanes`` outputs of one row, ``stride``: the
@@ -124,29 +153,7 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
         mask = tirx.Ramp(tirx.const(0, "int32"), 1, vl) < tirx.Broadcast(tirx.const(lanes, "int32"), vl)
         return tirx.call_llvm_intrin("void", "llvm.masked.store", acc, c.access_ptr("w"), mask)
 
-    if lanes == vl:
-        @T.prim_func(s_tir=True)
-        def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
-            s0 = T.int32()
-            a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
-            b = T.match_buffer(b_h, (kh, kw), "int8", offset_factor=1)
-            c = T.match_buffer(c_h, (lanes,), "int32", offset_factor=1)
-            with T.sblock("root"):
-                T.reads(c[0:lanes], a[0:kh, 0:n], b[0:kh, 0:kw])
-                T.writes(c[0:lanes])
-                c[T.ramp(T.int32(0), 1, lanes)] = value(a, b, c, s0)
-    else:
-        @T.prim_func(s_tir=True)
-        def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
-            s0 = T.int32()
-            a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
-            b = T.match_buffer(b_h, (kh, kw), "int8", offset_factor=1)
-            c = T.match_buffer(c_h, (lanes,), "int32", offset_factor=1)
-            with T.sblock("root"):
-                T.reads(c[0:lanes], a[0:kh, 0:n], b[0:kh, 0:kw])
-                T.writes(c[0:lanes])
-                T.evaluate(masked_store(c, value(a, b, c, s0)))
-
+    impl = row_impl(kh, kw, lanes, stride, value, None if lanes == vl else masked_store)
     name = f"qcompiler_dw_vnni_{kh}x{kw}_l{lanes}_s{stride}"
     TensorIntrin.register(name, desc, impl, override=True)
     _registered[key] = name

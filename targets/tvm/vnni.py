@@ -173,15 +173,8 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     if ops is None or len(spatial) < 3:
         return False
     *pre, f, y, x = spatial
-    a_idx, w_idx = ops
     lanes = LANES if (loop_extent(sch, f) or 0) % LANES == 0 else LANES // 2
-    # cache_read renumbers nothing: both caches are made from the original read indices
-    a_cache = sch.cache_read(red, a_idx, "global")
-    w_cache = sch.cache_read(red, w_idx, "global")
-    sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, h, w, c))
-    sch.transform_layout(w_cache, ("write", 0),
-                         lambda o, i, kh, kw: (o // lanes, i // STEP, kh, kw, o % lanes, i % STEP))
-    sch.transform_layout(red, ("write", 0), lambda n, o, h, w: (n, h, w, o))
+    copies = channel_layouts(sch, red, ops, lanes, STEP)
     fo, fi = sch.split(f, [None, lanes])
     xo, xi = sch.split(x, [None, tile_factor(loop_extent(sch, x), CONV_ROW_TILES)])
     co, ci = sch.split(red_loop, [None, STEP])
@@ -190,8 +183,32 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     place_epilogue(sch, epilogue, xo)  # the requantize of the tile along its row
     for b in ahead:
         schedule_elementwise(sch, b)
-    # the activation transpose (the hottest loop of the high-resolution 1x1 convs): blocks of up to
-    # 8 positions x 16 channels, stores of 16 contiguous channels; parallel over rows
+    schedule_channel_copies(sch, *copies, lanes, STEP)
+    sch.parallel(outer)
+    init = sch.decompose_reduction(red, co)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(fi, INTRIN if lanes == LANES else INTRIN_8)
+    return True
+
+
+def channel_layouts(sch: s_tir.Schedule, red, ops: tuple[int, int], lanes: int, step: int) -> tuple:
+    """The channel-vector form's caches (this module's and avx2.py's): activations copied to [N, H, W, C],
+    the weight to [F/lanes, C/step, 1, 1, lanes, step], the accumulator kept [N, H, W, F]."""
+    # cache_read renumbers nothing: both caches are made from the original read indices
+    a_cache = sch.cache_read(red, ops[0], "global")
+    w_cache = sch.cache_read(red, ops[1], "global")
+    sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, h, w, c))
+    sch.transform_layout(w_cache, ("write", 0),
+                         lambda o, i, kh, kw: (o // lanes, i // step, kh, kw, o % lanes, i % step))
+    sch.transform_layout(red, ("write", 0), lambda n, o, h, w: (n, h, w, o))
+    return a_cache, w_cache
+
+
+def schedule_channel_copies(sch: s_tir.Schedule, a_cache, w_cache, lanes: int, step: int) -> None:
+    """The two copies of :func:`channel_layouts`. The activation transpose (the hottest loop of the
+    high-resolution 1x1 convs): blocks of up to 8 positions x 16 channels, stores of 16 contiguous channels,
+    parallel over rows. The weight copy in runs of ``step`` bytes (one row's reduction steps: contiguous on
+    both sides), no per-byte index division, parallel over blocks of ``lanes`` output channels."""
     tn, tc, th, tw = sch.get_loops(a_cache)
     tco, tci = sch.split(tc, [None, tile_factor(loop_extent(sch, tc), (16, 8, 4))])
     two, twi = sch.split(tw, [None, tile_factor(loop_extent(sch, tw), (8, 7, 4, 2))])
@@ -199,19 +216,12 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     sch.parallel(sch.fuse(tn, th))
     sch.unroll(twi)
     sch.vectorize(tci)
-    # the weight copy in runs of 4 bytes (one row's 4 reduction steps: contiguous on both sides), no
-    # per-byte index division; parallel over blocks of 16 output channels
     o, i, *unit = sch.get_loops(w_cache)
     oo, oi = sch.split(o, [None, lanes])
-    io, ii = sch.split(i, [None, STEP])
+    io, ii = sch.split(i, [None, step])
     sch.reorder(oo, oi, io, ii, *unit)
     sch.parallel(oo)
     sch.vectorize(ii)
-    sch.parallel(outer)
-    init = sch.decompose_reduction(red, co)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(fi, INTRIN if lanes == LANES else INTRIN_8)
-    return True
 
 
 @quick_frames()
@@ -258,12 +268,12 @@ ROWS_INTRIN = {lanes: _register_rows(lanes) for lanes in (16, 8)}
 ROWS_MIN_WIDTH = 32  # output rows at least this wide (and a multiple of 8) take the row-vector form
 
 
-def schedule_quad_copy(sch: s_tir.Schedule, a_cache) -> None:
+def schedule_quad_copy(sch: s_tir.Schedule, a_cache, step: int = STEP) -> None:
     """The copy of NCHW activations to 4 channels side by side ([N, C/4, H, W, 4] or [N, C/4, H*W, 4]) as
     (n, c/4, h) x w x 4, the 4 unrolled: LLVM's loop vectorizer turns the w loop into 4 row loads and byte
-    interleaves (15x faster than TVM's vectorised w with 4-byte-strided stores)."""
+    interleaves (15x faster than TVM's vectorised w with 4-byte-strided stores). ``step``: 2 for pairs."""
     tn, tc, th, tw = sch.get_loops(a_cache)
-    tq, tr = sch.split(tc, [None, STEP])
+    tq, tr = sch.split(tc, [None, step])
     sch.reorder(tn, tq, th, tw, tr)
     sch.parallel(sch.fuse(tn, tq, th))
     sch.unroll(tr)
