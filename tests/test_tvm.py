@@ -261,6 +261,24 @@ def test_qmatmul_two_bit_weights_match_numerics(k, m, vnni) -> None:
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), ref)
 
 
+def _qmatmul_case(xdt, x_shape: tuple, m: int, lo: int, hi: int) -> tuple:
+    """A one-QMatMul model: x of ``xdt`` and ``x_shape`` (random over the dtype's range), weights
+    [K, m] drawn from [lo, hi), int8 output; returns (x, initializers, model)."""
+    k = x_shape[-1]
+    info = np.iinfo(xdt)
+    x = RNG.integers(info.min, int(info.max) + 1, x_shape).astype(xdt)
+    inits = {"x_zp": np.array(5, xdt), "w": RNG.integers(lo, hi, (k, m)).astype(np.int8),
+             "bias": RNG.integers(-900, 900, m).astype(np.int32), "y_zp": np.array(2, np.int8)}
+    inits["b"], inits["c"] = _dyadic(m)
+    inits["w_zp"] = np.array(0, np.int8)
+    node = helper.make_node("QMatMul", ["x", "x_zp", "w", "w_zp", "bias", "b", "c", "y_zp"], ["y"],
+                            domain="qcompiler", name="qm", qmin=-128, qmax=127)
+    mdl = _model([node], [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(np.dtype(xdt)),
+                                                        x.shape)],
+                 [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits)
+    return x, inits, mdl
+
+
 @pytest.mark.cpu_feature("avx512_vnni")
 @pytest.mark.parametrize("xdt", [np.int8, np.uint8])
 def test_qmatmul_columns_beyond_whole_vnni_groups(xdt) -> None:
@@ -274,17 +292,7 @@ def test_qmatmul_columns_beyond_whole_vnni_groups(xdt) -> None:
     if not host_has_vnni():
         pytest.skip("no AVX-512 VNNI on this CPU")
     k, m = 64, 40
-    info = np.iinfo(xdt)
-    x = RNG.integers(info.min, int(info.max) + 1, (3, k)).astype(xdt)
-    inits = {"x_zp": np.array(5, xdt), "w": RNG.integers(-127, 128, (k, m)).astype(np.int8),
-             "bias": RNG.integers(-900, 900, m).astype(np.int32), "y_zp": np.array(2, np.int8)}
-    inits["b"], inits["c"] = _dyadic(m)
-    inits["w_zp"] = np.array(0, np.int8)
-    node = helper.make_node("QMatMul", ["x", "x_zp", "w", "w_zp", "bias", "b", "c", "y_zp"], ["y"],
-                            domain="qcompiler", name="qm", qmin=-128, qmax=127)
-    mdl = _model([node], [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(np.dtype(xdt)),
-                                                        x.shape)],
-                 [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits)
+    x, inits, mdl = _qmatmul_case(xdt, (3, k), m, -127, 128)
     built = build_module(mdl, use_vnni=True)
     assert built.weight_bytes == k * m and "concat" in built.mod.script()
     ref = numerics.qmatmul(x, inits["x_zp"], inits["w"], inits["bias"], inits["b"], inits["c"], inits["y_zp"])
@@ -305,17 +313,7 @@ def test_qmatmul_on_avx2_matches_numerics(xdt, k, m, lo, hi) -> None:
     from qcompiler.targets.tvm.compile import cpu_assembly
     from tvm import relax
 
-    info = np.iinfo(xdt)
-    x = RNG.integers(info.min, int(info.max) + 1, (2, 3, k)).astype(xdt)
-    inits = {"x_zp": np.array(5, xdt), "w": RNG.integers(lo, hi, (k, m)).astype(np.int8),
-             "bias": RNG.integers(-900, 900, m).astype(np.int32), "y_zp": np.array(2, np.int8)}
-    inits["b"], inits["c"] = _dyadic(m)
-    inits["w_zp"] = np.array(0, np.int8)
-    node = helper.make_node("QMatMul", ["x", "x_zp", "w", "w_zp", "bias", "b", "c", "y_zp"], ["y"],
-                            domain="qcompiler", name="qm", qmin=-128, qmax=127)
-    mdl = _model([node], [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(np.dtype(xdt)),
-                                                        x.shape)],
-                 [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inits)
+    x, inits, mdl = _qmatmul_case(xdt, (2, 3, k), m, lo, hi)
     built = build_module(mdl, use_vnni=False, use_avx2=True)
     assert avx2.BLOCK in built.mod.script()
     ref = numerics.qmatmul(x, inits["x_zp"], inits["w"], inits["bias"], inits["b"], inits["c"], inits["y_zp"])

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 from tvm import s_tir, te
-from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from . import vnni
@@ -52,46 +51,14 @@ def _register_rows(vecs: int) -> str:
     """``vecs`` x 8 output positions x 2 channels (u8, widened) against one broadcast weight pair (s8)."""
     lanes = LANES * vecs
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((lanes, 2), "uint8", offset_factor=1), b: T.Buffer((2, 1, 1), "int8", offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:lanes], a[0:lanes, 0:2], b[0:2, 0:1, 0:1])
-            T.writes(c[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vi, vk], "int32") * T.cast(b[vk, 0, 0], "int32")
+    def value(a, b, c):  # noqa: ANN001, ANN202 - TIR buffers at parse time
+        w = _pair(b.vload([0, 0, 0], dtype="int8x2"))
+        sums = [T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(PMADDWD),
+                                        T.Cast("int16x16", a.vload([LANES * v, 0], dtype="uint8x16")), w,
+                                        dtype="int32x8") for v in range(vecs)]
+        return c.vload([0], dtype=f"int32x{lanes}") + (sums[0] if vecs == 1 else T.Shuffle(sums, list(range(lanes))))
 
-    if vecs == 1:
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((lanes, 2), "uint8", offset_factor=1), b: T.Buffer((2, 1, 1), "int8", offset_factor=1),
-                 c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:lanes], a[0:lanes, 0:2], b[0:2, 0:1, 0:1])
-                T.writes(c[0:lanes])
-                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(PMADDWD), T.Cast("int16x16", a.vload([0, 0], dtype="uint8x16")),
-                    _pair(b.vload([0, 0, 0], dtype="int8x2")), dtype="int32x8")
-    else:
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((lanes, 2), "uint8", offset_factor=1), b: T.Buffer((2, 1, 1), "int8", offset_factor=1),
-                 c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:lanes], a[0:lanes, 0:2], b[0:2, 0:1, 0:1])
-                T.writes(c[0:lanes])
-                w = _pair(b.vload([0, 0, 0], dtype="int8x2"))
-                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(PMADDWD), T.Cast("int16x16", a.vload([0, 0], dtype="uint8x16")),
-                    w, dtype="int32x8")
-                c[T.ramp(T.int32(8), 1, 8)] = c.vload([8], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(PMADDWD), T.Cast("int16x16", a.vload([8, 0], dtype="uint8x16")),
-                    w, dtype="int32x8")
-
-    name = f"qcompiler_pmaddwd_rows_{lanes}x2"
-    TensorIntrin.register(name, desc, impl, override=True)
-    return name
+    return vnni.register_rows(f"qcompiler_pmaddwd_rows_{lanes}x2", lanes, STEP, value)
 
 
 @quick_frames()
@@ -99,31 +66,12 @@ def _register_channels(adt: str = "uint8") -> str:
     """8 output channels x 2 reduction steps (s8 weights, widened) against one broadcast activation pair
     (``adt``: u8 or s8, widened by its sign)."""
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((2,), adt, offset_factor=1), b: T.Buffer((LANES, 2), "int8", offset_factor=1),
-             c: T.Buffer((LANES,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:LANES], a[0:2], b[0:LANES, 0:2])
-            T.writes(c[0:LANES])
-            for i in T.serial(0, LANES):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+    def value(a, b, c):  # noqa: ANN001, ANN202 - TIR buffers at parse time
+        return c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(PMADDWD), _pair(a.vload([0], dtype=adt + "x2"), adt),
+            T.Cast("int16x16", b.vload([0, 0], dtype="int8x16")), dtype="int32x8")
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((2,), adt, offset_factor=1), b: T.Buffer((LANES, 2), "int8", offset_factor=1),
-             c: T.Buffer((LANES,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:LANES], a[0:2], b[0:LANES, 0:2])
-            T.writes(c[0:LANES])
-            c[T.ramp(T.int32(0), 1, LANES)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(PMADDWD), _pair(a.vload([0], dtype=adt + "x2"), adt),
-                T.Cast("int16x16", b.vload([0, 0], dtype="int8x16")), dtype="int32x8")
-
-    name = f"qcompiler_pmaddwd_channels_{adt}_8x2"
-    TensorIntrin.register(name, desc, impl, override=True)
-    return name
+    return vnni.register_channels(f"qcompiler_pmaddwd_channels_{adt}_8x2", LANES, STEP, adt, value)
 
 
 ROWS_INTRIN = {16: _register_rows(2), 8: _register_rows(1)}

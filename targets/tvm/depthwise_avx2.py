@@ -22,25 +22,20 @@ from __future__ import annotations
 
 from tvm import tirx
 from tvm.s_tir import TensorIntrin
-from tvm.script import tirx as T
 
 from .avx2 import LANES, PMADDWD
-from .depthwise_vnni import full_desc, row_desc, row_impl
+from .depthwise_vnni import full_desc, full_impl, row_desc, row_impl
 from .script_frames import quick_frames
+from .strided import overlap_index, overlap_width
 
 LANE_COUNTS = (16, 14, 8, 7)  # the depthwise rule's row tiles (schedule.DW_X_TILES) that take this form
 _registered: dict[tuple[int, int, int, int], str] = {}
 
 
-def _load_width(n: int) -> int:
-    """Bytes of each of the two overlapping loads of an n-byte row: the largest power of two below n."""
-    return 1 << ((n - 1).bit_length() - 1)
-
-
 def fits(kw: int, lanes: int, stride: int) -> bool:
     """Whether a row tile has this form: a lane count of :data:`LANE_COUNTS`, stride 1 or 2, and a row of more
     than 8 bytes (two loads of 8+ bytes hold the 16 bytes of one vpmaddwd operand)."""
-    return lanes in LANE_COUNTS and stride in (1, 2) and kw >= 1 and 2 * _load_width((lanes - 1) * stride + kw) >= 16
+    return lanes in LANE_COUNTS and stride in (1, 2) and kw >= 1 and 2 * overlap_width((lanes - 1) * stride + kw) >= 16
 
 
 def _masked(width: int, count: int):  # noqa: ANN202 - TIR expression
@@ -51,9 +46,6 @@ def _picks(lanes: int, stride: int, kw: int, n: int, v: int) -> list[list[list[i
     """For each 8-lane register and tap pair, the index of every int16 lane's byte in concat(row[0:v],
     row[n-v:n]): output o = 8 * reg + i reads bytes o*s + 2p and o*s + 2p + 1; a byte of a zero tap
     (2p + j >= kw) or of a lane past ``lanes`` reads a byte that lies in the row."""
-    def where(byte: int) -> int:
-        return byte if byte < v else v + byte - (n - v)
-
     regs = -(-lanes // LANES)
     out = []
     for reg in range(regs):
@@ -64,7 +56,7 @@ def _picks(lanes: int, stride: int, kw: int, n: int, v: int) -> list[list[list[i
                 o = reg * LANES + i
                 for j in range(2):
                     tap = 2 * p + j
-                    idx.append(where(o * stride + tap) if o < lanes and tap < kw else 0)
+                    idx.append(overlap_index(o * stride + tap, n, v) if o < lanes and tap < kw else 0)
             per_pair.append(idx)
         out.append(per_pair)
     return out
@@ -85,7 +77,7 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
     if key in _registered:
         return _registered[key]
     n = (lanes - 1) * stride + kw
-    v = _load_width(n)  # n <= 2v
+    v = overlap_width(n)  # n <= 2v
     regs = -(-lanes // LANES)
     width = regs * LANES
     picks = _picks(lanes, stride, kw, n, v)
@@ -132,20 +124,20 @@ def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
     if key in _registered:
         return _registered[key]
     n = (lanes - 1) * stride + kw
-    v = _load_width(n)
+    v = overlap_width(n)
     regs, pairs = lanes // LANES, -(-kw // 2)
     picks = _picks(lanes, stride, kw, n, v)
     desc = full_desc(ft, kh, kw, lanes, stride)
     words = 2 * LANES  # int16 lanes of one vpmaddwd operand
 
-    def row_of(a, r):  # noqa: ANN001, ANN202 - every (register, pair) operand of input row r, side by side
+    def row_of(a, _s0, r):  # noqa: ANN001, ANN202 - every (register, pair) operand of input row r, side by side
         lo, hi = a.vload([r, 0], dtype=f"uint8x{v}"), a.vload([r, n - v], dtype=f"uint8x{v}")
         # one shuffle per operand (a shuffle has no more lanes than its inputs), then side by side
         parts = [tirx.Cast(f"int16x{words}", tirx.Shuffle([lo, hi], picks[reg][p]))
                  for reg in range(regs) for p in range(pairs)]
         return parts[0] if len(parts) == 1 else tirx.Shuffle(parts, list(range(words * len(parts))))
 
-    def step(b, c, row, f, r):  # noqa: ANN001, ANN202 - filter f's sums after kernel row r
+    def step(b, c, row, _sb0, _sb2, f, r):  # noqa: ANN001, ANN202 - filter f's sums after kernel row r
         acc = c.vload([f, 0, 0], dtype=f"int32x{lanes}")
         for p in range(pairs):
             lo = tirx.Cast("int32", tirx.Cast("uint16", tirx.Cast("int16", b[f, 0, r, 2 * p])))
@@ -159,24 +151,7 @@ def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
             acc = acc + (prods[0] if regs == 1 else tirx.Shuffle(prods, list(range(lanes))))
         return acc
 
-    @T.prim_func(s_tir=True)
-    def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
-        s0 = T.int32()
-        sb0 = T.int32()
-        sb1 = T.int32()
-        sb2 = T.int32()
-        sc0 = T.int32()
-        sc1 = T.int32()
-        a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
-        b = T.match_buffer(b_h, (ft, 1, kh, kw), "int8", offset_factor=1, strides=[sb0, sb1, sb2, 1])
-        c = T.match_buffer(c_h, (ft, 1, lanes), "int32", offset_factor=1, strides=[sc0, sc1, 1])
-        with T.sblock("root"):
-            T.reads(c[0:ft, 0:1, 0:lanes], a[0:kh, 0:n], b[0:ft, 0:1, 0:kh, 0:kw])
-            T.writes(c[0:ft, 0:1, 0:lanes])
-            for r in T.unroll(kh):
-                row = row_of(a, r)
-                for f in T.unroll(ft):
-                    c[f, 0, 0:lanes] = step(b, c, row, f, r)
+    impl = full_impl(ft, kh, kw, lanes, stride, row_of, step)
 
     name = f"qcompiler_conv_avx2_f{ft}_{kh}x{kw}_l{lanes}_s{stride}"
     TensorIntrin.register(name, desc, impl, override=True)

@@ -188,6 +188,34 @@ def full_desc(ft: int, kh: int, kw: int, lanes: int, stride: int):  # noqa: ANN2
     return desc
 
 
+def full_impl(ft: int, kh: int, kw: int, lanes: int, stride: int, row_of, step):  # noqa: ANN001, ANN201
+    """The implementation of a :func:`full_desc` intrinsic: per kernel row r, ``row_of(a, s0, r)`` once (a let
+    every filter reads), then filter f's sums ``step(b, c, row, sb0, sb2, f, r)``. Parse it under
+    :func:`quick_frames`."""
+    n = (lanes - 1) * stride + kw
+
+    @T.prim_func(s_tir=True)
+    def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
+        s0 = T.int32()
+        sb0 = T.int32()
+        sb1 = T.int32()
+        sb2 = T.int32()
+        sc0 = T.int32()
+        sc1 = T.int32()
+        a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
+        b = T.match_buffer(b_h, (ft, 1, kh, kw), "int8", offset_factor=1, strides=[sb0, sb1, sb2, 1])
+        c = T.match_buffer(c_h, (ft, 1, lanes), "int32", offset_factor=1, strides=[sc0, sc1, 1])
+        with T.sblock("root"):
+            T.reads(c[0:ft, 0:1, 0:lanes], a[0:kh, 0:n], b[0:ft, 0:1, 0:kh, 0:kw])
+            T.writes(c[0:ft, 0:1, 0:lanes])
+            for r in T.unroll(kh):
+                row = row_of(a, s0, r)
+                for f in T.unroll(ft):
+                    c[f, 0, 0:lanes] = step(b, c, row, sb0, sb2, f, r)
+
+    return impl
+
+
 @quick_frames()
 def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
     """The same row-of-taps vpdpbusd for a full conv (the stem: few input channels, kh x kw taps): ``ft``
@@ -211,24 +239,7 @@ def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
     def step(b, c, row, sb0, sb2, f, r):  # noqa: ANN001, ANN202 - filter f's sums after kernel row r
         return _row_taps(c.vload([f, 0, 0], dtype=f"int32x{lanes}"), row, b, f * sb0 + r * sb2, kw, vl, picks)
 
-    @T.prim_func(s_tir=True)
-    def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
-        s0 = T.int32()
-        sb0 = T.int32()
-        sb1 = T.int32()
-        sb2 = T.int32()
-        sc0 = T.int32()
-        sc1 = T.int32()
-        a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
-        b = T.match_buffer(b_h, (ft, 1, kh, kw), "int8", offset_factor=1, strides=[sb0, sb1, sb2, 1])
-        c = T.match_buffer(c_h, (ft, 1, lanes), "int32", offset_factor=1, strides=[sc0, sc1, 1])
-        with T.sblock("root"):
-            T.reads(c[0:ft, 0:1, 0:lanes], a[0:kh, 0:n], b[0:ft, 0:1, 0:kh, 0:kw])
-            T.writes(c[0:ft, 0:1, 0:lanes])
-            for r in T.unroll(kh):
-                row = row_of(a, s0, r)
-                for f in T.unroll(ft):
-                    c[f, 0, 0:lanes] = step(b, c, row, sb0, sb2, f, r)
+    impl = full_impl(ft, kh, kw, lanes, stride, row_of, step)
 
     name = f"qcompiler_conv_vnni_f{ft}_{kh}x{kw}_l{lanes}_s{stride}"
     TensorIntrin.register(name, desc, impl, override=True)

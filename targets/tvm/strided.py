@@ -34,20 +34,35 @@ def _name(lanes: int, dtype: str, masked: bool) -> str:
     return f"qcompiler_stride2_mac_{dtype}_{lanes}" + ("" if masked else "_overlap")
 
 
-def _overlapping_row(a, dtype: str, n: int, lanes: int):  # noqa: ANN001, ANN202 - TIR at parse time
-    """The even bytes of ``a[0:n]`` from two overlapping loads that stay inside the row."""
-    v = 1 << ((n - 1).bit_length() - 1)  # the largest power of two below n: n <= 2v
+def overlap_width(n: int) -> int:
+    """Bytes of each of the two overlapping loads that cover an n-byte row (bytes [0, v) and [n - v, n)):
+    the largest power of two below n, so n <= 2v."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def overlap_index(byte: int, n: int, v: int) -> int:
+    """Where byte ``byte`` of an n-byte row sits in concat(row[0:v], row[n - v:n])."""
+    return byte if byte < v else v + byte - (n - v)
+
+
+def _even_bytes(a, dtype: str, n: int, lanes: int, masked: bool):  # noqa: ANN001, ANN202 - TIR at parse time
+    """Bytes 0, 2, ..., 2 * (lanes - 1) of ``a[0:n]``: from one masked 2L-byte load, or from two overlapping
+    loads that stay inside the row."""
+    if masked:
+        row = T.call_llvm_pure_intrin(
+            f"{dtype}x{2 * lanes}", T.llvm_lookup_intrinsic_id("llvm.masked.load"), a.access_ptr("r"),
+            T.ramp(T.int32(0), 1, 2 * lanes) < T.broadcast(T.int32(n), 2 * lanes),
+            T.broadcast(T.Cast(dtype, 0), 2 * lanes))
+        return T.Shuffle([row], [2 * i for i in range(lanes)])
+    v = overlap_width(n)
     lo, hi = a.vload([0], dtype=f"{dtype}x{v}"), a.vload([n - v], dtype=f"{dtype}x{v}")
-    # byte 2i comes from the first load while it lies in it, else from the second (offset n - v)
-    picks = [2 * i if 2 * i < v else v + 2 * i - (n - v) for i in range(lanes)]
-    return T.Shuffle([lo, hi], picks)
+    return T.Shuffle([lo, hi], [overlap_index(2 * i, n, v) for i in range(lanes)])
 
 
 @quick_frames()
 def _make(lanes: int, dtype: str, masked: bool = True) -> tuple:
     n = 2 * lanes - 1
-    vin, vacc = f"{dtype}x{2 * lanes}", f"int32x{lanes}"
-    even = [2 * i for i in range(lanes)]
+    vacc = f"int32x{lanes}"
 
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((n,), dtype, offset_factor=1), b: T.Buffer((1,), "int8", offset_factor=1),
@@ -60,30 +75,14 @@ def _make(lanes: int, dtype: str, masked: bool = True) -> tuple:
                     vi = T.axis.remap("S", [i])
                     c[vi] = c[vi] + T.cast(a[vi * 2], "int32") * T.cast(b[0], "int32")
 
-    if not masked:
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((n,), dtype, offset_factor=1), b: T.Buffer((1,), "int8", offset_factor=1),
-                 c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:lanes], a[0:n], b[0:1])
-                T.writes(c[0:lanes])
-                c[T.ramp(T.int32(0), 1, lanes)] = c.vload([0], dtype=vacc) + T.cast(
-                    _overlapping_row(a, dtype, n, lanes), vacc) * T.broadcast(T.cast(b[0], "int32"), lanes)
-
-        return desc, impl
-
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((n,), dtype, offset_factor=1), b: T.Buffer((1,), "int8", offset_factor=1),
              c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:n], b[0:1])
             T.writes(c[0:lanes])
-            row = T.call_llvm_pure_intrin(
-                vin, T.llvm_lookup_intrinsic_id("llvm.masked.load"), a.access_ptr("r"),
-                T.ramp(T.int32(0), 1, 2 * lanes) < T.broadcast(T.int32(n), 2 * lanes),
-                T.broadcast(T.Cast(dtype, 0), 2 * lanes))
             c[T.ramp(T.int32(0), 1, lanes)] = c.vload([0], dtype=vacc) + T.cast(
-                T.Shuffle([row], even), vacc) * T.broadcast(T.cast(b[0], "int32"), lanes)
+                _even_bytes(a, dtype, n, lanes, masked), vacc) * T.broadcast(T.cast(b[0], "int32"), lanes)
 
     return desc, impl
 

@@ -41,6 +41,65 @@ BLOCK = "qmm_vnni"  # name of the TE block; the schedule rule recognises the ker
 LANES, STEP = 16, 4  # output columns, reduction steps per vpdpbusd
 
 
+def register_channels(name: str, lanes: int, step: int, adt: str, value) -> str:  # noqa: ANN001
+    """Register a dot-product intrinsic with the output channels as the vector: ``step`` activation bytes
+    (``adt``) against ``lanes`` x ``step`` weight bytes (s8) into ``lanes`` int32 sums, computed as
+    ``value(a, b, c)`` (this module's vpdpbusd, avx2.py's vpmaddwd). Call it under :func:`quick_frames`."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((step,), adt, offset_factor=1), b: T.Buffer((lanes, step), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:step], b[0:lanes, 0:step])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, step):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((step,), adt, offset_factor=1), b: T.Buffer((lanes, step), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:step], b[0:lanes, 0:step])
+            T.writes(c[0:lanes])
+            c[T.ramp(T.int32(0), 1, lanes)] = value(a, b, c)
+
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name
+
+
+def register_rows(name: str, lanes: int, step: int, value) -> str:  # noqa: ANN001
+    """Register a dot-product intrinsic with the activations as the vector: ``lanes`` output positions x
+    ``step`` channels (u8) against ``step`` weight bytes of one [F, C, 1, 1] filter (s8, matched in place:
+    TVM matches multi-element extents on trailing axes only), computed as ``value(a, b, c)``. Call it
+    under :func:`quick_frames`."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((lanes, step), "uint8", offset_factor=1), b: T.Buffer((step, 1, 1), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:lanes, 0:step], b[0:step, 0:1, 0:1])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, step):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vi, vk], "int32") * T.cast(b[vk, 0, 0], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((lanes, step), "uint8", offset_factor=1), b: T.Buffer((step, 1, 1), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:lanes, 0:step], b[0:step, 0:1, 0:1])
+            T.writes(c[0:lanes])
+            c[T.ramp(T.int32(0), 1, lanes)] = value(a, b, c)
+
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name
+
+
 # Not imported from tvm.s_tir.tensor_intrin.x86: importing that package registers every backend's
 # intrinsics (CUDA, ROCm, ...) and took 40-90 s here.
 @quick_frames()
@@ -50,36 +109,17 @@ def _register_channels(lanes: int) -> str:
     for convs with F % 16 == 8 (24, 40 channels)."""
     vbytes = f"x{4 * lanes}"
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((lanes, 4), "int8", offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
-            T.writes(c[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+    def value(a, b, c):  # noqa: ANN001, ANN202 - TIR buffers at parse time
+        a_i32 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"),
+            c.vload([0], dtype=f"int32x{lanes}"),
+            T.reinterpret(T.broadcast(a_i32, lanes), dtype="uint8" + vbytes),
+            b.vload([0, 0], dtype="int8" + vbytes),
+            dtype=f"int32x{lanes}",
+        )
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((lanes, 4), "int8", offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
-            T.writes(c[0:lanes])
-            a_i32 = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-            c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"),
-                c.vload([0], dtype=f"int32x{lanes}"),
-                T.reinterpret(T.broadcast(a_i32, lanes), dtype="uint8" + vbytes),
-                b.vload([0, 0], dtype="int8" + vbytes),
-                dtype=f"int32x{lanes}",
-            )
-
-    name = f"qcompiler_dot_{lanes}x4_vnni"
-    TensorIntrin.register(name, desc, impl, override=True)
-    return name
+    return register_channels(f"qcompiler_dot_{lanes}x4_vnni", lanes, STEP, "uint8", value)
 
 
 INTRIN, INTRIN_8 = _register_channels(LANES), _register_channels(8)
@@ -228,40 +268,20 @@ def schedule_channel_copies(sch: s_tir.Schedule, a_cache, w_cache, lanes: int, s
 def _register_rows(lanes: int) -> str:
     """vpdpbusd with the activations as the vector (``lanes`` output positions x 4 channels, u8) and 4
     weight bytes broadcast (s8): the accumulators run along an output row, so the conv's epilogue
-    reads and writes rows of contiguous values. The weight operand is [4, 1, 1]: 4 channels of one
-    [F, C, 1, 1] filter, matched in place (TVM matches multi-element extents on trailing axes only)."""
+    reads and writes rows of contiguous values."""
     vbytes = f"x{4 * lanes}"
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((lanes, 4), "uint8", offset_factor=1), b: T.Buffer((4, 1, 1), "int8", offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:lanes], a[0:lanes, 0:4], b[0:4, 0:1, 0:1])
-            T.writes(c[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vi, vk], "int32") * T.cast(b[vk, 0, 0], "int32")
+    def value(a, b, c):  # noqa: ANN001, ANN202 - TIR buffers at parse time
+        b_i32 = T.reinterpret(b.vload([0, 0, 0], "int8x4"), dtype="int32")
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"),
+            c.vload([0], dtype=f"int32x{lanes}"),
+            a.vload([0, 0], dtype="uint8" + vbytes),
+            T.reinterpret(T.broadcast(b_i32, lanes), dtype="int8" + vbytes),
+            dtype=f"int32x{lanes}",
+        )
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((lanes, 4), "uint8", offset_factor=1), b: T.Buffer((4, 1, 1), "int8", offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:lanes], a[0:lanes, 0:4], b[0:4, 0:1, 0:1])
-            T.writes(c[0:lanes])
-            b_i32 = T.reinterpret(b.vload([0, 0, 0], "int8x4"), dtype="int32")
-            c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"),
-                c.vload([0], dtype=f"int32x{lanes}"),
-                a.vload([0, 0], dtype="uint8" + vbytes),
-                T.reinterpret(T.broadcast(b_i32, lanes), dtype="int8" + vbytes),
-                dtype=f"int32x{lanes}",
-            )
-
-    name = f"qcompiler_dot_rows_{lanes}x4_vnni"
-    TensorIntrin.register(name, desc, impl, override=True)
-    return name
+    return register_rows(f"qcompiler_dot_rows_{lanes}x4_vnni", lanes, STEP, value)
 
 
 ROWS_INTRIN = {lanes: _register_rows(lanes) for lanes in (16, 8)}
