@@ -92,32 +92,9 @@ def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epi
     activations copied to [N, C/2, H, W, 2], weights read in place (two channels of one filter are
     contiguous in [F, C, 1, 1]) and broadcast; register tile up to 4 filters x 16 positions or 8 x 8. False when
     the block does not have this form (the caller works on a copy)."""
-    ops = conv1x1_operands(sch, red)
-    if ops is None or len(spatial) < 3:
-        return False
-    *pre, f, y, x = spatial
-    w_out = loop_extent(sch, x) or 0
-    lanes = 16 if w_out % 16 == 0 else 8
-    if w_out < ROWS_MIN_WIDTH or w_out % lanes:
-        return False
-    a_cache = sch.cache_read(red, ops[0], "global")
-    sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, c // STEP, h, w, c % STEP))
     # 8 accumulators: 8 filters x one 8-position vector, or 4 x 16 positions (two vectors per broadcast)
-    fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), (4, 2) if lanes == 16 else (8, 4, 2))])
-    xo, xi = sch.split(x, [None, lanes])
-    co, ci = sch.split(red_loop, [None, STEP])
-    sch.reorder(*pre, fo, y, xo, co, fi, xi, ci)
-    outer = sch.fuse(*pre, fo, y)
-    place_epilogue(sch, epilogue, xo)
-    for b in ahead:
-        schedule_elementwise(sch, b)
-    vnni.schedule_quad_copy(sch, a_cache, STEP)
-    sch.parallel(outer)
-    sch.unroll(fi)
-    init = sch.decompose_reduction(red, co)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(xi, ROWS_INTRIN[lanes])
-    return True
+    return vnni.rows_form(sch, red, spatial, red_loop, epilogue, ahead, STEP, ROWS_MIN_WIDTH,
+                          lambda lanes: (4, 2) if lanes == 16 else (8, 4, 2), ROWS_INTRIN)
 
 
 def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list) -> bool:

@@ -308,30 +308,40 @@ def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epi
     channels of one position side by side), the weights are read in place (4 channels of one filter
     are contiguous in [F, C, 1, 1]) and broadcast, and the register tile is up to 8 filters x one
     16- or 8-position vector. Exact for the same reason as the other form."""
-    ops = conv1x1_operands(sch, red)
+    return rows_form(sch, red, spatial, red_loop, epilogue, ahead, STEP, ROWS_MIN_WIDTH,
+                     lambda lanes: (8, 4, 2), ROWS_INTRIN)
+
+
+def rows_form(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list,  # noqa: PLR0913
+              step: int, min_width: int, filter_tiles, intrins: dict[int, str]) -> bool:  # noqa: ANN001
+    """The row-vector 1x1 conv schedule of this module and of avx2.py: activations copied to
+    [N, C/step, H, W, step], weights read in place and broadcast, a register tile of
+    ``filter_tiles(lanes)`` filters x one 16- or 8-position vector tensorized with ``intrins[lanes]``.
+    False when the block does not have the form (rows narrower than ``min_width`` or not whole vectors)."""
+    ops = conv1x1_operands(sch, red, step)
     if ops is None or len(spatial) < 3:
         return False
     *pre, f, y, x = spatial
     w_out = loop_extent(sch, x) or 0
     lanes = 16 if w_out % 16 == 0 else 8
-    if w_out < ROWS_MIN_WIDTH or w_out % lanes:
+    if w_out < min_width or w_out % lanes:
         return False
     a_cache = sch.cache_read(red, ops[0], "global")
-    sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, c // STEP, h, w, c % STEP))
-    fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), (8, 4, 2))])
+    sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, c // step, h, w, c % step))
+    fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), filter_tiles(lanes))])
     xo, xi = sch.split(x, [None, lanes])
-    co, ci = sch.split(red_loop, [None, STEP])
+    co, ci = sch.split(red_loop, [None, step])
     sch.reorder(*pre, fo, y, xo, co, fi, xi, ci)
     outer = sch.fuse(*pre, fo, y)
     place_epilogue(sch, epilogue, xo)
     for b in ahead:
         schedule_elementwise(sch, b)
-    schedule_quad_copy(sch, a_cache)
+    schedule_quad_copy(sch, a_cache, step)
     sch.parallel(outer)
     sch.unroll(fi)
     init = sch.decompose_reduction(red, co)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(xi, ROWS_INTRIN[lanes])
+    sch.tensorize(xi, intrins[lanes])
     return True
 
 
