@@ -57,12 +57,13 @@ def kernel_table(model: onnx.ModelProto, batch: int | None, repeat: int) -> list
     import tvm
     from qcompiler.targets.tvm.builder import build_module
     from qcompiler.targets.tvm.compile import compile_module, cpu_fuse, cpu_target
+    from qcompiler.targets.tvm.prepack import fold_prepacks
     from qcompiler.targets.tvm.schedule import schedule_cpu
     from tvm import relax
 
     built = build_module(model, batch=batch, use_vnni=None)
     tgt = cpu_target()
-    scheduled = schedule_cpu(cpu_fuse(built.mod, tgt), tgt)
+    scheduled = fold_prepacks(schedule_cpu(cpu_fuse(built.mod, tgt), tgt))  # the kernels that ship
     ex = compile_module(built.mod, tgt)
     dev = tvm.cpu()
     lib = ex.mod

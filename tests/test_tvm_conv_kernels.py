@@ -118,6 +118,23 @@ def test_pointwise_conv_on_avx2_matches_numerics(c: int, m: int, h: int, mcpu: s
     assert "vpmaddubsw" not in asm
 
 
+@pytest.mark.cpu_feature("avx2")
+@pytest.mark.parametrize("mcpu", ["haswell", "cascadelake"])
+def test_pointwise_conv_weights_reordered_at_build_time(mcpu: str) -> None:
+    """The channel-vector 1x1 form reads its weight as [F/lanes, C/step, 1, 1, lanes, step]: that reordering
+    of the model's constant weight happens once, when the library is built (prepack.py), not in every call.
+    The kernels that ship are the ``_prepacked`` halves, with no ``_weight_prepack`` copy left beside them.
+    The AVX2 build runs here and is compared bit for bit; the VNNI build (cascadelake) is compiled only."""
+    if mcpu == "haswell":
+        asm = _check(64, 14, [(96, 1, 1, 1, [0, 0, 0, 0]), (48, 1, 1, 1, [0, 0, 0, 0])], mcpu=mcpu)
+    else:
+        model, _ = _chain(64, 14, [(96, 1, 1, 1, [0, 0, 0, 0]), (48, 1, 1, 1, [0, 0, 0, 0])])
+        asm = cpu_assembly(compile_module(build_module(model, use_vnni=True).mod, cpu_target(mcpu)))
+        assert "vpdpbusd" in asm
+    assert "_prepacked" in asm, "the channel-vector 1x1 kernels must take their weight reordered at build time"
+    assert "_weight_prepack" not in asm, "a constant weight's reordering must not ship as a kernel"
+
+
 @pytest.mark.parametrize("c, m, h", [(32, 32, 16), (64, 48, 14), (96, 32, 7), (384, 64, 8), (40, 32, 12)],
                          ids=["whole-tiles", "partial-tile-14x14", "partial-tile-7x7", "weights-reloaded", "k40"])
 def test_pointwise_conv_on_amx_matches_numerics(c: int, m: int, h: int) -> None:

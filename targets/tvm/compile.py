@@ -129,6 +129,7 @@ def cpu_pipeline(target: tvm.target.Target, *, fast: bool = True, database: Any 
     """
     from tvm.relax.backend.cpu_generic import pipeline as cp
 
+    from .prepack import fold_prepacks
     from .schedule import schedule_cpu
 
     @tvm.transform.module_pass(opt_level=0)
@@ -139,7 +140,7 @@ def cpu_pipeline(target: tvm.target.Target, *, fast: bool = True, database: Any 
                 with database:
                     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             if fast:
-                mod = schedule_cpu(mod, target, unscheduled)
+                mod = fold_prepacks(schedule_cpu(mod, target, unscheduled))
             mod = tvm.transform.Sequential(cp.dataflow_lower_passes(target) + cp.finalize_passes(target))(mod)
         return mod
 

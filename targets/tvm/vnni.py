@@ -33,6 +33,7 @@ from tvm.script import tirx as T
 from qcompiler.cpuinfo import cpu_flags
 
 from .loop_tiling import loop_extent, place_epilogue, schedule_elementwise, tile_factor
+from .prepack import mark_weight_copy
 from .script_frames import quick_frames
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,25 @@ BLOCK = "qmm_vnni"  # name of the TE block; the schedule rule recognises the ker
 LANES, STEP = 16, 4  # output columns, reduction steps per vpdpbusd
 
 
-def register_channels(name: str, lanes: int, step: int, adt: str, value) -> str:  # noqa: ANN001
+def _widened(adt: str, stored: str | None):  # noqa: ANN202 - a TIR expression builder
+    """How a conv reads an activation as int32: a plain cast, or, where the copy widened the ``adt`` values
+    to ``stored`` (``unsafe_set_dtype``), a cast back to ``adt`` first (what the primitive writes)."""
+    if stored is None:
+        return lambda v: T.cast(v, "int32")
+    return lambda v: T.cast(T.cast(v, adt), "int32")
+
+
+def register_channels(name: str, lanes: int, step: int, adt: str, value, stored: str | None = None) -> str:  # noqa: ANN001
     """Register a dot-product intrinsic with the output channels as the vector: ``step`` activation bytes
     (``adt``) against ``lanes`` x ``step`` weight bytes (s8) into ``lanes`` int32 sums, computed as
-    ``value(a, b, c)`` (this module's vpdpbusd, avx2.py's vpmaddwd). Call it under :func:`quick_frames`."""
+    ``value(a, b, c)`` (this module's vpdpbusd, avx2.py's vpmaddwd). ``stored``: the activations were
+    copied widened to this type (``unsafe_set_dtype`` on the copy: the conv reads them cast back to
+    ``adt``). Call it under :func:`quick_frames`."""
+    sdt = stored or adt
+    widened = _widened(adt, stored)
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((step,), adt, offset_factor=1), b: T.Buffer((lanes, step), "int8", offset_factor=1),
+    def desc(a: T.Buffer((step,), sdt, offset_factor=1), b: T.Buffer((lanes, step), "int8", offset_factor=1),
              c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:step], b[0:lanes, 0:step])
@@ -56,10 +69,10 @@ def register_channels(name: str, lanes: int, step: int, adt: str, value) -> str:
                 for k in T.serial(0, step):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+                        c[vi] = c[vi] + widened(a[vk]) * T.cast(b[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((step,), adt, offset_factor=1), b: T.Buffer((lanes, step), "int8", offset_factor=1),
+    def impl(a: T.Buffer((step,), sdt, offset_factor=1), b: T.Buffer((lanes, step), "int8", offset_factor=1),
              c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:step], b[0:lanes, 0:step])
@@ -70,14 +83,16 @@ def register_channels(name: str, lanes: int, step: int, adt: str, value) -> str:
     return name
 
 
-def register_rows(name: str, lanes: int, step: int, value) -> str:  # noqa: ANN001
+def register_rows(name: str, lanes: int, step: int, value, stored: str | None = None) -> str:  # noqa: ANN001
     """Register a dot-product intrinsic with the activations as the vector: ``lanes`` output positions x
     ``step`` channels (u8) against ``step`` weight bytes of one [F, C, 1, 1] filter (s8, matched in place:
-    TVM matches multi-element extents on trailing axes only), computed as ``value(a, b, c)``. Call it
-    under :func:`quick_frames`."""
+    TVM matches multi-element extents on trailing axes only), computed as ``value(a, b, c)``. ``stored``: as
+    in :func:`register_channels`. Call it under :func:`quick_frames`."""
+    sdt = stored or "uint8"
+    widened = _widened("uint8", stored)
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((lanes, step), "uint8", offset_factor=1), b: T.Buffer((step, 1, 1), "int8", offset_factor=1),
+    def desc(a: T.Buffer((lanes, step), sdt, offset_factor=1), b: T.Buffer((step, 1, 1), "int8", offset_factor=1),
              c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:lanes, 0:step], b[0:step, 0:1, 0:1])
@@ -86,10 +101,10 @@ def register_rows(name: str, lanes: int, step: int, value) -> str:  # noqa: ANN0
                 for k in T.serial(0, step):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vi, vk], "int32") * T.cast(b[vk, 0, 0], "int32")
+                        c[vi] = c[vi] + widened(a[vi, vk]) * T.cast(b[vk, 0, 0], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((lanes, step), "uint8", offset_factor=1), b: T.Buffer((step, 1, 1), "int8", offset_factor=1),
+    def impl(a: T.Buffer((lanes, step), sdt, offset_factor=1), b: T.Buffer((step, 1, 1), "int8", offset_factor=1),
              c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:lanes, 0:step], b[0:step, 0:1, 0:1])
@@ -237,6 +252,7 @@ def channel_layouts(sch: s_tir.Schedule, red, ops: tuple[int, int], lanes: int, 
     # cache_read renumbers nothing: both caches are made from the original read indices
     a_cache = sch.cache_read(red, ops[0], "global")
     w_cache = sch.cache_read(red, ops[1], "global")
+    mark_weight_copy(sch, w_cache)  # a constant weight is reordered once, at build time (prepack.py)
     sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, h, w, c))
     sch.transform_layout(w_cache, ("write", 0),
                          lambda o, i, kh, kw: (o // lanes, i // step, kh, kw, o % lanes, i % step))
@@ -313,11 +329,13 @@ def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epi
 
 
 def rows_form(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list,  # noqa: PLR0913
-              step: int, min_width: int, filter_tiles, intrins: dict[int, str]) -> bool:  # noqa: ANN001
+              step: int, min_width: int, filter_tiles, intrins: dict[int, str],  # noqa: ANN001
+              stored: str | None = None) -> bool:
     """The row-vector 1x1 conv schedule of this module and of avx2.py: activations copied to
-    [N, C/step, H, W, step], weights read in place and broadcast, a register tile of
-    ``filter_tiles(lanes)`` filters x one 16- or 8-position vector tensorized with ``intrins[lanes]``.
-    False when the block does not have the form (rows narrower than ``min_width`` or not whole vectors)."""
+    [N, C/step, H, W, step] (widened to ``stored`` where given), weights read in place and broadcast, a
+    register tile of ``filter_tiles(lanes)`` filters x one 16- or 8-position vector tensorized with
+    ``intrins[lanes]``. False when the block does not have the form (rows narrower than ``min_width`` or
+    not whole vectors)."""
     ops = conv1x1_operands(sch, red, step)
     if ops is None or len(spatial) < 3:
         return False
@@ -328,6 +346,8 @@ def rows_form(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list,
         return False
     a_cache = sch.cache_read(red, ops[0], "global")
     sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, c // step, h, w, c % step))
+    if stored:
+        sch.unsafe_set_dtype(a_cache, 0, stored)
     fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), filter_tiles(lanes))])
     xo, xi = sch.split(x, [None, lanes])
     co, ci = sch.split(red_loop, [None, step])
