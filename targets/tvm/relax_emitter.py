@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from tvm import relax
+from tvm import relax, tirx, topi
 
 from qcompiler.dyadic import folded_offset
 from qcompiler.errors import UnsupportedModelError
@@ -96,6 +96,11 @@ class ScopedBlockBuilder(relax.BlockBuilder):
                     self._end_block()
                     self.end_scope()
                 raise
+
+
+def high_word(v: Any) -> Any:
+    """``v >> 32`` of an int64 TE tensor as int32, the 32 an immediate: the high word (a shuffle on x86)."""
+    return topi.cast(topi.right_shift(v, tirx.const(32, "int64")), "int32")
 
 
 class RelaxEmitter:
@@ -245,8 +250,23 @@ class RelaxEmitter:
 
     def shift_clip(self, t: relax.Expr, c: np.ndarray, y_zp: np.ndarray, qmin: int, qmax: int) -> relax.Expr:
         """The folded form's tail: the floor shift of the int64 ``t`` (rounding and zero point already in
-        it), the clamp and the output dtype."""
-        t = self.bb.emit(relax.op.right_shift(t, relax_const(np.asarray(c, np.int64))))
+        it, ``|t| < 2^63`` as the caller proved), the clamp and the output dtype.
+
+        Where every shift is at least 32 (M < 1/2: nearly every conv and matmul), the shift is split:
+        ``t >> 32`` is the high word of ``t`` (it fits int32 since ``|t| < 2^63``), then an int32 shift by
+        ``c - 32`` and an int32 clamp. The same integer (nested floors: floor(floor(t / 2^32) / 2^(c-32)) =
+        floor(t / 2^c)). Why: AVX2 has no 64-bit arithmetic shift and no 64-bit min/max, LLVM emulated
+        them with five to eight instructions per four outputs; the high word is a shuffle, the int32
+        shift one ``vpsravd`` and the clamp ``vpminsd``/``vpmaxsd`` per eight."""
+        c = np.asarray(c, np.int64)
+        if c.size and int(c.min()) >= 32:
+            # the high word by TE, so the 32 is an immediate of the kernel (a Relax constant becomes a
+            # kernel parameter, and LLVM would emulate a 64-bit shift by a variable again)
+            t = self.bb.emit_te(high_word, t)
+            if int(c.max()) > 32:
+                t = self.bb.emit(relax.op.right_shift(t, relax_const((c - 32).astype(np.int32))))
+        else:
+            t = self.bb.emit(relax.op.right_shift(t, relax_const(c)))
         t = self.bb.emit(relax.op.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
         return self.bb.emit(relax.op.astype(t, NP2TVM[np.asarray(y_zp).dtype]))
 
