@@ -54,18 +54,19 @@ def _pair(v, dt: str = "int8"):  # noqa: ANN001, ANN202 - TIR expressions
 
 @quick_frames()
 def _register_rows(vecs: int) -> str:
-    """``vecs`` x 8 output positions x 2 channels (u8, widened) against one broadcast weight pair (s8)."""
+    """``vecs`` x 8 output positions x 2 channels against one filter's weight pair, both copied as int16
+    (rows_form's ``stored``): the activations go straight into vpmaddwd from memory and the weight pair is
+    one int32, broadcast by ``vpbroadcastd`` (a load: no widening per use)."""
     lanes = LANES * vecs
 
     def value(a, b, c):  # noqa: ANN001, ANN202 - TIR buffers at parse time
-        w = _pair(b.vload([0, 0, 0], dtype="int8x2"))
+        w = T.reinterpret(T.broadcast(T.reinterpret(b.vload([0, 0, 0], dtype="int16x2"), dtype="int32"), LANES),
+                          dtype="int16x16")
         sums = [T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(PMADDWD), a.vload([LANES * v, 0], dtype="int16x16"),
                                         w, dtype="int32x8") for v in range(vecs)]
         return c.vload([0], dtype=f"int32x{lanes}") + (sums[0] if vecs == 1 else T.Shuffle(sums, list(range(lanes))))
 
-    # the activations are copied widened to int16 (rows_form's ``stored``): a pair of positions' two channels
-    # is read straight into vpmaddwd, no widening per use
-    return vnni.register_rows(f"qcompiler_pmaddwd_rows_{lanes}x2_u16", lanes, STEP, value, stored="int16")
+    return vnni.register_rows(f"qcompiler_pmaddwd_rows_{lanes}x2_i16", lanes, STEP, value, stored="int16")
 
 
 @quick_frames()

@@ -86,13 +86,13 @@ def register_channels(name: str, lanes: int, step: int, adt: str, value, stored:
 def register_rows(name: str, lanes: int, step: int, value, stored: str | None = None) -> str:  # noqa: ANN001
     """Register a dot-product intrinsic with the activations as the vector: ``lanes`` output positions x
     ``step`` channels (u8) against ``step`` weight bytes of one [F, C, 1, 1] filter (s8, matched in place:
-    TVM matches multi-element extents on trailing axes only), computed as ``value(a, b, c)``. ``stored``: as
-    in :func:`register_channels`. Call it under :func:`quick_frames`."""
-    sdt = stored or "uint8"
-    widened = _widened("uint8", stored)
+    TVM matches multi-element extents on trailing axes only), computed as ``value(a, b, c)``. ``stored``: both
+    operands were copied widened to this type (:func:`rows_form`). Call it under :func:`quick_frames`."""
+    sdt, wdt = stored or "uint8", stored or "int8"
+    widened, w_widened = _widened("uint8", stored), _widened("int8", stored)
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((lanes, step), sdt, offset_factor=1), b: T.Buffer((step, 1, 1), "int8", offset_factor=1),
+    def desc(a: T.Buffer((lanes, step), sdt, offset_factor=1), b: T.Buffer((step, 1, 1), wdt, offset_factor=1),
              c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:lanes, 0:step], b[0:step, 0:1, 0:1])
@@ -101,10 +101,10 @@ def register_rows(name: str, lanes: int, step: int, value, stored: str | None = 
                 for k in T.serial(0, step):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + widened(a[vi, vk]) * T.cast(b[vk, 0, 0], "int32")
+                        c[vi] = c[vi] + widened(a[vi, vk]) * w_widened(b[vk, 0, 0])
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((lanes, step), sdt, offset_factor=1), b: T.Buffer((step, 1, 1), "int8", offset_factor=1),
+    def impl(a: T.Buffer((lanes, step), sdt, offset_factor=1), b: T.Buffer((step, 1, 1), wdt, offset_factor=1),
              c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:lanes, 0:step], b[0:step, 0:1, 0:1])
@@ -332,10 +332,12 @@ def rows_form(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list,
               step: int, min_width: int, filter_tiles, intrins: dict[int, str],  # noqa: ANN001
               stored: str | None = None) -> bool:
     """The row-vector 1x1 conv schedule of this module and of avx2.py: activations copied to
-    [N, C/step, H, W, step] (widened to ``stored`` where given), weights read in place and broadcast, a
-    register tile of ``filter_tiles(lanes)`` filters x one 16- or 8-position vector tensorized with
-    ``intrins[lanes]``. False when the block does not have the form (rows narrower than ``min_width`` or
-    not whole vectors)."""
+    [N, C/step, H, W, step], weights read in place and broadcast, a register tile of
+    ``filter_tiles(lanes)`` filters x one 16- or 8-position vector tensorized with ``intrins[lanes]``.
+    ``stored``: both operands widened to this type, the activations by their copy, the weight by a copy
+    of its own that prepack.py runs at build time (the row-form layers' weights are small: MobileNetV2's
+    add 40 KB to the library). False when the block does not have the form (rows narrower than
+    ``min_width`` or not whole vectors)."""
     ops = conv1x1_operands(sch, red, step)
     if ops is None or len(spatial) < 3:
         return False
@@ -348,6 +350,10 @@ def rows_form(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list,
     sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, c // step, h, w, c % step))
     if stored:
         sch.unsafe_set_dtype(a_cache, 0, stored)
+        w_cache = sch.cache_read(red, ops[1], "global")
+        sch.unsafe_set_dtype(w_cache, 0, stored)
+        mark_weight_copy(sch, w_cache)
+        sch.parallel(sch.get_loops(w_cache)[0])  # where the weight is computed at run time (4-bit unpacked)
     fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), filter_tiles(lanes))])
     xo, xi = sch.split(x, [None, lanes])
     co, ci = sch.split(red_loop, [None, step])
