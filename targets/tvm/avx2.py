@@ -83,8 +83,8 @@ def _register_channels(adt: str = "uint8") -> str:
 
 
 @quick_frames()
-def _register_channels_widened() -> str:
-    """8 output channels x 2 reduction steps against one activation pair copied as int16 (two u8 values
+def _register_channels_widened(adt: str = "uint8") -> str:
+    """8 output channels x 2 reduction steps against one activation pair copied as int16 (two ``adt`` values
     widened by the copy): the pair is one int32, broadcast (``vpbroadcastd`` from memory, no widening)."""
 
     def value(a, b, c):  # noqa: ANN001, ANN202 - TIR buffers at parse time
@@ -94,11 +94,12 @@ def _register_channels_widened() -> str:
             T.llvm_lookup_intrinsic_id(PMADDWD), pair, T.Cast("int16x16", b.vload([0, 0], dtype="int8x16")),
             dtype="int32x8")
 
-    return vnni.register_channels("qcompiler_pmaddwd_channels_u16_8x2", LANES, STEP, "uint8", value, stored="int16")
+    return vnni.register_channels(f"qcompiler_pmaddwd_channels_{adt}_as_i16_8x2", LANES, STEP, adt, value,
+                                  stored="int16")
 
 
 ROWS_INTRIN = {16: _register_rows(2), 8: _register_rows(1)}
-WIDENED_CHANNELS_INTRIN = _register_channels_widened()
+WIDENED_CHANNELS_INTRIN = {"uint8": _register_channels_widened(), "int8": _register_channels_widened("int8")}
 CHANNELS_INTRIN = _register_channels()
 ROWS_CHANNELS_INTRIN = {"uint8": CHANNELS_INTRIN, "int8": _register_channels("int8")}
 ROWS_MIN_WIDTH = 16  # output rows at least this wide (and a multiple of 8) take the row-vector form
@@ -151,7 +152,7 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     sch.unroll(fv)
     init = sch.decompose_reduction(red, co)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(fi, WIDENED_CHANNELS_INTRIN)
+    sch.tensorize(fi, WIDENED_CHANNELS_INTRIN["uint8"])
     return True
 
 
@@ -178,6 +179,13 @@ def schedule_matmul(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> No
     """Tile rows x 16 columns (8 where M is not a multiple of 16), reduction in steps of 2 tensorized with
     vpmaddwd; the epilogue under the tile, blocks that only feed it stay ahead at the root."""
     adt = str(sch.get(red).reads[0].source.dtype)
+    # the rows copied as int16 first (R x K values against R x K x M products): each pair is then one int32
+    # broadcast from memory instead of a broadcast and a widening per use, which made the tile shuffle-bound
+    a_cache = sch.cache_read(red, 0, "global")
+    sch.unsafe_set_dtype(a_cache, 0, "int16")
+    ci, ck = sch.get_loops(a_cache)
+    sch.parallel(ci)
+    sch.vectorize(sch.split(ck, [None, 16])[1] if (loop_extent(sch, ck) or 0) % 16 == 0 else ck)
     i, j, k = sch.get_loops(red)
     io, ii = sch.split(i, [None, tile_factor(loop_extent(sch, i), (ROW_TILE, 2))])
     vecs = 2 if (loop_extent(sch, j) or 0) % (2 * LANES) == 0 else 1
@@ -196,7 +204,7 @@ def schedule_matmul(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> No
     sch.parallel(outer)
     init = sch.decompose_reduction(red, ko)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(ji, ROWS_CHANNELS_INTRIN[adt])
+    sch.tensorize(ji, WIDENED_CHANNELS_INTRIN[adt])
 
 
 GROUP_NAMES = ("qgmm_avx2", "qgmm_avx2_sum")  # the QGroupMatMul's partials and group-scale sum blocks
