@@ -44,12 +44,10 @@ PMADDWD = "llvm.x86.avx2.pmadd.wd"
 AVX2_MCPUS = {"haswell", "broadwell", "skylake", "skylake-avx512", "znver1", "znver2", "znver3"}
 
 
-def _pair(v, dt: str = "int8"):  # noqa: ANN001, ANN202 - TIR expressions
-    """Two ``dt`` bytes (an x2 vector) as 8 int16 pairs: the two bytes as one int16 broadcast to 8 lanes, then
-    each byte widened by its sign (``vpbroadcastw`` + ``vpmovsxbw``/``vpmovzxbw``: two instructions, where
-    widening first and broadcasting the int32 took four)."""
-    bytes16 = T.reinterpret(T.broadcast(T.reinterpret(v, dtype="int16"), LANES), dtype=f"{dt}x16")
-    return T.Cast("int16x16", bytes16)
+def _pair(v):  # noqa: ANN001, ANN202 - TIR expressions
+    """Two int16 values (an x2 vector loaded from an int16 copy) as 8 int16 pairs: one int32 broadcast
+    (``vpbroadcastd`` from memory: a load, no shuffle-port widening)."""
+    return T.reinterpret(T.broadcast(T.reinterpret(v, dtype="int32"), LANES), dtype="int16x16")
 
 
 @quick_frames()
@@ -60,8 +58,7 @@ def _register_rows(vecs: int) -> str:
     lanes = LANES * vecs
 
     def value(a, b, c):  # noqa: ANN001, ANN202 - TIR buffers at parse time
-        w = T.reinterpret(T.broadcast(T.reinterpret(b.vload([0, 0, 0], dtype="int16x2"), dtype="int32"), LANES),
-                          dtype="int16x16")
+        w = _pair(b.vload([0, 0, 0], dtype="int16x2"))
         sums = [T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(PMADDWD), a.vload([LANES * v, 0], dtype="int16x16"),
                                         w, dtype="int32x8") for v in range(vecs)]
         return c.vload([0], dtype=f"int32x{lanes}") + (sums[0] if vecs == 1 else T.Shuffle(sums, list(range(lanes))))
@@ -71,27 +68,13 @@ def _register_rows(vecs: int) -> str:
 
 @quick_frames()
 def _register_channels(adt: str = "uint8") -> str:
-    """8 output channels x 2 reduction steps (s8 weights, widened) against one broadcast activation pair
-    (``adt``: u8 or s8, widened by its sign)."""
-
-    def value(a, b, c):  # noqa: ANN001, ANN202 - TIR buffers at parse time
-        return c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(PMADDWD), _pair(a.vload([0], dtype=adt + "x2"), adt),
-            T.Cast("int16x16", b.vload([0, 0], dtype="int8x16")), dtype="int32x8")
-
-    return vnni.register_channels(f"qcompiler_pmaddwd_channels_{adt}_8x2", LANES, STEP, adt, value)
-
-
-@quick_frames()
-def _register_channels_widened(adt: str = "uint8") -> str:
     """8 output channels x 2 reduction steps against one activation pair copied as int16 (two ``adt`` values
     widened by the copy): the pair is one int32, broadcast (``vpbroadcastd`` from memory, no widening)."""
 
     def value(a, b, c):  # noqa: ANN001, ANN202 - TIR buffers at parse time
-        pair = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], dtype="int16x2"), dtype="int32"), LANES),
-                             dtype="int16x16")
         return c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(PMADDWD), pair, T.Cast("int16x16", b.vload([0, 0], dtype="int8x16")),
+            T.llvm_lookup_intrinsic_id(PMADDWD), _pair(a.vload([0], dtype="int16x2")),
+            T.Cast("int16x16", b.vload([0, 0], dtype="int8x16")),
             dtype="int32x8")
 
     return vnni.register_channels(f"qcompiler_pmaddwd_channels_{adt}_as_i16_8x2", LANES, STEP, adt, value,
@@ -99,9 +82,7 @@ def _register_channels_widened(adt: str = "uint8") -> str:
 
 
 ROWS_INTRIN = {16: _register_rows(2), 8: _register_rows(1)}
-WIDENED_CHANNELS_INTRIN = {"uint8": _register_channels_widened(), "int8": _register_channels_widened("int8")}
-CHANNELS_INTRIN = _register_channels()
-ROWS_CHANNELS_INTRIN = {"uint8": CHANNELS_INTRIN, "int8": _register_channels("int8")}
+CHANNELS_INTRIN = {"uint8": _register_channels(), "int8": _register_channels("int8")}
 ROWS_MIN_WIDTH = 16  # output rows at least this wide (and a multiple of 8) take the row-vector form
 CONV_ROW_TILES = (7, 6, 4, 2)  # output positions per register tile of the channel form (one ymm each)
 
@@ -152,7 +133,7 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     sch.unroll(fv)
     init = sch.decompose_reduction(red, co)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(fi, WIDENED_CHANNELS_INTRIN["uint8"])
+    sch.tensorize(fi, CHANNELS_INTRIN["uint8"])
     return True
 
 
@@ -175,17 +156,24 @@ def matmul_te(a: te.Tensor, b: te.Tensor) -> te.Tensor:
     return vnni.matmul_te(a, b, STEP, LANES, BLOCK)
 
 
-def schedule_matmul(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> None:
-    """Tile rows x 16 columns (8 where M is not a multiple of 16), reduction in steps of 2 tensorized with
-    vpmaddwd; the epilogue under the tile, blocks that only feed it stay ahead at the root."""
-    adt = str(sch.get(red).reads[0].source.dtype)
-    # the rows copied as int16 first (R x K values against R x K x M products): each pair is then one int32
-    # broadcast from memory instead of a broadcast and a widening per use, which made the tile shuffle-bound
-    a_cache = sch.cache_read(red, 0, "global")
+def rows_as_int16(sch: s_tir.Schedule, block) -> None:
+    """Copy the rows a matmul block reads (its first operand, [R, K]) widened to int16, ahead of it.
+
+    Why: R x K values copied against R x K x M products, and each activation pair is then one int32
+    broadcast from memory (``vpbroadcastd``) instead of a broadcast and a widening per use, which made
+    the tiles shuffle-bound. Exact: ``unsafe_set_dtype`` casts u8/s8 to int16 and back."""
+    a_cache = sch.cache_read(block, 0, "global")
     sch.unsafe_set_dtype(a_cache, 0, "int16")
     ci, ck = sch.get_loops(a_cache)
     sch.parallel(ci)
     sch.vectorize(sch.split(ck, [None, 16])[1] if (loop_extent(sch, ck) or 0) % 16 == 0 else ck)
+
+
+def schedule_matmul(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> None:
+    """Tile rows x 16 columns (8 where M is not a multiple of 16), reduction in steps of 2 tensorized with
+    vpmaddwd; the epilogue under the tile, blocks that only feed it stay ahead at the root."""
+    adt = str(sch.get(red).reads[0].source.dtype)
+    rows_as_int16(sch, red)
     i, j, k = sch.get_loops(red)
     io, ii = sch.split(i, [None, tile_factor(loop_extent(sch, i), (ROW_TILE, 2))])
     vecs = 2 if (loop_extent(sch, j) or 0) % (2 * LANES) == 0 else 1
@@ -204,7 +192,7 @@ def schedule_matmul(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> No
     sch.parallel(outer)
     init = sch.decompose_reduction(red, ko)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(ji, WIDENED_CHANNELS_INTRIN[adt])
+    sch.tensorize(ji, CHANNELS_INTRIN[adt])
 
 
 GROUP_NAMES = ("qgmm_avx2", "qgmm_avx2_sum")  # the QGroupMatMul's partials and group-scale sum blocks
@@ -228,4 +216,5 @@ def group_matmul_te(a: te.Tensor, b: te.Tensor, u: te.Tensor) -> te.Tensor:
 def schedule_group(sch: s_tir.Schedule, epilogue: list, ahead: list) -> None:
     """vnni.schedule_group with vpmaddwd: 8 columns, steps of 2, the intrinsic of the rows' dtype."""
     adt = str(sch.get(sch.get_sblock(GROUP_NAMES[0])).reads[0].source.dtype)
-    vnni.schedule_group(sch, epilogue, ahead, STEP, LANES, ROWS_CHANNELS_INTRIN[adt], GROUP_NAMES)
+    rows_as_int16(sch, sch.get_sblock(GROUP_NAMES[0]))
+    vnni.schedule_group(sch, epilogue, ahead, STEP, LANES, CHANNELS_INTRIN[adt], GROUP_NAMES)
