@@ -99,6 +99,14 @@ weights, so the int32 sum never wrapped), and ``bound * b + |k| < 2**63`` (no in
 Why: both factors are then sign-extended 32-bit values (one ``vpmuldq``, not the three-uop
 ``vpmullq``), and the bias and zero-point adds disappear from every output.
 
+Split shift (the TVM CPU kernels' tail)
+---------------------------------------
+Where every shift of a layer is ``c >= 32`` the kernels do the floor shift of the folded form's int64
+``t`` in two steps: ``hi = t >> 32`` (the high word: it fits int32 because ``|t| < 2**63``), then
+``hi >> (c - 32)`` and the clamp in int32. Nested floors make it the same integer,
+``floor(floor(t / 2**32) / 2**(c - 32)) = floor(t / 2**c)`` (:func:`shift_split`, property-tested).
+Why: AVX2 has no 64-bit arithmetic shift or 64-bit min/max; the high word is a shuffle.
+
 Residual add
 ------------
 Both inputs are rescaled to the output scale with their own ``b`` and one shared
@@ -313,6 +321,22 @@ def folded_offset(b: np.ndarray | int, c: np.ndarray | int, zp: int, corr: np.nd
             return None
         out.append(k)
     return np.asarray(out, np.int64).reshape(arrs[0].shape)
+
+
+SPLIT_C_MIN = 32  # the smallest shift of the split form (module docstring)
+
+
+def shift_split(t: np.ndarray, c: np.ndarray | int) -> np.ndarray:
+    """``t >> c`` the TVM kernels' way for ``c >= 32``: the high word as int32, then an int32 shift (module
+    docstring). Raises NumericsError where ``c < 32`` or the high word would not fit int32."""
+    t = np.asarray(t, np.int64)
+    c = np.asarray(c, np.int64)
+    if c.size and c.min() < SPLIT_C_MIN:
+        raise NumericsError(f"the split shift needs c >= {SPLIT_C_MIN}, got {c.min()}")
+    hi = t >> 32
+    if hi.size and (hi.min() < INT32_MIN or hi.max() > INT32_MAX):  # pragma: no cover - |t| < 2^63 excludes it
+        raise NumericsError("the high word overflows int32")
+    return (hi.astype(np.int32) >> (c - 32).astype(np.int32)).astype(np.int64)
 
 
 def requantize_folded(raw: np.ndarray, b: np.ndarray | int, k: np.ndarray, c: np.ndarray | int, qmin: int,

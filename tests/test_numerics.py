@@ -313,6 +313,21 @@ def test_requantize_folded_equals_requantize(bound: int, b: int, c: int, corr: i
         assert got == int(dy.requantize(np.array([raw + corr]), b, c, zp, *lim)[0])
 
 
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(st.integers(-(1 << 63), (1 << 63) - 1),
+                 st.sampled_from([-(1 << 63), (1 << 63) - 1, -1, 0, 1, 1 << 32, -(1 << 32), (1 << 32) - 1])),
+       st.integers(dy.SPLIT_C_MIN, dy.C_MAX))
+def test_split_shift_equals_the_floor_shift(t: int, c: int) -> None:
+    """The TVM kernels' tail for c >= 32 (high word, then an int32 shift) is the int64 floor shift of every
+    int64, the extremes included."""
+    assert int(dy.shift_split(np.array([t]), c)[0]) == t >> c
+
+
+def test_split_shift_refuses_small_shifts() -> None:
+    with pytest.raises(NumericsError, match="c >= 32"):
+        dy.shift_split(np.array([5]), 31)
+
+
 def test_folded_offset_per_channel_and_refusals() -> None:
     """Per-channel b, c, corr and bounds broadcast like the kernels' constants; a bound that lets the int32 sum
     wrap (>= 2^31 with a correction to add) or an int64 overflow gives None (the emitter's unfolded form)."""

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from tvm import relax, tirx, topi
 
-from qcompiler.dyadic import folded_offset
+from qcompiler.dyadic import SPLIT_C_MIN, folded_offset
 from qcompiler.errors import UnsupportedModelError
 from qcompiler.external_data import tensor_array
 from qcompiler.ir import attr
@@ -259,7 +259,7 @@ class RelaxEmitter:
         them with five to eight instructions per four outputs; the high word is a shuffle, the int32
         shift one ``vpsravd`` and the clamp ``vpminsd``/``vpmaxsd`` per eight."""
         c = np.asarray(c, np.int64)
-        if c.size and int(c.min()) >= 32:
+        if c.size and int(c.min()) >= SPLIT_C_MIN:  # dyadic.shift_split, the same steps
             # the high word by TE, so the 32 is an immediate of the kernel (a Relax constant becomes a
             # kernel parameter, and LLVM would emulate a 64-bit shift by a variable again)
             t = self.bb.emit_te(high_word, t)
