@@ -255,6 +255,22 @@ def test_full_conv_on_avx2_matches_numerics(c: int, m: int, k: int, stride: int,
     assert any(key[1:] == (k, k, min(h // stride, 16), stride) for key in depthwise_avx2._registered)
 
 
+@pytest.mark.cpu_feature("avx2")
+@pytest.mark.parametrize("mcpu", ["haswell", "znver3"])
+@pytest.mark.parametrize("c, m, k, stride, h, pads", [
+    (16, 16, 3, 1, 14, SYM), (32, 24, 3, 2, 16, SYM), (8, 32, 5, 1, 12, [2, 2, 2, 2]), (16, 32, 3, 2, 14, ASYM),
+    (64, 16, 3, 1, 7, SYM)],
+    ids=["3x3-s1-14", "3x3-s2-8-lanes", "5x5-s1", "3x3-s2-asym", "3x3-7x7-c64"])
+def test_spatial_conv_channels_on_avx2_matches_numerics(c: int, m: int, k: int, stride: int, h: int,
+                                                       pads: list[int], mcpu: str) -> None:
+    """A full kh x kw conv with 8+ input channels (ResNet-style layers, the example model's) on vpmaddwd with
+    the output channels as the vector and the taps as reduction loops (avx2.schedule_conv_channels): never
+    LLVM's int32 vpmulld loops. Built for AVX2 CPUs, so it runs on every x86 host."""
+    asm = _check(c, h, [(m, k, 1, stride, pads)], mcpu=mcpu)
+    assert "vpmaddwd" in asm and "vpmulld" not in asm and "vpmaddubsw" not in asm
+    assert "_prepacked" in asm, "the spatial weight must be reordered at build time"
+
+
 def test_depthwise_stride1_and_full_conv_match_numerics() -> None:
     _check(8, 14, [(16, 3, 1, 2, SYM), (16, 3, "dw", 1, SYM), (32, 1, 1, 1, [0, 0, 0, 0])])
 

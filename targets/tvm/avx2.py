@@ -103,6 +103,25 @@ def schedule_conv1x1_rows(sch: s_tir.Schedule, red, spatial: list, red_loop, epi
                           lambda lanes: (4, 2) if lanes == 16 else (8, 4, 2), ROWS_INTRIN, stored="int16")
 
 
+MIN_CHANNELS = 8  # a spatial conv with fewer input channels (a stem: C = 3 or 4) keeps the row-of-taps form
+
+
+def schedule_conv_channels(sch: s_tir.Schedule, red, spatial: list, red_loops: list, epilogue: list,
+                           ahead: list) -> bool:
+    """A full kh x kw conv (not grouped) with an even number of input channels on vpmaddwd: the 1x1
+    channel-vector form with the kernel's taps as two more reduction loops around the channel pairs.
+
+    Why: without it such a conv (ResNet-style 3x3 layers, the example model's) ran on LLVM's vectoriser,
+    widening to int32 and multiplying with ``vpmulld`` (8 GMAC/s here); the stem form
+    (depthwise_avx2.full_intrinsic) is for few input channels and whole 8-output rows. The activations
+    are copied to [N, H, W, C] as int16 (the conv's input, padding included), the weight to
+    [F/8, C/2, KH, KW, 8, 2] at build time. Exact for the same reason as the 1x1 form."""
+    ops = vnni.conv1x1_operands(sch, red, STEP, spatial=True)
+    if ops is None or len(spatial) < 3 or len(red_loops) != 3 or (loop_extent(sch, red_loops[0]) or 0) < MIN_CHANNELS:
+        return False
+    return _channel_form(sch, red, spatial, red_loops, epilogue, ahead, ops)
+
+
 def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list, ahead: list) -> bool:
     """A 1x1 conv of any map on vpmaddwd, the output channels as the vector: activations copied to
     [N, H, W, C], weights to [F/8, C/2, 8, 2], accumulators [N, H, W, F]; register tile up to 7 positions
@@ -110,7 +129,15 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     ops = conv1x1_operands(sch, red)
     if ops is None or len(spatial) < 3:
         return False
+    return _channel_form(sch, red, spatial, [red_loop], epilogue, ahead, ops)
+
+
+def _channel_form(sch: s_tir.Schedule, red, spatial: list, red_loops: list, epilogue: list, ahead: list,
+                  ops: tuple[int, int]) -> bool:
+    """The channel-vector schedule of :func:`schedule_conv1x1` and :func:`schedule_conv_channels`: the
+    reduction loops are the channels, then (a spatial kernel) its rows and columns, taps outside the pairs."""
     *pre, f, y, x = spatial
+    red_loop, *taps = red_loops
     copies = vnni.channel_layouts(sch, red, ops, LANES, STEP)
     sch.unsafe_set_dtype(copies[0], 0, "int16")  # u8 values widened once by the copy, not per broadcast
     # two weight vectors (16 channels) where F allows, with a tile of 6 or 4 positions where the row takes
@@ -122,7 +149,7 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     tiles = CONV_ROW_TILES if vecs == 1 or tile_factor(width, (6, 4)) == 1 else (6, 4)
     xo, xi = sch.split(x, [None, tile_factor(width, tiles)])
     co, ci = sch.split(red_loop, [None, STEP])
-    sch.reorder(*pre, fo, y, xo, co, xi, fv, fi, ci)
+    sch.reorder(*pre, fo, y, xo, *taps, co, xi, fv, fi, ci)
     outer = sch.fuse(*pre, fo, y)
     place_epilogue(sch, epilogue, xo)
     for b in ahead:
@@ -131,7 +158,7 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
     sch.parallel(outer)
     sch.unroll(xi)
     sch.unroll(fv)
-    init = sch.decompose_reduction(red, co)
+    init = sch.decompose_reduction(red, taps[0] if taps else co)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(fi, CHANNELS_INTRIN["uint8"])
     return True

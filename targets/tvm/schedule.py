@@ -311,11 +311,16 @@ class IntegerKernelCPU(ScheduleRule):
             opts: tuple[int, ...] = (16, 14, 8, 7, 4, 2)
             if len(rd) == 1 and use_vnni:
                 forms = ((amx.schedule_conv1x1,) if amx.enabled(tgt) else ()) + CONV1X1_FORMS
-                done = self._conv1x1_vnni(sch, red.block_rv, [*pre, f, y, x], rd[0], rest, ahead, tails, forms)
+                done = self._conv_forms(sch, red.block_rv, [*pre, f, y, x], rd[0], rest, ahead, tails, forms)
                 if done is not None:
                     return done
             if len(rd) == 1 and use_avx2:
-                done = self._conv1x1_vnni(sch, red.block_rv, [*pre, f, y, x], rd[0], rest, ahead, tails, AVX2_FORMS)
+                done = self._conv_forms(sch, red.block_rv, [*pre, f, y, x], rd[0], rest, ahead, tails, AVX2_FORMS)
+                if done is not None:
+                    return done
+            if len(rd) == 3 and use_avx2 and "group" not in name:  # a full kh x kw conv with paired channels
+                done = self._conv_forms(sch, red.block_rv, [*pre, f, y, x], rd, rest, ahead, tails,
+                                          (avx2.schedule_conv_channels,))
                 if done is not None:
                     return done
             if len(rd) == 1:  # 1x1 kernel: y and x together are one contiguous row
@@ -406,10 +411,11 @@ class IntegerKernelCPU(ScheduleRule):
 
 
     @staticmethod
-    def _conv1x1_vnni(sch: s_tir.Schedule, red, spatial: list, red_loop, rest: list, ahead: list,
+    def _conv_forms(sch: s_tir.Schedule, red, spatial: list, red_loop, rest: list, ahead: list,
                       tails: set[str], forms: tuple) -> s_tir.Schedule | None:
-        """A u8 1x1 conv on AMX tiles or vpdpbusd (the first of ``forms`` that takes it), tried on a copy:
-        None keeps the generic tiling."""
+        """A u8 conv on one of ``forms`` (AMX tiles, vpdpbusd or vpmaddwd: the first that takes it), tried on
+        a copy: None keeps the generic tiling. ``red_loop``: the 1x1 forms' one reduction loop, or the
+        spatial form's three (channels, kernel rows, kernel columns)."""
         grown = [b.block_rv for b in rest if sch.get(b.block_rv).name_hint in tails]
         epilogue = [b.block_rv for b in rest if sch.get(b.block_rv).name_hint not in tails]
         if any(_downstream(sch, g) & {sch.get(e).name_hint for e in epilogue} for g in grown):

@@ -198,11 +198,11 @@ def schedule(sch: s_tir.Schedule, red, epilogue: list, ahead: list) -> None:
 CONV_ROW_TILES = (16, 14, 8, 7, 4, 2)  # output positions per register tile (one zmm accumulator each)
 
 
-def conv1x1_operands(sch: s_tir.Schedule, red, step: int = STEP) -> tuple[int, int] | None:
+def conv1x1_operands(sch: s_tir.Schedule, red, step: int = STEP, spatial: bool = False) -> tuple[int, int] | None:
     """Indices of (activation, weight) among the reads of a 1x1 conv block when vpdpbusd can compute it:
     u8 activations [N, C, H, W], s8 weights [F, C, 1, 1], C % 4 == 0 (``step``) and F % 8 == 0. None
     otherwise (int8 activations have no u8 x s8 form without changing the zero-point term, which the
-    builder owns)."""
+    builder owns). ``spatial``: a kh x kw kernel is accepted too (avx2.schedule_conv_channels)."""
     reads = sch.get(red).reads
     if len(reads) != 2:
         return None
@@ -211,7 +211,7 @@ def conv1x1_operands(sch: s_tir.Schedule, red, step: int = STEP) -> tuple[int, i
         return None
     a, w = dts.index("uint8"), dts.index("int8")
     ash, wsh = reads[a].source.shape, reads[w].source.shape
-    if len(ash) != 4 or len(wsh) != 4 or any(int(d) != 1 for d in wsh[2:]):
+    if len(ash) != 4 or len(wsh) != 4 or (not spatial and any(int(d) != 1 for d in wsh[2:])):
         return None
     f, c = int(wsh[0]), int(wsh[1])
     return (a, w) if c % step == 0 and f % (LANES // 2) == 0 and int(ash[1]) == c else None
@@ -248,7 +248,7 @@ def schedule_conv1x1(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue
 
 def channel_layouts(sch: s_tir.Schedule, red, ops: tuple[int, int], lanes: int, step: int) -> tuple:
     """The channel-vector form's caches (this module's and avx2.py's): activations copied to [N, H, W, C],
-    the weight to [F/lanes, C/step, 1, 1, lanes, step], the accumulator kept [N, H, W, F]."""
+    the weight to [F/lanes, C/step, KH, KW, lanes, step], the accumulator kept [N, H, W, F]."""
     # cache_read renumbers nothing: both caches are made from the original read indices
     a_cache = sch.cache_read(red, ops[0], "global")
     w_cache = sch.cache_read(red, ops[1], "global")
@@ -272,10 +272,10 @@ def schedule_channel_copies(sch: s_tir.Schedule, a_cache, w_cache, lanes: int, s
     sch.parallel(sch.fuse(tn, th))
     sch.unroll(twi)
     sch.vectorize(tci)
-    o, i, *unit = sch.get_loops(w_cache)
+    o, i, *taps = sch.get_loops(w_cache)
     oo, oi = sch.split(o, [None, lanes])
     io, ii = sch.split(i, [None, step])
-    sch.reorder(oo, oi, io, ii, *unit)
+    sch.reorder(oo, oi, io, *taps, ii)
     sch.parallel(oo)
     sch.vectorize(ii)
 
