@@ -62,10 +62,15 @@ def _picks(lanes: int, stride: int, kw: int, n: int, v: int) -> list[list[list[i
     return out
 
 
-def _weight_pair(b, r: int, p: int, kw: int):  # noqa: ANN001, ANN202 - TIR at parse time
-    """Taps 2p and 2p + 1 of kernel row r as one int32 (two int16s, the second zero past kw), in 16 lanes."""
-    lo = tirx.Cast("int32", tirx.Cast("uint16", tirx.Cast("int16", b[r, 2 * p])))
-    pair = lo + tirx.Cast("int32", b[r, 2 * p + 1]) * 65536 if 2 * p + 1 < kw else lo
+def _weight_pair16(b, r: int, p: int, kw: int):  # noqa: ANN001, ANN202 - TIR at parse time
+    """Taps 2p and 2p + 1 of kernel row r as one int32 (two int16s, the second zero past kw), in 16 lanes, from
+    the weight's int16 copy (made at build time): a whole pair is one int32 load broadcast (``vpbroadcastd``
+    from memory), the odd last tap one zero-extended int16. Built from the s8 bytes instead, each pair took a
+    byte interleave, moves and a broadcast inside the loop."""
+    if 2 * p + 1 < kw:
+        pair = tirx.call_intrin("int32", "tirx.reinterpret", b.vload([r, 2 * p], dtype="int16x2"))
+    else:
+        pair = tirx.Cast("int32", tirx.Cast("uint16", b[r, 2 * p]))
     return tirx.call_intrin("int16x16", "tirx.reinterpret", tirx.Broadcast(pair, LANES))
 
 
@@ -81,7 +86,7 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
     regs = -(-lanes // LANES)
     width = regs * LANES
     picks = _picks(lanes, stride, kw, n, v)
-    desc = row_desc(kh, kw, lanes, stride)
+    desc = row_desc(kh, kw, lanes, stride, "int16")
 
     def value(a, b, c, s0):  # noqa: ANN001, ANN202 - the TIR buffers of impl, at parse time
         if lanes == width:
@@ -93,7 +98,7 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
         for r in range(kh):
             lo, hi = a.vload([r, 0], dtype=f"uint8x{v}"), a.vload([r, n - v], dtype=f"uint8x{v}")
             for p in range(-(-kw // 2)):
-                w = _weight_pair(b, r, p, kw)
+                w = _weight_pair16(b, r, p, kw)
                 prods = [tirx.call_llvm_pure_intrin("int32x8", PMADDWD,
                                                     tirx.Cast("int16x16", tirx.Shuffle([lo, hi], picks[reg][p])), w)
                          for reg in range(regs)]
@@ -104,7 +109,7 @@ def intrinsic(kh: int, kw: int, lanes: int, stride: int) -> str:
         return tirx.call_llvm_intrin("void", "llvm.masked.store", acc, c.access_ptr("w"),
                                      _masked(width, lanes))
 
-    impl = row_impl(kh, kw, lanes, stride, value, None if lanes == width else masked_store)
+    impl = row_impl(kh, kw, lanes, stride, value, None if lanes == width else masked_store, "int16")
     name = f"qcompiler_dw_avx2_{kh}x{kw}_l{lanes}_s{stride}"
     TensorIntrin.register(name, desc, impl, override=True)
     _registered[key] = name

@@ -23,6 +23,7 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from . import strided
+from .prepack import mark_weight_copy
 from .script_frames import quick_frames
 
 log = logging.getLogger(__name__)
@@ -75,17 +76,26 @@ def _row_taps(acc, row, b, offset, kw: int, vl: int, picks: list[list[int]]):  #
     return acc
 
 
-def row_desc(kh: int, kw: int, lanes: int, stride: int):  # noqa: ANN201 - a TIR PrimFunc
+def _tap(wdt: str):  # noqa: ANN202 - a TIR expression builder
+    """How the conv reads a tap as int32: a cast of the s8 weight, or of an int16 copy of it cast back to s8
+    first (``unsafe_set_dtype``'s form, :func:`schedule_rows` with ``widen_weight``)."""
+    if wdt == "int8":
+        return lambda v: T.cast(v, "int32")
+    return lambda v: T.cast(T.cast(v, "int8"), "int32")
+
+
+def row_desc(kh: int, kw: int, lanes: int, stride: int, wdt: str = "int8"):  # noqa: ANN201 - a TIR PrimFunc
     """What a depthwise row intrinsic computes: ``lanes`` outputs of one row from ``kh`` input rows
-    (``(lanes - 1) * stride + kw`` bytes each, any row stride) and the kh x kw taps. Parse it under
-    :func:`quick_frames` (the intrinsics that call it are)."""
+    (``(lanes - 1) * stride + kw`` bytes each, any row stride) and the kh x kw taps (``wdt``: the weight
+    copied as int16). Parse it under :func:`quick_frames` (the intrinsics that call it are)."""
     n = (lanes - 1) * stride + kw
+    tap = _tap(wdt)
 
     @T.prim_func(s_tir=True)
     def desc(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
         s0 = T.int32()
         a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
-        b = T.match_buffer(b_h, (kh, kw), "int8", offset_factor=1)
+        b = T.match_buffer(b_h, (kh, kw), wdt, offset_factor=1)
         c = T.match_buffer(c_h, (lanes,), "int32", offset_factor=1)
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:kh, 0:n], b[0:kh, 0:kw])
@@ -95,12 +105,13 @@ def row_desc(kh: int, kw: int, lanes: int, stride: int):  # noqa: ANN201 - a TIR
                     for i in T.serial(0, lanes):
                         with T.sblock("update"):
                             vi, vr, vk = T.axis.remap("SRR", [i, r, k])
-                            c[vi] = c[vi] + T.cast(a[vr, vi * stride + vk], "int32") * T.cast(b[vr, vk], "int32")
+                            c[vi] = c[vi] + T.cast(a[vr, vi * stride + vk], "int32") * tap(b[vr, vk])
 
     return desc
 
 
-def row_impl(kh: int, kw: int, lanes: int, stride: int, value, masked_store=None):  # noqa: ANN001, ANN201
+def row_impl(kh: int, kw: int, lanes: int, stride: int, value, masked_store=None,  # noqa: ANN001, ANN201
+             wdt: str = "int8"):
     """The implementation of a :func:`row_desc` intrinsic whose sums are ``value(a, b, c, s0)``: stored whole,
     or by ``masked_store(c, sums)`` for a tile narrower than its registers. Parse it under :func:`quick_frames`."""
     n = (lanes - 1) * stride + kw
@@ -109,7 +120,7 @@ def row_impl(kh: int, kw: int, lanes: int, stride: int, value, masked_store=None
         def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
             s0 = T.int32()
             a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
-            b = T.match_buffer(b_h, (kh, kw), "int8", offset_factor=1)
+            b = T.match_buffer(b_h, (kh, kw), wdt, offset_factor=1)
             c = T.match_buffer(c_h, (lanes,), "int32", offset_factor=1)
             with T.sblock("root"):
                 T.reads(c[0:lanes], a[0:kh, 0:n], b[0:kh, 0:kw])
@@ -120,7 +131,7 @@ def row_impl(kh: int, kw: int, lanes: int, stride: int, value, masked_store=None
         def impl(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
             s0 = T.int32()
             a = T.match_buffer(a_h, (kh, n), "uint8", offset_factor=1, strides=[s0, 1])
-            b = T.match_buffer(b_h, (kh, kw), "int8", offset_factor=1)
+            b = T.match_buffer(b_h, (kh, kw), wdt, offset_factor=1)
             c = T.match_buffer(c_h, (lanes,), "int32", offset_factor=1)
             with T.sblock("root"):
                 T.reads(c[0:lanes], a[0:kh, 0:n], b[0:kh, 0:kw])
@@ -289,11 +300,12 @@ def input_stride(sch: s_tir.Schedule, red) -> int | None:
 
 
 def schedule_rows(sch: s_tir.Schedule, red, red_loops: list, fi, xi, fits_fn=fits,  # noqa: ANN001
-                  intrinsic_fn=intrinsic) -> s_tir.Schedule | None:  # noqa: ANN001
+                  intrinsic_fn=intrinsic, widen_weight: bool = False) -> s_tir.Schedule | None:  # noqa: ANN001
     """The depthwise update on vpdpbusd, tried on a copy of a schedule that tiled it ``(..., xo, *red_loops,
     fi, xi)``: the kernel's row and column loops move inside ``fi`` and are tensorized with the row vector
     ``xi``. None when the kernel does not have the form (the caller keeps its own schedule). ``fits_fn`` and
-    ``intrinsic_fn``: another instruction's (depthwise_avx2.py)."""
+    ``intrinsic_fn``: another instruction's (depthwise_avx2.py). ``widen_weight``: the weight is read from an
+    int16 copy made at build time (prepack.py), which ``intrinsic_fn`` expects."""
     stride = input_stride(sch, red)
     if stride is None or len(red_loops) != 2:
         return None
@@ -304,6 +316,13 @@ def schedule_rows(sch: s_tir.Schedule, red, red_loops: list, fi, xi, fits_fn=fit
     trial = sch.copy()
     try:
         ry, rx = red_loops
+        if widen_weight:
+            reads = trial.get(red).reads
+            w_cache = trial.cache_read(red, next(i for i, r in enumerate(reads) if str(r.source.dtype) == "int8"),
+                                       "global")
+            trial.unsafe_set_dtype(w_cache, 0, "int16")
+            mark_weight_copy(trial, w_cache)
+            trial.parallel(trial.get_loops(w_cache)[0])  # where the weight is computed at run time
         trial.reorder(fi, ry, rx, xi)
         init = trial.decompose_reduction(red, ry)
         trial.vectorize(trial.get_loops(init)[-1])

@@ -397,7 +397,7 @@ class IntegerKernelCPU(ScheduleRule):
                 return done
         if dw_avx2 and rd:
             done = depthwise_vnni.schedule_rows(sch, red.block_rv, rd, fi, xi, depthwise_avx2.fits,
-                                                depthwise_avx2.intrinsic)
+                                                depthwise_avx2.intrinsic, widen_weight=True)
             if done is not None:
                 return done
         if s2_dtype and rd:
