@@ -44,10 +44,15 @@ PMADDWD = "llvm.x86.avx2.pmadd.wd"
 AVX2_MCPUS = {"haswell", "broadwell", "skylake", "skylake-avx512", "znver1", "znver2", "znver3"}
 
 
+def pair_broadcast(pair):  # noqa: ANN001, ANN202 - TIR expressions
+    """One int32 holding two int16 values as 8 int16 pairs (``vpbroadcastd``: from memory a load, no
+    shuffle-port widening)."""
+    return T.reinterpret(T.broadcast(pair, LANES), dtype="int16x16")
+
+
 def _pair(v):  # noqa: ANN001, ANN202 - TIR expressions
-    """Two int16 values (an x2 vector loaded from an int16 copy) as 8 int16 pairs: one int32 broadcast
-    (``vpbroadcastd`` from memory: a load, no shuffle-port widening)."""
-    return T.reinterpret(T.broadcast(T.reinterpret(v, dtype="int32"), LANES), dtype="int16x16")
+    """Two int16 values (an x2 vector loaded from an int16 copy) as 8 int16 pairs."""
+    return pair_broadcast(T.reinterpret(v, dtype="int32"))
 
 
 @quick_frames()

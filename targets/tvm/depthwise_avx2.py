@@ -23,7 +23,7 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.s_tir import TensorIntrin
 
-from .avx2 import LANES, PMADDWD
+from .avx2 import LANES, PMADDWD, pair_broadcast
 from .depthwise_vnni import full_desc, full_impl, row_desc, row_impl
 from .script_frames import quick_frames
 from .strided import overlap_index, overlap_width
@@ -71,7 +71,7 @@ def _weight_pair16(b, r: int, p: int, kw: int):  # noqa: ANN001, ANN202 - TIR at
         pair = tirx.call_intrin("int32", "tirx.reinterpret", b.vload([r, 2 * p], dtype="int16x2"))
     else:
         pair = tirx.Cast("int32", tirx.Cast("uint16", b[r, 2 * p]))
-    return tirx.call_intrin("int16x16", "tirx.reinterpret", tirx.Broadcast(pair, LANES))
+    return pair_broadcast(pair)
 
 
 @quick_frames()
@@ -147,7 +147,7 @@ def full_intrinsic(ft: int, kh: int, kw: int, lanes: int, stride: int) -> str:
         for p in range(pairs):
             lo = tirx.Cast("int32", tirx.Cast("uint16", tirx.Cast("int16", b[f, 0, r, 2 * p])))
             pair = lo + tirx.Cast("int32", b[f, 0, r, 2 * p + 1]) * 65536 if 2 * p + 1 < kw else lo
-            w = tirx.call_intrin("int16x16", "tirx.reinterpret", tirx.Broadcast(pair, LANES))
+            w = pair_broadcast(pair)
             prods = []
             for reg in range(regs):
                 at = (reg * pairs + p) * words

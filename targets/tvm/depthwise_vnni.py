@@ -23,8 +23,9 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from . import strided
-from .prepack import mark_weight_copy
+from .prepack import widened_weight_copy
 from .script_frames import quick_frames
+from .vnni import widened
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +77,12 @@ def _row_taps(acc, row, b, offset, kw: int, vl: int, picks: list[list[int]]):  #
     return acc
 
 
-def _tap(wdt: str):  # noqa: ANN202 - a TIR expression builder
-    """How the conv reads a tap as int32: a cast of the s8 weight, or of an int16 copy of it cast back to s8
-    first (``unsafe_set_dtype``'s form, :func:`schedule_rows` with ``widen_weight``)."""
-    if wdt == "int8":
-        return lambda v: T.cast(v, "int32")
-    return lambda v: T.cast(T.cast(v, "int8"), "int32")
-
-
 def row_desc(kh: int, kw: int, lanes: int, stride: int, wdt: str = "int8"):  # noqa: ANN201 - a TIR PrimFunc
     """What a depthwise row intrinsic computes: ``lanes`` outputs of one row from ``kh`` input rows
     (``(lanes - 1) * stride + kw`` bytes each, any row stride) and the kh x kw taps (``wdt``: the weight
     copied as int16). Parse it under :func:`quick_frames` (the intrinsics that call it are)."""
     n = (lanes - 1) * stride + kw
-    tap = _tap(wdt)
+    tap = widened("int8", None if wdt == "int8" else wdt)
 
     @T.prim_func(s_tir=True)
     def desc(a_h: T.handle, b_h: T.handle, c_h: T.handle) -> None:
@@ -318,11 +311,8 @@ def schedule_rows(sch: s_tir.Schedule, red, red_loops: list, fi, xi, fits_fn=fit
         ry, rx = red_loops
         if widen_weight:
             reads = trial.get(red).reads
-            w_cache = trial.cache_read(red, next(i for i, r in enumerate(reads) if str(r.source.dtype) == "int8"),
-                                       "global")
-            trial.unsafe_set_dtype(w_cache, 0, "int16")
-            mark_weight_copy(trial, w_cache)
-            trial.parallel(trial.get_loops(w_cache)[0])  # where the weight is computed at run time
+            widened_weight_copy(trial, red, next(i for i, r in enumerate(reads) if str(r.source.dtype) == "int8"),
+                                "int16")
         trial.reorder(fi, ry, rx, xi)
         init = trial.decompose_reduction(red, ry)
         trial.vectorize(trial.get_loops(init)[-1])

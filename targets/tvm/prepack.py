@@ -37,6 +37,18 @@ def mark_weight_copy(sch: tvm.s_tir.Schedule, block: tvm.s_tir.schedule.SBlockRV
     sch.annotate(block, PREPROC_ATTR, 1)
 
 
+def widened_weight_copy(sch: tvm.s_tir.Schedule, block: tvm.s_tir.schedule.SBlockRV, index: int,
+                        dtype: str) -> tvm.s_tir.schedule.SBlockRV:
+    """Copy the weight ``block`` reads (its read ``index``) widened to ``dtype``, marked as a prepack, so a
+    constant weight is widened once at build time; the copy runs in parallel where the weight is computed at
+    run time (a 4-bit weight unpacked by a kernel ahead). Returns the copy block."""
+    cache = sch.cache_read(block, index, "global")
+    sch.unsafe_set_dtype(cache, 0, dtype)
+    mark_weight_copy(sch, cache)
+    sch.parallel(sch.get_loops(cache)[0])
+    return cache
+
+
 def _has_prepack(mod: tvm.ir.IRModule) -> bool:
     """Whether any kernel carries a marked copy (the split pass is skipped otherwise: it is not free)."""
     return any(PREPROC_ATTR in b.annotations for _, func in mod.functions_items()

@@ -33,7 +33,7 @@ from tvm.script import tirx as T
 from qcompiler.cpuinfo import cpu_flags
 
 from .loop_tiling import loop_extent, place_epilogue, schedule_elementwise, tile_factor
-from .prepack import mark_weight_copy
+from .prepack import mark_weight_copy, widened_weight_copy
 from .script_frames import quick_frames
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,9 @@ BLOCK = "qmm_vnni"  # name of the TE block; the schedule rule recognises the ker
 LANES, STEP = 16, 4  # output columns, reduction steps per vpdpbusd
 
 
-def _widened(adt: str, stored: str | None):  # noqa: ANN202 - a TIR expression builder
-    """How a conv reads an activation as int32: a plain cast, or, where the copy widened the ``adt`` values
-    to ``stored`` (``unsafe_set_dtype``), a cast back to ``adt`` first (what the primitive writes)."""
+def widened(adt: str, stored: str | None):  # noqa: ANN202 - a TIR expression builder
+    """How a conv reads an operand as int32: a plain cast, or, where a copy widened the ``adt`` values to
+    ``stored`` (``unsafe_set_dtype``), a cast back to ``adt`` first (what the primitive writes)."""
     if stored is None:
         return lambda v: T.cast(v, "int32")
     return lambda v: T.cast(T.cast(v, adt), "int32")
@@ -57,7 +57,7 @@ def register_channels(name: str, lanes: int, step: int, adt: str, value, stored:
     copied widened to this type (``unsafe_set_dtype`` on the copy: the conv reads them cast back to
     ``adt``). Call it under :func:`quick_frames`."""
     sdt = stored or adt
-    widened = _widened(adt, stored)
+    as_int32 = widened(adt, stored)
 
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((step,), sdt, offset_factor=1), b: T.Buffer((lanes, step), "int8", offset_factor=1),
@@ -69,7 +69,7 @@ def register_channels(name: str, lanes: int, step: int, adt: str, value, stored:
                 for k in T.serial(0, step):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + widened(a[vk]) * T.cast(b[vi, vk], "int32")
+                        c[vi] = c[vi] + as_int32(a[vk]) * T.cast(b[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((step,), sdt, offset_factor=1), b: T.Buffer((lanes, step), "int8", offset_factor=1),
@@ -89,7 +89,7 @@ def register_rows(name: str, lanes: int, step: int, value, stored: str | None = 
     TVM matches multi-element extents on trailing axes only), computed as ``value(a, b, c)``. ``stored``: both
     operands were copied widened to this type (:func:`rows_form`). Call it under :func:`quick_frames`."""
     sdt, wdt = stored or "uint8", stored or "int8"
-    widened, w_widened = _widened("uint8", stored), _widened("int8", stored)
+    a_int32, w_int32 = widened("uint8", stored), widened("int8", stored)
 
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((lanes, step), sdt, offset_factor=1), b: T.Buffer((step, 1, 1), wdt, offset_factor=1),
@@ -101,7 +101,7 @@ def register_rows(name: str, lanes: int, step: int, value, stored: str | None = 
                 for k in T.serial(0, step):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + widened(a[vi, vk]) * w_widened(b[vk, 0, 0])
+                        c[vi] = c[vi] + a_int32(a[vi, vk]) * w_int32(b[vk, 0, 0])
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((lanes, step), sdt, offset_factor=1), b: T.Buffer((step, 1, 1), wdt, offset_factor=1),
@@ -350,10 +350,7 @@ def rows_form(sch: s_tir.Schedule, red, spatial: list, red_loop, epilogue: list,
     sch.transform_layout(a_cache, ("write", 0), lambda n, c, h, w: (n, c // step, h, w, c % step))
     if stored:
         sch.unsafe_set_dtype(a_cache, 0, stored)
-        w_cache = sch.cache_read(red, ops[1], "global")
-        sch.unsafe_set_dtype(w_cache, 0, stored)
-        mark_weight_copy(sch, w_cache)
-        sch.parallel(sch.get_loops(w_cache)[0])  # where the weight is computed at run time (4-bit unpacked)
+        widened_weight_copy(sch, red, ops[1], stored)
     fo, fi = sch.split(f, [None, tile_factor(loop_extent(sch, f), filter_tiles(lanes))])
     xo, xi = sch.split(x, [None, lanes])
     co, ci = sch.split(red_loop, [None, step])
