@@ -190,9 +190,12 @@ def compile_module(mod: tvm.ir.IRModule, target: tvm.target.Target, *, fast: boo
                 return tvm.compile(mod, target=target, relax_pipeline=gpu_pipeline(target))
         # TOPI's "Fast mode segfaults when there are out-of-bounds indices" for every take/gather on a constant
         # table (our indices are in range by construction): debug log (-vv), not the user's terminal
+        from .llvm_parts import build_parts
+
         with native_stderr_to_log(log):
-            return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, fast=fast, database=database,
-                                                                               unscheduled=unscheduled))
+            with target:
+                mod = cpu_pipeline(target, fast=fast, database=database, unscheduled=unscheduled)(mod)
+            return build_parts(mod, target)
     except TargetError:
         raise
     except Exception as e:  # TVM raises its own error types; wrap them for the CLI

@@ -88,6 +88,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
     from .amx import enabled as amx_enabled
     from .builder import build_module
     from .compile import compile_module, cpu_target, cuda_source, cuda_target, host_mcpu, nvcc_compile
+    from .llvm_parts import write_library
     from .threads import use_physical_cores
 
     use_physical_cores()  # the self-check runs the library: TVM's pool gets its size there
@@ -112,7 +113,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
         loader would hand back an already-loaded library for a path it has seen."""
         path = out_dir / name
         with native_stderr_to_log(log):  # TVM prints a warning per constant it saves
-            executable.export_library(str(path))
+            write_library(executable, path)
         return path
     if tune > 0:
         from .tune import tune_cpu, tune_key, tuning_target
@@ -205,7 +206,7 @@ def emit(int_model: onnx.ModelProto, out_dir: Path, *, target: str = "cpu", cuda
             other.unlink()
     else:
         with native_stderr_to_log(log):  # TVM prints a warning per constant it saves
-            ex.export_library(str(out_dir / "lib.so"))
+            write_library(ex, out_dir / "lib.so")
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     dt = time.perf_counter() - t0
     log.info("TVM %s build of %d layers took %.1f s", target, len(built.layers), dt)
