@@ -57,19 +57,24 @@ def build_parts(mod: tvm.ir.IRModule, target: tvm.target.Target, parts: int | No
     if tir_mod is None:
         return relax.VMExecutable(vm_build._ffi_api.VMLink(builder, target, None, [], params))
     tir_mod = vm_build._auto_attach_system_lib_prefix(tir_mod, target, None)
-    # tirx.build's steps for a CPU target (host = target), up to code generation
+    # tirx.build's steps for a CPU target (host = target), each part on its own thread from the TIR
+    # pipeline on (its passes work function by function)
     tir_mod = tvm.tirx.transform.BindTarget(target.with_host(target))(tir_mod)
-    pipeline, finalize_host, _ = tvm.tirx.get_tir_pipeline("default")
-    host_mod, device_mods = tir_build.split_host_device_mods(pipeline(tir_mod))
-    if any(len(m.functions) for m in device_mods.values()):
-        raise ValueError("llvm_parts builds CPU modules only")
-    host_mod = finalize_host()(host_mod)
-    funcs = sorted(host_mod.functions.items(), key=lambda kv: kv[0].name_hint)
-    n = max(1, min(parts or parts_for(len(funcs)), len(funcs)))
-    chunks = [dict(funcs[i::n]) for i in range(n)]
+    funcs = sorted(tir_mod.functions.items(), key=lambda kv: kv[0].name_hint)
+    # two kernels a part at least: the pipeline marks the only function of a module as its entry point
+    # (AnnotateEntryFunc), which a part must not do to a kernel of a larger build
+    n = max(1, min(parts or parts_for(len(funcs)), len(funcs) // 2))
+    chunks = [tvm.IRModule(dict(funcs[i::n]), attrs=tir_mod.attrs) for i in range(n)]
+
+    def compile_part(chunk: tvm.ir.IRModule) -> tvm.runtime.Module:
+        pipeline, finalize_host, _ = tvm.tirx.get_tir_pipeline("default")
+        host_mod, device_mods = tir_build.split_host_device_mods(pipeline(chunk))
+        if any(len(m.functions) for m in device_mods.values()):
+            raise ValueError("llvm_parts builds CPU modules only")
+        return tir_build.codegen_build(finalize_host()(host_mod), target)
+
     with _threads(n) as pool:
-        libs = list(pool.map(lambda c: tir_build.codegen_build(tvm.IRModule(c, attrs=host_mod.attrs), target),
-                             chunks))
+        libs = list(pool.map(compile_part, chunks))
     lib = libs[0]
     for other in libs[1:]:
         lib.import_module(other)

@@ -226,7 +226,7 @@ class IntegerKernelCPU(ScheduleRule):
             return None
 
     def _apply(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
-        sch = s_tir.Schedule(func)
+        sch = s_tir.Schedule(func, error_render_level="none")
         roots = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
         if vnni.BLOCK in roots:
             return self._apply_vnni(sch)
