@@ -56,8 +56,10 @@ def _inputs() -> np.ndarray:
 
 
 def test_one_part_is_tvm_compile(lowered) -> None:
+    """The kernels' argument asserts dropped, as tvm.compile drops them under tirx.disable_assert."""
     _, low, tgt, _ = lowered
-    ref = tvm.compile(low, target=tgt, relax_pipeline=None)
+    with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
+        ref = tvm.compile(low, target=tgt, relax_pipeline=None)
     assert cpu_assembly(build_parts(low, tgt, parts=1)) == cpu_assembly(ref)
 
 
@@ -79,6 +81,19 @@ def test_parts_run_the_same_kernels_bit_exact(lowered, tmp_path) -> None:
         got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
         np.testing.assert_array_equal(got, want)
     assert digests[0] == digests[1], "the same model must give the same library bytes"
+
+
+def test_inputs_are_still_checked(lowered, tmp_path) -> None:
+    """Without the kernels' asserts, a wrong input still gets an error from the VM's entry function."""
+    _, low, tgt, _ = lowered
+    path = tmp_path / "lib.so"
+    write_library(build_parts(low, tgt, parts=2), path)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+    x = _inputs()
+    with pytest.raises(Exception, match="(?i)shape|dim"):
+        vm["main"](tvm.runtime.tensor(np.concatenate([x, x])))
+    with pytest.raises(Exception, match="(?i)dtype|type"):
+        vm["main"](tvm.runtime.tensor(x.astype(np.float64)))
 
 
 def test_parts_follow_the_cores() -> None:
