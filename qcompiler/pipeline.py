@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -162,7 +161,6 @@ def _compile(source: Any, out_dir: str | Path, *, calib: Any, eval_data: str | P
         preprocess = coerce(opts.calib_preprocess) or from_metadata(model)
         del model  # the imported graph: float_model replaces it (one copy of the weights less from here on)
         ctx.calib = CalibrationData.from_source(data, specs, limit=opts.calib_limit, preprocess=preprocess)
-        _warm_up_in_background(tgt, opts)
         ctx.artifacts["float_model"] = float_model
         with atomic_output_dir(out, force=opts.force) as tmp:
             ctx.out_dir = tmp
@@ -292,30 +290,6 @@ def _import_in_background(modules: Sequence[str]) -> None:
                 log.debug("background import of %s failed", m, exc_info=True)
 
     threading.Thread(target=work, name="qcompiler-imports", daemon=True).start()
-
-
-def _warm_up_in_background(tgt: Any, opts: CompileOptions) -> None:
-    """The target's imports (:meth:`targets.base.Target.warm_up`) on a second thread, beside the passes.
-
-    Started here, after the model import and ZeroQ, the last steps before the passes that may import
-    torch: TVM's import hides torch from its own import (``import_tvm``), so a pass importing torch at
-    the same moment would find none. The Hessian sensitivity imports torch inside the passes: with it
-    the warm-up waits for torch (imported first, on the same thread) rather than race it.
-    """
-    import sys
-    import threading
-
-    def work() -> None:
-        t0 = time.perf_counter()
-        try:
-            if opts.sensitivity == "hessian" and "torch" not in sys.modules:
-                import torch  # noqa: F401 - the pass imports it next; then TVM's import does not hide it
-            tgt.warm_up()
-            log.debug("target %s warmed up in %.1f s", tgt.name, time.perf_counter() - t0)
-        except Exception:  # noqa: BLE001 - emit imports the same modules and reports the error
-            log.debug("background warm-up of target %s failed", tgt.name, exc_info=True)
-
-    threading.Thread(target=work, name="qcompiler-warm-up", daemon=True).start()
 
 
 def write_report(out: Path, plan: QuantPlan, summary: dict[str, Any], ctx: PassContext) -> None:

@@ -112,16 +112,6 @@ class Target(ABC):
         and summary.json, so it must hold no timings or paths (artifacts are byte-stable).
         """
 
-    def warm_up(self) -> None:
-        """Import what :meth:`emit` needs; the driver calls it on a background thread while calibration runs.
-
-        Why: a backend library can take seconds to import (TVM: 2.5 s of a 10 s ``--target cpu`` compile),
-        and calibration spends most of its time in ONNX Runtime and numpy with the GIL released, so the
-        import is done by the time the graph reaches :meth:`emit`. Must be safe to run beside the
-        passes; errors are the emit's to report. The default target has nothing to import.
-        """
-        return None
-
     def latency_measurer(self) -> Measurer | None:
         """The per-layer timer for ``--latency-budget``, or None when this target cannot time layers.
 

@@ -86,14 +86,6 @@ class TvmTarget(Target):
 
         return emit(graph, out, target=self.name, cuda_arch=opts.cuda_arch, tune=opts.tune)
 
-    def warm_up(self) -> None:
-        """TVM and the build's own modules (their imports parse the tensor intrinsics' TVMScript)."""
-        import importlib
-
-        import_tvm()
-        for m in ("builder", "compile", "schedule", "prepack", "llvm_parts", "library", "runtime"):
-            importlib.import_module(f"{__name__}.{m}")
-
     def latency_measurer(self) -> Measurer | None:
         """Each layer cut out of the integer graph, built as ``emit`` builds it and timed alone
         (``latency.py``): a table of another runtime would misplace the ILP's latency budget."""
