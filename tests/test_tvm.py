@@ -583,9 +583,9 @@ def test_inexact_fast_build_ships_default_loops(fashion_out, tmp_path, monkeypat
 
     real, calls = library.self_check, []
 
-    def first_fails(ex, int_model, built) -> bool:
+    def first_fails(ex, int_model, built, reference=None) -> bool:
         calls.append(ex)
-        return real(ex, int_model, built) and len(calls) > 1
+        return real(ex, int_model, built, reference) and len(calls) > 1
 
     monkeypatch.setattr(library, "self_check", first_fails)
     out = tmp_path / "out"
