@@ -217,9 +217,18 @@ def _pad_per_block(sch: s_tir.Schedule, pad, at) -> None:
 # re-derives every annotation of every argument on every call (no cache), 0.3-0.4 s of the ~6000
 # primitive calls that schedule MobileNetV2 or EfficientNet-Lite0. Wrong argument types still fail, in
 # the FFI, and a kernel whose rule fails keeps TVM's default loops with a warning (IntegerKernelCPU.apply).
+def _unchecked_copy(sch: s_tir.Schedule) -> s_tir.Schedule:
+    """``copy`` of an unchecked schedule (the rule's trials) stays unchecked (the FFI returns the base class)."""
+    from tvm.s_tir.schedule import _ffi_api
+
+    c = _UncheckedSchedule.__new__(_UncheckedSchedule)
+    c.__init_handle_by_constructor__(_ffi_api.ScheduleCopy, sch)
+    return c
+
+
 _UncheckedSchedule = type("_UncheckedSchedule", (s_tir.Schedule,), {
-    "__slots__": (), **{name: f.__wrapped__ for name, f in vars(s_tir.Schedule).items()
-                        if callable(f) and hasattr(f, "__wrapped__")}})
+    "__slots__": (), "copy": _unchecked_copy,
+    **{name: f.__wrapped__ for name, f in vars(s_tir.Schedule).items() if callable(f) and hasattr(f, "__wrapped__")}})
 
 
 class IntegerKernelCPU(ScheduleRule):
