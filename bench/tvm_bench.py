@@ -4,8 +4,8 @@ One run, one table, every number a ratio to ORT INT8 of the same model and batch
 (lower is faster). The runtimes are timed in turns, one call each per round, with the same thread
 count (TVM's pool size), so a load from elsewhere on the machine falls on all of them alike.
 Models: MobileNetV2, EfficientNet-Lite0 and the example (fashion_cnn) from models/zoo.py, MiniLM-L6
-(models/minilm.py); batch 1 and 8. Each qcompile build's compile time is recorded next to the ort-cpu
-compile of the same model. Writes JSON (``--json``).
+(models/minilm.py); batch 1 and 8. Each build's compile time (the ``qcompile`` CLI, a process of its own)
+is recorded next to the ort-cpu compile of the same model. Writes JSON (``--json``).
 
     .venv/bin/python bench/tvm_bench.py [--models mobilenet_v2,efficientnet_lite0,minilm,fashion_cnn]
 """
@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -200,9 +201,6 @@ def amx_permitted() -> bool | None:
 def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[dict[str, Any]]:
     from qcompiler.targets.tvm.library import emit
 
-    from qcompiler.options import CompileOptions
-    from qcompiler.pipeline import compile_model
-
     case = CASES[name]()
     calib_npz = work / f"{name}.calib.npz"
     np.savez(calib_npz, **{k: np.concatenate([c[k] for c in case.calib]) for k in case.calib[0]})
@@ -210,23 +208,25 @@ def bench_model(name: str, batches: list[int], repeat: int, work: Path) -> list[
     if case.batchable:
         fp32 = _dynamic_batch(fp32, work / f"{name}.fp32.onnx")
         ort8 = _dynamic_batch(ort8, work / f"{name}.ort8d.onnx")
-    from qcompiler.errors import QCompileError
-
     builds: dict[str, Path] = {}
     errors: dict[str, str] = {}
     compile_s: dict[str, float] = {}
-    for tag, opts in (("qc_ort_cpu", CompileOptions(target="ort-cpu", bits=[8])),
-                      ("qc_int8", CompileOptions(target="cpu", bits=[8])),
-                      ("qc_mixed48", CompileOptions(target="cpu", bits=[4, 8], budgets={"size": "70%"}))):
+    for tag, target, flags in (("qc_ort_cpu", "ort-cpu", ["--bits", "8"]),
+                               ("qc_int8", "cpu", ["--bits", "8"]),
+                               ("qc_mixed48", "cpu", ["--bits", "4,8", "--size-budget", "70%"])):
+        # the CLI in a process of its own, as a user runs it: every compile pays its own imports (TVM's
+        # included) and none inherits another's warm caches
+        cmd = [sys.executable, "-m", "qcompiler.cli", str(case.float_path), "--target", target, *flags,
+               "--calib", str(calib_npz), "-o", str(work / f"{name}.{tag}"), "--force"]
         t = time.perf_counter()
-        try:
-            compile_model(str(case.float_path), work / f"{name}.{tag}", calib=calib_npz, options=opts)
-        except QCompileError as e:  # reported in the table as n/a, with the reason in the JSON
-            log.warning("%s %s: %s", name, tag, e)
-            errors[tag] = str(e)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:  # reported in the table as n/a, with the reason in the JSON
+            msg = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+            log.warning("%s %s: %s", name, tag, msg)
+            errors[tag] = msg
             continue
         compile_s[tag] = time.perf_counter() - t
-        if opts.target == "cpu":
+        if target == "cpu":
             builds[tag] = work / f"{name}.{tag}"
     rows = []
     for batch in batches:
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = "".join(f"{r[c + '_ms']:>12.2f} ({r['ratios_to_ort_int8'][c]:>5.2f}x)" if c + "_ms" in r
                         else f"{'n/a':>22}" for c in cols)
         lines.append(f"{r['model']:<20}{r['batch']:>6}{cells}")
-    lines.append("compile time, s (qcompile at default settings; cpu's ratio to ort-cpu):")
+    lines.append("compile time, s (the qcompile CLI, a fresh process each, default settings; cpu's ratio to ort-cpu):")
     for r in rows:
         if "compile_s" in r:
             c = r["compile_s"]
