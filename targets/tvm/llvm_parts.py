@@ -1,8 +1,8 @@
 """LLVM code generation of a CPU build split into parts that compile side by side, one per core.
 
-Why: LLVM is the largest single cost of ``--target cpu`` (MobileNetV2 on a 2-core AMD EPYC: 2.0 s
-turning TIR into LLVM IR and optimising it, 2.6 s emitting the object file, of a 16 s compile), and TVM
-0.27 compiles every kernel of a model in one LLVM module on one thread. The kernels do not call each
+Why: LLVM was the largest single cost of ``--target cpu`` (MobileNetV2 on a 2-core AMD EPYC: 2.0-3.3 s
+turning TIR into LLVM IR and optimising it, 2.6-2.9 s emitting the object file, of a 12-17 s compile),
+and TVM 0.27 compiles every kernel of a model in one LLVM module on one thread. The kernels do not call each
 other, so they can live in separate LLVM modules: each part is generated and written on a thread of its
 own (TVM's FFI releases the GIL) and the objects are linked into one ``lib.so``. The in-memory
 executable imports every part, so a VM made from it finds every kernel, and ``cpu_assembly`` still sees

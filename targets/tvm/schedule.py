@@ -39,6 +39,7 @@ from tvm.s_tir.dlight.base.common_schedules import try_inline
 
 from . import amx, avx2, depthwise_avx2, depthwise_vnni, strided, vnni
 from .loop_tiling import PAD_BLOCK, POW2_LANES, loop_extent, place_epilogue, schedule_elementwise, tile_factor
+from .unchecked_schedule import UncheckedSchedule
 
 log = logging.getLogger(__name__)
 
@@ -213,24 +214,6 @@ def _pad_per_block(sch: s_tir.Schedule, pad, at) -> None:
         sch.vectorize(inner)
 
 
-# s_tir.Schedule with its primitives as defined, not wrapped in TVM's run-time type check: the check
-# re-derives every annotation of every argument on every call (no cache), 0.3-0.4 s of the ~6000
-# primitive calls that schedule MobileNetV2 or EfficientNet-Lite0. Wrong argument types still fail, in
-# the FFI, and a kernel whose rule fails keeps TVM's default loops with a warning (IntegerKernelCPU.apply).
-def _unchecked_copy(sch: s_tir.Schedule) -> s_tir.Schedule:
-    """``copy`` of an unchecked schedule (the rule's trials) stays unchecked (the FFI returns the base class)."""
-    from tvm.s_tir.schedule import _ffi_api
-
-    c = _UncheckedSchedule.__new__(_UncheckedSchedule)
-    c.__init_handle_by_constructor__(_ffi_api.ScheduleCopy, sch)
-    return c
-
-
-_UncheckedSchedule = type("_UncheckedSchedule", (s_tir.Schedule,), {
-    "__slots__": (), "copy": _unchecked_copy,
-    **{name: f.__wrapped__ for name, f in vars(s_tir.Schedule).items() if callable(f) and hasattr(f, "__wrapped__")}})
-
-
 class IntegerKernelCPU(ScheduleRule):
     """One rule for the kernels our builder produces (see module docstring)."""
 
@@ -246,7 +229,7 @@ class IntegerKernelCPU(ScheduleRule):
     def _apply(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
         # a refused primitive is not rendered with the kernel's TIR: the rule tries inlines that TVM refuses
         # (dlight's try_inline) and catches them, and the rendering cost 0.55 s of MobileNetV2's 1.65 s
-        sch = _UncheckedSchedule(func, error_render_level="none")
+        sch = UncheckedSchedule(func, error_render_level="none")
         roots = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
         if vnni.BLOCK in roots:
             return self._apply_vnni(sch)
