@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from tvm import relax, te, tirx, topi
+from tvm import relax, te, tirx
 
 from qcompiler.dyadic import SPLIT_C_MIN, folded_offset
 from qcompiler.errors import UnsupportedModelError
@@ -98,11 +98,6 @@ class ScopedBlockBuilder(relax.BlockBuilder):
                 raise
 
 
-def high_word(v: Any) -> Any:
-    """``v >> 32`` of an int64 TE tensor as int32, the 32 an immediate: the high word (a shuffle on x86)."""
-    return topi.cast(topi.right_shift(v, tirx.const(32, "int64")), "int32")
-
-
 def _broadcast(t: Any, idx: tuple) -> Any:
     """Element ``idx`` of the output from ``t`` under numpy broadcasting (a per-channel constant shaped
     [1, C, 1, 1] or [C], or a scalar)."""
@@ -111,23 +106,30 @@ def _broadcast(t: Any, idx: tuple) -> Any:
     return t(*[0 if d == 1 else idx[lead + i] for i, d in enumerate(shape)])
 
 
-def folded_requantize(acc: Any, b: Any, k: Any, s: Any, *, shift: bool, qmin: int, qmax: int, dtype: str) -> Any:
-    """The folded requantize with the split shift (RelaxEmitter.requant, shift_clip) as one TE block:
-    ``clip(((acc * b + k) >> 32) >> s, qmin, qmax)``, int64 product of two int32 factors, the high word an
-    immediate shift, the rest int32.
+def _split_tail(v: Any, idx: tuple, s: Any, qmin: int, qmax: int, dtype: str) -> Any:
+    """dyadic.shift_split on one int64 element: the high word (``>> 32``, an immediate: a shuffle on x86)
+    as int32, the int32 shift by ``s`` (None: a shift of exactly 32), the clamp, the output dtype."""
+    v = (v >> tirx.const(32, "int64")).astype("int32")
+    if s is not None:
+        v = v >> _broadcast(s, idx)
+    return te.max(te.min(v, tirx.const(qmax, "int32")), tirx.const(qmin, "int32")).astype(dtype)
+
+
+def split_shift_clip(t: Any, *, s: Any = None, qmin: int, qmax: int, dtype: str) -> Any:
+    """The split shift, clamp and cast of an int64 TE tensor as one TE block (RelaxEmitter.shift_clip)."""
+    return te.compute(t.shape, lambda *idx: _split_tail(t(*idx), idx, s, qmin, qmax, dtype), name="shift_clip")
+
+
+def folded_requantize(acc: Any, b: Any, k: Any, *, s: Any = None, qmin: int, qmax: int, dtype: str) -> Any:
+    """The folded requantize with the split shift (RelaxEmitter.requant) as one TE block:
+    ``clip(((acc * b + k) >> 32) >> s, qmin, qmax)``, int64 product of two int32 factors, the rest int32.
 
     Why one block: written as Relax ops it was eight (two casts, multiply, add, high word, shift, clip,
     cast), each legalized to a TE function of its own and inlined again by the schedule: 0.3-0.5 s of a
     CNN's build. The expression the kernels end up with is the same, operation for operation."""
-
-    def value(*idx: Any) -> Any:
-        v = acc(*idx).astype("int64") * _broadcast(b, idx).astype("int64") + _broadcast(k, idx)
-        v = (v >> tirx.const(32, "int64")).astype("int32")
-        if shift:
-            v = v >> _broadcast(s, idx)
-        return te.max(te.min(v, tirx.const(qmax, "int32")), tirx.const(qmin, "int32")).astype(dtype)
-
-    return te.compute(acc.shape, value, name="requantize")
+    return te.compute(acc.shape, lambda *idx: _split_tail(
+        acc(*idx).astype("int64") * _broadcast(b, idx).astype("int64") + _broadcast(k, idx), idx, s, qmin, qmax,
+        dtype), name="requantize")
 
 
 class RelaxEmitter:
@@ -262,11 +264,9 @@ class RelaxEmitter:
             t = bb.emit(relax.op.right_shift(t, relax_const(shaped(c))))
             t = bb.emit(relax.op.add(t, relax_const(np.asarray(zp, np.int64))))
         else:  # the int32 sums times b < 2^31, both widened in the kernel
-            if c.size and int(c.min()) >= SPLIT_C_MIN:  # the whole requantize as one TE block
+            if self.splits(c):  # the whole requantize as one TE block
                 return bb.emit_te(folded_requantize, acc, relax_const(shaped(b).astype(np.int32)),
-                                  relax_const(shaped(k)), relax_const(shaped(c - 32).astype(np.int32)),
-                                  shift=int(c.max()) > 32, qmin=int(qmin), qmax=int(qmax),
-                                  dtype=NP2TVM[np.asarray(y_zp).dtype])
+                                  relax_const(shaped(k)), **self.split_tail_args(shaped(c), y_zp, qmin, qmax))
             t = bb.emit(relax.op.add(self.widened_product(acc, shaped(b)), relax_const(shaped(k))))
             return self.shift_clip(t, shaped(c), y_zp, qmin, qmax)
         t = bb.emit(relax.op.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
@@ -291,16 +291,27 @@ class RelaxEmitter:
         them with five to eight instructions per four outputs; the high word is a shuffle, the int32
         shift one ``vpsravd`` and the clamp ``vpminsd``/``vpmaxsd`` per eight."""
         c = np.asarray(c, np.int64)
-        if c.size and int(c.min()) >= SPLIT_C_MIN:  # dyadic.shift_split, the same steps
-            # the high word by TE, so the 32 is an immediate of the kernel (a Relax constant becomes a
-            # kernel parameter, and LLVM would emulate a 64-bit shift by a variable again)
-            t = self.bb.emit_te(high_word, t)
-            if int(c.max()) > 32:
-                t = self.bb.emit(relax.op.right_shift(t, relax_const((c - 32).astype(np.int32))))
-        else:
-            t = self.bb.emit(relax.op.right_shift(t, relax_const(c)))
+        if self.splits(c):  # dyadic.shift_split, the same steps, as one TE block: the 32 is an immediate of
+            # the kernel (a Relax constant becomes a kernel parameter, and LLVM would emulate a 64-bit shift
+            # by a variable again)
+            return self.bb.emit_te(split_shift_clip, t, **self.split_tail_args(c, y_zp, qmin, qmax))
+        t = self.bb.emit(relax.op.right_shift(t, relax_const(c)))
         t = self.bb.emit(relax.op.clip(t, relax.prim_value(int(qmin)), relax.prim_value(int(qmax))))
         return self.bb.emit(relax.op.astype(t, NP2TVM[np.asarray(y_zp).dtype]))
+
+    @staticmethod
+    def splits(c: np.ndarray) -> bool:
+        """Whether every shift of ``c`` is at least SPLIT_C_MIN: the requantize takes the split shift."""
+        return bool(c.size) and int(np.min(c)) >= SPLIT_C_MIN
+
+    @staticmethod
+    def split_tail_args(c: np.ndarray, y_zp: np.ndarray, qmin: int, qmax: int) -> dict[str, Any]:
+        """The split tail's arguments (_split_tail): the int32 shifts after the high word (none where every
+        shift is 32), the clamp and the output dtype."""
+        c = np.asarray(c, np.int64)
+        s = relax_const((c - 32).astype(np.int32)) if int(c.max()) > 32 else None
+        return {**({"s": s} if s is not None else {}), "qmin": int(qmin), "qmax": int(qmax),
+                "dtype": NP2TVM[np.asarray(y_zp).dtype]}
 
     def qminmax(self, node: onnx.NodeProto, y_zp: np.ndarray) -> tuple[int, int]:
         """The node's output clamp: its qmin/qmax attributes (a fused activation), else y_zp's dtype range."""
